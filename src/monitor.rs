@@ -1,0 +1,78 @@
+//! Monitors: one-way, stackable watches that deliver exactly one [`Down`].
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+use crate::exit::ExitReason;
+use crate::node::inbox::Item;
+use crate::node::runtime::Runtime;
+use crate::process::Pid;
+use crate::wire::envelope::ToNode;
+
+/// The reference of one monitor. Each `monitor` call gets its own, and its own
+/// `Down`.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct MonitorRef {
+    owner: u64,
+    id: u64,
+}
+
+impl MonitorRef {
+    pub(crate) fn new(owner: u64, id: u64) -> MonitorRef {
+        MonitorRef { owner, id }
+    }
+
+    pub(crate) fn id(&self) -> u64 {
+        self.id
+    }
+}
+
+impl fmt::Debug for MonitorRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "#Ref<{}.{}>", self.owner, self.id)
+    }
+}
+
+impl fmt::Display for MonitorRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(self, f)
+    }
+}
+
+/// A monitored process is gone.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Down {
+    /// The monitor this is the `Down` of.
+    pub reference: MonitorRef,
+    /// The process that is gone.
+    pub pid: Pid,
+    /// Why it ended (`NoProc` if it was gone before the monitor was set).
+    pub reason: ExitReason,
+}
+
+/// Places a monitor on `target` from the process of `rt`.
+pub(crate) fn monitor(rt: &Runtime, target: Pid) -> MonitorRef {
+    let reference = rt.next_ref();
+    rt.tell_node(&ToNode::Monitor {
+        reference,
+        internal: false,
+        target,
+    });
+    MonitorRef::new(rt.pid().serial(), reference)
+}
+
+/// Removes a monitor, and its `Down` if one is already queued.
+pub(crate) fn demonitor(rt: &Runtime, reference: MonitorRef) {
+    rt.tell_node(&ToNode::Demonitor {
+        reference: reference.id(),
+    });
+    let mut st = rt.inbox.lock();
+    if let Some(i) = st
+        .queue
+        .iter()
+        .position(|it| matches!(it, Item::Down(d) if d.reference == reference))
+    {
+        st.take(i);
+    }
+}

@@ -1,0 +1,1119 @@
+//! The node's process table: registrations, pidfds, links, monitors, names,
+//! and the one place where deaths become exit and down signals.
+//!
+//! Every process reaches the core through its control connection (the node's
+//! main thread calls it directly). The core runs under one lock, taken by the
+//! exit watcher thread for events and by the node's API for local requests.
+
+use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
+use std::io;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::time::Instant;
+
+use crate::exit::ExitReason;
+use crate::process::{NodeId, Pid, ProcessInfo, ProcessState};
+use crate::sys::poll::{Epoll, Interest};
+use crate::sys::process::{
+    SIGKILL, SIGXCPU, WaitStatus, pidfd_exit_info, pidfd_open, pidfd_send_signal, pidfd_try_wait,
+};
+use crate::sys::shared::{SLOTS, SharedArea};
+use crate::sys::socket;
+use crate::wire::decode_exact;
+use crate::wire::envelope::{NodeReply, Registration, ToNode, ToProcess};
+use crate::wire::frame::{self, Decoder, Kind};
+
+/// Token of the control listener in the watcher's epoll.
+pub(crate) const TOKEN_CTL_LISTENER: u64 = 1;
+/// Token of the shutdown-signal pipe.
+pub(crate) const TOKEN_SIGNALS: u64 = 2;
+/// Token of the watcher's wake-up eventfd.
+pub(crate) const TOKEN_KICK: u64 = 3;
+const TAG_MASK: u64 = 0xff << 56;
+/// Tag of control connections.
+pub(crate) const CONN_TAG: u64 = 1 << 56;
+/// Tag of process pidfds (low bits: the serial).
+pub(crate) const PIDFD_TAG: u64 = 2 << 56;
+/// Tag of adopted strangers' pidfds.
+pub(crate) const STRANGER_TAG: u64 = 3 << 56;
+
+/// Serial of the node's main thread.
+pub(crate) const MAIN_SERIAL: u64 = 1;
+/// Serial of the zygote.
+pub(crate) const ZYGOTE_SERIAL: u64 = 2;
+/// First serial handed out to processes.
+pub(crate) const FIRST_SERIAL: u64 = 3;
+
+/// A monitor placed on a process.
+#[derive(Debug, Clone, Copy)]
+struct MonitorEntry {
+    /// The watcher's reference.
+    reference: u64,
+    /// The watcher.
+    watcher: u64,
+    /// For the watcher's runtime (call/join), not its mailbox.
+    internal: bool,
+}
+
+/// One process known to the node.
+#[derive(Debug)]
+struct Proc {
+    /// Its serial.
+    serial: u64,
+    /// Who spawned it.
+    parent: u64,
+    /// OS pid, once known.
+    ospid: Option<i32>,
+    /// Name for `ps` and `process_info`.
+    name: Option<String>,
+    /// The pidfd, once known.
+    pidfd: Option<OwnedFd>,
+    /// Token of its control connection.
+    ctl: Option<u64>,
+    /// Linked processes.
+    links: BTreeSet<u64>,
+    /// Monitors placed on it, in order.
+    monitors: Vec<MonitorEntry>,
+    /// Monitors it placed: reference → target.
+    watching: HashMap<u64, u64>,
+    /// Exit signals become messages.
+    trap_exits: bool,
+    /// The reason it sent before `_exit(0)`.
+    last_words: Option<ExitReason>,
+    /// The reason the node killed it for.
+    kill_reason: Option<ExitReason>,
+    /// A kill waits for the pidfd.
+    kill_pending: bool,
+    /// Its wait status, once known.
+    status: Option<WaitStatus>,
+    /// Its pidfd reported the exit.
+    exited: bool,
+    /// `SIGXCPU` means `CpuLimit`.
+    cpu_limited: bool,
+    /// A `SIGKILL` may mean `MemoryLimit` (checked by the caller).
+    memory_limited: bool,
+    /// Names registered to it.
+    names: Vec<String>,
+    /// Part of the runtime (main thread, zygote): not stopped by shutdown.
+    internal: bool,
+}
+
+impl Proc {
+    fn new(serial: u64, parent: u64) -> Proc {
+        Proc {
+            serial,
+            parent,
+            ospid: None,
+            name: None,
+            pidfd: None,
+            ctl: None,
+            links: BTreeSet::new(),
+            monitors: Vec::new(),
+            watching: HashMap::new(),
+            trap_exits: false,
+            last_words: None,
+            kill_reason: None,
+            kill_pending: false,
+            status: None,
+            exited: false,
+            cpu_limited: false,
+            memory_limited: false,
+            names: Vec::new(),
+            internal: false,
+        }
+    }
+}
+
+/// A control connection.
+#[derive(Debug)]
+struct CtlConn {
+    /// The socket (non-blocking).
+    fd: OwnedFd,
+    /// The process it belongs to, once registered.
+    serial: Option<u64>,
+    /// Frame decoder.
+    decoder: Decoder,
+    /// Descriptors received and not yet claimed by a frame.
+    fds: VecDeque<OwnedFd>,
+    /// Bytes waiting to be written.
+    out: Vec<u8>,
+    /// Written part of `out`.
+    off: usize,
+    /// Registered for writability.
+    backlogged: bool,
+}
+
+/// Node-wide counters.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Counters {
+    /// Processes registered.
+    pub(crate) spawned: u64,
+    /// Exits by reason kind.
+    pub(crate) exits: HashMap<&'static str, u64>,
+    /// Connections refused (other user, broken control stream).
+    pub(crate) refused: u64,
+    /// Strangers adopted and reaped.
+    pub(crate) strangers_reaped: u64,
+}
+
+/// The process table and signal logic.
+#[derive(Debug)]
+pub(crate) struct Core {
+    /// This node.
+    node: NodeId,
+    /// Our uid.
+    uid: u32,
+    /// The watcher's epoll (outlives the core).
+    epoll: &'static Epoll,
+    /// The shared area, for process status.
+    shared: &'static SharedArea,
+    /// The control listener.
+    listener: &'static OwnedFd,
+    /// Known processes.
+    procs: HashMap<u64, Proc>,
+    /// Registered names.
+    names: HashMap<String, u64>,
+    /// Control connections by token.
+    conns: HashMap<u64, CtlConn>,
+    /// Next connection token.
+    next_token: u64,
+    /// Exited processes whose status is not known yet.
+    pending: HashSet<u64>,
+    /// Adopted strangers being watched: token → pidfd.
+    strangers: HashMap<u64, OwnedFd>,
+    /// Shutdown in progress.
+    pub(crate) shutting_down: bool,
+    /// Counters.
+    pub(crate) counters: Counters,
+    /// Read buffer.
+    scratch: Vec<u8>,
+    /// Finalizations waiting to run (avoids recursion).
+    to_finalize: VecDeque<u64>,
+}
+
+impl Core {
+    pub(crate) fn new(
+        node: NodeId,
+        uid: u32,
+        epoll: &'static Epoll,
+        shared: &'static SharedArea,
+        listener: &'static OwnedFd,
+    ) -> Core {
+        Core {
+            node,
+            uid,
+            epoll,
+            shared,
+            listener,
+            procs: HashMap::new(),
+            names: HashMap::new(),
+            conns: HashMap::new(),
+            next_token: 0,
+            pending: HashSet::new(),
+            strangers: HashMap::new(),
+            shutting_down: false,
+            counters: Counters::default(),
+            scratch: vec![0; 64 * 1024],
+            to_finalize: VecDeque::new(),
+        }
+    }
+
+    fn pid(&self, serial: u64) -> Pid {
+        Pid::new(self.node, serial)
+    }
+
+    /// Adds a control connection (a socket pair end or an accepted socket).
+    pub(crate) fn add_conn(&mut self, fd: OwnedFd, serial: Option<u64>) -> io::Result<u64> {
+        socket::set_nonblocking(&fd, true)?;
+        let token = CONN_TAG | self.next_token;
+        self.next_token += 1;
+        self.epoll.add(fd.as_raw_fd(), token, Interest::Read)?;
+        self.conns.insert(
+            token,
+            CtlConn {
+                fd,
+                serial,
+                decoder: Decoder::default(),
+                fds: VecDeque::new(),
+                out: Vec::new(),
+                off: 0,
+                backlogged: false,
+            },
+        );
+        Ok(token)
+    }
+
+    /// Registers a runtime-internal process (the main thread, the zygote).
+    pub(crate) fn add_internal(
+        &mut self,
+        serial: u64,
+        ctl: OwnedFd,
+        pidfd: Option<OwnedFd>,
+        ospid: i32,
+        name: &str,
+    ) -> io::Result<()> {
+        let token = self.add_conn(ctl, Some(serial))?;
+        let mut p = Proc::new(serial, MAIN_SERIAL);
+        p.ctl = Some(token);
+        p.internal = true;
+        p.ospid = Some(ospid);
+        p.name = Some(name.to_string());
+        p.trap_exits = serial == MAIN_SERIAL;
+        self.procs.insert(serial, p);
+        if let Some(fd) = pidfd {
+            self.attach_pidfd(serial, fd, ospid);
+        }
+        Ok(())
+    }
+
+    /// Registers a process spawned from the node's main thread (or by the
+    /// zygote on its behalf): its control connection is a socket pair end.
+    pub(crate) fn register_local(
+        &mut self,
+        reg: Registration,
+        ctl: OwnedFd,
+        child: Option<(OwnedFd, i32)>,
+    ) -> io::Result<()> {
+        let token = self.add_conn(ctl, Some(reg.serial))?;
+        self.register(reg, token);
+        if let Some((pidfd, ospid)) = child {
+            self.attach_pidfd_checked(pidfd, ospid, token);
+        }
+        self.run_finalizations();
+        Ok(())
+    }
+
+    /// Forgets a registration whose spawn failed.
+    pub(crate) fn withdraw(&mut self, serial: u64) {
+        if let Some(p) = self.procs.remove(&serial) {
+            for l in &p.links {
+                if let Some(o) = self.procs.get_mut(l) {
+                    o.links.remove(&serial);
+                }
+            }
+            for m in &p.monitors {
+                if let Some(w) = self.procs.get_mut(&m.watcher) {
+                    w.watching.remove(&m.reference);
+                }
+            }
+            if let Some(t) = p.ctl {
+                self.close_conn(t);
+            }
+        }
+    }
+
+    fn register(&mut self, reg: Registration, token: u64) {
+        if let Some(c) = self.conns.get_mut(&token) {
+            c.serial = Some(reg.serial);
+        }
+        if self.procs.contains_key(&reg.serial) {
+            return;
+        }
+        let serial = reg.serial;
+        let parent_alive = self.procs.get(&reg.parent).is_some_and(|p| !p.exited);
+        let mut p = Proc::new(serial, reg.parent);
+        p.ctl = Some(token);
+        p.name = reg.name;
+        p.trap_exits = reg.trap_exits;
+        p.cpu_limited = reg.cpu_limited;
+        p.memory_limited = reg.memory_limited;
+        if parent_alive {
+            p.monitors = reg
+                .monitors
+                .iter()
+                .map(|&(reference, internal)| MonitorEntry {
+                    reference,
+                    watcher: reg.parent,
+                    internal,
+                })
+                .collect();
+            if reg.link {
+                p.links.insert(reg.parent);
+            }
+        }
+        self.procs.insert(serial, p);
+        self.counters.spawned += 1;
+        if parent_alive {
+            let parent = self.procs.get_mut(&reg.parent).expect("BUG: parent checked above");
+            for (reference, _) in reg.monitors {
+                parent.watching.insert(reference, serial);
+            }
+            if reg.link {
+                parent.links.insert(serial);
+            }
+        } else if reg.link {
+            // The spawner is already gone: the link fires at once.
+            self.exit_signal(reg.parent, serial, ExitReason::NoProc, false);
+        }
+        tracing::trace!(serial, parent = reg.parent, "registered");
+    }
+
+    fn attach_pidfd_checked(&mut self, pidfd: OwnedFd, ospid: i32, token: u64) {
+        let serial = self.conns.get(&token).and_then(|c| c.serial);
+        if let Some(serial) = serial {
+            self.attach_pidfd(serial, pidfd, ospid);
+        }
+    }
+
+    fn attach_pidfd(&mut self, serial: u64, pidfd: OwnedFd, ospid: i32) {
+        let Some(p) = self.procs.get_mut(&serial) else {
+            return;
+        };
+        if p.pidfd.is_some() {
+            return;
+        }
+        if self
+            .epoll
+            .add(pidfd.as_raw_fd(), PIDFD_TAG | serial, Interest::Read)
+            .is_err()
+        {
+            return;
+        }
+        p.ospid = Some(ospid);
+        p.pidfd = Some(pidfd);
+        if p.kill_pending {
+            p.kill_pending = false;
+            if let Some(fd) = &p.pidfd {
+                let _ = pidfd_send_signal(fd, SIGKILL);
+            }
+        }
+    }
+
+    /// Accepts every pending control connection.
+    pub(crate) fn accept_all(&mut self) {
+        loop {
+            match socket::accept(self.listener) {
+                Ok(Some((fd, cred))) => {
+                    if cred.uid != self.uid {
+                        self.counters.refused += 1;
+                        tracing::warn!(
+                            uid = cred.uid,
+                            pid = cred.pid,
+                            "refused a control connection from another user"
+                        );
+                        continue;
+                    }
+                    if let Err(e) = self.add_conn(fd, None) {
+                        tracing::warn!("cannot watch a control connection: {e}");
+                    }
+                }
+                Ok(None) => return,
+                Err(e) => {
+                    tracing::warn!("accept on the control listener failed: {e}");
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Reads a control connection and handles its frames.
+    pub(crate) fn read_conn(&mut self, token: u64) {
+        loop {
+            let Some(conn) = self.conns.get_mut(&token) else {
+                return;
+            };
+            let mut fds = Vec::new();
+            let n = match socket::recv_with_fds(&conn.fd, &mut self.scratch, &mut fds) {
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(_) => 0,
+            };
+            conn.fds.extend(fds);
+            if n == 0 {
+                self.conn_closed(token);
+                return;
+            }
+            let mut frames = Vec::new();
+            let res = conn.decoder.feed(&self.scratch[..n], 1 << 24, |kind, body| {
+                if kind == Kind::Ctl {
+                    frames.push(decode_exact::<ToNode>(body));
+                    true
+                } else {
+                    frames.push(Err(crate::wire::DecodeError::Frame(
+                        crate::wire::FrameError::UnknownKind(kind as u8),
+                    )));
+                    false
+                }
+            });
+            let mut broken = res.is_err();
+            for f in frames {
+                match f {
+                    Ok(msg) => self.on_frame(token, msg),
+                    Err(e) => {
+                        tracing::warn!("undecodable control frame: {e}");
+                        broken = true;
+                        break;
+                    }
+                }
+            }
+            if broken {
+                self.counters.refused += 1;
+                self.conn_closed(token);
+                return;
+            }
+            if n < self.scratch.len() {
+                return;
+            }
+        }
+    }
+
+    fn conn_closed(&mut self, token: u64) {
+        let serial = self.conns.get(&token).and_then(|c| c.serial);
+        self.close_conn(token);
+        if let Some(serial) = serial {
+            if let Some(p) = self.procs.get_mut(&serial) {
+                p.ctl = None;
+                if p.pidfd.is_none() && !p.internal {
+                    // Registered, but neither its spawner nor itself handed
+                    // over a pidfd before every holder of the connection was
+                    // gone: it never ran.
+                    p.status = None;
+                    p.last_words.get_or_insert(ExitReason::NoProc);
+                    p.exited = true;
+                    self.to_finalize.push_back(serial);
+                }
+            }
+        }
+        self.run_finalizations();
+    }
+
+    fn close_conn(&mut self, token: u64) {
+        if let Some(c) = self.conns.remove(&token) {
+            self.epoll.delete(c.fd.as_raw_fd());
+        }
+    }
+
+    fn on_frame(&mut self, token: u64, msg: ToNode) {
+        let from = self.conns.get(&token).and_then(|c| c.serial);
+        match msg {
+            ToNode::Register(reg) => self.register(reg, token),
+            ToNode::Withdraw { serial } => self.withdraw(serial),
+            ToNode::Pidfd { serial, ospid } => {
+                let fd = self.conns.get_mut(&token).and_then(|c| c.fds.pop_front());
+                if let Some(fd) = fd {
+                    self.attach_pidfd(serial, fd, ospid);
+                }
+            }
+            other => match from {
+                Some(from) => {
+                    if let Some(reply) = self.request(from, other) {
+                        let request = reply.0;
+                        self.send_to(
+                            from,
+                            ToProcess::Reply {
+                                request,
+                                reply: reply.1,
+                            },
+                        );
+                    }
+                }
+                None => {
+                    tracing::warn!("control frame before registration");
+                }
+            },
+        }
+        self.run_finalizations();
+    }
+
+    /// A request from the node's main thread, answered directly.
+    pub(crate) fn local_request(&mut self, from: u64, msg: ToNode) -> Option<NodeReply> {
+        let r = self.request(from, msg).map(|(_, r)| r);
+        self.run_finalizations();
+        r
+    }
+
+    /// Handles a request from `from`; returns (request id, answer) when the
+    /// request expects one.
+    fn request(&mut self, from: u64, msg: ToNode) -> Option<(u64, NodeReply)> {
+        match msg {
+            ToNode::Register(_) | ToNode::Pidfd { .. } => None,
+            ToNode::Withdraw { serial } => {
+                self.withdraw(serial);
+                None
+            }
+            ToNode::Link { request, target } => {
+                let target = target.serial();
+                if target == from {
+                    return Some((request, NodeReply::Done));
+                }
+                if !self.known(target) {
+                    return Some((request, NodeReply::NoProc));
+                }
+                if let Some(p) = self.procs.get_mut(&from) {
+                    p.links.insert(target);
+                }
+                if let Some(p) = self.procs.get_mut(&target) {
+                    p.links.insert(from);
+                }
+                Some((request, NodeReply::Done))
+            }
+            ToNode::Unlink { target } => {
+                let target = target.serial();
+                if let Some(p) = self.procs.get_mut(&from) {
+                    p.links.remove(&target);
+                }
+                if let Some(p) = self.procs.get_mut(&target) {
+                    p.links.remove(&from);
+                }
+                None
+            }
+            ToNode::Monitor {
+                reference,
+                internal,
+                target,
+            } => {
+                let t = target.serial();
+                if target.node() != self.node || !self.known(t) {
+                    self.send_to(
+                        from,
+                        ToProcess::Down {
+                            reference,
+                            internal,
+                            pid: target,
+                            reason: ExitReason::NoProc,
+                        },
+                    );
+                    return None;
+                }
+                if let Some(p) = self.procs.get_mut(&t) {
+                    p.monitors.push(MonitorEntry {
+                        reference,
+                        watcher: from,
+                        internal,
+                    });
+                }
+                if let Some(p) = self.procs.get_mut(&from) {
+                    p.watching.insert(reference, t);
+                }
+                None
+            }
+            ToNode::Demonitor { reference } => {
+                let target = self.procs.get_mut(&from).and_then(|p| p.watching.remove(&reference));
+                if let Some(t) = target {
+                    if let Some(p) = self.procs.get_mut(&t) {
+                        p.monitors.retain(|m| !(m.watcher == from && m.reference == reference));
+                    }
+                }
+                None
+            }
+            ToNode::TrapExits { request, on } => {
+                if let Some(p) = self.procs.get_mut(&from) {
+                    if p.serial != MAIN_SERIAL {
+                        p.trap_exits = on;
+                    }
+                }
+                Some((request, NodeReply::Done))
+            }
+            ToNode::ExitSignal {
+                target,
+                reason,
+                untrappable,
+            } => {
+                if target.node() == self.node {
+                    self.exit_signal(from, target.serial(), reason, untrappable);
+                }
+                None
+            }
+            ToNode::RegisterName { request, name, pid } => {
+                let s = pid.serial();
+                if pid.node() != self.node || !self.known(s) {
+                    return Some((request, NodeReply::NoProc));
+                }
+                if let Some(&holder) = self.names.get(&name) {
+                    if holder != s && self.procs.get(&holder).is_some_and(|p| !p.exited) {
+                        return Some((request, NodeReply::NameTaken));
+                    }
+                }
+                if let Some(old) = self.names.insert(name.clone(), s) {
+                    if let Some(p) = self.procs.get_mut(&old) {
+                        p.names.retain(|n| n != &name);
+                    }
+                }
+                if let Some(p) = self.procs.get_mut(&s) {
+                    p.names.push(name);
+                }
+                Some((request, NodeReply::Done))
+            }
+            ToNode::UnregisterName { name } => {
+                if let Some(s) = self.names.remove(&name) {
+                    if let Some(p) = self.procs.get_mut(&s) {
+                        p.names.retain(|n| n != &name);
+                    }
+                }
+                None
+            }
+            ToNode::Whereis { request, name } => {
+                let pid = self
+                    .names
+                    .get(&name)
+                    .filter(|s| self.procs.get(s).is_some_and(|p| !p.exited))
+                    .map(|&s| self.pid(s));
+                Some((request, NodeReply::Pid(pid)))
+            }
+            ToNode::Info { request, pid } => {
+                let info = if pid.node() == self.node {
+                    self.info(pid.serial())
+                } else {
+                    None
+                };
+                Some((request, NodeReply::Info(info)))
+            }
+            ToNode::ChildExited { serial, status } => {
+                if let Some(p) = self.procs.get_mut(&serial) {
+                    if p.status.is_none() {
+                        p.status = Some(status);
+                    }
+                    self.to_finalize.push_back(serial);
+                }
+                None
+            }
+            ToNode::LastWords { reason } => {
+                if let Some(p) = self.procs.get_mut(&from) {
+                    p.last_words = Some(reason);
+                }
+                None
+            }
+        }
+    }
+
+    /// Whether `serial` is a live (or not yet finalized) process. An unknown
+    /// serial may belong to a registration still in flight on a control
+    /// connection: read them all before saying no.
+    fn known(&mut self, serial: u64) -> bool {
+        if self.procs.contains_key(&serial) {
+            return true;
+        }
+        if serial >= self.shared.next_serial.load(std::sync::atomic::Ordering::Acquire) {
+            return false;
+        }
+        self.refresh();
+        self.procs.contains_key(&serial)
+    }
+
+    /// Accepts and reads every control connection now.
+    fn refresh(&mut self) {
+        self.accept_all();
+        let tokens: Vec<u64> = self.conns.keys().copied().collect();
+        for t in tokens {
+            self.read_conn(t);
+        }
+    }
+
+    /// An exit signal from `from` to `target`.
+    fn exit_signal(&mut self, from: u64, target: u64, reason: ExitReason, untrappable: bool) {
+        let Some(p) = self.procs.get(&target) else {
+            return;
+        };
+        if p.exited {
+            return;
+        }
+        let from_pid = self.pid(from);
+        if target == MAIN_SERIAL || (p.internal && !untrappable) {
+            // The node's main thread always traps exits; the zygote ignores them.
+            if target == MAIN_SERIAL {
+                let reason = if untrappable { ExitReason::Killed } else { reason };
+                self.send_to(target, ToProcess::Exit { from: from_pid, reason });
+            }
+            return;
+        }
+        if untrappable {
+            self.kill(target, ExitReason::Killed);
+        } else if p.trap_exits {
+            self.send_to(target, ToProcess::Exit { from: from_pid, reason });
+        } else if reason.is_normal() && from != target {
+            // A normal exit signal does nothing to a process that does not trap.
+        } else {
+            self.kill(target, reason);
+        }
+    }
+
+    /// Kills `serial` with SIGKILL, recording the reason it dies with.
+    pub(crate) fn kill(&mut self, serial: u64, reason: ExitReason) {
+        let Some(p) = self.procs.get_mut(&serial) else {
+            return;
+        };
+        if p.kill_reason.is_none() {
+            p.kill_reason = Some(reason);
+        }
+        match &p.pidfd {
+            Some(fd) => {
+                if let Err(e) = pidfd_send_signal(fd, SIGKILL) {
+                    tracing::warn!(serial, "kill failed: {e}");
+                }
+            }
+            None => p.kill_pending = true,
+        }
+    }
+
+    /// Queues a control frame for process `serial`.
+    fn send_to(&mut self, serial: u64, msg: ToProcess) {
+        let Some(token) = self.procs.get(&serial).and_then(|p| p.ctl) else {
+            return;
+        };
+        let Some(conn) = self.conns.get_mut(&token) else {
+            return;
+        };
+        frame::push(&mut conn.out, Kind::Ctl, &msg).expect("BUG: control frames always encode");
+        if !conn.backlogged {
+            Self::write_conn(self.epoll, token, conn);
+        }
+    }
+
+    fn write_conn(epoll: &Epoll, token: u64, conn: &mut CtlConn) {
+        while conn.off < conn.out.len() {
+            match socket::send(&conn.fd, &conn.out[conn.off..]) {
+                Ok(n) => conn.off += n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    if !conn.backlogged {
+                        conn.backlogged = true;
+                        let _ = epoll.modify(conn.fd.as_raw_fd(), token, Interest::ReadWrite);
+                    }
+                    return;
+                }
+                Err(_) => {
+                    // The process is gone; its pidfd tells the rest.
+                    conn.out.clear();
+                    conn.off = 0;
+                    return;
+                }
+            }
+        }
+        conn.out.clear();
+        conn.off = 0;
+        if conn.backlogged {
+            conn.backlogged = false;
+            let _ = epoll.modify(conn.fd.as_raw_fd(), token, Interest::Read);
+        }
+    }
+
+    /// A backlogged control connection is writable.
+    pub(crate) fn on_conn_writable(&mut self, token: u64) {
+        if let Some(conn) = self.conns.get_mut(&token) {
+            Self::write_conn(self.epoll, token, conn);
+        }
+    }
+
+    /// A pidfd became readable: the process has exited.
+    pub(crate) fn on_pidfd(&mut self, serial: u64) {
+        let Some(p) = self.procs.get_mut(&serial) else {
+            return;
+        };
+        p.exited = true;
+        if let Some(fd) = &p.pidfd {
+            self.epoll.delete(fd.as_raw_fd());
+        }
+        self.try_status(serial);
+        self.run_finalizations();
+    }
+
+    /// Looks for the status of an exited process; finalizes it when found.
+    fn try_status(&mut self, serial: u64) {
+        let Some(p) = self.procs.get_mut(&serial) else {
+            self.pending.remove(&serial);
+            return;
+        };
+        if p.status.is_none() {
+            if let Some(fd) = &p.pidfd {
+                match pidfd_try_wait(fd) {
+                    Ok(Some(s)) => p.status = Some(s),
+                    Ok(None) => {}
+                    Err(_) => {
+                        // Not our child: its parent reaps it and tells us, or
+                        // the kernel keeps the status for pidfd holders.
+                        if let Ok(Some(s)) = pidfd_exit_info(fd) {
+                            p.status = Some(s);
+                        }
+                    }
+                }
+            }
+        }
+        if p.status.is_some() {
+            self.pending.remove(&serial);
+            self.to_finalize.push_back(serial);
+        } else {
+            self.pending.insert(serial);
+        }
+    }
+
+    /// Whether some exited process still waits for its status.
+    pub(crate) fn has_pending(&self) -> bool {
+        !self.pending.is_empty()
+    }
+
+    /// Looks again for the statuses still missing.
+    pub(crate) fn retry_pending(&mut self) {
+        let pending: Vec<u64> = self.pending.iter().copied().collect();
+        for s in pending {
+            self.try_status(s);
+        }
+        self.run_finalizations();
+    }
+
+    fn run_finalizations(&mut self) {
+        while let Some(serial) = self.to_finalize.pop_front() {
+            self.finalize(serial);
+        }
+    }
+
+    /// Turns the death of `serial` into its signals, exactly once.
+    fn finalize(&mut self, serial: u64) {
+        // Its last frames (last words, reports about its children) are all in
+        // its control connection by now: read them first.
+        if let Some(token) = self.procs.get(&serial).and_then(|p| p.ctl) {
+            self.read_conn(token);
+        }
+        let Some(p) = self.procs.remove(&serial) else {
+            return;
+        };
+        self.pending.remove(&serial);
+        let reason = reason_of(&p);
+        *self.counters.exits.entry(kind_name(&reason)).or_default() += 1;
+        let pid = self.pid(serial);
+        tracing::debug!(pid = %pid, ospid = ?p.ospid, name = ?p.name, %reason, "process exited");
+        let slot = &self.shared.slots[serial as usize % SLOTS];
+        let _ = slot.serial.compare_exchange(
+            serial,
+            0,
+            std::sync::atomic::Ordering::AcqRel,
+            std::sync::atomic::Ordering::Relaxed,
+        );
+        for name in &p.names {
+            if self.names.get(name) == Some(&serial) {
+                self.names.remove(name);
+            }
+        }
+        for m in &p.monitors {
+            if let Some(w) = self.procs.get_mut(&m.watcher) {
+                w.watching.remove(&m.reference);
+            }
+            self.send_to(
+                m.watcher,
+                ToProcess::Down {
+                    reference: m.reference,
+                    internal: m.internal,
+                    pid,
+                    reason: reason.clone(),
+                },
+            );
+        }
+        for (reference, target) in &p.watching {
+            if let Some(t) = self.procs.get_mut(target) {
+                t.monitors
+                    .retain(|m| !(m.watcher == serial && m.reference == *reference));
+            }
+        }
+        for &l in &p.links {
+            if let Some(o) = self.procs.get_mut(&l) {
+                o.links.remove(&serial);
+            }
+            let (trap, internal) = match self.procs.get(&l) {
+                Some(o) => (o.trap_exits, o.internal),
+                None => continue,
+            };
+            if trap {
+                self.send_to(
+                    l,
+                    ToProcess::Exit {
+                        from: pid,
+                        reason: reason.clone(),
+                    },
+                );
+            } else if !reason.is_normal() && !internal {
+                self.kill(l, reason.clone());
+            }
+        }
+        if let Some(t) = p.ctl {
+            self.close_conn(t);
+        }
+        if self.shutting_down {
+            let children: Vec<u64> = self
+                .procs
+                .values()
+                .filter(|c| c.parent == serial && !c.internal && !c.exited)
+                .map(|c| c.serial)
+                .collect();
+            for c in children {
+                self.exit_signal(MAIN_SERIAL, c, ExitReason::Shutdown, false);
+            }
+        }
+        // Its children that were not reaped are ours now.
+        if !self.pending.is_empty() {
+            let pending: Vec<u64> = self.pending.iter().copied().collect();
+            for s in pending {
+                self.try_status(s);
+            }
+        }
+        if let Some(pgid) = p.ospid {
+            self.adopt_strangers(pgid);
+        }
+    }
+
+    /// Watches the orphans of process group `pgid` that were reparented to the
+    /// node (raw forks made inside a process that has exited), to reap them.
+    fn adopt_strangers(&mut self, pgid: i32) {
+        let known: HashSet<i32> = self.procs.values().filter_map(|p| p.ospid).collect();
+        for child in crate::node::proc_fs::children_of_self() {
+            if known.contains(&child) || crate::node::proc_fs::pgid_of(child) != Some(pgid) {
+                continue;
+            }
+            let Ok(fd) = pidfd_open(child) else {
+                continue;
+            };
+            let token = STRANGER_TAG | self.next_token;
+            self.next_token += 1;
+            if self.epoll.add(fd.as_raw_fd(), token, Interest::Read).is_ok() {
+                tracing::debug!(ospid = child, pgid, "adopted an orphan");
+                self.strangers.insert(token, fd);
+            }
+        }
+    }
+
+    /// An adopted stranger exited: reap it.
+    pub(crate) fn on_stranger(&mut self, token: u64) {
+        if let Some(fd) = self.strangers.get(&token) {
+            if let Ok(Some(_)) | Err(_) = pidfd_try_wait(fd) {
+                self.epoll.delete(fd.as_raw_fd());
+                self.strangers.remove(&token);
+                self.counters.strangers_reaped += 1;
+            }
+        }
+    }
+
+    /// The status of one process.
+    pub(crate) fn info(&self, serial: u64) -> Option<ProcessInfo> {
+        let p = self.procs.get(&serial)?;
+        let slot = &self.shared.slots[serial as usize % SLOTS];
+        let own = slot.serial.load(std::sync::atomic::Ordering::Acquire) == serial;
+        let state = if p.exited {
+            ProcessState::Exiting
+        } else if own {
+            ProcessState::from_u32(slot.state.load(std::sync::atomic::Ordering::Relaxed))
+        } else {
+            ProcessState::Starting
+        };
+        let get = |a: &std::sync::atomic::AtomicU64| {
+            if own {
+                a.load(std::sync::atomic::Ordering::Relaxed)
+            } else {
+                0
+            }
+        };
+        Some(ProcessInfo {
+            pid: self.pid(serial),
+            os_pid: p.ospid,
+            name: p.name.clone(),
+            parent: Some(self.pid(p.parent)),
+            state,
+            queue_len: get(&slot.queue_len),
+            memory: p.ospid.and_then(crate::node::proc_fs::rss_bytes),
+            dropped: get(&slot.dropped),
+            undecodable: get(&slot.undecodable),
+            refused: get(&slot.refused),
+            trap_exits: p.trap_exits,
+            links: p.links.iter().map(|&l| self.pid(l)).collect(),
+            monitors: p.monitors.len(),
+            registered_names: p.names.clone(),
+        })
+    }
+
+    /// Serials of the live processes that are not part of the runtime.
+    pub(crate) fn user_processes(&self) -> Vec<u64> {
+        let mut v: Vec<u64> = self.procs.values().filter(|p| !p.internal).map(|p| p.serial).collect();
+        v.sort_unstable();
+        v
+    }
+
+    /// Starts an orderly shutdown: the processes the main thread started (and
+    /// orphans) get `Shutdown`, newest first; the others follow when their
+    /// parent is gone.
+    pub(crate) fn begin_shutdown(&mut self) {
+        self.shutting_down = true;
+        let mut top: Vec<u64> = self
+            .procs
+            .values()
+            .filter(|p| {
+                !p.internal
+                    && !p.exited
+                    && (p.parent == MAIN_SERIAL || !self.procs.get(&p.parent).is_some_and(|q| !q.exited))
+            })
+            .map(|p| p.serial)
+            .collect();
+        top.sort_unstable_by(|a, b| b.cmp(a));
+        for s in top {
+            self.exit_signal(MAIN_SERIAL, s, ExitReason::Shutdown, false);
+        }
+        self.run_finalizations();
+    }
+
+    /// Kills every process that is still alive (the end of a shutdown).
+    pub(crate) fn kill_all(&mut self, include_internal: bool) {
+        let all: Vec<u64> = self
+            .procs
+            .values()
+            .filter(|p| p.serial != MAIN_SERIAL && (include_internal || !p.internal))
+            .map(|p| p.serial)
+            .collect();
+        for s in all {
+            self.kill(s, ExitReason::Killed);
+        }
+    }
+
+    /// The zygote's pidfd and whether it is alive.
+    pub(crate) fn alive(&self, serial: u64) -> bool {
+        self.procs.get(&serial).is_some_and(|p| !p.exited)
+    }
+
+    /// The node-wide counters.
+    pub(crate) fn counters(&self) -> Counters {
+        self.counters.clone()
+    }
+
+    /// Kind of an event token.
+    pub(crate) fn token_kind(token: u64) -> u64 {
+        token & TAG_MASK
+    }
+
+    /// A time to look again for pending statuses.
+    pub(crate) fn next_retry(&self) -> Option<Instant> {
+        if self.pending.is_empty() {
+            None
+        } else {
+            Some(Instant::now() + std::time::Duration::from_millis(5))
+        }
+    }
+}
+
+/// The exit reason of a finalized process (see `docs/semantics.md`).
+fn reason_of(p: &Proc) -> ExitReason {
+    match p.status {
+        Some(WaitStatus::Signaled { signal, core_dumped }) => {
+            if signal == SIGKILL {
+                p.kill_reason.clone().unwrap_or(ExitReason::Killed)
+            } else if signal == SIGXCPU && p.cpu_limited {
+                ExitReason::CpuLimit
+            } else {
+                ExitReason::from_signal(signal, core_dumped)
+            }
+        }
+        Some(WaitStatus::Exited(0)) => p.last_words.clone().unwrap_or(ExitReason::Normal),
+        Some(WaitStatus::Exited(code)) => ExitReason::Code(code),
+        None => p.last_words.clone().unwrap_or(ExitReason::NoProc),
+    }
+}
+
+/// A short name for counting exits by kind.
+pub(crate) fn kind_name(r: &ExitReason) -> &'static str {
+    match r {
+        ExitReason::Normal => "normal",
+        ExitReason::Error(_) => "error",
+        ExitReason::Panic(_) => "panic",
+        ExitReason::Exit(_) => "exit",
+        ExitReason::Shutdown => "shutdown",
+        ExitReason::Killed => "killed",
+        ExitReason::Signal { .. } => "signal",
+        ExitReason::Code(_) => "code",
+        ExitReason::NoProc => "noproc",
+        ExitReason::NoConnection => "noconnection",
+        ExitReason::MemoryLimit => "memory_limit",
+        ExitReason::CpuLimit => "cpu_limit",
+    }
+}

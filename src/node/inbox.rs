@@ -1,0 +1,777 @@
+//! The receive path of a process: its listening socket, the connections
+//! senders opened to it, its control connection to the node, and the queue that
+//! `recv` takes from.
+//!
+//! # Why this receive path
+//!
+//! Waking a thread on the other core costs about 45 us on the machines
+//! measured, so no thread sits between the socket and `recv`: a thread blocked
+//! in `recv` (or `call`, or `join`) waits in `epoll_wait` on the process's own
+//! sockets and decodes in its own thread. At most one thread polls at a time
+//! (the *poller*); other waiting threads sleep on a condition variable and are
+//! woken when the poller has queued something.
+//!
+//! While no thread of the process is receiving, a background thread takes the
+//! poller role, so that senders are drained eagerly (and never have to hold
+//! frames in their own memory for long), coalesced frames are flushed, and
+//! children are reaped. It steps aside for a receiving thread (evicted through
+//! an eventfd, one wake-up at the start of a busy period) and stays away while
+//! receives follow each other closely, so a ping-pong never pays a hand-off.
+//! The background thread is started lazily, the first time it is needed: a
+//! process that never receives or sends holds no runtime thread at all.
+//!
+//! Order: frames from one connection are queued in the order they were read;
+//! when a signal about process A (a `Down` or a trapped `Exit`) arrives on the
+//! control connection, everything A wrote to this process is read first
+//! (pending connections included), so A's messages come before the signal.
+
+use std::collections::{HashMap, VecDeque};
+use std::io;
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use parking_lot::{Condvar, Mutex, MutexGuard};
+
+use crate::exit::ExitReason;
+use crate::link::ExitSignal;
+use crate::monitor::{Down, MonitorRef};
+use crate::node::runtime::Runtime;
+use crate::process::{Overflow, Pid};
+use crate::sys::poll::{Epoll, Event, EventFd, Interest};
+use crate::sys::process::pidfd_try_wait;
+use crate::sys::shared::Slot;
+use crate::sys::socket;
+use crate::wire::envelope::{Hello, NodeReply, ToNode, ToProcess};
+use crate::wire::frame::{Decoder, Kind};
+use crate::wire::{DecodeError, FrameError, decode_exact};
+
+const TOKEN_LISTENER: u64 = 1;
+const TOKEN_CTL: u64 = 2;
+const TOKEN_KICK: u64 = 3;
+const TOKEN_TIMER: u64 = 4;
+const TOKEN_INNER: u64 = 5;
+const TOKEN_BG_KICK: u64 = 6;
+const TAG_MASK: u64 = 0xff << 56;
+/// Tag of inbound data connections.
+const CONN_TAG: u64 = 1 << 56;
+/// Tag of child pidfds.
+const CHILD_TAG: u64 = 2 << 56;
+/// Tag of backlogged outbound connections (waiting to be writable).
+pub(crate) const OUT_TAG: u64 = 3 << 56;
+
+/// How long the background thread stays away after a receive ended.
+const BACKGROUND_IDLE: Duration = Duration::from_millis(1);
+/// Bytes read from one connection per poll round before others get a turn.
+const READ_BUDGET: usize = 1 << 20;
+/// Size of the read buffer.
+const SCRATCH: usize = 64 * 1024;
+
+/// Something in the mailbox queue.
+#[derive(Debug)]
+pub(crate) enum Item {
+    /// A message: its type fingerprint and postcard body.
+    Msg {
+        /// Fingerprint of the type it was encoded from.
+        fp: u64,
+        /// The encoded body.
+        body: Vec<u8>,
+    },
+    /// A monitored process is gone.
+    Down(Down),
+    /// An exit signal, trapped.
+    Exit(ExitSignal),
+}
+
+/// What arrived for a reference the runtime waits on (a call, a join, a
+/// request to the node).
+#[derive(Debug, Default)]
+pub(crate) struct Awaited {
+    /// A reply frame: fingerprint and body.
+    pub(crate) reply: Option<(u64, Vec<u8>)>,
+    /// The monitored process's exit reason.
+    pub(crate) down: Option<ExitReason>,
+    /// The node's answer.
+    pub(crate) node: Option<NodeReply>,
+}
+
+/// Who is polling the process's sockets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Poller {
+    /// Nobody.
+    Idle,
+    /// A thread that waits for something (recv, call, join).
+    User,
+    /// The background thread.
+    Background,
+}
+
+/// One inbound connection.
+#[derive(Debug)]
+struct InConn {
+    /// The accepted socket (non-blocking).
+    fd: OwnedFd,
+    /// The sender, once its hello has arrived.
+    sender: Option<Pid>,
+    /// Frame decoder.
+    decoder: Decoder,
+    /// Accept order, to drain older connections of a sender first.
+    seq: u64,
+}
+
+/// The mutable state of the receive path.
+#[derive(Debug)]
+pub(crate) struct State {
+    /// Messages and signals, in arrival order.
+    pub(crate) queue: VecDeque<Item>,
+    /// Messages (not signals) in `queue`, for the bound.
+    messages: usize,
+    /// References the runtime waits on.
+    pub(crate) awaited: HashMap<u64, Awaited>,
+    /// The process's listening socket.
+    listener: OwnedFd,
+    /// Inbound connections by token.
+    conns: HashMap<u64, InConn>,
+    /// Next connection token / accept sequence number.
+    next_conn: u64,
+    /// Decoder of the control connection.
+    ctl_decoder: Decoder,
+    /// Children whose pidfds this process polls, to reap them: token → (serial, pidfd).
+    children: HashMap<u64, (u64, OwnedFd)>,
+    /// Who polls.
+    poller: Poller,
+    /// User threads waiting on the condition variable.
+    users_waiting: usize,
+    /// The background thread sleeps until a receive ends.
+    bg_parked: bool,
+    /// When a user poll last returned.
+    last_user_poll: Option<Instant>,
+    /// Mailbox bound and overflow policy.
+    bound: Option<(usize, Overflow)>,
+    /// Read buffer.
+    scratch: Vec<u8>,
+    /// Event buffer.
+    events: Vec<Event>,
+    /// The node is gone (control connection closed).
+    pub(crate) disconnected: bool,
+    /// The background thread should end.
+    stop: bool,
+}
+
+/// The receive side of a process.
+#[derive(Debug)]
+pub(crate) struct Inbox {
+    /// Every source of the process: listener, connections, control, children.
+    epoll: Epoll,
+    /// Wakes the polling user thread.
+    kick: EventFd,
+    /// Evicts the background thread from its poll.
+    bg_kick: EventFd,
+    /// The control connection's descriptor (owned by the runtime).
+    ctl_fd: RawFd,
+    /// Set when something needs the background thread.
+    bg_wanted: AtomicBool,
+    /// Receive state.
+    state: Mutex<State>,
+    /// Wakes user threads waiting for the poller.
+    cond: Condvar,
+    /// Wakes the background thread.
+    bg_cond: Condvar,
+}
+
+impl Inbox {
+    /// Builds the receive path over `listener` and the control connection.
+    pub(crate) fn new(
+        listener: OwnedFd,
+        ctl_fd: RawFd,
+        timer_fd: RawFd,
+        bound: Option<(usize, Overflow)>,
+    ) -> io::Result<Inbox> {
+        let epoll = Epoll::new()?;
+        let kick = EventFd::new()?;
+        let bg_kick = EventFd::new()?;
+        epoll.add(listener.as_raw_fd(), TOKEN_LISTENER, Interest::Read)?;
+        epoll.add(ctl_fd, TOKEN_CTL, Interest::Read)?;
+        epoll.add(kick.as_raw_fd(), TOKEN_KICK, Interest::Read)?;
+        epoll.add(timer_fd, TOKEN_TIMER, Interest::Read)?;
+        Ok(Inbox {
+            epoll,
+            kick,
+            bg_kick,
+            ctl_fd,
+            bg_wanted: AtomicBool::new(false),
+            state: Mutex::new(State {
+                queue: VecDeque::new(),
+                messages: 0,
+                awaited: HashMap::new(),
+                listener,
+                conns: HashMap::new(),
+                next_conn: 0,
+                ctl_decoder: Decoder::default(),
+                children: HashMap::new(),
+                poller: Poller::Idle,
+                users_waiting: 0,
+                bg_parked: false,
+                last_user_poll: None,
+                bound,
+                scratch: Vec::new(),
+                events: Vec::with_capacity(64),
+                disconnected: false,
+                stop: false,
+            }),
+            cond: Condvar::new(),
+            bg_cond: Condvar::new(),
+        })
+    }
+
+    /// The process's epoll instance.
+    pub(crate) fn epoll(&self) -> &Epoll {
+        &self.epoll
+    }
+
+    /// Asks for the background thread to be started (see
+    /// [`Runtime::ensure_background`]).
+    pub(crate) fn need_background(&self) {
+        self.bg_wanted.store(true, Ordering::Relaxed);
+    }
+
+    /// Whether something asked for the background thread.
+    pub(crate) fn background_wanted(&self) -> bool {
+        self.bg_wanted.load(Ordering::Relaxed)
+    }
+
+    /// Locks the receive state.
+    pub(crate) fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock()
+    }
+
+    /// Starts waiting for answers to `reference`.
+    pub(crate) fn await_ref(&self, reference: u64) {
+        self.state.lock().awaited.insert(reference, Awaited::default());
+    }
+
+    /// Stops waiting for `reference`; later answers are dropped.
+    pub(crate) fn forget_ref(&self, reference: u64) {
+        self.state.lock().awaited.remove(&reference);
+    }
+
+    /// Polls a child's pidfd so that this process reaps it and reports its
+    /// status to the node.
+    pub(crate) fn add_child(&self, serial: u64, pidfd: OwnedFd) -> io::Result<()> {
+        let mut st = self.state.lock();
+        let token = CHILD_TAG | st.next_conn;
+        st.next_conn += 1;
+        self.epoll.add(pidfd.as_raw_fd(), token, Interest::Read)?;
+        st.children.insert(token, (serial, pidfd));
+        self.need_background();
+        Ok(())
+    }
+
+    /// Sets the mailbox bound.
+    pub(crate) fn set_bound(&self, bound: Option<(usize, Overflow)>) {
+        self.state.lock().bound = bound;
+    }
+
+    /// Waits until `check` returns `Some` or the deadline passes, polling the
+    /// process's sockets in this thread when no other thread does.
+    pub(crate) fn pump<R>(
+        &self,
+        rt: &'static Runtime,
+        deadline: Option<Instant>,
+        mut check: impl FnMut(&mut State) -> Option<R>,
+    ) -> Option<R> {
+        let mut st = self.state.lock();
+        if let Some(r) = check(&mut st) {
+            return Some(r);
+        }
+        // About to wait: what this process sent must leave first.
+        rt.begin_receive();
+        let mut polled = false;
+        let out = loop {
+            if let Some(r) = check(&mut st) {
+                break Some(r);
+            }
+            let now = Instant::now();
+            // Poll at least once, even past the deadline, so that `try_recv`
+            // sees what already waits in the sockets.
+            if (polled && deadline.is_some_and(|d| now >= d)) || st.disconnected {
+                break None;
+            }
+            match st.poller {
+                Poller::Idle => {
+                    polled = true;
+                    st.poller = Poller::User;
+                    let mut events = std::mem::take(&mut st.events);
+                    events.clear();
+                    let timeout = deadline.map(|d| d.saturating_duration_since(now));
+                    let waited = MutexGuard::unlocked(&mut st, || self.epoll.wait(&mut events, timeout));
+                    st.poller = Poller::Idle;
+                    st.last_user_poll = Some(Instant::now());
+                    if let Err(e) = waited {
+                        tracing::error!("epoll_wait failed: {e}");
+                    }
+                    self.handle(rt, &mut st, &events);
+                    st.events = events;
+                    if st.users_waiting > 0 {
+                        self.cond.notify_all();
+                    }
+                }
+                Poller::User => {
+                    // Another thread polls for everyone.
+                    polled = true;
+                    self.wait_for_poller(&mut st, deadline);
+                }
+                Poller::Background => {
+                    polled = true;
+                    self.bg_kick.notify();
+                    self.wait_for_poller(&mut st, deadline);
+                }
+            }
+        };
+        rt.slot()
+            .state
+            .store(crate::process::ProcessState::Running as u32, Ordering::Relaxed);
+        if st.bg_parked && st.users_waiting == 0 && st.poller == Poller::Idle {
+            // The background thread slept while this thread received; let it
+            // watch again (it waits out the idle delay first).
+            st.bg_parked = false;
+            self.bg_cond.notify_one();
+        }
+        drop(st);
+        rt.ensure_background();
+        out
+    }
+
+    fn wait_for_poller(&self, st: &mut MutexGuard<'_, State>, deadline: Option<Instant>) {
+        st.users_waiting += 1;
+        match deadline {
+            Some(d) => {
+                self.cond.wait_until(st, d);
+            }
+            None => self.cond.wait(st),
+        }
+        st.users_waiting -= 1;
+    }
+
+    /// The background thread: polls while no user thread does.
+    pub(crate) fn background(&self, rt: &Runtime) {
+        let outer = match Epoll::new().and_then(|outer| {
+            outer.add(self.epoll.as_raw_fd(), TOKEN_INNER, Interest::Read)?;
+            outer.add(self.bg_kick.as_raw_fd(), TOKEN_BG_KICK, Interest::Read)?;
+            Ok(outer)
+        }) {
+            Ok(o) => o,
+            Err(e) => {
+                tracing::error!("cannot start the background poller: {e}");
+                return;
+            }
+        };
+        let mut outer_events = Vec::with_capacity(4);
+        let mut st = self.state.lock();
+        loop {
+            if st.stop {
+                return;
+            }
+            if st.poller != Poller::Idle || st.users_waiting > 0 {
+                st.bg_parked = true;
+                self.bg_cond.wait(&mut st);
+                st.bg_parked = false;
+                continue;
+            }
+            if let Some(t) = st.last_user_poll {
+                let idle = t.elapsed();
+                if idle < BACKGROUND_IDLE {
+                    self.bg_cond.wait_for(&mut st, BACKGROUND_IDLE - idle);
+                    continue;
+                }
+            }
+            st.poller = Poller::Background;
+            let mut events = std::mem::take(&mut st.events);
+            events.clear();
+            outer_events.clear();
+            MutexGuard::unlocked(&mut st, || {
+                if let Err(e) = outer.wait(&mut outer_events, None) {
+                    tracing::error!("epoll_wait failed: {e}");
+                }
+                for ev in &outer_events {
+                    match ev.token {
+                        TOKEN_BG_KICK => self.bg_kick.drain(),
+                        _ => {
+                            let _ = self.epoll.wait(&mut events, Some(Duration::ZERO));
+                        }
+                    }
+                }
+            });
+            st.poller = Poller::Idle;
+            self.handle(rt, &mut st, &events);
+            st.events = events;
+            if st.users_waiting > 0 {
+                self.cond.notify_all();
+            }
+        }
+    }
+
+    /// Handles ready events. Runs with the state locked, by the poller.
+    fn handle(&self, rt: &Runtime, st: &mut State, events: &[Event]) {
+        for ev in events {
+            match ev.token {
+                TOKEN_LISTENER => self.accept_all(rt, st),
+                TOKEN_CTL => self.read_ctl(rt, st),
+                TOKEN_KICK => self.kick.drain(),
+                TOKEN_TIMER => rt.flush_timer_fired(),
+                t if t & TAG_MASK == CONN_TAG => {
+                    self.read_conn(rt, st, t, READ_BUDGET);
+                }
+                t if t & TAG_MASK == CHILD_TAG => self.reap_child(rt, st, t),
+                t if t & TAG_MASK == OUT_TAG => rt.on_writable(t & !TAG_MASK),
+                _ => {}
+            }
+        }
+        rt.slot().queue_len.store(st.queue.len() as u64, Ordering::Relaxed);
+    }
+
+    fn accept_all(&self, rt: &Runtime, st: &mut State) {
+        loop {
+            match socket::accept(&st.listener) {
+                Ok(Some((fd, cred))) => {
+                    if cred.uid != rt.uid() {
+                        rt.slot().refused.fetch_add(1, Ordering::Relaxed);
+                        tracing::warn!(uid = cred.uid, pid = cred.pid, "refused a connection from another user");
+                        continue;
+                    }
+                    let token = CONN_TAG | st.next_conn;
+                    let seq = st.next_conn;
+                    st.next_conn += 1;
+                    if self.epoll.add(fd.as_raw_fd(), token, Interest::Read).is_err() {
+                        continue;
+                    }
+                    st.conns.insert(
+                        token,
+                        InConn {
+                            fd,
+                            sender: None,
+                            decoder: Decoder::default(),
+                            seq,
+                        },
+                    );
+                }
+                Ok(None) => return,
+                Err(e) => {
+                    // EMFILE and friends: leave it pending, try again later.
+                    tracing::warn!("accept failed: {e}");
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Reads a data connection until it has nothing more or `budget` bytes
+    /// were read. Returns whether the connection is still open.
+    fn read_conn(&self, rt: &Runtime, st: &mut State, token: u64, budget: usize) -> bool {
+        if st.scratch.len() < SCRATCH {
+            st.scratch.resize(SCRATCH, 0);
+        }
+        let mut read_total = 0;
+        loop {
+            let Some(conn) = st.conns.get_mut(&token) else {
+                return false;
+            };
+            let n = match socket::read(&conn.fd, &mut st.scratch) {
+                Ok(0) => {
+                    self.close_conn(st, token);
+                    return false;
+                }
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return true,
+                Err(_) => {
+                    self.close_conn(st, token);
+                    return false;
+                }
+            };
+            read_total += n;
+            match self.decode_conn(rt, st, token, n) {
+                Ok(()) => {}
+                Err(e) => {
+                    let who = st.conns.get(&token).and_then(|c| c.sender);
+                    rt.slot().undecodable.fetch_add(1, Ordering::Relaxed);
+                    if matches!(e, FrameError::TooLarge { .. }) {
+                        rt.slot().refused.fetch_add(1, Ordering::Relaxed);
+                    }
+                    tracing::warn!(from = ?who, "closing a connection that broke the framing: {e}");
+                    self.close_conn(st, token);
+                    return false;
+                }
+            }
+            if n < st.scratch.len() || read_total >= budget {
+                return true;
+            }
+        }
+    }
+
+    /// Decodes `n` fresh bytes of `scratch` (and anything pending) of one
+    /// connection into the queue.
+    fn decode_conn(&self, rt: &Runtime, st: &mut State, token: u64, n: usize) -> Result<(), FrameError> {
+        let max = rt.max_frame();
+        let mut input_len = n;
+        loop {
+            let State {
+                conns,
+                scratch,
+                queue,
+                messages,
+                awaited,
+                bound,
+                ..
+            } = &mut *st;
+            let Some(conn) = conns.get_mut(&token) else {
+                return Ok(());
+            };
+            let mut protocol_error: Option<FrameError> = None;
+            let mut new_sender = None;
+            let had_sender = conn.sender.is_some();
+            let sender = &mut conn.sender;
+            let stopped = conn.decoder.feed(&scratch[..input_len], max, |kind, body| {
+                match (kind, sender.is_some()) {
+                    (Kind::Hello, false) => match decode_exact::<Hello>(body) {
+                        Ok(h) => {
+                            *sender = Some(h.from);
+                            new_sender = Some(h.from);
+                            // Stop: older connections of this sender go first.
+                            false
+                        }
+                        Err(_) => {
+                            protocol_error = Some(FrameError::UnknownKind(Kind::Hello as u8));
+                            false
+                        }
+                    },
+                    (Kind::Msg, true) if body.len() >= 8 => {
+                        let fp = u64::from_le_bytes(body[..8].try_into().expect("BUG: 8 bytes"));
+                        push_message(queue, messages, *bound, rt.slot(), fp, &body[8..]);
+                        true
+                    }
+                    (Kind::Reply, true) if body.len() >= 16 => {
+                        let reference = u64::from_le_bytes(body[..8].try_into().expect("BUG: 8 bytes"));
+                        let fp = u64::from_le_bytes(body[8..16].try_into().expect("BUG: 8 bytes"));
+                        if let Some(a) = awaited.get_mut(&reference) {
+                            a.reply = Some((fp, body[16..].to_vec()));
+                        }
+                        true
+                    }
+                    (kind, _) => {
+                        protocol_error = Some(FrameError::UnknownKind(kind as u8));
+                        false
+                    }
+                }
+            })?;
+            if let Some(e) = protocol_error {
+                return Err(e);
+            }
+            if let (Some(from), false) = (new_sender, had_sender) {
+                let seq = conn.seq;
+                self.drain_older(rt, st, from, seq);
+            }
+            if !stopped {
+                return Ok(());
+            }
+            input_len = 0;
+        }
+    }
+
+    /// Reads to the end every connection of `from` accepted before `seq`: a
+    /// sender that reconnects closed its older connection first, and what it
+    /// wrote there comes first.
+    fn drain_older(&self, rt: &Runtime, st: &mut State, from: Pid, seq: u64) {
+        let mut older: Vec<(u64, u64)> = st
+            .conns
+            .iter()
+            .filter(|(_, c)| c.sender == Some(from) && c.seq < seq)
+            .map(|(&t, c)| (c.seq, t))
+            .collect();
+        older.sort_unstable();
+        for (_, token) in older {
+            self.read_conn(rt, st, token, usize::MAX);
+        }
+    }
+
+    /// Reads everything `from` has written to this process so far, its
+    /// pending connections included. Used before a signal about `from` is
+    /// queued, so that its messages come first.
+    fn drain_sender(&self, rt: &Runtime, st: &mut State, from: Pid) {
+        self.accept_all(rt, st);
+        let mut tokens: Vec<(u64, u64)> = st
+            .conns
+            .iter()
+            .filter(|(_, c)| c.sender.is_none() || c.sender == Some(from))
+            .map(|(&t, c)| (c.seq, t))
+            .collect();
+        tokens.sort_unstable();
+        for (_, token) in tokens {
+            self.read_conn(rt, st, token, usize::MAX);
+        }
+    }
+
+    fn close_conn(&self, st: &mut State, token: u64) {
+        if let Some(conn) = st.conns.remove(&token) {
+            self.epoll.delete(conn.fd.as_raw_fd());
+        }
+    }
+
+    fn read_ctl(&self, rt: &Runtime, st: &mut State) {
+        if st.scratch.len() < SCRATCH {
+            st.scratch.resize(SCRATCH, 0);
+        }
+        loop {
+            let fd = rt.ctl_fd();
+            let n = match socket::read(fd, &mut st.scratch) {
+                Ok(0) => {
+                    st.disconnected = true;
+                    self.epoll.delete(self.ctl_fd);
+                    return;
+                }
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(_) => {
+                    st.disconnected = true;
+                    self.epoll.delete(self.ctl_fd);
+                    return;
+                }
+            };
+            let mut frames = Vec::new();
+            let mut decoder = std::mem::take(&mut st.ctl_decoder);
+            let res = decoder.feed(&st.scratch[..n], usize::MAX >> 1, |kind, body| {
+                if kind == Kind::Ctl {
+                    frames.push(decode_exact::<ToProcess>(body));
+                }
+                true
+            });
+            st.ctl_decoder = decoder;
+            if let Err(e) = res {
+                tracing::error!("the node's control stream broke: {e}");
+            }
+            for frame in frames {
+                match frame {
+                    Ok(f) => self.on_control(rt, st, f),
+                    Err(e) => tracing::error!("undecodable control frame from the node: {e}"),
+                }
+            }
+            if n < st.scratch.len() {
+                return;
+            }
+        }
+    }
+
+    fn on_control(&self, rt: &Runtime, st: &mut State, frame: ToProcess) {
+        match frame {
+            ToProcess::Down {
+                reference,
+                internal,
+                pid,
+                reason,
+            } => {
+                self.drain_sender(rt, st, pid);
+                if internal {
+                    if let Some(a) = st.awaited.get_mut(&reference) {
+                        a.down = Some(reason);
+                    }
+                } else {
+                    st.queue.push_back(Item::Down(Down {
+                        reference: MonitorRef::new(rt.pid().serial(), reference),
+                        pid,
+                        reason,
+                    }));
+                }
+                rt.forget_connection(pid);
+            }
+            ToProcess::Exit { from, reason } => {
+                self.drain_sender(rt, st, from);
+                st.queue.push_back(Item::Exit(ExitSignal { from, reason }));
+            }
+            ToProcess::Reply { request, reply } => {
+                if let Some(a) = st.awaited.get_mut(&request) {
+                    a.node = Some(reply);
+                }
+            }
+        }
+    }
+
+    fn reap_child(&self, rt: &Runtime, st: &mut State, token: u64) {
+        let Some((serial, pidfd)) = st.children.get(&token) else {
+            return;
+        };
+        let serial = *serial;
+        match pidfd_try_wait(pidfd) {
+            Ok(None) => {}
+            Ok(Some(status)) => {
+                if let Some((_, pidfd)) = st.children.remove(&token) {
+                    self.epoll.delete(pidfd.as_raw_fd());
+                }
+                rt.tell_node(&ToNode::ChildExited { serial, status });
+            }
+            Err(e) => {
+                // Not our child any more (cannot happen for a child we forked
+                // and did not wait for): stop watching it, the node reaps it.
+                tracing::debug!("reaping child {serial}: {e}");
+                if let Some((_, pidfd)) = st.children.remove(&token) {
+                    self.epoll.delete(pidfd.as_raw_fd());
+                }
+            }
+        }
+    }
+
+    /// Stops the background thread (the node's runtime, at shutdown).
+    pub(crate) fn stop_background(&self) {
+        self.state.lock().stop = true;
+        self.bg_cond.notify_all();
+        self.bg_kick.notify();
+    }
+}
+
+/// Queues a message, applying the mailbox bound.
+fn push_message(
+    queue: &mut VecDeque<Item>,
+    messages: &mut usize,
+    bound: Option<(usize, Overflow)>,
+    slot: &Slot,
+    fp: u64,
+    body: &[u8],
+) {
+    if let Some((max, policy)) = bound {
+        if *messages >= max {
+            slot.dropped.fetch_add(1, Ordering::Relaxed);
+            match policy {
+                Overflow::DropNewest => return,
+                Overflow::DropOldest => {
+                    if let Some(i) = queue.iter().position(|it| matches!(it, Item::Msg { .. })) {
+                        queue.remove(i);
+                        *messages -= 1;
+                    }
+                }
+            }
+        }
+    }
+    queue.push_back(Item::Msg {
+        fp,
+        body: body.to_vec(),
+    });
+    *messages += 1;
+}
+
+impl State {
+    /// Removes the item at `i`, keeping the message count right.
+    pub(crate) fn take(&mut self, i: usize) -> Option<Item> {
+        let item = self.queue.remove(i)?;
+        if matches!(item, Item::Msg { .. }) {
+            self.messages -= 1;
+        }
+        Some(item)
+    }
+}
+
+/// Decodes a message body as `M`, checking the type fingerprint.
+pub(crate) fn decode_message<M: serde::de::DeserializeOwned>(fp: u64, body: &[u8]) -> Result<M, DecodeError> {
+    let expected = crate::wire::fingerprint::<M>();
+    if fp != expected {
+        return Err(DecodeError::WrongType { found: fp, expected });
+    }
+    decode_exact(body)
+}

@@ -1,0 +1,520 @@
+//! The local runtime: `init()`, the node's process table and exit watcher, and
+//! the per-process runtime (receive and send paths) that every process has.
+//!
+//! 1. [`runtime`]: the runtime of one process (identity, control connection).
+//! 2. [`inbox`]: the receive path (why a receiving thread polls its own sockets).
+//! 3. [`outbox`]: the send path (why frames are batched the way they are).
+//! 4. [`core`]: the process table, links, monitors, names, and exit signals.
+//! 5. [`watcher`]: the node thread that turns pidfd events into exits.
+//! 6. [`spawn`] and [`child`]: forking a process and starting its runtime.
+
+pub(crate) mod child;
+pub(crate) mod core;
+pub(crate) mod inbox;
+pub(crate) mod outbox;
+pub(crate) mod proc_fs;
+pub(crate) mod runtime;
+pub(crate) mod spawn;
+pub(crate) mod watcher;
+
+use std::collections::BTreeMap;
+use std::os::fd::OwnedFd;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use parking_lot::{Condvar, Mutex};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::error::{InitError, InitErrorKind, LinkError, RecvTimeoutError, RegisterError, SpawnError};
+use crate::exit::IntoExitReason;
+use crate::mailbox::{Ctx, Mailbox};
+use crate::monitor::{Down, MonitorRef};
+use crate::process::{Builder, JoinHandle, NodeId, Pid, ProcessInfo};
+use crate::sys;
+use crate::sys::poll::{Epoll, EventFd, Interest};
+use crate::wire::envelope::{NodeReply, ToNode};
+
+use self::core::{Core, MAIN_SERIAL, TOKEN_CTL_LISTENER, TOKEN_KICK, TOKEN_SIGNALS, ZYGOTE_SERIAL};
+use self::runtime::{Runtime, Settings};
+
+/// Node options, for [`Config::init`]. [`init()`] uses the defaults.
+#[derive(Debug, Clone)]
+pub struct Config {
+    max_message_size: usize,
+    shutdown_timeout: Duration,
+    handle_signals: bool,
+    coalesce_window: Duration,
+    flush_delay: Duration,
+    exit_flush_timeout: Duration,
+    max_connections: usize,
+}
+
+impl Default for Config {
+    fn default() -> Config {
+        Config {
+            max_message_size: 64 << 20,
+            shutdown_timeout: Duration::from_secs(5),
+            handle_signals: true,
+            coalesce_window: Duration::from_micros(50),
+            flush_delay: Duration::from_micros(50),
+            exit_flush_timeout: Duration::from_secs(5),
+            max_connections: 512,
+        }
+    }
+}
+
+impl Config {
+    /// The default options.
+    pub fn new() -> Config {
+        Config::default()
+    }
+
+    /// Largest encoded message (default 64 MiB). A larger message is a send
+    /// error; receivers refuse larger frames.
+    pub fn max_message_size(mut self, bytes: usize) -> Config {
+        self.max_message_size = bytes;
+        self
+    }
+
+    /// How long an orderly shutdown waits before killing what is left
+    /// (default 5 s). Used when the [`Node`] is dropped and on `SIGINT`/`SIGTERM`.
+    pub fn shutdown_timeout(mut self, timeout: Duration) -> Config {
+        self.shutdown_timeout = timeout;
+        self
+    }
+
+    /// Whether the node handles `SIGINT` and `SIGTERM` with an orderly shutdown
+    /// (default true). When false the application handles them itself.
+    pub fn handle_signals(mut self, on: bool) -> Config {
+        self.handle_signals = on;
+        self
+    }
+
+    /// A frame sent within this time after a write on the same connection (and
+    /// with no receive in between) is batched with the frames that follow
+    /// (default 50 us).
+    pub fn coalesce_window(mut self, window: Duration) -> Config {
+        self.coalesce_window = window;
+        self
+    }
+
+    /// How long a batched frame may wait before it is flushed (default 50 us).
+    pub fn flush_delay(mut self, delay: Duration) -> Config {
+        self.flush_delay = delay;
+        self
+    }
+
+    /// How long an exiting process keeps trying to write the messages it still
+    /// holds (default 5 s).
+    pub fn exit_flush_timeout(mut self, timeout: Duration) -> Config {
+        self.exit_flush_timeout = timeout;
+        self
+    }
+
+    /// Most outgoing connections one process keeps open; past it the least
+    /// recently used idle one is closed (default 512).
+    pub fn max_connections(mut self, n: usize) -> Config {
+        self.max_connections = n.max(1);
+        self
+    }
+
+    /// Turns the calling process into a node. See [`init()`].
+    pub fn init(self) -> Result<Node, InitError> {
+        init_node(self)
+    }
+}
+
+/// Turns the calling process into a node, with the default [`Config`].
+///
+/// Call it first thing in `main`, before any thread is started: the node forks
+/// its zygote while the process is still single-threaded, and it returns an
+/// error ([`InitErrorKind::Threaded`]) otherwise. Keep the returned [`Node`]
+/// alive for as long as processes should run: dropping it (returning from
+/// `main`) shuts every process down in order.
+///
+/// The calling process becomes a child subreaper, `SIGCHLD` gets its default
+/// disposition, the soft open-file limit is raised to the hard one, and (unless
+/// [`Config::handle_signals`] says otherwise) `SIGINT` and `SIGTERM` start an
+/// orderly shutdown.
+pub fn init() -> Result<Node, InitError> {
+    Config::default().init()
+}
+
+static INITIALIZED: AtomicBool = AtomicBool::new(false);
+
+/// The node's state: the process table and the exit watcher's resources.
+#[derive(Debug)]
+pub(crate) struct NodeShared {
+    /// This node.
+    pub(crate) id: NodeId,
+    /// The process table.
+    pub(crate) core: Mutex<Core>,
+    /// Notified after the watcher handled events (processes exited).
+    pub(crate) changed: Condvar,
+    /// The watcher's epoll.
+    pub(crate) epoll: &'static Epoll,
+    /// Wakes the watcher.
+    pub(crate) kick: EventFd,
+    /// The only write end of the node-death pipe.
+    _death_write: OwnedFd,
+    /// The `SIGINT`/`SIGTERM` self-pipe.
+    pub(crate) signals: Option<OwnedFd>,
+    /// Set once the node has shut down.
+    pub(crate) stopped: AtomicBool,
+    /// Serializes shutdowns.
+    shutdown_lock: Mutex<()>,
+    /// Default shutdown timeout.
+    pub(crate) shutdown_timeout: Duration,
+    /// The main thread's runtime.
+    main: Mutex<Option<&'static Runtime>>,
+}
+
+impl NodeShared {
+    /// A request from the node's main thread.
+    pub(crate) fn local_request(&self, from: u64, msg: ToNode) -> Option<NodeReply> {
+        self.core.lock().local_request(from, msg)
+    }
+
+    /// Whether new processes may start.
+    pub(crate) fn accepting(&self) -> bool {
+        !self.stopped.load(Ordering::Relaxed) && !self.core.lock().shutting_down
+    }
+
+    /// Stops every process: `Shutdown` first, `SIGKILL` after `timeout`.
+    pub(crate) fn shutdown(&'static self, timeout: Duration) {
+        let _serial = self.shutdown_lock.lock();
+        if self.stopped.load(Ordering::Acquire) {
+            return;
+        }
+        let deadline = Instant::now() + timeout;
+        let mut core = self.core.lock();
+        core.begin_shutdown();
+        while !core.user_processes().is_empty() {
+            if self.changed.wait_until(&mut core, deadline).timed_out() {
+                break;
+            }
+        }
+        if !core.user_processes().is_empty() {
+            tracing::warn!(
+                left = core.user_processes().len(),
+                "shutdown timed out; killing what is left"
+            );
+            core.kill_all(false);
+            let hard = Instant::now() + Duration::from_secs(5);
+            while !core.user_processes().is_empty() && !self.changed.wait_until(&mut core, hard).timed_out() {}
+        }
+        core.kill_all(true);
+        let hard = Instant::now() + Duration::from_secs(2);
+        while core.alive(ZYGOTE_SERIAL) && !self.changed.wait_until(&mut core, hard).timed_out() {}
+        drop(core);
+        self.stopped.store(true, Ordering::Release);
+        if let Some(rt) = *self.main.lock() {
+            rt.inbox.lock().disconnected = true;
+            rt.inbox.stop_background();
+        }
+    }
+}
+
+fn init_node(config: Config) -> Result<Node, InitError> {
+    if runtime::current().is_some() || INITIALIZED.swap(true, Ordering::AcqRel) {
+        return Err(InitError::new(InitErrorKind::AlreadyInitialized));
+    }
+    let threads = proc_fs::thread_count();
+    if threads > 1 {
+        INITIALIZED.store(false, Ordering::Release);
+        return Err(InitError::new(InitErrorKind::Threaded { threads }));
+    }
+    let mut raw_id = [0u8; 16];
+    sys::random_bytes(&mut raw_id)?;
+    let id = NodeId::from_bytes(raw_id);
+    let shared = sys::shared::map_shared_area()?;
+    shared.next_serial.store(core::FIRST_SERIAL, Ordering::Release);
+    sys::process::set_child_subreaper()?;
+    sys::process::default_sigchld();
+    if let Ok((soft, hard)) = sys::process::get_rlimit(sys::process::Resource::OpenFiles) {
+        if soft < hard {
+            let _ = sys::process::set_rlimit(sys::process::Resource::OpenFiles, hard, hard);
+        }
+    }
+    // Compute the text ranges once, before any fork, so every process has them.
+    let _ = sys::text::in_text(0);
+    let settings = Settings {
+        max_message: config.max_message_size,
+        coalesce: config.coalesce_window,
+        flush_delay: config.flush_delay,
+        exit_flush: config.exit_flush_timeout,
+        max_connections: config.max_connections,
+    };
+    let (death_read, death_write) = sys::signal::pipe()?;
+
+    // The zygote: forked now, while this process has a single thread.
+    let (zygote_node_end, zygote_end) = sys::socket::socketpair()?;
+    let zygote_listener = sys::socket::listen_abstract(&zygote_address(id))?;
+    let zygote_ospid = crate::pool::zygote::start(crate::pool::zygote::ZygoteSetup {
+        node: id,
+        shared,
+        settings: settings.clone(),
+        ctl: zygote_end,
+        listener: zygote_listener,
+        death_read: std::os::fd::AsRawFd::as_raw_fd(&death_read),
+    })?;
+    let zygote_pidfd = sys::process::pidfd_open(zygote_ospid)?;
+
+    let epoll: &'static Epoll = Box::leak(Box::new(Epoll::new()?));
+    let ctl_listener: &'static OwnedFd = Box::leak(Box::new(sys::socket::listen_abstract(&node_address(id))?));
+    let mut core = Core::new(id, sys::process::getuid(), epoll, shared, ctl_listener);
+    let (main_node_end, main_end) = sys::socket::socketpair()?;
+    core.add_internal(MAIN_SERIAL, main_node_end, None, sys::process::getpid(), "node")?;
+    core.add_internal(
+        ZYGOTE_SERIAL,
+        zygote_node_end,
+        Some(zygote_pidfd),
+        zygote_ospid,
+        "zygote",
+    )?;
+    let signals = if config.handle_signals {
+        let fd = sys::signal::install_shutdown_handler()?;
+        epoll.add(std::os::fd::AsRawFd::as_raw_fd(&fd), TOKEN_SIGNALS, Interest::Read)?;
+        Some(fd)
+    } else {
+        None
+    };
+    let kick = EventFd::new()?;
+    epoll.add(std::os::fd::AsRawFd::as_raw_fd(&kick), TOKEN_KICK, Interest::Read)?;
+    epoll.add(
+        std::os::fd::AsRawFd::as_raw_fd(ctl_listener),
+        TOKEN_CTL_LISTENER,
+        Interest::Read,
+    )?;
+    let node: &'static NodeShared = Box::leak(Box::new(NodeShared {
+        id,
+        core: Mutex::new(core),
+        changed: Condvar::new(),
+        epoll,
+        kick,
+        _death_write: death_write,
+        signals,
+        stopped: AtomicBool::new(false),
+        shutdown_lock: Mutex::new(()),
+        shutdown_timeout: config.shutdown_timeout,
+        main: Mutex::new(None),
+    }));
+    let me = Pid::new(id, MAIN_SERIAL);
+    let main_listener = sys::socket::listen_abstract(&me.address())?;
+    let rt = runtime::install(Runtime::new(
+        me,
+        shared,
+        settings,
+        main_listener,
+        main_end,
+        death_read,
+        Some(node),
+        None,
+    )?);
+    *node.main.lock() = Some(rt);
+    watcher::start(node)?;
+    tracing::debug!(node = %id, zygote = zygote_ospid, "node started");
+    Ok(Node { rt, shared: node })
+}
+
+/// The abstract socket name of a node's control listener.
+pub(crate) fn node_address(id: NodeId) -> Vec<u8> {
+    format!("converge/{id}/node").into_bytes()
+}
+
+/// The abstract socket name of a node's zygote.
+pub(crate) fn zygote_address(id: NodeId) -> Vec<u8> {
+    format!("converge/{id}/zygote").into_bytes()
+}
+
+/// The node: the process that called [`init()`], and its handle on every
+/// process it runs.
+///
+/// The node's main thread is itself a process: it has a [`Pid`], it can spawn,
+/// send, monitor, link and receive ([`Node::ctx`]). Unlike other processes it
+/// always traps exits: an exit signal reaches it as an [`Event::Exit`](crate::Event::Exit)
+/// message, never kills it.
+///
+/// Dropping the node (returning from `main`) shuts every process down in order
+/// ([`Node::shutdown`] with [`Config::shutdown_timeout`]).
+#[derive(Debug)]
+pub struct Node {
+    rt: &'static Runtime,
+    shared: &'static NodeShared,
+}
+
+/// Node-wide counters, from [`Node::stats`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct NodeStats {
+    /// Processes started since `init()`.
+    pub spawned: u64,
+    /// Processes alive now (not counting the runtime's own).
+    pub alive: usize,
+    /// Exits by kind of reason (`"normal"`, `"killed"`, `"panic"`, ...).
+    pub exits: BTreeMap<String, u64>,
+    /// Connections to the node refused or cut (wrong user, broken stream).
+    pub refused: u64,
+    /// Orphans adopted by the node (as subreaper) and reaped.
+    pub strangers_reaped: u64,
+}
+
+impl Node {
+    /// This node's id.
+    pub fn id(&self) -> NodeId {
+        self.shared.id
+    }
+
+    /// The main thread's process id.
+    pub fn pid(&self) -> Pid {
+        self.rt.pid()
+    }
+
+    /// The main thread's mailbox, typed as `M`.
+    pub fn mailbox<M>(&self) -> Mailbox<M> {
+        Mailbox::from_pid(self.rt.pid())
+    }
+
+    /// A receive context for the main thread, typed as `M`.
+    pub fn ctx<M>(&self) -> Ctx<M> {
+        Ctx::new(self.rt)
+    }
+
+    /// Spawns a process running `f` (see [`Builder::spawn`]).
+    pub fn spawn<M, F, R>(&self, f: F) -> Result<Mailbox<M>, SpawnError>
+    where
+        M: Serialize + DeserializeOwned,
+        F: FnOnce(Ctx<M>) -> R,
+        R: IntoExitReason,
+    {
+        Builder::new().spawn(f)
+    }
+
+    /// Spawns a process linked to the main thread (see [`Builder::spawn_link`]).
+    pub fn spawn_link<M, F, R>(&self, f: F) -> Result<Mailbox<M>, SpawnError>
+    where
+        M: Serialize + DeserializeOwned,
+        F: FnOnce(Ctx<M>) -> R,
+        R: IntoExitReason,
+    {
+        Builder::new().spawn_link(f)
+    }
+
+    /// Spawns a process monitored by the main thread (see [`Builder::spawn_monitor`]).
+    pub fn spawn_monitor<M, F, R>(&self, f: F) -> Result<(Mailbox<M>, MonitorRef), SpawnError>
+    where
+        M: Serialize + DeserializeOwned,
+        F: FnOnce(Ctx<M>) -> R,
+        R: IntoExitReason,
+    {
+        Builder::new().spawn_monitor(f)
+    }
+
+    /// Spawns a process from the zygote (see [`Builder::spawn_fn`]).
+    pub fn spawn_fn<M, A, R>(&self, f: fn(Ctx<M>, A) -> R, args: A) -> Result<Mailbox<M>, SpawnError>
+    where
+        M: Serialize + DeserializeOwned + 'static,
+        A: Serialize + DeserializeOwned + 'static,
+        R: IntoExitReason + 'static,
+    {
+        Builder::new().spawn_fn(f, args)
+    }
+
+    /// Spawns a process whose closure returns a value (see [`Builder::spawn_join`]).
+    pub fn spawn_join<M, T, F>(&self, f: F) -> Result<JoinHandle<T, M>, SpawnError>
+    where
+        M: Serialize + DeserializeOwned,
+        T: Serialize + DeserializeOwned,
+        F: FnOnce(Ctx<M>) -> T,
+    {
+        Builder::new().spawn_join(f)
+    }
+
+    /// Monitors `target` from the main thread.
+    pub fn monitor(&self, target: impl Into<Pid>) -> MonitorRef {
+        crate::monitor::monitor(self.rt, target.into())
+    }
+
+    /// Removes a monitor; a `Down` already queued for it is removed too.
+    pub fn demonitor(&self, reference: MonitorRef) {
+        crate::monitor::demonitor(self.rt, reference)
+    }
+
+    /// Links the main thread with `target`.
+    pub fn link(&self, target: impl Into<Pid>) -> Result<(), LinkError> {
+        crate::link::link(self.rt, target.into())
+    }
+
+    /// Removes a link.
+    pub fn unlink(&self, target: impl Into<Pid>) {
+        crate::link::unlink(self.rt, target.into())
+    }
+
+    /// Waits for the `Down` of `reference`, leaving other messages queued.
+    pub fn recv_down(&self, reference: MonitorRef) -> Result<Down, RecvTimeoutError> {
+        Ctx::<()>::new(self.rt).recv_down_deadline(reference, None)
+    }
+
+    /// Waits up to `timeout` for the `Down` of `reference`.
+    pub fn recv_down_timeout(&self, reference: MonitorRef, timeout: Duration) -> Result<Down, RecvTimeoutError> {
+        Ctx::<()>::new(self.rt).recv_down_deadline(reference, Some(Instant::now() + timeout))
+    }
+
+    /// Registers `pid` under `name` on this node.
+    pub fn register(&self, name: &str, pid: impl Into<Pid>) -> Result<(), RegisterError> {
+        crate::process::register(name, pid.into())
+    }
+
+    /// The process registered under `name`, if any.
+    pub fn whereis(&self, name: &str) -> Option<Pid> {
+        crate::process::whereis(name)
+    }
+
+    /// The status of a process, or `None` if it is not alive.
+    pub fn process_info(&self, pid: impl Into<Pid>) -> Option<ProcessInfo> {
+        crate::process::process_info(pid.into())
+    }
+
+    /// The processes alive now, oldest first (the runtime's own are not listed).
+    pub fn processes(&self) -> Vec<Pid> {
+        let core = self.shared.core.lock();
+        core.user_processes()
+            .into_iter()
+            .map(|s| Pid::new(self.shared.id, s))
+            .collect()
+    }
+
+    /// Node-wide counters.
+    pub fn stats(&self) -> NodeStats {
+        let core = self.shared.core.lock();
+        let c = core.counters();
+        NodeStats {
+            spawned: c.spawned,
+            alive: core.user_processes().len(),
+            exits: c.exits.iter().map(|(k, v)| (k.to_string(), *v)).collect(),
+            refused: c.refused,
+            strangers_reaped: c.strangers_reaped,
+        }
+    }
+
+    /// Stops every process in an orderly way and waits for them: processes get
+    /// the exit signal `Shutdown` (newest first; a process's children get it
+    /// when their parent is gone), and whatever is still alive after `timeout`
+    /// is killed. New spawns fail from the start of the shutdown. Calling it
+    /// again does nothing.
+    pub fn shutdown(&self, timeout: Duration) {
+        self.shared.shutdown(timeout);
+    }
+
+    /// Whether the node has shut down.
+    pub fn is_stopped(&self) -> bool {
+        self.shared.stopped.load(Ordering::Acquire)
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        self.shared.shutdown(self.shared.shutdown_timeout);
+    }
+}

@@ -1,0 +1,344 @@
+//! The runtime of one process: who it is, its control connection to the node,
+//! its receive path ([`Inbox`]) and its send path ([`Outbox`]).
+//!
+//! Every process (the node's main thread included) has exactly one runtime,
+//! installed in a [`ForkGlobal`] so that a forked child replaces it with its
+//! own without touching the parent's.
+
+use std::io;
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
+use serde::Serialize;
+
+use crate::exit::ExitReason;
+use crate::node::NodeShared;
+use crate::node::inbox::Inbox;
+use crate::node::outbox::{BuildError, Outbox, Sent};
+use crate::process::{Overflow, Pid, ProcessState};
+use crate::sys::global::ForkGlobal;
+use crate::sys::process::{exit_now, getuid};
+use crate::sys::shared::{SLOTS, SharedArea, Slot};
+use crate::sys::socket;
+use crate::wire::envelope::{NodeReply, ToNode};
+use crate::wire::frame::{self, Kind};
+
+/// Settings every process of a node shares (from [`Config`](crate::Config)).
+#[derive(Debug, Clone)]
+pub(crate) struct Settings {
+    /// Largest encoded message body.
+    pub(crate) max_message: usize,
+    /// Quiet time after which a frame is written at once.
+    pub(crate) coalesce: Duration,
+    /// Delay before coalesced frames are flushed by the timer.
+    pub(crate) flush_delay: Duration,
+    /// How long an exiting process tries to write what it still holds.
+    pub(crate) exit_flush: Duration,
+    /// Most outgoing connections a process keeps open.
+    pub(crate) max_connections: usize,
+}
+
+/// The runtime of the current process.
+#[derive(Debug)]
+pub(crate) struct Runtime {
+    /// This process.
+    me: Pid,
+    /// Our user id (peers must have the same).
+    uid: u32,
+    /// The node's shared area.
+    shared: &'static SharedArea,
+    /// Node-wide settings.
+    settings: Settings,
+    /// Control connection to the node (for the node's main thread: the end of
+    /// the socket pair on which the node's exit watcher writes signals).
+    ctl: OwnedFd,
+    /// Serializes writes on the control connection; holds the frame buffer.
+    ctl_write: Mutex<Vec<u8>>,
+    /// Read end of the node-death pipe that children arm from.
+    death: OwnedFd,
+    /// The node's state, in the node process only.
+    node: Option<&'static NodeShared>,
+    /// Receive path.
+    pub(crate) inbox: Inbox,
+    /// Send path.
+    pub(crate) outbox: Outbox,
+    /// Source of monitor references and request ids.
+    next_ref: AtomicU64,
+    /// Counts receives, for the batching rule.
+    epoch: AtomicU64,
+    /// Whether the background thread runs.
+    bg_started: AtomicBool,
+    /// Connection to the zygote, opened on first use.
+    pub(crate) zygote: Mutex<Option<OwnedFd>>,
+}
+
+static CURRENT: ForkGlobal<Runtime> = ForkGlobal::new();
+
+/// The runtime of the calling process, if `init()` ran (in this process or in
+/// an ancestor).
+pub(crate) fn current() -> Option<&'static Runtime> {
+    CURRENT.get()
+}
+
+/// Installs `rt` as the runtime of this process.
+pub(crate) fn install(rt: Runtime) -> &'static Runtime {
+    CURRENT.set(rt)
+}
+
+impl Runtime {
+    /// Builds the runtime of process `me`.
+    #[allow(clippy::too_many_arguments)] // Every part is distinct state of the process.
+    pub(crate) fn new(
+        me: Pid,
+        shared: &'static SharedArea,
+        settings: Settings,
+        listener: OwnedFd,
+        ctl: OwnedFd,
+        death: OwnedFd,
+        node: Option<&'static NodeShared>,
+        bound: Option<(usize, Overflow)>,
+    ) -> io::Result<Runtime> {
+        socket::set_nonblocking(&ctl, true)?;
+        let outbox = Outbox::new(
+            me.node(),
+            settings.max_message,
+            settings.coalesce,
+            settings.flush_delay,
+            settings.max_connections,
+        )?;
+        let inbox = Inbox::new(listener, ctl.as_raw_fd(), outbox.timer.as_raw_fd(), bound)?;
+        let slot = &shared.slots[me.serial() as usize % SLOTS];
+        slot.queue_len.store(0, Ordering::Relaxed);
+        slot.dropped.store(0, Ordering::Relaxed);
+        slot.undecodable.store(0, Ordering::Relaxed);
+        slot.refused.store(0, Ordering::Relaxed);
+        slot.state.store(ProcessState::Running as u32, Ordering::Relaxed);
+        slot.serial.store(me.serial(), Ordering::Release);
+        Ok(Runtime {
+            me,
+            uid: getuid(),
+            shared,
+            settings,
+            ctl,
+            ctl_write: Mutex::new(Vec::with_capacity(256)),
+            death,
+            node,
+            inbox,
+            outbox,
+            next_ref: AtomicU64::new(1),
+            epoch: AtomicU64::new(0),
+            bg_started: AtomicBool::new(false),
+            zygote: Mutex::new(None),
+        })
+    }
+
+    /// This process.
+    pub(crate) fn pid(&self) -> Pid {
+        self.me
+    }
+
+    /// Our user id.
+    pub(crate) fn uid(&self) -> u32 {
+        self.uid
+    }
+
+    /// This process's status slot in the shared area.
+    pub(crate) fn slot(&self) -> &'static Slot {
+        &self.shared.slots[self.me.serial() as usize % SLOTS]
+    }
+
+    /// The shared area.
+    pub(crate) fn shared(&self) -> &'static SharedArea {
+        self.shared
+    }
+
+    /// Node-wide settings.
+    pub(crate) fn settings(&self) -> &Settings {
+        &self.settings
+    }
+
+    /// Largest frame body a receiver accepts.
+    pub(crate) fn max_frame(&self) -> usize {
+        self.settings.max_message + 16
+    }
+
+    /// The control connection.
+    pub(crate) fn ctl_fd(&self) -> &OwnedFd {
+        &self.ctl
+    }
+
+    /// The node-death pipe's read end, for children to arm from.
+    pub(crate) fn death_fd(&self) -> RawFd {
+        self.death.as_raw_fd()
+    }
+
+    /// The node's state, when this is the node process.
+    pub(crate) fn node(&self) -> Option<&'static NodeShared> {
+        self.node
+    }
+
+    /// A fresh reference (monitor, call, join, request).
+    pub(crate) fn next_ref(&self) -> u64 {
+        self.next_ref.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// A thread is about to wait for something: flush what we sent.
+    pub(crate) fn begin_receive(&self) {
+        let epoch = self.epoch.fetch_add(1, Ordering::Relaxed) + 1;
+        self.outbox.flush(&self.inbox, epoch);
+        self.slot().state.store(ProcessState::Waiting as u32, Ordering::Relaxed);
+    }
+
+    /// Writes coalesced frames now.
+    pub(crate) fn flush(&self) {
+        self.outbox.flush(&self.inbox, self.epoch.load(Ordering::Relaxed));
+    }
+
+    /// The flush timer fired.
+    pub(crate) fn flush_timer_fired(&self) {
+        self.flush();
+    }
+
+    /// A backlogged connection to `serial` is writable.
+    pub(crate) fn on_writable(&self, serial: u64) {
+        self.outbox
+            .on_writable(&self.inbox, serial, self.epoch.load(Ordering::Relaxed));
+    }
+
+    /// `pid` is gone: close our connection to it.
+    pub(crate) fn forget_connection(&self, pid: Pid) {
+        if pid.node() == self.me.node() {
+            self.outbox.forget(pid.serial());
+        }
+    }
+
+    /// Starts the background thread if it is not running yet.
+    pub(crate) fn ensure_background(&'static self) {
+        if self.bg_started.load(Ordering::Relaxed) {
+            return;
+        }
+        if self.bg_started.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let spawned = std::thread::Builder::new()
+            .name("converge-rt".into())
+            .stack_size(128 * 1024)
+            .spawn(move || self.inbox.background(self));
+        if let Err(e) = spawned {
+            tracing::error!("cannot start the runtime thread: {e}");
+            self.bg_started.store(false, Ordering::Release);
+        }
+    }
+
+    /// Sends a control frame to the node and does not wait for an answer.
+    pub(crate) fn tell_node(&self, msg: &ToNode) {
+        if let Some(node) = self.node {
+            node.local_request(self.me.serial(), msg.clone());
+            return;
+        }
+        let mut buf = self.ctl_write.lock();
+        buf.clear();
+        frame::push(&mut buf, Kind::Ctl, msg).expect("BUG: control frames always encode");
+        if let Err(e) = socket::send_all(&self.ctl, &buf, None) {
+            tracing::debug!("control connection to the node failed: {e}");
+        }
+    }
+
+    /// Sends a control frame with descriptors attached.
+    pub(crate) fn tell_node_with_fds(&self, conn: &OwnedFd, msg: &ToNode, fds: &[RawFd]) -> io::Result<()> {
+        let mut buf = Vec::with_capacity(64);
+        frame::push(&mut buf, Kind::Ctl, msg).expect("BUG: control frames always encode");
+        socket::send_with_fds(conn, &buf, fds)
+    }
+
+    /// Sends a request to the node and waits for its answer (`None` if the
+    /// node is gone).
+    pub(crate) fn ask_node(&'static self, make: impl FnOnce(u64) -> ToNode) -> Option<NodeReply> {
+        let request = self.next_ref();
+        let msg = make(request);
+        if let Some(node) = self.node {
+            return node.local_request(self.me.serial(), msg);
+        }
+        self.inbox.await_ref(request);
+        self.tell_node(&msg);
+        let reply = self.inbox.pump(self, None, |st| {
+            st.awaited.get_mut(&request).and_then(|a| a.node.take())
+        });
+        self.inbox.forget_ref(request);
+        reply
+    }
+
+    /// Encodes `msg` as a message frame for `target` and sends it.
+    pub(crate) fn send_message<M: Serialize>(
+        &'static self,
+        target: Pid,
+        msg: &M,
+        try_only: bool,
+    ) -> Result<Sent, BuildError> {
+        let fp = crate::wire::fingerprint::<M>();
+        self.send_frame(target, try_only, |buf| {
+            let start = frame::begin(buf, Kind::Msg);
+            buf.extend_from_slice(&fp.to_le_bytes());
+            match postcard::to_extend(msg, std::mem::take(buf)) {
+                Ok(v) => {
+                    *buf = v;
+                    frame::finish(buf, start);
+                    Ok(())
+                }
+                Err(e) => Err(e.to_string()),
+            }
+        })
+    }
+
+    /// Encodes `value` as a reply frame for `reference` at `target`.
+    pub(crate) fn send_reply<R: Serialize>(
+        &'static self,
+        target: Pid,
+        reference: u64,
+        value: &R,
+    ) -> Result<Sent, BuildError> {
+        let fp = crate::wire::fingerprint::<R>();
+        self.send_frame(target, false, |buf| {
+            let start = frame::begin(buf, Kind::Reply);
+            buf.extend_from_slice(&reference.to_le_bytes());
+            buf.extend_from_slice(&fp.to_le_bytes());
+            match postcard::to_extend(value, std::mem::take(buf)) {
+                Ok(v) => {
+                    *buf = v;
+                    frame::finish(buf, start);
+                    Ok(())
+                }
+                Err(e) => Err(e.to_string()),
+            }
+        })
+    }
+
+    fn send_frame(
+        &'static self,
+        target: Pid,
+        try_only: bool,
+        build: impl FnOnce(&mut Vec<u8>) -> Result<(), String>,
+    ) -> Result<Sent, BuildError> {
+        if target.node() != self.me.node() {
+            // Another node: only reachable with the `dist` feature.
+            return Ok(Sent::Dropped);
+        }
+        let epoch = self.epoch.load(Ordering::Relaxed);
+        let sent = self.outbox.send(&self.inbox, self.me, epoch, target, try_only, build);
+        if self.inbox.background_wanted() {
+            self.ensure_background();
+        }
+        sent
+    }
+
+    /// Ends this process with `reason`: writes what it still holds, tells the
+    /// node its last words, and `_exit`s.
+    pub(crate) fn finish(&self, reason: ExitReason) -> ! {
+        self.slot().state.store(ProcessState::Exiting as u32, Ordering::Relaxed);
+        self.outbox.flush_blocking(Instant::now() + self.settings.exit_flush);
+        self.tell_node(&ToNode::LastWords { reason });
+        exit_now(0)
+    }
+}

@@ -1,0 +1,213 @@
+//! Starting a process: from a closure (a fork of the caller) or from a function
+//! pointer (a fork of the zygote).
+//!
+//! The spawner allocates the serial (one atomic add in the shared area), binds
+//! the new process's listening socket (so its address works as soon as `spawn`
+//! returns) and announces it to the node before the fork, with the links and
+//! monitors that must exist from its first instant (`spawn_link` and
+//! `spawn_monitor` are atomic). After the fork the spawner hands the node a
+//! pidfd of the child; a child spawned from inside a process also sends its
+//! own, so the node learns of it even if its spawner is killed at that moment.
+
+use std::io::Write;
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+
+use crate::error::{SpawnError, SpawnErrorKind};
+use crate::exit::ExitReason;
+use crate::node::child::{ChildOptions, ChildPlan, child_main};
+use crate::node::node_address;
+use crate::node::runtime::Runtime;
+use crate::process::Pid;
+use crate::sys;
+use crate::wire::envelope::{Registration, ToNode};
+use crate::wire::frame::{self, Kind};
+
+/// What to start, besides its body.
+#[derive(Debug)]
+pub(crate) struct Spec<'a> {
+    /// Options applied in the child.
+    pub(crate) options: &'a ChildOptions,
+    /// Descriptors to keep open in the child.
+    pub(crate) keep_fds: &'a [RawFd],
+    /// Link with the spawner.
+    pub(crate) link: bool,
+    /// Monitors the spawner places: (reference, internal).
+    pub(crate) monitors: Vec<(u64, bool)>,
+    /// Trap exits from the start.
+    pub(crate) trap_exits: bool,
+}
+
+/// A process that has an address and a registration, not yet a body.
+struct Prepared {
+    pid: Pid,
+    listener: OwnedFd,
+    reg: Registration,
+    /// The child's control connection.
+    ctl_child: OwnedFd,
+    /// In the node: our end of the child's control socket pair.
+    ctl_node: Option<OwnedFd>,
+}
+
+fn prepare(rt: &'static Runtime, spec: &Spec<'_>) -> Result<Prepared, SpawnError> {
+    if let Some(node) = rt.node() {
+        if !node.accepting() {
+            return Err(SpawnError::new(SpawnErrorKind::ShuttingDown));
+        }
+    }
+    let serial = rt
+        .shared()
+        .next_serial
+        .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+    let pid = Pid::new(rt.pid().node(), serial);
+    let listener = sys::socket::listen_abstract(&pid.address())?;
+    let reg = Registration {
+        serial,
+        parent: rt.pid().serial(),
+        name: spec.options.name.clone(),
+        link: spec.link,
+        monitors: spec.monitors.clone(),
+        trap_exits: spec.trap_exits,
+        cpu_limited: spec.options.cpu_seconds.is_some(),
+        memory_limited: spec.options.data_bytes.is_some(),
+    };
+    let (ctl_child, ctl_node) = if rt.node().is_some() {
+        let (a, b) = sys::socket::socketpair()?;
+        (b, Some(a))
+    } else {
+        // Announce the process on a connection of its own, before it exists:
+        // by the time anyone else can know its Pid, the node can read this.
+        let c = sys::socket::connect_abstract(&node_address(pid.node()), false)?;
+        let mut buf = Vec::with_capacity(128);
+        frame::push(&mut buf, Kind::Ctl, &ToNode::Register(reg.clone())).expect("BUG: control frames always encode");
+        sys::socket::send_all(&c, &buf, None)?;
+        (c, None)
+    };
+    Ok(Prepared {
+        pid,
+        listener,
+        reg,
+        ctl_child,
+        ctl_node,
+    })
+}
+
+/// Tells the node to forget a registration whose process never started.
+fn withdraw(rt: &'static Runtime, p: &Prepared, ctl_copy: Option<&OwnedFd>) {
+    if let Some(node) = rt.node() {
+        node.core.lock().withdraw(p.pid.serial());
+    } else if let Some(c) = ctl_copy {
+        let mut buf = Vec::new();
+        let _ = frame::push(&mut buf, Kind::Ctl, &ToNode::Withdraw { serial: p.pid.serial() });
+        let _ = sys::socket::send_all(c, &buf, None);
+    }
+}
+
+/// Forks the calling process; the child runs `body` in a fresh runtime.
+pub(crate) fn spawn_closure(
+    rt: &'static Runtime,
+    spec: Spec<'_>,
+    body: impl FnOnce(&'static Runtime) -> ExitReason,
+) -> Result<Pid, SpawnError> {
+    let p = prepare(rt, &spec)?;
+    let ctl_copy = if p.ctl_node.is_none() {
+        Some(p.ctl_child.try_clone()?)
+    } else {
+        None
+    };
+    let pid = p.pid;
+    let plan = ChildPlan {
+        pid,
+        shared: rt.shared(),
+        settings: rt.settings().clone(),
+        listener: p.listener.try_clone()?,
+        ctl: p.ctl_child.try_clone()?,
+        death_read: rt.death_fd(),
+        options: spec.options.clone(),
+        keep_fds: spec.keep_fds.to_vec(),
+        announce_pidfd: rt.node().is_none(),
+    };
+    // No other thread may hold the stdio locks at the fork, and nothing may sit
+    // in their buffers (the child would print it a second time).
+    let mut out = std::io::stdout().lock();
+    let mut err = std::io::stderr().lock();
+    let _ = out.flush();
+    let _ = err.flush();
+    let forked = sys::process::fork_child(move || {
+        drop(out);
+        drop(err);
+        child_main(plan, body)
+    });
+    let ospid = match forked {
+        Ok(ospid) => ospid,
+        Err(e) => {
+            withdraw(rt, &p, ctl_copy.as_ref());
+            return Err(e.into());
+        }
+    };
+    let pidfd = sys::process::pidfd_open(ospid)?;
+    let Prepared { reg, ctl_node, .. } = p;
+    match ctl_node {
+        Some(ctl_node) => {
+            let node = rt.node().expect("BUG: a node end exists only in the node");
+            node.core.lock().register_local(reg, ctl_node, Some((pidfd, ospid)))?;
+        }
+        None => {
+            let ctl = ctl_copy.expect("BUG: processes keep a copy of the child's connection");
+            let msg = ToNode::Pidfd {
+                serial: pid.serial(),
+                ospid,
+            };
+            rt.tell_node_with_fds(&ctl, &msg, &[pidfd.as_raw_fd()])?;
+            // We are its parent: we reap it and report its status.
+            rt.inbox.add_child(pid.serial(), pidfd)?;
+            rt.ensure_background();
+        }
+    }
+    tracing::trace!(%pid, ospid, "spawned");
+    Ok(pid)
+}
+
+/// Asks the zygote to fork a process that runs `call`.
+pub(crate) fn spawn_from_zygote(
+    rt: &'static Runtime,
+    spec: Spec<'_>,
+    call: crate::pool::zygote::Call,
+) -> Result<Pid, SpawnError> {
+    let p = prepare(rt, &spec)?;
+    let pid = p.pid;
+    let ctl_copy = if p.ctl_node.is_none() {
+        Some(p.ctl_child.try_clone()?)
+    } else {
+        None
+    };
+    let Prepared {
+        listener,
+        reg,
+        ctl_child,
+        ctl_node,
+        ..
+    } = p;
+    if let Some(ctl_node) = ctl_node {
+        let node = rt.node().expect("BUG: a node end exists only in the node");
+        node.core.lock().register_local(reg.clone(), ctl_node, None)?;
+    }
+    let request = crate::pool::zygote::Request {
+        pid,
+        options: spec.options.clone(),
+        call,
+    };
+    match crate::pool::zygote::request(rt, &request, &[listener.as_raw_fd(), ctl_child.as_raw_fd()]) {
+        Ok(_ospid) => Ok(pid),
+        Err(e) => {
+            let p = Prepared {
+                pid,
+                listener,
+                reg,
+                ctl_child,
+                ctl_node: None,
+            };
+            withdraw(rt, &p, ctl_copy.as_ref());
+            Err(SpawnError::new(SpawnErrorKind::Zygote(e)))
+        }
+    }
+}

@@ -1,0 +1,62 @@
+//! The only module with `unsafe` code: thin wrappers over the Linux system
+//! calls the runtime needs.
+//!
+//! # Contract
+//!
+//! Every other module reaches the operating system through the functions and
+//! types listed here, and none of them names `libc` or `nix`. Each wrapper
+//! returns `io::Result` (through the [`syscall!`] helper) or a typed value, and
+//! each `unsafe` block states why it is sound in a `// SAFETY:` line.
+//!
+//! 1. [`process`]: fork, `_exit`, pidfds (`pidfd_open`, `pidfd_send_signal`,
+//!    `waitid(P_PIDFD)`, `PIDFD_GET_INFO`), process groups, `prctl`, CPU
+//!    affinity, resource limits, `close_range`, environment, signal dispositions.
+//! 2. [`socket`]: `AF_UNIX` stream sockets on abstract addresses, socket pairs,
+//!    accept with `SO_PEERCRED`, non-blocking reads and writes, descriptor
+//!    passing with `SCM_RIGHTS`.
+//! 3. [`poll`]: epoll, eventfd and timerfd.
+//! 4. [`shared`]: the node's shared page (the serial counter and per-process
+//!    status slots), mapped before the first fork and inherited by every process.
+//! 5. [`signal`]: the node's `SIGINT`/`SIGTERM` self-pipe and the node-death pipe
+//!    that kills every process when the node's write end closes.
+//! 6. [`global`]: a process-wide value that a forked child replaces.
+//! 7. [`text`]: function pointers that cross a fork as addresses, checked
+//!    against the executable's text segment before they are called.
+#![allow(unsafe_code)] // This module is where the crate's unsafe code lives.
+
+/// Calls a libc function and turns a `-1` result into `io::Error::last_os_error()`.
+macro_rules! syscall {
+    ($fn: ident ( $($arg: expr),* $(,)* ) ) => {{
+        #[allow(unused_unsafe)] // Some call sites are already inside an unsafe block.
+        // SAFETY: the caller checked the arguments of this libc call.
+        let res = unsafe { libc::$fn($($arg, )*) };
+        if res == -1 {
+            Err(std::io::Error::last_os_error())
+        } else {
+            Ok(res)
+        }
+    }};
+}
+
+pub(crate) mod global;
+pub(crate) mod poll;
+pub(crate) mod process;
+pub(crate) mod shared;
+pub(crate) mod signal;
+pub(crate) mod socket;
+pub(crate) mod text;
+
+/// Fills `buf` with random bytes from the kernel (`getrandom(2)`).
+pub(crate) fn random_bytes(buf: &mut [u8]) -> std::io::Result<()> {
+    let mut filled = 0;
+    while filled < buf.len() {
+        let rest = &mut buf[filled..];
+        let n = syscall!(getrandom(rest.as_mut_ptr().cast(), rest.len(), 0));
+        match n {
+            Ok(n) => filled += n as usize,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}

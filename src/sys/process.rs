@@ -1,0 +1,451 @@
+//! Process control: fork, `_exit`, pidfds and wait statuses, process groups,
+//! `prctl`, affinity, resource limits and descriptor cleanup.
+//!
+//! See `pidfd_open(2)`, `pidfd_send_signal(2)`, `waitid(2)` and, for the exit
+//! status of a process reaped by someone else, `PIDFD_GET_INFO` in
+//! `include/uapi/linux/pidfd.h` (Linux 6.15+).
+
+use std::ffi::OsStr;
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::sync::atomic::{AtomicBool, Ordering};
+
+/// How a process ended, as the kernel reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub(crate) enum WaitStatus {
+    /// The process called `_exit(code)`.
+    Exited(i32),
+    /// The process was terminated by a signal.
+    Signaled {
+        /// The signal number.
+        signal: i32,
+        /// Whether the kernel wrote a core dump.
+        core_dumped: bool,
+    },
+}
+
+impl WaitStatus {
+    /// Decodes a `waitpid`-style status word.
+    pub(crate) fn from_raw(status: i32) -> WaitStatus {
+        if libc::WIFSIGNALED(status) {
+            WaitStatus::Signaled {
+                signal: libc::WTERMSIG(status),
+                core_dumped: libc::WCOREDUMP(status),
+            }
+        } else {
+            WaitStatus::Exited(libc::WEXITSTATUS(status))
+        }
+    }
+}
+
+/// Forks the calling process and runs `child` in the new process, which never
+/// returns into the caller's code: when `child` returns or panics, the child
+/// ends with `_exit`.
+///
+/// Returns the child's OS pid in the parent.
+///
+/// # What the child may do when the parent has threads
+///
+/// Only the calling thread exists in the child. A lock that another thread held
+/// at the moment of the fork stays locked forever in the child, so the child
+/// must not touch any state that other threads of the parent may have been
+/// using: it builds fresh runtime state, never the parent's. glibc's `fork`
+/// resets its own allocator and stdio locks, so allocating is safe; Rust's
+/// `stdout`/`stderr` locks are taken by the caller around the fork so that no
+/// other thread holds them at that moment.
+pub(crate) fn fork_child(child: impl FnOnce() -> std::convert::Infallible) -> io::Result<i32> {
+    // SAFETY: the child runs only `child`, which builds its own state and never
+    // returns into the parent's stack frames: a panic is caught here and both
+    // paths end in `_exit`. The caller documents the fork-safety rules above.
+    let pid = unsafe { libc::fork() };
+    match pid {
+        -1 => Err(io::Error::last_os_error()),
+        0 => {
+            let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(child));
+            // Only a panic can get here: the closure's type says it never returns.
+            drop(outcome);
+            exit_now(101)
+        }
+        pid => Ok(pid),
+    }
+}
+
+/// Ends the calling process at once with `code`, without running `atexit`
+/// handlers or destructors (`_exit(2)`).
+pub(crate) fn exit_now(code: i32) -> ! {
+    // SAFETY: `_exit` takes no pointers and never returns.
+    unsafe { libc::_exit(code) }
+}
+
+/// The OS pid of the calling process.
+pub(crate) fn getpid() -> i32 {
+    // SAFETY: `getpid` cannot fail and takes no arguments.
+    unsafe { libc::getpid() }
+}
+
+/// The real user id of the calling process.
+pub(crate) fn getuid() -> u32 {
+    // SAFETY: `getuid` cannot fail and takes no arguments.
+    unsafe { libc::getuid() }
+}
+
+/// Opens a pidfd for `pid` (close-on-exec). Race-free only while `pid` cannot be
+/// reaped by anyone else, i.e. for a child that the caller has not waited for.
+pub(crate) fn pidfd_open(pid: i32) -> io::Result<OwnedFd> {
+    // SAFETY: plain system call with integer arguments.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: the kernel returned a fresh descriptor that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
+}
+
+/// Sends `signal` to the process behind `pidfd`. Sending to a process that has
+/// already exited succeeds and does nothing.
+pub(crate) fn pidfd_send_signal(pidfd: &OwnedFd, signal: i32) -> io::Result<()> {
+    // SAFETY: plain system call; a null siginfo means "as kill(2) would".
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_pidfd_send_signal,
+            pidfd.as_raw_fd(),
+            signal,
+            std::ptr::null::<libc::siginfo_t>(),
+            0,
+        )
+    };
+    if r < 0 {
+        let e = io::Error::last_os_error();
+        // ESRCH: the process is gone (already reaped); nothing to signal.
+        if e.raw_os_error() == Some(libc::ESRCH) {
+            return Ok(());
+        }
+        return Err(e);
+    }
+    Ok(())
+}
+
+/// Reaps the child behind `pidfd` if it has exited (`waitid(P_PIDFD, WNOHANG)`).
+///
+/// `Ok(None)`: still running. `Err` with `ECHILD`: not a child of the caller.
+pub(crate) fn pidfd_try_wait(pidfd: &OwnedFd) -> io::Result<Option<WaitStatus>> {
+    // SAFETY: an all-zero siginfo_t is a valid value to pass to waitid.
+    let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+    loop {
+        let r = syscall!(waitid(
+            libc::P_PIDFD,
+            pidfd.as_raw_fd() as libc::id_t,
+            &mut info,
+            libc::WEXITED | libc::WNOHANG,
+        ));
+        match r {
+            Ok(_) => break,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    // SAFETY: waitid filled `info` for a child event (or left it zeroed).
+    let pid = unsafe { info.si_pid() };
+    if pid == 0 {
+        return Ok(None);
+    }
+    // SAFETY: as above; si_status is valid for SIGCHLD siginfo.
+    let status = unsafe { info.si_status() };
+    Ok(Some(match info.si_code {
+        libc::CLD_EXITED => WaitStatus::Exited(status),
+        libc::CLD_DUMPED => WaitStatus::Signaled {
+            signal: status,
+            core_dumped: true,
+        },
+        _ => WaitStatus::Signaled {
+            signal: status,
+            core_dumped: false,
+        },
+    }))
+}
+
+/// `struct pidfd_info` of Linux 6.15 (`PIDFD_INFO_SIZE_VER1`).
+#[repr(C)]
+#[derive(Default)]
+struct PidfdInfo {
+    mask: u64,
+    cgroupid: u64,
+    pid: u32,
+    tgid: u32,
+    ppid: u32,
+    ruid: u32,
+    rgid: u32,
+    euid: u32,
+    egid: u32,
+    suid: u32,
+    sgid: u32,
+    fsuid: u32,
+    fsgid: u32,
+    exit_code: i32,
+    coredump_mask: u32,
+    spare1: u32,
+}
+
+const PIDFD_INFO_EXIT: u64 = 1 << 3;
+/// `_IOWR(0xFF, 11, struct pidfd_info)` with the 72-byte layout above.
+const PIDFD_GET_INFO: libc::c_ulong =
+    (3 << 30) | ((std::mem::size_of::<PidfdInfo>() as libc::c_ulong) << 16) | (0xFF << 8) | 11;
+
+static PIDFD_INFO_UNSUPPORTED: AtomicBool = AtomicBool::new(false);
+
+/// The exit status of the process behind `pidfd`, readable by any holder of the
+/// pidfd once the process has been reaped by its parent (Linux 6.15+).
+///
+/// `Ok(None)` when the status is not available (yet, or on older kernels).
+pub(crate) fn pidfd_exit_info(pidfd: &OwnedFd) -> io::Result<Option<WaitStatus>> {
+    if PIDFD_INFO_UNSUPPORTED.load(Ordering::Relaxed) {
+        return Ok(None);
+    }
+    let mut info = PidfdInfo {
+        mask: PIDFD_INFO_EXIT,
+        ..PidfdInfo::default()
+    };
+    // SAFETY: `info` is a properly sized, writable pidfd_info as the request
+    // code encodes; the kernel writes at most that many bytes.
+    let r = unsafe { libc::ioctl(pidfd.as_raw_fd(), PIDFD_GET_INFO, &mut info as *mut PidfdInfo) };
+    if r < 0 {
+        let e = io::Error::last_os_error();
+        match e.raw_os_error() {
+            Some(libc::ENOTTY) | Some(libc::EINVAL) => {
+                PIDFD_INFO_UNSUPPORTED.store(true, Ordering::Relaxed);
+                return Ok(None);
+            }
+            // ESRCH: reaped before exit information was recorded (older kernels).
+            Some(libc::ESRCH) => return Ok(None),
+            _ => return Err(e),
+        }
+    }
+    if info.mask & PIDFD_INFO_EXIT == 0 {
+        return Ok(None);
+    }
+    Ok(Some(WaitStatus::from_raw(info.exit_code)))
+}
+
+/// Moves the calling process into a new process group of its own.
+pub(crate) fn setpgid_self() -> io::Result<()> {
+    syscall!(setpgid(0, 0)).map(drop)
+}
+
+/// Sends `signal` to every process of the process group `pgid`.
+pub(crate) fn kill_group(pgid: i32, signal: i32) -> io::Result<()> {
+    match syscall!(kill(-pgid, signal)) {
+        Ok(_) => Ok(()),
+        Err(e) if e.raw_os_error() == Some(libc::ESRCH) => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+/// Makes the calling process a child subreaper (`PR_SET_CHILD_SUBREAPER`).
+pub(crate) fn set_child_subreaper() -> io::Result<()> {
+    syscall!(prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)).map(drop)
+}
+
+/// Sets the calling thread's name as `ps -o comm` and `top` show it
+/// (`PR_SET_NAME`, cut to 15 bytes).
+pub(crate) fn set_thread_name(name: &str) -> io::Result<()> {
+    let mut buf = [0u8; 16];
+    let bytes = name.as_bytes();
+    let n = bytes.len().min(15);
+    buf[..n].copy_from_slice(&bytes[..n]);
+    syscall!(prctl(libc::PR_SET_NAME, buf.as_ptr() as libc::c_ulong, 0, 0, 0)).map(drop)
+}
+
+/// Restricts the calling process to the given CPUs.
+pub(crate) fn set_affinity(cpus: &[usize]) -> io::Result<()> {
+    // SAFETY: an all-zero cpu_set_t is the empty set.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    for &cpu in cpus {
+        if cpu >= libc::CPU_SETSIZE as usize {
+            return Err(io::Error::new(io::ErrorKind::InvalidInput, "cpu index out of range"));
+        }
+        // SAFETY: `cpu` was checked to be below CPU_SETSIZE.
+        unsafe { libc::CPU_SET(cpu, &mut set) };
+    }
+    syscall!(sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set)).map(drop)
+}
+
+/// The CPUs the calling thread may run on.
+pub(crate) fn get_affinity() -> io::Result<Vec<usize>> {
+    // SAFETY: an all-zero cpu_set_t is a valid output buffer.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    syscall!(sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set))?;
+    Ok((0..libc::CPU_SETSIZE as usize)
+        .filter(|&cpu| {
+            // SAFETY: `cpu` ranges below CPU_SETSIZE.
+            unsafe { libc::CPU_ISSET(cpu, &set) }
+        })
+        .collect())
+}
+
+/// The resource limits the runtime sets.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Resource {
+    /// `RLIMIT_NOFILE`.
+    OpenFiles,
+    /// `RLIMIT_CPU`, in seconds.
+    CpuSeconds,
+    /// `RLIMIT_DATA`, in bytes.
+    DataBytes,
+    /// `RLIMIT_CORE`, in bytes.
+    CoreBytes,
+}
+
+impl Resource {
+    fn raw(self) -> libc::__rlimit_resource_t {
+        match self {
+            Resource::OpenFiles => libc::RLIMIT_NOFILE,
+            Resource::CpuSeconds => libc::RLIMIT_CPU,
+            Resource::DataBytes => libc::RLIMIT_DATA,
+            Resource::CoreBytes => libc::RLIMIT_CORE,
+        }
+    }
+}
+
+/// Reads the (soft, hard) limit of `resource`.
+pub(crate) fn get_rlimit(resource: Resource) -> io::Result<(u64, u64)> {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    syscall!(getrlimit(resource.raw(), &mut lim))?;
+    Ok((lim.rlim_cur, lim.rlim_max))
+}
+
+/// Sets the (soft, hard) limit of `resource` for the calling process.
+pub(crate) fn set_rlimit(resource: Resource, soft: u64, hard: u64) -> io::Result<()> {
+    let lim = libc::rlimit {
+        rlim_cur: soft,
+        rlim_max: hard,
+    };
+    syscall!(setrlimit(resource.raw(), &lim)).map(drop)
+}
+
+/// Closes every descriptor from 3 up except those in `keep` (`close_range(2)`).
+pub(crate) fn close_fds_except(keep: &[RawFd]) -> io::Result<()> {
+    let mut keep: Vec<u32> = keep.iter().filter(|&&fd| fd > 2).map(|&fd| fd as u32).collect();
+    keep.sort_unstable();
+    keep.dedup();
+    let mut lo: u32 = 3;
+    for fd in keep {
+        if fd > lo {
+            syscall!(close_range(lo, fd - 1, 0))?;
+        }
+        lo = fd + 1;
+    }
+    syscall!(close_range(lo, u32::MAX, 0)).map(drop)
+}
+
+/// Sets (`Some`) or removes (`None`) an environment variable. Called only in a
+/// freshly forked child, before it starts any thread.
+pub(crate) fn set_env_in_child(key: &OsStr, value: Option<&OsStr>) {
+    // SAFETY: the caller is a freshly forked child with a single thread, so no
+    // other thread can be reading the environment concurrently.
+    unsafe {
+        match value {
+            Some(v) => std::env::set_var(key, v),
+            None => std::env::remove_var(key),
+        }
+    }
+}
+
+/// Clears the whole environment. Called only in a freshly forked child.
+pub(crate) fn clear_env_in_child() {
+    let keys: Vec<_> = std::env::vars_os().map(|(k, _)| k).collect();
+    for k in keys {
+        set_env_in_child(&k, None);
+    }
+}
+
+/// Restores the default disposition of the signals the node handles and
+/// unblocks every signal: a new process starts in a standard state.
+pub(crate) fn reset_signals_in_child() -> io::Result<()> {
+    for sig in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP, libc::SIGQUIT, libc::SIGCHLD] {
+        // SAFETY: SIG_DFL is a valid disposition for these signals.
+        unsafe {
+            libc::signal(sig, libc::SIG_DFL);
+        }
+    }
+    // SAFETY: an empty set built by sigemptyset is passed by pointer.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::pthread_sigmask(libc::SIG_SETMASK, &set, std::ptr::null_mut());
+    }
+    Ok(())
+}
+
+/// Sends `signal` to the calling thread (used to end a process with a real
+/// signal status, e.g. a segfault triggered on purpose in a test).
+pub(crate) fn raise(signal: i32) {
+    // SAFETY: plain system call.
+    unsafe {
+        libc::raise(signal);
+    }
+}
+
+/// Returns the current CPU time limit handling signal: `SIGXCPU`.
+pub(crate) const SIGXCPU: i32 = libc::SIGXCPU;
+/// `SIGKILL`.
+pub(crate) const SIGKILL: i32 = libc::SIGKILL;
+/// `SIGTERM`.
+pub(crate) const SIGTERM: i32 = libc::SIGTERM;
+/// `SIGINT`.
+pub(crate) const SIGINT: i32 = libc::SIGINT;
+
+/// The conventional name of a signal number ("SIGSEGV"), or `None`.
+pub(crate) fn signal_name(signal: i32) -> Option<&'static str> {
+    Some(match signal {
+        libc::SIGHUP => "SIGHUP",
+        libc::SIGINT => "SIGINT",
+        libc::SIGQUIT => "SIGQUIT",
+        libc::SIGILL => "SIGILL",
+        libc::SIGTRAP => "SIGTRAP",
+        libc::SIGABRT => "SIGABRT",
+        libc::SIGBUS => "SIGBUS",
+        libc::SIGFPE => "SIGFPE",
+        libc::SIGKILL => "SIGKILL",
+        libc::SIGUSR1 => "SIGUSR1",
+        libc::SIGSEGV => "SIGSEGV",
+        libc::SIGUSR2 => "SIGUSR2",
+        libc::SIGPIPE => "SIGPIPE",
+        libc::SIGALRM => "SIGALRM",
+        libc::SIGTERM => "SIGTERM",
+        libc::SIGSTKFLT => "SIGSTKFLT",
+        libc::SIGCHLD => "SIGCHLD",
+        libc::SIGCONT => "SIGCONT",
+        libc::SIGSTOP => "SIGSTOP",
+        libc::SIGTSTP => "SIGTSTP",
+        libc::SIGTTIN => "SIGTTIN",
+        libc::SIGTTOU => "SIGTTOU",
+        libc::SIGURG => "SIGURG",
+        libc::SIGXCPU => "SIGXCPU",
+        libc::SIGXFSZ => "SIGXFSZ",
+        libc::SIGVTALRM => "SIGVTALRM",
+        libc::SIGPROF => "SIGPROF",
+        libc::SIGWINCH => "SIGWINCH",
+        libc::SIGIO => "SIGIO",
+        libc::SIGPWR => "SIGPWR",
+        libc::SIGSYS => "SIGSYS",
+        _ => return None,
+    })
+}
+
+/// The number of a signal from its name ("SIGSEGV" or "SEGV").
+pub(crate) fn signal_from_name(name: &str) -> Option<i32> {
+    let name = name.strip_prefix("SIG").unwrap_or(name);
+    (1..32).find(|&s| signal_name(s).is_some_and(|n| &n[3..] == name))
+}
+
+/// Gives `SIGCHLD` its default disposition, so that the kernel keeps zombies
+/// for their parents to reap (an ignored `SIGCHLD` would reap them at once).
+pub(crate) fn default_sigchld() {
+    // SAFETY: SIG_DFL is a valid disposition for SIGCHLD.
+    unsafe {
+        libc::signal(libc::SIGCHLD, libc::SIG_DFL);
+    }
+}

@@ -1,0 +1,115 @@
+//! Signals: the node's `SIGINT`/`SIGTERM` self-pipe, and the node-death pipe.
+//!
+//! The node holds the only write end of the death pipe. Every process opens its
+//! own file description of the read end (through `/proc/self/fd`) and asks the
+//! kernel (`F_SETOWN`, `F_SETSIG`, `O_ASYNC`, see `fcntl(2)`) to send it
+//! `SIGKILL` when the pipe becomes readable, which happens when the last write
+//! end closes: when the node dies, however it dies, every process dies with it
+//! without needing a thread to watch.
+
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::sync::atomic::{AtomicI32, Ordering};
+
+/// `F_SETSIG` (not exported by libc for every target).
+const F_SETSIG: libc::c_int = 10;
+
+/// The write end of the shutdown self-pipe, for the signal handler.
+static SHUTDOWN_PIPE: AtomicI32 = AtomicI32::new(-1);
+
+extern "C" fn on_shutdown_signal(signal: libc::c_int) {
+    let fd = SHUTDOWN_PIPE.load(Ordering::Relaxed);
+    if fd >= 0 {
+        let byte = signal as u8;
+        // SAFETY: write(2) is async-signal-safe; the buffer is a local byte.
+        unsafe {
+            libc::write(fd, (&byte as *const u8).cast(), 1);
+        }
+    }
+}
+
+/// A pipe with both ends close-on-exec; the read end is non-blocking.
+pub(crate) fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
+    let mut fds = [0 as RawFd; 2];
+    syscall!(pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC))?;
+    // SAFETY: two fresh descriptors owned by nobody else.
+    let (r, w) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+    let flags = syscall!(fcntl(r.as_raw_fd(), libc::F_GETFL))?;
+    syscall!(fcntl(r.as_raw_fd(), libc::F_SETFL, flags | libc::O_NONBLOCK))?;
+    Ok((r, w))
+}
+
+/// Routes `SIGINT` and `SIGTERM` to a pipe: each signal writes its number as one
+/// byte. Returns the (non-blocking) read end.
+pub(crate) fn install_shutdown_handler() -> io::Result<OwnedFd> {
+    let (r, w) = pipe()?;
+    let flags = syscall!(fcntl(w.as_raw_fd(), libc::F_GETFL))?;
+    syscall!(fcntl(w.as_raw_fd(), libc::F_SETFL, flags | libc::O_NONBLOCK))?;
+    // The write end lives for the rest of the process, owned by the handler.
+    SHUTDOWN_PIPE.store(std::os::fd::IntoRawFd::into_raw_fd(w), Ordering::Relaxed);
+    for sig in [libc::SIGINT, libc::SIGTERM] {
+        // SAFETY: an all-zero sigaction is valid; the handler only calls write.
+        unsafe {
+            let mut sa: libc::sigaction = std::mem::zeroed();
+            sa.sa_sigaction = on_shutdown_signal as *const () as usize;
+            sa.sa_flags = libc::SA_RESTART;
+            libc::sigemptyset(&mut sa.sa_mask);
+            if libc::sigaction(sig, &sa, std::ptr::null_mut()) != 0 {
+                return Err(io::Error::last_os_error());
+            }
+        }
+    }
+    Ok(r)
+}
+
+/// Ends the calling process with `signal` as its wait status: the default
+/// disposition is restored and the signal raised. Falls back to `_exit(128+n)`.
+pub(crate) fn die_by_signal(signal: i32) -> ! {
+    // SAFETY: restoring SIG_DFL and raising are plain libc calls.
+    unsafe {
+        libc::signal(signal, libc::SIG_DFL);
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, signal);
+        libc::pthread_sigmask(libc::SIG_UNBLOCK, &set, std::ptr::null_mut());
+        libc::raise(signal);
+    }
+    super::process::exit_now(128 + signal)
+}
+
+/// Arms the calling process to receive `SIGKILL` when every write end of the
+/// node-death pipe is closed. `read_end` is an inherited read end; the returned
+/// descriptor is this process's own armed description, to be kept open (and
+/// passed on to the process's children).
+///
+/// Fails with `BrokenPipe` if the node is already gone.
+pub(crate) fn arm_death_signal(read_end: RawFd) -> io::Result<OwnedFd> {
+    let path = format!("/proc/self/fd/{read_end}\0");
+    let fd = syscall!(open(
+        path.as_ptr().cast(),
+        libc::O_RDONLY | libc::O_NONBLOCK | libc::O_CLOEXEC
+    ))?;
+    // SAFETY: a fresh descriptor owned by nobody else.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    // SAFETY: getpid cannot fail.
+    let me = unsafe { libc::getpid() };
+    syscall!(fcntl(fd.as_raw_fd(), libc::F_SETOWN, me))?;
+    syscall!(fcntl(fd.as_raw_fd(), F_SETSIG, libc::SIGKILL))?;
+    let flags = syscall!(fcntl(fd.as_raw_fd(), libc::F_GETFL))?;
+    syscall!(fcntl(
+        fd.as_raw_fd(),
+        libc::F_SETFL,
+        flags | libc::O_ASYNC | libc::O_NONBLOCK
+    ))?;
+    // The node may have died before the signal was armed: check once by hand.
+    let mut pfd = libc::pollfd {
+        fd: fd.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    syscall!(poll(&mut pfd, 1, 0))?;
+    if pfd.revents & (libc::POLLHUP | libc::POLLIN) != 0 {
+        return Err(io::Error::from(io::ErrorKind::BrokenPipe));
+    }
+    Ok(fd)
+}

@@ -1,0 +1,183 @@
+//! What frames carry: the hello that opens a data connection, and the control
+//! protocol between a process and its node (requests up, signals and replies
+//! down).
+
+use serde::{Deserialize, Serialize};
+
+use crate::exit::ExitReason;
+use crate::process::{Pid, ProcessInfo};
+use crate::sys::process::WaitStatus;
+
+/// First frame on a data connection: who sends on it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct Hello {
+    /// The sending process.
+    pub(crate) from: Pid,
+}
+
+/// A new process, announced to the node by its spawner before the fork.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct Registration {
+    /// The new process's serial.
+    pub(crate) serial: u64,
+    /// The spawner's serial.
+    pub(crate) parent: u64,
+    /// Name for `ps` and `process_info`.
+    pub(crate) name: Option<String>,
+    /// Link the new process with its spawner (`spawn_link`).
+    pub(crate) link: bool,
+    /// Monitors the spawner places on it: (reference, internal).
+    pub(crate) monitors: Vec<(u64, bool)>,
+    /// Start trapping exits.
+    pub(crate) trap_exits: bool,
+    /// The process has a CPU time limit (`SIGXCPU` means `CpuLimit`).
+    pub(crate) cpu_limited: bool,
+    /// The process has a memory limit.
+    pub(crate) memory_limited: bool,
+}
+
+/// A control frame from a process to its node.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) enum ToNode {
+    /// A new process (first frame of the new process's control connection).
+    Register(Registration),
+    /// The pidfd of a process travels with this frame (`SCM_RIGHTS`).
+    Pidfd {
+        /// The process's serial.
+        serial: u64,
+        /// Its OS pid.
+        ospid: i32,
+    },
+    /// The spawn of `serial` failed after its registration was sent: forget it.
+    Withdraw {
+        /// The serial that was never used.
+        serial: u64,
+    },
+    /// Link the sender with `target`; answered with `Done` or `NoProc`.
+    Link {
+        /// Request id for the reply.
+        request: u64,
+        /// The other process.
+        target: Pid,
+    },
+    /// Remove the link between the sender and `target`.
+    Unlink {
+        /// The other process.
+        target: Pid,
+    },
+    /// The sender monitors `target`.
+    Monitor {
+        /// The sender's reference for this monitor.
+        reference: u64,
+        /// The Down goes to the runtime (a call or a join), not to the mailbox.
+        internal: bool,
+        /// The monitored process.
+        target: Pid,
+    },
+    /// Remove a monitor the sender placed.
+    Demonitor {
+        /// The reference given to `Monitor`.
+        reference: u64,
+    },
+    /// Turn exit trapping on or off; answered with `Done`.
+    TrapExits {
+        /// Request id for the reply.
+        request: u64,
+        /// Trap or not.
+        on: bool,
+    },
+    /// An exit signal from the sender to `target` (`Mailbox::exit`, `kill`).
+    ExitSignal {
+        /// The process the signal is for.
+        target: Pid,
+        /// Its reason.
+        reason: ExitReason,
+        /// `kill`: cannot be trapped.
+        untrappable: bool,
+    },
+    /// Register `pid` under `name`; answered with `Done`, `NameTaken` or `NoProc`.
+    RegisterName {
+        /// Request id for the reply.
+        request: u64,
+        /// The name.
+        name: String,
+        /// The process.
+        pid: Pid,
+    },
+    /// Remove a registered name.
+    UnregisterName {
+        /// The name.
+        name: String,
+    },
+    /// Look a name up; answered with `Pid`.
+    Whereis {
+        /// Request id for the reply.
+        request: u64,
+        /// The name.
+        name: String,
+    },
+    /// Ask for a process's status; answered with `Info`.
+    Info {
+        /// Request id for the reply.
+        request: u64,
+        /// The process.
+        pid: Pid,
+    },
+    /// The sender reaped one of its children.
+    ChildExited {
+        /// The child's serial.
+        serial: u64,
+        /// Its wait status.
+        status: WaitStatus,
+    },
+    /// The sender is about to `_exit(0)` with this reason.
+    LastWords {
+        /// The reason.
+        reason: ExitReason,
+    },
+}
+
+/// A control frame from the node to a process.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) enum ToProcess {
+    /// A monitored process is gone.
+    Down {
+        /// The monitor's reference.
+        reference: u64,
+        /// For the runtime (a call or a join), not for the mailbox.
+        internal: bool,
+        /// The process that is gone.
+        pid: Pid,
+        /// Its exit reason.
+        reason: ExitReason,
+    },
+    /// An exit signal, delivered as a message because the process traps exits.
+    Exit {
+        /// Where the signal comes from.
+        from: Pid,
+        /// Its reason.
+        reason: ExitReason,
+    },
+    /// The answer to a request.
+    Reply {
+        /// The request id.
+        request: u64,
+        /// The answer.
+        reply: NodeReply,
+    },
+}
+
+/// The node's answer to a request.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) enum NodeReply {
+    /// Done.
+    Done,
+    /// The process does not exist.
+    NoProc,
+    /// The name is held by another process.
+    NameTaken,
+    /// The result of `Whereis`.
+    Pid(Option<Pid>),
+    /// The result of `Info`.
+    Info(Option<ProcessInfo>),
+}
