@@ -107,6 +107,7 @@ mod monitor;
 mod node;
 mod pool;
 mod process;
+mod sync;
 mod sys;
 mod wire;
 

@@ -95,6 +95,8 @@ struct Proc {
     names: Vec<String>,
     /// Part of the runtime (main thread, zygote): not stopped by shutdown.
     internal: bool,
+    /// The spawner (the node's main thread) attaches the pidfd after the fork.
+    pidfd_follows: bool,
 }
 
 impl Proc {
@@ -119,6 +121,7 @@ impl Proc {
             memory_limited: false,
             names: Vec::new(),
             internal: false,
+            pidfd_follows: false,
         }
     }
 }
@@ -186,8 +189,12 @@ pub(crate) struct Core {
     pub(crate) counters: Counters,
     /// Read buffer.
     scratch: Vec<u8>,
-    /// Finalizations waiting to run (avoids recursion).
+    /// Finalizations waiting to run.
     to_finalize: VecDeque<u64>,
+    /// Whether finalizations are running (they are not re-entered).
+    finalizing: bool,
+    /// Statuses reported by a parent before the child's registration was read.
+    early_status: HashMap<u64, WaitStatus>,
 }
 
 impl Core {
@@ -214,6 +221,8 @@ impl Core {
             counters: Counters::default(),
             scratch: vec![0; 64 * 1024],
             to_finalize: VecDeque::new(),
+            finalizing: false,
+            early_status: HashMap::new(),
         }
     }
 
@@ -265,21 +274,29 @@ impl Core {
         Ok(())
     }
 
-    /// Registers a process spawned from the node's main thread (or by the
-    /// zygote on its behalf): its control connection is a socket pair end.
-    pub(crate) fn register_local(
-        &mut self,
-        reg: Registration,
-        ctl: OwnedFd,
-        child: Option<(OwnedFd, i32)>,
-    ) -> io::Result<()> {
-        let token = self.add_conn(ctl, Some(reg.serial))?;
+    /// Registers a process the node's main thread is about to fork (or to have
+    /// the zygote fork): its control connection is a socket pair end. It is
+    /// registered before it exists, so that nothing it does can reach the node
+    /// before its registration. `pidfd_follows`: the spawner attaches the pidfd
+    /// with [`attach_local_pidfd`](Self::attach_local_pidfd) after the fork.
+    pub(crate) fn register_local(&mut self, reg: Registration, ctl: OwnedFd, pidfd_follows: bool) -> io::Result<()> {
+        let serial = reg.serial;
+        let token = self.add_conn(ctl, Some(serial))?;
         self.register(reg, token);
-        if let Some((pidfd, ospid)) = child {
-            self.attach_pidfd_checked(pidfd, ospid, token);
+        if let Some(p) = self.procs.get_mut(&serial) {
+            p.pidfd_follows = pidfd_follows;
         }
         self.run_finalizations();
         Ok(())
+    }
+
+    /// Attaches the pidfd of a process registered with `register_local`.
+    pub(crate) fn attach_local_pidfd(&mut self, serial: u64, pidfd: OwnedFd, ospid: i32) {
+        if let Some(p) = self.procs.get_mut(&serial) {
+            p.pidfd_follows = false;
+        }
+        self.attach_pidfd(serial, pidfd, ospid);
+        self.run_finalizations();
     }
 
     /// Forgets a registration whose spawn failed.
@@ -330,6 +347,9 @@ impl Core {
                 p.links.insert(reg.parent);
             }
         }
+        if let Some(status) = self.early_status.remove(&serial) {
+            p.status = Some(status);
+        }
         self.procs.insert(serial, p);
         self.counters.spawned += 1;
         if parent_alive {
@@ -345,13 +365,6 @@ impl Core {
             self.exit_signal(reg.parent, serial, ExitReason::NoProc, false);
         }
         tracing::trace!(serial, parent = reg.parent, "registered");
-    }
-
-    fn attach_pidfd_checked(&mut self, pidfd: OwnedFd, ospid: i32, token: u64) {
-        let serial = self.conns.get(&token).and_then(|c| c.serial);
-        if let Some(serial) = serial {
-            self.attach_pidfd(serial, pidfd, ospid);
-        }
     }
 
     fn attach_pidfd(&mut self, serial: u64, pidfd: OwnedFd, ospid: i32) {
@@ -450,9 +463,8 @@ impl Core {
                 self.conn_closed(token);
                 return;
             }
-            if n < self.scratch.len() {
-                return;
-            }
+            // Keep reading until the socket is empty: a read stops early at a
+            // message that carries descriptors.
         }
     }
 
@@ -462,7 +474,7 @@ impl Core {
         if let Some(serial) = serial {
             if let Some(p) = self.procs.get_mut(&serial) {
                 p.ctl = None;
-                if p.pidfd.is_none() && !p.internal {
+                if p.pidfd.is_none() && !p.internal && !p.pidfd_follows {
                     // Registered, but neither its spawner nor itself handed
                     // over a pidfd before every holder of the connection was
                     // gone: it never ran.
@@ -658,11 +670,22 @@ impl Core {
                 Some((request, NodeReply::Info(info)))
             }
             ToNode::ChildExited { serial, status } => {
-                if let Some(p) = self.procs.get_mut(&serial) {
-                    if p.status.is_none() {
-                        p.status = Some(status);
+                // The child's registration travels on its own connection and
+                // may not have been read yet.
+                if !self.procs.contains_key(&serial) && self.known(serial) {
+                    tracing::trace!(serial, "status report read before the registration");
+                }
+                match self.procs.get_mut(&serial) {
+                    Some(p) => {
+                        if p.status.is_none() {
+                            p.status = Some(status);
+                        }
+                        p.exited = true;
+                        self.to_finalize.push_back(serial);
                     }
-                    self.to_finalize.push_back(serial);
+                    None => {
+                        self.early_status.insert(serial, status);
+                    }
                 }
                 None
             }
@@ -849,9 +872,14 @@ impl Core {
     }
 
     fn run_finalizations(&mut self) {
+        if self.finalizing {
+            return;
+        }
+        self.finalizing = true;
         while let Some(serial) = self.to_finalize.pop_front() {
             self.finalize(serial);
         }
+        self.finalizing = false;
     }
 
     /// Turns the death of `serial` into its signals, exactly once.

@@ -31,7 +31,7 @@ use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use parking_lot::{Condvar, Mutex, MutexGuard};
+use crate::sync::{Condvar, Mutex, MutexGuard};
 
 use crate::exit::ExitReason;
 use crate::link::ExitSignal;
@@ -304,7 +304,9 @@ impl Inbox {
                     let mut events = std::mem::take(&mut st.events);
                     events.clear();
                     let timeout = deadline.map(|d| d.saturating_duration_since(now));
-                    let waited = MutexGuard::unlocked(&mut st, || self.epoll.wait(&mut events, timeout));
+                    drop(st);
+                    let waited = self.epoll.wait(&mut events, timeout);
+                    st = self.state.lock();
                     st.poller = Poller::Idle;
                     st.last_user_poll = Some(Instant::now());
                     if let Err(e) = waited {
@@ -319,12 +321,12 @@ impl Inbox {
                 Poller::User => {
                     // Another thread polls for everyone.
                     polled = true;
-                    self.wait_for_poller(&mut st, deadline);
+                    st = self.wait_for_poller(st, deadline);
                 }
                 Poller::Background => {
                     polled = true;
                     self.bg_kick.notify();
-                    self.wait_for_poller(&mut st, deadline);
+                    st = self.wait_for_poller(st, deadline);
                 }
             }
         };
@@ -342,15 +344,14 @@ impl Inbox {
         out
     }
 
-    fn wait_for_poller(&self, st: &mut MutexGuard<'_, State>, deadline: Option<Instant>) {
+    fn wait_for_poller<'a>(&self, mut st: MutexGuard<'a, State>, deadline: Option<Instant>) -> MutexGuard<'a, State> {
         st.users_waiting += 1;
-        match deadline {
-            Some(d) => {
-                self.cond.wait_until(st, d);
-            }
+        let mut st = match deadline {
+            Some(d) => self.cond.wait_until(st, d).0,
             None => self.cond.wait(st),
-        }
+        };
         st.users_waiting -= 1;
+        st
     }
 
     /// The background thread: polls while no user thread does.
@@ -374,14 +375,14 @@ impl Inbox {
             }
             if st.poller != Poller::Idle || st.users_waiting > 0 {
                 st.bg_parked = true;
-                self.bg_cond.wait(&mut st);
+                st = self.bg_cond.wait(st);
                 st.bg_parked = false;
                 continue;
             }
             if let Some(t) = st.last_user_poll {
                 let idle = t.elapsed();
                 if idle < BACKGROUND_IDLE {
-                    self.bg_cond.wait_for(&mut st, BACKGROUND_IDLE - idle);
+                    st = self.bg_cond.wait_for(st, BACKGROUND_IDLE - idle).0;
                     continue;
                 }
             }
@@ -389,19 +390,19 @@ impl Inbox {
             let mut events = std::mem::take(&mut st.events);
             events.clear();
             outer_events.clear();
-            MutexGuard::unlocked(&mut st, || {
-                if let Err(e) = outer.wait(&mut outer_events, None) {
-                    tracing::error!("epoll_wait failed: {e}");
-                }
-                for ev in &outer_events {
-                    match ev.token {
-                        TOKEN_BG_KICK => self.bg_kick.drain(),
-                        _ => {
-                            let _ = self.epoll.wait(&mut events, Some(Duration::ZERO));
-                        }
+            drop(st);
+            if let Err(e) = outer.wait(&mut outer_events, None) {
+                tracing::error!("epoll_wait failed: {e}");
+            }
+            for ev in &outer_events {
+                match ev.token {
+                    TOKEN_BG_KICK => self.bg_kick.drain(),
+                    _ => {
+                        let _ = self.epoll.wait(&mut events, Some(Duration::ZERO));
                     }
                 }
-            });
+            }
+            st = self.state.lock();
             st.poller = Poller::Idle;
             self.handle(rt, &mut st, &events);
             st.events = events;

@@ -22,7 +22,7 @@ use std::os::fd::OwnedFd;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use parking_lot::{Condvar, Mutex};
+use crate::sync::{Condvar, Mutex};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
@@ -181,6 +181,23 @@ impl NodeShared {
         !self.stopped.load(Ordering::Relaxed) && !self.core.lock().shutting_down
     }
 
+    /// Waits (until `deadline`) while `cond` holds of the process table.
+    fn wait_while<'a>(
+        &self,
+        mut core: crate::sync::MutexGuard<'a, Core>,
+        deadline: Instant,
+        mut cond: impl FnMut(&Core) -> bool,
+    ) -> crate::sync::MutexGuard<'a, Core> {
+        while cond(&core) {
+            let (c, timed_out) = self.changed.wait_until(core, deadline);
+            core = c;
+            if timed_out {
+                break;
+            }
+        }
+        core
+    }
+
     /// Stops every process: `Shutdown` first, `SIGKILL` after `timeout`.
     pub(crate) fn shutdown(&'static self, timeout: Duration) {
         let _serial = self.shutdown_lock.lock();
@@ -190,23 +207,21 @@ impl NodeShared {
         let deadline = Instant::now() + timeout;
         let mut core = self.core.lock();
         core.begin_shutdown();
-        while !core.user_processes().is_empty() {
-            if self.changed.wait_until(&mut core, deadline).timed_out() {
-                break;
-            }
-        }
+        core = self.wait_while(core, deadline, |c| !c.user_processes().is_empty());
         if !core.user_processes().is_empty() {
             tracing::warn!(
                 left = core.user_processes().len(),
                 "shutdown timed out; killing what is left"
             );
             core.kill_all(false);
-            let hard = Instant::now() + Duration::from_secs(5);
-            while !core.user_processes().is_empty() && !self.changed.wait_until(&mut core, hard).timed_out() {}
+            core = self.wait_while(core, Instant::now() + Duration::from_secs(5), |c| {
+                !c.user_processes().is_empty()
+            });
         }
         core.kill_all(true);
-        let hard = Instant::now() + Duration::from_secs(2);
-        while core.alive(ZYGOTE_SERIAL) && !self.changed.wait_until(&mut core, hard).timed_out() {}
+        core = self.wait_while(core, Instant::now() + Duration::from_secs(2), |c| {
+            c.alive(ZYGOTE_SERIAL)
+        });
         drop(core);
         self.stopped.store(true, Ordering::Release);
         if let Some(rt) = *self.main.lock() {

@@ -25,7 +25,7 @@ use std::io;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::time::{Duration, Instant};
 
-use parking_lot::Mutex;
+use crate::sync::Mutex;
 
 use crate::node::inbox::{Inbox, OUT_TAG};
 use crate::process::Pid;

@@ -92,12 +92,12 @@ fn prepare(rt: &'static Runtime, spec: &Spec<'_>) -> Result<Prepared, SpawnError
 }
 
 /// Tells the node to forget a registration whose process never started.
-fn withdraw(rt: &'static Runtime, p: &Prepared, ctl_copy: Option<&OwnedFd>) {
+fn withdraw(rt: &'static Runtime, serial: u64, ctl_copy: Option<&OwnedFd>) {
     if let Some(node) = rt.node() {
-        node.core.lock().withdraw(p.pid.serial());
+        node.core.lock().withdraw(serial);
     } else if let Some(c) = ctl_copy {
         let mut buf = Vec::new();
-        let _ = frame::push(&mut buf, Kind::Ctl, &ToNode::Withdraw { serial: p.pid.serial() });
+        let _ = frame::push(&mut buf, Kind::Ctl, &ToNode::Withdraw { serial });
         let _ = sys::socket::send_all(c, &buf, None);
     }
 }
@@ -108,19 +108,30 @@ pub(crate) fn spawn_closure(
     spec: Spec<'_>,
     body: impl FnOnce(&'static Runtime) -> ExitReason,
 ) -> Result<Pid, SpawnError> {
-    let p = prepare(rt, &spec)?;
-    let ctl_copy = if p.ctl_node.is_none() {
-        Some(p.ctl_child.try_clone()?)
-    } else {
-        None
+    let Prepared {
+        pid,
+        listener,
+        reg,
+        ctl_child,
+        ctl_node,
+    } = prepare(rt, &spec)?;
+    let serial = pid.serial();
+    // In a process, keep our own copy of the child's control connection to
+    // hand its pidfd over after the fork.
+    let ctl_copy = match ctl_node {
+        Some(ctl_node) => {
+            let node = rt.node().expect("BUG: a node end exists only in the node");
+            node.core.lock().register_local(reg, ctl_node, true)?;
+            None
+        }
+        None => Some(ctl_child.try_clone()?),
     };
-    let pid = p.pid;
     let plan = ChildPlan {
         pid,
         shared: rt.shared(),
         settings: rt.settings().clone(),
-        listener: p.listener.try_clone()?,
-        ctl: p.ctl_child.try_clone()?,
+        listener,
+        ctl: ctl_child,
         death_read: rt.death_fd(),
         options: spec.options.clone(),
         keep_fds: spec.keep_fds.to_vec(),
@@ -140,26 +151,21 @@ pub(crate) fn spawn_closure(
     let ospid = match forked {
         Ok(ospid) => ospid,
         Err(e) => {
-            withdraw(rt, &p, ctl_copy.as_ref());
+            withdraw(rt, serial, ctl_copy.as_ref());
             return Err(e.into());
         }
     };
     let pidfd = sys::process::pidfd_open(ospid)?;
-    let Prepared { reg, ctl_node, .. } = p;
-    match ctl_node {
-        Some(ctl_node) => {
-            let node = rt.node().expect("BUG: a node end exists only in the node");
-            node.core.lock().register_local(reg, ctl_node, Some((pidfd, ospid)))?;
-        }
+    match ctl_copy {
         None => {
-            let ctl = ctl_copy.expect("BUG: processes keep a copy of the child's connection");
-            let msg = ToNode::Pidfd {
-                serial: pid.serial(),
-                ospid,
-            };
+            let node = rt.node().expect("BUG: only the node registers locally");
+            node.core.lock().attach_local_pidfd(serial, pidfd, ospid);
+        }
+        Some(ctl) => {
+            let msg = ToNode::Pidfd { serial, ospid };
             rt.tell_node_with_fds(&ctl, &msg, &[pidfd.as_raw_fd()])?;
             // We are its parent: we reap it and report its status.
-            rt.inbox.add_child(pid.serial(), pidfd)?;
+            rt.inbox.add_child(serial, pidfd)?;
             rt.ensure_background();
         }
     }
@@ -173,24 +179,22 @@ pub(crate) fn spawn_from_zygote(
     spec: Spec<'_>,
     call: crate::pool::zygote::Call,
 ) -> Result<Pid, SpawnError> {
-    let p = prepare(rt, &spec)?;
-    let pid = p.pid;
-    let ctl_copy = if p.ctl_node.is_none() {
-        Some(p.ctl_child.try_clone()?)
-    } else {
-        None
-    };
     let Prepared {
+        pid,
         listener,
         reg,
         ctl_child,
         ctl_node,
-        ..
-    } = p;
-    if let Some(ctl_node) = ctl_node {
-        let node = rt.node().expect("BUG: a node end exists only in the node");
-        node.core.lock().register_local(reg.clone(), ctl_node, None)?;
-    }
+    } = prepare(rt, &spec)?;
+    let ctl_copy = match ctl_node {
+        Some(ctl_node) => {
+            let node = rt.node().expect("BUG: a node end exists only in the node");
+            // The zygote and the child send the pidfd on the connection itself.
+            node.core.lock().register_local(reg, ctl_node, false)?;
+            None
+        }
+        None => Some(ctl_child.try_clone()?),
+    };
     let request = crate::pool::zygote::Request {
         pid,
         options: spec.options.clone(),
@@ -199,14 +203,7 @@ pub(crate) fn spawn_from_zygote(
     match crate::pool::zygote::request(rt, &request, &[listener.as_raw_fd(), ctl_child.as_raw_fd()]) {
         Ok(_ospid) => Ok(pid),
         Err(e) => {
-            let p = Prepared {
-                pid,
-                listener,
-                reg,
-                ctl_child,
-                ctl_node: None,
-            };
-            withdraw(rt, &p, ctl_copy.as_ref());
+            withdraw(rt, pid.serial(), ctl_copy.as_ref());
             Err(SpawnError::new(SpawnErrorKind::Zygote(e)))
         }
     }

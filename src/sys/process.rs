@@ -211,12 +211,13 @@ pub(crate) fn pidfd_exit_info(pidfd: &OwnedFd) -> io::Result<Option<WaitStatus>>
     if r < 0 {
         let e = io::Error::last_os_error();
         match e.raw_os_error() {
-            Some(libc::ENOTTY) | Some(libc::EINVAL) => {
+            Some(libc::ENOTTY) => {
                 PIDFD_INFO_UNSUPPORTED.store(true, Ordering::Relaxed);
                 return Ok(None);
             }
-            // ESRCH: reaped before exit information was recorded (older kernels).
-            Some(libc::ESRCH) => return Ok(None),
+            // ESRCH: reaped before exit information was recorded (older
+            // kernels); EINVAL: a request this kernel does not understand.
+            Some(libc::ESRCH) | Some(libc::EINVAL) => return Ok(None),
             _ => return Err(e),
         }
     }

@@ -16,8 +16,20 @@ const F_SETSIG: libc::c_int = 10;
 
 /// The write end of the shutdown self-pipe, for the signal handler.
 static SHUTDOWN_PIPE: AtomicI32 = AtomicI32::new(-1);
+/// The OS pid of the node that installed the handler.
+static NODE_PID: AtomicI32 = AtomicI32::new(-1);
 
 extern "C" fn on_shutdown_signal(signal: libc::c_int) {
+    // SAFETY: getpid, signal and raise are async-signal-safe.
+    unsafe {
+        if libc::getpid() != NODE_PID.load(Ordering::Relaxed) {
+            // A child forked from the node, hit before it reset its signal
+            // dispositions: behave as the default disposition would.
+            libc::signal(signal, libc::SIG_DFL);
+            libc::raise(signal);
+            return;
+        }
+    }
     let fd = SHUTDOWN_PIPE.load(Ordering::Relaxed);
     if fd >= 0 {
         let byte = signal as u8;
@@ -45,6 +57,8 @@ pub(crate) fn install_shutdown_handler() -> io::Result<OwnedFd> {
     let (r, w) = pipe()?;
     let flags = syscall!(fcntl(w.as_raw_fd(), libc::F_GETFL))?;
     syscall!(fcntl(w.as_raw_fd(), libc::F_SETFL, flags | libc::O_NONBLOCK))?;
+    // SAFETY: getpid cannot fail.
+    NODE_PID.store(unsafe { libc::getpid() }, Ordering::Relaxed);
     // The write end lives for the rest of the process, owned by the handler.
     SHUTDOWN_PIPE.store(std::os::fd::IntoRawFd::into_raw_fd(w), Ordering::Relaxed);
     for sig in [libc::SIGINT, libc::SIGTERM] {

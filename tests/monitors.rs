@@ -1,0 +1,4 @@
+mod util;
+fn main() {
+    util::run(&[], &[])
+}

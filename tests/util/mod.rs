@@ -1,0 +1,276 @@
+//! Helpers shared by the integration tests.
+//!
+//! libtest runs every test on a spawned thread, but `converge::init()` must run
+//! before any thread exists; so each test binary has `harness = false` and a
+//! `main` that calls [`run`], which initializes the node first and then runs
+//! the tests with libtest-mimic, one at a time. After each test it checks that
+//! the test left no process behind: no live converge process, no zombie.
+//!
+//! A test that needs a node of its own (to kill it, to send it `SIGINT`, to
+//! call `init()` wrongly) re-executes the test binary with `CONVERGE_HELPER`
+//! set: [`run`] then runs the named helper instead of the tests.
+#![allow(dead_code)] // Each test binary uses a different part of these helpers.
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use converge::{Ctx, ExitReason, IntoExitReason, Node};
+use libtest_mimic::{Arguments, Failed, Trial};
+
+/// Environment variable naming the helper to run instead of the tests.
+pub const HELPER: &str = "CONVERGE_HELPER";
+
+static NODE: OnceLock<Node> = OnceLock::new();
+
+/// The test binary's node.
+pub fn node() -> &'static Node {
+    NODE.get().expect("BUG: util::run initializes the node first")
+}
+
+/// A test: its name and its body.
+pub type Test = (&'static str, fn());
+
+/// A helper: its name and its body (it runs in a process of its own).
+pub type Helper = (&'static str, fn());
+
+/// Runs `tests` (or the helper named in `CONVERGE_HELPER`) and exits.
+pub fn run(tests: &[Test], helpers: &[Helper]) -> ! {
+    if let Ok(name) = std::env::var(HELPER) {
+        let helper = helpers
+            .iter()
+            .find(|(n, _)| *n == name)
+            .unwrap_or_else(|| panic!("no helper named {name}"));
+        (helper.1)();
+        std::process::exit(0);
+    }
+    let n = converge::init().expect("init() must succeed as the first call in main");
+    let _ = NODE.set(n);
+    let mut args = Arguments::from_args();
+    args.test_threads = Some(1);
+    let trials = tests
+        .iter()
+        .map(|&(name, f)| Trial::test(name, move || run_one(name, f)))
+        .collect();
+    let conclusion = libtest_mimic::run(&args, trials);
+    node().shutdown(Duration::from_secs(5));
+    conclusion.exit()
+}
+
+fn run_one(name: &'static str, f: fn()) -> Result<(), Failed> {
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let watchdog = {
+        let done = done.clone();
+        std::thread::spawn(move || {
+            let deadline = Instant::now() + Duration::from_secs(120);
+            while Instant::now() < deadline {
+                if done.load(std::sync::atomic::Ordering::Relaxed) {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            eprintln!("test {name} is still running after 120 s: aborting");
+            std::process::abort();
+        })
+    };
+    let outcome = std::panic::catch_unwind(f);
+    let leftovers = check_no_leftovers();
+    done.store(true, std::sync::atomic::Ordering::Relaxed);
+    let _ = watchdog.join();
+    match (outcome, leftovers) {
+        (Err(p), _) => Err(Failed::from(panic_text(&*p))),
+        (Ok(()), Err(e)) => Err(Failed::from(e)),
+        (Ok(()), Ok(())) => Ok(()),
+    }
+}
+
+fn panic_text(p: &(dyn std::any::Any + Send)) -> String {
+    if let Some(s) = p.downcast_ref::<&str>() {
+        s.to_string()
+    } else if let Some(s) = p.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "panic".into()
+    }
+}
+
+/// Waits (bounded) until the test's processes are gone and no zombie is left;
+/// kills and reports whatever is left.
+fn check_no_leftovers() -> Result<(), String> {
+    let node = node();
+    let gone = wait_until(Duration::from_secs(10), || node.processes().is_empty());
+    if !gone {
+        let left = node.processes();
+        for pid in &left {
+            converge::Mailbox::<()>::from_pid(*pid).kill();
+        }
+        wait_until(Duration::from_secs(5), || node.processes().is_empty());
+        return Err(format!("the test left {} processes running: {left:?}", left.len()));
+    }
+    // Every converge process is finalized (reaped by the node) by now, so a
+    // zombie left is a stranger: a process of a helper node that this node
+    // adopted as subreaper when the helper died. The node leaves unknown
+    // children alone (they may be the application's own); the harness reaps
+    // them so that one test's helpers do not count against the next.
+    for z in zombie_children() {
+        // SAFETY: waiting for one specific child with WNOHANG; no status is
+        // stolen from the node, whose processes are all reaped already.
+        unsafe {
+            libc::waitpid(z, std::ptr::null_mut(), libc::WNOHANG);
+        }
+    }
+    let no_zombies = wait_until(Duration::from_secs(5), || zombie_children().is_empty());
+    if !no_zombies {
+        return Err(format!("the test left zombies: {:?}", zombie_children()));
+    }
+    Ok(())
+}
+
+/// OS pids of this process's children that are zombies.
+pub fn zombie_children() -> Vec<i32> {
+    children().into_iter().filter(|&p| os_state(p) == Some('Z')).collect()
+}
+
+/// OS pids of this process's children.
+pub fn children() -> Vec<i32> {
+    let mut out = Vec::new();
+    if let Ok(tasks) = std::fs::read_dir("/proc/self/task") {
+        for t in tasks.flatten() {
+            if let Ok(s) = std::fs::read_to_string(t.path().join("children")) {
+                out.extend(s.split_whitespace().filter_map(|p| p.parse::<i32>().ok()));
+            }
+        }
+    }
+    out
+}
+
+/// The state letter of an OS process (`None`: it does not exist).
+pub fn os_state(pid: i32) -> Option<char> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    s[s.rfind(')')? + 2..].chars().next()
+}
+
+/// Whether an OS process exists and is not a zombie.
+pub fn os_alive(pid: i32) -> bool {
+    matches!(os_state(pid), Some(c) if c != 'Z' && c != 'X')
+}
+
+/// Polls `cond` every few milliseconds until it holds or `timeout` passes.
+pub fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if cond() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
+/// How long tests wait for something that should happen at once.
+pub const PATIENCE: Duration = Duration::from_secs(10);
+
+/// Spawns `f` monitored and returns its exit reason.
+pub fn exit_reason<M, F, R>(f: F) -> ExitReason
+where
+    M: serde::Serialize + serde::de::DeserializeOwned,
+    F: FnOnce(Ctx<M>) -> R,
+    R: IntoExitReason,
+{
+    let (_mb, r) = node().spawn_monitor(f).expect("spawn");
+    node()
+        .recv_down_timeout(r, PATIENCE)
+        .expect("a Down within the patience")
+        .reason
+}
+
+/// A command that re-runs this test binary as the helper `name`.
+pub fn helper(name: &str) -> Command {
+    let mut c = Command::new(std::env::current_exe().expect("current_exe"));
+    c.env(HELPER, name);
+    c.stdout(Stdio::piped());
+    c
+}
+
+/// A running helper whose stdout is read line by line as `key value...`.
+pub struct HelperProcess {
+    /// The helper's OS process.
+    pub child: Child,
+    lines: BufReader<std::process::ChildStdout>,
+    /// Lines read so far, by their first word.
+    pub seen: HashMap<String, Vec<String>>,
+}
+
+impl HelperProcess {
+    /// Starts `cmd` (from [`helper`]).
+    pub fn start(mut cmd: Command) -> HelperProcess {
+        let mut child = cmd.spawn().expect("start helper");
+        let out = child.stdout.take().expect("piped stdout");
+        HelperProcess {
+            child,
+            lines: BufReader::new(out),
+            seen: HashMap::new(),
+        }
+    }
+
+    /// Reads lines until one starts with `key`; returns the rest of it.
+    pub fn expect(&mut self, key: &str) -> String {
+        loop {
+            let mut line = String::new();
+            let n = self.lines.read_line(&mut line).expect("read helper output");
+            assert!(n > 0, "helper ended before printing {key:?}; saw {:?}", self.seen);
+            let line = line.trim_end().to_string();
+            let (k, rest) = line.split_once(' ').unwrap_or((&line, ""));
+            self.seen.entry(k.to_string()).or_default().push(rest.to_string());
+            if k == key {
+                return rest.to_string();
+            }
+        }
+    }
+
+    /// Reads what is left of the output.
+    pub fn rest(&mut self) -> Vec<String> {
+        let mut out = Vec::new();
+        let mut line = String::new();
+        while self.lines.read_line(&mut line).unwrap_or(0) > 0 {
+            out.push(line.trim_end().to_string());
+            line.clear();
+        }
+        out
+    }
+
+    /// Waits up to `timeout` for the helper to exit.
+    pub fn wait(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(s) = self.child.try_wait().expect("try_wait") {
+                return Some(s);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+}
+
+impl Drop for HelperProcess {
+    fn drop(&mut self) {
+        if self.child.try_wait().ok().flatten().is_none() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// Prints a `key value` line for the test reading a helper's output.
+pub fn say(key: &str, value: impl std::fmt::Display) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{key} {value}");
+    let _ = out.flush();
+}
