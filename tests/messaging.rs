@@ -1,4 +1,475 @@
+//! Sending and receiving: order, selective receive, timeouts, signals in
+//! arrival order, large and oversized messages, wrong types, calls.
+
 mod util;
+
+use std::time::{Duration, Instant};
+
+use converge::{CallError, Ctx, Event, ExitReason, Mailbox, ReplyTo, TryRecvError};
+use serde::{Deserialize, Serialize};
+use util::{PATIENCE, node};
+
 fn main() {
-    util::run(&[], &[])
+    util::run(
+        &[
+            ("messages_arrive_in_order", messages_arrive_in_order),
+            ("every_sender_keeps_its_order", every_sender_keeps_its_order),
+            (
+                "selective_receive_leaves_the_rest_in_order",
+                selective_receive_leaves_the_rest_in_order,
+            ),
+            ("recv_timeout_times_out", recv_timeout_times_out),
+            ("try_recv_sees_what_is_waiting", try_recv_sees_what_is_waiting),
+            ("events_come_in_arrival_order", events_come_in_arrival_order),
+            (
+                "down_comes_after_the_senders_messages",
+                down_comes_after_the_senders_messages,
+            ),
+            ("queue_length_is_readable", queue_length_is_readable),
+            ("large_messages_arrive_intact", large_messages_arrive_intact),
+            ("oversized_message_is_a_send_error", oversized_message_is_a_send_error),
+            ("wrong_type_is_an_event_not_a_value", wrong_type_is_an_event_not_a_value),
+            ("mailboxes_travel_inside_messages", mailboxes_travel_inside_messages),
+            ("send_to_a_dead_process_is_dropped", send_to_a_dead_process_is_dropped),
+            (
+                "send_never_blocks_on_a_slow_receiver",
+                send_never_blocks_on_a_slow_receiver,
+            ),
+            ("call_gets_its_reply", call_gets_its_reply),
+            (
+                "call_fails_at_once_when_the_callee_dies",
+                call_fails_at_once_when_the_callee_dies,
+            ),
+            ("call_to_a_dead_process_is_noproc", call_to_a_dead_process_is_noproc),
+            ("call_times_out", call_times_out),
+            ("bounded_mailbox_drops_newest", bounded_mailbox_drops_newest),
+            ("bounded_mailbox_drops_oldest", bounded_mailbox_drops_oldest),
+            (
+                "many_threads_receive_and_call_at_once",
+                many_threads_receive_and_call_at_once,
+            ),
+        ],
+        &[],
+    )
+}
+
+fn messages_arrive_in_order() {
+    let me = node().ctx::<Vec<u64>>();
+    let back = me.mailbox();
+    let sink = node()
+        .spawn(move |ctx: Ctx<u64>| {
+            let mut got = Vec::new();
+            while got.len() < 10_000 {
+                got.push(ctx.recv().unwrap());
+            }
+            back.send(got).unwrap();
+        })
+        .unwrap();
+    for i in 0..10_000u64 {
+        sink.send(i).unwrap();
+    }
+    let got = me.recv_timeout(PATIENCE).unwrap();
+    assert_eq!(got, (0..10_000).collect::<Vec<_>>());
+}
+
+fn every_sender_keeps_its_order() {
+    let me = node().ctx::<Vec<(u8, u32)>>();
+    let back = me.mailbox();
+    let sink = node()
+        .spawn(move |ctx: Ctx<(u8, u32)>| {
+            let mut got = Vec::new();
+            while got.len() < 3 * 2000 {
+                got.push(ctx.recv().unwrap());
+            }
+            back.send(got).unwrap();
+        })
+        .unwrap();
+    for s in 0..3u8 {
+        node()
+            .spawn(move |_: Ctx<()>| {
+                for i in 0..2000 {
+                    sink.send((s, i)).unwrap();
+                }
+            })
+            .unwrap();
+    }
+    let got = me.recv_timeout(PATIENCE).unwrap();
+    for s in 0..3u8 {
+        let seq: Vec<u32> = got.iter().filter(|m| m.0 == s).map(|m| m.1).collect();
+        assert_eq!(seq, (0..2000).collect::<Vec<_>>(), "sender {s}");
+    }
+}
+
+fn selective_receive_leaves_the_rest_in_order() {
+    let me = node().ctx::<u32>();
+    for i in 0..10 {
+        me.mailbox().send(i).unwrap();
+    }
+    assert_eq!(me.recv_matching_timeout(|&m| m == 7, PATIENCE).unwrap(), 7);
+    assert_eq!(me.recv_matching_timeout(|&m| m % 2 == 1, PATIENCE).unwrap(), 1);
+    let rest: Vec<u32> = (0..8).map(|_| me.recv_timeout(PATIENCE).unwrap()).collect();
+    assert_eq!(rest, vec![0, 2, 3, 4, 5, 6, 8, 9]);
+    assert!(
+        me.recv_matching_timeout(|&m| m == 100, Duration::from_millis(20))
+            .is_err()
+    );
+}
+
+fn recv_timeout_times_out() {
+    let me = node().ctx::<u32>();
+    let t = Instant::now();
+    assert_eq!(
+        me.recv_timeout(Duration::from_millis(50)),
+        Err(converge::RecvTimeoutError::Timeout)
+    );
+    assert!(t.elapsed() >= Duration::from_millis(50));
+}
+
+fn try_recv_sees_what_is_waiting() {
+    let me = node().ctx::<u32>();
+    assert_eq!(me.try_recv(), Err(TryRecvError::Empty));
+    let back = me.mailbox();
+    let (_p, r) = node().spawn_monitor(move |_: Ctx<()>| back.send(5).unwrap()).unwrap();
+    node().recv_down_timeout(r, PATIENCE).unwrap();
+    // The message was written before its sender exited: it waits in the socket.
+    assert_eq!(me.try_recv(), Ok(5));
+    assert_eq!(me.try_recv(), Err(TryRecvError::Empty));
+}
+
+fn events_come_in_arrival_order() {
+    let me = node().ctx::<String>();
+    let back = me.mailbox();
+    let (p, r) = node()
+        .spawn_monitor(move |ctx: Ctx<()>| -> Result<(), String> {
+            back.send("first".into()).unwrap();
+            let _ = ctx.recv_timeout(PATIENCE);
+            back.send("second".into()).unwrap();
+            Err("done".into())
+        })
+        .unwrap();
+    assert_eq!(
+        me.recv_event_timeout(PATIENCE).unwrap(),
+        Event::Message("first".to_string())
+    );
+    p.send(()).unwrap();
+    assert_eq!(
+        me.recv_event_timeout(PATIENCE).unwrap(),
+        Event::Message("second".to_string())
+    );
+    match me.recv_event_timeout(PATIENCE).unwrap() {
+        Event::Down(d) => {
+            assert_eq!(d.reference, r);
+            assert_eq!(d.reason, ExitReason::Error("done".into()));
+        }
+        other => panic!("expected the Down, got {other:?}"),
+    }
+}
+
+fn down_comes_after_the_senders_messages() {
+    for round in 0..20 {
+        let me = node().ctx::<u32>();
+        let back = me.mailbox();
+        let (_p, r) = node()
+            .spawn_monitor(move |_: Ctx<()>| {
+                for i in 0..500 {
+                    back.send(i).unwrap();
+                }
+            })
+            .unwrap();
+        let mut got = Vec::new();
+        loop {
+            match me.recv_event_timeout(PATIENCE).unwrap() {
+                Event::Message(m) => got.push(m),
+                Event::Down(d) => {
+                    assert_eq!(d.reference, r);
+                    break;
+                }
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        assert_eq!(got, (0..500).collect::<Vec<_>>(), "round {round}");
+    }
+}
+
+fn queue_length_is_readable() {
+    let me = node().ctx::<u32>();
+    let back = me.mailbox();
+    let (p, r) = node()
+        .spawn_monitor(move |ctx: Ctx<u32>| {
+            // Take one message, then stop receiving for a while: the runtime
+            // keeps draining the socket into the queue.
+            ctx.recv().unwrap();
+            back.send(0).unwrap();
+            let deadline = Instant::now() + PATIENCE;
+            while ctx.len() < 25 && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(2));
+            }
+            back.send(ctx.len() as u32).unwrap();
+        })
+        .unwrap();
+    p.send(0).unwrap();
+    me.recv_timeout(PATIENCE).unwrap();
+    for i in 0..25 {
+        p.send(i).unwrap();
+    }
+    assert!(util::wait_until(PATIENCE, || node()
+        .process_info(&p)
+        .is_some_and(|i| i.queue_len == 25)));
+    assert_eq!(me.recv_timeout(PATIENCE).unwrap(), 25);
+    node().recv_down_timeout(r, PATIENCE).unwrap();
+}
+
+fn large_messages_arrive_intact() {
+    let me = node().ctx::<u64>();
+    let back = me.mailbox();
+    let sink = node()
+        .spawn(move |ctx: Ctx<Vec<u8>>| {
+            for _ in 0..2 {
+                let v = ctx.recv().unwrap();
+                let sum = v
+                    .iter()
+                    .enumerate()
+                    .map(|(i, &b)| (b as u64) * (i as u64 % 7 + 1))
+                    .sum::<u64>();
+                back.send(v.len() as u64).unwrap();
+                back.send(sum).unwrap();
+            }
+        })
+        .unwrap();
+    for size in [1usize << 20, 16 << 20] {
+        let v: Vec<u8> = (0..size).map(|i| (i * 31 % 251) as u8).collect();
+        let want = v
+            .iter()
+            .enumerate()
+            .map(|(i, &b)| (b as u64) * (i as u64 % 7 + 1))
+            .sum::<u64>();
+        sink.send(v).unwrap();
+        assert_eq!(me.recv_timeout(PATIENCE).unwrap(), size as u64);
+        assert_eq!(me.recv_timeout(PATIENCE).unwrap(), want);
+    }
+}
+
+fn oversized_message_is_a_send_error() {
+    let target = node()
+        .spawn(|ctx: Ctx<Vec<u8>>| {
+            let _ = ctx.recv_timeout(PATIENCE);
+        })
+        .unwrap();
+    let big = vec![0u8; (64 << 20) + 1];
+    let err = target.send(big).unwrap_err();
+    assert!(err.is_too_large(), "{err}");
+    assert_eq!(err.into_inner().len(), (64 << 20) + 1);
+    // Exactly at the limit is fine.
+    let at_limit = vec![0u8; (64 << 20) - 4];
+    let r = node().monitor(&target);
+    target.send(at_limit).unwrap();
+    let down = node().recv_down_timeout(r, PATIENCE).unwrap();
+    assert_eq!(down.reason, ExitReason::Normal);
+}
+
+fn wrong_type_is_an_event_not_a_value() {
+    let me = node().ctx::<String>();
+    let back = me.mailbox();
+    let p = node()
+        .spawn(move |ctx: Ctx<String>| {
+            for _ in 0..3 {
+                let ev = ctx.recv_event_timeout(PATIENCE).unwrap();
+                back.send(format!("{ev:?}")).unwrap();
+            }
+        })
+        .unwrap();
+    // The same process, addressed with the wrong type.
+    Mailbox::<u64>::from_pid(p.pid()).send(42).unwrap();
+    Mailbox::<(u8, u8)>::from_pid(p.pid()).send((1, 2)).unwrap();
+    p.send("right".to_string()).unwrap();
+    assert!(me.recv_timeout(PATIENCE).unwrap().starts_with("Undecodable(WrongType"));
+    assert!(me.recv_timeout(PATIENCE).unwrap().starts_with("Undecodable(WrongType"));
+    assert_eq!(me.recv_timeout(PATIENCE).unwrap(), "Message(\"right\")");
+    assert!(util::wait_until(PATIENCE, || node().processes().is_empty()));
+}
+
+fn mailboxes_travel_inside_messages() {
+    #[derive(Serialize, Deserialize)]
+    struct Forward {
+        to: Mailbox<String>,
+        text: String,
+    }
+    let me = node().ctx::<String>();
+    let relay = node()
+        .spawn(|ctx: Ctx<Forward>| {
+            let f = ctx.recv().unwrap();
+            f.to.send(f.text.to_uppercase()).unwrap();
+        })
+        .unwrap();
+    relay
+        .send(Forward {
+            to: me.mailbox(),
+            text: "relayed".into(),
+        })
+        .unwrap();
+    assert_eq!(me.recv_timeout(PATIENCE).unwrap(), "RELAYED");
+}
+
+fn send_to_a_dead_process_is_dropped() {
+    let (p, r) = node().spawn_monitor(|_: Ctx<u32>| {}).unwrap();
+    node().recv_down_timeout(r, PATIENCE).unwrap();
+    for i in 0..10 {
+        p.send(i).unwrap();
+    }
+}
+
+/// 12.8 MB go to a process that is not reading (it is blocked on a pipe):
+/// every send returns, the frames wait in the sender, and all arrive once the
+/// receiver reads.
+fn send_never_blocks_on_a_slow_receiver() {
+    let (gate_r, gate_w) = std::io::pipe().unwrap();
+    let slow = converge::Builder::new()
+        .keep_fd(&gate_r)
+        .spawn(move |ctx: Ctx<Vec<u8>>| {
+            let mut byte = [0u8; 1];
+            std::io::Read::read_exact(&mut &gate_r, &mut byte).unwrap();
+            for _ in 0..200 {
+                assert_eq!(ctx.recv().unwrap().len(), 64 * 1024);
+            }
+        })
+        .unwrap();
+    let r = node().monitor(&slow);
+    for _ in 0..200 {
+        slow.send(vec![0u8; 64 * 1024]).unwrap();
+    }
+    // Every send returned while the receiver read nothing.
+    assert!(node().process_info(&slow).is_some_and(|i| i.queue_len == 0));
+    std::io::Write::write_all(&mut &gate_w, b"g").unwrap();
+    assert_eq!(
+        node().recv_down_timeout(r, PATIENCE).unwrap().reason,
+        ExitReason::Normal
+    );
+}
+
+#[derive(Serialize, Deserialize)]
+enum Req {
+    Add(u64, u64, ReplyTo<u64>),
+    Die(ReplyTo<u64>),
+    Ignore(ReplyTo<u64>),
+}
+
+fn server(ctx: Ctx<Req>) -> Result<(), String> {
+    loop {
+        match ctx.recv().map_err(|e| e.to_string())? {
+            Req::Add(a, b, r) => r.reply(a + b).map_err(|e| e.to_string())?,
+            Req::Die(_) => return Err("asked to die".into()),
+            Req::Ignore(_) => {}
+        }
+    }
+}
+
+fn call_gets_its_reply() {
+    let s = node().spawn(server).unwrap();
+    for i in 0..100 {
+        assert_eq!(s.call(|r| Req::Add(i, 1, r), PATIENCE).unwrap(), i + 1);
+    }
+    s.kill();
+}
+
+fn call_fails_at_once_when_the_callee_dies() {
+    let s = node().spawn(server).unwrap();
+    let t = Instant::now();
+    assert_eq!(
+        s.call(Req::Die, PATIENCE),
+        Err(CallError::Exited(ExitReason::Error("asked to die".into())))
+    );
+    assert!(t.elapsed() < PATIENCE / 2);
+}
+
+fn call_to_a_dead_process_is_noproc() {
+    let (s, r) = node().spawn_monitor(|_: Ctx<Req>| {}).unwrap();
+    node().recv_down_timeout(r, PATIENCE).unwrap();
+    assert_eq!(s.call(Req::Die, PATIENCE), Err(CallError::Exited(ExitReason::NoProc)));
+}
+
+fn call_times_out() {
+    let s = node().spawn(server).unwrap();
+    let t = Instant::now();
+    assert_eq!(s.call(Req::Ignore, Duration::from_millis(100)), Err(CallError::Timeout));
+    assert!(t.elapsed() >= Duration::from_millis(100));
+    // The server is fine, and a late reply would not confuse the next call.
+    assert_eq!(s.call(|r| Req::Add(2, 2, r), PATIENCE).unwrap(), 4);
+    s.kill();
+}
+
+fn bounded(policy: converge::Overflow) -> Vec<u32> {
+    let me = node().ctx::<Vec<u32>>();
+    let back = me.mailbox();
+    let p = converge::Builder::new()
+        .mailbox_bound(5, policy)
+        .spawn(move |ctx: Ctx<u32>| {
+            // Wait until all 20 were read into the queue (or dropped).
+            let first = ctx.recv().unwrap();
+            let deadline = Instant::now() + PATIENCE;
+            while converge::process_info(ctx.pid()).is_some_and(|i| i.queue_len + i.dropped < 19)
+                && Instant::now() < deadline
+            {
+                std::thread::sleep(Duration::from_millis(2));
+            }
+            let mut got = vec![first];
+            while let Ok(m) = ctx.try_recv() {
+                got.push(m);
+            }
+            back.send(got).unwrap();
+        })
+        .unwrap();
+    p.send(0).unwrap();
+    std::thread::sleep(Duration::from_millis(20));
+    for i in 1..20 {
+        p.send(i).unwrap();
+    }
+    me.recv_timeout(PATIENCE).unwrap()
+}
+
+fn bounded_mailbox_drops_newest() {
+    let got = bounded(converge::Overflow::DropNewest);
+    assert_eq!(got, vec![0, 1, 2, 3, 4, 5]);
+}
+
+fn bounded_mailbox_drops_oldest() {
+    let got = bounded(converge::Overflow::DropOldest);
+    assert_eq!(got, vec![0, 15, 16, 17, 18, 19]);
+}
+
+/// Several threads of one process receive, call and send at once: the
+/// receive path is shared without losing or duplicating anything.
+fn many_threads_receive_and_call_at_once() {
+    let s = node().spawn(server).unwrap();
+    let me = node().ctx::<u32>();
+    let back = me.mailbox();
+    let producer = node()
+        .spawn(move |_: Ctx<()>| {
+            for i in 0..4000 {
+                back.send(i).unwrap();
+            }
+        })
+        .unwrap();
+    let _ = producer;
+    let received = std::sync::Mutex::new(Vec::new());
+    std::thread::scope(|scope| {
+        for _ in 0..3 {
+            scope.spawn(|| {
+                let ctx = node().ctx::<u32>();
+                while let Ok(m) = ctx.recv_timeout(Duration::from_millis(500)) {
+                    received.lock().unwrap().push(m);
+                }
+            });
+        }
+        for t in 0..2u64 {
+            scope.spawn(move || {
+                for i in 0..200 {
+                    assert_eq!(s.call(|r| Req::Add(i, t, r), PATIENCE).unwrap(), i + t);
+                }
+            });
+        }
+    });
+    let mut got = received.into_inner().unwrap();
+    got.sort_unstable();
+    assert_eq!(got, (0..4000).collect::<Vec<_>>());
+    s.kill();
 }

@@ -131,7 +131,8 @@ impl Outbox {
     }
 
     /// Encodes one frame for `target` with `build` (which appends exactly one
-    /// frame to the buffer) and sends or queues it.
+    /// frame to the buffer, whose body starts with `overhead` bytes of frame
+    /// fields before the message) and sends or queues it.
     pub(crate) fn send(
         &self,
         inbox: &Inbox,
@@ -139,6 +140,7 @@ impl Outbox {
         epoch: u64,
         target: Pid,
         try_only: bool,
+        overhead: usize,
         build: impl FnOnce(&mut Vec<u8>) -> Result<(), String>,
     ) -> Result<Sent, BuildError> {
         let mut conns = self.conns.lock();
@@ -183,10 +185,12 @@ impl Outbox {
             conn.buf.truncate(start);
             return Err(BuildError::Encode(e));
         }
-        let body = conn.buf.len() - start - frame::HEADER;
-        if body > self.max_message + 16 {
+        // The limit is on the encoded message, not counting the frame's own
+        // fields (fingerprint, reference).
+        let payload = (conn.buf.len() - start - frame::HEADER).saturating_sub(overhead);
+        if payload > self.max_message {
             conn.buf.truncate(start);
-            return Err(BuildError::TooLarge(body));
+            return Err(BuildError::TooLarge(payload));
         }
         conn.frames += 1;
         let now = Instant::now();

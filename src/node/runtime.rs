@@ -278,7 +278,7 @@ impl Runtime {
         try_only: bool,
     ) -> Result<Sent, BuildError> {
         let fp = crate::wire::fingerprint::<M>();
-        self.send_frame(target, try_only, |buf| {
+        self.send_frame(target, try_only, 8, |buf| {
             let start = frame::begin(buf, Kind::Msg);
             buf.extend_from_slice(&fp.to_le_bytes());
             match postcard::to_extend(msg, std::mem::take(buf)) {
@@ -300,7 +300,7 @@ impl Runtime {
         value: &R,
     ) -> Result<Sent, BuildError> {
         let fp = crate::wire::fingerprint::<R>();
-        self.send_frame(target, false, |buf| {
+        self.send_frame(target, false, 16, |buf| {
             let start = frame::begin(buf, Kind::Reply);
             buf.extend_from_slice(&reference.to_le_bytes());
             buf.extend_from_slice(&fp.to_le_bytes());
@@ -319,6 +319,7 @@ impl Runtime {
         &'static self,
         target: Pid,
         try_only: bool,
+        overhead: usize,
         build: impl FnOnce(&mut Vec<u8>) -> Result<(), String>,
     ) -> Result<Sent, BuildError> {
         if target.node() != self.me.node() {
@@ -326,7 +327,9 @@ impl Runtime {
             return Ok(Sent::Dropped);
         }
         let epoch = self.epoch.load(Ordering::Relaxed);
-        let sent = self.outbox.send(&self.inbox, self.me, epoch, target, try_only, build);
+        let sent = self
+            .outbox
+            .send(&self.inbox, self.me, epoch, target, try_only, overhead, build);
         if self.inbox.background_wanted() {
             self.ensure_background();
         }
