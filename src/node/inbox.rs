@@ -292,9 +292,10 @@ impl Inbox {
                 break Some(r);
             }
             let now = Instant::now();
-            // Poll at least once, even past the deadline, so that `try_recv`
-            // sees what already waits in the sockets.
-            if (polled && deadline.is_some_and(|d| now >= d)) || st.disconnected {
+            // Poll at least once, even past the deadline (or after the node
+            // shut down), so that `try_recv` sees what already waits in the
+            // sockets.
+            if polled && (deadline.is_some_and(|d| now >= d) || st.disconnected) {
                 break None;
             }
             match st.poller {
@@ -303,7 +304,11 @@ impl Inbox {
                     st.poller = Poller::User;
                     let mut events = std::mem::take(&mut st.events);
                     events.clear();
-                    let timeout = deadline.map(|d| d.saturating_duration_since(now));
+                    let timeout = if st.disconnected {
+                        Some(Duration::ZERO)
+                    } else {
+                        deadline.map(|d| d.saturating_duration_since(now))
+                    };
                     drop(st);
                     let waited = self.epoll.wait(&mut events, timeout);
                     st = self.state.lock();

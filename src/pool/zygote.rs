@@ -99,7 +99,6 @@ struct Conn {
 
 fn run(setup: ZygoteSetup) -> Infallible {
     let _ = sys::process::reset_signals_in_child();
-    let _ = sys::process::setpgid_self();
     let _ = sys::process::set_thread_name("converge-zygote");
     let armed = match sys::signal::arm_death_signal(setup.death_read) {
         Ok(fd) => fd,

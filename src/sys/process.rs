@@ -38,11 +38,19 @@ impl WaitStatus {
     }
 }
 
-/// Forks the calling process and runs `child` in the new process, which never
-/// returns into the caller's code: when `child` returns or panics, the child
-/// ends with `_exit`.
+/// Signals a terminal (or a service manager) sends to a whole process group.
+const GROUP_SIGNALS: [libc::c_int; 4] = [libc::SIGINT, libc::SIGTERM, libc::SIGHUP, libc::SIGQUIT];
+
+/// Forks the calling process into a new process group of its own and runs
+/// `child` in the new process, which never returns into the caller's code:
+/// when `child` returns or panics, the child ends with `_exit`.
 ///
 /// Returns the child's OS pid in the parent.
+///
+/// Signals a terminal sends to the caller's process group (Ctrl-C) never reach
+/// the child: they are blocked around the fork, and the child leaves the group
+/// and drops any terminal signal that arrived before it did, before it
+/// unblocks them. Signals sent with `kill(2)` in that window are delivered.
 ///
 /// # What the child may do when the parent has threads
 ///
@@ -54,19 +62,81 @@ impl WaitStatus {
 /// `stdout`/`stderr` locks are taken by the caller around the fork so that no
 /// other thread holds them at that moment.
 pub(crate) fn fork_child(child: impl FnOnce() -> std::convert::Infallible) -> io::Result<i32> {
+    // SAFETY: sigset manipulation on local values, and pthread_sigmask on the
+    // calling thread only.
+    let old = unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        for sig in GROUP_SIGNALS {
+            libc::sigaddset(&mut set, sig);
+        }
+        let mut old: libc::sigset_t = std::mem::zeroed();
+        libc::pthread_sigmask(libc::SIG_BLOCK, &set, &mut old);
+        old
+    };
     // SAFETY: the child runs only `child`, which builds its own state and never
     // returns into the parent's stack frames: a panic is caught here and both
     // paths end in `_exit`. The caller documents the fork-safety rules above.
     let pid = unsafe { libc::fork() };
     match pid {
-        -1 => Err(io::Error::last_os_error()),
+        -1 => {
+            let e = io::Error::last_os_error();
+            // SAFETY: restores the mask saved above on this thread.
+            unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, &old, std::ptr::null_mut()) };
+            Err(e)
+        }
         0 => {
+            // SAFETY: setpgid, sigtimedwait, signal, pthread_sigmask and raise
+            // on this process only, with local sets.
+            unsafe {
+                libc::setpgid(0, 0);
+                // Signals that arrived before the child left the group: those
+                // the terminal sent to the group (si_code SI_KERNEL) are
+                // dropped; those sent with kill(2) may have been meant for the
+                // child itself, and are delivered.
+                let mut set: libc::sigset_t = std::mem::zeroed();
+                libc::sigemptyset(&mut set);
+                for sig in GROUP_SIGNALS {
+                    libc::sigaddset(&mut set, sig);
+                }
+                let zero = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+                let mut deliver = [0 as libc::c_int; 4];
+                let mut n = 0;
+                loop {
+                    let mut info: libc::siginfo_t = std::mem::zeroed();
+                    let sig = libc::sigtimedwait(&set, &mut info, &zero);
+                    if sig <= 0 {
+                        break;
+                    }
+                    if info.si_code != libc::SI_KERNEL && n < deliver.len() {
+                        deliver[n] = sig;
+                        n += 1;
+                    }
+                }
+                for sig in GROUP_SIGNALS {
+                    libc::signal(sig, libc::SIG_DFL);
+                }
+                let mut empty: libc::sigset_t = std::mem::zeroed();
+                libc::sigemptyset(&mut empty);
+                libc::pthread_sigmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut());
+                for &sig in &deliver[..n] {
+                    libc::raise(sig);
+                }
+            }
             let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(child));
             // Only a panic can get here: the closure's type says it never returns.
             drop(outcome);
             exit_now(101)
         }
-        pid => Ok(pid),
+        pid => {
+            // SAFETY: moving our own child (which may have done it already);
+            // then restoring the mask saved above on this thread.
+            unsafe {
+                libc::setpgid(pid, pid);
+                libc::pthread_sigmask(libc::SIG_SETMASK, &old, std::ptr::null_mut());
+            }
+            Ok(pid)
+        }
     }
 }
 
@@ -225,11 +295,6 @@ pub(crate) fn pidfd_exit_info(pidfd: &OwnedFd) -> io::Result<Option<WaitStatus>>
         return Ok(None);
     }
     Ok(Some(WaitStatus::from_raw(info.exit_code)))
-}
-
-/// Moves the calling process into a new process group of its own.
-pub(crate) fn setpgid_self() -> io::Result<()> {
-    syscall!(setpgid(0, 0)).map(drop)
 }
 
 /// Sends `signal` to every process of the process group `pgid`.

@@ -114,14 +114,16 @@ fn check_no_leftovers() -> Result<(), String> {
     // adopted as subreaper when the helper died. The node leaves unknown
     // children alone (they may be the application's own); the harness reaps
     // them so that one test's helpers do not count against the next.
-    for z in zombie_children() {
-        // SAFETY: waiting for one specific child with WNOHANG; no status is
-        // stolen from the node, whose processes are all reaped already.
-        unsafe {
-            libc::waitpid(z, std::ptr::null_mut(), libc::WNOHANG);
+    let no_zombies = wait_until(Duration::from_secs(5), || {
+        for z in zombie_children() {
+            // SAFETY: waiting for one specific child with WNOHANG; no status
+            // is stolen from the node, whose processes are all reaped already.
+            unsafe {
+                libc::waitpid(z, std::ptr::null_mut(), libc::WNOHANG);
+            }
         }
-    }
-    let no_zombies = wait_until(Duration::from_secs(5), || zombie_children().is_empty());
+        zombie_children().is_empty()
+    });
     if !no_zombies {
         return Err(format!("the test left zombies: {:?}", zombie_children()));
     }
