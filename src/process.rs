@@ -294,13 +294,13 @@ impl Builder {
     }
 
     fn spec(&self, link: bool, monitors: Vec<(u64, bool)>) -> Result<Spec<'_>, SpawnError> {
-        if let Some(dir) = &self.options.cwd {
-            if !dir.is_dir() {
-                return Err(SpawnError::new(SpawnErrorKind::Io(std::io::Error::new(
-                    std::io::ErrorKind::NotFound,
-                    format!("working directory {} does not exist", dir.display()),
-                ))));
-            }
+        if let Some(dir) = &self.options.cwd
+            && !dir.is_dir()
+        {
+            return Err(SpawnError::new(SpawnErrorKind::Io(std::io::Error::new(
+                std::io::ErrorKind::NotFound,
+                format!("working directory {} does not exist", dir.display()),
+            ))));
         }
         Ok(Spec {
             options: &self.options,

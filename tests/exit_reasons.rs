@@ -265,7 +265,7 @@ fn killed_while_flushing_on_exit_is_killed() {
         .unwrap();
     assert!(util::wait_until(PATIENCE, || {
         node()
-            .process_info(&writer)
+            .process_info(writer)
             .is_some_and(|i| i.state == converge::ProcessState::Exiting)
     }));
     writer.kill();
@@ -358,7 +358,7 @@ fn spawn_fn_reasons_are_exact() {
         (5, ExitReason::Code(5)),
     ] {
         let mb = node().spawn_fn(fn_exit, arg).unwrap();
-        let r = node().monitor(&mb);
+        let r = node().monitor(mb);
         mb.send(()).unwrap();
         assert_eq!(node().recv_down_timeout(r, PATIENCE).unwrap().reason, want);
     }

@@ -215,7 +215,7 @@ fn unlink_stops_propagation() {
 fn link_to_a_dead_process_fails() {
     let (dead, r) = node().spawn_monitor(|_: Ctx<()>| {}).unwrap();
     down(r);
-    assert_eq!(node().link(&dead), Err(converge::LinkError(dead.pid())));
+    assert_eq!(node().link(dead), Err(converge::LinkError(dead.pid())));
     let got = node()
         .spawn_join(move |ctx: Ctx<()>| ctx.link(dead.pid()).is_err())
         .unwrap()

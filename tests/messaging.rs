@@ -217,7 +217,7 @@ fn queue_length_is_readable() {
         p.send(i).unwrap();
     }
     assert!(util::wait_until(PATIENCE, || node()
-        .process_info(&p)
+        .process_info(p)
         .is_some_and(|i| i.queue_len == 25)));
     p.send(25).unwrap();
     assert_eq!(me.recv_timeout(PATIENCE).unwrap(), 26);
@@ -266,7 +266,7 @@ fn oversized_message_is_a_send_error() {
     assert_eq!(err.into_inner().len(), (64 << 20) + 1);
     // Exactly at the limit is fine.
     let at_limit = vec![0u8; (64 << 20) - 4];
-    let r = node().monitor(&target);
+    let r = node().monitor(target);
     target.send(at_limit).unwrap();
     let down = node().recv_down_timeout(r, PATIENCE).unwrap();
     assert_eq!(down.reason, ExitReason::Normal);
@@ -338,12 +338,12 @@ fn send_never_blocks_on_a_slow_receiver() {
             }
         })
         .unwrap();
-    let r = node().monitor(&slow);
+    let r = node().monitor(slow);
     for _ in 0..200 {
         slow.send(vec![0u8; 64 * 1024]).unwrap();
     }
     // Every send returned while the receiver read nothing.
-    assert!(node().process_info(&slow).is_some_and(|i| i.queue_len == 0));
+    assert!(node().process_info(slow).is_some_and(|i| i.queue_len == 0));
     std::io::Write::write_all(&mut &gate_w, b"g").unwrap();
     assert_eq!(
         node().recv_down_timeout(r, PATIENCE).unwrap().reason,

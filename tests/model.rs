@@ -221,6 +221,7 @@ impl Model {
     }
 }
 
+#[allow(clippy::needless_range_loop)] // Agents index several parallel arrays.
 fn run_case(ops: &[Op]) -> Result<(), TestCaseError> {
     let me = node().ctx::<Report>();
     let mut mbs = Vec::new();

@@ -32,8 +32,8 @@ fn idle(ctx: Ctx<()>) {
 
 fn monitors_stack() {
     let p = node().spawn(idle).unwrap();
-    let r1 = node().monitor(&p);
-    let r2 = node().monitor(&p);
+    let r1 = node().monitor(p);
+    let r2 = node().monitor(p);
     assert_ne!(r1, r2);
     p.exit(ExitReason::Exit("bye".into()));
     let d2 = node().recv_down_timeout(r2, PATIENCE).unwrap();
@@ -46,7 +46,7 @@ fn monitors_stack() {
 fn monitoring_a_dead_process_is_noproc_at_once() {
     let (p, r) = node().spawn_monitor(|_: Ctx<()>| {}).unwrap();
     node().recv_down_timeout(r, PATIENCE).unwrap();
-    let again = node().monitor(&p);
+    let again = node().monitor(p);
     assert_eq!(
         node().recv_down_timeout(again, PATIENCE).unwrap().reason,
         ExitReason::NoProc
@@ -55,8 +55,8 @@ fn monitoring_a_dead_process_is_noproc_at_once() {
 
 fn demonitor_removes_the_down() {
     let p = node().spawn(idle).unwrap();
-    let r1 = node().monitor(&p);
-    let r2 = node().monitor(&p);
+    let r1 = node().monitor(p);
+    let r2 = node().monitor(p);
     node().demonitor(r1);
     p.kill();
     assert_eq!(
@@ -75,14 +75,14 @@ fn monitors_are_one_way() {
     let target = node().spawn(idle).unwrap();
     let (_w, rw) = node()
         .spawn_monitor(move |ctx: Ctx<()>| -> Result<(), String> {
-            ctx.monitor(&target);
+            ctx.monitor(target);
             back.send(()).unwrap();
             Err("watcher fails".into())
         })
         .unwrap();
     me.recv_timeout(PATIENCE).unwrap();
     node().recv_down_timeout(rw, PATIENCE).unwrap();
-    let rt = node().monitor(&target);
+    let rt = node().monitor(target);
     target.send(()).unwrap();
     assert_eq!(
         node().recv_down_timeout(rt, PATIENCE).unwrap().reason,
@@ -96,7 +96,7 @@ fn processes_monitor_each_other() {
     let target = node().spawn(idle).unwrap();
     node()
         .spawn(move |ctx: Ctx<()>| {
-            let r = ctx.monitor(&target);
+            let r = ctx.monitor(target);
             back.send("watching".into()).unwrap();
             match ctx.recv_event_timeout(PATIENCE).unwrap() {
                 Event::Down(d) if d.reference == r => back.send(format!("{}", d.reason)).unwrap(),
@@ -124,8 +124,8 @@ fn exactly_one_down_per_monitor_under_load() {
                 }
             })
             .unwrap();
-        let r1 = node().monitor(&p);
-        let r2 = node().monitor(&p);
+        let r1 = node().monitor(p);
+        let r2 = node().monitor(p);
         let want = match i % 4 {
             3 => {
                 p.kill();

@@ -25,7 +25,7 @@ fn idle(ctx: Ctx<()>) {
 
 fn register_and_whereis() {
     let p = node().spawn(idle).unwrap();
-    node().register("alpha", &p).unwrap();
+    node().register("alpha", p).unwrap();
     assert_eq!(node().whereis("alpha"), Some(p.pid()));
     assert_eq!(node().whereis("beta"), None);
     let seen = node()
@@ -39,13 +39,13 @@ fn register_and_whereis() {
 
 fn a_name_is_removed_on_exit() {
     let (p, r) = node().spawn_monitor(idle).unwrap();
-    node().register("short-lived", &p).unwrap();
+    node().register("short-lived", p).unwrap();
     p.kill();
     node().recv_down_timeout(r, PATIENCE).unwrap();
     assert_eq!(node().whereis("short-lived"), None);
     // The name is free again.
     let q = node().spawn(idle).unwrap();
-    node().register("short-lived", &q).unwrap();
+    node().register("short-lived", q).unwrap();
     assert_eq!(node().whereis("short-lived"), Some(q.pid()));
     q.kill();
 }
@@ -53,8 +53,8 @@ fn a_name_is_removed_on_exit() {
 fn a_name_has_one_holder() {
     let p = node().spawn(idle).unwrap();
     let q = node().spawn(idle).unwrap();
-    node().register("one", &p).unwrap();
-    assert_eq!(node().register("one", &q), Err(RegisterError::Taken("one".into())));
+    node().register("one", p).unwrap();
+    assert_eq!(node().register("one", q), Err(RegisterError::Taken("one".into())));
     assert_eq!(node().whereis("one"), Some(p.pid()));
     p.kill();
     q.kill();
@@ -62,7 +62,7 @@ fn a_name_has_one_holder() {
 
 fn unregister() {
     let p = node().spawn(idle).unwrap();
-    node().register("gone-soon", &p).unwrap();
+    node().register("gone-soon", p).unwrap();
     converge::unregister("gone-soon");
     assert_eq!(node().whereis("gone-soon"), None);
     p.kill();
@@ -86,5 +86,5 @@ fn a_process_registers_itself() {
 fn registering_a_dead_process_fails() {
     let (p, r) = node().spawn_monitor(|_: Ctx<()>| {}).unwrap();
     node().recv_down_timeout(r, PATIENCE).unwrap();
-    assert_eq!(node().register("ghost", &p), Err(RegisterError::NoProc(p.pid())));
+    assert_eq!(node().register("ghost", p), Err(RegisterError::NoProc(p.pid())));
 }

@@ -176,7 +176,7 @@ fn helper_signals() {
     let t = Builder::new()
         .trap_exits(true)
         .spawn(move |ctx: Ctx<()>| {
-            let r = ctx.monitor(&plain);
+            let r = ctx.monitor(plain);
             ready_mb.send(()).unwrap();
             let reason = trapper(&ctx);
             if let Ok(d) = ctx.recv_down_timeout(r, PATIENCE) {
@@ -313,13 +313,13 @@ fn process_info_reports_status() {
         })
         .unwrap();
     me.recv_timeout(PATIENCE).unwrap();
-    node().register("inspected", &p).unwrap();
+    node().register("inspected", p).unwrap();
     assert!(util::wait_until(PATIENCE, || {
         node()
-            .process_info(&p)
+            .process_info(p)
             .is_some_and(|i| i.state == converge::ProcessState::Waiting)
     }));
-    let info = node().process_info(&p).unwrap();
+    let info = node().process_info(p).unwrap();
     assert_eq!(info.pid, p.pid());
     assert_eq!(info.name.as_deref(), Some("inspected"));
     assert_eq!(info.parent, Some(node().pid()));
@@ -328,7 +328,7 @@ fn process_info_reports_status() {
     assert!(info.memory.unwrap() > 0);
     assert!(util::os_alive(info.os_pid.unwrap()));
     p.kill();
-    assert!(util::wait_until(PATIENCE, || node().process_info(&p).is_none()));
+    assert!(util::wait_until(PATIENCE, || node().process_info(p).is_none()));
 }
 
 fn stats_count_exits_by_kind() {

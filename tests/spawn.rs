@@ -125,7 +125,7 @@ fn spawn_fn_runs_in_a_clean_image() {
     let (ppid, threads) = me.recv_timeout(PATIENCE).unwrap();
     assert_ne!(ppid, std::process::id() as i32, "forked by the zygote, not the node");
     assert_eq!(threads, 1, "a spawn_fn process starts with one thread");
-    assert!(node().process_info(&p).is_none() || util::wait_until(PATIENCE, || node().process_info(&p).is_none()));
+    assert!(node().process_info(p).is_none() || util::wait_until(PATIENCE, || node().process_info(p).is_none()));
     stop_tx.send(()).unwrap();
     busy.join().unwrap();
 }
@@ -139,7 +139,7 @@ fn spawn_fn_from_inside_a_process() {
     let h = node()
         .spawn_join(|ctx: Ctx<()>| {
             let p = converge::spawn_fn(double, 21u64).unwrap();
-            let r = ctx.monitor(&p);
+            let r = ctx.monitor(p);
             ctx.recv_down_timeout(r, PATIENCE).unwrap().reason
         })
         .unwrap();
@@ -162,7 +162,7 @@ fn name_sets_the_process_title() {
         })
         .unwrap();
     me.recv_timeout(PATIENCE).unwrap();
-    let info = node().process_info(&p).unwrap();
+    let info = node().process_info(p).unwrap();
     assert_eq!(info.name.as_deref(), Some("worker-7"));
     let comm = std::fs::read_to_string(format!("/proc/{}/comm", info.os_pid.unwrap())).unwrap();
     assert_eq!(comm.trim(), "worker-7");
@@ -328,7 +328,7 @@ fn pids_are_never_confused_by_os_pid_reuse() {
         })
         .unwrap();
     me.recv_timeout(PATIENCE).unwrap();
-    let old_os = node().process_info(&old).unwrap().os_pid.unwrap();
+    let old_os = node().process_info(old).unwrap().os_pid.unwrap();
     old.kill();
     node().recv_down_timeout(r, PATIENCE).unwrap();
     // Make the kernel hand out the same OS pid again (several tries: other
@@ -344,7 +344,7 @@ fn pids_are_never_confused_by_os_pid_reuse() {
             })
             .unwrap();
         me.recv_timeout(PATIENCE).unwrap();
-        if node().process_info(&new).unwrap().os_pid == Some(old_os) {
+        if node().process_info(new).unwrap().os_pid == Some(old_os) {
             reused = Some(new);
             break;
         }
@@ -353,14 +353,14 @@ fn pids_are_never_confused_by_os_pid_reuse() {
     let new = reused.expect("the OS pid was reused");
     assert_ne!(new.pid(), old.pid());
     // The old Pid is dead: monitor says NoProc, kill does nothing.
-    let again = node().monitor(&old);
+    let again = node().monitor(old);
     assert_eq!(
         node().recv_down_timeout(again, PATIENCE).unwrap().reason,
         ExitReason::NoProc
     );
     old.kill();
-    assert!(node().process_info(&new).is_some());
-    let rn = node().monitor(&new);
+    assert!(node().process_info(new).is_some());
+    let rn = node().monitor(new);
     new.send(()).unwrap();
     assert_eq!(
         node().recv_down_timeout(rn, PATIENCE).unwrap().reason,

@@ -93,14 +93,14 @@ pub(crate) fn child_main(plan: ChildPlan, body: impl FnOnce(&'static Runtime) ->
             sys::process::exit_now(101)
         }
     };
-    if plan.announce_pidfd {
-        if let Ok(pidfd) = sys::process::pidfd_open(sys::process::getpid()) {
-            let msg = ToNode::Pidfd {
-                serial: plan.pid.serial(),
-                ospid: sys::process::getpid(),
-            };
-            let _ = rt.tell_node_with_fds(rt.ctl_fd(), &msg, &[pidfd.as_raw_fd()]);
-        }
+    if plan.announce_pidfd
+        && let Ok(pidfd) = sys::process::pidfd_open(sys::process::getpid())
+    {
+        let msg = ToNode::Pidfd {
+            serial: plan.pid.serial(),
+            ospid: sys::process::getpid(),
+        };
+        let _ = rt.tell_node_with_fds(rt.ctl_fd(), &msg, &[pidfd.as_raw_fd()]);
     }
     if let Some(e) = setup_error {
         rt.finish(ExitReason::Error(e));
@@ -117,10 +117,10 @@ fn apply_options(o: &ChildOptions) -> Option<String> {
     if let Some(name) = &o.name {
         let _ = sys::process::set_thread_name(name);
     }
-    if let Some(cpus) = &o.cpus {
-        if let Err(e) = sys::process::set_affinity(cpus) {
-            return Some(format!("setting CPU affinity {cpus:?} failed: {e}"));
-        }
+    if let Some(cpus) = &o.cpus
+        && let Err(e) = sys::process::set_affinity(cpus)
+    {
+        return Some(format!("setting CPU affinity {cpus:?} failed: {e}"));
     }
     if o.env_clear {
         sys::process::clear_env_in_child();
@@ -128,10 +128,10 @@ fn apply_options(o: &ChildOptions) -> Option<String> {
     for (k, v) in &o.env {
         sys::process::set_env_in_child(k, v.as_deref());
     }
-    if let Some(dir) = &o.cwd {
-        if let Err(e) = std::env::set_current_dir(dir) {
-            return Some(format!("changing directory to {} failed: {e}", dir.display()));
-        }
+    if let Some(dir) = &o.cwd
+        && let Err(e) = std::env::set_current_dir(dir)
+    {
+        return Some(format!("changing directory to {} failed: {e}", dir.display()));
     }
     use sys::process::Resource;
     for (res, v) in [
@@ -139,10 +139,10 @@ fn apply_options(o: &ChildOptions) -> Option<String> {
         (Resource::DataBytes, o.data_bytes.map(|b| (b, b))),
         (Resource::OpenFiles, o.open_files.map(|n| (n, n))),
     ] {
-        if let Some((soft, hard)) = v {
-            if let Err(e) = sys::process::set_rlimit(res, soft, hard) {
-                return Some(format!("setting {res:?} limit failed: {e}"));
-            }
+        if let Some((soft, hard)) = v
+            && let Err(e) = sys::process::set_rlimit(res, soft, hard)
+        {
+            return Some(format!("setting {res:?} limit failed: {e}"));
         }
     }
     None

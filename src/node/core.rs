@@ -8,7 +8,6 @@
 use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd};
-use std::time::Instant;
 
 use crate::exit::ExitReason;
 use crate::process::{NodeId, Pid, ProcessInfo, ProcessState};
@@ -471,18 +470,18 @@ impl Core {
     fn conn_closed(&mut self, token: u64) {
         let serial = self.conns.get(&token).and_then(|c| c.serial);
         self.close_conn(token);
-        if let Some(serial) = serial {
-            if let Some(p) = self.procs.get_mut(&serial) {
-                p.ctl = None;
-                if p.pidfd.is_none() && !p.internal && !p.pidfd_follows {
-                    // Registered, but neither its spawner nor itself handed
-                    // over a pidfd before every holder of the connection was
-                    // gone: it never ran.
-                    p.status = None;
-                    p.last_words.get_or_insert(ExitReason::NoProc);
-                    p.exited = true;
-                    self.to_finalize.push_back(serial);
-                }
+        if let Some(serial) = serial
+            && let Some(p) = self.procs.get_mut(&serial)
+        {
+            p.ctl = None;
+            if p.pidfd.is_none() && !p.internal && !p.pidfd_follows {
+                // Registered, but neither its spawner nor itself handed
+                // over a pidfd before every holder of the connection was
+                // gone: it never ran.
+                p.status = None;
+                p.last_words.get_or_insert(ExitReason::NoProc);
+                p.exited = true;
+                self.to_finalize.push_back(serial);
             }
         }
         self.run_finalizations();
@@ -600,18 +599,18 @@ impl Core {
             }
             ToNode::Demonitor { reference } => {
                 let target = self.procs.get_mut(&from).and_then(|p| p.watching.remove(&reference));
-                if let Some(t) = target {
-                    if let Some(p) = self.procs.get_mut(&t) {
-                        p.monitors.retain(|m| !(m.watcher == from && m.reference == reference));
-                    }
+                if let Some(t) = target
+                    && let Some(p) = self.procs.get_mut(&t)
+                {
+                    p.monitors.retain(|m| !(m.watcher == from && m.reference == reference));
                 }
                 None
             }
             ToNode::TrapExits { request, on } => {
-                if let Some(p) = self.procs.get_mut(&from) {
-                    if p.serial != MAIN_SERIAL {
-                        p.trap_exits = on;
-                    }
+                if let Some(p) = self.procs.get_mut(&from)
+                    && p.serial != MAIN_SERIAL
+                {
+                    p.trap_exits = on;
                 }
                 Some((request, NodeReply::Done))
             }
@@ -630,15 +629,16 @@ impl Core {
                 if pid.node() != self.node || !self.known(s) {
                     return Some((request, NodeReply::NoProc));
                 }
-                if let Some(&holder) = self.names.get(&name) {
-                    if holder != s && self.procs.get(&holder).is_some_and(|p| !p.exited) {
-                        return Some((request, NodeReply::NameTaken));
-                    }
+                if let Some(&holder) = self.names.get(&name)
+                    && holder != s
+                    && self.procs.get(&holder).is_some_and(|p| !p.exited)
+                {
+                    return Some((request, NodeReply::NameTaken));
                 }
-                if let Some(old) = self.names.insert(name.clone(), s) {
-                    if let Some(p) = self.procs.get_mut(&old) {
-                        p.names.retain(|n| n != &name);
-                    }
+                if let Some(old) = self.names.insert(name.clone(), s)
+                    && let Some(p) = self.procs.get_mut(&old)
+                {
+                    p.names.retain(|n| n != &name);
                 }
                 if let Some(p) = self.procs.get_mut(&s) {
                     p.names.push(name);
@@ -646,10 +646,10 @@ impl Core {
                 Some((request, NodeReply::Done))
             }
             ToNode::UnregisterName { name } => {
-                if let Some(s) = self.names.remove(&name) {
-                    if let Some(p) = self.procs.get_mut(&s) {
-                        p.names.retain(|n| n != &name);
-                    }
+                if let Some(s) = self.names.remove(&name)
+                    && let Some(p) = self.procs.get_mut(&s)
+                {
+                    p.names.retain(|n| n != &name);
                 }
                 None
             }
@@ -834,17 +834,17 @@ impl Core {
             self.pending.remove(&serial);
             return;
         };
-        if p.status.is_none() {
-            if let Some(fd) = &p.pidfd {
-                match pidfd_try_wait(fd) {
-                    Ok(Some(s)) => p.status = Some(s),
-                    Ok(None) => {}
-                    Err(_) => {
-                        // Not our child: its parent reaps it and tells us, or
-                        // the kernel keeps the status for pidfd holders.
-                        if let Ok(Some(s)) = pidfd_exit_info(fd) {
-                            p.status = Some(s);
-                        }
+        if p.status.is_none()
+            && let Some(fd) = &p.pidfd
+        {
+            match pidfd_try_wait(fd) {
+                Ok(Some(s)) => p.status = Some(s),
+                Ok(None) => {}
+                Err(_) => {
+                    // Not our child: its parent reaps it and tells us, or
+                    // the kernel keeps the status for pidfd holders.
+                    if let Ok(Some(s)) = pidfd_exit_info(fd) {
+                        p.status = Some(s);
                     }
                 }
             }
@@ -997,12 +997,12 @@ impl Core {
 
     /// An adopted stranger exited: reap it.
     pub(crate) fn on_stranger(&mut self, token: u64) {
-        if let Some(fd) = self.strangers.get(&token) {
-            if let Ok(Some(_)) | Err(_) = pidfd_try_wait(fd) {
-                self.epoll.delete(fd.as_raw_fd());
-                self.strangers.remove(&token);
-                self.counters.strangers_reaped += 1;
-            }
+        if let Some(fd) = self.strangers.get(&token)
+            && let Ok(Some(_)) | Err(_) = pidfd_try_wait(fd)
+        {
+            self.epoll.delete(fd.as_raw_fd());
+            self.strangers.remove(&token);
+            self.counters.strangers_reaped += 1;
         }
     }
 
@@ -1061,7 +1061,7 @@ impl Core {
             .filter(|p| {
                 !p.internal
                     && !p.exited
-                    && (p.parent == MAIN_SERIAL || !self.procs.get(&p.parent).is_some_and(|q| !q.exited))
+                    && (p.parent == MAIN_SERIAL || self.procs.get(&p.parent).is_none_or(|q| q.exited))
             })
             .map(|p| p.serial)
             .collect();
@@ -1098,15 +1098,6 @@ impl Core {
     /// Kind of an event token.
     pub(crate) fn token_kind(token: u64) -> u64 {
         token & TAG_MASK
-    }
-
-    /// A time to look again for pending statuses.
-    pub(crate) fn next_retry(&self) -> Option<Instant> {
-        if self.pending.is_empty() {
-            None
-        } else {
-            Some(Instant::now() + std::time::Duration::from_millis(5))
-        }
     }
 }
 

@@ -267,11 +267,6 @@ impl Inbox {
         Ok(())
     }
 
-    /// Sets the mailbox bound.
-    pub(crate) fn set_bound(&self, bound: Option<(usize, Overflow)>) {
-        self.state.lock().bound = bound;
-    }
-
     /// Waits until `check` returns `Some` or the deadline passes, polling the
     /// process's sockets in this thread when no other thread does.
     pub(crate) fn pump<R>(
@@ -741,16 +736,16 @@ fn push_message(
     fp: u64,
     body: &[u8],
 ) {
-    if let Some((max, policy)) = bound {
-        if *messages >= max {
-            slot.dropped.fetch_add(1, Ordering::Relaxed);
-            match policy {
-                Overflow::DropNewest => return,
-                Overflow::DropOldest => {
-                    if let Some(i) = queue.iter().position(|it| matches!(it, Item::Msg { .. })) {
-                        queue.remove(i);
-                        *messages -= 1;
-                    }
+    if let Some((max, policy)) = bound
+        && *messages >= max
+    {
+        slot.dropped.fetch_add(1, Ordering::Relaxed);
+        match policy {
+            Overflow::DropNewest => return,
+            Overflow::DropOldest => {
+                if let Some(i) = queue.iter().position(|it| matches!(it, Item::Msg { .. })) {
+                    queue.remove(i);
+                    *messages -= 1;
                 }
             }
         }

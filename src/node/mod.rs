@@ -247,10 +247,10 @@ fn init_node(config: Config) -> Result<Node, InitError> {
     shared.next_serial.store(core::FIRST_SERIAL, Ordering::Release);
     sys::process::set_child_subreaper()?;
     sys::process::default_sigchld();
-    if let Ok((soft, hard)) = sys::process::get_rlimit(sys::process::Resource::OpenFiles) {
-        if soft < hard {
-            let _ = sys::process::set_rlimit(sys::process::Resource::OpenFiles, hard, hard);
-        }
+    if let Ok((soft, hard)) = sys::process::get_rlimit(sys::process::Resource::OpenFiles)
+        && soft < hard
+    {
+        let _ = sys::process::set_rlimit(sys::process::Resource::OpenFiles, hard, hard);
     }
     // Compute the text ranges once, before any fork, so every process has them.
     let _ = sys::text::in_text(0);
@@ -267,7 +267,6 @@ fn init_node(config: Config) -> Result<Node, InitError> {
     let (zygote_node_end, zygote_end) = sys::socket::socketpair()?;
     let zygote_listener = sys::socket::listen_abstract(&zygote_address(id))?;
     let zygote_ospid = crate::pool::zygote::start(crate::pool::zygote::ZygoteSetup {
-        node: id,
         shared,
         settings: settings.clone(),
         ctl: zygote_end,

@@ -97,8 +97,6 @@ pub(crate) struct Outbox {
     pub(crate) timer: TimerFd,
     /// Whether the timer is armed.
     timer_armed: Mutex<bool>,
-    /// The node's id, for socket addresses.
-    node: crate::process::NodeId,
     /// Largest message body accepted.
     max_message: usize,
     /// Quiet time after which a frame is written at once.
@@ -112,7 +110,6 @@ pub(crate) struct Outbox {
 
 impl Outbox {
     pub(crate) fn new(
-        node: crate::process::NodeId,
         max_message: usize,
         coalesce: Duration,
         flush_delay: Duration,
@@ -122,7 +119,6 @@ impl Outbox {
             conns: Mutex::new(HashMap::new()),
             timer: TimerFd::new()?,
             timer_armed: Mutex::new(false),
-            node,
             max_message,
             coalesce,
             flush_delay,
@@ -133,6 +129,7 @@ impl Outbox {
     /// Encodes one frame for `target` with `build` (which appends exactly one
     /// frame to the buffer, whose body starts with `overhead` bytes of frame
     /// fields before the message) and sends or queues it.
+    #[allow(clippy::too_many_arguments)] // One hot call; a struct would only be unpacked again.
     pub(crate) fn send(
         &self,
         inbox: &Inbox,
@@ -283,11 +280,6 @@ impl Outbox {
         }
     }
 
-    /// Whether bytes are waiting to be written (in this process's memory).
-    pub(crate) fn has_pending(&self) -> bool {
-        self.conns.lock().values().any(|c| c.pending() > 0)
-    }
-
     /// Writes everything pending, waiting for room up to `deadline`. Used when
     /// the process exits: what reaches the kernel survives the process.
     pub(crate) fn flush_blocking(&self, deadline: Instant) {
@@ -306,25 +298,15 @@ impl Outbox {
             .filter(|(_, c)| c.pending() == 0 && !c.backlogged)
             .min_by_key(|(_, c)| c.last_used)
             .map(|(&s, _)| s);
-        if let Some(serial) = victim {
-            if let Some(conn) = conns.remove(&serial) {
-                inbox.epoll().delete(conn.fd.as_raw_fd());
-            }
+        if let Some(serial) = victim
+            && let Some(conn) = conns.remove(&serial)
+        {
+            inbox.epoll().delete(conn.fd.as_raw_fd());
         }
     }
 
     /// Forgets the connection to a process that is gone.
     pub(crate) fn forget(&self, serial: u64) {
         self.conns.lock().remove(&serial);
-    }
-
-    /// Number of open connections.
-    pub(crate) fn connections(&self) -> usize {
-        self.conns.lock().len()
-    }
-
-    /// The node id used for addresses.
-    pub(crate) fn node(&self) -> crate::process::NodeId {
-        self.node
     }
 }

@@ -31,16 +31,6 @@ pub(crate) fn pgid_of(pid: i32) -> Option<i32> {
     stat_fields(pid)?.get(2)?.parse().ok()
 }
 
-/// The state letter of `pid` (`R`, `S`, `Z`, ...).
-pub(crate) fn state_of(pid: i32) -> Option<char> {
-    stat_fields(pid)?.first()?.chars().next()
-}
-
-/// The parent of `pid`.
-pub(crate) fn ppid_of(pid: i32) -> Option<i32> {
-    stat_fields(pid)?.get(1)?.parse().ok()
-}
-
 /// Resident memory of `pid`, in bytes.
 pub(crate) fn rss_bytes(pid: i32) -> Option<u64> {
     let s = fs::read_to_string(format!("/proc/{pid}/statm")).ok()?;

@@ -102,7 +102,6 @@ impl Runtime {
     ) -> io::Result<Runtime> {
         socket::set_nonblocking(&ctl, true)?;
         let outbox = Outbox::new(
-            me.node(),
             settings.max_message,
             settings.coalesce,
             settings.flush_delay,

@@ -49,10 +49,10 @@ struct Prepared {
 }
 
 fn prepare(rt: &'static Runtime, spec: &Spec<'_>) -> Result<Prepared, SpawnError> {
-    if let Some(node) = rt.node() {
-        if !node.accepting() {
-            return Err(SpawnError::new(SpawnErrorKind::ShuttingDown));
-        }
+    if let Some(node) = rt.node()
+        && !node.accepting()
+    {
+        return Err(SpawnError::new(SpawnErrorKind::ShuttingDown));
     }
     let serial = rt
         .shared()

@@ -19,7 +19,7 @@ use crate::exit::ExitReason;
 use crate::node::child::{ChildOptions, ChildPlan, child_main};
 use crate::node::runtime::{Runtime, Settings};
 use crate::node::zygote_address;
-use crate::process::{NodeId, Pid};
+use crate::process::Pid;
 use crate::sys;
 use crate::sys::poll::{Epoll, Interest};
 use crate::sys::shared::SharedArea;
@@ -65,8 +65,6 @@ enum Response {
 /// What the zygote starts with.
 #[derive(Debug)]
 pub(crate) struct ZygoteSetup {
-    /// The node.
-    pub(crate) node: NodeId,
     /// The node's shared area.
     pub(crate) shared: &'static SharedArea,
     /// Node-wide settings.

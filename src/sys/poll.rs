@@ -37,8 +37,6 @@ pub(crate) struct Event {
     pub(crate) readable: bool,
     /// Writable.
     pub(crate) writable: bool,
-    /// The peer hung up or an error is pending.
-    pub(crate) hangup: bool,
 }
 
 /// An epoll instance.
@@ -109,7 +107,6 @@ impl Epoll {
                 token: ev.u64,
                 readable: bits & libc::EPOLLIN as u32 != 0 || hangup,
                 writable: bits & libc::EPOLLOUT as u32 != 0,
-                hangup,
             });
         }
         Ok(())

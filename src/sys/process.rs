@@ -297,15 +297,6 @@ pub(crate) fn pidfd_exit_info(pidfd: &OwnedFd) -> io::Result<Option<WaitStatus>>
     Ok(Some(WaitStatus::from_raw(info.exit_code)))
 }
 
-/// Sends `signal` to every process of the process group `pgid`.
-pub(crate) fn kill_group(pgid: i32, signal: i32) -> io::Result<()> {
-    match syscall!(kill(-pgid, signal)) {
-        Ok(_) => Ok(()),
-        Err(e) if e.raw_os_error() == Some(libc::ESRCH) => Ok(()),
-        Err(e) => Err(e),
-    }
-}
-
 /// Makes the calling process a child subreaper (`PR_SET_CHILD_SUBREAPER`).
 pub(crate) fn set_child_subreaper() -> io::Result<()> {
     syscall!(prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)).map(drop)
@@ -335,19 +326,6 @@ pub(crate) fn set_affinity(cpus: &[usize]) -> io::Result<()> {
     syscall!(sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set)).map(drop)
 }
 
-/// The CPUs the calling thread may run on.
-pub(crate) fn get_affinity() -> io::Result<Vec<usize>> {
-    // SAFETY: an all-zero cpu_set_t is a valid output buffer.
-    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
-    syscall!(sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set))?;
-    Ok((0..libc::CPU_SETSIZE as usize)
-        .filter(|&cpu| {
-            // SAFETY: `cpu` ranges below CPU_SETSIZE.
-            unsafe { libc::CPU_ISSET(cpu, &set) }
-        })
-        .collect())
-}
-
 /// The resource limits the runtime sets.
 #[derive(Debug, Clone, Copy)]
 pub(crate) enum Resource {
@@ -357,8 +335,6 @@ pub(crate) enum Resource {
     CpuSeconds,
     /// `RLIMIT_DATA`, in bytes.
     DataBytes,
-    /// `RLIMIT_CORE`, in bytes.
-    CoreBytes,
 }
 
 impl Resource {
@@ -367,7 +343,6 @@ impl Resource {
             Resource::OpenFiles => libc::RLIMIT_NOFILE,
             Resource::CpuSeconds => libc::RLIMIT_CPU,
             Resource::DataBytes => libc::RLIMIT_DATA,
-            Resource::CoreBytes => libc::RLIMIT_CORE,
         }
     }
 }
@@ -445,23 +420,10 @@ pub(crate) fn reset_signals_in_child() -> io::Result<()> {
     Ok(())
 }
 
-/// Sends `signal` to the calling thread (used to end a process with a real
-/// signal status, e.g. a segfault triggered on purpose in a test).
-pub(crate) fn raise(signal: i32) {
-    // SAFETY: plain system call.
-    unsafe {
-        libc::raise(signal);
-    }
-}
-
-/// Returns the current CPU time limit handling signal: `SIGXCPU`.
+/// `SIGXCPU`: the CPU time limit was reached.
 pub(crate) const SIGXCPU: i32 = libc::SIGXCPU;
 /// `SIGKILL`.
 pub(crate) const SIGKILL: i32 = libc::SIGKILL;
-/// `SIGTERM`.
-pub(crate) const SIGTERM: i32 = libc::SIGTERM;
-/// `SIGINT`.
-pub(crate) const SIGINT: i32 = libc::SIGINT;
 
 /// The conventional name of a signal number ("SIGSEGV"), or `None`.
 pub(crate) fn signal_name(signal: i32) -> Option<&'static str> {
@@ -499,12 +461,6 @@ pub(crate) fn signal_name(signal: i32) -> Option<&'static str> {
         libc::SIGSYS => "SIGSYS",
         _ => return None,
     })
-}
-
-/// The number of a signal from its name ("SIGSEGV" or "SEGV").
-pub(crate) fn signal_from_name(name: &str) -> Option<i32> {
-    let name = name.strip_prefix("SIG").unwrap_or(name);
-    (1..32).find(|&s| signal_name(s).is_some_and(|n| &n[3..] == name))
 }
 
 /// Gives `SIGCHLD` its default disposition, so that the kernel keeps zombies

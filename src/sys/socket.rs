@@ -142,19 +142,6 @@ pub(crate) fn set_nonblocking(fd: &OwnedFd, on: bool) -> io::Result<()> {
     syscall!(fcntl(fd.as_raw_fd(), libc::F_SETFL, flags)).map(drop)
 }
 
-/// Sets `SO_SNDBUF` (the kernel doubles the value it is given).
-pub(crate) fn set_send_buffer(fd: &OwnedFd, bytes: usize) -> io::Result<()> {
-    let v = bytes as libc::c_int;
-    syscall!(setsockopt(
-        fd.as_raw_fd(),
-        libc::SOL_SOCKET,
-        libc::SO_SNDBUF,
-        &v as *const libc::c_int as *const libc::c_void,
-        std::mem::size_of::<libc::c_int>() as libc::socklen_t
-    ))
-    .map(drop)
-}
-
 /// Reads into `buf`; `Ok(0)` is end of stream, `WouldBlock` means no data now.
 pub(crate) fn read(fd: &OwnedFd, buf: &mut [u8]) -> io::Result<usize> {
     loop {

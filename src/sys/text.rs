@@ -21,7 +21,7 @@ pub(crate) struct FnAddr {
 }
 
 mod sealed {
-    pub trait Sealed {}
+    pub(crate) trait Sealed {}
 }
 
 /// Implemented by plain `fn` pointer types only (sealed).

@@ -90,11 +90,6 @@ pub(crate) struct Decoder {
 }
 
 impl Decoder {
-    /// Whether bytes are waiting for more input or another call.
-    pub(crate) fn has_pending(&self) -> bool {
-        !self.pending.is_empty()
-    }
-
     /// Feeds `input` and calls `each(kind, body)` for every complete frame, in
     /// order, while it returns `true`. When it returns `false` decoding stops
     /// after that frame, the rest is kept, and `Ok(true)` is returned: call

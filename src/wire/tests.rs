@@ -41,7 +41,7 @@ fn decode_split(bytes: &[u8], cuts: &[usize], stop_every: Option<usize>) -> Resu
             let stopped = d.feed(input, 1 << 20, |k, b| {
                 out.push((k, b.to_vec()));
                 count += 1;
-                stop_every.is_none_or(|n| count % n != 0)
+                stop_every.is_none_or(|n| !count.is_multiple_of(n))
             })?;
             input = &[];
             if !stopped {
