@@ -33,6 +33,14 @@ fn main() {
             ("spawn_link_is_atomic", spawn_link_is_atomic),
             ("a_chain_of_links_fails_together", a_chain_of_links_fails_together),
             ("the_main_thread_receives_exits", the_main_thread_receives_exits),
+            (
+                "a_new_process_links_before_its_spawner_is_known",
+                a_new_process_links_before_its_spawner_is_known,
+            ),
+            (
+                "a_kill_right_after_a_nested_spawn_lands",
+                a_kill_right_after_a_nested_spawn_lands,
+            ),
         ],
         &[],
     )
@@ -262,5 +270,46 @@ fn the_main_thread_receives_exits() {
             assert_eq!(e.reason, ExitReason::Error("child failed".into()));
         }
         other => panic!("expected an exit message, got {other:?}"),
+    }
+}
+
+/// A process spawned from inside a process links a child of its own at once:
+/// the node may read the grandchild's registration before the child's, and
+/// the link must hold anyway. (Found by `examples/link_crash.rs`.)
+fn a_new_process_links_before_its_spawner_is_known() {
+    for _ in 0..30 {
+        let reason = node()
+            .spawn_join(|ctx: Ctx<()>| {
+                let (_p, r) = converge::spawn_monitor(|ctx: Ctx<()>| {
+                    converge::spawn_link(|_: Ctx<()>| -> Result<(), String> { Err("w".into()) }).unwrap();
+                    let _ = ctx.recv_timeout(PATIENCE);
+                })
+                .unwrap();
+                ctx.recv_down_timeout(r, PATIENCE).unwrap().reason
+            })
+            .unwrap()
+            .join()
+            .unwrap();
+        assert_eq!(reason, ExitReason::Error("w".into()));
+    }
+}
+
+/// An exit signal for a process whose registration is still in flight is
+/// not lost.
+fn a_kill_right_after_a_nested_spawn_lands() {
+    for _ in 0..30 {
+        let reason = node()
+            .spawn_join(|ctx: Ctx<()>| {
+                let (p, r) = converge::spawn_monitor(|ctx: Ctx<()>| {
+                    let _ = ctx.recv_timeout(PATIENCE);
+                })
+                .unwrap();
+                p.kill();
+                ctx.recv_down_timeout(r, PATIENCE).unwrap().reason
+            })
+            .unwrap()
+            .join()
+            .unwrap();
+        assert_eq!(reason, ExitReason::Killed);
     }
 }

@@ -325,7 +325,9 @@ impl Core {
             return;
         }
         let serial = reg.serial;
-        let parent_alive = self.procs.get(&reg.parent).is_some_and(|p| !p.exited);
+        // The spawner's own registration may still be unread on its own
+        // connection (a child can be quicker than its parent's announcement).
+        let parent_alive = self.known(reg.parent) && self.procs.get(&reg.parent).is_some_and(|p| !p.exited);
         let mut p = Proc::new(serial, reg.parent);
         p.ctl = Some(token);
         p.name = reg.name;
@@ -662,7 +664,7 @@ impl Core {
                 Some((request, NodeReply::Pid(pid)))
             }
             ToNode::Info { request, pid } => {
-                let info = if pid.node() == self.node {
+                let info = if pid.node() == self.node && self.known(pid.serial()) {
                     self.info(pid.serial())
                 } else {
                     None
@@ -712,10 +714,16 @@ impl Core {
         self.procs.contains_key(&serial)
     }
 
-    /// Accepts and reads every control connection now.
+    /// Reads the registrations still in flight: connections not accepted yet,
+    /// and accepted ones whose first frame was not read yet.
     fn refresh(&mut self) {
         self.accept_all();
-        let tokens: Vec<u64> = self.conns.keys().copied().collect();
+        let tokens: Vec<u64> = self
+            .conns
+            .iter()
+            .filter(|(_, c)| c.serial.is_none())
+            .map(|(&t, _)| t)
+            .collect();
         for t in tokens {
             self.read_conn(t);
         }
@@ -723,6 +731,9 @@ impl Core {
 
     /// An exit signal from `from` to `target`.
     fn exit_signal(&mut self, from: u64, target: u64, reason: ExitReason, untrappable: bool) {
+        if !self.known(target) {
+            return;
+        }
         let Some(p) = self.procs.get(&target) else {
             return;
         };
