@@ -34,6 +34,7 @@ fn main() {
             ("nested_process_reasons_are_exact", nested_process_reasons_are_exact),
             ("orphan_reasons_are_exact", orphan_reasons_are_exact),
             ("spawn_fn_reasons_are_exact", spawn_fn_reasons_are_exact),
+            ("cpu_time_limit_is_cpu_limit", cpu_time_limit_is_cpu_limit),
         ],
         &[],
     )
@@ -362,4 +363,18 @@ fn spawn_fn_reasons_are_exact() {
         mb.send(()).unwrap();
         assert_eq!(node().recv_down_timeout(r, PATIENCE).unwrap().reason, want);
     }
+}
+
+fn cpu_time_limit_is_cpu_limit() {
+    let (_p, r) = converge::Builder::new()
+        .cpu_time_limit(std::time::Duration::from_secs(1))
+        .spawn_monitor(|_: Ctx<()>| -> () {
+            no_core();
+            let mut x = 0u64;
+            loop {
+                x = std::hint::black_box(x.wrapping_mul(31).wrapping_add(7));
+            }
+        })
+        .unwrap();
+    assert_eq!(node().recv_down_timeout(r, PATIENCE).unwrap().reason, ExitReason::CpuLimit);
 }
