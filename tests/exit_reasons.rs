@@ -376,5 +376,8 @@ fn cpu_time_limit_is_cpu_limit() {
             }
         })
         .unwrap();
-    assert_eq!(node().recv_down_timeout(r, PATIENCE).unwrap().reason, ExitReason::CpuLimit);
+    assert_eq!(
+        node().recv_down_timeout(r, PATIENCE).unwrap().reason,
+        ExitReason::CpuLimit
+    );
 }
