@@ -26,7 +26,7 @@ fn main() -> Result<(), converge::Error> {
             let _ = ctx.recv_timeout(Duration::from_secs(10));
         })
         .expect("spawn the partner");
-        ctx.link(&partner).expect("the partner is alive");
+        ctx.link(partner).expect("the partner is alive");
         out.send(format!("watching {}", partner.pid())).unwrap();
         while let Ok(event) = ctx.recv_event_timeout(Duration::from_secs(10)) {
             if let Event::Exit(e) = event {
@@ -36,7 +36,7 @@ fn main() -> Result<(), converge::Error> {
             }
         }
     })?;
-    let watch = node.monitor(&watcher);
+    let watch = node.monitor(watcher);
     println!("{}", report.recv()?);
     println!("{}", report.recv()?);
     println!(

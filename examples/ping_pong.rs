@@ -38,7 +38,7 @@ fn main() -> Result<(), converge::Error> {
         }
     }
 
-    let watch = node.monitor(&ponger);
+    let watch = node.monitor(ponger);
     ponger.kill();
     let down = node.recv_down_timeout(watch, std::time::Duration::from_secs(5))?;
     println!("ponger is gone: {}", down.reason);
