@@ -7,9 +7,12 @@ use std::time::Duration;
 
 use converge::{Ctx, ExitReason, IntoExitReason};
 
+/// The body of a process that ends one way or another.
+type Body = fn(Ctx<()>) -> ExitReason;
+
 fn main() -> Result<(), converge::Error> {
     let node = converge::init()?;
-    let cases: [(&str, fn(Ctx<()>) -> ExitReason); 7] = [
+    let cases: [(&str, Body); 7] = [
         ("returns Ok(())", |_| Ok::<(), String>(()).into_exit_reason()),
         ("returns Err", |_| Err::<(), _>("disk full").into_exit_reason()),
         ("panics", |_| panic!("index out of bounds")),
