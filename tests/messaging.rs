@@ -48,6 +48,7 @@ fn main() {
                 "many_threads_receive_and_call_at_once",
                 many_threads_receive_and_call_at_once,
             ),
+            ("an_idle_process_uses_no_cpu", an_idle_process_uses_no_cpu),
         ],
         &[],
     )
@@ -477,4 +478,41 @@ fn many_threads_receive_and_call_at_once() {
     got.sort_unstable();
     assert_eq!(got, (0..4000).collect::<Vec<_>>());
     s.kill();
+}
+
+/// CPU time (user + system) this process has used.
+fn cpu_time() -> Duration {
+    // SAFETY: getrusage fills a local struct.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: as above.
+    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) };
+    let tv = |t: libc::timeval| Duration::from_secs(t.tv_sec as u64) + Duration::from_micros(t.tv_usec as u64);
+    tv(ru.ru_utime) + tv(ru.ru_stime)
+}
+
+/// A process that batched a frame (so its flush timer was armed), then
+/// flushed it by receiving, and now waits: its runtime must sleep, not spin on
+/// a timer that has nothing left to flush.
+fn an_idle_process_uses_no_cpu() {
+    let me = node().ctx::<u32>();
+    let back = me.mailbox();
+    let h = node()
+        .spawn_join(move |ctx: Ctx<u32>| {
+            for i in 0..3 {
+                back.send(i).unwrap();
+            }
+            let _ = ctx.recv_timeout(Duration::from_millis(20));
+            let before = cpu_time();
+            let _ = ctx.recv_timeout(Duration::from_millis(500));
+            cpu_time() - before
+        })
+        .unwrap();
+    let used = h.join().unwrap();
+    assert!(
+        used < Duration::from_millis(150),
+        "an idle process used {used:?} of CPU in 500 ms"
+    );
+    for i in 0..3 {
+        assert_eq!(me.recv_timeout(PATIENCE).unwrap(), i);
+    }
 }

@@ -257,7 +257,9 @@ impl Outbox {
         {
             let mut armed = self.timer_armed.lock();
             if *armed {
-                self.timer.drain();
+                // Disarming also forgets an expiry not read yet, so the timer
+                // never stays readable with nothing to flush.
+                let _ = self.timer.disarm();
                 *armed = false;
             }
         }

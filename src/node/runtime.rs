@@ -197,6 +197,7 @@ impl Runtime {
 
     /// The flush timer fired.
     pub(crate) fn flush_timer_fired(&self) {
+        self.outbox.timer.drain();
         self.flush();
     }
 

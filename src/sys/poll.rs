@@ -190,6 +190,15 @@ impl TimerFd {
         syscall!(timerfd_settime(self.fd.as_raw_fd(), 0, &spec, std::ptr::null_mut())).map(drop)
     }
 
+    /// Stops the timer and forgets an expiry not yet read.
+    pub(crate) fn disarm(&self) -> io::Result<()> {
+        let spec = libc::itimerspec {
+            it_interval: libc::timespec { tv_sec: 0, tv_nsec: 0 },
+            it_value: libc::timespec { tv_sec: 0, tv_nsec: 0 },
+        };
+        syscall!(timerfd_settime(self.fd.as_raw_fd(), 0, &spec, std::ptr::null_mut())).map(drop)
+    }
+
     /// Consumes an expiry so the timer is no longer readable.
     pub(crate) fn drain(&self) {
         let mut v: u64 = 0;

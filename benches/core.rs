@@ -1,0 +1,234 @@
+//! The core's costs against the raw system calls underneath, measured in the
+//! same run with floor and converge samples interleaved. Ends with one
+//! `ratio NAME: X.XX (floor F, converge C)` line per figure (converge's time
+//! per operation over the floor's: 1.00 is the floor, lower is better) and the
+//! private memory of an idle process.
+//!
+//! Run with `cargo bench --bench core` (`CI=1` for a short run).
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::floor;
+use converge::{Builder, Ctx, Mailbox, Node};
+
+fn main() {
+    let node = converge::init().expect("init() first, before criterion starts threads");
+    // Measured before the heap grows: the floor of a tiny process's fork.
+    let tiny = floor::TinyForker::start();
+    let mut c = common::criterion();
+
+    spawn_down(&mut c, &node, "spawn_down");
+    rtt(&mut c, &node, "rtt_16", 16, None);
+    rtt(&mut c, &node, "rtt_1k", 1024, None);
+    rtt(&mut c, &node, "rtt_16_samecore", 16, Some(0));
+    throughput(&mut c, &node);
+    kill_down(&mut c, &node);
+    uss(&node);
+    {
+        let _heap = common::touched_heap(200);
+        spawn_down(&mut c, &node, "spawn_down_200mb");
+    }
+    {
+        let _heap = common::touched_heap(1024);
+        spawn_fn_1gb(&mut c, &node, &tiny);
+    }
+    drop(tiny);
+    c.final_summary();
+    common::print_results();
+    node.shutdown(Duration::from_secs(5));
+}
+
+/// Spawn a closure that returns at once, monitored, until its Down arrives.
+fn spawn_down(c: &mut criterion::Criterion, node: &Node, name: &str) {
+    common::compare(c, name, floor::fork_exit_wait, |iters| {
+        let t = Instant::now();
+        for _ in 0..iters {
+            let (_p, r) = node.spawn_monitor(|_: Ctx<()>| {}).unwrap();
+            node.recv_down(r).unwrap();
+        }
+        t.elapsed()
+    });
+}
+
+/// A process that sends every message back.
+fn echo(ctx: Ctx<(Vec<u8>, Mailbox<Vec<u8>>)>) {
+    while let Ok((m, back)) = ctx.recv() {
+        back.send(m).unwrap();
+    }
+}
+
+/// Round trips of `size` bytes with an echo process.
+fn rtt(c: &mut criterion::Criterion, node: &Node, name: &str, size: usize, pin: Option<usize>) {
+    if let Some(cpu) = pin {
+        common::pin(cpu);
+    }
+    let raw = floor::Echo::start(pin);
+    let mut b = Builder::new();
+    if let Some(cpu) = pin {
+        b = b.cpus(&[cpu]);
+    }
+    let e = b.spawn(echo).unwrap();
+    let me = node.ctx::<Vec<u8>>();
+    let back = me.mailbox();
+    let payload = vec![7u8; size];
+    // The payload's own encoding adds its length: keep the bytes on the wire
+    // equal to the floor's.
+    common::compare(
+        c,
+        name,
+        |iters| raw.round_trips(iters, size),
+        |iters| {
+            let t = Instant::now();
+            for _ in 0..iters {
+                e.send((payload.clone(), back)).unwrap();
+                let got = me.recv().unwrap();
+                debug_assert_eq!(got.len(), size);
+            }
+            t.elapsed()
+        },
+    );
+    e.kill();
+    drop(raw);
+    if pin.is_some() {
+        common::unpin();
+    }
+}
+
+/// A process that counts messages and answers when it has the number asked.
+fn counter(ctx: Ctx<Msg>) {
+    let mut n = 0u64;
+    while let Ok(m) = ctx.recv() {
+        match m {
+            Msg::Data(..) => n += 1,
+            Msg::Expect(count, back) => {
+                while n < count {
+                    if let Ok(Msg::Data(..)) = ctx.recv() {
+                        n += 1;
+                    }
+                }
+                n = 0;
+                back.send(()).unwrap();
+            }
+        }
+    }
+}
+
+#[derive(serde::Serialize, serde::Deserialize)]
+enum Msg {
+    /// A 64-byte message (with the frame header, the type fingerprint and the
+    /// variant, 78 bytes on the wire against the floor's 64).
+    Data([u8; 32], [u8; 32]),
+    /// Answer once this many data messages arrived.
+    Expect(u64, Mailbox<()>),
+}
+
+/// One-way throughput of 64-byte messages.
+fn throughput(c: &mut criterion::Criterion, node: &Node) {
+    let sink = floor::Sink::start();
+    let counter = node.spawn(counter).unwrap();
+    let me = node.ctx::<()>();
+    let back = me.mailbox();
+    let mut per_second = 0.0;
+    common::compare(
+        c,
+        "throughput_64",
+        |iters| sink.stream(iters),
+        |iters| {
+            let t = Instant::now();
+            counter.send(Msg::Expect(iters, back)).unwrap();
+            for _ in 0..iters {
+                counter.send(Msg::Data([1; 32], [2; 32])).unwrap();
+            }
+            me.recv().unwrap();
+            let d = t.elapsed();
+            per_second = iters as f64 / d.as_secs_f64();
+            d
+        },
+    );
+    common::RESULTS
+        .lock()
+        .unwrap()
+        .push(format!("msgs_per_s throughput_64: {per_second:.0}"));
+    counter.kill();
+}
+
+/// SIGKILL to the Down at a monitor.
+fn kill_down(c: &mut criterion::Criterion, node: &Node) {
+    common::compare(c, "kill_down", floor::kill_to_pidfd_wakeup, |iters| {
+        let me = node.ctx::<()>();
+        let mut total = Duration::ZERO;
+        for _ in 0..iters {
+            let back = me.mailbox();
+            let (p, r) = node
+                .spawn_monitor(move |ctx: Ctx<()>| {
+                    back.send(()).unwrap();
+                    let _ = ctx.recv();
+                })
+                .unwrap();
+            // Running and waiting in recv before the clock starts.
+            me.recv().unwrap();
+            let t = Instant::now();
+            p.kill();
+            node.recv_down(r).unwrap();
+            total += t.elapsed();
+        }
+        total
+    });
+}
+
+/// Private memory (USS) of an idle process, the node idle and small.
+fn uss(node: &Node) {
+    let me = node.ctx::<()>();
+    let back = me.mailbox();
+    let p = node
+        .spawn(move |ctx: Ctx<()>| {
+            back.send(()).unwrap();
+            let _ = ctx.recv();
+        })
+        .unwrap();
+    me.recv().unwrap();
+    // Let it settle in its receive, background thread started.
+    while node.process_info(p).map(|i| i.state) != Some(converge::ProcessState::Waiting) {
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    std::thread::sleep(Duration::from_millis(50));
+    let os = node.process_info(p).unwrap().os_pid.unwrap();
+    let rollup = std::fs::read_to_string(format!("/proc/{os}/smaps_rollup")).unwrap();
+    let kib: u64 = rollup
+        .lines()
+        .filter(|l| l.starts_with("Private_Clean:") || l.starts_with("Private_Dirty:"))
+        .filter_map(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+        .sum();
+    let rss = std::fs::read_to_string("/proc/self/statm").unwrap();
+    let node_rss_mb = rss.split_whitespace().nth(1).unwrap().parse::<u64>().unwrap() * 4 / 1024;
+    common::RESULTS
+        .lock()
+        .unwrap()
+        .push(format!("uss_kib idle_process: {kib} (node rss {node_rss_mb} MB)"));
+    p.kill();
+}
+
+fn quit_at_once(ctx: Ctx<()>, _: ()) {
+    let _ = ctx;
+}
+
+/// spawn_fn from the zygote while the node holds 1 GB, against a tiny
+/// process's fork.
+fn spawn_fn_1gb(c: &mut criterion::Criterion, node: &Node, tiny: &floor::TinyForker) {
+    common::compare(
+        c,
+        "spawn_fn_1gb",
+        |iters| tiny.run(iters),
+        |iters| {
+            let t = Instant::now();
+            for _ in 0..iters {
+                let p = node.spawn_fn(quit_at_once, ()).unwrap();
+                let r = node.monitor(p);
+                node.recv_down(r).unwrap();
+            }
+            t.elapsed()
+        },
+    );
+}
