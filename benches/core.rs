@@ -52,8 +52,11 @@ fn spawn_down(c: &mut criterion::Criterion, node: &Node, name: &str) {
     });
 }
 
+/// A byte payload, encoded as bytes (one copy), not as a sequence of `u8`.
+type Bytes = serde_bytes::ByteBuf;
+
 /// A process that sends every message back.
-fn echo(ctx: Ctx<(Vec<u8>, Mailbox<Vec<u8>>)>) {
+fn echo(ctx: Ctx<(Bytes, Mailbox<Bytes>)>) {
     while let Ok((m, back)) = ctx.recv() {
         back.send(m).unwrap();
     }
@@ -70,11 +73,9 @@ fn rtt(c: &mut criterion::Criterion, node: &Node, name: &str, size: usize, pin: 
         b = b.cpus(&[cpu]);
     }
     let e = b.spawn(echo).unwrap();
-    let me = node.ctx::<Vec<u8>>();
+    let me = node.ctx::<Bytes>();
     let back = me.mailbox();
-    let payload = vec![7u8; size];
-    // The payload's own encoding adds its length: keep the bytes on the wire
-    // equal to the floor's.
+    let payload = Bytes::from(vec![7u8; size]);
     common::compare(
         c,
         name,

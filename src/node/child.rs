@@ -65,7 +65,6 @@ pub(crate) struct ChildPlan {
 
 /// Runs in the new process; never returns.
 pub(crate) fn child_main(plan: ChildPlan, body: impl FnOnce(&'static Runtime) -> ExitReason) -> Infallible {
-    let _ = sys::process::reset_signals_in_child();
     let armed = match sys::signal::arm_death_signal(plan.death_read) {
         Ok(fd) => fd,
         // The node is already gone: nobody is left to run for.

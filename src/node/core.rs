@@ -182,6 +182,10 @@ pub(crate) struct Core {
     pending: HashSet<u64>,
     /// Adopted strangers being watched: token → pidfd.
     strangers: HashMap<u64, OwnedFd>,
+    /// Their OS pids.
+    stranger_pids: HashMap<u64, i32>,
+    /// Process groups of exited processes, to scan for orphans.
+    stranger_groups: Vec<i32>,
     /// Shutdown in progress.
     pub(crate) shutting_down: bool,
     /// Counters.
@@ -192,6 +196,9 @@ pub(crate) struct Core {
     to_finalize: VecDeque<u64>,
     /// Whether finalizations are running (they are not re-entered).
     finalizing: bool,
+    /// The watcher waits with a timeout (it will retry statuses and scan for
+    /// orphans without being woken).
+    pub(crate) watcher_will_wake: bool,
     /// Statuses reported by a parent before the child's registration was read.
     early_status: HashMap<u64, WaitStatus>,
 }
@@ -216,11 +223,14 @@ impl Core {
             next_token: 0,
             pending: HashSet::new(),
             strangers: HashMap::new(),
+            stranger_pids: HashMap::new(),
+            stranger_groups: Vec::new(),
             shutting_down: false,
             counters: Counters::default(),
             scratch: vec![0; 64 * 1024],
             to_finalize: VecDeque::new(),
             finalizing: false,
+            watcher_will_wake: false,
             early_status: HashMap::new(),
         }
     }
@@ -230,8 +240,8 @@ impl Core {
     }
 
     /// Adds a control connection (a socket pair end or an accepted socket).
+    /// The socket must be non-blocking.
     pub(crate) fn add_conn(&mut self, fd: OwnedFd, serial: Option<u64>) -> io::Result<u64> {
-        socket::set_nonblocking(&fd, true)?;
         let token = CONN_TAG | self.next_token;
         self.next_token += 1;
         self.epoll.add(fd.as_raw_fd(), token, Interest::Read)?;
@@ -981,17 +991,39 @@ impl Core {
                 self.try_status(s);
             }
         }
+        // Orphans it left behind are looked for later, off this path (a scan
+        // of /proc costs more than the rest of an exit).
         if let Some(pgid) = p.ospid {
-            self.adopt_strangers(pgid);
+            self.stranger_groups.push(pgid);
+        }
+    }
+
+    /// How many exited processes' groups wait to be scanned for orphans.
+    pub(crate) fn strangers_to_scan(&self) -> usize {
+        self.stranger_groups.len()
+    }
+
+    /// Adopts the orphans of the process groups of processes that exited.
+    pub(crate) fn scan_strangers(&mut self) {
+        let groups = std::mem::take(&mut self.stranger_groups);
+        if !groups.is_empty() {
+            self.adopt_strangers(&groups);
         }
     }
 
     /// Watches the orphans of process group `pgid` that were reparented to the
     /// node (raw forks made inside a process that has exited), to reap them.
-    fn adopt_strangers(&mut self, pgid: i32) {
+    fn adopt_strangers(&mut self, groups: &[i32]) {
         let known: HashSet<i32> = self.procs.values().filter_map(|p| p.ospid).collect();
+        let watched: HashSet<i32> = self.stranger_pids.values().copied().collect();
         for child in crate::node::proc_fs::children_of_self() {
-            if known.contains(&child) || crate::node::proc_fs::pgid_of(child) != Some(pgid) {
+            if known.contains(&child) || watched.contains(&child) {
+                continue;
+            }
+            let Some(pgid) = crate::node::proc_fs::pgid_of(child) else {
+                continue;
+            };
+            if !groups.contains(&pgid) {
                 continue;
             }
             let Ok(fd) = pidfd_open(child) else {
@@ -1002,6 +1034,7 @@ impl Core {
             if self.epoll.add(fd.as_raw_fd(), token, Interest::Read).is_ok() {
                 tracing::debug!(ospid = child, pgid, "adopted an orphan");
                 self.strangers.insert(token, fd);
+                self.stranger_pids.insert(token, child);
             }
         }
     }
@@ -1013,6 +1046,7 @@ impl Core {
         {
             self.epoll.delete(fd.as_raw_fd());
             self.strangers.remove(&token);
+            self.stranger_pids.remove(&token);
             self.counters.strangers_reaped += 1;
         }
     }

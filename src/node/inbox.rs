@@ -28,6 +28,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::sync::OnceLock;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
@@ -38,7 +39,7 @@ use crate::link::ExitSignal;
 use crate::monitor::{Down, MonitorRef};
 use crate::node::runtime::Runtime;
 use crate::process::{Overflow, Pid};
-use crate::sys::poll::{Epoll, Event, EventFd, Interest};
+use crate::sys::poll::{Epoll, Event, EventFd, Interest, TimerFd};
 use crate::sys::process::pidfd_try_wait;
 use crate::sys::shared::Slot;
 use crate::sys::socket;
@@ -52,6 +53,8 @@ const TOKEN_KICK: u64 = 3;
 const TOKEN_TIMER: u64 = 4;
 const TOKEN_INNER: u64 = 5;
 const TOKEN_BG_KICK: u64 = 6;
+/// The node's own epoll, nested in the main thread's.
+const TOKEN_NODE: u64 = 7;
 const TAG_MASK: u64 = 0xff << 56;
 /// Tag of inbound data connections.
 const CONN_TAG: u64 = 1 << 56;
@@ -158,17 +161,32 @@ pub(crate) struct State {
     stop: bool,
 }
 
-/// The receive side of a process.
+/// The descriptors a process polls with, created the first time it needs them
+/// (a process that never receives or sends creates none: spawning one that
+/// returns at once costs no more system calls than its work).
 #[derive(Debug)]
-pub(crate) struct Inbox {
+pub(crate) struct Io {
     /// Every source of the process: listener, connections, control, children.
-    epoll: Epoll,
+    pub(crate) epoll: Epoll,
     /// Wakes the polling user thread.
     kick: EventFd,
     /// Evicts the background thread from its poll.
     bg_kick: EventFd,
+    /// Fires to flush coalesced frames (see the outbox).
+    pub(crate) timer: TimerFd,
+}
+
+/// The receive side of a process.
+#[derive(Debug)]
+pub(crate) struct Inbox {
+    /// Polling descriptors, created on first use.
+    io: OnceLock<Io>,
+    /// The listening socket's descriptor (owned by the state).
+    listener_fd: RawFd,
     /// The control connection's descriptor (owned by the runtime).
     ctl_fd: RawFd,
+    /// In the node's main thread: the node's epoll, polled too.
+    node_epoll: Option<RawFd>,
     /// Set when something needs the background thread.
     bg_wanted: AtomicBool,
     /// Receive state.
@@ -184,21 +202,14 @@ impl Inbox {
     pub(crate) fn new(
         listener: OwnedFd,
         ctl_fd: RawFd,
-        timer_fd: RawFd,
+        node_epoll: Option<RawFd>,
         bound: Option<(usize, Overflow)>,
-    ) -> io::Result<Inbox> {
-        let epoll = Epoll::new()?;
-        let kick = EventFd::new()?;
-        let bg_kick = EventFd::new()?;
-        epoll.add(listener.as_raw_fd(), TOKEN_LISTENER, Interest::Read)?;
-        epoll.add(ctl_fd, TOKEN_CTL, Interest::Read)?;
-        epoll.add(kick.as_raw_fd(), TOKEN_KICK, Interest::Read)?;
-        epoll.add(timer_fd, TOKEN_TIMER, Interest::Read)?;
-        Ok(Inbox {
-            epoll,
-            kick,
-            bg_kick,
+    ) -> Inbox {
+        Inbox {
+            io: OnceLock::new(),
+            listener_fd: listener.as_raw_fd(),
             ctl_fd,
+            node_epoll,
             bg_wanted: AtomicBool::new(false),
             state: Mutex::new(State {
                 queue: VecDeque::new(),
@@ -215,18 +226,55 @@ impl Inbox {
                 last_user_poll: None,
                 bound,
                 scratch: Vec::new(),
-                events: Vec::with_capacity(64),
+                events: Vec::new(),
                 disconnected: false,
                 stop: false,
             }),
             cond: Condvar::new(),
             bg_cond: Condvar::new(),
-        })
+        }
+    }
+
+    /// The polling descriptors, created (and the listener, the control
+    /// connection and the flush timer registered) on first use.
+    pub(crate) fn io(&self) -> &Io {
+        if let Some(io) = self.io.get() {
+            return io;
+        }
+        let made = (|| -> io::Result<Io> {
+            let io = Io {
+                epoll: Epoll::new()?,
+                kick: EventFd::new()?,
+                bg_kick: EventFd::new()?,
+                timer: TimerFd::new()?,
+            };
+            io.epoll.add(self.listener_fd, TOKEN_LISTENER, Interest::Read)?;
+            io.epoll.add(self.ctl_fd, TOKEN_CTL, Interest::Read)?;
+            io.epoll.add(io.kick.as_raw_fd(), TOKEN_KICK, Interest::Read)?;
+            io.epoll.add(io.timer.as_raw_fd(), TOKEN_TIMER, Interest::Read)?;
+            if let Some(fd) = self.node_epoll {
+                io.epoll.add(fd, TOKEN_NODE, Interest::Read)?;
+            }
+            Ok(io)
+        })();
+        match made {
+            // Another thread may have won the race: its Io is the one kept.
+            Ok(io) => {
+                let _ = self.io.set(io);
+                self.io.get().expect("BUG: just set")
+            }
+            Err(e) => panic!("converge: cannot create the process's polling descriptors: {e}"),
+        }
     }
 
     /// The process's epoll instance.
     pub(crate) fn epoll(&self) -> &Epoll {
-        &self.epoll
+        &self.io().epoll
+    }
+
+    /// The flush timer, if the descriptors exist.
+    pub(crate) fn timer_if_any(&self) -> Option<&TimerFd> {
+        self.io.get().map(|io| &io.timer)
     }
 
     /// Asks for the background thread to be started (see
@@ -261,7 +309,7 @@ impl Inbox {
         let mut st = self.state.lock();
         let token = CHILD_TAG | st.next_conn;
         st.next_conn += 1;
-        self.epoll.add(pidfd.as_raw_fd(), token, Interest::Read)?;
+        self.epoll().add(pidfd.as_raw_fd(), token, Interest::Read)?;
         st.children.insert(token, (serial, pidfd));
         self.need_background();
         Ok(())
@@ -305,7 +353,7 @@ impl Inbox {
                         deadline.map(|d| d.saturating_duration_since(now))
                     };
                     drop(st);
-                    let waited = self.epoll.wait(&mut events, timeout);
+                    let waited = self.epoll().wait(&mut events, timeout);
                     st = self.state.lock();
                     st.poller = Poller::Idle;
                     st.last_user_poll = Some(Instant::now());
@@ -325,7 +373,7 @@ impl Inbox {
                 }
                 Poller::Background => {
                     polled = true;
-                    self.bg_kick.notify();
+                    self.io().bg_kick.notify();
                     st = self.wait_for_poller(st, deadline);
                 }
             }
@@ -357,8 +405,8 @@ impl Inbox {
     /// The background thread: polls while no user thread does.
     pub(crate) fn background(&self, rt: &Runtime) {
         let outer = match Epoll::new().and_then(|outer| {
-            outer.add(self.epoll.as_raw_fd(), TOKEN_INNER, Interest::Read)?;
-            outer.add(self.bg_kick.as_raw_fd(), TOKEN_BG_KICK, Interest::Read)?;
+            outer.add(self.io().epoll.as_raw_fd(), TOKEN_INNER, Interest::Read)?;
+            outer.add(self.io().bg_kick.as_raw_fd(), TOKEN_BG_KICK, Interest::Read)?;
             Ok(outer)
         }) {
             Ok(o) => o,
@@ -396,9 +444,9 @@ impl Inbox {
             }
             for ev in &outer_events {
                 match ev.token {
-                    TOKEN_BG_KICK => self.bg_kick.drain(),
+                    TOKEN_BG_KICK => self.io().bg_kick.drain(),
                     _ => {
-                        let _ = self.epoll.wait(&mut events, Some(Duration::ZERO));
+                        let _ = self.io().epoll.wait(&mut events, Some(Duration::ZERO));
                     }
                 }
             }
@@ -418,7 +466,14 @@ impl Inbox {
             match ev.token {
                 TOKEN_LISTENER => self.accept_all(rt, st),
                 TOKEN_CTL => self.read_ctl(rt, st),
-                TOKEN_KICK => self.kick.drain(),
+                TOKEN_NODE => {
+                    if let Some(node) = rt.node() {
+                        crate::node::watcher::process_now(node);
+                        // A Down for this thread may just have been written.
+                        self.read_ctl(rt, st);
+                    }
+                }
+                TOKEN_KICK => self.io().kick.drain(),
                 TOKEN_TIMER => rt.flush_timer_fired(),
                 t if t & TAG_MASK == CONN_TAG => {
                     self.read_conn(rt, st, t, READ_BUDGET);
@@ -443,7 +498,7 @@ impl Inbox {
                     let token = CONN_TAG | st.next_conn;
                     let seq = st.next_conn;
                     st.next_conn += 1;
-                    if self.epoll.add(fd.as_raw_fd(), token, Interest::Read).is_err() {
+                    if self.epoll().add(fd.as_raw_fd(), token, Interest::Read).is_err() {
                         continue;
                     }
                     st.conns.insert(
@@ -613,7 +668,7 @@ impl Inbox {
 
     fn close_conn(&self, st: &mut State, token: u64) {
         if let Some(conn) = st.conns.remove(&token) {
-            self.epoll.delete(conn.fd.as_raw_fd());
+            self.epoll().delete(conn.fd.as_raw_fd());
         }
     }
 
@@ -626,14 +681,14 @@ impl Inbox {
             let n = match socket::read(fd, &mut st.scratch) {
                 Ok(0) => {
                     st.disconnected = true;
-                    self.epoll.delete(self.ctl_fd);
+                    self.epoll().delete(self.ctl_fd);
                     return;
                 }
                 Ok(n) => n,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(_) => {
                     st.disconnected = true;
-                    self.epoll.delete(self.ctl_fd);
+                    self.epoll().delete(self.ctl_fd);
                     return;
                 }
             };
@@ -704,7 +759,7 @@ impl Inbox {
             Ok(None) => {}
             Ok(Some(status)) => {
                 if let Some((_, pidfd)) = st.children.remove(&token) {
-                    self.epoll.delete(pidfd.as_raw_fd());
+                    self.epoll().delete(pidfd.as_raw_fd());
                 }
                 rt.tell_node(&ToNode::ChildExited { serial, status });
             }
@@ -713,7 +768,7 @@ impl Inbox {
                 // and did not wait for): stop watching it, the node reaps it.
                 tracing::debug!("reaping child {serial}: {e}");
                 if let Some((_, pidfd)) = st.children.remove(&token) {
-                    self.epoll.delete(pidfd.as_raw_fd());
+                    self.epoll().delete(pidfd.as_raw_fd());
                 }
             }
         }
@@ -723,7 +778,9 @@ impl Inbox {
     pub(crate) fn stop_background(&self) {
         self.state.lock().stop = true;
         self.bg_cond.notify_all();
-        self.bg_kick.notify();
+        if let Some(io) = self.io.get() {
+            io.bg_kick.notify();
+        }
     }
 }
 

@@ -162,6 +162,8 @@ pub(crate) struct NodeShared {
     pub(crate) signals: Option<OwnedFd>,
     /// Set once the node has shut down.
     pub(crate) stopped: AtomicBool,
+    /// Set once a SIGINT/SIGTERM started a shutdown.
+    pub(crate) signalled: AtomicBool,
     /// Serializes shutdowns.
     shutdown_lock: Mutex<()>,
     /// Default shutdown timeout.
@@ -310,6 +312,7 @@ fn init_node(config: Config) -> Result<Node, InitError> {
         _death_write: death_write,
         signals,
         stopped: AtomicBool::new(false),
+        signalled: AtomicBool::new(false),
         shutdown_lock: Mutex::new(()),
         shutdown_timeout: config.shutdown_timeout,
         main: Mutex::new(None),

@@ -29,7 +29,7 @@ use crate::sync::Mutex;
 
 use crate::node::inbox::{Inbox, OUT_TAG};
 use crate::process::Pid;
-use crate::sys::poll::{Interest, TimerFd};
+use crate::sys::poll::Interest;
 use crate::sys::socket;
 use crate::wire::envelope::Hello;
 use crate::wire::frame::{self, Kind};
@@ -93,9 +93,7 @@ impl OutConn {
 pub(crate) struct Outbox {
     /// Connections by target serial.
     conns: Mutex<HashMap<u64, OutConn>>,
-    /// Fires to flush coalesced frames.
-    pub(crate) timer: TimerFd,
-    /// Whether the timer is armed.
+    /// Whether the flush timer (in the inbox's descriptors) is armed.
     timer_armed: Mutex<bool>,
     /// Largest message body accepted.
     max_message: usize,
@@ -114,16 +112,15 @@ impl Outbox {
         coalesce: Duration,
         flush_delay: Duration,
         max_conns: usize,
-    ) -> io::Result<Outbox> {
-        Ok(Outbox {
+    ) -> Outbox {
+        Outbox {
             conns: Mutex::new(HashMap::new()),
-            timer: TimerFd::new()?,
             timer_armed: Mutex::new(false),
             max_message,
             coalesce,
             flush_delay,
             max_conns,
-        })
+        }
     }
 
     /// Encodes one frame for `target` with `build` (which appends exactly one
@@ -150,12 +147,13 @@ impl Outbox {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     // The listener's backlog is full: wait for room rather than
                     // lose the frame.
-                    socket::connect_abstract(&target.address(), false).map_err(BuildError::Io)?
+                    let fd = socket::connect_abstract(&target.address(), false).map_err(BuildError::Io)?;
+                    socket::set_nonblocking(&fd, true).map_err(BuildError::Io)?;
+                    fd
                 }
                 Err(e) if socket::peer_gone(&e) => return Ok(Sent::Dropped),
                 Err(e) => return Err(BuildError::Io(e)),
             };
-            socket::set_nonblocking(&fd, true).map_err(BuildError::Io)?;
             let mut buf = Vec::with_capacity(256);
             frame::push(&mut buf, Kind::Hello, &Hello { from: me }).expect("BUG: hello always encodes");
             let now = Instant::now();
@@ -247,7 +245,7 @@ impl Outbox {
         let mut armed = self.timer_armed.lock();
         if !*armed {
             *armed = true;
-            let _ = self.timer.set(self.flush_delay);
+            let _ = inbox.io().timer.set(self.flush_delay);
             inbox.need_background();
         }
     }
@@ -259,7 +257,9 @@ impl Outbox {
             if *armed {
                 // Disarming also forgets an expiry not read yet, so the timer
                 // never stays readable with nothing to flush.
-                let _ = self.timer.disarm();
+                if let Some(timer) = inbox.timer_if_any() {
+                    let _ = timer.disarm();
+                }
                 *armed = false;
             }
         }

@@ -100,14 +100,18 @@ impl Runtime {
         node: Option<&'static NodeShared>,
         bound: Option<(usize, Overflow)>,
     ) -> io::Result<Runtime> {
-        socket::set_nonblocking(&ctl, true)?;
         let outbox = Outbox::new(
             settings.max_message,
             settings.coalesce,
             settings.flush_delay,
             settings.max_connections,
-        )?;
-        let inbox = Inbox::new(listener, ctl.as_raw_fd(), outbox.timer.as_raw_fd(), bound)?;
+        );
+        let inbox = Inbox::new(
+            listener,
+            ctl.as_raw_fd(),
+            node.map(|n| std::os::fd::AsRawFd::as_raw_fd(n.epoll)),
+            bound,
+        );
         let slot = &shared.slots[me.serial() as usize % SLOTS];
         slot.queue_len.store(0, Ordering::Relaxed);
         slot.dropped.store(0, Ordering::Relaxed);
@@ -121,7 +125,7 @@ impl Runtime {
             shared,
             settings,
             ctl,
-            ctl_write: Mutex::new(Vec::with_capacity(256)),
+            ctl_write: Mutex::new(Vec::new()),
             death,
             node,
             inbox,
@@ -197,7 +201,9 @@ impl Runtime {
 
     /// The flush timer fired.
     pub(crate) fn flush_timer_fired(&self) {
-        self.outbox.timer.drain();
+        if let Some(timer) = self.inbox.timer_if_any() {
+            timer.drain();
+        }
         self.flush();
     }
 
@@ -341,7 +347,11 @@ impl Runtime {
     pub(crate) fn finish(&self, reason: ExitReason) -> ! {
         self.slot().state.store(ProcessState::Exiting as u32, Ordering::Relaxed);
         self.outbox.flush_blocking(Instant::now() + self.settings.exit_flush);
-        self.tell_node(&ToNode::LastWords { reason });
+        // Exit status 0 without last words already means Normal: the common
+        // end costs no message (and wakes no one but the exit watcher).
+        if !reason.is_normal() {
+            self.tell_node(&ToNode::LastWords { reason });
+        }
         exit_now(0)
     }
 }

@@ -76,7 +76,16 @@ fn prepare(rt: &'static Runtime, spec: &Spec<'_>) -> Result<Prepared, SpawnError
     } else {
         // Announce the process on a connection of its own, before it exists:
         // by the time anyone else can know its Pid, the node can read this.
-        let c = sys::socket::connect_abstract(&node_address(pid.node()), false)?;
+        let c = match sys::socket::connect_abstract(&node_address(pid.node()), true) {
+            Ok(c) => c,
+            // The node's backlog is full: wait for room.
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                let c = sys::socket::connect_abstract(&node_address(pid.node()), false)?;
+                sys::socket::set_nonblocking(&c, true)?;
+                c
+            }
+            Err(e) => return Err(e.into()),
+        };
         let mut buf = Vec::with_capacity(128);
         frame::push(&mut buf, Kind::Ctl, &ToNode::Register(reg.clone())).expect("BUG: control frames always encode");
         sys::socket::send_all(&c, &buf, None)?;

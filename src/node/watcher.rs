@@ -6,12 +6,20 @@
 //! words are already there: a process writes them before `_exit`), takes the
 //! wait status (`waitid` for the node's own children, the parent's report or
 //! `PIDFD_GET_INFO` for the others), and the core turns the death into signals.
+//!
+//! The node's main thread polls the same events while it waits in a receive
+//! (the watcher's epoll is nested in its own), and handles them itself when it
+//! wakes first: a `Down` for the main thread then costs no hand-off between
+//! threads. Both run [`process`] under the core's lock; level-triggered
+//! readiness makes whichever comes second find nothing left to do.
 
 use std::io;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use crate::node::NodeShared;
 use crate::node::core::{CONN_TAG, Core, PIDFD_TAG, STRANGER_TAG, TOKEN_CTL_LISTENER, TOKEN_KICK, TOKEN_SIGNALS};
+use crate::sys::poll::Event;
 use crate::sys::socket;
 
 /// Starts the watcher thread.
@@ -24,53 +32,101 @@ pub(crate) fn start(node: &'static NodeShared) -> io::Result<()> {
 
 fn run(node: &'static NodeShared) {
     let mut events = Vec::with_capacity(64);
-    let mut signalled = false;
     loop {
         events.clear();
-        let timeout = node.core.lock().has_pending().then(|| Duration::from_millis(5));
+        let timeout = {
+            let mut core = node.core.lock();
+            let t = if core.has_pending() {
+                Some(Duration::from_millis(5))
+            } else if core.strangers_to_scan() > 0 {
+                Some(Duration::from_millis(20))
+            } else {
+                None
+            };
+            core.watcher_will_wake = t.is_some();
+            t
+        };
         if let Err(e) = node.epoll.wait(&mut events, timeout) {
             tracing::error!("the exit watcher's epoll_wait failed: {e}");
             std::thread::sleep(Duration::from_millis(10));
             continue;
         }
         let mut core = node.core.lock();
-        for ev in &events {
-            match ev.token {
-                TOKEN_CTL_LISTENER => core.accept_all(),
-                TOKEN_KICK => node.kick.drain(),
-                TOKEN_SIGNALS => {
-                    let mut buf = [0u8; 16];
-                    let n = node
-                        .signals
-                        .as_ref()
-                        .map_or(0, |fd| socket::read(fd, &mut buf).unwrap_or(0));
-                    if n > 0 && !signalled {
-                        signalled = true;
-                        let signal = i32::from(buf[0]);
-                        shutdown_on_signal(node, signal);
-                    }
-                }
-                t => match Core::token_kind(t) {
-                    CONN_TAG => {
-                        if ev.writable {
-                            core.on_conn_writable(t);
-                        }
-                        if ev.readable {
-                            core.read_conn(t);
-                        }
-                    }
-                    PIDFD_TAG => core.on_pidfd(t & !(0xff << 56)),
-                    STRANGER_TAG => core.on_stranger(t),
-                    _ => {}
-                },
+        // The main thread may have handled these events already: take what is
+        // still ready now, under the lock.
+        if !events.is_empty() {
+            events.clear();
+            let _ = node.epoll.wait(&mut events, Some(Duration::ZERO));
+            if events.is_empty() {
+                continue;
             }
         }
-        if core.has_pending() {
-            core.retry_pending();
+        process(node, &mut core, &events);
+        // Look for orphans when the node is idle, or when many exits piled up.
+        if events.is_empty() || core.strangers_to_scan() >= 64 {
+            core.scan_strangers();
         }
         drop(core);
         node.changed.notify_all();
     }
+}
+
+/// Handles the node's ready events: accepts, control frames, exits.
+pub(crate) fn process(node: &'static NodeShared, core: &mut Core, events: &[Event]) {
+    for ev in events {
+        match ev.token {
+            TOKEN_CTL_LISTENER => core.accept_all(),
+            TOKEN_KICK => node.kick.drain(),
+            TOKEN_SIGNALS => {
+                let mut buf = [0u8; 16];
+                let n = node
+                    .signals
+                    .as_ref()
+                    .map_or(0, |fd| socket::read(fd, &mut buf).unwrap_or(0));
+                if n > 0 && !node.signalled.swap(true, Ordering::AcqRel) {
+                    shutdown_on_signal(node, i32::from(buf[0]));
+                }
+            }
+            t => match Core::token_kind(t) {
+                CONN_TAG => {
+                    if ev.writable {
+                        core.on_conn_writable(t);
+                    }
+                    if ev.readable {
+                        core.read_conn(t);
+                    }
+                }
+                PIDFD_TAG => core.on_pidfd(t & !(0xff << 56)),
+                STRANGER_TAG => core.on_stranger(t),
+                _ => {}
+            },
+        }
+    }
+    if core.has_pending() {
+        core.retry_pending();
+    }
+}
+
+/// The main thread's receive found the node's events ready: handle them now.
+pub(crate) fn process_now(node: &'static NodeShared) {
+    let mut events = Vec::new();
+    let mut core = node.core.lock();
+    let _ = node.epoll.wait(&mut events, Some(Duration::ZERO));
+    if events.is_empty() {
+        return;
+    }
+    process(node, &mut core, &events);
+    // Work left for later (statuses to retry, orphans to look for) is the
+    // watcher's: make sure it is not asleep without a timeout.
+    let kick = (core.has_pending() || core.strangers_to_scan() > 0) && !core.watcher_will_wake;
+    if kick {
+        core.watcher_will_wake = true;
+    }
+    drop(core);
+    if kick {
+        node.kick.notify();
+    }
+    node.changed.notify_all();
 }
 
 /// `SIGINT` or `SIGTERM` reached the node: shut down in order, then end the

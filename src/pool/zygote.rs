@@ -96,7 +96,6 @@ struct Conn {
 }
 
 fn run(setup: ZygoteSetup) -> Infallible {
-    let _ = sys::process::reset_signals_in_child();
     let _ = sys::process::set_thread_name("converge-zygote");
     let armed = match sys::signal::arm_death_signal(setup.death_read) {
         Ok(fd) => fd,
@@ -107,7 +106,6 @@ fn run(setup: ZygoteSetup) -> Infallible {
         Ok(e) => e,
         Err(_) => sys::process::exit_now(1),
     };
-    let _ = sys::socket::set_nonblocking(&setup.listener, true);
     let _ = epoll.add(setup.listener.as_raw_fd(), TOKEN_LISTENER, Interest::Read);
     let _ = epoll.add(setup.ctl.as_raw_fd(), TOKEN_CTL, Interest::Read);
     let uid = sys::process::getuid();
@@ -145,8 +143,10 @@ fn run(setup: ZygoteSetup) -> Infallible {
                 TOKEN_CTL => {
                     // The node never writes to the zygote; end of stream means
                     // the node is gone (the armed signal kills us anyway).
-                    if let Ok(0) | Err(_) = sys::socket::read(&setup.ctl, &mut scratch) {
-                        sys::process::exit_now(0);
+                    match sys::socket::read(&setup.ctl, &mut scratch) {
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                        Ok(0) | Err(_) => sys::process::exit_now(0),
+                        Ok(_) => {}
                     }
                 }
                 t if t & TAG_MASK == CONN_TAG => {

@@ -51,6 +51,8 @@ const GROUP_SIGNALS: [libc::c_int; 4] = [libc::SIGINT, libc::SIGTERM, libc::SIGH
 /// the child: they are blocked around the fork, and the child leaves the group
 /// and drops any terminal signal that arrived before it did, before it
 /// unblocks them. Signals sent with `kill(2)` in that window are delivered.
+/// The child starts with the default disposition for those signals (the
+/// node's handlers are the node's) and with no signal blocked.
 ///
 /// # What the child may do when the parent has threads
 ///
@@ -400,24 +402,6 @@ pub(crate) fn clear_env_in_child() {
     for k in keys {
         set_env_in_child(&k, None);
     }
-}
-
-/// Restores the default disposition of the signals the node handles and
-/// unblocks every signal: a new process starts in a standard state.
-pub(crate) fn reset_signals_in_child() -> io::Result<()> {
-    for sig in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP, libc::SIGQUIT, libc::SIGCHLD] {
-        // SAFETY: SIG_DFL is a valid disposition for these signals.
-        unsafe {
-            libc::signal(sig, libc::SIG_DFL);
-        }
-    }
-    // SAFETY: an empty set built by sigemptyset is passed by pointer.
-    unsafe {
-        let mut set: libc::sigset_t = std::mem::zeroed();
-        libc::sigemptyset(&mut set);
-        libc::pthread_sigmask(libc::SIG_SETMASK, &set, std::ptr::null_mut());
-    }
-    Ok(())
 }
 
 /// `SIGXCPU`: the CPU time limit was reached.

@@ -98,7 +98,22 @@ pub(crate) fn die_by_signal(signal: i32) -> ! {
 ///
 /// Fails with `BrokenPipe` if the node is already gone.
 pub(crate) fn arm_death_signal(read_end: RawFd) -> io::Result<OwnedFd> {
-    let path = format!("/proc/self/fd/{read_end}\0");
+    // "/proc/self/fd/<n>" and a NUL, built on the stack.
+    let mut path = *b"/proc/self/fd/\0\0\0\0\0\0\0\0\0\0\0";
+    let mut digits = [0u8; 10];
+    let mut n = read_end as u32;
+    let mut len = 0;
+    loop {
+        digits[len] = b'0' + (n % 10) as u8;
+        len += 1;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    for i in 0..len {
+        path[14 + i] = digits[len - 1 - i];
+    }
     let fd = syscall!(open(
         path.as_ptr().cast(),
         libc::O_RDONLY | libc::O_NONBLOCK | libc::O_CLOEXEC
@@ -109,12 +124,7 @@ pub(crate) fn arm_death_signal(read_end: RawFd) -> io::Result<OwnedFd> {
     let me = unsafe { libc::getpid() };
     syscall!(fcntl(fd.as_raw_fd(), libc::F_SETOWN, me))?;
     syscall!(fcntl(fd.as_raw_fd(), F_SETSIG, libc::SIGKILL))?;
-    let flags = syscall!(fcntl(fd.as_raw_fd(), libc::F_GETFL))?;
-    syscall!(fcntl(
-        fd.as_raw_fd(),
-        libc::F_SETFL,
-        flags | libc::O_ASYNC | libc::O_NONBLOCK
-    ))?;
+    syscall!(fcntl(fd.as_raw_fd(), libc::F_SETFL, libc::O_ASYNC | libc::O_NONBLOCK))?;
     // The node may have died before the signal was armed: check once by hand.
     let mut pfd = libc::pollfd {
         fd: fd.as_raw_fd(),

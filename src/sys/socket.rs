@@ -75,12 +75,12 @@ pub(crate) fn connect_abstract(name: &[u8], nonblocking: bool) -> io::Result<Own
     }
 }
 
-/// A connected pair of stream sockets (close-on-exec, blocking).
+/// A connected pair of stream sockets (close-on-exec, non-blocking).
 pub(crate) fn socketpair() -> io::Result<(OwnedFd, OwnedFd)> {
     let mut fds = [0 as RawFd; 2];
     syscall!(socketpair(
         libc::AF_UNIX,
-        libc::SOCK_STREAM | libc::SOCK_CLOEXEC,
+        libc::SOCK_STREAM | libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK,
         0,
         fds.as_mut_ptr()
     ))?;
