@@ -149,6 +149,10 @@ pub(crate) struct State {
     bg_parked: bool,
     /// When a user poll last returned.
     last_user_poll: Option<Instant>,
+    /// User threads inside `pump` now.
+    users_in_pump: usize,
+    /// Since when user threads have been inside `pump` without a break.
+    pumping_since: Option<Instant>,
     /// Mailbox bound and overflow policy.
     bound: Option<(usize, Overflow)>,
     /// Read buffer.
@@ -224,6 +228,8 @@ impl Inbox {
                 users_waiting: 0,
                 bg_parked: false,
                 last_user_poll: None,
+                users_in_pump: 0,
+                pumping_since: None,
                 bound,
                 scratch: Vec::new(),
                 events: Vec::new(),
@@ -329,6 +335,10 @@ impl Inbox {
         }
         // About to wait: what this process sent must leave first.
         rt.begin_receive();
+        st.users_in_pump += 1;
+        if st.pumping_since.is_none() {
+            st.pumping_since = Some(Instant::now());
+        }
         let mut polled = false;
         let out = loop {
             if let Some(r) = check(&mut st) {
@@ -381,11 +391,15 @@ impl Inbox {
         rt.slot()
             .state
             .store(crate::process::ProcessState::Running as u32, Ordering::Relaxed);
-        if st.bg_parked && st.users_waiting == 0 && st.poller == Poller::Idle {
-            // The background thread slept while this thread received; let it
-            // watch again (it waits out the idle delay first).
-            st.bg_parked = false;
-            self.bg_cond.notify_one();
+        st.users_in_pump -= 1;
+        if st.users_in_pump == 0 {
+            st.pumping_since = None;
+            if st.bg_parked {
+                // The background thread slept through a long receive; let it
+                // watch again (it waits out the idle delay first).
+                st.bg_parked = false;
+                self.bg_cond.notify_one();
+            }
         }
         drop(st);
         rt.ensure_background();
@@ -421,10 +435,19 @@ impl Inbox {
             if st.stop {
                 return;
             }
-            if st.poller != Poller::Idle || st.users_waiting > 0 {
-                st.bg_parked = true;
-                st = self.bg_cond.wait(st);
-                st.bg_parked = false;
+            if let Some(since) = st.pumping_since {
+                // A user thread receives. Through a long receive, sleep until
+                // it ends (it wakes us); through short ones that follow each
+                // other (a ping-pong), look again now and then, so that the
+                // receiving thread never has to wake us.
+                let long = since.elapsed();
+                if long >= BACKGROUND_IDLE {
+                    st.bg_parked = true;
+                    st = self.bg_cond.wait(st);
+                    st.bg_parked = false;
+                } else {
+                    st = self.bg_cond.wait_for(st, BACKGROUND_IDLE - long).0;
+                }
                 continue;
             }
             if let Some(t) = st.last_user_poll {

@@ -262,6 +262,7 @@ fn init_node(config: Config) -> Result<Node, InitError> {
         flush_delay: config.flush_delay,
         exit_flush: config.exit_flush_timeout,
         max_connections: config.max_connections,
+        uid: sys::process::getuid(),
     };
     let (death_read, death_write) = sys::signal::pipe()?;
 

@@ -19,7 +19,7 @@ use crate::node::inbox::Inbox;
 use crate::node::outbox::{BuildError, Outbox, Sent};
 use crate::process::{Overflow, Pid, ProcessState};
 use crate::sys::global::ForkGlobal;
-use crate::sys::process::{exit_now, getuid};
+use crate::sys::process::exit_now;
 use crate::sys::shared::{SLOTS, SharedArea, Slot};
 use crate::sys::socket;
 use crate::wire::envelope::{NodeReply, ToNode};
@@ -38,6 +38,8 @@ pub(crate) struct Settings {
     pub(crate) exit_flush: Duration,
     /// Most outgoing connections a process keeps open.
     pub(crate) max_connections: usize,
+    /// The node's user id (every process of a node runs as it).
+    pub(crate) uid: u32,
 }
 
 /// The runtime of the current process.
@@ -121,7 +123,7 @@ impl Runtime {
         slot.serial.store(me.serial(), Ordering::Release);
         Ok(Runtime {
             me,
-            uid: getuid(),
+            uid: settings.uid,
             shared,
             settings,
             ctl,
