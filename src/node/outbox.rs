@@ -25,6 +25,9 @@ use std::io;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::time::{Duration, Instant};
 
+use std::hash::{BuildHasherDefault, Hasher};
+use std::sync::atomic::{AtomicBool, Ordering};
+
 use crate::sync::Mutex;
 
 use crate::node::inbox::{Inbox, OUT_TAG};
@@ -78,8 +81,8 @@ struct OutConn {
     last_epoch: u64,
     /// Registered for writability because the kernel buffer was full.
     backlogged: bool,
-    /// Last use, for least-recently-used closing.
-    last_used: Instant,
+    /// Last use (a count of sends), for least-recently-used closing.
+    last_used: u64,
 }
 
 impl OutConn {
@@ -88,13 +91,44 @@ impl OutConn {
     }
 }
 
+/// Hashes a serial for the connection map: serials are unique integers, so a
+/// multiplication spreads them enough (SipHash would cost more than the rest
+/// of a send).
+#[derive(Debug, Default, Clone, Copy)]
+struct SerialHasher(u64);
+
+impl Hasher for SerialHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0 ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3);
+        }
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n.wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    }
+}
+
+/// The open connections.
+#[derive(Debug, Default)]
+struct Conns {
+    /// By target serial.
+    map: HashMap<u64, OutConn, BuildHasherDefault<SerialHasher>>,
+    /// Sends so far (the clock of least-recently-used closing).
+    uses: u64,
+}
+
 /// The send side of a process.
 #[derive(Debug)]
 pub(crate) struct Outbox {
     /// Connections by target serial.
-    conns: Mutex<HashMap<u64, OutConn>>,
+    conns: Mutex<Conns>,
     /// Whether the flush timer (in the inbox's descriptors) is armed.
-    timer_armed: Mutex<bool>,
+    timer_armed: AtomicBool,
     /// Largest message body accepted.
     max_message: usize,
     /// Quiet time after which a frame is written at once.
@@ -107,15 +141,10 @@ pub(crate) struct Outbox {
 }
 
 impl Outbox {
-    pub(crate) fn new(
-        max_message: usize,
-        coalesce: Duration,
-        flush_delay: Duration,
-        max_conns: usize,
-    ) -> Outbox {
+    pub(crate) fn new(max_message: usize, coalesce: Duration, flush_delay: Duration, max_conns: usize) -> Outbox {
         Outbox {
-            conns: Mutex::new(HashMap::new()),
-            timer_armed: Mutex::new(false),
+            conns: Mutex::new(Conns::default()),
+            timer_armed: AtomicBool::new(false),
             max_message,
             coalesce,
             flush_delay,
@@ -137,41 +166,20 @@ impl Outbox {
         overhead: usize,
         build: impl FnOnce(&mut Vec<u8>) -> Result<(), String>,
     ) -> Result<Sent, BuildError> {
-        let mut conns = self.conns.lock();
-        if !conns.contains_key(&target.serial()) {
-            if conns.len() >= self.max_conns {
-                Self::close_idle(&mut conns, inbox);
-            }
-            let fd = match socket::connect_abstract(&target.address(), true) {
-                Ok(fd) => fd,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    // The listener's backlog is full: wait for room rather than
-                    // lose the frame.
-                    let fd = socket::connect_abstract(&target.address(), false).map_err(BuildError::Io)?;
-                    socket::set_nonblocking(&fd, true).map_err(BuildError::Io)?;
-                    fd
+        let serial = target.serial();
+        let mut guard = self.conns.lock();
+        let conns = &mut *guard;
+        conns.uses += 1;
+        let uses = conns.uses;
+        if !conns.map.contains_key(&serial) {
+            match self.connect(conns, inbox, me, epoch, target)? {
+                Some(conn) => {
+                    conns.map.insert(serial, conn);
                 }
-                Err(e) if socket::peer_gone(&e) => return Ok(Sent::Dropped),
-                Err(e) => return Err(BuildError::Io(e)),
-            };
-            let mut buf = Vec::with_capacity(256);
-            frame::push(&mut buf, Kind::Hello, &Hello { from: me }).expect("BUG: hello always encodes");
-            let now = Instant::now();
-            conns.insert(
-                target.serial(),
-                OutConn {
-                    fd,
-                    buf,
-                    off: 0,
-                    frames: 0,
-                    last_write: now - self.coalesce,
-                    last_epoch: epoch.wrapping_sub(1),
-                    backlogged: false,
-                    last_used: now,
-                },
-            );
+                None => return Ok(Sent::Dropped),
+            }
         }
-        let conn = conns.get_mut(&target.serial()).expect("BUG: connection just inserted");
+        let conn = conns.map.get_mut(&serial).expect("BUG: connection present");
         if try_only && conn.backlogged {
             return Ok(Sent::Full);
         }
@@ -188,28 +196,65 @@ impl Outbox {
             return Err(BuildError::TooLarge(payload));
         }
         conn.frames += 1;
-        let now = Instant::now();
-        conn.last_used = now;
+        conn.last_used = uses;
         if conn.backlogged {
             return Ok(Sent::Queued);
         }
-        let quiet =
-            conn.frames == 1 && (conn.last_epoch != epoch || now.duration_since(conn.last_write) >= self.coalesce);
+        // The clock is read only for the first frame of a batch.
+        let quiet = conn.frames == 1 && (conn.last_epoch != epoch || conn.last_write.elapsed() >= self.coalesce);
         if quiet || conn.frames >= BATCH_FRAMES || conn.pending() >= BATCH_BYTES {
-            let serial = target.serial();
-            if !self.write(conn, inbox, serial, epoch, now) {
-                conns.remove(&serial);
+            if !self.write(conn, inbox, serial, epoch) {
+                conns.map.remove(&serial);
             }
         } else {
-            drop(conns);
+            drop(guard);
             self.arm_timer(inbox);
         }
         Ok(Sent::Queued)
     }
 
+    /// Opens a connection to `target`, its hello queued; `None` if `target` is
+    /// gone.
+    fn connect(
+        &self,
+        conns: &mut Conns,
+        inbox: &Inbox,
+        me: Pid,
+        epoch: u64,
+        target: Pid,
+    ) -> Result<Option<OutConn>, BuildError> {
+        if conns.map.len() >= self.max_conns {
+            Self::close_idle(conns, inbox);
+        }
+        let fd = match socket::connect_abstract(&target.address(), true) {
+            Ok(fd) => fd,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                // The listener's backlog is full: wait for room rather than
+                // lose the frame.
+                let fd = socket::connect_abstract(&target.address(), false).map_err(BuildError::Io)?;
+                socket::set_nonblocking(&fd, true).map_err(BuildError::Io)?;
+                fd
+            }
+            Err(e) if socket::peer_gone(&e) => return Ok(None),
+            Err(e) => return Err(BuildError::Io(e)),
+        };
+        let mut buf = Vec::with_capacity(256);
+        frame::push(&mut buf, Kind::Hello, &Hello { from: me }).expect("BUG: hello always encodes");
+        Ok(Some(OutConn {
+            fd,
+            buf,
+            off: 0,
+            frames: 0,
+            last_write: Instant::now() - self.coalesce,
+            last_epoch: epoch.wrapping_sub(1),
+            backlogged: false,
+            last_used: conns.uses,
+        }))
+    }
+
     /// Writes what `conn` has pending. Returns `false` if the peer is gone (the
     /// connection should be dropped).
-    fn write(&self, conn: &mut OutConn, inbox: &Inbox, serial: u64, epoch: u64, now: Instant) -> bool {
+    fn write(&self, conn: &mut OutConn, inbox: &Inbox, serial: u64, epoch: u64) -> bool {
         while conn.pending() > 0 {
             match socket::send(&conn.fd, &conn.buf[conn.off..]) {
                 Ok(n) => conn.off += n,
@@ -232,7 +277,7 @@ impl Outbox {
         }
         conn.off = 0;
         conn.frames = 0;
-        conn.last_write = now;
+        conn.last_write = Instant::now();
         conn.last_epoch = epoch;
         if conn.backlogged {
             conn.backlogged = false;
@@ -242,9 +287,7 @@ impl Outbox {
     }
 
     fn arm_timer(&self, inbox: &Inbox) {
-        let mut armed = self.timer_armed.lock();
-        if !*armed {
-            *armed = true;
+        if !self.timer_armed.swap(true, Ordering::AcqRel) {
             let _ = inbox.io().timer.set(self.flush_delay);
             inbox.need_background();
         }
@@ -252,32 +295,27 @@ impl Outbox {
 
     /// Writes every connection's pending frames that the kernel takes now.
     pub(crate) fn flush(&self, inbox: &Inbox, epoch: u64) {
-        {
-            let mut armed = self.timer_armed.lock();
-            if *armed {
-                // Disarming also forgets an expiry not read yet, so the timer
-                // never stays readable with nothing to flush.
-                if let Some(timer) = inbox.timer_if_any() {
-                    let _ = timer.disarm();
-                }
-                *armed = false;
+        if self.timer_armed.swap(false, Ordering::AcqRel) {
+            // Disarming also forgets an expiry not read yet, so the timer
+            // never stays readable with nothing to flush.
+            if let Some(timer) = inbox.timer_if_any() {
+                let _ = timer.disarm();
             }
         }
         let mut conns = self.conns.lock();
-        let now = Instant::now();
-        conns.retain(|&serial, conn| {
-            conn.backlogged || conn.pending() == 0 || self.write(conn, inbox, serial, epoch, now)
-        });
+        conns
+            .map
+            .retain(|&serial, conn| conn.backlogged || conn.pending() == 0 || self.write(conn, inbox, serial, epoch));
     }
 
     /// The connection to `serial` can take more bytes.
     pub(crate) fn on_writable(&self, inbox: &Inbox, serial: u64, epoch: u64) {
         let mut conns = self.conns.lock();
-        if let Some(conn) = conns.get_mut(&serial) {
+        if let Some(conn) = conns.map.get_mut(&serial) {
             conn.backlogged = false;
             inbox.epoll().delete(conn.fd.as_raw_fd());
-            if !self.write(conn, inbox, serial, epoch, Instant::now()) {
-                conns.remove(&serial);
+            if !self.write(conn, inbox, serial, epoch) {
+                conns.map.remove(&serial);
             }
         }
     }
@@ -286,7 +324,7 @@ impl Outbox {
     /// the process exits: what reaches the kernel survives the process.
     pub(crate) fn flush_blocking(&self, deadline: Instant) {
         let mut conns = self.conns.lock();
-        for conn in conns.values_mut() {
+        for conn in conns.map.values_mut() {
             let _ = socket::send_all(&conn.fd, &conn.buf[conn.off..], Some(deadline));
             conn.buf.clear();
             conn.off = 0;
@@ -294,14 +332,15 @@ impl Outbox {
     }
 
     /// Closes the least recently used connection with nothing pending.
-    fn close_idle(conns: &mut HashMap<u64, OutConn>, inbox: &Inbox) {
+    fn close_idle(conns: &mut Conns, inbox: &Inbox) {
         let victim = conns
+            .map
             .iter()
             .filter(|(_, c)| c.pending() == 0 && !c.backlogged)
             .min_by_key(|(_, c)| c.last_used)
             .map(|(&s, _)| s);
         if let Some(serial) = victim
-            && let Some(conn) = conns.remove(&serial)
+            && let Some(conn) = conns.map.remove(&serial)
         {
             inbox.epoll().delete(conn.fd.as_raw_fd());
         }
@@ -309,6 +348,6 @@ impl Outbox {
 
     /// Forgets the connection to a process that is gone.
     pub(crate) fn forget(&self, serial: u64) {
-        self.conns.lock().remove(&serial);
+        self.conns.lock().map.remove(&serial);
     }
 }
