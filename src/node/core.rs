@@ -96,6 +96,8 @@ struct Proc {
     internal: bool,
     /// The spawner (the node's main thread) attaches the pidfd after the fork.
     pidfd_follows: bool,
+    /// Its pidfd is in the watcher's epoll (the node reaps it).
+    watched: bool,
 }
 
 impl Proc {
@@ -121,6 +123,7 @@ impl Proc {
             names: Vec::new(),
             internal: false,
             pidfd_follows: false,
+            watched: false,
         }
     }
 }
@@ -379,19 +382,30 @@ impl Core {
     }
 
     fn attach_pidfd(&mut self, serial: u64, pidfd: OwnedFd, ospid: i32) {
+        // The node watches the pidfds of the processes it must reap itself:
+        // its own children, and those whose parent is gone (adopted). A
+        // process whose parent lives is reaped by that parent, which reports
+        // the status: watching it too would only wake the node for nothing.
+        let parent = self.procs.get(&serial).map(|p| p.parent);
+        let watch = match parent {
+            Some(MAIN_SERIAL) | None => true,
+            Some(parent) => !self.procs.get(&parent).is_some_and(|q| !q.exited),
+        };
         let Some(p) = self.procs.get_mut(&serial) else {
             return;
         };
         if p.pidfd.is_some() {
             return;
         }
-        if self
-            .epoll
-            .add(pidfd.as_raw_fd(), PIDFD_TAG | serial, Interest::Read)
-            .is_err()
+        if watch
+            && self
+                .epoll
+                .add(pidfd.as_raw_fd(), PIDFD_TAG | serial, Interest::Read)
+                .is_err()
         {
             return;
         }
+        p.watched = watch;
         p.ospid = Some(ospid);
         p.pidfd = Some(pidfd);
         if p.kill_pending {
@@ -842,8 +856,11 @@ impl Core {
             return;
         };
         p.exited = true;
-        if let Some(fd) = &p.pidfd {
+        if let Some(fd) = &p.pidfd
+            && p.watched
+        {
             self.epoll.delete(fd.as_raw_fd());
+            p.watched = false;
         }
         self.try_status(serial);
         self.run_finalizations();
@@ -972,6 +989,21 @@ impl Core {
         }
         if let Some(t) = p.ctl {
             self.close_conn(t);
+        }
+        // Its children are the node's now (it is their subreaper): watch them.
+        let orphans: Vec<u64> = self
+            .procs
+            .values()
+            .filter(|c| c.parent == serial && !c.watched && !c.exited && c.pidfd.is_some())
+            .map(|c| c.serial)
+            .collect();
+        for c in orphans {
+            if let Some(child) = self.procs.get_mut(&c)
+                && let Some(fd) = &child.pidfd
+                && self.epoll.add(fd.as_raw_fd(), PIDFD_TAG | c, Interest::Read).is_ok()
+            {
+                child.watched = true;
+            }
         }
         if self.shutting_down {
             let children: Vec<u64> = self

@@ -170,6 +170,7 @@ fn run(setup: ZygoteSetup) -> Infallible {
                         })
                         .is_ok();
                     for (kind, req) in requests {
+                        let mut spawned = None;
                         let response = match (kind, req) {
                             (Kind::Ctl, Ok(req)) if conn.fds.len() >= 2 => {
                                 let mut fds = conn.fds.drain(..2);
@@ -177,11 +178,8 @@ fn run(setup: ZygoteSetup) -> Infallible {
                                 let ctl = fds.next().expect("BUG: two descriptors");
                                 drop(fds);
                                 match fork_one(&setup, armed.as_raw_fd(), req, listener, ctl) {
-                                    Ok((serial, ospid, pidfd)) => {
-                                        let token = CHILD_TAG | next;
-                                        next += 1;
-                                        let _ = epoll.add(pidfd.as_raw_fd(), token, Interest::Read);
-                                        children.insert(token, (serial, pidfd));
+                                    Ok((serial, ospid, ctl)) => {
+                                        spawned = Some((serial, ospid, ctl));
                                         Response::Spawned { ospid }
                                     }
                                     Err(e) => Response::Failed(e.to_string()),
@@ -190,9 +188,22 @@ fn run(setup: ZygoteSetup) -> Infallible {
                             (_, Err(e)) => Response::Failed(format!("undecodable request: {e}")),
                             _ => Response::Failed("request without its descriptors".into()),
                         };
+                        // Answer first: the spawner goes on while the pidfd
+                        // travels to the node.
                         let mut buf = Vec::new();
                         let _ = frame::push(&mut buf, Kind::Ctl, &response);
                         let _ = sys::socket::send_all(&conn.fd, &buf, None);
+                        if let Some((serial, ospid, ctl)) = spawned {
+                            match announce(serial, ospid, ctl) {
+                                Ok(pidfd) => {
+                                    let token = CHILD_TAG | next;
+                                    next += 1;
+                                    let _ = epoll.add(pidfd.as_raw_fd(), token, Interest::Read);
+                                    children.insert(token, (serial, pidfd));
+                                }
+                                Err(e) => eprintln!("converge-zygote: handing over a pidfd failed: {e}"),
+                            }
+                        }
                     }
                     if !ok {
                         epoll.delete(conn.fd.as_raw_fd());
@@ -224,7 +235,8 @@ fn run(setup: ZygoteSetup) -> Infallible {
     }
 }
 
-/// Forks one child for `req`; returns its serial, OS pid and pidfd.
+/// Forks one child for `req`; returns its serial, OS pid and a copy of its
+/// control connection (for [`announce`]).
 fn fork_one(
     setup: &ZygoteSetup,
     death: RawFd,
@@ -243,15 +255,22 @@ fn fork_one(
         death_read: death,
         options: req.options,
         keep_fds: Vec::new(),
-        announce_pidfd: true,
+        announce_pidfd: false,
     };
     let call = req.call;
     let ospid = sys::process::fork_child(move || child_main(plan, move |rt| run_entry(rt, call)))?;
+    Ok((serial, ospid, ctl_copy))
+}
+
+/// Hands the child's pidfd to the node (on the child's own control
+/// connection) and returns it, to reap the child. The zygote has not waited
+/// for the child yet, so its OS pid cannot have been reused.
+fn announce(serial: u64, ospid: i32, ctl: OwnedFd) -> io::Result<OwnedFd> {
     let pidfd = sys::process::pidfd_open(ospid)?;
     let mut buf = Vec::new();
     frame::push(&mut buf, Kind::Ctl, &ToNode::Pidfd { serial, ospid }).expect("BUG: control frames always encode");
-    sys::socket::send_with_fds(&ctl_copy, &buf, &[pidfd.as_raw_fd()])?;
-    Ok((serial, ospid, pidfd))
+    sys::socket::send_with_fds(&ctl, &buf, &[pidfd.as_raw_fd()])?;
+    Ok(pidfd)
 }
 
 fn run_entry(rt: &'static Runtime, call: Call) -> ExitReason {
