@@ -389,7 +389,7 @@ impl Core {
         let parent = self.procs.get(&serial).map(|p| p.parent);
         let watch = match parent {
             Some(MAIN_SERIAL) | None => true,
-            Some(parent) => !self.procs.get(&parent).is_some_and(|q| !q.exited),
+            Some(parent) => self.procs.get(&parent).is_none_or(|q| q.exited),
         };
         let Some(p) = self.procs.get_mut(&serial) else {
             return;
