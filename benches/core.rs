@@ -204,10 +204,9 @@ fn uss(node: &Node) {
         .sum();
     let rss = std::fs::read_to_string("/proc/self/statm").unwrap();
     let node_rss_mb = rss.split_whitespace().nth(1).unwrap().parse::<u64>().unwrap() * 4 / 1024;
-    common::RESULTS
-        .lock()
-        .unwrap()
-        .push(format!("uss_kib idle_process: {kib} (node rss {node_rss_mb} MB)"));
+    let mut results = common::RESULTS.lock().unwrap();
+    results.push(format!("uss_kib idle_process: {kib}"));
+    results.push(format!("node_rss_mb while measuring uss: {node_rss_mb}"));
     p.kill();
 }
 

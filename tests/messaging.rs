@@ -49,8 +49,9 @@ fn main() {
                 many_threads_receive_and_call_at_once,
             ),
             ("an_idle_process_uses_no_cpu", an_idle_process_uses_no_cpu),
+            ("order_holds_across_reconnections", order_holds_across_reconnections),
         ],
-        &[],
+        &[("few_connections", few_connections)],
     )
 }
 
@@ -515,4 +516,44 @@ fn an_idle_process_uses_no_cpu() {
     for i in 0..3 {
         assert_eq!(me.recv_timeout(PATIENCE).unwrap(), i);
     }
+}
+
+/// A node whose processes keep at most 2 outgoing connections: sending to 4
+/// targets in turn closes and reopens connections all the time.
+fn few_connections() {
+    let node = converge::Config::new().max_connections(2).init().unwrap();
+    let me = node.ctx::<bool>();
+    let targets: Vec<_> = (0..4)
+        .map(|_| {
+            let back = me.mailbox();
+            node.spawn(move |ctx: Ctx<u32>| {
+                let in_order = (0..500).all(|i| ctx.recv_timeout(PATIENCE) == Ok(i));
+                back.send(in_order).unwrap();
+            })
+            .unwrap()
+        })
+        .collect();
+    let sender = node
+        .spawn(move |_: Ctx<()>| {
+            for i in 0..500 {
+                for t in &targets {
+                    t.send(i).unwrap();
+                    // Nothing left pending: the least recently used
+                    // connection can be closed at the next send.
+                    converge::flush();
+                }
+            }
+        })
+        .unwrap();
+    let _ = sender;
+    let ok = (0..4).all(|_| me.recv_timeout(PATIENCE) == Ok(true));
+    util::say("in_order", ok);
+}
+
+/// Connections closed least-recently-used first and reopened keep every
+/// sender's order.
+fn order_holds_across_reconnections() {
+    let mut h = util::HelperProcess::start(util::helper("few_connections"));
+    assert_eq!(h.expect("in_order"), "true");
+    assert!(h.wait(PATIENCE).unwrap().success());
 }

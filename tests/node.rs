@@ -25,6 +25,7 @@ fn main() {
             ("process_info_reports_status", process_info_reports_status),
             ("stats_count_exits_by_kind", stats_count_exits_by_kind),
             ("orphans_of_a_process_are_reaped", orphans_of_a_process_are_reaped),
+            ("a_thousand_processes_at_once", a_thousand_processes_at_once),
         ],
         &[
             ("threaded_init", threaded_init),
@@ -359,4 +360,33 @@ fn orphans_of_a_process_are_reaped() {
     let orphan = h.join().unwrap();
     assert!(util::wait_until(PATIENCE, || node().stats().strangers_reaped > before));
     assert_eq!(util::os_state(orphan), None, "reaped, not a zombie");
+}
+
+/// 1,000 processes alive at once, each monitored; all killed, all Downs
+/// received.
+fn a_thousand_processes_at_once() {
+    let mut refs = Vec::new();
+    let mut boxes = Vec::new();
+    for _ in 0..1000 {
+        let (mb, r) = node().spawn_monitor(idle).unwrap();
+        boxes.push(mb);
+        refs.push(r);
+    }
+    assert_eq!(node().processes().len(), 1000);
+    assert_eq!(node().stats().alive, 1000);
+    for mb in &boxes {
+        mb.kill();
+    }
+    let me = node().ctx::<()>();
+    let mut downs = std::collections::HashSet::new();
+    while downs.len() < 1000 {
+        match me.recv_event_timeout(PATIENCE).unwrap() {
+            Event::Down(d) => {
+                assert_eq!(d.reason, ExitReason::Killed);
+                assert!(downs.insert(d.reference), "a second Down for one monitor");
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert!(refs.iter().all(|r| downs.contains(r)));
 }

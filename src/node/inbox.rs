@@ -15,10 +15,20 @@
 //! poller role, so that senders are drained eagerly (and never have to hold
 //! frames in their own memory for long), coalesced frames are flushed, and
 //! children are reaped. It steps aside for a receiving thread (evicted through
-//! an eventfd, one wake-up at the start of a busy period) and stays away while
-//! receives follow each other closely, so a ping-pong never pays a hand-off.
-//! The background thread is started lazily, the first time it is needed: a
-//! process that never receives or sends holds no runtime thread at all.
+//! an eventfd, one wake-up at the start of a busy period). While receives
+//! follow each other closely (a ping-pong) it looks in only once a millisecond
+//! on its own timer, so the receiving thread never has to wake it; only a
+//! receive that lasted longer than that wakes it when it ends.
+//!
+//! Everything is created lazily: the background thread the first time it is
+//! needed, and the epoll instance, eventfds and flush timer the first time the
+//! process receives or sends. A process that does neither (a closure that
+//! computes and returns) makes no system call for them, and an idle process
+//! holds one runtime thread at most.
+//!
+//! In the node's main thread, the exit watcher's epoll is nested in this one:
+//! a main thread blocked in a receive handles the node's events itself when it
+//! wakes first, so a `Down` reaches it without a hand-off between threads.
 //!
 //! Order: frames from one connection are queued in the order they were read;
 //! when a signal about process A (a `Down` or a trapped `Exit`) arrives on the
