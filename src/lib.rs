@@ -106,6 +106,7 @@ mod mailbox;
 mod monitor;
 mod node;
 mod pool;
+pub mod port;
 mod process;
 mod sync;
 mod sys;
@@ -123,6 +124,7 @@ pub use link::ExitSignal;
 pub use mailbox::{Ctx, Event, Mailbox, ReplyTo};
 pub use monitor::{Down, MonitorRef};
 pub use node::{Config, Node, NodeStats, init};
+pub use port::{Framing, Port, PortBuilder, PortError, PortOutput, Stderr};
 pub use process::{
     Builder, JoinHandle, NodeId, Overflow, Pid, ProcessInfo, ProcessState, flush, process_info, register, self_pid,
     spawn, spawn_fn, spawn_join, spawn_link, spawn_monitor, unregister, whereis,

@@ -289,6 +289,7 @@ impl<'de, R> Deserialize<'de> for ReplyTo<R> {
 /// Something a process receives: a message, or a signal about another process,
 /// in arrival order.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Event<M> {
     /// A message.
     Message(M),
@@ -299,6 +300,13 @@ pub enum Event<M> {
     /// A frame that did not decode as `M` (it is counted in
     /// [`ProcessInfo::undecodable`](crate::ProcessInfo::undecodable)).
     Undecodable(DecodeError),
+    /// An event of a port this process owns (see [`Port`](crate::Port)).
+    Port {
+        /// The port.
+        port: Pid,
+        /// Its event.
+        output: crate::port::PortOutput,
+    },
 }
 
 /// The receiving end of a process's mailbox, typed as `M`: messages, `Down`
@@ -529,6 +537,10 @@ fn next_event<M: DeserializeOwned>(rt: &Runtime, st: &mut State) -> Option<Event
         },
         Item::Down(d) => Event::Down(d),
         Item::Exit(e) => Event::Exit(e),
+        Item::Port { port, output } => Event::Port {
+            port: Pid::new(rt.pid().node(), port),
+            output,
+        },
     })
 }
 

@@ -13,13 +13,15 @@ use crate::exit::ExitReason;
 use crate::process::{NodeId, Pid, ProcessInfo, ProcessState};
 use crate::sys::poll::{Epoll, Interest};
 use crate::sys::process::{
-    SIGKILL, SIGXCPU, WaitStatus, pidfd_exit_info, pidfd_open, pidfd_send_signal, pidfd_try_wait,
+    SIGKILL, SIGTERM, SIGXCPU, WaitStatus, pidfd_exit_info, pidfd_open, pidfd_send_signal, pidfd_signal_group,
+    pidfd_try_wait,
 };
 use crate::sys::shared::{SLOTS, SharedArea};
 use crate::sys::socket;
 use crate::wire::decode_exact;
-use crate::wire::envelope::{NodeReply, Registration, ToNode, ToProcess};
+use crate::wire::envelope::{NodeReply, PortInfo, Registration, ToNode, ToProcess};
 use crate::wire::frame::{self, Decoder, Kind};
+use std::time::{Duration, Instant};
 
 /// Token of the control listener in the watcher's epoll.
 pub(crate) const TOKEN_CTL_LISTENER: u64 = 1;
@@ -98,6 +100,10 @@ struct Proc {
     pidfd_follows: bool,
     /// Its pidfd is in the watcher's epoll (the node reaps it).
     watched: bool,
+    /// An external program (a port) leading its own process group.
+    port: Option<PortInfo>,
+    /// The process that reaps it: its OS parent (the spawner, or the zygote).
+    reaper: u64,
 }
 
 impl Proc {
@@ -124,6 +130,8 @@ impl Proc {
             internal: false,
             pidfd_follows: false,
             watched: false,
+            port: None,
+            reaper: parent,
         }
     }
 }
@@ -199,6 +207,8 @@ pub(crate) struct Core {
     to_finalize: VecDeque<u64>,
     /// Whether finalizations are running (they are not re-entered).
     finalizing: bool,
+    /// Ports to kill at a deadline (their shutdown time is up).
+    timers: Vec<(Instant, u64)>,
     /// The watcher waits with a timeout (it will retry statuses and scan for
     /// orphans without being woken).
     pub(crate) watcher_will_wake: bool,
@@ -233,6 +243,7 @@ impl Core {
             scratch: vec![0; 64 * 1024],
             to_finalize: VecDeque::new(),
             finalizing: false,
+            timers: Vec::new(),
             watcher_will_wake: false,
             early_status: HashMap::new(),
         }
@@ -302,6 +313,56 @@ impl Core {
         Ok(())
     }
 
+    /// Registers a port: an external program started by its owner (the
+    /// registration's parent), leading its own process group.
+    pub(crate) fn register_port(&mut self, reg: Registration, pidfd: OwnedFd, ospid: i32, port: PortInfo) {
+        let serial = reg.serial;
+        let parent = reg.parent;
+        let parent_alive = self.procs.get(&parent).is_some_and(|p| !p.exited);
+        let mut p = Proc::new(serial, parent);
+        p.name = reg.name;
+        p.port = Some(port);
+        p.reaper = reg.reaper.unwrap_or(parent);
+        if parent_alive {
+            p.monitors = reg
+                .monitors
+                .iter()
+                .map(|&(reference, internal)| MonitorEntry {
+                    reference,
+                    watcher: parent,
+                    internal,
+                })
+                .collect();
+            if reg.link {
+                p.links.insert(parent);
+            }
+        }
+        self.procs.insert(serial, p);
+        self.counters.spawned += 1;
+        if parent_alive {
+            let owner = self.procs.get_mut(&parent).expect("BUG: owner checked above");
+            for (reference, _) in reg.monitors {
+                owner.watching.insert(reference, serial);
+            }
+            if reg.link {
+                owner.links.insert(serial);
+            }
+        }
+        self.attach_pidfd(serial, pidfd, ospid);
+        if !parent_alive {
+            // Its owner is already gone: so is the port.
+            self.kill(serial, ExitReason::Shutdown);
+        }
+        if let Some(status) = self.early_status.remove(&serial)
+            && let Some(p) = self.procs.get_mut(&serial)
+        {
+            p.status = Some(status);
+            p.exited = true;
+            self.to_finalize.push_back(serial);
+        }
+        self.run_finalizations();
+    }
+
     /// Attaches the pidfd of a process registered with `register_local`.
     pub(crate) fn attach_local_pidfd(&mut self, serial: u64, pidfd: OwnedFd, ospid: i32) {
         if let Some(p) = self.procs.get_mut(&serial) {
@@ -342,6 +403,7 @@ impl Core {
         // connection (a child can be quicker than its parent's announcement).
         let parent_alive = self.known(reg.parent) && self.procs.get(&reg.parent).is_some_and(|p| !p.exited);
         let mut p = Proc::new(serial, reg.parent);
+        p.reaper = reg.reaper.unwrap_or(reg.parent);
         p.ctl = Some(token);
         p.name = reg.name;
         p.trap_exits = reg.trap_exits;
@@ -386,10 +448,10 @@ impl Core {
         // its own children, and those whose parent is gone (adopted). A
         // process whose parent lives is reaped by that parent, which reports
         // the status: watching it too would only wake the node for nothing.
-        let parent = self.procs.get(&serial).map(|p| p.parent);
-        let watch = match parent {
+        let reaper = self.procs.get(&serial).map(|p| p.reaper);
+        let watch = match reaper {
             Some(MAIN_SERIAL) | None => true,
-            Some(parent) => self.procs.get(&parent).is_none_or(|q| q.exited),
+            Some(reaper) => self.procs.get(&reaper).is_none_or(|q| q.exited),
         };
         let Some(p) = self.procs.get_mut(&serial) else {
             return;
@@ -530,6 +592,12 @@ impl Core {
                     self.attach_pidfd(serial, fd, ospid);
                 }
             }
+            ToNode::Port { reg, ospid, port } => {
+                let fd = self.conns.get_mut(&token).and_then(|c| c.fds.pop_front());
+                if let Some(fd) = fd {
+                    self.register_port(reg, fd, ospid, port);
+                }
+            }
             other => match from {
                 Some(from) => {
                     if let Some(reply) = self.request(from, other) {
@@ -562,7 +630,7 @@ impl Core {
     /// request expects one.
     fn request(&mut self, from: u64, msg: ToNode) -> Option<(u64, NodeReply)> {
         match msg {
-            ToNode::Register(_) | ToNode::Pidfd { .. } => None,
+            ToNode::Register(_) | ToNode::Pidfd { .. } | ToNode::Port { .. } => None,
             ToNode::Withdraw { serial } => {
                 self.withdraw(serial);
                 None
@@ -773,6 +841,16 @@ impl Core {
             }
             return;
         }
+        if p.port.is_some() && !untrappable {
+            // A port is an external program: it cannot trap. Shutdown asks it
+            // to stop (SIGTERM to its group), the rest kills it.
+            if reason == ExitReason::Shutdown {
+                self.terminate_port(target);
+            } else if !reason.is_normal() || from == target {
+                self.kill(target, reason);
+            }
+            return;
+        }
         if untrappable {
             self.kill(target, ExitReason::Killed);
         } else if p.trap_exits {
@@ -792,14 +870,60 @@ impl Core {
         if p.kill_reason.is_none() {
             p.kill_reason = Some(reason);
         }
-        match &p.pidfd {
-            Some(fd) => {
+        match (&p.pidfd, &p.port, p.ospid) {
+            (Some(fd), Some(port), Some(ospid)) => {
+                if let Err(e) = pidfd_signal_group(fd, ospid, SIGKILL) {
+                    tracing::warn!(serial, "kill failed: {e}");
+                }
+                if let Some(cg) = &port.cgroup {
+                    crate::node::cgroup::kill(cg);
+                }
+            }
+            (Some(fd), _, _) => {
                 if let Err(e) = pidfd_send_signal(fd, SIGKILL) {
                     tracing::warn!(serial, "kill failed: {e}");
                 }
             }
-            None => p.kill_pending = true,
+            _ => p.kill_pending = true,
         }
+    }
+
+    /// Asks a port to stop: `SIGTERM` to its process group now, `SIGKILL` when
+    /// its shutdown time is up.
+    fn terminate_port(&mut self, serial: u64) {
+        let Some(p) = self.procs.get_mut(&serial) else {
+            return;
+        };
+        if p.kill_reason.is_none() {
+            p.kill_reason = Some(ExitReason::Shutdown);
+        }
+        let (Some(fd), Some(port), Some(ospid)) = (&p.pidfd, &p.port, p.ospid) else {
+            p.kill_pending = true;
+            return;
+        };
+        let _ = pidfd_signal_group(fd, ospid, SIGTERM);
+        let deadline = Instant::now() + Duration::from_millis(port.shutdown_ms);
+        self.timers.push((deadline, serial));
+        self.watcher_will_wake = false;
+    }
+
+    /// The earliest timer, if any.
+    pub(crate) fn next_timer(&self) -> Option<Instant> {
+        self.timers.iter().map(|t| t.0).min()
+    }
+
+    /// Runs the timers that are due: ports that did not stop in time are
+    /// killed.
+    pub(crate) fn run_timers(&mut self) {
+        let now = Instant::now();
+        let due: Vec<u64> = self.timers.iter().filter(|t| t.0 <= now).map(|t| t.1).collect();
+        self.timers.retain(|t| t.0 > now);
+        for serial in due {
+            if self.procs.get(&serial).is_some_and(|p| !p.exited) {
+                self.kill(serial, ExitReason::Shutdown);
+            }
+        }
+        self.run_finalizations();
     }
 
     /// Queues a control frame for process `serial`.
@@ -861,6 +985,15 @@ impl Core {
         {
             self.epoll.delete(fd.as_raw_fd());
             p.watched = false;
+        }
+        // A port's leader is gone: nothing of its group may outlive it. The
+        // group is signalled before the leader is reaped, while its id cannot
+        // have been reused.
+        if let (Some(fd), Some(port), Some(ospid)) = (&p.pidfd, &p.port, p.ospid) {
+            let _ = pidfd_signal_group(fd, ospid, SIGKILL);
+            if let Some(cg) = &port.cgroup {
+                crate::node::cgroup::kill(cg);
+            }
         }
         self.try_status(serial);
         self.run_finalizations();
@@ -990,11 +1123,29 @@ impl Core {
         if let Some(t) = p.ctl {
             self.close_conn(t);
         }
+        // Its ports go with it: stopped in order if it ended normally, killed
+        // with its reason otherwise.
+        let ports: Vec<u64> = self
+            .procs
+            .values()
+            .filter(|c| c.parent == serial && c.port.is_some() && !c.exited)
+            .map(|c| c.serial)
+            .collect();
+        for port in ports {
+            if reason.is_normal() {
+                self.terminate_port(port);
+            } else {
+                self.kill(port, reason.clone());
+            }
+        }
+        if let Some(cg) = p.port.as_ref().and_then(|port| port.cgroup.as_ref()) {
+            crate::node::cgroup::remove(cg);
+        }
         // Its children are the node's now (it is their subreaper): watch them.
         let orphans: Vec<u64> = self
             .procs
             .values()
-            .filter(|c| c.parent == serial && !c.watched && !c.exited && c.pidfd.is_some())
+            .filter(|c| c.reaper == serial && !c.watched && !c.exited && c.pidfd.is_some())
             .map(|c| c.serial)
             .collect();
         for c in orphans {
@@ -1182,7 +1333,7 @@ impl Core {
 fn reason_of(p: &Proc) -> ExitReason {
     match p.status {
         Some(WaitStatus::Signaled { signal, core_dumped }) => {
-            if signal == SIGKILL {
+            if signal == SIGKILL || (p.port.is_some() && p.kill_reason.is_some()) {
                 p.kill_reason.clone().unwrap_or(ExitReason::Killed)
             } else if signal == SIGXCPU && p.cpu_limited {
                 ExitReason::CpuLimit

@@ -48,6 +48,7 @@ use crate::exit::ExitReason;
 use crate::link::ExitSignal;
 use crate::monitor::{Down, MonitorRef};
 use crate::node::runtime::Runtime;
+use crate::port::{Framing, PortError, PortOutput, Stderr};
 use crate::process::{Overflow, Pid};
 use crate::sys::poll::{Epoll, Event, EventFd, Interest, TimerFd};
 use crate::sys::process::pidfd_try_wait;
@@ -72,6 +73,11 @@ const CONN_TAG: u64 = 1 << 56;
 const CHILD_TAG: u64 = 2 << 56;
 /// Tag of backlogged outbound connections (waiting to be writable).
 pub(crate) const OUT_TAG: u64 = 3 << 56;
+/// Tag of ports' pipes: `PORT_TAG | serial << 2 | pipe`.
+const PORT_TAG: u64 = 4 << 56;
+const PORT_STDOUT: u64 = 0;
+const PORT_STDERR: u64 = 1;
+const PORT_STDIN: u64 = 2;
 
 /// How long the background thread stays away after a receive ended.
 const BACKGROUND_IDLE: Duration = Duration::from_millis(1);
@@ -94,6 +100,80 @@ pub(crate) enum Item {
     Down(Down),
     /// An exit signal, trapped.
     Exit(ExitSignal),
+    /// An event of a port this process owns.
+    Port {
+        /// The port's serial.
+        port: u64,
+        /// The event.
+        output: PortOutput,
+    },
+}
+
+/// The pipes of a port this process owns, and their framing state.
+#[derive(Debug)]
+pub(crate) struct PortIo {
+    /// The port.
+    pid: Pid,
+    /// Its standard output (read end), until its end.
+    stdout: Option<OwnedFd>,
+    /// Its standard error (read end), when separate or logged.
+    stderr: Option<OwnedFd>,
+    /// Its standard input (write end), until closed.
+    stdin: Option<OwnedFd>,
+    /// How standard output is cut.
+    framing: Framing,
+    /// What happens to standard error.
+    stderr_mode: Stderr,
+    /// Largest packet accepted.
+    max_packet: usize,
+    /// Bytes of standard output not yet cut into an event.
+    partial: Vec<u8>,
+    /// Bytes of standard error not yet logged (a partial line).
+    stderr_partial: Vec<u8>,
+    /// Input not yet written, from `stdin_off`.
+    stdin_pending: Vec<u8>,
+    /// Written part of `stdin_pending`.
+    stdin_off: usize,
+    /// Waiting for the input pipe to be writable.
+    stdin_waiting: bool,
+    /// Close the input once what is pending is written.
+    close_input: bool,
+    /// The internal monitor whose Down is the port's exit.
+    exit_ref: u64,
+    /// Output broke the framing: it is not read further.
+    broken: bool,
+}
+
+impl PortIo {
+    #[allow(clippy::too_many_arguments)] // Every field is a distinct part of the port.
+    pub(crate) fn new(
+        pid: Pid,
+        stdout: OwnedFd,
+        stderr: Option<OwnedFd>,
+        stdin: OwnedFd,
+        framing: Framing,
+        stderr_mode: Stderr,
+        max_packet: usize,
+        exit_ref: u64,
+    ) -> PortIo {
+        PortIo {
+            pid,
+            stdout: Some(stdout),
+            stderr,
+            stdin: Some(stdin),
+            framing,
+            stderr_mode,
+            max_packet,
+            partial: Vec::new(),
+            stderr_partial: Vec::new(),
+            stdin_pending: Vec::new(),
+            stdin_off: 0,
+            stdin_waiting: false,
+            close_input: false,
+            exit_ref,
+            broken: false,
+        }
+    }
 }
 
 /// What arrived for a reference the runtime waits on (a call, a join, a
@@ -151,6 +231,8 @@ pub(crate) struct State {
     ctl_decoder: Decoder,
     /// Children whose pidfds this process polls, to reap them: token → (serial, pidfd).
     children: HashMap<u64, (u64, OwnedFd)>,
+    /// Ports this process owns, by serial.
+    ports: HashMap<u64, PortIo>,
     /// Who polls.
     poller: Poller,
     /// User threads waiting on the condition variable.
@@ -234,6 +316,7 @@ impl Inbox {
                 next_conn: 0,
                 ctl_decoder: Decoder::default(),
                 children: HashMap::new(),
+                ports: HashMap::new(),
                 poller: Poller::Idle,
                 users_waiting: 0,
                 bg_parked: false,
@@ -321,6 +404,170 @@ impl Inbox {
 
     /// Polls a child's pidfd so that this process reaps it and reports its
     /// status to the node.
+    /// Reads a port's output from now on.
+    pub(crate) fn add_port(&self, serial: u64, port: PortIo) {
+        self.state.lock().ports.insert(serial, port);
+    }
+
+    /// Starts reading a port's output, once the node knows the port: what
+    /// the output may cause (a broken framing kills the port) must find it
+    /// registered. Until then its exit still finds it (and reads it out).
+    pub(crate) fn watch_port(&self, serial: u64) -> io::Result<()> {
+        let st = self.state.lock();
+        let Some(port) = st.ports.get(&serial) else {
+            return Ok(());
+        };
+        let base = PORT_TAG | serial << 2;
+        if let Some(fd) = &port.stdout {
+            self.epoll().add(fd.as_raw_fd(), base | PORT_STDOUT, Interest::Read)?;
+        }
+        if let Some(fd) = &port.stderr {
+            self.epoll().add(fd.as_raw_fd(), base | PORT_STDERR, Interest::Read)?;
+        }
+        self.need_background();
+        Ok(())
+    }
+
+    /// Writes to a port's input (or queues, in order, when the pipe is full).
+    pub(crate) fn port_write(&self, rt: &Runtime, serial: u64, bytes: &[u8]) -> Result<(), PortError> {
+        let mut st = self.state.lock();
+        let port = st.ports.get_mut(&serial).ok_or(PortError::Closed)?;
+        if port.stdin.is_none() || port.close_input {
+            return Err(PortError::Closed);
+        }
+        port.stdin_pending.extend_from_slice(bytes);
+        self.port_flush_input(rt, &mut st, serial);
+        Ok(())
+    }
+
+    /// Closes a port's input once what is pending is written.
+    pub(crate) fn port_close_input(&self, rt: &Runtime, serial: u64) {
+        let mut st = self.state.lock();
+        if let Some(port) = st.ports.get_mut(&serial) {
+            port.close_input = true;
+        }
+        self.port_flush_input(rt, &mut st, serial);
+    }
+
+    /// Writes what a port's input pipe takes now.
+    fn port_flush_input(&self, _rt: &Runtime, st: &mut State, serial: u64) {
+        let Some(port) = st.ports.get_mut(&serial) else {
+            return;
+        };
+        let Some(fd) = &port.stdin else {
+            return;
+        };
+        let token = PORT_TAG | serial << 2 | PORT_STDIN;
+        while port.stdin_off < port.stdin_pending.len() {
+            match socket::write_fd(fd, &port.stdin_pending[port.stdin_off..]) {
+                Ok(n) => port.stdin_off += n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    if !port.stdin_waiting {
+                        port.stdin_waiting = true;
+                        let _ = self.epoll().add(fd.as_raw_fd(), token, Interest::Write);
+                        self.need_background();
+                    }
+                    return;
+                }
+                Err(_) => {
+                    // The program closed its input: nothing more can go in.
+                    port.stdin_pending.clear();
+                    port.stdin_off = 0;
+                    port.close_input = true;
+                    break;
+                }
+            }
+        }
+        port.stdin_pending.clear();
+        port.stdin_off = 0;
+        if port.stdin_waiting {
+            port.stdin_waiting = false;
+            self.epoll().delete(fd.as_raw_fd());
+        }
+        if port.close_input {
+            port.stdin = None;
+        }
+    }
+
+    /// Reads a port's output pipe (standard output or error) and queues what
+    /// it yields.
+    fn read_port(&self, rt: &Runtime, st: &mut State, serial: u64, pipe: u64, until_end: bool) {
+        if st.scratch.len() < SCRATCH {
+            st.scratch.resize(SCRATCH, 0);
+        }
+        loop {
+            let State {
+                ports, scratch, queue, ..
+            } = &mut *st;
+            let Some(port) = ports.get_mut(&serial) else {
+                return;
+            };
+            let fd = if pipe == PORT_STDOUT {
+                &port.stdout
+            } else {
+                &port.stderr
+            };
+            let Some(fd) = fd else {
+                return;
+            };
+            let n = match socket::read(fd, scratch) {
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(_) => 0,
+            };
+            if n == 0 {
+                // End of the pipe.
+                let fd = if pipe == PORT_STDOUT {
+                    port.stdout.take()
+                } else {
+                    port.stderr.take()
+                };
+                if let Some(fd) = fd {
+                    self.epoll().delete(fd.as_raw_fd());
+                }
+                if pipe == PORT_STDOUT {
+                    let tail = port_cut(port, &[], true);
+                    match tail {
+                        Ok(items) => queue.extend(items.into_iter().map(|output| Item::Port { port: serial, output })),
+                        Err(e) => self.port_broken(rt, port, e),
+                    }
+                    queue.push_back(Item::Port {
+                        port: serial,
+                        output: PortOutput::Eof,
+                    });
+                } else {
+                    port_stderr(port, queue, serial, &[], true);
+                }
+                return;
+            }
+            let data = &scratch[..n];
+            if pipe == PORT_STDOUT {
+                if !port.broken {
+                    match port_cut(port, data, false) {
+                        Ok(items) => queue.extend(items.into_iter().map(|output| Item::Port { port: serial, output })),
+                        Err(e) => self.port_broken(rt, port, e),
+                    }
+                }
+            } else {
+                port_stderr(port, queue, serial, data, false);
+            }
+            if !until_end && n < scratch.len() {
+                return;
+            }
+        }
+    }
+
+    /// The port's output broke its framing: it ends with that reason.
+    fn port_broken(&self, rt: &Runtime, port: &mut PortIo, why: String) {
+        port.broken = true;
+        tracing::warn!(port = %port.pid, "{why}");
+        rt.tell_node(&ToNode::ExitSignal {
+            target: port.pid,
+            reason: ExitReason::Error(why),
+            untrappable: false,
+        });
+    }
+
     pub(crate) fn add_child(&self, serial: u64, pidfd: OwnedFd) -> io::Result<()> {
         let mut st = self.state.lock();
         let token = CHILD_TAG | st.next_conn;
@@ -512,6 +759,13 @@ impl Inbox {
                     self.read_conn(rt, st, t, READ_BUDGET);
                 }
                 t if t & TAG_MASK == CHILD_TAG => self.reap_child(rt, st, t),
+                t if t & TAG_MASK == PORT_TAG => {
+                    let serial = (t & !TAG_MASK) >> 2;
+                    match t & 3 {
+                        PORT_STDIN => self.port_flush_input(rt, st, serial),
+                        pipe => self.read_port(rt, st, serial, pipe, false),
+                    }
+                }
                 t if t & TAG_MASK == OUT_TAG => rt.on_writable(t & !TAG_MASK),
                 _ => {}
             }
@@ -758,7 +1012,25 @@ impl Inbox {
                 reason,
             } => {
                 self.drain_sender(rt, st, pid);
-                if internal {
+                let port = st
+                    .ports
+                    .iter()
+                    .find(|(_, p)| internal && p.exit_ref == reference)
+                    .map(|(&s, _)| s);
+                if let Some(serial) = port {
+                    // Everything the program wrote comes first.
+                    self.read_port(rt, st, serial, PORT_STDOUT, true);
+                    self.read_port(rt, st, serial, PORT_STDERR, true);
+                    if let Some(p) = st.ports.remove(&serial) {
+                        for fd in [&p.stdout, &p.stderr, &p.stdin].into_iter().flatten() {
+                            self.epoll().delete(fd.as_raw_fd());
+                        }
+                    }
+                    st.queue.push_back(Item::Port {
+                        port: serial,
+                        output: PortOutput::Exit(reason),
+                    });
+                } else if internal {
                     if let Some(a) = st.awaited.get_mut(&reference) {
                         a.down = Some(reason);
                     }
@@ -855,6 +1127,101 @@ impl State {
             self.messages -= 1;
         }
         Some(item)
+    }
+}
+
+/// Cuts fresh standard output of a port into events (`end`: the pipe ended).
+fn port_cut(port: &mut PortIo, data: &[u8], end: bool) -> Result<Vec<PortOutput>, String> {
+    let mut out = Vec::new();
+    match port.framing {
+        Framing::Raw => {
+            if !data.is_empty() {
+                out.push(PortOutput::Data(data.to_vec()));
+            }
+        }
+        Framing::Lines { max } => {
+            for &b in data {
+                if b == b'\n' {
+                    out.push(PortOutput::Line {
+                        data: std::mem::take(&mut port.partial),
+                        cut: false,
+                    });
+                } else {
+                    port.partial.push(b);
+                    if port.partial.len() >= max {
+                        out.push(PortOutput::Line {
+                            data: std::mem::take(&mut port.partial),
+                            cut: true,
+                        });
+                    }
+                }
+            }
+            if end && !port.partial.is_empty() {
+                out.push(PortOutput::Line {
+                    data: std::mem::take(&mut port.partial),
+                    cut: true,
+                });
+            }
+        }
+        Framing::Packet(size) => {
+            port.partial.extend_from_slice(data);
+            let n = size as usize;
+            let mut at = 0;
+            while port.partial.len() - at >= n {
+                let p = &port.partial[at..];
+                let len = match n {
+                    1 => p[0] as usize,
+                    2 => u16::from_be_bytes([p[0], p[1]]) as usize,
+                    _ => u32::from_be_bytes([p[0], p[1], p[2], p[3]]) as usize,
+                };
+                if len > port.max_packet {
+                    port.partial.clear();
+                    return Err(format!(
+                        "port output broke its framing: a packet of {len} bytes is over the limit of {} bytes",
+                        port.max_packet
+                    ));
+                }
+                if p.len() - n < len {
+                    break;
+                }
+                out.push(PortOutput::Packet(p[n..n + len].to_vec()));
+                at += n + len;
+            }
+            port.partial.drain(..at);
+            if end && !port.partial.is_empty() {
+                let left = port.partial.len();
+                port.partial.clear();
+                return Err(format!(
+                    "port output broke its framing: it ended inside a packet ({left} bytes)"
+                ));
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Handles fresh standard error of a port, as its mode says.
+fn port_stderr(port: &mut PortIo, queue: &mut VecDeque<Item>, serial: u64, data: &[u8], end: bool) {
+    match port.stderr_mode {
+        Stderr::Separate | Stderr::Merge => {
+            if !data.is_empty() {
+                queue.push_back(Item::Port {
+                    port: serial,
+                    output: PortOutput::Stderr(data.to_vec()),
+                });
+            }
+        }
+        Stderr::Log => {
+            port.stderr_partial.extend_from_slice(data);
+            while let Some(i) = port.stderr_partial.iter().position(|&b| b == b'\n') {
+                let line: Vec<u8> = port.stderr_partial.drain(..=i).collect();
+                tracing::warn!(port = %port.pid, "{}", String::from_utf8_lossy(&line[..line.len() - 1]));
+            }
+            if end && !port.stderr_partial.is_empty() {
+                let line = std::mem::take(&mut port.stderr_partial);
+                tracing::warn!(port = %port.pid, "{}", String::from_utf8_lossy(&line));
+            }
+        }
     }
 }
 

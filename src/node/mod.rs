@@ -8,6 +8,7 @@
 //! 5. [`watcher`]: the node thread that turns pidfd events into exits.
 //! 6. [`spawn`] and [`child`]: forking a process and starting its runtime.
 
+pub(crate) mod cgroup;
 pub(crate) mod child;
 pub(crate) mod core;
 pub(crate) mod inbox;
@@ -225,6 +226,9 @@ impl NodeShared {
             c.alive(ZYGOTE_SERIAL)
         });
         drop(core);
+        if let Some(cg) = self.main.lock().and_then(|rt| rt.settings().cgroup.clone()) {
+            cgroup::kill_and_remove(&cg);
+        }
         self.stopped.store(true, Ordering::Release);
         if let Some(rt) = *self.main.lock() {
             rt.inbox.lock().disconnected = true;
@@ -263,6 +267,7 @@ fn init_node(config: Config) -> Result<Node, InitError> {
         exit_flush: config.exit_flush_timeout,
         max_connections: config.max_connections,
         uid: sys::process::getuid(),
+        cgroup: cgroup::node_root(id),
     };
     let (death_read, death_write) = sys::signal::pipe()?;
 

@@ -40,6 +40,8 @@ pub(crate) struct Settings {
     pub(crate) max_connections: usize,
     /// The node's user id (every process of a node runs as it).
     pub(crate) uid: u32,
+    /// The node's cgroup for ports, where it could make one.
+    pub(crate) cgroup: Option<String>,
 }
 
 /// The runtime of the current process.

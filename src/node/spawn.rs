@@ -48,7 +48,8 @@ struct Prepared {
     ctl_node: Option<OwnedFd>,
 }
 
-fn prepare(rt: &'static Runtime, spec: &Spec<'_>) -> Result<Prepared, SpawnError> {
+/// `reaper`: the process that will reap it, if not its parent.
+fn prepare(rt: &'static Runtime, spec: &Spec<'_>, reaper: Option<u64>) -> Result<Prepared, SpawnError> {
     if let Some(node) = rt.node()
         && !node.accepting()
     {
@@ -69,6 +70,7 @@ fn prepare(rt: &'static Runtime, spec: &Spec<'_>) -> Result<Prepared, SpawnError
         trap_exits: spec.trap_exits,
         cpu_limited: spec.options.cpu_seconds.is_some(),
         memory_limited: spec.options.data_bytes.is_some(),
+        reaper,
     };
     let (ctl_child, ctl_node) = if rt.node().is_some() {
         let (a, b) = sys::socket::socketpair()?;
@@ -123,7 +125,7 @@ pub(crate) fn spawn_closure(
         reg,
         ctl_child,
         ctl_node,
-    } = prepare(rt, &spec)?;
+    } = prepare(rt, &spec, None)?;
     let serial = pid.serial();
     // In a process, keep our own copy of the child's control connection to
     // hand its pidfd over after the fork.
@@ -194,7 +196,7 @@ pub(crate) fn spawn_from_zygote(
         reg,
         ctl_child,
         ctl_node,
-    } = prepare(rt, &spec)?;
+    } = prepare(rt, &spec, Some(crate::node::core::ZYGOTE_SERIAL))?;
     let ctl_copy = match ctl_node {
         Some(ctl_node) => {
             let node = rt.node().expect("BUG: a node end exists only in the node");

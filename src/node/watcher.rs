@@ -36,13 +36,17 @@ fn run(node: &'static NodeShared) {
         events.clear();
         let timeout = {
             let mut core = node.core.lock();
-            let t = if core.has_pending() {
+            let mut t = if core.has_pending() {
                 Some(Duration::from_millis(5))
             } else if core.strangers_to_scan() > 0 {
                 Some(Duration::from_millis(20))
             } else {
                 None
             };
+            if let Some(at) = core.next_timer() {
+                let left = at.saturating_duration_since(std::time::Instant::now());
+                t = Some(t.map_or(left, |t| t.min(left)));
+            }
             core.watcher_will_wake = t.is_some();
             t
         };
@@ -62,6 +66,7 @@ fn run(node: &'static NodeShared) {
             }
         }
         process(node, &mut core, &events);
+        core.run_timers();
         // Look for orphans when the node is idle, or when many exits piled up.
         if events.is_empty() || core.strangers_to_scan() >= 64 {
             core.scan_strangers();
@@ -118,7 +123,8 @@ pub(crate) fn process_now(node: &'static NodeShared) {
     process(node, &mut core, &events);
     // Work left for later (statuses to retry, orphans to look for) is the
     // watcher's: make sure it is not asleep without a timeout.
-    let kick = (core.has_pending() || core.strangers_to_scan() > 0) && !core.watcher_will_wake;
+    let kick =
+        (core.has_pending() || core.strangers_to_scan() > 0 || core.next_timer().is_some()) && !core.watcher_will_wake;
     if kick {
         core.watcher_will_wake = true;
     }

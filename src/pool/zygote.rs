@@ -7,6 +7,11 @@
 //! It serves requests on its own abstract socket (any process of the node may
 //! ask), hands each child's pidfd to the node, and reaps its children and
 //! reports their statuses, like any parent. It stays single-threaded forever.
+//!
+//! It also starts every port (external program), as Erlang's `erl_child_setup`
+//! does: a single-threaded parent can move the new process into the port's
+//! cgroup between fork and exec, so nothing the program starts escapes it, and
+//! it outlives the node by a moment to take the ports' groups down with it.
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -55,11 +60,62 @@ pub(crate) struct Request {
     pub(crate) call: Call,
 }
 
+/// A port to start: everything resolved by its owner (environment, working
+/// directory), so that the program sees what it would had the owner started
+/// it. Its standard input, output and (if separate) error travel along as
+/// descriptors, in that order.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct PortRequest {
+    /// The port's serial.
+    pub(crate) serial: u64,
+    /// The program, as the owner named it.
+    pub(crate) program: Vec<u8>,
+    pub(crate) args: Vec<Vec<u8>>,
+    pub(crate) arg0: Option<Vec<u8>>,
+    /// The whole environment.
+    pub(crate) env: Vec<(Vec<u8>, Vec<u8>)>,
+    pub(crate) cwd: Option<Vec<u8>>,
+    /// The port's cgroup, where the node has one for it.
+    pub(crate) cgroup: Option<String>,
+    /// Standard error has a descriptor of its own (else it is the output's).
+    pub(crate) separate_stderr: bool,
+}
+
+/// What the zygote is asked.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+enum Ask {
+    /// Fork a process (its listener and control connection travel along).
+    Spawn(Box<Request>),
+    /// Start a port.
+    SpawnPort(Box<PortRequest>),
+}
+
 /// The zygote's answer.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 enum Response {
-    Spawned { ospid: i32 },
+    Spawned {
+        ospid: i32,
+    },
+    /// The port runs; its pidfd travels along.
+    SpawnedPort {
+        ospid: i32,
+        /// It runs in the cgroup it was given.
+        in_cgroup: bool,
+    },
+    /// Starting the program failed with this OS error.
+    PortFailed {
+        errno: Option<i32>,
+        message: String,
+    },
     Failed(String),
+}
+
+/// A port started by the zygote.
+#[derive(Debug)]
+pub(crate) struct SpawnedPort {
+    pub(crate) ospid: i32,
+    pub(crate) pidfd: OwnedFd,
+    pub(crate) in_cgroup: bool,
 }
 
 /// What the zygote starts with.
@@ -84,9 +140,18 @@ pub(crate) fn start(setup: ZygoteSetup) -> io::Result<i32> {
 
 const TOKEN_LISTENER: u64 = 1;
 const TOKEN_CTL: u64 = 2;
+const TOKEN_DEATH: u64 = 3;
 const CONN_TAG: u64 = 1 << 56;
 const CHILD_TAG: u64 = 2 << 56;
 const TAG_MASK: u64 = 0xff << 56;
+
+/// A child of the zygote.
+struct Child {
+    serial: u64,
+    pidfd: OwnedFd,
+    /// A port's OS pid (its process group id), killed with it.
+    port: Option<i32>,
+}
 
 /// A connection from a spawner.
 struct Conn {
@@ -97,20 +162,20 @@ struct Conn {
 
 fn run(setup: ZygoteSetup) -> Infallible {
     let _ = sys::process::set_thread_name("converge-zygote");
-    let armed = match sys::signal::arm_death_signal(setup.death_read) {
-        Ok(fd) => fd,
-        Err(_) => sys::process::exit_now(0),
-    };
-    let _ = sys::process::close_fds_except(&[setup.ctl.as_raw_fd(), setup.listener.as_raw_fd(), armed.as_raw_fd()]);
+    // The zygote outlives the node by a moment: it watches the death pipe
+    // itself (it is not killed by it) to take the ports' process groups down
+    // when the node dies.
+    let _ = sys::process::close_fds_except(&[setup.ctl.as_raw_fd(), setup.listener.as_raw_fd(), setup.death_read]);
     let epoll = match Epoll::new() {
         Ok(e) => e,
         Err(_) => sys::process::exit_now(1),
     };
     let _ = epoll.add(setup.listener.as_raw_fd(), TOKEN_LISTENER, Interest::Read);
     let _ = epoll.add(setup.ctl.as_raw_fd(), TOKEN_CTL, Interest::Read);
+    let _ = epoll.add(setup.death_read, TOKEN_DEATH, Interest::Read);
     let uid = sys::process::getuid();
     let mut conns: HashMap<u64, Conn> = HashMap::new();
-    let mut children: HashMap<u64, (u64, OwnedFd)> = HashMap::new();
+    let mut children: HashMap<u64, Child> = HashMap::new();
     let mut next = 0u64;
     let mut events = Vec::new();
     let mut scratch = vec![0u8; 16 * 1024];
@@ -140,12 +205,13 @@ fn run(setup: ZygoteSetup) -> Infallible {
                         }
                     }
                 }
+                TOKEN_DEATH => guardian(&setup, &children),
                 TOKEN_CTL => {
                     // The node never writes to the zygote; end of stream means
                     // the node is gone (the armed signal kills us anyway).
                     match sys::socket::read(&setup.ctl, &mut scratch) {
                         Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                        Ok(0) | Err(_) => sys::process::exit_now(0),
+                        Ok(0) | Err(_) => guardian(&setup, &children),
                         Ok(_) => {}
                     }
                 }
@@ -165,19 +231,42 @@ fn run(setup: ZygoteSetup) -> Infallible {
                     let ok = conn
                         .decoder
                         .feed(&scratch[..n], 1 << 24, |kind, body| {
-                            requests.push((kind, decode_exact::<Request>(body)));
+                            requests.push((kind, decode_exact::<Ask>(body)));
                             true
                         })
                         .is_ok();
-                    for (kind, req) in requests {
+                    for (kind, ask) in requests {
                         let mut spawned = None;
-                        let response = match (kind, req) {
-                            (Kind::Ctl, Ok(req)) if conn.fds.len() >= 2 => {
+                        let mut pass = None;
+                        let response = match (kind, ask) {
+                            (Kind::Ctl, Ok(Ask::SpawnPort(req)))
+                                if conn.fds.len() >= 2 + req.separate_stderr as usize =>
+                            {
+                                let n = 2 + req.separate_stderr as usize;
+                                let fds: Vec<OwnedFd> = conn.fds.drain(..n).collect();
+                                match start_port(*req, fds) {
+                                    Ok((child, in_cgroup)) => {
+                                        let ospid = child.port.expect("BUG: a port has its group");
+                                        let token = CHILD_TAG | next;
+                                        next += 1;
+                                        let _ = epoll.add(child.pidfd.as_raw_fd(), token, Interest::Read);
+                                        pass = Some(child.pidfd.as_raw_fd());
+                                        children.insert(token, child);
+                                        Response::SpawnedPort { ospid, in_cgroup }
+                                    }
+                                    Err(e) => Response::PortFailed {
+                                        errno: e.raw_os_error(),
+                                        message: e.to_string(),
+                                    },
+                                }
+                            }
+                            (Kind::Ctl, Ok(Ask::Spawn(req))) if conn.fds.len() >= 2 => {
+                                let req = *req;
                                 let mut fds = conn.fds.drain(..2);
                                 let listener = fds.next().expect("BUG: two descriptors");
                                 let ctl = fds.next().expect("BUG: two descriptors");
                                 drop(fds);
-                                match fork_one(&setup, armed.as_raw_fd(), req, listener, ctl) {
+                                match fork_one(&setup, setup.death_read, req, listener, ctl) {
                                     Ok((serial, ospid, ctl)) => {
                                         spawned = Some((serial, ospid, ctl));
                                         Response::Spawned { ospid }
@@ -192,14 +281,24 @@ fn run(setup: ZygoteSetup) -> Infallible {
                         // travels to the node.
                         let mut buf = Vec::new();
                         let _ = frame::push(&mut buf, Kind::Ctl, &response);
-                        let _ = sys::socket::send_all(&conn.fd, &buf, None);
+                        let _ = match pass {
+                            Some(fd) => sys::socket::send_with_fds(&conn.fd, &buf, &[fd]),
+                            None => sys::socket::send_all(&conn.fd, &buf, None),
+                        };
                         if let Some((serial, ospid, ctl)) = spawned {
                             match announce(serial, ospid, ctl) {
                                 Ok(pidfd) => {
                                     let token = CHILD_TAG | next;
                                     next += 1;
                                     let _ = epoll.add(pidfd.as_raw_fd(), token, Interest::Read);
-                                    children.insert(token, (serial, pidfd));
+                                    children.insert(
+                                        token,
+                                        Child {
+                                            serial,
+                                            pidfd,
+                                            port: None,
+                                        },
+                                    );
                                 }
                                 Err(e) => eprintln!("converge-zygote: handing over a pidfd failed: {e}"),
                             }
@@ -211,21 +310,27 @@ fn run(setup: ZygoteSetup) -> Infallible {
                     }
                 }
                 t if t & TAG_MASK == CHILD_TAG => {
-                    let Some((serial, pidfd)) = children.get(&t) else {
+                    let Some(child) = children.get(&t) else {
                         continue;
                     };
-                    if let Ok(Some(status)) = sys::process::pidfd_try_wait(pidfd) {
+                    if let Some(group) = child.port {
+                        // Nothing of a port's group outlives it. Signal the
+                        // group before reaping its leader, while its id cannot
+                        // be reused.
+                        let _ = sys::process::pidfd_signal_group(&child.pidfd, group, sys::process::SIGKILL);
+                    }
+                    if let Ok(Some(status)) = sys::process::pidfd_try_wait(&child.pidfd) {
                         let mut buf = Vec::new();
                         let _ = frame::push(
                             &mut buf,
                             Kind::Ctl,
                             &ToNode::ChildExited {
-                                serial: *serial,
+                                serial: child.serial,
                                 status,
                             },
                         );
                         let _ = sys::socket::send_all(&setup.ctl, &buf, None);
-                        epoll.delete(pidfd.as_raw_fd());
+                        epoll.delete(child.pidfd.as_raw_fd());
                         children.remove(&t);
                     }
                 }
@@ -273,6 +378,89 @@ fn announce(serial: u64, ospid: i32, ctl: OwnedFd) -> io::Result<OwnedFd> {
     Ok(pidfd)
 }
 
+/// Starts a port's program in its own process group (and cgroup, if it has
+/// one) with the descriptors `fds` as its standard streams.
+fn start_port(req: PortRequest, fds: Vec<OwnedFd>) -> io::Result<(Child, bool)> {
+    use std::ffi::OsStr;
+    use std::os::unix::ffi::OsStrExt;
+    use std::os::unix::process::CommandExt;
+    use std::process::{Command, Stdio};
+
+    let serial = req.serial;
+    let mut fds = fds.into_iter();
+    let stdin = fds.next().expect("BUG: counted by the caller");
+    let stdout = fds.next().expect("BUG: counted by the caller");
+    let stderr = match fds.next() {
+        Some(fd) => fd,
+        None => stdout.try_clone()?,
+    };
+    let mut cmd = Command::new(OsStr::from_bytes(&req.program));
+    cmd.args(req.args.iter().map(|a| OsStr::from_bytes(a)));
+    if let Some(a0) = &req.arg0 {
+        cmd.arg0(OsStr::from_bytes(a0));
+    }
+    cmd.env_clear();
+    cmd.envs(
+        req.env
+            .iter()
+            .map(|(k, v)| (OsStr::from_bytes(k), OsStr::from_bytes(v))),
+    );
+    if let Some(dir) = &req.cwd {
+        cmd.current_dir(OsStr::from_bytes(dir));
+    }
+    // Its own process group: the port is killed as a group.
+    cmd.process_group(0);
+    cmd.stdin(Stdio::from(stdin));
+    cmd.stdout(Stdio::from(stdout));
+    cmd.stderr(Stdio::from(stderr));
+    let procs = req.cgroup.as_deref().and_then(|cg| {
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(std::path::Path::new(cg).join("cgroup.procs"))
+            .ok()
+    });
+    let in_cgroup = procs.is_some();
+    let child = match procs {
+        Some(f) => sys::process::spawn_in_cgroup(&mut cmd, f.into())?,
+        None => cmd.spawn()?,
+    };
+    // The streams' copies held by the command go now.
+    drop(cmd);
+    let ospid = child.id() as i32;
+    // Not reaped yet (the zygote reaps by pidfd only): the id is the child's.
+    let pidfd = match sys::process::pidfd_open(ospid) {
+        Ok(fd) => fd,
+        Err(e) => {
+            let mut child = child;
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(e);
+        }
+    };
+    Ok((
+        Child {
+            serial,
+            pidfd,
+            port: Some(ospid),
+        },
+        in_cgroup,
+    ))
+}
+
+/// The node is gone: kill every port's process group (and the ports'
+/// cgroups), then end.
+fn guardian(setup: &ZygoteSetup, children: &HashMap<u64, Child>) -> ! {
+    for child in children.values() {
+        if let Some(group) = child.port {
+            let _ = sys::process::pidfd_signal_group(&child.pidfd, group, sys::process::SIGKILL);
+        }
+    }
+    if let Some(cg) = &setup.settings.cgroup {
+        crate::node::cgroup::kill_and_remove(cg);
+    }
+    sys::process::exit_now(0)
+}
+
 fn run_entry(rt: &'static Runtime, call: Call) -> ExitReason {
     match text::restore::<Entry>(call.entry) {
         Some(entry) => entry(rt, call.func, call.args),
@@ -282,9 +470,38 @@ fn run_entry(rt: &'static Runtime, call: Call) -> ExitReason {
 
 /// Sends `req` to the zygote with `fds` and waits for the new process's OS pid.
 pub(crate) fn request(rt: &'static Runtime, req: &Request, fds: &[RawFd]) -> Result<i32, String> {
-    let mut conn = rt.zygote.lock();
     let mut buf = Vec::new();
-    frame::push(&mut buf, Kind::Ctl, req).map_err(|e| e.to_string())?;
+    frame::push(&mut buf, Kind::Ctl, &Ask::Spawn(Box::new(req.clone()))).map_err(|e| e.to_string())?;
+    match ask(rt, &buf, fds)?.0 {
+        Response::Spawned { ospid } => Ok(ospid),
+        Response::Failed(e) | Response::PortFailed { message: e, .. } => Err(e),
+        Response::SpawnedPort { .. } => Err("the zygote answered out of turn".into()),
+    }
+}
+
+/// Asks the zygote to start a port with `fds` as its standard streams. The
+/// error is the OS error of the start, or why the zygote could not be asked.
+pub(crate) fn spawn_port(rt: &'static Runtime, req: &PortRequest, fds: &[RawFd]) -> Result<SpawnedPort, io::Error> {
+    let mut buf = Vec::new();
+    frame::push(&mut buf, Kind::Ctl, &Ask::SpawnPort(Box::new(req.clone())))
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))?;
+    let (response, mut received) = ask(rt, &buf, fds).map_err(io::Error::other)?;
+    match response {
+        Response::SpawnedPort { ospid, in_cgroup } if !received.is_empty() => Ok(SpawnedPort {
+            ospid,
+            pidfd: received.remove(0),
+            in_cgroup,
+        }),
+        Response::PortFailed { errno: Some(code), .. } => Err(io::Error::from_raw_os_error(code)),
+        Response::PortFailed { message, .. } | Response::Failed(message) => Err(io::Error::other(message)),
+        _ => Err(io::Error::other("the zygote answered out of turn")),
+    }
+}
+
+/// Sends one framed request with descriptors and waits for the answer (and
+/// the descriptors that come with it).
+fn ask(rt: &'static Runtime, buf: &[u8], fds: &[RawFd]) -> Result<(Response, Vec<OwnedFd>), String> {
+    let mut conn = rt.zygote.lock();
     let mut last_error = String::new();
     for _attempt in 0..2 {
         if conn.is_none() {
@@ -294,14 +511,13 @@ pub(crate) fn request(rt: &'static Runtime, req: &Request, fds: &[RawFd]) -> Res
             }
         }
         let c = conn.as_ref().expect("BUG: connected above");
-        if let Err(e) = sys::socket::send_with_fds(c, &buf, fds) {
+        if let Err(e) = sys::socket::send_with_fds(c, buf, fds) {
             last_error = e.to_string();
             *conn = None;
             continue;
         }
         match read_response(c) {
-            Ok(Response::Spawned { ospid }) => return Ok(ospid),
-            Ok(Response::Failed(e)) => return Err(e),
+            Ok(r) => return Ok(r),
             Err(e) => {
                 last_error = e.to_string();
                 *conn = None;
@@ -311,11 +527,12 @@ pub(crate) fn request(rt: &'static Runtime, req: &Request, fds: &[RawFd]) -> Res
     Err(last_error)
 }
 
-fn read_response(c: &OwnedFd) -> io::Result<Response> {
+fn read_response(c: &OwnedFd) -> io::Result<(Response, Vec<OwnedFd>)> {
     let mut decoder = Decoder::default();
     let mut buf = [0u8; 4096];
+    let mut fds = Vec::new();
     loop {
-        let n = sys::socket::read(c, &mut buf)?;
+        let n = sys::socket::recv_with_fds(c, &mut buf, &mut fds)?;
         if n == 0 {
             return Err(io::Error::new(
                 io::ErrorKind::UnexpectedEof,
@@ -330,7 +547,9 @@ fn read_response(c: &OwnedFd) -> io::Result<Response> {
             })
             .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
         if let Some(r) = out {
-            return r.map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e));
+            return r
+                .map(|r| (r, fds))
+                .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e));
         }
     }
 }

@@ -197,6 +197,41 @@ pub(crate) fn pidfd_send_signal(pidfd: &OwnedFd, signal: i32) -> io::Result<()> 
     Ok(())
 }
 
+/// `PIDFD_SIGNAL_PROCESS_GROUP` (Linux 6.9+).
+const PIDFD_SIGNAL_PROCESS_GROUP: libc::c_uint = 1 << 2;
+
+/// Sends `signal` to the process group led by the process behind `pidfd`.
+///
+/// Race-free while the leader is not reaped (a zombie leader still holds its
+/// group id): the kernel resolves the group through the pidfd. On kernels
+/// before 6.9 it falls back to `kill(-ospid)`, which is just as safe under the
+/// same condition. A leader already reaped is not an error.
+pub(crate) fn pidfd_signal_group(pidfd: &OwnedFd, ospid: i32, signal: i32) -> io::Result<()> {
+    // SAFETY: plain system call; a null siginfo means "as kill(2) would".
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_pidfd_send_signal,
+            pidfd.as_raw_fd(),
+            signal,
+            std::ptr::null::<libc::siginfo_t>(),
+            PIDFD_SIGNAL_PROCESS_GROUP,
+        )
+    };
+    if r == 0 {
+        return Ok(());
+    }
+    let e = io::Error::last_os_error();
+    match e.raw_os_error() {
+        Some(libc::ESRCH) => Ok(()),
+        Some(libc::EINVAL) => match syscall!(kill(-ospid, signal)) {
+            Ok(_) => Ok(()),
+            Err(e) if e.raw_os_error() == Some(libc::ESRCH) => Ok(()),
+            Err(e) => Err(e),
+        },
+        _ => Err(e),
+    }
+}
+
 /// Reaps the child behind `pidfd` if it has exited (`waitid(P_PIDFD, WNOHANG)`).
 ///
 /// `Ok(None)`: still running. `Err` with `ECHILD`: not a child of the caller.
@@ -368,6 +403,31 @@ pub(crate) fn set_rlimit(resource: Resource, soft: u64, hard: u64) -> io::Result
     syscall!(setrlimit(resource.raw(), &lim)).map(drop)
 }
 
+/// Spawns `cmd` with its process moved into a cgroup before it executes the
+/// program: `procs` is that cgroup's `cgroup.procs`, open for writing. Nothing
+/// the program starts can run outside the cgroup.
+pub(crate) fn spawn_in_cgroup(cmd: &mut std::process::Command, procs: OwnedFd) -> io::Result<std::process::Child> {
+    use std::os::unix::process::CommandExt;
+    let fd = procs.as_raw_fd();
+    // SAFETY: the hook runs in the forked child before exec. It only calls
+    // write(2), which is async-signal-safe, on a descriptor opened before the
+    // fork (and kept open by `procs` until the spawn returns); it allocates
+    // nothing (an OS error is a plain code).
+    unsafe {
+        cmd.pre_exec(move || {
+            // "0" moves the writing process.
+            if libc::write(fd, b"0".as_ptr().cast(), 1) == 1 {
+                Ok(())
+            } else {
+                Err(io::Error::last_os_error())
+            }
+        });
+    }
+    let child = cmd.spawn();
+    drop(procs);
+    child
+}
+
 /// Closes every descriptor from 3 up except those in `keep` (`close_range(2)`).
 pub(crate) fn close_fds_except(keep: &[RawFd]) -> io::Result<()> {
     let mut keep: Vec<u32> = keep.iter().filter(|&&fd| fd > 2).map(|&fd| fd as u32).collect();
@@ -408,6 +468,8 @@ pub(crate) fn clear_env_in_child() {
 pub(crate) const SIGXCPU: i32 = libc::SIGXCPU;
 /// `SIGKILL`.
 pub(crate) const SIGKILL: i32 = libc::SIGKILL;
+/// `SIGTERM`.
+pub(crate) const SIGTERM: i32 = libc::SIGTERM;
 
 /// The conventional name of a signal number ("SIGSEGV"), or `None`.
 pub(crate) fn signal_name(signal: i32) -> Option<&'static str> {

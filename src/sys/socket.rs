@@ -311,3 +311,14 @@ pub(crate) fn peer_gone(e: &io::Error) -> bool {
         Some(libc::ECONNREFUSED) | Some(libc::ENOENT) | Some(libc::ECONNRESET) | Some(libc::EPIPE)
     )
 }
+
+/// Writes as much of `buf` as a pipe (or any descriptor) takes now.
+pub(crate) fn write_fd(fd: &OwnedFd, buf: &[u8]) -> io::Result<usize> {
+    loop {
+        match syscall!(write(fd.as_raw_fd(), buf.as_ptr().cast(), buf.len())) {
+            Ok(n) => return Ok(n as usize),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        }
+    }
+}

@@ -34,11 +34,31 @@ pub(crate) struct Registration {
     pub(crate) cpu_limited: bool,
     /// The process has a memory limit.
     pub(crate) memory_limited: bool,
+    /// The process that reaps it, when it is not the spawner (the zygote).
+    pub(crate) reaper: Option<u64>,
+}
+
+/// What the node keeps about a port.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct PortInfo {
+    /// Time between `SIGTERM` and `SIGKILL` when the port is shut down.
+    pub(crate) shutdown_ms: u64,
+    /// The port's own cgroup, where one could be made.
+    pub(crate) cgroup: Option<String>,
 }
 
 /// A control frame from a process to its node.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) enum ToNode {
+    /// A port the sender started; its pidfd travels with this frame.
+    Port {
+        /// Its registration (the sender is its owner).
+        reg: Registration,
+        /// Its OS pid (the leader of its process group).
+        ospid: i32,
+        /// Port specifics.
+        port: PortInfo,
+    },
     /// A new process (first frame of the new process's control connection).
     Register(Registration),
     /// The pidfd of a process travels with this frame (`SCM_RIGHTS`).
