@@ -285,7 +285,7 @@ impl PortBuilder {
 
     /// What the zygote needs to start the program as if this process did:
     /// this process's environment and working directory, resolved now.
-    fn request(&self, serial: u64, cgroup: Option<String>) -> crate::pool::zygote::PortRequest {
+    fn request(&self, serial: u64) -> crate::pool::zygote::PortRequest {
         use std::os::unix::ffi::OsStrExt;
         let bytes = |s: &OsStr| s.as_bytes().to_vec();
         let mut env: std::collections::BTreeMap<OsString, OsString> = if self.env_clear {
@@ -310,7 +310,6 @@ impl PortBuilder {
             arg0: self.arg0.as_deref().map(bytes),
             env: env.iter().map(|(k, v)| (bytes(k), bytes(v))).collect(),
             cwd: cwd.map(|d| bytes(d.as_os_str())),
-            cgroup,
             separate_stderr: !matches!(self.stderr, Stderr::Merge),
         }
     }
@@ -329,12 +328,7 @@ impl PortBuilder {
             .next_serial
             .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
         let pid = Pid::new(rt.pid().node(), serial);
-        let cgroup = rt
-            .settings()
-            .cgroup
-            .as_deref()
-            .and_then(|root| crate::node::cgroup::create_port(root, serial));
-        let request = self.request(serial, cgroup.clone());
+        let request = self.request(serial);
         let (in_r, in_w) = io::pipe()?;
         let (out_r, out_w) = io::pipe()?;
         let err = match self.stderr {
@@ -351,24 +345,13 @@ impl PortBuilder {
         let spawned = match spawned {
             Ok(s) => s,
             Err(source) => {
-                if let Some(cg) = &cgroup {
-                    crate::node::cgroup::remove(cg);
-                }
                 return Err(PortError::Spawn {
                     program: self.program.clone(),
                     source,
                 });
             }
         };
-        let (ospid, pidfd) = (spawned.ospid, spawned.pidfd);
-        let cgroup = match cgroup {
-            Some(cg) if spawned.in_cgroup => Some(cg),
-            Some(cg) => {
-                crate::node::cgroup::remove(&cg);
-                None
-            }
-            None => None,
-        };
+        let (ospid, pidfd, cgroup) = (spawned.ospid, spawned.pidfd, spawned.cgroup);
         let exit_ref = rt.next_ref();
         let reg = Registration {
             serial,

@@ -862,8 +862,14 @@ impl Core {
         }
     }
 
+    /// Whether the zygote runs (it reaps the ports and owns their cgroups).
+    fn zygote_alive(&self) -> bool {
+        self.procs.get(&ZYGOTE_SERIAL).is_some_and(|z| !z.exited)
+    }
+
     /// Kills `serial` with SIGKILL, recording the reason it dies with.
     pub(crate) fn kill(&mut self, serial: u64, reason: ExitReason) {
+        let zygote = self.zygote_alive();
         let Some(p) = self.procs.get_mut(&serial) else {
             return;
         };
@@ -875,7 +881,9 @@ impl Core {
                 if let Err(e) = pidfd_signal_group(fd, ospid, SIGKILL) {
                     tracing::warn!(serial, "kill failed: {e}");
                 }
-                if let Some(cg) = &port.cgroup {
+                // The zygote kills the port's cgroup when it reaps the port
+                // (and then uses the cgroup again: only it may kill it).
+                if !zygote && let Some(cg) = &port.cgroup {
                     crate::node::cgroup::kill(cg);
                 }
             }
@@ -976,6 +984,7 @@ impl Core {
 
     /// A pidfd became readable: the process has exited.
     pub(crate) fn on_pidfd(&mut self, serial: u64) {
+        let zygote = self.zygote_alive();
         let Some(p) = self.procs.get_mut(&serial) else {
             return;
         };
@@ -991,7 +1000,7 @@ impl Core {
         // have been reused.
         if let (Some(fd), Some(port), Some(ospid)) = (&p.pidfd, &p.port, p.ospid) {
             let _ = pidfd_signal_group(fd, ospid, SIGKILL);
-            if let Some(cg) = &port.cgroup {
+            if !zygote && let Some(cg) = &port.cgroup {
                 crate::node::cgroup::kill(cg);
             }
         }
@@ -1137,9 +1146,6 @@ impl Core {
             } else {
                 self.kill(port, reason.clone());
             }
-        }
-        if let Some(cg) = p.port.as_ref().and_then(|port| port.cgroup.as_ref()) {
-            crate::node::cgroup::remove(cg);
         }
         // Its children are the node's now (it is their subreaper): watch them.
         let orphans: Vec<u64> = self

@@ -49,6 +49,7 @@ pub struct Config {
     flush_delay: Duration,
     exit_flush_timeout: Duration,
     max_connections: usize,
+    port_cgroups: bool,
 }
 
 impl Default for Config {
@@ -61,6 +62,7 @@ impl Default for Config {
             flush_delay: Duration::from_micros(50),
             exit_flush_timeout: Duration::from_secs(5),
             max_connections: 512,
+            port_cgroups: true,
         }
     }
 }
@@ -117,6 +119,16 @@ impl Config {
     /// recently used idle one is closed (default 512).
     pub fn max_connections(mut self, n: usize) -> Config {
         self.max_connections = n.max(1);
+        self
+    }
+
+    /// Whether each port gets a cgroup of its own where a cgroup v2 subtree
+    /// is writable (default on). The cgroup holds everything the program
+    /// starts, even what leaves its process group with `setsid`; without it a
+    /// port is held by its process group only. Off saves the cgroup's creation
+    /// and removal on every port.
+    pub fn port_cgroups(mut self, on: bool) -> Config {
+        self.port_cgroups = on;
         self
     }
 
@@ -267,7 +279,11 @@ fn init_node(config: Config) -> Result<Node, InitError> {
         exit_flush: config.exit_flush_timeout,
         max_connections: config.max_connections,
         uid: sys::process::getuid(),
-        cgroup: cgroup::node_root(id),
+        cgroup: if config.port_cgroups {
+            cgroup::node_root(id)
+        } else {
+            None
+        },
     };
     let (death_read, death_write) = sys::signal::pipe()?;
 

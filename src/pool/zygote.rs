@@ -75,8 +75,6 @@ pub(crate) struct PortRequest {
     /// The whole environment.
     pub(crate) env: Vec<(Vec<u8>, Vec<u8>)>,
     pub(crate) cwd: Option<Vec<u8>>,
-    /// The port's cgroup, where the node has one for it.
-    pub(crate) cgroup: Option<String>,
     /// Standard error has a descriptor of its own (else it is the output's).
     pub(crate) separate_stderr: bool,
 }
@@ -99,8 +97,8 @@ enum Response {
     /// The port runs; its pidfd travels along.
     SpawnedPort {
         ospid: i32,
-        /// It runs in the cgroup it was given.
-        in_cgroup: bool,
+        /// The cgroup it runs in, if any.
+        cgroup: Option<String>,
     },
     /// Starting the program failed with this OS error.
     PortFailed {
@@ -115,7 +113,7 @@ enum Response {
 pub(crate) struct SpawnedPort {
     pub(crate) ospid: i32,
     pub(crate) pidfd: OwnedFd,
-    pub(crate) in_cgroup: bool,
+    pub(crate) cgroup: Option<String>,
 }
 
 /// What the zygote starts with.
@@ -151,6 +149,45 @@ struct Child {
     pidfd: OwnedFd,
     /// A port's OS pid (its process group id), killed with it.
     port: Option<i32>,
+    /// A port's cgroup, killed with it, then used again.
+    cgroup: Option<String>,
+}
+
+/// The ports' cgroups, under the node's: made once and used again, as making
+/// and removing a cgroup costs more than starting a small program.
+struct Cgroups {
+    /// The node's cgroup for ports (none: ports get none).
+    root: Option<String>,
+    /// Empty, ready for a new port.
+    free: Vec<String>,
+    /// Killed with their port, maybe not empty yet.
+    draining: Vec<String>,
+    next: u64,
+}
+
+impl Cgroups {
+    /// A cgroup for a new port, if the node has them.
+    fn take(&mut self) -> Option<String> {
+        let root = self.root.as_deref()?;
+        let (empty, busy): (Vec<String>, Vec<String>) = self
+            .draining
+            .drain(..)
+            .partition(|cg| !crate::node::cgroup::populated(cg));
+        self.draining = busy;
+        self.free.extend(empty);
+        if let Some(cg) = self.free.pop() {
+            return Some(cg);
+        }
+        self.next += 1;
+        crate::node::cgroup::create_port(root, self.next)
+    }
+
+    /// A port's leader is gone: kill what it left in its cgroup (even what
+    /// left its process group), and use the cgroup again once it is empty.
+    fn release(&mut self, cg: String) {
+        crate::node::cgroup::kill(&cg);
+        self.draining.push(cg);
+    }
 }
 
 /// A connection from a spawner.
@@ -176,6 +213,12 @@ fn run(setup: ZygoteSetup) -> Infallible {
     let uid = sys::process::getuid();
     let mut conns: HashMap<u64, Conn> = HashMap::new();
     let mut children: HashMap<u64, Child> = HashMap::new();
+    let mut cgroups = Cgroups {
+        root: setup.settings.cgroup.clone(),
+        free: Vec::new(),
+        draining: Vec::new(),
+        next: 0,
+    };
     let mut next = 0u64;
     let mut events = Vec::new();
     let mut scratch = vec![0u8; 16 * 1024];
@@ -244,20 +287,27 @@ fn run(setup: ZygoteSetup) -> Infallible {
                             {
                                 let n = 2 + req.separate_stderr as usize;
                                 let fds: Vec<OwnedFd> = conn.fds.drain(..n).collect();
-                                match start_port(*req, fds) {
-                                    Ok((child, in_cgroup)) => {
+                                let cgroup = cgroups.take();
+                                match start_port(*req, fds, cgroup.clone()) {
+                                    Ok(child) => {
+                                        let cgroup = child.cgroup.clone();
                                         let ospid = child.port.expect("BUG: a port has its group");
                                         let token = CHILD_TAG | next;
                                         next += 1;
                                         let _ = epoll.add(child.pidfd.as_raw_fd(), token, Interest::Read);
                                         pass = Some(child.pidfd.as_raw_fd());
                                         children.insert(token, child);
-                                        Response::SpawnedPort { ospid, in_cgroup }
+                                        Response::SpawnedPort { ospid, cgroup }
                                     }
-                                    Err(e) => Response::PortFailed {
-                                        errno: e.raw_os_error(),
-                                        message: e.to_string(),
-                                    },
+                                    Err(e) => {
+                                        if let Some(cg) = cgroup {
+                                            cgroups.free.push(cg);
+                                        }
+                                        Response::PortFailed {
+                                            errno: e.raw_os_error(),
+                                            message: e.to_string(),
+                                        }
+                                    }
                                 }
                             }
                             (Kind::Ctl, Ok(Ask::Spawn(req))) if conn.fds.len() >= 2 => {
@@ -297,6 +347,7 @@ fn run(setup: ZygoteSetup) -> Infallible {
                                             serial,
                                             pidfd,
                                             port: None,
+                                            cgroup: None,
                                         },
                                     );
                                 }
@@ -331,7 +382,9 @@ fn run(setup: ZygoteSetup) -> Infallible {
                         );
                         let _ = sys::socket::send_all(&setup.ctl, &buf, None);
                         epoll.delete(child.pidfd.as_raw_fd());
-                        children.remove(&t);
+                        if let Some(cg) = children.remove(&t).and_then(|c| c.cgroup) {
+                            cgroups.release(cg);
+                        }
                     }
                 }
                 _ => {}
@@ -380,7 +433,7 @@ fn announce(serial: u64, ospid: i32, ctl: OwnedFd) -> io::Result<OwnedFd> {
 
 /// Starts a port's program in its own process group (and cgroup, if it has
 /// one) with the descriptors `fds` as its standard streams.
-fn start_port(req: PortRequest, fds: Vec<OwnedFd>) -> io::Result<(Child, bool)> {
+fn start_port(req: PortRequest, fds: Vec<OwnedFd>, cgroup: Option<String>) -> io::Result<Child> {
     use std::ffi::OsStr;
     use std::os::unix::ffi::OsStrExt;
     use std::os::unix::process::CommandExt;
@@ -413,13 +466,13 @@ fn start_port(req: PortRequest, fds: Vec<OwnedFd>) -> io::Result<(Child, bool)> 
     cmd.stdin(Stdio::from(stdin));
     cmd.stdout(Stdio::from(stdout));
     cmd.stderr(Stdio::from(stderr));
-    let procs = req.cgroup.as_deref().and_then(|cg| {
+    let procs = cgroup.as_deref().and_then(|cg| {
         std::fs::OpenOptions::new()
             .write(true)
             .open(std::path::Path::new(cg).join("cgroup.procs"))
             .ok()
     });
-    let in_cgroup = procs.is_some();
+    let cgroup = cgroup.filter(|_| procs.is_some());
     let child = match procs {
         Some(f) => sys::process::spawn_in_cgroup(&mut cmd, f.into())?,
         None => cmd.spawn()?,
@@ -437,14 +490,12 @@ fn start_port(req: PortRequest, fds: Vec<OwnedFd>) -> io::Result<(Child, bool)> 
             return Err(e);
         }
     };
-    Ok((
-        Child {
-            serial,
-            pidfd,
-            port: Some(ospid),
-        },
-        in_cgroup,
-    ))
+    Ok(Child {
+        serial,
+        pidfd,
+        port: Some(ospid),
+        cgroup,
+    })
 }
 
 /// The node is gone: kill every port's process group (and the ports'
@@ -487,10 +538,10 @@ pub(crate) fn spawn_port(rt: &'static Runtime, req: &PortRequest, fds: &[RawFd])
         .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))?;
     let (response, mut received) = ask(rt, &buf, fds).map_err(io::Error::other)?;
     match response {
-        Response::SpawnedPort { ospid, in_cgroup } if !received.is_empty() => Ok(SpawnedPort {
+        Response::SpawnedPort { ospid, cgroup } if !received.is_empty() => Ok(SpawnedPort {
             ospid,
             pidfd: received.remove(0),
-            in_cgroup,
+            cgroup,
         }),
         Response::PortFailed { errno: Some(code), .. } => Err(io::Error::from_raw_os_error(code)),
         Response::PortFailed { message, .. } | Response::Failed(message) => Err(io::Error::other(message)),

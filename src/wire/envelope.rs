@@ -43,7 +43,9 @@ pub(crate) struct Registration {
 pub(crate) struct PortInfo {
     /// Time between `SIGTERM` and `SIGKILL` when the port is shut down.
     pub(crate) shutdown_ms: u64,
-    /// The port's own cgroup, where one could be made.
+    /// The port's cgroup, where the node has them. The zygote owns it (kills
+    /// it when it reaps the port, then uses it again); the node kills it only
+    /// once the zygote is gone.
     pub(crate) cgroup: Option<String>,
 }
 
