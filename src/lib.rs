@@ -108,6 +108,7 @@ mod node;
 mod pool;
 pub mod port;
 mod process;
+pub mod supervisor;
 mod sync;
 mod sys;
 mod wire;

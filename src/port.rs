@@ -153,7 +153,7 @@ pub enum PortError {
 /// }
 /// # Ok(()) }
 /// ```
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct PortBuilder {
     program: PathBuf,
     args: Vec<OsString>,

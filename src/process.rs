@@ -375,13 +375,14 @@ impl Builder {
         R: IntoExitReason + 'static,
     {
         let rt = current()?;
-        let call = Call {
-            entry: text::erase::<Entry>(zygote_entry::<M, A, R>),
-            func: text::erase(f),
-            args: postcard::to_stdvec(&args).map_err(|e| SpawnError::new(SpawnErrorKind::Encode(e.to_string())))?,
-        };
-        let pid = spawn_from_zygote(rt, self.spec(false, Vec::new())?, call)?;
+        let pid = spawn_from_zygote(rt, self.spec(false, Vec::new())?, make_call(f, &args)?)?;
         Ok(Mailbox::from_pid(pid))
+    }
+
+    /// Starts `call` from the zygote, linked with the caller if `link`.
+    pub(crate) fn spawn_call(&self, call: Call, link: bool) -> Result<Pid, SpawnError> {
+        let rt = current()?;
+        spawn_from_zygote(rt, self.spec(link, Vec::new())?, call)
     }
 
     /// Forks a process that computes a value, like `std::thread::spawn`:
@@ -418,6 +419,20 @@ impl Builder {
             }
         }
     }
+}
+
+/// What the zygote needs to run `f(ctx, args)`.
+pub(crate) fn make_call<M, A, R>(f: fn(Ctx<M>, A) -> R, args: &A) -> Result<Call, SpawnError>
+where
+    M: Serialize + DeserializeOwned + 'static,
+    A: Serialize + DeserializeOwned + 'static,
+    R: IntoExitReason + 'static,
+{
+    Ok(Call {
+        entry: text::erase::<Entry>(zygote_entry::<M, A, R>),
+        func: text::erase(f),
+        args: postcard::to_stdvec(args).map_err(|e| SpawnError::new(SpawnErrorKind::Encode(e.to_string())))?,
+    })
 }
 
 fn zygote_entry<M, A, R>(rt: &'static Runtime, func: text::FnAddr, args: Vec<u8>) -> ExitReason

@@ -39,6 +39,11 @@ use crate::wire::envelope::{NodeReply, ToNode};
 use self::core::{Core, MAIN_SERIAL, TOKEN_CTL_LISTENER, TOKEN_KICK, TOKEN_SIGNALS, ZYGOTE_SERIAL};
 use self::runtime::{Runtime, Settings};
 
+/// The node's main thread, on the node of `any`.
+pub(crate) fn main_pid(any: Pid) -> Pid {
+    Pid::new(any.node(), MAIN_SERIAL)
+}
+
 /// Node options, for [`Config::init`]. [`init()`] uses the defaults.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -397,6 +402,8 @@ pub struct NodeStats {
     pub refused: u64,
     /// Orphans adopted by the node (as subreaper) and reaped.
     pub strangers_reaped: u64,
+    /// Children restarted by supervisors.
+    pub restarts: u64,
 }
 
 impl Node {
@@ -534,6 +541,7 @@ impl Node {
             exits: c.exits.iter().map(|(k, v)| (k.to_string(), *v)).collect(),
             refused: c.refused,
             strangers_reaped: c.strangers_reaped,
+            restarts: self.rt.shared().restarts.load(Ordering::Relaxed),
         }
     }
 

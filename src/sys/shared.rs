@@ -37,6 +37,8 @@ pub(crate) struct Slot {
 pub(crate) struct SharedArea {
     /// The next process serial to hand out.
     pub(crate) next_serial: AtomicU64,
+    /// Children restarted by supervisors, node-wide.
+    pub(crate) restarts: AtomicU64,
     /// One slot per process, indexed by `serial % SLOTS`.
     pub(crate) slots: [Slot; SLOTS],
 }
