@@ -34,6 +34,10 @@ enum ErrorInner {
     #[error(transparent)]
     Register(#[from] RegisterError),
     #[error(transparent)]
+    Port(#[from] crate::port::PortError),
+    #[error(transparent)]
+    Supervisor(#[from] crate::supervisor::SupervisorError),
+    #[error(transparent)]
     Io(#[from] io::Error),
 }
 
@@ -55,6 +59,8 @@ into_error!(
     JoinError,
     LinkError,
     RegisterError,
+    crate::port::PortError,
+    crate::supervisor::SupervisorError,
     io::Error
 );
 
