@@ -33,7 +33,7 @@ use crate::exit::ExitReason;
 use crate::node::inbox::{Item, PortIo};
 use crate::node::runtime::{self, Runtime};
 use crate::process::Pid;
-use crate::wire::envelope::{PortInfo, Registration, ToNode};
+use crate::wire::envelope::Registration;
 
 pub mod stdio;
 
@@ -285,7 +285,7 @@ impl PortBuilder {
 
     /// What the zygote needs to start the program as if this process did:
     /// this process's environment and working directory, resolved now.
-    fn request(&self, serial: u64) -> crate::pool::zygote::PortRequest {
+    fn request(&self, reg: Registration) -> crate::pool::zygote::PortRequest {
         use std::os::unix::ffi::OsStrExt;
         let bytes = |s: &OsStr| s.as_bytes().to_vec();
         let mut env: std::collections::BTreeMap<OsString, OsString> = if self.env_clear {
@@ -300,11 +300,13 @@ impl PortBuilder {
             };
         }
         let cwd = match &self.cwd {
-            Some(dir) => std::env::current_dir().map(|here| here.join(dir)).ok(),
+            Some(dir) if dir.is_absolute() => Some(dir.clone()),
+            Some(dir) => std::env::current_dir().map_or_else(|_| Some(dir.clone()), |here| Some(here.join(dir))),
             None => std::env::current_dir().ok(),
         };
         crate::pool::zygote::PortRequest {
-            serial,
+            reg,
+            shutdown_ms: self.shutdown.as_millis() as u64,
             program: bytes(self.program.as_os_str()),
             args: self.args.iter().map(|a| bytes(a)).collect(),
             arg0: self.arg0.as_deref().map(bytes),
@@ -328,30 +330,6 @@ impl PortBuilder {
             .next_serial
             .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
         let pid = Pid::new(rt.pid().node(), serial);
-        let request = self.request(serial);
-        let (in_r, in_w) = io::pipe()?;
-        let (out_r, out_w) = io::pipe()?;
-        let err = match self.stderr {
-            Stderr::Merge => None,
-            Stderr::Separate | Stderr::Log => Some(io::pipe()?),
-        };
-        let mut fds = vec![in_r.as_raw_fd(), out_w.as_raw_fd()];
-        fds.extend(err.as_ref().map(|(_, w)| w.as_raw_fd()));
-        let spawned = crate::pool::zygote::spawn_port(rt, &request, &fds);
-        // The program's ends: only it holds them now (its output ends when it
-        // and its children close them).
-        drop((in_r, out_w));
-        let err_r = err.map(|(r, _)| r);
-        let spawned = match spawned {
-            Ok(s) => s,
-            Err(source) => {
-                return Err(PortError::Spawn {
-                    program: self.program.clone(),
-                    source,
-                });
-            }
-        };
-        let (ospid, pidfd, cgroup) = (spawned.ospid, spawned.pidfd, spawned.cgroup);
         let exit_ref = rt.next_ref();
         let reg = Registration {
             serial,
@@ -370,27 +348,30 @@ impl PortBuilder {
             // The zygote started it and reaps it.
             reaper: Some(crate::node::core::ZYGOTE_SERIAL),
         };
-        let info = PortInfo {
-            shutdown_ms: self.shutdown.as_millis() as u64,
-            cgroup,
+        let request = self.request(reg);
+        let (in_r, in_w) = io::pipe()?;
+        let (out_r, out_w) = io::pipe()?;
+        let err = match self.stderr {
+            Stderr::Merge => None,
+            Stderr::Separate | Stderr::Log => Some(io::pipe()?),
         };
+        let mut fds = vec![in_r.as_raw_fd(), out_w.as_raw_fd()];
+        fds.extend(err.as_ref().map(|(_, w)| w.as_raw_fd()));
+        let (err_r, err_w) = err.map_or((None, None), |(r, w)| (Some(OwnedFd::from(r)), Some(w)));
         let out: OwnedFd = out_r.into();
-        let err: Option<OwnedFd> = err_r.map(Into::into);
         let stdin: OwnedFd = in_w.into();
-        crate::sys::socket::set_nonblocking(&out, true)?;
-        if let Some(e) = &err {
-            crate::sys::socket::set_nonblocking(e, true)?;
+        for fd in [Some(&out), err_r.as_ref(), Some(&stdin)].into_iter().flatten() {
+            crate::sys::socket::set_nonblocking(fd, true)?;
         }
-        crate::sys::socket::set_nonblocking(&stdin, true)?;
-        // Known to the inbox first (its exit may come as soon as the node
-        // knows it), read only once the node knows it (a broken framing kills
-        // it through the node).
+        // Known to the inbox before it runs (its exit may come as soon as it
+        // does), read only once the node knows it (a broken framing kills it
+        // through the node): the zygote registers it before answering.
         rt.inbox.add_port(
             serial,
             PortIo::new(
                 pid,
                 out,
-                err,
+                err_r,
                 stdin,
                 self.framing,
                 self.stderr,
@@ -398,14 +379,20 @@ impl PortBuilder {
                 exit_ref,
             ),
         );
-        match rt.node() {
-            Some(node) => node.core.lock().register_port(reg, pidfd, ospid, info),
-            None => rt.tell_node_with_fds(
-                rt.ctl_fd(),
-                &ToNode::Port { reg, ospid, port: info },
-                &[pidfd.as_raw_fd()],
-            )?,
-        }
+        let spawned = crate::pool::zygote::spawn_port(rt, &request, &fds);
+        // The program's ends: only it holds them now (its output ends when it
+        // and its children close them).
+        drop((in_r, out_w, err_w));
+        let ospid = match spawned {
+            Ok(ospid) => ospid,
+            Err(source) => {
+                rt.inbox.remove_port(serial);
+                return Err(PortError::Spawn {
+                    program: self.program.clone(),
+                    source,
+                });
+            }
+        };
         rt.inbox.watch_port(serial)?;
         rt.ensure_background();
         tracing::debug!(port = %pid, ospid, program = %self.program.display(), "port started");

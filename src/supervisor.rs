@@ -56,6 +56,7 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use crate::error::{CallError, SpawnError};
 use crate::exit::{ExitReason, IntoExitReason};
 use crate::mailbox::{Ctx, Event, Mailbox, ReplyTo};
+use crate::monitor::MonitorRef;
 use crate::node::runtime;
 use crate::pool::zygote::Call;
 use crate::port::{PortBuilder, PortOutput};
@@ -425,6 +426,8 @@ enum Request {
     DeleteChild(String, ReplyTo<Result<(), SupervisorError>>),
     WhichChildren(ReplyTo<Vec<ChildInfo>>),
     Stop(ReplyTo<()>),
+    /// From the supervisor itself: start the children whose restart failed.
+    Retry,
 }
 
 /// A running supervisor: its [`Pid`] and its requests.
@@ -542,6 +545,8 @@ struct Running {
     restarts: VecDeque<Instant>,
     /// Events received while waiting for a child's exit, handled next.
     stash: VecDeque<Event<Request>>,
+    /// Children whose restart failed, to try again (in order).
+    retry: VecDeque<String>,
 }
 
 impl Running {
@@ -560,6 +565,7 @@ impl Running {
             children: Vec::new(),
             restarts: VecDeque::new(),
             stash: VecDeque::new(),
+            retry: VecDeque::new(),
         };
         for child in spec.children {
             if let Some(c) = sup.children.iter().find(|c| c.spec.id == child.id) {
@@ -692,6 +698,15 @@ impl Running {
             Request::WhichChildren(r) => {
                 let _ = r.reply(self.children.iter().map(Child::info).collect());
             }
+            Request::Retry => {
+                if let Some(first) = self.retry.front().cloned() {
+                    if !self.note_restart() {
+                        return Some(self.intensity_reached(&first));
+                    }
+                    let pending = std::mem::take(&mut self.retry);
+                    self.start_group(pending);
+                }
+            }
             Request::Stop(r) => {
                 tracing::info!(supervisor = %self.me, "supervisor stopping");
                 self.stop_all();
@@ -773,6 +788,9 @@ impl Running {
     /// toward the intensity.
     fn restart(&mut self, at: usize) -> Option<ExitReason> {
         let id = self.children[at].spec.id.clone();
+        if !self.note_restart() {
+            return Some(self.intensity_reached(&id));
+        }
         // Those that stop and start again with it, in start order.
         let mut group: Vec<String> = match self.strategy {
             Strategy::OneForOne => vec![id.clone()],
@@ -793,34 +811,49 @@ impl Running {
             .collect();
         self.children.retain(|c| !temporary.contains(&c.spec.id));
         group.retain(|g| !temporary.contains(g));
-        let mut pending: VecDeque<String> = group.into();
+        self.start_group(group.into());
+        None
+    }
+
+    /// Starts the children of `pending`, in order. When one fails to start,
+    /// it and those after it are tried again later, through a message to
+    /// itself (so that requests and exits are served in between), and the
+    /// attempt counts toward the intensity, as in OTP.
+    fn start_group(&mut self, mut pending: VecDeque<String>) {
         while let Some(next) = pending.front().cloned() {
-            if !self.note_restart() {
-                tracing::error!(
-                    supervisor = %self.me,
-                    child = %id,
-                    intensity = self.intensity,
-                    period = ?self.period,
-                    "restart intensity reached, supervisor shutting down"
-                );
-                self.stop_all();
-                return Some(ExitReason::Shutdown);
-            }
-            let Some(i) = self.find(&next) else {
+            let Some(i) = self.find(&next).filter(|&i| self.children[i].pid.is_none()) else {
+                // Deleted, or started again by a request meanwhile.
                 pending.pop_front();
                 continue;
             };
-            self.children[i].restarts += 1;
-            self.count_restart();
-            // A start that fails is tried again, and counted again, until it
-            // succeeds or the intensity is reached.
-            if let Ok(pid) = self.start_child(i) {
-                let restarts = self.children[i].restarts;
-                tracing::info!(supervisor = %self.me, child = %next, pid = %pid, restarts, "child restarted");
-                pending.pop_front();
+            match self.start_child(i) {
+                Ok(pid) => {
+                    self.children[i].restarts += 1;
+                    self.count_restart();
+                    let restarts = self.children[i].restarts;
+                    tracing::info!(supervisor = %self.me, child = %next, pid = %pid, restarts, "child restarted");
+                    pending.pop_front();
+                }
+                Err(_) => {
+                    self.retry = pending;
+                    let _ = self.ctx.mailbox().send(Request::Retry);
+                    return;
+                }
             }
         }
-        None
+    }
+
+    /// Too many restarts: the children stop, and the supervisor ends.
+    fn intensity_reached(&mut self, id: &str) -> ExitReason {
+        tracing::error!(
+            supervisor = %self.me,
+            child = %id,
+            intensity = self.intensity,
+            period = ?self.period,
+            "restart intensity reached, supervisor shutting down"
+        );
+        self.stop_all();
+        ExitReason::Shutdown
     }
 
     /// Counts a restart in the node's stats.
@@ -851,11 +884,13 @@ impl Running {
         }
     }
 
-    /// Stops child `at` by its shutdown, and waits for its exit.
+    /// Stops child `at` by its shutdown, and waits for its exit. The child is
+    /// monitored first: if it unlinked itself, its `Down` still comes.
     fn stop_child(&mut self, at: usize) {
         let Some(pid) = self.children[at].pid else {
             return;
         };
+        let watch = self.ctx.monitor(pid);
         let target = Mailbox::<()>::from_pid(pid);
         let deadline = match self.children[at].spec.shutdown {
             Shutdown::BrutalKill => {
@@ -871,31 +906,31 @@ impl Running {
                 None
             }
         };
-        let reason = match self.await_exit(pid, deadline) {
+        let reason = match self.await_exit(pid, watch, deadline) {
             Some(reason) => reason,
             None => {
                 tracing::warn!(supervisor = %self.me, child = %self.children[at].spec.id, pid = %pid, "child did not stop in time, killed");
                 target.kill();
-                self.await_exit(pid, None).unwrap_or(ExitReason::Killed)
+                self.await_exit(pid, watch, None).unwrap_or(ExitReason::Killed)
             }
         };
+        self.ctx.demonitor(watch);
         let child = &mut self.children[at];
         child.pid = None;
         tracing::info!(supervisor = %self.me, child = %child.spec.id, pid = %pid, reason = %reason, "child stopped");
         child.last_exit = Some(reason);
     }
 
-    /// Waits for the exit signal of `pid` (until `deadline`), keeping every
-    /// other event for later.
-    fn await_exit(&mut self, pid: Pid, deadline: Option<Instant>) -> Option<ExitReason> {
-        let stashed = self
-            .stash
-            .iter()
-            .position(|ev| matches!(ev, Event::Exit(s) if s.from == pid));
-        if let Some(i) = stashed
-            && let Some(Event::Exit(s)) = self.stash.remove(i)
-        {
-            return Some(s.reason);
+    /// Waits for the end of `pid`, its exit signal or the `Down` of `watch`
+    /// (until `deadline`), keeping every other event for later.
+    fn await_exit(&mut self, pid: Pid, watch: MonitorRef, deadline: Option<Instant>) -> Option<ExitReason> {
+        let ends = |ev: &Event<Request>| match ev {
+            Event::Exit(s) if s.from == pid => Some(s.reason.clone()),
+            Event::Down(d) if d.reference == watch => Some(d.reason.clone()),
+            _ => None,
+        };
+        if let Some(i) = self.stash.iter().position(|ev| ends(ev).is_some()) {
+            return self.stash.remove(i).and_then(|ev| ends(&ev));
         }
         loop {
             let ev = match deadline {
@@ -906,8 +941,10 @@ impl Running {
                 // Without a deadline, the node going away ends the wait.
                 None => self.ctx.recv_event().ok()?,
             };
+            if let Some(reason) = ends(&ev) {
+                return Some(reason);
+            }
             match ev {
-                Event::Exit(s) if s.from == pid => return Some(s.reason),
                 Event::Port { port, output } => self.port_output(port, output),
                 other => self.stash.push_back(other),
             }

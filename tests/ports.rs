@@ -280,7 +280,8 @@ fn killing_a_port_kills_its_group() {
     let (port, grandchild) = with_grandchild(false);
     port.kill();
     assert_eq!(all(&port).last(), Some(&PortOutput::Exit(ExitReason::Killed)));
-    assert!(util::wait_until(PATIENCE, || !util::os_alive(grandchild)));
+    // Dead, and reaped: not a zombie left to the application.
+    assert!(util::wait_until(PATIENCE, || util::os_state(grandchild).is_none()));
 }
 
 fn setsid_descendants_die_with_the_cgroup() {
@@ -299,7 +300,8 @@ fn setsid_descendants_die_with_the_cgroup() {
     assert_eq!(cgroup_of(grandchild), cgroup_of(port.os_pid()));
     port.kill();
     assert_eq!(all(&port).last(), Some(&PortOutput::Exit(ExitReason::Killed)));
-    assert!(util::wait_until(PATIENCE, || !util::os_alive(grandchild)));
+    // Dead, and reaped: not a zombie left to the application.
+    assert!(util::wait_until(PATIENCE, || util::os_state(grandchild).is_none()));
 }
 
 fn environment_and_directory_are_the_owners() {

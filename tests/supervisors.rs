@@ -31,6 +31,10 @@ fn main() {
                 intensity_reached_shuts_the_supervisor_down,
             ),
             ("shutdown_policies", shutdown_policies),
+            (
+                "a_child_that_cannot_restart_counts_toward_intensity",
+                a_child_that_cannot_restart_counts_toward_intensity,
+            ),
             ("dynamic_children", dynamic_children),
             ("nested_supervisors", nested_supervisors),
             ("a_killed_port_child_is_restarted", a_killed_port_child_is_restarted),
@@ -156,6 +160,18 @@ fn one_for_all_restarts_every_child() {
     assert_eq!(child(&sup, "b").last_exit, Some(ExitReason::Error("boom".into())));
     assert!(children(&sup).iter().all(|c| c.restarts == 1));
     stop(sup);
+    // One crash is one restart, however many children restart with it: the
+    // default intensity (1 in 5 s) lets it through.
+    let sup = Supervisor::new(Strategy::OneForAll)
+        .child(ChildSpec::new("a", worker))
+        .child(ChildSpec::new("b", worker))
+        .spawn()
+        .unwrap();
+    let (a, b) = (pid_of(&sup, "a"), pid_of(&sup, "b"));
+    Mailbox::<Cmd>::from_pid(a).kill();
+    replaced(&sup, "a", a);
+    replaced(&sup, "b", b);
+    stop(sup);
 }
 
 fn rest_for_one_restarts_the_later_children() {
@@ -261,6 +277,15 @@ fn shutdown_policies() {
             ChildSpec::new("too_slow", |ctx: Ctx<Cmd>| stubborn(ctx, PATIENCE))
                 .shutdown(Shutdown::Timeout(Duration::from_millis(100))),
         )
+        .child(
+            ChildSpec::new("unlinked", |ctx: Ctx<Cmd>| {
+                // No exit signal will reach the supervisor: its monitor does.
+                let me = converge::process_info(ctx.pid()).unwrap();
+                ctx.unlink(me.parent.unwrap());
+                worker(ctx)
+            })
+            .shutdown(Shutdown::BrutalKill),
+        )
         .spawn()
         .unwrap();
     // Stopping a child is not a crash: nothing is restarted.
@@ -269,6 +294,7 @@ fn shutdown_policies() {
         ("brutal", ExitReason::Killed),
         ("cleans_up", ExitReason::Exit("cleaned up".into())),
         ("too_slow", ExitReason::Killed),
+        ("unlinked", ExitReason::Killed),
     ] {
         sup.terminate_child(id).unwrap();
         let info = child(&sup, id);
@@ -279,6 +305,26 @@ fn shutdown_policies() {
         );
     }
     stop(sup);
+}
+
+fn a_child_that_cannot_restart_counts_toward_intensity() {
+    // A program that goes away after its first start.
+    let program = std::env::temp_dir().join(format!("converge-sleep-{}", std::process::id()));
+    std::fs::copy("/bin/sleep", &program).unwrap();
+    let sup = Supervisor::new(Strategy::OneForOne)
+        .intensity(3, Duration::from_secs(60))
+        .child(ChildSpec::port("doomed", PortBuilder::new(&program).arg("100")))
+        .spawn()
+        .unwrap();
+    std::fs::remove_file(&program).unwrap();
+    let watch = node().monitor(sup.pid());
+    let first = pid_of(&sup, "doomed");
+    Mailbox::<()>::from_pid(first).kill();
+    // Each failed start is counted: the fourth restart attempt is one too many.
+    assert_eq!(
+        node().recv_down_timeout(watch, PATIENCE).unwrap().reason,
+        ExitReason::Shutdown
+    );
 }
 
 fn dynamic_children() {

@@ -349,16 +349,16 @@ impl Core {
             }
         }
         self.attach_pidfd(serial, pidfd, ospid);
-        if !parent_alive {
-            // Its owner is already gone: so is the port.
-            self.kill(serial, ExitReason::Shutdown);
-        }
         if let Some(status) = self.early_status.remove(&serial)
             && let Some(p) = self.procs.get_mut(&serial)
         {
+            // Reaped already: nothing to signal (its group id may be reused).
             p.status = Some(status);
             p.exited = true;
             self.to_finalize.push_back(serial);
+        } else if !parent_alive {
+            // Its owner is already gone: so is the port.
+            self.kill(serial, ExitReason::Shutdown);
         }
         self.run_finalizations();
     }
@@ -807,13 +807,15 @@ impl Core {
     }
 
     /// Reads the registrations still in flight: connections not accepted yet,
-    /// and accepted ones whose first frame was not read yet.
+    /// accepted ones whose first frame was not read yet, and the zygote's
+    /// (where ports are registered).
     fn refresh(&mut self) {
         self.accept_all();
+        // Registrations come on new connections, and ports' on the zygote's.
         let tokens: Vec<u64> = self
             .conns
             .iter()
-            .filter(|(_, c)| c.serial.is_none())
+            .filter(|(_, c)| c.serial.is_none() || c.serial == Some(ZYGOTE_SERIAL))
             .map(|(&t, _)| t)
             .collect();
         for t in tokens {

@@ -409,6 +409,11 @@ impl Inbox {
         self.state.lock().ports.insert(serial, port);
     }
 
+    /// Forgets a port that did not start.
+    pub(crate) fn remove_port(&self, serial: u64) {
+        self.state.lock().ports.remove(&serial);
+    }
+
     /// Starts reading a port's output, once the node knows the port: what
     /// the output may cause (a broken framing kills the port) must find it
     /// registered. Until then its exit still finds it (and reads it out).

@@ -66,8 +66,12 @@ pub(crate) struct Request {
 /// descriptors, in that order.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub(crate) struct PortRequest {
-    /// The port's serial.
-    pub(crate) serial: u64,
+    /// The port's registration (its owner is the parent), which the zygote
+    /// hands to the node with the pidfd before it answers: a port exists for
+    /// the node as soon as it runs, whatever happens to its owner.
+    pub(crate) reg: crate::wire::envelope::Registration,
+    /// Time between `SIGTERM` and `SIGKILL` when the port is shut down.
+    pub(crate) shutdown_ms: u64,
     /// The program, as the owner named it.
     pub(crate) program: Vec<u8>,
     pub(crate) args: Vec<Vec<u8>>,
@@ -94,11 +98,9 @@ enum Response {
     Spawned {
         ospid: i32,
     },
-    /// The port runs; its pidfd travels along.
+    /// The port runs (and the node knows it).
     SpawnedPort {
         ospid: i32,
-        /// The cgroup it runs in, if any.
-        cgroup: Option<String>,
     },
     /// Starting the program failed with this OS error.
     PortFailed {
@@ -106,14 +108,6 @@ enum Response {
         message: String,
     },
     Failed(String),
-}
-
-/// A port started by the zygote.
-#[derive(Debug)]
-pub(crate) struct SpawnedPort {
-    pub(crate) ospid: i32,
-    pub(crate) pidfd: OwnedFd,
-    pub(crate) cgroup: Option<String>,
 }
 
 /// What the zygote starts with.
@@ -139,6 +133,7 @@ pub(crate) fn start(setup: ZygoteSetup) -> io::Result<i32> {
 const TOKEN_LISTENER: u64 = 1;
 const TOKEN_CTL: u64 = 2;
 const TOKEN_DEATH: u64 = 3;
+const TOKEN_SIGCHLD: u64 = 4;
 const CONN_TAG: u64 = 1 << 56;
 const CHILD_TAG: u64 = 2 << 56;
 const TAG_MASK: u64 = 0xff << 56;
@@ -146,6 +141,7 @@ const TAG_MASK: u64 = 0xff << 56;
 /// A child of the zygote.
 struct Child {
     serial: u64,
+    ospid: i32,
     pidfd: OwnedFd,
     /// A port's OS pid (its process group id), killed with it.
     port: Option<i32>,
@@ -210,6 +206,14 @@ fn run(setup: ZygoteSetup) -> Infallible {
     let _ = epoll.add(setup.listener.as_raw_fd(), TOKEN_LISTENER, Interest::Read);
     let _ = epoll.add(setup.ctl.as_raw_fd(), TOKEN_CTL, Interest::Read);
     let _ = epoll.add(setup.death_read, TOKEN_DEATH, Interest::Read);
+    // What its children leave behind when they end (a port's descendants
+    // that left its process group, a raw fork inside a process) comes back
+    // to the zygote, which reaps it.
+    let _ = sys::process::set_child_subreaper();
+    let sigchld = sys::signal::child_signals().ok();
+    if let Some(fd) = &sigchld {
+        let _ = epoll.add(fd.as_raw_fd(), TOKEN_SIGCHLD, Interest::Read);
+    }
     let uid = sys::process::getuid();
     let mut conns: HashMap<u64, Conn> = HashMap::new();
     let mut children: HashMap<u64, Child> = HashMap::new();
@@ -249,6 +253,12 @@ fn run(setup: ZygoteSetup) -> Infallible {
                     }
                 }
                 TOKEN_DEATH => guardian(&setup, &children),
+                TOKEN_SIGCHLD => {
+                    if let Some(fd) = &sigchld {
+                        sys::signal::drain_signals(fd);
+                    }
+                    reap_adopted(&children);
+                }
                 TOKEN_CTL => {
                     // The node never writes to the zygote; end of stream means
                     // the node is gone (the armed signal kills us anyway).
@@ -280,7 +290,6 @@ fn run(setup: ZygoteSetup) -> Infallible {
                         .is_ok();
                     for (kind, ask) in requests {
                         let mut spawned = None;
-                        let mut pass = None;
                         let response = match (kind, ask) {
                             (Kind::Ctl, Ok(Ask::SpawnPort(req)))
                                 if conn.fds.len() >= 2 + req.separate_stderr as usize =>
@@ -288,20 +297,30 @@ fn run(setup: ZygoteSetup) -> Infallible {
                                 let n = 2 + req.separate_stderr as usize;
                                 let fds: Vec<OwnedFd> = conn.fds.drain(..n).collect();
                                 let cgroup = cgroups.take();
+                                let (reg, shutdown_ms) = (req.reg.clone(), req.shutdown_ms);
                                 match start_port(*req, fds, cgroup.clone()) {
                                     Ok(child) => {
-                                        let cgroup = child.cgroup.clone();
                                         let ospid = child.port.expect("BUG: a port has its group");
+                                        let registered = register_port(&setup, &child, reg, shutdown_ms);
                                         let token = CHILD_TAG | next;
                                         next += 1;
                                         let _ = epoll.add(child.pidfd.as_raw_fd(), token, Interest::Read);
-                                        pass = Some(child.pidfd.as_raw_fd());
+                                        if let Err(e) = registered {
+                                            // Nobody would ever stop it.
+                                            eprintln!("converge-zygote: registering a port failed: {e}");
+                                            let _ = sys::process::pidfd_signal_group(
+                                                &child.pidfd,
+                                                ospid,
+                                                sys::process::SIGKILL,
+                                            );
+                                        }
                                         children.insert(token, child);
-                                        Response::SpawnedPort { ospid, cgroup }
+                                        Response::SpawnedPort { ospid }
                                     }
                                     Err(e) => {
+                                        // Used again once empty.
                                         if let Some(cg) = cgroup {
-                                            cgroups.free.push(cg);
+                                            cgroups.release(cg);
                                         }
                                         Response::PortFailed {
                                             errno: e.raw_os_error(),
@@ -331,10 +350,7 @@ fn run(setup: ZygoteSetup) -> Infallible {
                         // travels to the node.
                         let mut buf = Vec::new();
                         let _ = frame::push(&mut buf, Kind::Ctl, &response);
-                        let _ = match pass {
-                            Some(fd) => sys::socket::send_with_fds(&conn.fd, &buf, &[fd]),
-                            None => sys::socket::send_all(&conn.fd, &buf, None),
-                        };
+                        let _ = sys::socket::send_all(&conn.fd, &buf, None);
                         if let Some((serial, ospid, ctl)) = spawned {
                             match announce(serial, ospid, ctl) {
                                 Ok(pidfd) => {
@@ -345,6 +361,7 @@ fn run(setup: ZygoteSetup) -> Infallible {
                                         token,
                                         Child {
                                             serial,
+                                            ospid,
                                             pidfd,
                                             port: None,
                                             cgroup: None,
@@ -431,6 +448,38 @@ fn announce(serial: u64, ospid: i32, ctl: OwnedFd) -> io::Result<OwnedFd> {
     Ok(pidfd)
 }
 
+/// Reaps the adopted orphans that have ended (the zygote's own children are
+/// reaped by their pidfds, and reported).
+fn reap_adopted(children: &HashMap<u64, Child>) {
+    let ours: std::collections::HashSet<i32> = children.values().map(|c| c.ospid).collect();
+    for pid in crate::node::proc_fs::children_of_self() {
+        if !ours.contains(&pid) {
+            sys::process::reap_if_exited(pid);
+        }
+    }
+}
+
+/// Hands a port to the node: its registration and its pidfd.
+fn register_port(
+    setup: &ZygoteSetup,
+    child: &Child,
+    reg: crate::wire::envelope::Registration,
+    shutdown_ms: u64,
+) -> io::Result<()> {
+    let ospid = child.port.expect("BUG: a port has its group");
+    let msg = ToNode::Port {
+        reg,
+        ospid,
+        port: crate::wire::envelope::PortInfo {
+            shutdown_ms,
+            cgroup: child.cgroup.clone(),
+        },
+    };
+    let mut buf = Vec::new();
+    frame::push(&mut buf, Kind::Ctl, &msg).expect("BUG: control frames always encode");
+    sys::socket::send_with_fds(&setup.ctl, &buf, &[child.pidfd.as_raw_fd()])
+}
+
 /// Starts a port's program in its own process group (and cgroup, if it has
 /// one) with the descriptors `fds` as its standard streams.
 fn start_port(req: PortRequest, fds: Vec<OwnedFd>, cgroup: Option<String>) -> io::Result<Child> {
@@ -439,7 +488,7 @@ fn start_port(req: PortRequest, fds: Vec<OwnedFd>, cgroup: Option<String>) -> io
     use std::os::unix::process::CommandExt;
     use std::process::{Command, Stdio};
 
-    let serial = req.serial;
+    let serial = req.reg.serial;
     let mut fds = fds.into_iter();
     let stdin = fds.next().expect("BUG: counted by the caller");
     let stdout = fds.next().expect("BUG: counted by the caller");
@@ -484,14 +533,20 @@ fn start_port(req: PortRequest, fds: Vec<OwnedFd>, cgroup: Option<String>) -> io
     let pidfd = match sys::process::pidfd_open(ospid) {
         Ok(fd) => fd,
         Err(e) => {
+            // Nothing of it may stay: its group, and what it left in its
+            // cgroup (the caller does not use that cgroup again).
             let mut child = child;
-            let _ = child.kill();
+            let _ = sys::process::kill_group(ospid, sys::process::SIGKILL);
+            if let Some(cg) = &cgroup {
+                crate::node::cgroup::kill(cg);
+            }
             let _ = child.wait();
             return Err(e);
         }
     };
     Ok(Child {
         serial,
+        ospid,
         pidfd,
         port: Some(ospid),
         cgroup,
@@ -530,19 +585,16 @@ pub(crate) fn request(rt: &'static Runtime, req: &Request, fds: &[RawFd]) -> Res
     }
 }
 
-/// Asks the zygote to start a port with `fds` as its standard streams. The
-/// error is the OS error of the start, or why the zygote could not be asked.
-pub(crate) fn spawn_port(rt: &'static Runtime, req: &PortRequest, fds: &[RawFd]) -> Result<SpawnedPort, io::Error> {
+/// Asks the zygote to start a port with `fds` as its standard streams; gives
+/// its OS pid. The error is the OS error of the start, or why the zygote
+/// could not be asked.
+pub(crate) fn spawn_port(rt: &'static Runtime, req: &PortRequest, fds: &[RawFd]) -> Result<i32, io::Error> {
     let mut buf = Vec::new();
     frame::push(&mut buf, Kind::Ctl, &Ask::SpawnPort(Box::new(req.clone())))
         .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))?;
-    let (response, mut received) = ask(rt, &buf, fds).map_err(io::Error::other)?;
+    let (response, _) = ask(rt, &buf, fds).map_err(io::Error::other)?;
     match response {
-        Response::SpawnedPort { ospid, cgroup } if !received.is_empty() => Ok(SpawnedPort {
-            ospid,
-            pidfd: received.remove(0),
-            cgroup,
-        }),
+        Response::SpawnedPort { ospid } => Ok(ospid),
         Response::PortFailed { errno: Some(code), .. } => Err(io::Error::from_raw_os_error(code)),
         Response::PortFailed { message, .. } | Response::Failed(message) => Err(io::Error::other(message)),
         _ => Err(io::Error::other("the zygote answered out of turn")),

@@ -223,12 +223,53 @@ pub(crate) fn pidfd_signal_group(pidfd: &OwnedFd, ospid: i32, signal: i32) -> io
     let e = io::Error::last_os_error();
     match e.raw_os_error() {
         Some(libc::ESRCH) => Ok(()),
-        Some(libc::EINVAL) => match syscall!(kill(-ospid, signal)) {
-            Ok(_) => Ok(()),
-            Err(e) if e.raw_os_error() == Some(libc::ESRCH) => Ok(()),
-            Err(e) => Err(e),
-        },
+        Some(libc::EINVAL) => {
+            // A kernel without process-group pidfd signals (before 6.9):
+            // kill(2) the group, but only while its leader is not reaped (a
+            // leader, even a zombie, keeps its group id from being reused).
+            // SAFETY: signal 0 only checks that the process can be signalled.
+            let alive = unsafe {
+                libc::syscall(
+                    libc::SYS_pidfd_send_signal,
+                    pidfd.as_raw_fd(),
+                    0,
+                    std::ptr::null::<libc::siginfo_t>(),
+                    0,
+                )
+            } == 0;
+            if !alive {
+                return Ok(());
+            }
+            kill_group(ospid, signal)
+        }
         _ => Err(e),
+    }
+}
+
+/// Reaps child `pid` if it has exited (`waitid(P_PID, WNOHANG)`); whether it
+/// was reaped.
+pub(crate) fn reap_if_exited(pid: i32) -> bool {
+    // SAFETY: an all-zero siginfo_t is a valid value to pass to waitid.
+    let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+    let waited = syscall!(waitid(
+        libc::P_PID,
+        pid as libc::id_t,
+        &mut info,
+        libc::WEXITED | libc::WNOHANG
+    ))
+    .is_ok();
+    // SAFETY: `info` was zeroed, then filled by waitid (si_pid stays 0 when
+    // nothing exited).
+    waited && unsafe { info.si_pid() } != 0
+}
+
+/// Sends `signal` to the process group `pgid` with kill(2). The caller makes
+/// sure the group's leader is not reaped (its id cannot have been reused).
+pub(crate) fn kill_group(pgid: i32, signal: i32) -> io::Result<()> {
+    match syscall!(kill(-pgid, signal)) {
+        Ok(_) => Ok(()),
+        Err(e) if e.raw_os_error() == Some(libc::ESRCH) => Ok(()),
+        Err(e) => Err(e),
     }
 }
 

@@ -137,3 +137,27 @@ pub(crate) fn arm_death_signal(read_end: RawFd) -> io::Result<OwnedFd> {
     }
     Ok(fd)
 }
+
+/// A `signalfd` that reads `SIGCHLD` (blocked for the calling thread, which
+/// must be the process's only one): readable when a child changed state.
+pub(crate) fn child_signals() -> io::Result<OwnedFd> {
+    // SAFETY: sigset manipulation on a local value, and pthread_sigmask on the
+    // calling thread only.
+    let set = unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGCHLD);
+        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+        set
+    };
+    let fd = syscall!(signalfd(-1, &set, libc::SFD_NONBLOCK | libc::SFD_CLOEXEC))?;
+    // SAFETY: a fresh descriptor owned by nobody else.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Reads every pending signal from a `signalfd`.
+pub(crate) fn drain_signals(fd: &OwnedFd) {
+    let mut buf = [0u8; 128 * 8];
+    // SAFETY: reads into a local buffer of the given length.
+    while unsafe { libc::read(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) } > 0 {}
+}
