@@ -231,6 +231,7 @@ fn run(setup: ZygoteSetup) -> Infallible {
         if epoll.wait(&mut events, None).is_err() {
             continue;
         }
+        let mut orphans_may_have_ended = false;
         for ev in events.clone() {
             match ev.token {
                 TOKEN_LISTENER => {
@@ -253,12 +254,8 @@ fn run(setup: ZygoteSetup) -> Infallible {
                     }
                 }
                 TOKEN_DEATH => guardian(&setup, &children),
-                TOKEN_SIGCHLD => {
-                    if let Some(fd) = &sigchld {
-                        sys::signal::drain_signals(fd);
-                    }
-                    reap_adopted(&children);
-                }
+                // After the rest: its own children's statuses go out first.
+                TOKEN_SIGCHLD => orphans_may_have_ended = true,
                 TOKEN_CTL => {
                     // The node never writes to the zygote; end of stream means
                     // the node is gone (the armed signal kills us anyway).
@@ -406,6 +403,12 @@ fn run(setup: ZygoteSetup) -> Infallible {
                 }
                 _ => {}
             }
+        }
+        if orphans_may_have_ended {
+            if let Some(fd) = &sigchld {
+                sys::signal::drain_signals(fd);
+            }
+            reap_adopted(&children);
         }
     }
 }
