@@ -22,7 +22,7 @@
 use std::ffi::{OsStr, OsString};
 use std::fmt;
 use std::io;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -355,9 +355,10 @@ impl PortBuilder {
             Stderr::Merge => None,
             Stderr::Separate | Stderr::Log => Some(io::pipe()?),
         };
-        let mut fds = vec![in_r.as_raw_fd(), out_w.as_raw_fd()];
-        fds.extend(err.as_ref().map(|(_, w)| w.as_raw_fd()));
-        let (err_r, err_w) = err.map_or((None, None), |(r, w)| (Some(OwnedFd::from(r)), Some(w)));
+        let (err_r, err_w) = err.map_or((None, None), |(r, w)| (Some(OwnedFd::from(r)), Some(OwnedFd::from(w))));
+        // The program's ends, in order: input, output, error.
+        let mut fds: Vec<OwnedFd> = vec![in_r.into(), out_w.into()];
+        fds.extend(err_w);
         let out: OwnedFd = out_r.into();
         let stdin: OwnedFd = in_w.into();
         for fd in [Some(&out), err_r.as_ref(), Some(&stdin)].into_iter().flatten() {
@@ -379,10 +380,8 @@ impl PortBuilder {
                 exit_ref,
             ),
         );
-        let spawned = crate::pool::zygote::spawn_port(rt, &request, &fds);
-        // The program's ends: only it holds them now (its output ends when it
-        // and its children close them).
-        drop((in_r, out_w, err_w));
+        // Its ends go to the zygote; only the program holds them afterwards.
+        let spawned = crate::pool::zygote::spawn_port(rt, &request, fds);
         let ospid = match spawned {
             Ok(ospid) => ospid,
             Err(source) => {

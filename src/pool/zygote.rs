@@ -581,7 +581,7 @@ fn run_entry(rt: &'static Runtime, call: Call) -> ExitReason {
 pub(crate) fn request(rt: &'static Runtime, req: &Request, fds: &[RawFd]) -> Result<i32, String> {
     let mut buf = Vec::new();
     frame::push(&mut buf, Kind::Ctl, &Ask::Spawn(Box::new(req.clone()))).map_err(|e| e.to_string())?;
-    match ask(rt, &buf, fds)?.0 {
+    match ask(rt, &buf, fds, || {})? {
         Response::Spawned { ospid } => Ok(ospid),
         Response::Failed(e) | Response::PortFailed { message: e, .. } => Err(e),
         Response::SpawnedPort { .. } => Err("the zygote answered out of turn".into()),
@@ -591,11 +591,16 @@ pub(crate) fn request(rt: &'static Runtime, req: &Request, fds: &[RawFd]) -> Res
 /// Asks the zygote to start a port with `fds` as its standard streams; gives
 /// its OS pid. The error is the OS error of the start, or why the zygote
 /// could not be asked.
-pub(crate) fn spawn_port(rt: &'static Runtime, req: &PortRequest, fds: &[RawFd]) -> Result<i32, io::Error> {
+///
+/// `fds` are dropped as soon as they are on their way: the program must be
+/// the only holder of its pipes' other ends (else no end of output is seen),
+/// and its exit may be handled (by another thread) before the answer comes.
+pub(crate) fn spawn_port(rt: &'static Runtime, req: &PortRequest, fds: Vec<OwnedFd>) -> Result<i32, io::Error> {
     let mut buf = Vec::new();
     frame::push(&mut buf, Kind::Ctl, &Ask::SpawnPort(Box::new(req.clone())))
         .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))?;
-    let (response, _) = ask(rt, &buf, fds).map_err(io::Error::other)?;
+    let raw: Vec<RawFd> = fds.iter().map(|f| f.as_raw_fd()).collect();
+    let response = ask(rt, &buf, &raw, move || drop(fds)).map_err(io::Error::other)?;
     match response {
         Response::SpawnedPort { ospid } => Ok(ospid),
         Response::PortFailed { errno: Some(code), .. } => Err(io::Error::from_raw_os_error(code)),
@@ -604,12 +609,18 @@ pub(crate) fn spawn_port(rt: &'static Runtime, req: &PortRequest, fds: &[RawFd])
     }
 }
 
-/// Sends one framed request with descriptors and waits for the answer (and
-/// the descriptors that come with it).
-fn ask(rt: &'static Runtime, buf: &[u8], fds: &[RawFd]) -> Result<(Response, Vec<OwnedFd>), String> {
+/// Sends one framed request with descriptors and waits for the answer;
+/// `sent` runs once the request (and its descriptors) is on its way. A broken
+/// connection is made again, and the request sent again if it had not left.
+fn ask(rt: &'static Runtime, buf: &[u8], fds: &[RawFd], sent: impl FnOnce()) -> Result<Response, String> {
     let mut conn = rt.zygote.lock();
     let mut last_error = String::new();
+    let mut sent = Some(sent);
     for _attempt in 0..2 {
+        if sent.is_none() {
+            // The zygote may have acted on it: not twice.
+            break;
+        }
         if conn.is_none() {
             match sys::socket::connect_abstract(&zygote_address(rt.pid().node()), false) {
                 Ok(c) => *conn = Some(c),
@@ -622,6 +633,9 @@ fn ask(rt: &'static Runtime, buf: &[u8], fds: &[RawFd]) -> Result<(Response, Vec
             *conn = None;
             continue;
         }
+        if let Some(sent) = sent.take() {
+            sent();
+        }
         match read_response(c) {
             Ok(r) => return Ok(r),
             Err(e) => {
@@ -633,7 +647,7 @@ fn ask(rt: &'static Runtime, buf: &[u8], fds: &[RawFd]) -> Result<(Response, Vec
     Err(last_error)
 }
 
-fn read_response(c: &OwnedFd) -> io::Result<(Response, Vec<OwnedFd>)> {
+fn read_response(c: &OwnedFd) -> io::Result<Response> {
     let mut decoder = Decoder::default();
     let mut buf = [0u8; 4096];
     let mut fds = Vec::new();
@@ -653,9 +667,7 @@ fn read_response(c: &OwnedFd) -> io::Result<(Response, Vec<OwnedFd>)> {
             })
             .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
         if let Some(r) = out {
-            return r
-                .map(|r| (r, fds))
-                .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e));
+            return r.map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e));
         }
     }
 }
