@@ -95,6 +95,9 @@ pub enum InitErrorKind {
     /// A system call failed while setting up the node.
     #[error("setting up the node failed: {0}")]
     Io(#[source] io::Error),
+    /// The configuration cannot be met.
+    #[error("invalid configuration: {0}")]
+    Config(String),
 }
 
 impl InitError {

@@ -105,7 +105,7 @@ mod link;
 mod mailbox;
 mod monitor;
 mod node;
-mod pool;
+pub mod pool;
 pub mod port;
 mod process;
 pub mod supervisor;

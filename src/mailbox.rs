@@ -257,6 +257,15 @@ impl<R: Serialize> ReplyTo<R> {
 }
 
 impl<R> ReplyTo<R> {
+    /// The address of a reply to `reference`, at `pid`.
+    pub(crate) fn new(pid: Pid, reference: u64) -> ReplyTo<R> {
+        ReplyTo {
+            pid,
+            reference,
+            _r: PhantomData,
+        }
+    }
+
     /// The caller's process id.
     pub fn pid(&self) -> Pid {
         self.pid

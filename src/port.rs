@@ -347,6 +347,7 @@ impl PortBuilder {
             memory_limited: false,
             // The zygote started it and reaps it.
             reaper: Some(crate::node::core::ZYGOTE_SERIAL),
+            scheduler: None,
         };
         let request = self.request(reg);
         let (in_r, in_w) = io::pipe()?;

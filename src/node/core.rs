@@ -10,6 +10,7 @@ use std::io;
 use std::os::fd::{AsRawFd, OwnedFd};
 
 use crate::exit::ExitReason;
+use crate::node::runtime::PoolSettings;
 use crate::process::{NodeId, Pid, ProcessInfo, ProcessState};
 use crate::sys::poll::{Epoll, Interest};
 use crate::sys::process::{
@@ -104,6 +105,8 @@ struct Proc {
     port: Option<PortInfo>,
     /// The process that reaps it: its OS parent (the spawner, or the zygote).
     reaper: u64,
+    /// A scheduler's slot in the pool.
+    scheduler: Option<u32>,
 }
 
 impl Proc {
@@ -132,6 +135,7 @@ impl Proc {
             watched: false,
             port: None,
             reaper: parent,
+            scheduler: None,
         }
     }
 }
@@ -214,6 +218,22 @@ pub(crate) struct Core {
     pub(crate) watcher_will_wake: bool,
     /// Statuses reported by a parent before the child's registration was read.
     early_status: HashMap<u64, WaitStatus>,
+    /// The scheduler pool's shape.
+    pool: PoolSettings,
+    /// Per class: tasks waiting for an idle scheduler, oldest first.
+    queues: Vec<VecDeque<Queued>>,
+    /// Per scheduler: the submitter and reference of the last task handed
+    /// to it from a queue (told if the scheduler dies).
+    dispatched: HashMap<u64, (u64, u64)>,
+}
+
+/// A task waiting in the node's queue.
+#[derive(Debug)]
+struct Queued {
+    task: u64,
+    submitter: u64,
+    reference: u64,
+    message: Vec<u8>,
 }
 
 impl Core {
@@ -223,8 +243,12 @@ impl Core {
         epoll: &'static Epoll,
         shared: &'static SharedArea,
         listener: &'static OwnedFd,
+        pool: PoolSettings,
     ) -> Core {
         Core {
+            queues: pool.classes.iter().map(|_| VecDeque::new()).collect(),
+            pool,
+            dispatched: HashMap::new(),
             node,
             uid,
             epoll,
@@ -407,6 +431,10 @@ impl Core {
         p.ctl = Some(token);
         p.name = reg.name;
         p.trap_exits = reg.trap_exits;
+        // Schedulers are the runtime's: not listed, not stopped by a shutdown
+        // (they end with the node), replaced by the zygote when they die.
+        p.internal = reg.scheduler.is_some();
+        p.scheduler = reg.scheduler;
         p.cpu_limited = reg.cpu_limited;
         p.memory_limited = reg.memory_limited;
         if parent_alive {
@@ -426,8 +454,10 @@ impl Core {
         if let Some(status) = self.early_status.remove(&serial) {
             p.status = Some(status);
         }
+        if !p.internal {
+            self.counters.spawned += 1;
+        }
         self.procs.insert(serial, p);
-        self.counters.spawned += 1;
         if parent_alive {
             let parent = self.procs.get_mut(&reg.parent).expect("BUG: parent checked above");
             for (reference, _) in reg.monitors {
@@ -783,6 +813,29 @@ impl Core {
                 }
                 None
             }
+            ToNode::Enqueue {
+                class,
+                task,
+                reference,
+                message,
+            } => {
+                if let Some(q) = self.queues.get_mut(class as usize) {
+                    q.push_back(Queued {
+                        task,
+                        submitter: from,
+                        reference,
+                        message,
+                    });
+                    self.dispatch(class as usize);
+                }
+                None
+            }
+            ToNode::Idle { slot } => {
+                if let Some(class) = self.pool.class_of(slot as usize) {
+                    self.dispatch(class);
+                }
+                None
+            }
             ToNode::LastWords { reason } => {
                 if let Some(p) = self.procs.get_mut(&from) {
                     p.last_words = Some(reason);
@@ -936,6 +989,27 @@ impl Core {
         self.run_finalizations();
     }
 
+    /// Hands queued tasks of `class` to its idle schedulers, oldest first,
+    /// and publishes how many still wait (a scheduler that becomes idle
+    /// while tasks wait says so).
+    fn dispatch(&mut self, class: usize) {
+        use std::sync::atomic::Ordering::SeqCst;
+        let slots = self.pool.slots(class);
+        while let Some(task) = self.queues[class].front().map(|q| q.task) {
+            let taken = slots.clone().find_map(|slot| {
+                let s = &self.shared.schedulers[slot];
+                let serial = s.serial.load(SeqCst);
+                let ready = serial != 0 && self.procs.get(&serial).is_some_and(|p| !p.exited);
+                (ready && s.busy.compare_exchange(0, task, SeqCst, SeqCst).is_ok()).then_some(serial)
+            });
+            let Some(serial) = taken else { break };
+            let q = self.queues[class].pop_front().expect("BUG: front seen above");
+            self.dispatched.insert(serial, (q.submitter, q.reference));
+            self.send_to(serial, ToProcess::Message(q.message));
+        }
+        self.shared.pool.queued[class].store(self.queues[class].len() as u64, SeqCst);
+    }
+
     /// Queues a control frame for process `serial`.
     fn send_to(&mut self, serial: u64, msg: ToProcess) {
         let Some(token) = self.procs.get(&serial).and_then(|p| p.ctl) else {
@@ -1076,7 +1150,9 @@ impl Core {
         };
         self.pending.remove(&serial);
         let reason = reason_of(&p);
-        *self.counters.exits.entry(kind_name(&reason)).or_default() += 1;
+        if !p.internal {
+            *self.counters.exits.entry(kind_name(&reason)).or_default() += 1;
+        }
         let pid = self.pid(serial);
         tracing::debug!(pid = %pid, ospid = ?p.ospid, name = ?p.name, %reason, "process exited");
         let slot = &self.shared.slots[serial as usize % SLOTS];
@@ -1100,6 +1176,21 @@ impl Core {
                 ToProcess::Down {
                     reference: m.reference,
                     internal: m.internal,
+                    pid,
+                    reason: reason.clone(),
+                },
+            );
+        }
+        if p.scheduler.is_some()
+            && let Some((submitter, reference)) = self.dispatched.remove(&serial)
+        {
+            // The task it was handed from a queue (if it had not finished):
+            // its submitter decides what now.
+            self.send_to(
+                submitter,
+                ToProcess::Down {
+                    reference,
+                    internal: true,
                     pid,
                     reason: reason.clone(),
                 },

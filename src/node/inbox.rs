@@ -1057,6 +1057,15 @@ impl Inbox {
                     a.node = Some(reply);
                 }
             }
+            ToProcess::Message(body) => {
+                if body.len() >= 8 {
+                    let fp = u64::from_le_bytes(body[..8].try_into().expect("BUG: 8 bytes"));
+                    let State {
+                        queue, messages, bound, ..
+                    } = &mut *st;
+                    push_message(queue, messages, *bound, rt.slot(), fp, &body[8..]);
+                }
+            }
         }
     }
 

@@ -39,6 +39,27 @@ use crate::wire::envelope::{NodeReply, ToNode};
 use self::core::{Core, MAIN_SERIAL, TOKEN_CTL_LISTENER, TOKEN_KICK, TOKEN_SIGNALS, ZYGOTE_SERIAL};
 use self::runtime::{Runtime, Settings};
 
+/// The pool's classes, in slot order: the default class first.
+fn pool_settings(config: &Config) -> Result<crate::node::runtime::PoolSettings, InitError> {
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let mut classes = vec![(
+        crate::pool::DEFAULT_CLASS.to_string(),
+        config.schedulers.unwrap_or(cpus),
+    )];
+    classes.extend(config.classes.iter().cloned());
+    let total: usize = classes.iter().map(|c| c.1).sum();
+    if total > crate::sys::shared::SCHEDULERS {
+        return Err(InitError::new(InitErrorKind::Config(format!(
+            "{total} schedulers asked for, at most {} possible",
+            crate::sys::shared::SCHEDULERS
+        ))));
+    }
+    Ok(crate::node::runtime::PoolSettings {
+        classes,
+        init: config.scheduler_init.map(crate::sys::text::erase),
+    })
+}
+
 /// The node's main thread, on the node of `any`.
 pub(crate) fn main_pid(any: Pid) -> Pid {
     Pid::new(any.node(), MAIN_SERIAL)
@@ -55,6 +76,9 @@ pub struct Config {
     exit_flush_timeout: Duration,
     max_connections: usize,
     port_cgroups: bool,
+    schedulers: Option<usize>,
+    classes: Vec<(String, usize)>,
+    scheduler_init: Option<fn()>,
 }
 
 impl Default for Config {
@@ -68,6 +92,9 @@ impl Default for Config {
             exit_flush_timeout: Duration::from_secs(5),
             max_connections: 512,
             port_cgroups: true,
+            schedulers: None,
+            classes: Vec::new(),
+            scheduler_init: None,
         }
     }
 }
@@ -134,6 +161,29 @@ impl Config {
     /// and removal on every port.
     pub fn port_cgroups(mut self, on: bool) -> Config {
         self.port_cgroups = on;
+        self
+    }
+
+    /// How many schedulers the pool's default class has (default: one per
+    /// CPU the node may run on; 0: no default class). See [`crate::pool`].
+    pub fn schedulers(mut self, n: usize) -> Config {
+        self.schedulers = Some(n);
+        self
+    }
+
+    /// Adds a class of `n` schedulers named `name`: tasks submitted to it run
+    /// at most `n` at once, on schedulers of their own (for example a class
+    /// of 8 for tasks that mostly wait, beside the CPU-bound default).
+    pub fn scheduler_class(mut self, name: impl Into<String>, n: usize) -> Config {
+        self.classes.push((name.into(), n));
+        self
+    }
+
+    /// A function each scheduler runs when it starts, before any task (to set
+    /// up logging or configuration: schedulers come from the zygote, forked
+    /// before the application set anything up).
+    pub fn scheduler_init(mut self, f: fn()) -> Config {
+        self.scheduler_init = Some(f);
         self
     }
 
@@ -289,6 +339,7 @@ fn init_node(config: Config) -> Result<Node, InitError> {
         } else {
             None
         },
+        pool: pool_settings(&config)?,
     };
     let (death_read, death_write) = sys::signal::pipe()?;
 
@@ -296,6 +347,7 @@ fn init_node(config: Config) -> Result<Node, InitError> {
     let (zygote_node_end, zygote_end) = sys::socket::socketpair()?;
     let zygote_listener = sys::socket::listen_abstract(&zygote_address(id))?;
     let zygote_ospid = crate::pool::zygote::start(crate::pool::zygote::ZygoteSetup {
+        node: id,
         shared,
         settings: settings.clone(),
         ctl: zygote_end,
@@ -306,7 +358,14 @@ fn init_node(config: Config) -> Result<Node, InitError> {
 
     let epoll: &'static Epoll = Box::leak(Box::new(Epoll::new()?));
     let ctl_listener: &'static OwnedFd = Box::leak(Box::new(sys::socket::listen_abstract(&node_address(id))?));
-    let mut core = Core::new(id, sys::process::getuid(), epoll, shared, ctl_listener);
+    let mut core = Core::new(
+        id,
+        sys::process::getuid(),
+        epoll,
+        shared,
+        ctl_listener,
+        settings.pool.clone(),
+    );
     let (main_node_end, main_end) = sys::socket::socketpair()?;
     core.add_internal(MAIN_SERIAL, main_node_end, None, sys::process::getpid(), "node")?;
     core.add_internal(
@@ -358,6 +417,9 @@ fn init_node(config: Config) -> Result<Node, InitError> {
     )?);
     *node.main.lock() = Some(rt);
     watcher::start(node)?;
+    if rt.settings().pool.classes.iter().any(|c| c.1 > 0) {
+        crate::pool::zygote::start_pool(rt).map_err(|e| InitError::new(InitErrorKind::Io(std::io::Error::other(e))))?;
+    }
     tracing::debug!(node = %id, zygote = zygote_ospid, "node started");
     Ok(Node { rt, shared: node })
 }

@@ -42,6 +42,31 @@ pub(crate) struct Settings {
     pub(crate) uid: u32,
     /// The node's cgroup for ports, where it could make one.
     pub(crate) cgroup: Option<String>,
+    /// The scheduler pool's shape.
+    pub(crate) pool: PoolSettings,
+}
+
+/// The scheduler pool's shape: its classes, in slot order, and what runs in
+/// each scheduler first.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct PoolSettings {
+    /// Class names and their number of schedulers; the first is the default.
+    pub(crate) classes: Vec<(String, usize)>,
+    /// A `fn()` to run in each scheduler when it starts.
+    pub(crate) init: Option<crate::sys::text::FnAddr>,
+}
+
+impl PoolSettings {
+    /// The slots of class `class`.
+    pub(crate) fn slots(&self, class: usize) -> std::ops::Range<usize> {
+        let start: usize = self.classes[..class].iter().map(|c| c.1).sum();
+        start..start + self.classes[class].1
+    }
+
+    /// The class of slot `slot`.
+    pub(crate) fn class_of(&self, slot: usize) -> Option<usize> {
+        (0..self.classes.len()).find(|&c| self.slots(c).contains(&slot))
+    }
 }
 
 /// The runtime of the current process.
@@ -76,6 +101,9 @@ pub(crate) struct Runtime {
     bg_started: AtomicBool,
     /// Connection to the zygote, opened on first use.
     pub(crate) zygote: Mutex<Option<OwnedFd>>,
+    /// Monitors on schedulers this process sent tasks to: scheduler → the
+    /// monitor's reference (its `Down` stays for every task that waits).
+    sched_watch: Mutex<std::collections::HashMap<Pid, u64>>,
 }
 
 static CURRENT: ForkGlobal<Runtime> = ForkGlobal::new();
@@ -138,7 +166,27 @@ impl Runtime {
             epoch: AtomicU64::new(0),
             bg_started: AtomicBool::new(false),
             zygote: Mutex::new(None),
+            sched_watch: Mutex::new(std::collections::HashMap::new()),
         })
+    }
+
+    /// The reference of this process's monitor on scheduler `scheduler`,
+    /// set up on first use and kept: one monitor serves every task sent
+    /// there, with no message to the node per task.
+    pub(crate) fn watch_scheduler(&self, scheduler: Pid) -> u64 {
+        let mut w = self.sched_watch.lock();
+        if let Some(&r) = w.get(&scheduler) {
+            return r;
+        }
+        let reference = self.next_ref();
+        self.inbox.await_ref(reference);
+        self.tell_node(&ToNode::Monitor {
+            reference,
+            internal: true,
+            target: scheduler,
+        });
+        w.insert(scheduler, reference);
+        reference
     }
 
     /// This process.

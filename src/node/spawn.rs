@@ -71,6 +71,7 @@ fn prepare(rt: &'static Runtime, spec: &Spec<'_>, reaper: Option<u64>) -> Result
         cpu_limited: spec.options.cpu_seconds.is_some(),
         memory_limited: spec.options.data_bytes.is_some(),
         reaper,
+        scheduler: None,
     };
     let (ctl_child, ctl_node) = if rt.node().is_some() {
         let (a, b) = sys::socket::socketpair()?;

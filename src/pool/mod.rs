@@ -1,6 +1,37 @@
-//! Processes started from a clean image: the zygote, forked by `init()` while
-//! the node is still single-threaded and small.
+//! The scheduler pool: pre-forked scheduler processes that run tasks.
 //!
-//! 1. [`zygote`]: the zygote process and the requests it serves.
+//! At `init()` the zygote forks the schedulers (one per CPU by default, in the
+//! default class, plus the classes of [`Config::scheduler_class`]), and forks
+//! a replacement whenever one dies, so a scheduler is always a clean image of
+//! this executable. A task is a plain function `fn(A) -> R` and its encoded
+//! arguments: [`submit`] sends it to the ready scheduler of its class with the
+//! fewest tasks waiting, and [`Task::join`] gives its value or why there is
+//! none. A class of `n` schedulers runs at most `n` of its tasks at once.
+//! [`map`] runs a function over an iterator in batches, results in order.
+//!
+//! Delivery is at most once: a task that was running when its scheduler died
+//! fails with that scheduler's exit reason ([`TaskError::Crashed`]), unless it
+//! is [`retryable`](Task::retryable); a task that was only waiting in the dead
+//! scheduler's queue is sent to another scheduler.
+//!
+//! ```no_run
+//! fn square(x: u64) -> u64 {
+//!     x * x
+//! }
+//!
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let _node = converge::init()?;
+//! let task = converge::pool::submit(square, 12)?;
+//! assert_eq!(task.join()?, 144);
+//! let squares: Vec<u64> = converge::pool::map(square, 0..1_000).collect::<Result<_, _>>()?;
+//! assert_eq!(squares[999], 998_001);
+//! # Ok(()) }
+//! ```
+//!
+//! [`Config::scheduler_class`]: crate::Config::scheduler_class
 
+pub(crate) mod scheduler;
+mod task;
 pub(crate) mod zygote;
+
+pub use task::{DEFAULT_CLASS, Map, Progress, Task, TaskError, map, progress, schedulers, submit, submit_to};

@@ -90,6 +90,8 @@ enum Ask {
     Spawn(Box<Request>),
     /// Start a port.
     SpawnPort(Box<PortRequest>),
+    /// Start the scheduler pool (once the node can register them).
+    StartPool,
 }
 
 /// The zygote's answer.
@@ -108,11 +110,15 @@ enum Response {
         message: String,
     },
     Failed(String),
+    /// The pool runs: this many schedulers.
+    PoolStarted(usize),
 }
 
 /// What the zygote starts with.
 #[derive(Debug)]
 pub(crate) struct ZygoteSetup {
+    /// The node.
+    pub(crate) node: crate::process::NodeId,
     /// The node's shared area.
     pub(crate) shared: &'static SharedArea,
     /// Node-wide settings.
@@ -147,6 +153,10 @@ struct Child {
     port: Option<i32>,
     /// A port's cgroup, killed with it, then used again.
     cgroup: Option<String>,
+    /// A scheduler's slot, given to its replacement.
+    scheduler: Option<usize>,
+    /// When it started.
+    started: std::time::Instant,
 }
 
 /// The ports' cgroups, under the node's: made once and used again, as making
@@ -217,6 +227,7 @@ fn run(setup: ZygoteSetup) -> Infallible {
     let uid = sys::process::getuid();
     let mut conns: HashMap<u64, Conn> = HashMap::new();
     let mut children: HashMap<u64, Child> = HashMap::new();
+    let mut pool = Pool::default();
     let mut cgroups = Cgroups {
         root: setup.settings.cgroup.clone(),
         free: Vec::new(),
@@ -326,6 +337,17 @@ fn run(setup: ZygoteSetup) -> Infallible {
                                     }
                                 }
                             }
+                            (Kind::Ctl, Ok(Ask::StartPool)) => {
+                                if !pool.started {
+                                    pool.started = true;
+                                    for slot in 0..setup.settings.pool.classes.iter().map(|c| c.1).sum() {
+                                        if let Some((token, child)) = start_scheduler(&setup, &epoll, &mut next, slot) {
+                                            children.insert(token, child);
+                                        }
+                                    }
+                                }
+                                Response::PoolStarted(children.values().filter(|c| c.scheduler.is_some()).count())
+                            }
                             (Kind::Ctl, Ok(Ask::Spawn(req))) if conn.fds.len() >= 2 => {
                                 let req = *req;
                                 let mut fds = conn.fds.drain(..2);
@@ -362,6 +384,8 @@ fn run(setup: ZygoteSetup) -> Infallible {
                                             pidfd,
                                             port: None,
                                             cgroup: None,
+                                            scheduler: None,
+                                            started: std::time::Instant::now(),
                                         },
                                     );
                                 }
@@ -396,8 +420,15 @@ fn run(setup: ZygoteSetup) -> Infallible {
                         );
                         let _ = sys::socket::send_all(&setup.ctl, &buf, None);
                         epoll.delete(child.pidfd.as_raw_fd());
-                        if let Some(cg) = children.remove(&t).and_then(|c| c.cgroup) {
+                        let Some(child) = children.remove(&t) else { continue };
+                        if let Some(cg) = child.cgroup {
                             cgroups.release(cg);
+                        }
+                        if let Some(slot) = child.scheduler
+                            && pool.replace(slot, child.serial, child.started, setup.shared)
+                            && let Some((token, child)) = start_scheduler(&setup, &epoll, &mut next, slot)
+                        {
+                            children.insert(token, child);
                         }
                     }
                 }
@@ -449,6 +480,129 @@ fn announce(serial: u64, ospid: i32, ctl: OwnedFd) -> io::Result<OwnedFd> {
     frame::push(&mut buf, Kind::Ctl, &ToNode::Pidfd { serial, ospid }).expect("BUG: control frames always encode");
     sys::socket::send_with_fds(&ctl, &buf, &[pidfd.as_raw_fd()])?;
     Ok(pidfd)
+}
+
+/// The zygote's view of the scheduler pool.
+#[derive(Default)]
+struct Pool {
+    started: bool,
+    /// Per slot: schedulers that died soon after they started, in a row.
+    quick_deaths: HashMap<usize, u32>,
+}
+
+impl Pool {
+    /// The scheduler `serial` of `slot` died: whether to start another. A
+    /// slot whose schedulers keep dying at once (a failing `scheduler_init`)
+    /// is given up after a few tries.
+    fn replace(&mut self, slot: usize, serial: u64, started: std::time::Instant, shared: &SharedArea) -> bool {
+        use std::sync::atomic::Ordering;
+        // Submitters stop picking it.
+        let _ = shared.schedulers[slot]
+            .serial
+            .compare_exchange(serial, 0, Ordering::AcqRel, Ordering::Relaxed);
+        let quick = self.quick_deaths.entry(slot).or_default();
+        if started.elapsed() < std::time::Duration::from_millis(100) {
+            *quick += 1;
+        } else {
+            *quick = 0;
+        }
+        if *quick > 5 {
+            eprintln!("converge-zygote: the scheduler of slot {slot} keeps dying as it starts; not replaced");
+            return false;
+        }
+        true
+    }
+}
+
+/// Forks the scheduler of `slot`, registered with the node as the runtime's
+/// own, and watches it.
+fn start_scheduler(setup: &ZygoteSetup, epoll: &Epoll, next: &mut u64, slot: usize) -> Option<(u64, Child)> {
+    match fork_scheduler(setup, slot) {
+        Ok((serial, ospid, ctl)) => match announce(serial, ospid, ctl) {
+            Ok(pidfd) => {
+                let token = CHILD_TAG | *next;
+                *next += 1;
+                let _ = epoll.add(pidfd.as_raw_fd(), token, Interest::Read);
+                Some((
+                    token,
+                    Child {
+                        serial,
+                        ospid,
+                        pidfd,
+                        port: None,
+                        cgroup: None,
+                        scheduler: Some(slot),
+                        started: std::time::Instant::now(),
+                    },
+                ))
+            }
+            Err(e) => {
+                eprintln!("converge-zygote: handing over a scheduler's pidfd failed: {e}");
+                None
+            }
+        },
+        Err(e) => {
+            eprintln!("converge-zygote: starting a scheduler failed: {e}");
+            None
+        }
+    }
+}
+
+fn fork_scheduler(setup: &ZygoteSetup, slot: usize) -> io::Result<(u64, i32, OwnedFd)> {
+    use std::sync::atomic::Ordering;
+    let pool = &setup.settings.pool;
+    let class = pool.class_of(slot).expect("BUG: slots come from the classes");
+    let name = format!("scheduler-{}-{}", pool.classes[class].0, slot - pool.slots(class).start);
+    setup.shared.schedulers[slot]
+        .class
+        .store(class as u32 + 1, Ordering::Release);
+    let serial = setup.shared.next_serial.fetch_add(1, Ordering::AcqRel);
+    let pid = Pid::new(setup.node, serial);
+    let listener = sys::socket::listen_abstract(&pid.address())?;
+    let ctl = sys::socket::connect_abstract(&crate::node::node_address(setup.node), false)?;
+    let reg = crate::wire::envelope::Registration {
+        serial,
+        parent: crate::node::core::ZYGOTE_SERIAL,
+        name: Some(name.clone()),
+        link: false,
+        monitors: Vec::new(),
+        trap_exits: false,
+        cpu_limited: false,
+        memory_limited: false,
+        reaper: Some(crate::node::core::ZYGOTE_SERIAL),
+        scheduler: Some(slot as u32),
+    };
+    let mut buf = Vec::new();
+    frame::push(&mut buf, Kind::Ctl, &ToNode::Register(reg)).expect("BUG: control frames always encode");
+    sys::socket::send_all(&ctl, &buf, None)?;
+    let ctl_copy = ctl.try_clone()?;
+    let plan = ChildPlan {
+        pid,
+        shared: setup.shared,
+        settings: setup.settings.clone(),
+        listener,
+        ctl,
+        death_read: setup.death_read,
+        options: ChildOptions {
+            name: Some(name),
+            ..ChildOptions::default()
+        },
+        keep_fds: Vec::new(),
+        announce_pidfd: false,
+    };
+    let ospid = sys::process::fork_child(move || child_main(plan, move |rt| crate::pool::scheduler::run(rt, slot)))?;
+    Ok((serial, ospid, ctl_copy))
+}
+
+/// Asks the zygote to start the scheduler pool.
+pub(crate) fn start_pool(rt: &'static Runtime) -> Result<usize, String> {
+    let mut buf = Vec::new();
+    frame::push(&mut buf, Kind::Ctl, &Ask::StartPool).map_err(|e| e.to_string())?;
+    match ask(rt, &buf, &[], || {})? {
+        Response::PoolStarted(n) => Ok(n),
+        Response::Failed(e) | Response::PortFailed { message: e, .. } => Err(e),
+        _ => Err("the zygote answered out of turn".into()),
+    }
 }
 
 /// Reaps the adopted orphans that have ended (the zygote's own children are
@@ -553,6 +707,8 @@ fn start_port(req: PortRequest, fds: Vec<OwnedFd>, cgroup: Option<String>) -> io
         pidfd,
         port: Some(ospid),
         cgroup,
+        scheduler: None,
+        started: std::time::Instant::now(),
     })
 }
 
@@ -584,7 +740,7 @@ pub(crate) fn request(rt: &'static Runtime, req: &Request, fds: &[RawFd]) -> Res
     match ask(rt, &buf, fds, || {})? {
         Response::Spawned { ospid } => Ok(ospid),
         Response::Failed(e) | Response::PortFailed { message: e, .. } => Err(e),
-        Response::SpawnedPort { .. } => Err("the zygote answered out of turn".into()),
+        Response::SpawnedPort { .. } | Response::PoolStarted(_) => Err("the zygote answered out of turn".into()),
     }
 }
 

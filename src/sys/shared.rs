@@ -31,6 +31,48 @@ pub(crate) struct Slot {
     pub(crate) state: AtomicU32,
 }
 
+/// Most scheduler processes a node runs.
+pub(crate) const SCHEDULERS: usize = 64;
+
+/// Task start marks; a task's is found by `task % TASK_MARKS`.
+pub(crate) const TASK_MARKS: usize = 1 << 14;
+
+/// The bit of a task mark that says the task was cancelled before it started.
+pub(crate) const CANCELLED: u64 = 1 << 63;
+
+/// A scheduler's place in the pool.
+#[repr(C, align(64))]
+#[derive(Debug)]
+pub(crate) struct SchedSlot {
+    /// The serial of the scheduler serving this slot (0: none is ready).
+    pub(crate) serial: AtomicU64,
+    /// Its class (an index into the node's classes), plus one (0: unused).
+    pub(crate) class: AtomicU32,
+    /// 0 while it is idle; otherwise the task it was handed (whoever hands
+    /// it a task claims it first by swapping 0 for the task's id).
+    pub(crate) busy: AtomicU64,
+    /// The task it runs now (0: none).
+    pub(crate) running: AtomicU64,
+}
+
+/// The pool's counters, node-wide.
+#[repr(C, align(64))]
+#[derive(Debug)]
+pub(crate) struct PoolCounters {
+    /// Tasks handed to a scheduler (a requeued task counts again).
+    pub(crate) submitted: AtomicU64,
+    /// Tasks a scheduler started.
+    pub(crate) started: AtomicU64,
+    /// Tasks that returned.
+    pub(crate) done: AtomicU64,
+    /// Tasks that panicked, or whose scheduler died under them.
+    pub(crate) failed: AtomicU64,
+    /// Tasks cancelled before they started, or requeued.
+    pub(crate) dropped: AtomicU64,
+    /// Per class: tasks waiting in the node's queue.
+    pub(crate) queued: [AtomicU64; SCHEDULERS],
+}
+
 /// The layout of the shared mapping.
 #[repr(C)]
 #[derive(Debug)]
@@ -39,6 +81,15 @@ pub(crate) struct SharedArea {
     pub(crate) next_serial: AtomicU64,
     /// Children restarted by supervisors, node-wide.
     pub(crate) restarts: AtomicU64,
+    /// The next task id to hand out.
+    pub(crate) next_task: AtomicU64,
+    /// The pool's counters.
+    pub(crate) pool: PoolCounters,
+    /// The schedulers.
+    pub(crate) schedulers: [SchedSlot; SCHEDULERS],
+    /// Task `t` started (in a scheduler) if `task_marks[t % TASK_MARKS] == t`;
+    /// it was cancelled before it started if the mark is `t | CANCELLED`.
+    pub(crate) task_marks: [AtomicU64; TASK_MARKS],
     /// One slot per process, indexed by `serial % SLOTS`.
     pub(crate) slots: [Slot; SLOTS],
 }

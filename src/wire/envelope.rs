@@ -36,6 +36,9 @@ pub(crate) struct Registration {
     pub(crate) memory_limited: bool,
     /// The process that reaps it, when it is not the spawner (the zygote).
     pub(crate) reaper: Option<u64>,
+    /// A scheduler of the pool (runtime machinery: not listed, not stopped by
+    /// a shutdown), in this slot.
+    pub(crate) scheduler: Option<u32>,
 }
 
 /// What the node keeps about a port.
@@ -157,6 +160,24 @@ pub(crate) enum ToNode {
         /// The reason.
         reason: ExitReason,
     },
+    /// A task for the pool's queue of class `class` (no scheduler of the
+    /// class was idle): the node hands it to the next one that is.
+    Enqueue {
+        /// The class's index.
+        class: u32,
+        /// The task's id (a scheduler claims its slot with it).
+        task: u64,
+        /// The reference the submitter waits on: a `Down` with it says the
+        /// scheduler the task was handed to died.
+        reference: u64,
+        /// The message for the scheduler: fingerprint and body.
+        message: Vec<u8>,
+    },
+    /// The sending scheduler (of slot `slot`) is idle while tasks wait.
+    Idle {
+        /// Its slot.
+        slot: u32,
+    },
 }
 
 /// A control frame from the node to a process.
@@ -187,6 +208,9 @@ pub(crate) enum ToProcess {
         /// The answer.
         reply: NodeReply,
     },
+    /// A message handed on by the node (a queued task): fingerprint and
+    /// body, as in a message frame.
+    Message(Vec<u8>),
 }
 
 /// The node's answer to a request.

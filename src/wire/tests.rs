@@ -86,7 +86,7 @@ proptest! {
         let msgs = vec![
             ToNode::Register(Registration {
                 serial, parent, name, link: serial % 2 == 0, monitors: vec![(reference, true)],
-                trap_exits: true, cpu_limited: false, memory_limited: true, reaper: Some(parent),
+                trap_exits: true, cpu_limited: false, memory_limited: true, reaper: Some(parent), scheduler: None,
             }),
             ToNode::Monitor { reference, internal: false, target: pid },
             ToNode::ExitSignal { target: pid, reason: ExitReason::Exit(text.clone()), untrappable: false },

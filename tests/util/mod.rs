@@ -38,6 +38,11 @@ pub type Helper = (&'static str, fn());
 
 /// Runs `tests` (or the helper named in `CONVERGE_HELPER`) and exits.
 pub fn run(tests: &[Test], helpers: &[Helper]) -> ! {
+    run_with(converge::Config::new(), tests, helpers)
+}
+
+/// Like [`run`], with the node configured by `config`.
+pub fn run_with(config: converge::Config, tests: &[Test], helpers: &[Helper]) -> ! {
     if let Ok(name) = std::env::var(HELPER) {
         let helper = helpers
             .iter()
@@ -46,7 +51,7 @@ pub fn run(tests: &[Test], helpers: &[Helper]) -> ! {
         (helper.1)();
         std::process::exit(0);
     }
-    let n = converge::init().expect("init() must succeed as the first call in main");
+    let n = config.init().expect("init() must succeed as the first call in main");
     let _ = NODE.set(n);
     let mut args = Arguments::from_args();
     args.test_threads = Some(1);

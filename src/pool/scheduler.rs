@@ -1,0 +1,203 @@
+//! A scheduler: a process forked by the zygote that runs tasks one at a time
+//! for as long as it lives.
+//!
+//! Each scheduler owns a slot of the shared area. It publishes its serial
+//! there once it can receive, and its state: idle (`busy == 0`) or handed a
+//! task. A submitter claims an idle scheduler by swapping `busy` from 0 to
+//! its task's id and sends the task straight to it; when none is idle the
+//! task goes to the node's queue of its class, and the node hands it to the
+//! next scheduler that becomes idle, which says so when tasks wait. So idle
+//! schedulers pull the work, and a class of `n` schedulers runs at most `n`
+//! of its tasks at once (each runs one at a time).
+//!
+//! Before running a task the scheduler marks it as started in the shared
+//! task marks, unless its submitter marked it cancelled first. If the
+//! scheduler dies, the task's submitter reads the mark to tell a task that
+//! was running (it fails with the scheduler's exit reason: at most once) from
+//! one that had not started (it is sent again).
+
+use std::collections::VecDeque;
+use std::panic::AssertUnwindSafe;
+use std::sync::atomic::AtomicU64;
+use std::sync::atomic::Ordering::{Relaxed, SeqCst};
+use std::time::Duration;
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+use crate::error::RecvTimeoutError;
+use crate::exit::{ExitReason, panic_message};
+use crate::mailbox::{Ctx, ReplyTo};
+use crate::node::runtime::Runtime;
+use crate::sys::shared::{CANCELLED, TASK_MARKS};
+use crate::sys::text::{self, FnAddr};
+use crate::wire::Bytes;
+use crate::wire::envelope::ToNode;
+
+/// What runs a task in a scheduler: an entry point monomorphized for the
+/// task's types, given the application's function and encoded arguments.
+pub(crate) type TaskEntry = fn(FnAddr, Vec<u8>) -> Outcome;
+
+/// How a task ended, as its submitter receives it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) enum Outcome {
+    /// It returned this (encoded) value.
+    Done(Bytes),
+    /// It panicked with this message.
+    Panicked(String),
+    /// It was cancelled before it started.
+    Cancelled,
+    /// Its function or arguments could not be used.
+    Refused(String),
+}
+
+/// A task, as it travels to a scheduler.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) struct TaskMsg {
+    pub(crate) id: u64,
+    pub(crate) entry: FnAddr,
+    pub(crate) func: FnAddr,
+    pub(crate) args: Bytes,
+    pub(crate) reply: ReplyTo<Outcome>,
+}
+
+/// The entry point of task functions `fn(A) -> R`.
+pub(crate) fn task_entry<A, R>(func: FnAddr, args: Vec<u8>) -> Outcome
+where
+    A: DeserializeOwned + 'static,
+    R: Serialize + 'static,
+{
+    let Some(f) = text::restore::<fn(A) -> R>(func) else {
+        return Outcome::Refused("the task is not a function of this executable".into());
+    };
+    let args = match crate::wire::decode_exact::<A>(&args) {
+        Ok(a) => a,
+        Err(e) => return Outcome::Refused(format!("decoding the arguments failed: {e}")),
+    };
+    match std::panic::catch_unwind(AssertUnwindSafe(|| f(args))) {
+        Ok(value) => match postcard::to_stdvec(&value) {
+            Ok(bytes) => Outcome::Done(Bytes(bytes)),
+            Err(e) => Outcome::Refused(format!("encoding the result failed: {e}")),
+        },
+        Err(payload) => Outcome::Panicked(panic_message(&*payload)),
+    }
+}
+
+/// The entry point of a `map` batch: `f` over every item, each item's panic
+/// its own.
+pub(crate) fn batch_entry<A, R>(func: FnAddr, args: Vec<u8>) -> Outcome
+where
+    A: DeserializeOwned + 'static,
+    R: Serialize + 'static,
+{
+    let Some(f) = text::restore::<fn(A) -> R>(func) else {
+        return Outcome::Refused("the task is not a function of this executable".into());
+    };
+    let items = match crate::wire::decode_exact::<Vec<A>>(&args) {
+        Ok(a) => a,
+        Err(e) => return Outcome::Refused(format!("decoding the items failed: {e}")),
+    };
+    let results: Vec<Result<R, String>> = items
+        .into_iter()
+        .map(|a| std::panic::catch_unwind(AssertUnwindSafe(|| f(a))).map_err(|p| panic_message(&*p)))
+        .collect();
+    match postcard::to_stdvec(&results) {
+        Ok(bytes) => Outcome::Done(Bytes(bytes)),
+        Err(e) => Outcome::Refused(format!("encoding the results failed: {e}")),
+    }
+}
+
+/// How long a claim may stay without its task arriving before the scheduler
+/// takes it back (its claimer died between claiming and sending).
+const STALE_CLAIM: Duration = Duration::from_secs(1);
+
+/// The scheduler process of slot `slot`.
+pub(crate) fn run(rt: &'static Runtime, slot: usize) -> ExitReason {
+    if let Some(init) = rt.settings().pool.init
+        && let Some(f) = text::restore::<fn()>(init)
+    {
+        f();
+    }
+    let class = rt
+        .settings()
+        .pool
+        .class_of(slot)
+        .expect("BUG: slots come from the classes");
+    let shared = rt.shared();
+    let me = &shared.schedulers[slot];
+    let ctx: Ctx<TaskMsg> = Ctx::new(rt);
+    me.busy.store(0, SeqCst);
+    me.running.store(0, SeqCst);
+    // Ready: submitters may pick this slot from now on.
+    me.serial.store(rt.pid().serial(), SeqCst);
+    tracing::debug!(slot, pid = %rt.pid(), "scheduler ready");
+    // Tasks handed to it: normally one at a time (a task is handed only to an
+    // idle scheduler), more if a claim was taken back too early.
+    let mut queue: VecDeque<TaskMsg> = VecDeque::new();
+    loop {
+        if queue.is_empty() {
+            // Idle: free for a claim; ask for a queued task if any waits.
+            me.busy.store(0, SeqCst);
+            if shared.pool.queued[class].load(SeqCst) > 0 {
+                rt.tell_node(&ToNode::Idle { slot: slot as u32 });
+            }
+            loop {
+                match ctx.recv_timeout(STALE_CLAIM) {
+                    Ok(t) => {
+                        queue.push_back(t);
+                        break;
+                    }
+                    Err(RecvTimeoutError::Timeout) => {
+                        if me.busy.swap(0, SeqCst) != 0 && shared.pool.queued[class].load(SeqCst) > 0 {
+                            rt.tell_node(&ToNode::Idle { slot: slot as u32 });
+                        }
+                    }
+                    // The node is gone.
+                    Err(_) => return ExitReason::Normal,
+                }
+            }
+        }
+        while let Ok(t) = ctx.try_recv() {
+            queue.push_back(t);
+        }
+        let Some(task) = queue.pop_front() else {
+            continue;
+        };
+        // Running first, then the mark: a canceller that sees the mark sees
+        // which scheduler to stop.
+        me.running.store(task.id, SeqCst);
+        let outcome = if start(&shared.task_marks[task.id as usize % TASK_MARKS], task.id) {
+            shared.pool.started.fetch_add(1, Relaxed);
+            let outcome = match text::restore::<TaskEntry>(task.entry) {
+                Some(entry) => entry(task.func, task.args.0),
+                None => Outcome::Refused("the task's entry point is not a function of this executable".into()),
+            };
+            let counter = match outcome {
+                Outcome::Done(_) => &shared.pool.done,
+                _ => &shared.pool.failed,
+            };
+            counter.fetch_add(1, Relaxed);
+            outcome
+        } else {
+            shared.pool.dropped.fetch_add(1, Relaxed);
+            Outcome::Cancelled
+        };
+        me.running.store(0, SeqCst);
+        // The submitter may be gone: then nobody needs the answer.
+        let _ = task.reply.reply(outcome);
+    }
+}
+
+/// Marks task `id` as started, unless it was cancelled first.
+fn start(mark: &AtomicU64, id: u64) -> bool {
+    let mut cur = mark.load(SeqCst);
+    loop {
+        if cur == id | CANCELLED {
+            return false;
+        }
+        match mark.compare_exchange(cur, id, SeqCst, SeqCst) {
+            Ok(_) => return true,
+            Err(now) => cur = now,
+        }
+    }
+}
