@@ -38,6 +38,8 @@ enum ErrorInner {
     #[error(transparent)]
     Supervisor(#[from] crate::supervisor::SupervisorError),
     #[error(transparent)]
+    Task(#[from] crate::pool::TaskError),
+    #[error(transparent)]
     Io(#[from] io::Error),
 }
 
@@ -61,6 +63,7 @@ into_error!(
     RegisterError,
     crate::port::PortError,
     crate::supervisor::SupervisorError,
+    crate::pool::TaskError,
     io::Error
 );
 

@@ -157,9 +157,6 @@ pub(crate) fn run(rt: &'static Runtime, slot: usize) -> ExitReason {
                 }
             }
         }
-        while let Ok(t) = ctx.try_recv() {
-            queue.push_back(t);
-        }
         let Some(task) = queue.pop_front() else {
             continue;
         };

@@ -423,7 +423,7 @@ fn claim(rt: &'static Runtime, class: usize, task: u64) -> Result<Option<(usize,
         if Instant::now() >= deadline {
             return Err(TaskError::NoScheduler(pool.classes[class].0.clone()));
         }
-        std::thread::sleep(Duration::from_micros(500));
+        std::thread::sleep(Duration::from_micros(100));
     }
 }
 

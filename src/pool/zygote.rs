@@ -155,8 +155,6 @@ struct Child {
     cgroup: Option<String>,
     /// A scheduler's slot, given to its replacement.
     scheduler: Option<usize>,
-    /// When it started.
-    started: std::time::Instant,
 }
 
 /// The ports' cgroups, under the node's: made once and used again, as making
@@ -385,7 +383,6 @@ fn run(setup: ZygoteSetup) -> Infallible {
                                             port: None,
                                             cgroup: None,
                                             scheduler: None,
-                                            started: std::time::Instant::now(),
                                         },
                                     );
                                 }
@@ -425,7 +422,7 @@ fn run(setup: ZygoteSetup) -> Infallible {
                             cgroups.release(cg);
                         }
                         if let Some(slot) = child.scheduler
-                            && pool.replace(slot, child.serial, child.started, setup.shared)
+                            && pool.replace(slot, child.serial, setup.shared)
                             && let Some((token, child)) = start_scheduler(&setup, &epoll, &mut next, slot)
                         {
                             children.insert(token, child);
@@ -486,28 +483,29 @@ fn announce(serial: u64, ospid: i32, ctl: OwnedFd) -> io::Result<OwnedFd> {
 #[derive(Default)]
 struct Pool {
     started: bool,
-    /// Per slot: schedulers that died soon after they started, in a row.
-    quick_deaths: HashMap<usize, u32>,
+    /// Per slot: schedulers that died before they were ready, in a row.
+    failed_starts: HashMap<usize, u32>,
 }
 
 impl Pool {
     /// The scheduler `serial` of `slot` died: whether to start another. A
-    /// slot whose schedulers keep dying at once (a failing `scheduler_init`)
-    /// is given up after a few tries.
-    fn replace(&mut self, slot: usize, serial: u64, started: std::time::Instant, shared: &SharedArea) -> bool {
+    /// slot whose schedulers keep dying before they are ready (a failing
+    /// `scheduler_init`) is given up after a few tries.
+    fn replace(&mut self, slot: usize, serial: u64, shared: &SharedArea) -> bool {
         use std::sync::atomic::Ordering;
         // Submitters stop picking it.
-        let _ = shared.schedulers[slot]
+        let was_ready = shared.schedulers[slot]
             .serial
-            .compare_exchange(serial, 0, Ordering::AcqRel, Ordering::Relaxed);
-        let quick = self.quick_deaths.entry(slot).or_default();
-        if started.elapsed() < std::time::Duration::from_millis(100) {
-            *quick += 1;
+            .compare_exchange(serial, 0, Ordering::AcqRel, Ordering::Relaxed)
+            .is_ok();
+        let failed = self.failed_starts.entry(slot).or_default();
+        if was_ready {
+            *failed = 0;
         } else {
-            *quick = 0;
+            *failed += 1;
         }
-        if *quick > 5 {
-            eprintln!("converge-zygote: the scheduler of slot {slot} keeps dying as it starts; not replaced");
+        if *failed > 5 {
+            eprintln!("converge-zygote: the scheduler of slot {slot} keeps dying before it is ready; not replaced");
             return false;
         }
         true
@@ -532,7 +530,6 @@ fn start_scheduler(setup: &ZygoteSetup, epoll: &Epoll, next: &mut u64, slot: usi
                         port: None,
                         cgroup: None,
                         scheduler: Some(slot),
-                        started: std::time::Instant::now(),
                     },
                 ))
             }
@@ -708,7 +705,6 @@ fn start_port(req: PortRequest, fds: Vec<OwnedFd>, cgroup: Option<String>) -> io
         port: Some(ospid),
         cgroup,
         scheduler: None,
-        started: std::time::Instant::now(),
     })
 }
 
