@@ -510,7 +510,11 @@ impl<M: DeserializeOwned> Ctx<M> {
 
 /// Takes the first message that decodes as `M` and matches `pred`; frames
 /// that do not decode are removed and counted on the way.
-fn next_message<M: DeserializeOwned>(rt: &Runtime, st: &mut State, mut pred: impl FnMut(&M) -> bool) -> Option<M> {
+pub(crate) fn next_message<M: DeserializeOwned>(
+    rt: &Runtime,
+    st: &mut State,
+    mut pred: impl FnMut(&M) -> bool,
+) -> Option<M> {
     let mut i = 0;
     while i < st.queue.len() {
         let Item::Msg { fp, body } = &st.queue[i] else {
@@ -536,7 +540,12 @@ fn next_message<M: DeserializeOwned>(rt: &Runtime, st: &mut State, mut pred: imp
 
 /// Takes the first item, whatever it is.
 fn next_event<M: DeserializeOwned>(rt: &Runtime, st: &mut State) -> Option<Event<M>> {
-    Some(match st.take(0)? {
+    Some(event_of(rt, st.take(0)?))
+}
+
+/// The event an item of the mailbox is, as `M`.
+pub(crate) fn event_of<M: DeserializeOwned>(rt: &Runtime, item: Item) -> Event<M> {
+    match item {
         Item::Msg { fp, body } => match decode_message::<M>(fp, &body) {
             Ok(m) => Event::Message(m),
             Err(e) => {
@@ -550,7 +559,7 @@ fn next_event<M: DeserializeOwned>(rt: &Runtime, st: &mut State) -> Option<Event
             port: Pid::new(rt.pid().node(), port),
             output,
         },
-    })
+    }
 }
 
 fn count_undecodable(rt: &Runtime, e: &DecodeError) {

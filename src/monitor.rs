@@ -59,7 +59,7 @@ pub(crate) fn monitor(rt: &Runtime, target: Pid) -> MonitorRef {
         internal: false,
         target,
     });
-    MonitorRef::new(rt.pid().serial(), reference)
+    MonitorRef::new(rt.sender().serial(), reference)
 }
 
 /// Removes a monitor, and its `Down` if one is already queued.

@@ -572,9 +572,10 @@ impl<T, M> Drop for JoinHandle<T, M> {
     }
 }
 
-/// The id of the calling process, if `init()` ran.
+/// The id of the calling process (of the actor, inside an actor's step), if
+/// `init()` ran.
 pub fn self_pid() -> Option<Pid> {
-    runtime::current().map(|rt| rt.pid())
+    runtime::current().map(|rt| rt.sender())
 }
 
 /// Registers `pid` under `name` on its node; the name is removed when the

@@ -110,6 +110,8 @@ enum Start {
     Port(Box<PortBuilder>),
     /// A supervisor.
     Supervisor(Box<Supervisor>),
+    /// A lightweight actor (or why its arguments did not encode).
+    Actor(Result<Box<crate::pool::actor::ActorSpawn>, String>),
 }
 
 /// [`Start`] without closures, as it travels.
@@ -118,6 +120,7 @@ enum PortableStart {
     Fn(Result<Call, String>),
     Port(Box<PortBuilder>),
     Supervisor(Box<Supervisor>),
+    Actor(Result<Box<crate::pool::actor::ActorSpawn>, String>),
 }
 
 impl Serialize for Start {
@@ -130,6 +133,7 @@ impl Serialize for Start {
             Start::Fn(call) => s.serialize_newtype_variant("Start", 0, "Fn", call),
             Start::Port(port) => s.serialize_newtype_variant("Start", 1, "Port", port),
             Start::Supervisor(sup) => s.serialize_newtype_variant("Start", 2, "Supervisor", sup),
+            Start::Actor(actor) => s.serialize_newtype_variant("Start", 3, "Actor", actor),
         }
     }
 }
@@ -140,6 +144,7 @@ impl<'de> Deserialize<'de> for Start {
             PortableStart::Fn(call) => Start::Fn(call),
             PortableStart::Port(port) => Start::Port(port),
             PortableStart::Supervisor(sup) => Start::Supervisor(sup),
+            PortableStart::Actor(actor) => Start::Actor(actor),
         })
     }
 }
@@ -151,6 +156,7 @@ impl fmt::Debug for Start {
             Start::Fn(_) => f.write_str("Fn"),
             Start::Port(p) => f.debug_tuple("Port").field(p).finish(),
             Start::Supervisor(s) => f.debug_tuple("Supervisor").field(s).finish(),
+            Start::Actor(_) => f.write_str("Actor"),
         }
     }
 }
@@ -204,6 +210,20 @@ impl ChildSpec {
         ChildSpec::with_start(id, Start::Port(Box::new(port)), Shutdown::Timeout(WORKER_SHUTDOWN))
     }
 
+    /// A child that is a lightweight actor of type `A`, started from `args`
+    /// on `builder`'s class (see [`crate::pool::Actor`]). A plain value, like
+    /// [`from_fn`](Self::from_fn). Permanent, with 5 s to stop.
+    pub fn actor<A: crate::pool::Actor>(
+        id: impl Into<String>,
+        builder: crate::pool::ActorBuilder,
+        args: A::Args,
+    ) -> ChildSpec {
+        let spawn = crate::pool::actor::ActorSpawn::new::<A>(builder, &args)
+            .map(Box::new)
+            .map_err(|e| e.to_string());
+        ChildSpec::with_start(id, Start::Actor(spawn), Shutdown::Timeout(WORKER_SHUTDOWN))
+    }
+
     /// A child that is a supervisor. Permanent, and waited for however long
     /// its own children take to stop ([`Shutdown::Infinity`]).
     pub fn supervisor(id: impl Into<String>, supervisor: Supervisor) -> ChildSpec {
@@ -248,7 +268,7 @@ impl ChildSpec {
 
     fn kind(&self) -> ChildKind {
         match self.start {
-            Start::Closure(_) | Start::Fn(_) => ChildKind::Worker,
+            Start::Closure(_) | Start::Fn(_) | Start::Actor(_) => ChildKind::Worker,
             Start::Port(_) => ChildKind::Port,
             Start::Supervisor(_) => ChildKind::Supervisor,
         }
@@ -341,7 +361,7 @@ const FOREVER: Duration = Duration::from_secs(24 * 3600);
 /// What a child is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ChildKind {
-    /// A closure or function process.
+    /// A closure or function process, or a lightweight actor.
     Worker,
     /// An external program.
     Port,
@@ -746,6 +766,8 @@ impl Running {
                 Err(SupervisorError::Failed(reason)) => Err(reason.to_string()),
                 Err(e) => Err(e.to_string()),
             },
+            Start::Actor(Ok(actor)) => actor.start(true, false).map(|(pid, _)| pid).map_err(|e| e.to_string()),
+            Start::Actor(Err(e)) => Err(format!("its arguments did not encode: {e}")),
         };
         match &started {
             Ok(pid) => {

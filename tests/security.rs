@@ -38,6 +38,11 @@ fn connect(name: &str) -> std::io::Result<UnixStream> {
 }
 
 /// A frame as the runtime writes it: `[u32 LE length][kind][body]`.
+/// The body of a hello frame: who sends, for no actor in particular.
+fn hello(from: Pid) -> Vec<u8> {
+    postcard::to_stdvec(&(from, None::<u64>)).unwrap()
+}
+
 fn frame(kind: u8, body: &[u8]) -> Vec<u8> {
     let mut f = (body.len() as u32).to_le_bytes().to_vec();
     f.push(kind);
@@ -54,7 +59,7 @@ fn fingerprint(name: &str) -> u64 {
 
 /// A well-formed hello followed by a well-formed `u32` message.
 fn valid_frames(from: Pid, value: u32) -> Vec<u8> {
-    let mut out = frame(1, &postcard::to_stdvec(&from).unwrap());
+    let mut out = frame(1, &hello(from));
     let mut body = fingerprint("u32").to_le_bytes().to_vec();
     body.extend_from_slice(&postcard::to_stdvec(&value).unwrap());
     out.extend_from_slice(&frame(2, &body));
@@ -152,7 +157,7 @@ fn garbage_is_rejected_and_counted() {
         // does not decode: these are message-level errors, the connection
         // stays, and the good message after them arrives.
         {
-            let mut v = frame(1, &postcard::to_stdvec(&node().pid()).unwrap());
+            let mut v = frame(1, &hello(node().pid()));
             let mut wrong = fingerprint("i64").to_le_bytes().to_vec();
             wrong.push(1);
             v.extend(frame(2, &wrong));
@@ -190,7 +195,7 @@ fn a_huge_length_prefix_is_refused_at_once() {
     let me = node().ctx::<u32>();
     let target = node().spawn(counter(me.mailbox())).unwrap();
     let mut s = connect(&address(target.pid())).unwrap();
-    s.write_all(&frame(1, &postcard::to_stdvec(&node().pid()).unwrap()))
+    s.write_all(&frame(1, &hello(node().pid())))
         .unwrap();
     s.write_all(&[0xf0, 0xff, 0xff, 0xff, 2]).unwrap();
     // The target cut the connection without waiting for 4 GB.
@@ -216,7 +221,7 @@ fn announced_frames_reserve_no_memory() {
     let mut held = Vec::new();
     for _ in 0..50 {
         let mut s = connect(&address(target.pid())).unwrap();
-        s.write_all(&frame(1, &postcard::to_stdvec(&node().pid()).unwrap()))
+        s.write_all(&frame(1, &hello(node().pid())))
             .unwrap();
         let mut partial = (60u32 << 20).to_le_bytes().to_vec();
         partial.push(2);

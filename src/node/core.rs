@@ -107,6 +107,10 @@ struct Proc {
     reaper: u64,
     /// A scheduler's slot in the pool.
     scheduler: Option<u32>,
+    /// An actor: the scheduler that hosts it.
+    host: Option<u64>,
+    /// An actor's exit reason, once it ended.
+    actor_exit: Option<ExitReason>,
 }
 
 impl Proc {
@@ -136,6 +140,8 @@ impl Proc {
             port: None,
             reaper: parent,
             scheduler: None,
+            host: None,
+            actor_exit: None,
         }
     }
 }
@@ -385,6 +391,91 @@ impl Core {
             self.kill(serial, ExitReason::Shutdown);
         }
         self.run_finalizations();
+    }
+
+    /// Registers an actor that scheduler `host` runs, and hands it the
+    /// message that starts it. An actor whose host is gone never runs: it
+    /// ends at once with `NoProc`.
+    fn spawn_actor(&mut self, reg: Registration, host: u64, register: Option<String>, start: Vec<u8>) {
+        let serial = reg.serial;
+        let parent = reg.parent;
+        if self.procs.contains_key(&serial) {
+            return;
+        }
+        let parent_alive = self.procs.get(&parent).is_some_and(|p| !p.exited);
+        let host_alive = self.known(host)
+            && self
+                .procs
+                .get(&host)
+                .is_some_and(|h| !h.exited && h.scheduler.is_some());
+        let mut p = Proc::new(serial, parent);
+        p.name = reg.name;
+        p.trap_exits = reg.trap_exits;
+        p.host = Some(host);
+        p.reaper = host;
+        if parent_alive {
+            p.monitors = reg
+                .monitors
+                .iter()
+                .map(|&(reference, internal)| MonitorEntry {
+                    reference,
+                    watcher: parent,
+                    internal,
+                })
+                .collect();
+            if reg.link {
+                p.links.insert(parent);
+            }
+        }
+        self.procs.insert(serial, p);
+        self.counters.spawned += 1;
+        if parent_alive {
+            let owner = self.procs.get_mut(&parent).expect("BUG: parent checked above");
+            for (reference, _) in reg.monitors {
+                owner.watching.insert(reference, serial);
+            }
+            if reg.link {
+                owner.links.insert(serial);
+            }
+        }
+        if let Some(name) = register {
+            let taken = self
+                .names
+                .get(&name)
+                .is_some_and(|h| self.procs.get(h).is_some_and(|p| !p.exited));
+            if taken {
+                // As OTP's `start_link` with a name in use: it never runs.
+                self.actor_ended(
+                    serial,
+                    ExitReason::Error(format!("the name {name} is registered already")),
+                );
+                return;
+            }
+            self.names.insert(name.clone(), serial);
+            if let Some(p) = self.procs.get_mut(&serial) {
+                p.names.push(name);
+            }
+        }
+        if host_alive {
+            self.send_to(host, ToProcess::Message(start));
+            if !parent_alive && reg.link {
+                // Linked to a parent that is gone: it goes too.
+                self.kill(serial, ExitReason::NoProc);
+            }
+        } else {
+            self.actor_ended(serial, ExitReason::NoProc);
+        }
+    }
+
+    /// An actor ended (its host said so, or its host is gone).
+    fn actor_ended(&mut self, serial: u64, reason: ExitReason) {
+        if let Some(p) = self.procs.get_mut(&serial)
+            && !p.exited
+        {
+            p.actor_exit = Some(reason);
+            p.exited = true;
+            self.to_finalize.push_back(serial);
+        }
     }
 
     /// Attaches the pidfd of a process registered with `register_local`.
@@ -836,6 +927,31 @@ impl Core {
                 }
                 None
             }
+            ToNode::SpawnActor {
+                reg,
+                host,
+                register,
+                start,
+            } => {
+                if reg.parent == from {
+                    self.spawn_actor(reg, host, register, start);
+                }
+                None
+            }
+            ToNode::ActorExit { actor, reason } => {
+                if self.procs.get(&actor).is_some_and(|p| p.host == Some(from)) {
+                    self.actor_ended(actor, reason);
+                }
+                None
+            }
+            ToNode::ForActor { actor, msg } => {
+                let hosted = self.known(actor) && self.procs.get(&actor).is_some_and(|p| p.host == Some(from));
+                if !hosted || matches!(*msg, ToNode::ForActor { .. } | ToNode::ActorExit { .. }) {
+                    tracing::warn!(from, actor, "request for an actor the sender does not host");
+                    return None;
+                }
+                self.request(actor, *msg)
+            }
             ToNode::LastWords { reason } => {
                 if let Some(p) = self.procs.get_mut(&from) {
                     p.last_words = Some(reason);
@@ -856,6 +972,19 @@ impl Core {
             return false;
         }
         self.refresh();
+        if !self.procs.contains_key(&serial) {
+            // An actor's registration travels on its spawner's connection:
+            // its slot says it exists; read every connection.
+            let slot = &self.shared.slots[serial as usize % SLOTS];
+            if slot.serial.load(std::sync::atomic::Ordering::Acquire) == serial
+                && slot.host.load(std::sync::atomic::Ordering::Acquire) != 0
+            {
+                let tokens: Vec<u64> = self.conns.keys().copied().collect();
+                for t in tokens {
+                    self.read_conn(t);
+                }
+            }
+        }
         self.procs.contains_key(&serial)
     }
 
@@ -929,7 +1058,14 @@ impl Core {
             return;
         };
         if p.kill_reason.is_none() {
-            p.kill_reason = Some(reason);
+            p.kill_reason = Some(reason.clone());
+        }
+        if let Some(host) = p.host {
+            // An actor: its host ends it between two steps, and says so.
+            if !p.exited {
+                self.send_to(host, ToProcess::KillActor { actor: serial, reason });
+            }
+            return;
         }
         match (&p.pidfd, &p.port, p.ospid) {
             (Some(fd), Some(port), Some(ospid)) => {
@@ -1012,6 +1148,18 @@ impl Core {
 
     /// Queues a control frame for process `serial`.
     fn send_to(&mut self, serial: u64, msg: ToProcess) {
+        if let Some(host) = self.procs.get(&serial).and_then(|p| p.host) {
+            // An actor: through its host. Replies are the host's own (it made
+            // the request, with its own reference).
+            let msg = match msg {
+                ToProcess::Reply { .. } => msg,
+                other => ToProcess::ForActor {
+                    actor: serial,
+                    msg: Box::new(other),
+                },
+            };
+            return self.send_to(host, msg);
+        }
         let Some(token) = self.procs.get(&serial).and_then(|p| p.ctl) else {
             return;
         };
@@ -1156,12 +1304,18 @@ impl Core {
         let pid = self.pid(serial);
         tracing::debug!(pid = %pid, ospid = ?p.ospid, name = ?p.name, %reason, "process exited");
         let slot = &self.shared.slots[serial as usize % SLOTS];
-        let _ = slot.serial.compare_exchange(
-            serial,
-            0,
-            std::sync::atomic::Ordering::AcqRel,
-            std::sync::atomic::Ordering::Relaxed,
-        );
+        if slot
+            .serial
+            .compare_exchange(
+                serial,
+                0,
+                std::sync::atomic::Ordering::AcqRel,
+                std::sync::atomic::Ordering::Relaxed,
+            )
+            .is_ok()
+        {
+            slot.host.store(0, std::sync::atomic::Ordering::Release);
+        }
         for name in &p.names {
             if self.names.get(name) == Some(&serial) {
                 self.names.remove(name);
@@ -1180,6 +1334,18 @@ impl Core {
                     reason: reason.clone(),
                 },
             );
+        }
+        if p.scheduler.is_some() {
+            // The actors it hosted end with it, with its reason.
+            let hosted: Vec<u64> = self
+                .procs
+                .values()
+                .filter(|a| a.host == Some(serial) && !a.exited)
+                .map(|a| a.serial)
+                .collect();
+            for a in hosted {
+                self.actor_ended(a, reason.clone());
+            }
         }
         if p.scheduler.is_some()
             && let Some((submitter, reference)) = self.dispatched.remove(&serial)
@@ -1430,6 +1596,9 @@ impl Core {
 
 /// The exit reason of a finalized process (see `docs/semantics.md`).
 fn reason_of(p: &Proc) -> ExitReason {
+    if let Some(r) = &p.actor_exit {
+        return r.clone();
+    }
     match p.status {
         Some(WaitStatus::Signaled { signal, core_dumped }) => {
             if signal == SIGKILL || (p.port.is_some() && p.kill_reason.is_some()) {

@@ -210,6 +210,48 @@ struct InConn {
     decoder: Decoder,
     /// Accept order, to drain older connections of a sender first.
     seq: u64,
+    /// The actor its messages are for (this process hosts it).
+    tenant: Option<u64>,
+}
+
+/// The queue of an actor this process (a scheduler) hosts.
+#[derive(Debug, Default)]
+pub(crate) struct ActorQueue {
+    /// Its messages and signals, in arrival order.
+    pub(crate) items: VecDeque<Item>,
+    /// It runs (messages may arrive before it starts).
+    pub(crate) started: bool,
+    /// It is in `ready`.
+    pub(crate) in_ready: bool,
+}
+
+/// The actors a scheduler hosts, as the receive path sees them.
+#[derive(Debug, Default)]
+pub(crate) struct Hosted {
+    /// Queues by actor serial.
+    pub(crate) queues: HashMap<u64, ActorQueue>,
+    /// Started actors with something queued, in the order they became so.
+    pub(crate) ready: VecDeque<u64>,
+    /// Actors to end: the node killed them, or sent them an exit signal
+    /// they do not trap.
+    pub(crate) kills: Vec<(u64, ExitReason)>,
+    /// Actors that ended here (what still arrives for them is dropped).
+    pub(crate) ended: std::collections::HashSet<u64>,
+}
+
+impl Hosted {
+    /// Queues `item` for `actor`.
+    pub(crate) fn push(&mut self, actor: u64, item: Item) {
+        if self.ended.contains(&actor) {
+            return;
+        }
+        let q = self.queues.entry(actor).or_default();
+        q.items.push_back(item);
+        if q.started && !q.in_ready {
+            q.in_ready = true;
+            self.ready.push_back(actor);
+        }
+    }
 }
 
 /// The mutable state of the receive path.
@@ -255,6 +297,8 @@ pub(crate) struct State {
     pub(crate) disconnected: bool,
     /// The background thread should end.
     stop: bool,
+    /// The actors this process hosts (a scheduler).
+    pub(crate) hosted: Hosted,
 }
 
 /// The descriptors a process polls with, created the first time it needs them
@@ -328,6 +372,7 @@ impl Inbox {
                 events: Vec::new(),
                 disconnected: false,
                 stop: false,
+                hosted: Hosted::default(),
             }),
             cond: Condvar::new(),
             bg_cond: Condvar::new(),
@@ -800,6 +845,7 @@ impl Inbox {
                             sender: None,
                             decoder: Decoder::default(),
                             seq,
+                            tenant: None,
                         },
                     );
                 }
@@ -869,6 +915,7 @@ impl Inbox {
                 messages,
                 awaited,
                 bound,
+                hosted,
                 ..
             } = &mut *st;
             let Some(conn) = conns.get_mut(&token) else {
@@ -876,13 +923,27 @@ impl Inbox {
             };
             let mut protocol_error: Option<FrameError> = None;
             let mut new_sender = None;
+            let mut not_hosted = false;
             let had_sender = conn.sender.is_some();
             let sender = &mut conn.sender;
+            let tenant = &mut conn.tenant;
             let stopped = conn.decoder.feed(&scratch[..input_len], max, |kind, body| {
                 match (kind, sender.is_some()) {
                     (Kind::Hello, false) => match decode_exact::<Hello>(body) {
                         Ok(h) => {
+                            if let Some(actor) = h.to {
+                                // Only for an actor hosted here, alive.
+                                let slot = &rt.shared().slots[actor as usize % crate::sys::shared::SLOTS];
+                                if hosted.ended.contains(&actor)
+                                    || slot.serial.load(Ordering::Acquire) != actor
+                                    || slot.host.load(Ordering::Acquire) != rt.pid().serial()
+                                {
+                                    not_hosted = true;
+                                    return false;
+                                }
+                            }
                             *sender = Some(h.from);
+                            *tenant = h.to;
                             new_sender = Some(h.from);
                             // Stop: older connections of this sender go first.
                             false
@@ -894,7 +955,16 @@ impl Inbox {
                     },
                     (Kind::Msg, true) if body.len() >= 8 => {
                         let fp = u64::from_le_bytes(body[..8].try_into().expect("BUG: 8 bytes"));
-                        push_message(queue, messages, *bound, rt.slot(), fp, &body[8..]);
+                        match *tenant {
+                            Some(actor) => hosted.push(
+                                actor,
+                                Item::Msg {
+                                    fp,
+                                    body: body[8..].to_vec(),
+                                },
+                            ),
+                            None => push_message(queue, messages, *bound, rt.slot(), fp, &body[8..]),
+                        }
                         true
                     }
                     (Kind::Reply, true) if body.len() >= 16 => {
@@ -913,6 +983,12 @@ impl Inbox {
             })?;
             if let Some(e) = protocol_error {
                 return Err(e);
+            }
+            if not_hosted {
+                // For an actor that ended (or never was here): its sender
+                // sees the connection closed, as with a process that is gone.
+                self.close_conn(st, token);
+                return Ok(());
             }
             if let (Some(from), false) = (new_sender, had_sender) {
                 let seq = conn.seq;
@@ -956,6 +1032,39 @@ impl Inbox {
         for (_, token) in tokens {
             self.read_conn(rt, st, token, usize::MAX);
         }
+    }
+
+    /// Forgets an actor this process hosted, which ended: its queue, and
+    /// the connections of its senders (they see it closed, as with a process
+    /// that is gone). `false` if it had ended already.
+    pub(crate) fn end_actor(&self, actor: u64, shared: &crate::sys::shared::SharedArea) -> bool {
+        let mut st = self.state.lock();
+        if !st.hosted.ended.insert(actor) {
+            return false;
+        }
+        st.hosted.queues.remove(&actor);
+        st.hosted.ready.retain(|&a| a != actor);
+        let tokens: Vec<u64> = st
+            .conns
+            .iter()
+            .filter(|(_, c)| c.tenant == Some(actor))
+            .map(|(&t, _)| t)
+            .collect();
+        for t in tokens {
+            self.close_conn(&mut st, t);
+        }
+        if st.hosted.ended.len() > 4096 {
+            // Keep only those the node has not finalized yet (their slot
+            // still names them): later connections to the others are refused
+            // by the slot check.
+            st.hosted.ended.retain(|&a| {
+                shared.slots[a as usize % crate::sys::shared::SLOTS]
+                    .serial
+                    .load(Ordering::Acquire)
+                    == a
+            });
+        }
+        true
     }
 
     fn close_conn(&self, st: &mut State, token: u64) {
@@ -1066,6 +1175,43 @@ impl Inbox {
                     push_message(queue, messages, *bound, rt.slot(), fp, &body[8..]);
                 }
             }
+            ToProcess::ForActor { actor, msg } => match *msg {
+                ToProcess::Down {
+                    reference,
+                    internal: false,
+                    pid,
+                    reason,
+                } => {
+                    self.drain_sender(rt, st, pid);
+                    st.hosted.push(
+                        actor,
+                        Item::Down(Down {
+                            reference: MonitorRef::new(actor, reference),
+                            pid,
+                            reason,
+                        }),
+                    );
+                    rt.forget_connection(pid);
+                }
+                ToProcess::Exit { from, reason } => {
+                    self.drain_sender(rt, st, from);
+                    st.hosted.push(actor, Item::Exit(ExitSignal { from, reason }));
+                }
+                ToProcess::Message(body) if body.len() >= 8 => {
+                    let fp = u64::from_le_bytes(body[..8].try_into().expect("BUG: 8 bytes"));
+                    st.hosted.push(
+                        actor,
+                        Item::Msg {
+                            fp,
+                            body: body[8..].to_vec(),
+                        },
+                    );
+                }
+                // Internal Downs and replies wait in the host's own table.
+                other @ (ToProcess::Down { .. } | ToProcess::Reply { .. }) => self.on_control(rt, st, other),
+                _ => {}
+            },
+            ToProcess::KillActor { actor, reason } => st.hosted.kills.push((actor, reason)),
         }
     }
 

@@ -57,6 +57,8 @@ fn pool_settings(config: &Config) -> Result<crate::node::runtime::PoolSettings, 
     Ok(crate::node::runtime::PoolSettings {
         classes,
         init: config.scheduler_init.map(crate::sys::text::erase),
+        step_limit: config.step_limit,
+        kill_overruns: config.kill_overruns,
     })
 }
 
@@ -79,6 +81,8 @@ pub struct Config {
     schedulers: Option<usize>,
     classes: Vec<(String, usize)>,
     scheduler_init: Option<fn()>,
+    step_limit: Option<Duration>,
+    kill_overruns: bool,
 }
 
 impl Default for Config {
@@ -95,6 +99,8 @@ impl Default for Config {
             schedulers: None,
             classes: Vec::new(),
             scheduler_init: None,
+            step_limit: Some(Duration::from_secs(1)),
+            kill_overruns: false,
         }
     }
 }
@@ -184,6 +190,23 @@ impl Config {
     /// before the application set anything up).
     pub fn scheduler_init(mut self, f: fn()) -> Config {
         self.scheduler_init = Some(f);
+        self
+    }
+
+    /// How long one step of a lightweight actor may run before the watchdog
+    /// reports it (a `tracing` warning, and
+    /// [`ActorStats::overruns`](crate::pool::ActorStats)); default 1 s,
+    /// `None` for no watchdog. A step cannot be preempted.
+    pub fn actor_step_limit(mut self, limit: Option<Duration>) -> Config {
+        self.step_limit = limit;
+        self
+    }
+
+    /// Also kill the scheduler of an actor whose step runs over the limit:
+    /// that actor ends with an `Error` saying so, the other actors of the
+    /// scheduler end `Killed`, and the zygote replaces the scheduler.
+    pub fn kill_overrunning_actors(mut self, kill: bool) -> Config {
+        self.kill_overruns = kill;
         self
     }
 

@@ -1,5 +1,8 @@
-//! The send path: one lazily opened stream connection per target process,
-//! frames encoded in place into the connection's buffer, and a batching rule.
+//! The send path: one lazily opened stream connection per target process
+//! (per sender and target when the process hosts actors: each actor sends on
+//! connections of its own), frames encoded in place into the connection's
+//! buffer, and a batching rule. An actor is reached through the listener of
+//! the scheduler hosting it, named in its shared slot.
 //!
 //! # Why this batching rule
 //!
@@ -33,6 +36,7 @@ use crate::sync::Mutex;
 use crate::node::inbox::{Inbox, OUT_TAG};
 use crate::process::Pid;
 use crate::sys::poll::Interest;
+use crate::sys::shared::{SLOTS, SharedArea};
 use crate::sys::socket;
 use crate::wire::envelope::Hello;
 use crate::wire::frame::{self, Kind};
@@ -109,15 +113,15 @@ impl Hasher for SerialHasher {
     }
 
     fn write_u64(&mut self, n: u64) {
-        self.0 = n.wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        self.0 = (self.0 ^ n).wrapping_mul(0x9e37_79b9_7f4a_7c15);
     }
 }
 
 /// The open connections.
 #[derive(Debug, Default)]
 struct Conns {
-    /// By target serial.
-    map: HashMap<u64, OutConn, BuildHasherDefault<SerialHasher>>,
+    /// By (sender serial, target serial).
+    map: HashMap<(u64, u64), OutConn, BuildHasherDefault<SerialHasher>>,
     /// Sends so far (the clock of least-recently-used closing).
     uses: u64,
 }
@@ -125,8 +129,10 @@ struct Conns {
 /// The send side of a process.
 #[derive(Debug)]
 pub(crate) struct Outbox {
-    /// Connections by target serial.
+    /// Connections by sender and target serial.
     conns: Mutex<Conns>,
+    /// Where actors' hosts are found.
+    shared: &'static SharedArea,
     /// Whether the flush timer (in the inbox's descriptors) is armed.
     timer_armed: AtomicBool,
     /// Largest message body accepted.
@@ -141,9 +147,16 @@ pub(crate) struct Outbox {
 }
 
 impl Outbox {
-    pub(crate) fn new(max_message: usize, coalesce: Duration, flush_delay: Duration, max_conns: usize) -> Outbox {
+    pub(crate) fn new(
+        shared: &'static SharedArea,
+        max_message: usize,
+        coalesce: Duration,
+        flush_delay: Duration,
+        max_conns: usize,
+    ) -> Outbox {
         Outbox {
             conns: Mutex::new(Conns::default()),
+            shared,
             timer_armed: AtomicBool::new(false),
             max_message,
             coalesce,
@@ -167,19 +180,20 @@ impl Outbox {
         build: impl FnOnce(&mut Vec<u8>) -> Result<(), String>,
     ) -> Result<Sent, BuildError> {
         let serial = target.serial();
+        let key = (me.serial(), serial);
         let mut guard = self.conns.lock();
         let conns = &mut *guard;
         conns.uses += 1;
         let uses = conns.uses;
-        if !conns.map.contains_key(&serial) {
+        if !conns.map.contains_key(&key) {
             match self.connect(conns, inbox, me, epoch, target)? {
                 Some(conn) => {
-                    conns.map.insert(serial, conn);
+                    conns.map.insert(key, conn);
                 }
                 None => return Ok(Sent::Dropped),
             }
         }
-        let conn = conns.map.get_mut(&serial).expect("BUG: connection present");
+        let conn = conns.map.get_mut(&key).expect("BUG: connection present");
         if try_only && conn.backlogged {
             return Ok(Sent::Full);
         }
@@ -204,7 +218,7 @@ impl Outbox {
         let quiet = conn.frames == 1 && (conn.last_epoch != epoch || conn.last_write.elapsed() >= self.coalesce);
         if quiet || conn.frames >= BATCH_FRAMES || conn.pending() >= BATCH_BYTES {
             if !self.write(conn, inbox, serial, epoch) {
-                conns.map.remove(&serial);
+                conns.map.remove(&key);
             }
         } else {
             drop(guard);
@@ -226,12 +240,20 @@ impl Outbox {
         if conns.map.len() >= self.max_conns {
             Self::close_idle(conns, inbox);
         }
-        let fd = match socket::connect_abstract(&target.address(), true) {
+        // An actor: its host's listener, told which actor the messages are for.
+        let slot = &self.shared.slots[target.serial() as usize % SLOTS];
+        let host = slot.host.load(Ordering::Acquire);
+        let (address, to) = if host != 0 && slot.serial.load(Ordering::Acquire) == target.serial() {
+            (Pid::new(target.node(), host).address(), Some(target.serial()))
+        } else {
+            (target.address(), None)
+        };
+        let fd = match socket::connect_abstract(&address, true) {
             Ok(fd) => fd,
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                 // The listener's backlog is full: wait for room rather than
                 // lose the frame.
-                let fd = socket::connect_abstract(&target.address(), false).map_err(BuildError::Io)?;
+                let fd = socket::connect_abstract(&address, false).map_err(BuildError::Io)?;
                 socket::set_nonblocking(&fd, true).map_err(BuildError::Io)?;
                 fd
             }
@@ -239,7 +261,7 @@ impl Outbox {
             Err(e) => return Err(BuildError::Io(e)),
         };
         let mut buf = Vec::with_capacity(256);
-        frame::push(&mut buf, Kind::Hello, &Hello { from: me }).expect("BUG: hello always encodes");
+        frame::push(&mut buf, Kind::Hello, &Hello { from: me, to }).expect("BUG: hello always encodes");
         Ok(Some(OutConn {
             fd,
             buf,
@@ -303,21 +325,23 @@ impl Outbox {
             }
         }
         let mut conns = self.conns.lock();
-        conns
-            .map
-            .retain(|&serial, conn| conn.backlogged || conn.pending() == 0 || self.write(conn, inbox, serial, epoch));
+        conns.map.retain(|&(_, serial), conn| {
+            conn.backlogged || conn.pending() == 0 || self.write(conn, inbox, serial, epoch)
+        });
     }
 
     /// The connection to `serial` can take more bytes.
     pub(crate) fn on_writable(&self, inbox: &Inbox, serial: u64, epoch: u64) {
         let mut conns = self.conns.lock();
-        if let Some(conn) = conns.map.get_mut(&serial) {
+        // Every backlogged connection to `serial` (one per sender).
+        conns.map.retain(|&(_, target), conn| {
+            if target != serial || !conn.backlogged {
+                return true;
+            }
             conn.backlogged = false;
             inbox.epoll().delete(conn.fd.as_raw_fd());
-            if !self.write(conn, inbox, serial, epoch) {
-                conns.map.remove(&serial);
-            }
-        }
+            self.write(conn, inbox, serial, epoch)
+        });
     }
 
     /// Writes everything pending, waiting for room up to `deadline`. Used when
@@ -331,6 +355,22 @@ impl Outbox {
         }
     }
 
+    /// Writes what actor `sender` sent, waiting for room up to `deadline`,
+    /// and closes its connections: it ended.
+    pub(crate) fn close_sender(&self, inbox: &Inbox, sender: u64, deadline: Instant) {
+        let mut conns = self.conns.lock();
+        conns.map.retain(|&(from, _), conn| {
+            if from != sender {
+                return true;
+            }
+            let _ = socket::send_all(&conn.fd, &conn.buf[conn.off..], Some(deadline));
+            if conn.backlogged {
+                inbox.epoll().delete(conn.fd.as_raw_fd());
+            }
+            false
+        });
+    }
+
     /// Closes the least recently used connection with nothing pending.
     fn close_idle(conns: &mut Conns, inbox: &Inbox) {
         let victim = conns
@@ -338,7 +378,7 @@ impl Outbox {
             .iter()
             .filter(|(_, c)| c.pending() == 0 && !c.backlogged)
             .min_by_key(|(_, c)| c.last_used)
-            .map(|(&s, _)| s);
+            .map(|(&k, _)| k);
         if let Some(serial) = victim
             && let Some(conn) = conns.map.remove(&serial)
         {
@@ -346,8 +386,8 @@ impl Outbox {
         }
     }
 
-    /// Forgets the connection to a process that is gone.
+    /// Forgets the connections to a process that is gone.
     pub(crate) fn forget(&self, serial: u64) {
-        self.conns.lock().map.remove(&serial);
+        self.conns.lock().map.retain(|&(_, target), _| target != serial);
     }
 }

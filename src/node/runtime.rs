@@ -54,6 +54,10 @@ pub(crate) struct PoolSettings {
     pub(crate) classes: Vec<(String, usize)>,
     /// A `fn()` to run in each scheduler when it starts.
     pub(crate) init: Option<crate::sys::text::FnAddr>,
+    /// An actor step running longer than this is reported.
+    pub(crate) step_limit: Option<Duration>,
+    /// ... and its scheduler killed.
+    pub(crate) kill_overruns: bool,
 }
 
 impl PoolSettings {
@@ -108,6 +112,22 @@ pub(crate) struct Runtime {
 
 static CURRENT: ForkGlobal<Runtime> = ForkGlobal::new();
 
+thread_local! {
+    /// The actor whose step this thread runs (in a scheduler): what it sends
+    /// and asks of the node is its own, not the scheduler's.
+    static ACTING: std::cell::Cell<Option<Pid>> = const { std::cell::Cell::new(None) };
+}
+
+/// The actor whose step the calling thread runs, if any.
+pub(crate) fn acting() -> Option<Pid> {
+    ACTING.with(|a| a.get())
+}
+
+/// Sets (or clears) the actor whose step the calling thread runs.
+pub(crate) fn set_acting(actor: Option<Pid>) {
+    ACTING.with(|a| a.set(actor));
+}
+
 /// The runtime of the calling process, if `init()` ran (in this process or in
 /// an ancestor).
 pub(crate) fn current() -> Option<&'static Runtime> {
@@ -133,6 +153,7 @@ impl Runtime {
         bound: Option<(usize, Overflow)>,
     ) -> io::Result<Runtime> {
         let outbox = Outbox::new(
+            shared,
             settings.max_message,
             settings.coalesce,
             settings.flush_delay,
@@ -192,6 +213,11 @@ impl Runtime {
     /// This process.
     pub(crate) fn pid(&self) -> Pid {
         self.me
+    }
+
+    /// Who the calling code is: the actor whose step runs, or this process.
+    pub(crate) fn sender(&self) -> Pid {
+        acting().unwrap_or(self.me)
     }
 
     /// Our user id.
@@ -292,6 +318,17 @@ impl Runtime {
 
     /// Sends a control frame to the node and does not wait for an answer.
     pub(crate) fn tell_node(&self, msg: &ToNode) {
+        if let Some(actor) = acting() {
+            return self.tell_node_raw(&ToNode::ForActor {
+                actor: actor.serial(),
+                msg: Box::new(msg.clone()),
+            });
+        }
+        self.tell_node_raw(msg)
+    }
+
+    /// Sends a control frame to the node as this process (never as an actor).
+    pub(crate) fn tell_node_raw(&self, msg: &ToNode) {
         if let Some(node) = self.node {
             node.local_request(self.me.serial(), msg.clone());
             return;
@@ -315,12 +352,18 @@ impl Runtime {
     /// node is gone).
     pub(crate) fn ask_node(&'static self, make: impl FnOnce(u64) -> ToNode) -> Option<NodeReply> {
         let request = self.next_ref();
-        let msg = make(request);
+        let mut msg = make(request);
+        if let Some(actor) = acting() {
+            msg = ToNode::ForActor {
+                actor: actor.serial(),
+                msg: Box::new(msg),
+            };
+        }
         if let Some(node) = self.node {
             return node.local_request(self.me.serial(), msg);
         }
         self.inbox.await_ref(request);
-        self.tell_node(&msg);
+        self.tell_node_raw(&msg);
         let reply = self.inbox.pump(self, None, |st| {
             st.awaited.get_mut(&request).and_then(|a| a.node.take())
         });
@@ -384,14 +427,47 @@ impl Runtime {
             // Another node: only reachable with the `dist` feature.
             return Ok(Sent::Dropped);
         }
+        let slot = &self.shared.slots[target.serial() as usize % SLOTS];
+        if slot.host.load(Ordering::Acquire) == self.me.serial()
+            && slot.serial.load(Ordering::Acquire) == target.serial()
+        {
+            return self.send_local(target.serial(), overhead, build);
+        }
         let epoch = self.epoch.load(Ordering::Relaxed);
         let sent = self
             .outbox
-            .send(&self.inbox, self.me, epoch, target, try_only, overhead, build);
+            .send(&self.inbox, self.sender(), epoch, target, try_only, overhead, build);
         if self.inbox.background_wanted() {
             self.ensure_background();
         }
         sent
+    }
+
+    /// A message for an actor this process hosts: straight into its queue,
+    /// with no socket.
+    fn send_local(
+        &self,
+        actor: u64,
+        overhead: usize,
+        build: impl FnOnce(&mut Vec<u8>) -> Result<(), String>,
+    ) -> Result<Sent, BuildError> {
+        let mut buf = Vec::new();
+        build(&mut buf).map_err(BuildError::Encode)?;
+        let payload = (buf.len() - frame::HEADER).saturating_sub(overhead);
+        if payload > self.settings.max_message {
+            return Err(BuildError::TooLarge(payload));
+        }
+        if buf[4] != Kind::Msg as u8 || buf.len() < frame::HEADER + 8 {
+            // Replies go to processes, never to actors.
+            return Ok(Sent::Dropped);
+        }
+        let fp = u64::from_le_bytes(buf[frame::HEADER..frame::HEADER + 8].try_into().expect("BUG: 8 bytes"));
+        let body = buf.split_off(frame::HEADER + 8);
+        self.inbox
+            .lock()
+            .hosted
+            .push(actor, crate::node::inbox::Item::Msg { fp, body });
+        Ok(Sent::Queued)
     }
 
     /// Ends this process with `reason`: writes what it still holds, tells the

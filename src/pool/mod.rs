@@ -30,8 +30,10 @@
 //!
 //! [`Config::scheduler_class`]: crate::Config::scheduler_class
 
+pub(crate) mod actor;
 pub(crate) mod scheduler;
 mod task;
 pub(crate) mod zygote;
 
+pub use actor::{Actor, ActorBuilder, ActorCtx, ActorStats, actor_stats, spawn_actor};
 pub use task::{DEFAULT_CLASS, Map, Progress, Task, TaskError, map, progress, schedulers, submit, submit_to};

@@ -16,19 +16,19 @@
 //! was running (it fails with the scheduler's exit reason: at most once) from
 //! one that had not started (it is sent again).
 
-use std::collections::VecDeque;
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::AtomicU64;
 use std::sync::atomic::Ordering::{Relaxed, SeqCst};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-use crate::error::RecvTimeoutError;
 use crate::exit::{ExitReason, panic_message};
-use crate::mailbox::{Ctx, ReplyTo};
+use crate::mailbox::{ReplyTo, next_message};
+use crate::node::inbox::Item;
 use crate::node::runtime::Runtime;
+use crate::pool::actor::{ActorStart, Host};
 use crate::sys::shared::{CANCELLED, TASK_MARKS};
 use crate::sys::text::{self, FnAddr};
 use crate::wire::Bytes;
@@ -111,6 +111,22 @@ where
 /// takes it back (its claimer died between claiming and sending).
 const STALE_CLAIM: Duration = Duration::from_secs(1);
 
+/// What a scheduler receives in its own mailbox.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) enum SchedMsg {
+    /// Run a task.
+    Run(TaskMsg),
+    /// Start an actor the node registered.
+    Start(ActorStart),
+}
+
+/// What the scheduler found to do.
+struct Work {
+    sched: Option<SchedMsg>,
+    kills: Vec<(u64, ExitReason)>,
+    steps: Vec<(u64, Item)>,
+}
+
 /// The scheduler process of slot `slot`.
 pub(crate) fn run(rt: &'static Runtime, slot: usize) -> ExitReason {
     if let Some(init) = rt.settings().pool.init
@@ -125,64 +141,111 @@ pub(crate) fn run(rt: &'static Runtime, slot: usize) -> ExitReason {
         .expect("BUG: slots come from the classes");
     let shared = rt.shared();
     let me = &shared.schedulers[slot];
-    let ctx: Ctx<TaskMsg> = Ctx::new(rt);
     me.busy.store(0, SeqCst);
     me.running.store(0, SeqCst);
+    // The actors of the scheduler this one replaces are gone.
+    me.actors.store(0, SeqCst);
     // Ready: submitters may pick this slot from now on.
     me.serial.store(rt.pid().serial(), SeqCst);
     tracing::debug!(slot, pid = %rt.pid(), "scheduler ready");
-    // Tasks handed to it: normally one at a time (a task is handed only to an
-    // idle scheduler), more if a claim was taken back too early.
-    let mut queue: VecDeque<TaskMsg> = VecDeque::new();
+    let mut host = Host::new(rt, slot);
+    let mut idle = false;
+    let mut idle_since = Instant::now();
     loop {
-        if queue.is_empty() {
-            // Idle: free for a claim; ask for a queued task if any waits.
+        if !idle {
+            // Idle for tasks: free for a claim; ask for a queued task if any
+            // waits.
+            idle = true;
+            idle_since = Instant::now();
             me.busy.store(0, SeqCst);
             if shared.pool.queued[class].load(SeqCst) > 0 {
-                rt.tell_node(&ToNode::Idle { slot: slot as u32 });
+                rt.tell_node_raw(&ToNode::Idle { slot: slot as u32 });
             }
-            loop {
-                match ctx.recv_timeout(STALE_CLAIM) {
-                    Ok(t) => {
-                        queue.push_back(t);
-                        break;
-                    }
-                    Err(RecvTimeoutError::Timeout) => {
-                        if me.busy.swap(0, SeqCst) != 0 && shared.pool.queued[class].load(SeqCst) > 0 {
-                            rt.tell_node(&ToNode::Idle { slot: slot as u32 });
-                        }
-                    }
-                    // The node is gone.
-                    Err(_) => return ExitReason::Normal,
-                }
+        } else if idle_since.elapsed() >= STALE_CLAIM {
+            idle_since = Instant::now();
+            if me.busy.swap(0, SeqCst) != 0 && shared.pool.queued[class].load(SeqCst) > 0 {
+                rt.tell_node_raw(&ToNode::Idle { slot: slot as u32 });
             }
         }
-        let Some(task) = queue.pop_front() else {
+        let work = rt.inbox.pump(rt, Some(Instant::now() + STALE_CLAIM), |st| {
+            let sched = next_message::<SchedMsg>(rt, st, |_| true);
+            let kills = std::mem::take(&mut st.hosted.kills);
+            // One event per ready actor: a round.
+            let mut steps = Vec::new();
+            for _ in 0..st.hosted.ready.len() {
+                let Some(actor) = st.hosted.ready.pop_front() else {
+                    break;
+                };
+                let Some(q) = st.hosted.queues.get_mut(&actor) else {
+                    continue;
+                };
+                match q.items.pop_front() {
+                    Some(item) => {
+                        steps.push((actor, item));
+                        if q.items.is_empty() {
+                            q.in_ready = false;
+                        } else {
+                            st.hosted.ready.push_back(actor);
+                        }
+                    }
+                    None => q.in_ready = false,
+                }
+            }
+            (sched.is_some() || !kills.is_empty() || !steps.is_empty()).then_some(Work { sched, kills, steps })
+        });
+        let Some(work) = work else {
+            if rt.inbox.lock().disconnected {
+                // The node is gone.
+                return ExitReason::Normal;
+            }
             continue;
         };
-        // Running first, then the mark: a canceller that sees the mark sees
-        // which scheduler to stop.
-        me.running.store(task.id, SeqCst);
-        let outcome = if start(&shared.task_marks[task.id as usize % TASK_MARKS], task.id) {
-            shared.pool.started.fetch_add(1, Relaxed);
-            let outcome = match text::restore::<TaskEntry>(task.entry) {
-                Some(entry) => entry(task.func, task.args.0),
-                None => Outcome::Refused("the task's entry point is not a function of this executable".into()),
-            };
-            let counter = match outcome {
-                Outcome::Done(_) => &shared.pool.done,
-                _ => &shared.pool.failed,
-            };
-            counter.fetch_add(1, Relaxed);
-            outcome
-        } else {
-            shared.pool.dropped.fetch_add(1, Relaxed);
-            Outcome::Cancelled
-        };
-        me.running.store(0, SeqCst);
-        // The submitter may be gone: then nobody needs the answer.
-        let _ = task.reply.reply(outcome);
+        for (actor, reason) in work.kills {
+            host.end(actor, reason);
+        }
+        for (actor, item) in work.steps {
+            host.step(actor, item);
+        }
+        match work.sched {
+            Some(SchedMsg::Run(task)) => {
+                run_task(rt, slot, task);
+                idle = false;
+            }
+            Some(SchedMsg::Start(start)) => {
+                host.watch();
+                host.start(start);
+            }
+            None => {}
+        }
     }
+}
+
+/// Runs a task and replies.
+fn run_task(rt: &'static Runtime, slot: usize, task: TaskMsg) {
+    let shared = rt.shared();
+    let me = &shared.schedulers[slot];
+    // Running first, then the mark: a canceller that sees the mark sees
+    // which scheduler to stop.
+    me.running.store(task.id, SeqCst);
+    let outcome = if start(&shared.task_marks[task.id as usize % TASK_MARKS], task.id) {
+        shared.pool.started.fetch_add(1, Relaxed);
+        let outcome = match text::restore::<TaskEntry>(task.entry) {
+            Some(entry) => entry(task.func, task.args.0),
+            None => Outcome::Refused("the task's entry point is not a function of this executable".into()),
+        };
+        let counter = match outcome {
+            Outcome::Done(_) => &shared.pool.done,
+            _ => &shared.pool.failed,
+        };
+        counter.fetch_add(1, Relaxed);
+        outcome
+    } else {
+        shared.pool.dropped.fetch_add(1, Relaxed);
+        Outcome::Cancelled
+    };
+    me.running.store(0, SeqCst);
+    // The submitter may be gone: then nobody needs the answer.
+    let _ = task.reply.reply(outcome);
 }
 
 /// Marks task `id` as started, unless it was cancelled first.

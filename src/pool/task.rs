@@ -12,7 +12,7 @@ use crate::exit::ExitReason;
 use crate::mailbox::{Mailbox, ReplyTo};
 use crate::node::inbox::decode_message;
 use crate::node::runtime::{self, Runtime};
-use crate::pool::scheduler::{Outcome, TaskEntry, TaskMsg, batch_entry, task_entry};
+use crate::pool::scheduler::{Outcome, SchedMsg, TaskEntry, TaskMsg, batch_entry, task_entry};
 use crate::process::Pid;
 use crate::sys::shared::{CANCELLED, TASK_MARKS};
 use crate::sys::text::{self, FnAddr};
@@ -183,7 +183,7 @@ impl<R> Task<R> {
         let attempt = match claim(rt, self.class, self.id) {
             Ok(Some((slot, scheduler))) => {
                 let watch = rt.watch_scheduler(scheduler);
-                match Mailbox::<TaskMsg>::from_pid(scheduler).send(msg) {
+                match Mailbox::<SchedMsg>::from_pid(scheduler).send(SchedMsg::Run(msg)) {
                     Ok(()) => Ok(Attempt {
                         scheduler: Some((slot, scheduler)),
                         reference,
@@ -198,8 +198,8 @@ impl<R> Task<R> {
                 }
             }
             Ok(None) => {
-                let message = crate::wire::fingerprint::<TaskMsg>().to_le_bytes().to_vec();
-                match postcard::to_extend(&msg, message) {
+                let message = crate::wire::fingerprint::<SchedMsg>().to_le_bytes().to_vec();
+                match postcard::to_extend(&SchedMsg::Run(msg), message) {
                     Ok(message) if message.len() <= rt.settings().max_message => {
                         rt.tell_node(&ToNode::Enqueue {
                             class: self.class as u32,
@@ -266,7 +266,7 @@ impl<R> Task<R> {
             let s = &shared.schedulers[slot];
             let serial = s.serial.load(SeqCst);
             if serial != 0 && s.running.load(SeqCst) == self.id {
-                Mailbox::<TaskMsg>::from_pid(Pid::new(self.rt.pid().node(), serial)).kill();
+                Mailbox::<SchedMsg>::from_pid(Pid::new(self.rt.pid().node(), serial)).kill();
             }
         }
     }

@@ -149,6 +149,17 @@ pub(crate) fn exit_now(code: i32) -> ! {
     unsafe { libc::_exit(code) }
 }
 
+/// Kills the calling process with `SIGKILL` (nothing of it runs after this).
+pub(crate) fn kill_self() -> ! {
+    // SAFETY: `kill` takes no pointers; SIGKILL to ourselves cannot be caught.
+    unsafe {
+        libc::kill(libc::getpid(), libc::SIGKILL);
+    }
+    // SIGKILL to oneself is delivered before `kill` returns; should it not
+    // be, nothing of this process may run anyway.
+    exit_now(137)
+}
+
 /// The OS pid of the calling process.
 pub(crate) fn getpid() -> i32 {
     // SAFETY: `getpid` cannot fail and takes no arguments.

@@ -29,6 +29,9 @@ pub(crate) struct Slot {
     pub(crate) refused: AtomicU64,
     /// A `ProcessState` discriminant.
     pub(crate) state: AtomicU32,
+    /// For an actor: the serial of the scheduler hosting it (0: an OS
+    /// process of its own).
+    pub(crate) host: AtomicU64,
 }
 
 /// Most scheduler processes a node runs.
@@ -53,6 +56,8 @@ pub(crate) struct SchedSlot {
     pub(crate) busy: AtomicU64,
     /// The task it runs now (0: none).
     pub(crate) running: AtomicU64,
+    /// Actors it hosts (counted by their spawners, for placement).
+    pub(crate) actors: AtomicU64,
 }
 
 /// The pool's counters, node-wide.
@@ -71,6 +76,10 @@ pub(crate) struct PoolCounters {
     pub(crate) dropped: AtomicU64,
     /// Per class: tasks waiting in the node's queue.
     pub(crate) queued: [AtomicU64; SCHEDULERS],
+    /// Actor steps run.
+    pub(crate) steps: AtomicU64,
+    /// Actor steps that ran over the step limit.
+    pub(crate) overruns: AtomicU64,
 }
 
 /// The layout of the shared mapping.

@@ -13,6 +13,9 @@ use crate::sys::process::WaitStatus;
 pub(crate) struct Hello {
     /// The sending process.
     pub(crate) from: Pid,
+    /// The actor the connection's messages are for, when the listener is the
+    /// scheduler hosting it.
+    pub(crate) to: Option<u64>,
 }
 
 /// A new process, announced to the node by its spawner before the fork.
@@ -178,6 +181,32 @@ pub(crate) enum ToNode {
         /// Its slot.
         slot: u32,
     },
+    /// A new actor hosted by scheduler `host` (the sender is its parent):
+    /// the node registers it, then hands `start` to the host.
+    SpawnActor {
+        /// Its registration.
+        reg: Registration,
+        /// The serial of the scheduler that runs it.
+        host: u64,
+        /// A name to register it under (taken: it ends at once).
+        register: Option<String>,
+        /// The message that starts it on the host: fingerprint and body.
+        start: Vec<u8>,
+    },
+    /// An actor of the sending scheduler ended with `reason`.
+    ActorExit {
+        /// The actor.
+        actor: u64,
+        /// Its exit reason.
+        reason: ExitReason,
+    },
+    /// A request made by an actor of the sending scheduler, as that actor.
+    ForActor {
+        /// The actor.
+        actor: u64,
+        /// The request.
+        msg: Box<ToNode>,
+    },
 }
 
 /// A control frame from the node to a process.
@@ -211,6 +240,21 @@ pub(crate) enum ToProcess {
     /// A message handed on by the node (a queued task): fingerprint and
     /// body, as in a message frame.
     Message(Vec<u8>),
+    /// A frame for an actor this scheduler hosts.
+    ForActor {
+        /// The actor.
+        actor: u64,
+        /// The frame.
+        msg: Box<ToProcess>,
+    },
+    /// End an actor this scheduler hosts, with `reason` (killed, or an
+    /// exit signal it does not trap).
+    KillActor {
+        /// The actor.
+        actor: u64,
+        /// Its exit reason.
+        reason: ExitReason,
+    },
 }
 
 /// The node's answer to a request.
