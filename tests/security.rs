@@ -195,8 +195,7 @@ fn a_huge_length_prefix_is_refused_at_once() {
     let me = node().ctx::<u32>();
     let target = node().spawn(counter(me.mailbox())).unwrap();
     let mut s = connect(&address(target.pid())).unwrap();
-    s.write_all(&frame(1, &hello(node().pid())))
-        .unwrap();
+    s.write_all(&frame(1, &hello(node().pid()))).unwrap();
     s.write_all(&[0xf0, 0xff, 0xff, 0xff, 2]).unwrap();
     // The target cut the connection without waiting for 4 GB.
     s.set_read_timeout(Some(PATIENCE)).unwrap();
@@ -221,8 +220,7 @@ fn announced_frames_reserve_no_memory() {
     let mut held = Vec::new();
     for _ in 0..50 {
         let mut s = connect(&address(target.pid())).unwrap();
-        s.write_all(&frame(1, &hello(node().pid())))
-            .unwrap();
+        s.write_all(&frame(1, &hello(node().pid()))).unwrap();
         let mut partial = (60u32 << 20).to_le_bytes().to_vec();
         partial.push(2);
         partial.extend_from_slice(&[0; 10]);
