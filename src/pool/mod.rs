@@ -1,18 +1,22 @@
-//! The scheduler pool: pre-forked scheduler processes that run tasks.
+//! The scheduler pool: pre-forked scheduler processes that run tasks and
+//! host lightweight actors.
 //!
 //! At `init()` the zygote forks the schedulers (one per CPU by default, in the
 //! default class, plus the classes of [`Config::scheduler_class`]), and forks
 //! a replacement whenever one dies, so a scheduler is always a clean image of
 //! this executable. A task is a plain function `fn(A) -> R` and its encoded
-//! arguments: [`submit`] sends it to the ready scheduler of its class with the
-//! fewest tasks waiting, and [`Task::join`] gives its value or why there is
-//! none. A class of `n` schedulers runs at most `n` of its tasks at once.
+//! arguments: [`submit`] hands it to an idle scheduler of its class, or to
+//! the node's queue of the class, from which idle schedulers pull; and
+//! [`Task::join`] gives its value or why there is none. A class of `n` schedulers runs at most `n` of its tasks at once.
 //! [`map`] runs a function over an iterator in batches, results in order.
+//!
+//! Schedulers also host lightweight [`Actor`]s: many per scheduler, each with
+//! a `Pid` like any process, stepped one event at a time.
 //!
 //! Delivery is at most once: a task that was running when its scheduler died
 //! fails with that scheduler's exit reason ([`TaskError::Crashed`]), unless it
-//! is [`retryable`](Task::retryable); a task that was only waiting in the dead
-//! scheduler's queue is sent to another scheduler.
+//! is [`retryable`](Task::retryable); a task handed to the dead scheduler
+//! that had not started is sent to another one.
 //!
 //! ```no_run
 //! fn square(x: u64) -> u64 {
