@@ -52,6 +52,7 @@ fn main() {
                 "the_initializer_runs_in_each_scheduler",
                 the_initializer_runs_in_each_scheduler,
             ),
+            ("losing_the_zygote_is_survived", losing_the_zygote_is_survived),
         ],
         &[],
     )
@@ -403,4 +404,56 @@ fn the_initializer_runs_in_each_scheduler() {
     // A replacement runs it too.
     let _ = pool::submit_to("solo", segfault, ()).unwrap().join();
     assert_eq!(pool::submit_to("solo", initialized, ()).unwrap().join(), Ok(true));
+}
+
+/// The OS pid of this node's zygote.
+fn zygote() -> i32 {
+    let found = util::children()
+        .into_iter()
+        .find(|&pid| std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim() == "converge-zygote"));
+    found.expect("the node has a zygote")
+}
+
+fn spawned_fn(ctx: Ctx<u64>, x: u64) -> Result<(), String> {
+    let y = ctx.recv().map_err(|e| e.to_string())?;
+    Err(format!("ran with {x} and {y}"))
+}
+
+fn losing_the_zygote_is_survived() {
+    for round in 0..2 {
+        let old = zygote();
+        // SAFETY: plain kill(2) of the zygote, from outside.
+        assert_eq!(unsafe { libc::kill(old, libc::SIGKILL) }, 0);
+        // Its spare takes over.
+        assert!(
+            wait_until(PATIENCE, || util::children().into_iter().any(|pid| pid != old
+                && std::fs::read_to_string(format!("/proc/{pid}/comm"))
+                    .is_ok_and(|c| c.trim() == "converge-zygote"))),
+            "round {round}: no zygote took over"
+        );
+        // The schedulers it started still work, and one that dies is
+        // replaced by the new zygote.
+        assert_eq!(pool::submit(square, 4).unwrap().join(), Ok(16));
+        let scheduler = schedulers_of("solo")[0];
+        let r = node().monitor(scheduler);
+        Mailbox::<()>::from_pid(scheduler).kill();
+        node().recv_down_timeout(r, PATIENCE).unwrap();
+        pool_is_full();
+        assert_eq!(pool::submit_to("solo", square, 5).unwrap().join(), Ok(25));
+        // The new zygote starts processes and programs.
+        let f = converge::spawn_fn(spawned_fn, 7).unwrap();
+        let r = node().monitor(f.pid());
+        f.send(8).unwrap();
+        assert_eq!(
+            node().recv_down_timeout(r, PATIENCE).unwrap().reason,
+            ExitReason::Error("ran with 7 and 8".into())
+        );
+        let port = converge::PortBuilder::new("/bin/true").spawn().unwrap();
+        assert!(matches!(
+            port.recv(),
+            Ok(converge::PortOutput::Eof) | Ok(converge::PortOutput::Exit(_))
+        ));
+    }
+    // No zombie left by the zygotes that died.
+    assert!(wait_until(PATIENCE, || util::zombie_children().is_empty()));
 }

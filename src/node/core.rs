@@ -231,6 +231,10 @@ pub(crate) struct Core {
     /// Per scheduler: the submitter and reference of the last task handed
     /// to it from a queue (told if the scheduler dies).
     dispatched: HashMap<u64, (u64, u64)>,
+    /// The zygote's hot spare, registered and waiting.
+    spare: Option<u64>,
+    /// Schedulers to replace once a zygote runs again: (slot, was ready).
+    replacements: Vec<(u32, bool)>,
 }
 
 /// A task waiting in the node's queue.
@@ -255,6 +259,8 @@ impl Core {
             queues: pool.classes.iter().map(|_| VecDeque::new()).collect(),
             pool,
             dispatched: HashMap::new(),
+            spare: None,
+            replacements: Vec::new(),
             node,
             uid,
             epoll,
@@ -325,6 +331,88 @@ impl Core {
             self.attach_pidfd(serial, fd, ospid);
         }
         Ok(())
+    }
+
+    /// Registers the zygote's hot spare (a child of the zygote).
+    fn add_spare(&mut self, token: u64, serial: u64, pidfd: OwnedFd, ospid: i32) {
+        if let Some(c) = self.conns.get_mut(&token) {
+            c.serial = Some(serial);
+        }
+        let mut p = Proc::new(serial, MAIN_SERIAL);
+        p.ctl = Some(token);
+        p.internal = true;
+        // Its parent, the zygote, reaps it; the node watches its pidfd all
+        // the same, to know when it is gone.
+        p.reaper = MAIN_SERIAL;
+        p.name = Some("zygote-spare".into());
+        self.procs.insert(serial, p);
+        self.attach_pidfd(serial, pidfd, ospid);
+        if let Some(old) = self.spare.replace(serial) {
+            self.kill(old, ExitReason::Killed);
+        }
+        if self.shutting_down {
+            self.kill(serial, ExitReason::Shutdown);
+        } else if !self.zygote_alive() {
+            // The zygote died before its spare was known.
+            self.promote_spare();
+        }
+    }
+
+    /// The zygote is gone: its spare becomes the zygote (the same role,
+    /// serial and listener), forks a spare of its own, and starts the
+    /// replacements of the schedulers that died meanwhile.
+    fn promote_spare(&mut self) {
+        let Some(serial) = self.spare.take() else {
+            tracing::error!("the zygote is gone and has no spare: no spawn_fn, ports or scheduler replacements");
+            return;
+        };
+        let Some(mut p) = self.procs.remove(&serial) else {
+            return;
+        };
+        if p.exited {
+            self.procs.insert(serial, p);
+            return;
+        }
+        tracing::warn!(ospid = ?p.ospid, "the zygote is gone: its spare takes over");
+        p.serial = ZYGOTE_SERIAL;
+        p.name = Some("zygote".into());
+        if let Some(fd) = &p.pidfd {
+            self.epoll.delete(fd.as_raw_fd());
+            p.watched = self
+                .epoll
+                .add(fd.as_raw_fd(), PIDFD_TAG | ZYGOTE_SERIAL, Interest::Read)
+                .is_ok();
+        }
+        if let Some(c) = p.ctl.and_then(|t| self.conns.get_mut(&t)) {
+            c.serial = Some(ZYGOTE_SERIAL);
+        }
+        self.procs.insert(ZYGOTE_SERIAL, p);
+        self.send_to(ZYGOTE_SERIAL, ToProcess::TakeOver);
+        for (slot, was_ready) in std::mem::take(&mut self.replacements) {
+            self.send_to(ZYGOTE_SERIAL, ToProcess::ReplaceScheduler { slot, was_ready });
+        }
+    }
+
+    /// A scheduler ended: submitters stop picking it, and the zygote starts
+    /// another in its slot.
+    fn replace_scheduler(&mut self, slot: u32, serial: u64) {
+        let was_ready = self.shared.schedulers[slot as usize]
+            .serial
+            .compare_exchange(
+                serial,
+                0,
+                std::sync::atomic::Ordering::AcqRel,
+                std::sync::atomic::Ordering::Relaxed,
+            )
+            .is_ok();
+        if self.shutting_down {
+            return;
+        }
+        if self.zygote_alive() {
+            self.send_to(ZYGOTE_SERIAL, ToProcess::ReplaceScheduler { slot, was_ready });
+        } else {
+            self.replacements.push((slot, was_ready));
+        }
     }
 
     /// Registers a process the node's main thread is about to fork (or to have
@@ -719,6 +807,12 @@ impl Core {
                     self.register_port(reg, fd, ospid, port);
                 }
             }
+            ToNode::ZygoteSpare { serial, ospid } => {
+                let fd = self.conns.get_mut(&token).and_then(|c| c.fds.pop_front());
+                if let Some(fd) = fd {
+                    self.add_spare(token, serial, fd, ospid);
+                }
+            }
             other => match from {
                 Some(from) => {
                     if let Some(reply) = self.request(from, other) {
@@ -751,7 +845,7 @@ impl Core {
     /// request expects one.
     fn request(&mut self, from: u64, msg: ToNode) -> Option<(u64, NodeReply)> {
         match msg {
-            ToNode::Register(_) | ToNode::Pidfd { .. } | ToNode::Port { .. } => None,
+            ToNode::Register(_) | ToNode::Pidfd { .. } | ToNode::Port { .. } | ToNode::ZygoteSpare { .. } => None,
             ToNode::Withdraw { serial } => {
                 self.withdraw(serial);
                 None
@@ -1228,7 +1322,12 @@ impl Core {
                 crate::node::cgroup::kill(cg);
             }
         }
-        self.try_status(serial);
+        if self.spare == Some(serial) {
+            // Reaped by its parent, the zygote, which says nothing of it.
+            self.to_finalize.push_back(serial);
+        } else {
+            self.try_status(serial);
+        }
         self.run_finalizations();
     }
 
@@ -1334,6 +1433,15 @@ impl Core {
                     reason: reason.clone(),
                 },
             );
+        }
+        if let Some(slot) = p.scheduler {
+            self.replace_scheduler(slot, serial);
+        }
+        if serial == ZYGOTE_SERIAL && !self.shutting_down {
+            self.promote_spare();
+        }
+        if self.spare == Some(serial) {
+            self.spare = None;
         }
         if p.scheduler.is_some() {
             // The actors it hosted end with it, with its reason.

@@ -1212,6 +1212,8 @@ impl Inbox {
                 _ => {}
             },
             ToProcess::KillActor { actor, reason } => st.hosted.kills.push((actor, reason)),
+            // For the zygote and its spare only.
+            ToProcess::TakeOver | ToProcess::ReplaceScheduler { .. } => {}
         }
     }
 

@@ -30,7 +30,7 @@ use crate::sys::poll::{Epoll, Interest};
 use crate::sys::shared::SharedArea;
 use crate::sys::text::{self, FnAddr};
 use crate::wire::decode_exact;
-use crate::wire::envelope::ToNode;
+use crate::wire::envelope::{ToNode, ToProcess};
 use crate::wire::frame::{self, Decoder, Kind};
 
 /// What the zygote's children run: an entry point monomorphized for the
@@ -140,6 +140,7 @@ const TOKEN_LISTENER: u64 = 1;
 const TOKEN_CTL: u64 = 2;
 const TOKEN_DEATH: u64 = 3;
 const TOKEN_SIGCHLD: u64 = 4;
+const TOKEN_SPARE: u64 = 5;
 const CONN_TAG: u64 = 1 << 56;
 const CHILD_TAG: u64 = 2 << 56;
 const TAG_MASK: u64 = 0xff << 56;
@@ -222,6 +223,10 @@ fn run(setup: ZygoteSetup) -> Infallible {
     if let Some(fd) = &sigchld {
         let _ = epoll.add(fd.as_raw_fd(), TOKEN_SIGCHLD, Interest::Read);
     }
+    // A threaded node can never fork a clean zygote again: keep a spare, a
+    // fork of this one, to take over should this one die.
+    let mut spare = fork_spare(&setup, &epoll);
+    let mut ctl_decoder = Decoder::default();
     let uid = sys::process::getuid();
     let mut conns: HashMap<u64, Conn> = HashMap::new();
     let mut children: HashMap<u64, Child> = HashMap::new();
@@ -265,13 +270,37 @@ fn run(setup: ZygoteSetup) -> Infallible {
                 TOKEN_DEATH => guardian(&setup, &children),
                 // After the rest: its own children's statuses go out first.
                 TOKEN_SIGCHLD => orphans_may_have_ended = true,
+                TOKEN_SPARE => {
+                    // The spare died: reap it, and fork another.
+                    if let Some(fd) = spare.take() {
+                        epoll.delete(fd.as_raw_fd());
+                        let _ = sys::process::pidfd_try_wait(&fd);
+                    }
+                    spare = fork_spare(&setup, &epoll);
+                }
                 TOKEN_CTL => {
-                    // The node never writes to the zygote; end of stream means
-                    // the node is gone (the armed signal kills us anyway).
-                    match sys::socket::read(&setup.ctl, &mut scratch) {
-                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                    // The node asks for schedulers to be replaced; end of
+                    // stream means the node is gone (the armed signal kills
+                    // us anyway).
+                    let n = match sys::socket::read(&setup.ctl, &mut scratch) {
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
                         Ok(0) | Err(_) => guardian(&setup, &children),
-                        Ok(_) => {}
+                        Ok(n) => n,
+                    };
+                    let mut frames = Vec::new();
+                    let _ = ctl_decoder.feed(&scratch[..n], 1 << 20, |kind, body| {
+                        if kind == Kind::Ctl {
+                            frames.push(decode_exact::<ToProcess>(body));
+                        }
+                        true
+                    });
+                    for frame in frames {
+                        if let Ok(ToProcess::ReplaceScheduler { slot, was_ready }) = frame
+                            && pool.replace(slot as usize, was_ready)
+                            && let Some((token, child)) = start_scheduler(&setup, &epoll, &mut next, slot as usize)
+                        {
+                            children.insert(token, child);
+                        }
                     }
                 }
                 t if t & TAG_MASK == CONN_TAG => {
@@ -417,15 +446,11 @@ fn run(setup: ZygoteSetup) -> Infallible {
                         );
                         let _ = sys::socket::send_all(&setup.ctl, &buf, None);
                         epoll.delete(child.pidfd.as_raw_fd());
+                        // A scheduler is replaced when the node asks (it
+                        // also asks for those this zygote did not start).
                         let Some(child) = children.remove(&t) else { continue };
                         if let Some(cg) = child.cgroup {
                             cgroups.release(cg);
-                        }
-                        if let Some(slot) = child.scheduler
-                            && pool.replace(slot, child.serial, setup.shared)
-                            && let Some((token, child)) = start_scheduler(&setup, &epoll, &mut next, slot)
-                        {
-                            children.insert(token, child);
                         }
                     }
                 }
@@ -437,6 +462,87 @@ fn run(setup: ZygoteSetup) -> Infallible {
                 sys::signal::drain_signals(fd);
             }
             reap_adopted(&children);
+        }
+    }
+}
+
+/// Forks the zygote's spare, watched through its pidfd.
+fn fork_spare(setup: &ZygoteSetup, epoll: &Epoll) -> Option<OwnedFd> {
+    let copy = (|| {
+        Ok::<_, io::Error>(ZygoteSetup {
+            node: setup.node,
+            shared: setup.shared,
+            settings: setup.settings.clone(),
+            ctl: setup.ctl.try_clone()?,
+            listener: setup.listener.try_clone()?,
+            death_read: setup.death_read,
+        })
+    })();
+    let forked = copy.and_then(|copy| sys::process::fork_child(move || spare_main(copy)));
+    match forked.and_then(sys::process::pidfd_open) {
+        Ok(fd) => {
+            let _ = epoll.add(fd.as_raw_fd(), TOKEN_SPARE, Interest::Read);
+            Some(fd)
+        }
+        Err(e) => {
+            eprintln!("converge-zygote: forking a spare failed: {e}");
+            None
+        }
+    }
+}
+
+/// The spare: registers with the node on a connection of its own, waits to
+/// be told to take over, then runs as the zygote (with the listener it
+/// shares with the zygote it replaces). It ends with the node.
+fn spare_main(mut setup: ZygoteSetup) -> Infallible {
+    let _ = sys::process::set_thread_name("converge-spare");
+    match wait_to_take_over(&setup) {
+        Ok(ctl) => {
+            setup.ctl = ctl;
+            run(setup)
+        }
+        Err(_) => sys::process::exit_now(0),
+    }
+}
+
+fn wait_to_take_over(setup: &ZygoteSetup) -> io::Result<OwnedFd> {
+    use std::sync::atomic::Ordering;
+    let serial = setup.shared.next_serial.fetch_add(1, Ordering::AcqRel);
+    let ctl = sys::socket::connect_abstract(&crate::node::node_address(setup.node), false)?;
+    let ospid = sys::process::getpid();
+    let pidfd = sys::process::pidfd_open(ospid)?;
+    let mut buf = Vec::new();
+    frame::push(&mut buf, Kind::Ctl, &ToNode::ZygoteSpare { serial, ospid })
+        .expect("BUG: control frames always encode");
+    sys::socket::send_with_fds(&ctl, &buf, &[pidfd.as_raw_fd()])?;
+    drop(pidfd);
+    let epoll = Epoll::new()?;
+    epoll.add(ctl.as_raw_fd(), TOKEN_CTL, Interest::Read)?;
+    epoll.add(setup.death_read, TOKEN_DEATH, Interest::Read)?;
+    let mut decoder = Decoder::default();
+    let mut scratch = vec![0u8; 4096];
+    let mut events = Vec::new();
+    loop {
+        events.clear();
+        if epoll.wait(&mut events, None).is_err() {
+            continue;
+        }
+        for ev in &events {
+            if ev.token == TOKEN_DEATH {
+                return Err(io::Error::other("the node is gone"));
+            }
+            let n = sys::socket::read(&ctl, &mut scratch)?;
+            if n == 0 {
+                return Err(io::Error::other("the node is gone"));
+            }
+            let mut take_over = false;
+            let _ = decoder.feed(&scratch[..n], 1 << 20, |kind, body| {
+                take_over |= kind == Kind::Ctl && matches!(decode_exact::<ToProcess>(body), Ok(ToProcess::TakeOver));
+                true
+            });
+            if take_over {
+                return Ok(ctl);
+            }
         }
     }
 }
@@ -491,13 +597,7 @@ impl Pool {
     /// The scheduler `serial` of `slot` died: whether to start another. A
     /// slot whose schedulers keep dying before they are ready (a failing
     /// `scheduler_init`) is given up after a few tries.
-    fn replace(&mut self, slot: usize, serial: u64, shared: &SharedArea) -> bool {
-        use std::sync::atomic::Ordering;
-        // Submitters stop picking it.
-        let was_ready = shared.schedulers[slot]
-            .serial
-            .compare_exchange(serial, 0, Ordering::AcqRel, Ordering::Relaxed)
-            .is_ok();
+    fn replace(&mut self, slot: usize, was_ready: bool) -> bool {
         let failed = self.failed_starts.entry(slot).or_default();
         if was_ready {
             *failed = 0;

@@ -200,6 +200,14 @@ pub(crate) enum ToNode {
         /// Its exit reason.
         reason: ExitReason,
     },
+    /// The zygote's hot spare, ready to take over (first frame of its own
+    /// connection; its pidfd travels with it).
+    ZygoteSpare {
+        /// The serial it took.
+        serial: u64,
+        /// Its OS pid.
+        ospid: i32,
+    },
     /// A request made by an actor of the sending scheduler, as that actor.
     ForActor {
         /// The actor.
@@ -246,6 +254,17 @@ pub(crate) enum ToProcess {
         actor: u64,
         /// The frame.
         msg: Box<ToProcess>,
+    },
+    /// To the zygote's spare: the zygote is gone, be the zygote.
+    TakeOver,
+    /// To the zygote: the scheduler `serial` of slot `slot` ended; start
+    /// another.
+    ReplaceScheduler {
+        /// The slot.
+        slot: u32,
+        /// It had become ready (a scheduler that dies before it is ready
+        /// counts toward giving the slot up).
+        was_ready: bool,
     },
     /// End an actor this scheduler hosts, with `reason` (killed, or an
     /// exit signal it does not trap).
