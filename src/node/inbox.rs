@@ -630,6 +630,34 @@ impl Inbox {
 
     /// Waits until `check` returns `Some` or the deadline passes, polling the
     /// process's sockets in this thread when no other thread does.
+    /// Like [`pump`](Self::pump), polling without sleeping for up to `spin`
+    /// first: an answer expected within microseconds is picked up without
+    /// the cost of a sleep and a wake-up (as a BEAM scheduler busy-waits
+    /// before it sleeps).
+    pub(crate) fn pump_spinning<R>(
+        &self,
+        rt: &'static Runtime,
+        deadline: Option<Instant>,
+        spin: Duration,
+        mut check: impl FnMut(&mut State) -> Option<R>,
+    ) -> Option<R> {
+        if !spin.is_zero() {
+            let start = Instant::now();
+            let until = deadline.map_or(start + spin, |d| d.min(start + spin));
+            loop {
+                let now = Instant::now();
+                if let Some(r) = self.pump(rt, Some(now), &mut check) {
+                    return Some(r);
+                }
+                if now >= until || self.state.lock().disconnected {
+                    break;
+                }
+                std::hint::spin_loop();
+            }
+        }
+        self.pump(rt, deadline, check)
+    }
+
     pub(crate) fn pump<R>(
         &self,
         rt: &'static Runtime,

@@ -59,6 +59,11 @@ fn pool_settings(config: &Config) -> Result<crate::node::runtime::PoolSettings, 
         init: config.scheduler_init.map(crate::sys::text::erase),
         step_limit: config.step_limit,
         kill_overruns: config.kill_overruns,
+        busy_wait: config.busy_wait.unwrap_or(if cpus > 1 {
+            Duration::from_micros(20)
+        } else {
+            Duration::ZERO
+        }),
     })
 }
 
@@ -83,6 +88,7 @@ pub struct Config {
     scheduler_init: Option<fn()>,
     step_limit: Option<Duration>,
     kill_overruns: bool,
+    busy_wait: Option<Duration>,
 }
 
 impl Default for Config {
@@ -101,6 +107,7 @@ impl Default for Config {
             scheduler_init: None,
             step_limit: Some(Duration::from_secs(1)),
             kill_overruns: false,
+            busy_wait: None,
         }
     }
 }
@@ -207,6 +214,16 @@ impl Config {
     /// scheduler end `Killed`, and the zygote replaces the scheduler.
     pub fn kill_overrunning_actors(mut self, kill: bool) -> Config {
         self.kill_overruns = kill;
+        self
+    }
+
+    /// How long an idle scheduler, and a thread joining a task, poll for
+    /// work or for the value before they sleep (default 20 us when the node
+    /// may run on more than one CPU, none otherwise). Polling spares the
+    /// sleep and the wake-up when the answer comes within that time, as a
+    /// BEAM scheduler busy-waits; it costs that much CPU time per wait.
+    pub fn pool_busy_wait(mut self, spin: Duration) -> Config {
+        self.busy_wait = Some(spin);
         self
     }
 

@@ -58,6 +58,9 @@ pub(crate) struct PoolSettings {
     pub(crate) step_limit: Option<Duration>,
     /// ... and its scheduler killed.
     pub(crate) kill_overruns: bool,
+    /// How long a scheduler waiting for work, or a submitter waiting for a
+    /// task's value, polls before it sleeps.
+    pub(crate) busy_wait: Duration,
 }
 
 impl PoolSettings {

@@ -167,7 +167,8 @@ pub(crate) fn run(rt: &'static Runtime, slot: usize) -> ExitReason {
                 rt.tell_node_raw(&ToNode::Idle { slot: slot as u32 });
             }
         }
-        let work = rt.inbox.pump(rt, Some(Instant::now() + STALE_CLAIM), |st| {
+        let spin = rt.settings().pool.busy_wait;
+        let work = rt.inbox.pump_spinning(rt, Some(Instant::now() + STALE_CLAIM), spin, |st| {
             let sched = next_message::<SchedMsg>(rt, st, |_| true);
             let kills = std::mem::take(&mut st.hosted.kills);
             // One event per ready actor: a round.

@@ -292,7 +292,8 @@ impl<R> Task<R> {
             // The reply, or the end of the scheduler it was handed to (which
             // comes after anything the scheduler sent: a reply is never
             // missed). A queued task's scheduler is told by the node.
-            let got = self.rt.inbox.pump(self.rt, deadline, |st| {
+            let spin = self.rt.settings().pool.busy_wait;
+            let got = self.rt.inbox.pump_spinning(self.rt, deadline, spin, |st| {
                 if let Some(a) = st.awaited.get_mut(&reference) {
                     if let Some(reply) = a.reply.take() {
                         return Some(Ok(reply));
