@@ -111,6 +111,12 @@ where
 /// takes it back (its claimer died between claiming and sending).
 const STALE_CLAIM: Duration = Duration::from_secs(1);
 
+/// Steps after which a scheduler busy with actors reads its sockets again.
+const POLL_EVERY_STEPS: usize = 64;
+
+/// Time after which a scheduler busy with actors reads its sockets again.
+const POLL_EVERY: Duration = Duration::from_micros(200);
+
 /// What a scheduler receives in its own mailbox.
 #[derive(Debug, Serialize, Deserialize)]
 pub(crate) enum SchedMsg {
@@ -151,6 +157,8 @@ pub(crate) fn run(rt: &'static Runtime, slot: usize) -> ExitReason {
     let mut host = Host::new(rt, slot);
     let mut idle = false;
     let mut idle_since = Instant::now();
+    let mut steps_since_poll = 0;
+    let mut last_poll = Instant::now();
     loop {
         if !idle {
             // Idle for tasks: free for a claim; ask for a queued task if any
@@ -166,6 +174,14 @@ pub(crate) fn run(rt: &'static Runtime, slot: usize) -> ExitReason {
             if me.busy.swap(0, SeqCst) != 0 && shared.pool.queued[class].load(SeqCst) > 0 {
                 rt.tell_node_raw(&ToNode::Idle { slot: slot as u32 });
             }
+        }
+        if steps_since_poll >= POLL_EVERY_STEPS || last_poll.elapsed() >= POLL_EVERY {
+            // Work is never short while actors have events queued: read the
+            // sockets now and then all the same, so that what arrives for the
+            // others (and tasks) gets its turn.
+            let _ = rt.inbox.pump(rt, Some(Instant::now()), |_| None::<()>);
+            steps_since_poll = 0;
+            last_poll = Instant::now();
         }
         let spin = rt.settings().pool.busy_wait;
         let work = rt.inbox.pump_spinning(rt, Some(Instant::now() + STALE_CLAIM), spin, |st| {
@@ -204,6 +220,7 @@ pub(crate) fn run(rt: &'static Runtime, slot: usize) -> ExitReason {
         for (actor, reason) in work.kills {
             host.end(actor, reason);
         }
+        steps_since_poll += work.steps.len();
         for (actor, item) in work.steps {
             host.step(actor, item);
         }
