@@ -47,6 +47,7 @@ fn main() {
                 a_busy_actor_does_not_starve_another,
             ),
             ("actors_start_actors", actors_start_actors),
+            ("an_actor_waits_for_a_task", an_actor_waits_for_a_task),
             ("a_supervisor_restarts_an_actor", a_supervisor_restarts_an_actor),
             ("the_watchdog_reports_a_long_step", the_watchdog_reports_a_long_step),
             ("the_watchdog_can_kill_a_long_step", the_watchdog_can_kill_a_long_step),
@@ -81,6 +82,12 @@ enum Cmd {
     Log(String),
     /// The step log of its scheduler.
     ReadLog(ReplyTo<Vec<String>>),
+    /// Square this on the pool's class, waiting for the value in the step.
+    Square(String, u64, ReplyTo<Result<u64, String>>),
+}
+
+fn square(x: u64) -> u64 {
+    x * x
 }
 
 /// The steps of the actors of one scheduler, in order (actors of one
@@ -142,6 +149,10 @@ impl Actor for Probe {
             Cmd::Log(tag) => LOG.lock().unwrap().push(tag),
             Cmd::ReadLog(r) => {
                 let _ = r.reply(LOG.lock().unwrap().clone());
+            }
+            Cmd::Square(class, x, r) => {
+                let value = pool::submit_to(&class, square, x).and_then(|t| t.join());
+                let _ = r.reply(value.map_err(|e| e.to_string()));
             }
         }
     }
@@ -501,4 +512,18 @@ fn helper_watchdog_kills() {
     }
     say("replaced", pool::schedulers().first().is_some_and(|s| s.1 != scheduler));
     node.shutdown(PATIENCE);
+}
+
+fn an_actor_waits_for_a_task() {
+    let a = probe("solo");
+    // Another class's scheduler runs it.
+    let got = a
+        .call(|r| Cmd::Square(pool::DEFAULT_CLASS.into(), 9, r), PATIENCE)
+        .unwrap();
+    assert_eq!(got, Ok(81));
+    // Its own scheduler, the only one of its class, waits for it: refused,
+    // not a deadlock.
+    let got = a.call(|r| Cmd::Square("solo".into(), 9, r), PATIENCE).unwrap();
+    assert!(got.unwrap_err().contains("only its own scheduler"));
+    end_all(&[a]);
 }

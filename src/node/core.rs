@@ -111,6 +111,8 @@ struct Proc {
     host: Option<u64>,
     /// An actor's exit reason, once it ended.
     actor_exit: Option<ExitReason>,
+    /// A spare of the zygote (reaped by the zygote, which says nothing).
+    spare: bool,
 }
 
 impl Proc {
@@ -142,6 +144,7 @@ impl Proc {
             scheduler: None,
             host: None,
             actor_exit: None,
+            spare: false,
         }
     }
 }
@@ -233,6 +236,8 @@ pub(crate) struct Core {
     dispatched: HashMap<u64, (u64, u64)>,
     /// The zygote's hot spare, registered and waiting.
     spare: Option<u64>,
+    /// Connections whose frames are being handled now.
+    reading: Vec<u64>,
     /// Schedulers to replace once a zygote runs again: (slot, was ready).
     replacements: Vec<(u32, bool)>,
 }
@@ -260,6 +265,7 @@ impl Core {
             pool,
             dispatched: HashMap::new(),
             spare: None,
+            reading: Vec::new(),
             replacements: Vec::new(),
             node,
             uid,
@@ -335,10 +341,28 @@ impl Core {
 
     /// Registers the zygote's hot spare (a child of the zygote).
     fn add_spare(&mut self, token: u64, serial: u64, pidfd: OwnedFd, ospid: i32) {
+        // Only a child of the zygote, on a connection of its own, with a
+        // serial nobody has.
+        let parent = crate::node::proc_fs::parent_of(ospid);
+        let zygote = self
+            .procs
+            .get(&ZYGOTE_SERIAL)
+            .filter(|z| !z.exited)
+            .and_then(|z| z.ospid);
+        // A spare whose zygote died before this frame was read is the node's.
+        let expected = zygote.or_else(|| self.procs.get(&MAIN_SERIAL).and_then(|m| m.ospid));
+        let fresh = self.conns.get(&token).is_some_and(|c| c.serial.is_none()) && !self.procs.contains_key(&serial);
+        if !fresh || parent.is_none() || parent != expected {
+            self.counters.refused += 1;
+            tracing::warn!(ospid, "refused a zygote spare that is not the zygote's child");
+            self.close_conn(token);
+            return;
+        }
         if let Some(c) = self.conns.get_mut(&token) {
             c.serial = Some(serial);
         }
         let mut p = Proc::new(serial, MAIN_SERIAL);
+        p.spare = true;
         p.ctl = Some(token);
         p.internal = true;
         // Its parent, the zygote, reaps it; the node watches its pidfd all
@@ -533,10 +557,18 @@ impl Core {
                 .is_some_and(|h| self.procs.get(h).is_some_and(|p| !p.exited));
             if taken {
                 // As OTP's `start_link` with a name in use: it never runs.
-                self.actor_ended(
-                    serial,
-                    ExitReason::Error(format!("the name {name} is registered already")),
-                );
+                // Its host forgets what came for it.
+                let reason = ExitReason::Error(format!("the name {name} is registered already"));
+                if host_alive {
+                    self.send_to(
+                        host,
+                        ToProcess::KillActor {
+                            actor: serial,
+                            reason: reason.clone(),
+                        },
+                    );
+                }
+                self.actor_ended(serial, reason);
                 return;
             }
             self.names.insert(name.clone(), serial);
@@ -716,6 +748,17 @@ impl Core {
 
     /// Reads a control connection and handles its frames.
     pub(crate) fn read_conn(&mut self, token: u64) {
+        // A frame of this connection is being handled (a lookup reads the
+        // others): its later frames wait their turn.
+        if self.reading.contains(&token) {
+            return;
+        }
+        self.reading.push(token);
+        self.read_conn_frames(token);
+        self.reading.retain(|&t| t != token);
+    }
+
+    fn read_conn_frames(&mut self, token: u64) {
         loop {
             let Some(conn) = self.conns.get_mut(&token) else {
                 return;
@@ -1040,11 +1083,15 @@ impl Core {
             }
             ToNode::ForActor { actor, msg } => {
                 let hosted = self.known(actor) && self.procs.get(&actor).is_some_and(|p| p.host == Some(from));
-                if !hosted || matches!(*msg, ToNode::ForActor { .. } | ToNode::ActorExit { .. }) {
-                    tracing::warn!(from, actor, "request for an actor the sender does not host");
-                    return None;
-                }
-                self.request(actor, *msg)
+                let msg = match decode_exact::<ToNode>(&msg) {
+                    Ok(m) if hosted && !matches!(m, ToNode::ForActor { .. } | ToNode::ActorExit { .. }) => m,
+                    _ => {
+                        self.counters.refused += 1;
+                        tracing::warn!(from, actor, "refused a request for an actor the sender does not host");
+                        return None;
+                    }
+                };
+                self.request(actor, msg)
             }
             ToNode::LastWords { reason } => {
                 if let Some(p) = self.procs.get_mut(&from) {
@@ -1225,6 +1272,9 @@ impl Core {
     fn dispatch(&mut self, class: usize) {
         use std::sync::atomic::Ordering::SeqCst;
         let slots = self.pool.slots(class);
+        // Published first: a scheduler that becomes idle while this runs sees
+        // that tasks wait (and says so), or is claimed here.
+        self.shared.pool.queued[class].store(self.queues[class].len() as u64, SeqCst);
         while let Some(task) = self.queues[class].front().map(|q| q.task) {
             let taken = slots.clone().find_map(|slot| {
                 let s = &self.shared.schedulers[slot];
@@ -1322,7 +1372,7 @@ impl Core {
                 crate::node::cgroup::kill(cg);
             }
         }
-        if self.spare == Some(serial) {
+        if self.procs.get(&serial).is_some_and(|p| p.spare) {
             // Reaped by its parent, the zygote, which says nothing of it.
             self.to_finalize.push_back(serial);
         } else {

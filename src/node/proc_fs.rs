@@ -26,6 +26,11 @@ fn stat_fields(pid: i32) -> Option<Vec<String>> {
     Some(rest.split_whitespace().map(str::to_string).collect())
 }
 
+/// The parent of `pid`.
+pub(crate) fn parent_of(pid: i32) -> Option<i32> {
+    stat_fields(pid)?.get(1)?.parse().ok()
+}
+
 /// The process group of `pid`.
 pub(crate) fn pgid_of(pid: i32) -> Option<i32> {
     stat_fields(pid)?.get(2)?.parse().ok()

@@ -204,13 +204,22 @@ impl Runtime {
         }
         let reference = self.next_ref();
         self.inbox.await_ref(reference);
-        self.tell_node(&ToNode::Monitor {
+        // This process's monitor, even inside an actor's step: it outlives
+        // the actor.
+        self.tell_node_raw(&ToNode::Monitor {
             reference,
             internal: true,
             target: scheduler,
         });
         w.insert(scheduler, reference);
         reference
+    }
+
+    /// Forgets the monitor on a scheduler that is gone.
+    pub(crate) fn unwatch_scheduler(&self, scheduler: Pid) {
+        if let Some(reference) = self.sched_watch.lock().remove(&scheduler) {
+            self.inbox.forget_ref(reference);
+        }
     }
 
     /// This process.
@@ -322,10 +331,7 @@ impl Runtime {
     /// Sends a control frame to the node and does not wait for an answer.
     pub(crate) fn tell_node(&self, msg: &ToNode) {
         if let Some(actor) = acting() {
-            return self.tell_node_raw(&ToNode::ForActor {
-                actor: actor.serial(),
-                msg: Box::new(msg.clone()),
-            });
+            return self.tell_node_raw(&ToNode::for_actor(actor.serial(), msg));
         }
         self.tell_node_raw(msg)
     }
@@ -357,10 +363,7 @@ impl Runtime {
         let request = self.next_ref();
         let mut msg = make(request);
         if let Some(actor) = acting() {
-            msg = ToNode::ForActor {
-                actor: actor.serial(),
-                msg: Box::new(msg),
-            };
+            msg = ToNode::for_actor(actor.serial(), &msg);
         }
         if let Some(node) = self.node {
             return node.local_request(self.me.serial(), msg);

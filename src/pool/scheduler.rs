@@ -111,6 +111,9 @@ where
 /// takes it back (its claimer died between claiming and sending).
 const STALE_CLAIM: Duration = Duration::from_secs(1);
 
+/// The `busy` of a scheduler stepping its actors: no task is handed to it.
+pub(crate) const STEPPING: u64 = u64::MAX;
+
 /// Steps after which a scheduler busy with actors reads its sockets again.
 const POLL_EVERY_STEPS: usize = 64;
 
@@ -155,24 +158,42 @@ pub(crate) fn run(rt: &'static Runtime, slot: usize) -> ExitReason {
     me.serial.store(rt.pid().serial(), SeqCst);
     tracing::debug!(slot, pid = %rt.pid(), "scheduler ready");
     let mut host = Host::new(rt, slot);
-    let mut idle = false;
-    let mut idle_since = Instant::now();
+    // Say it is idle (for tasks) at the top of the loop.
+    let mut announce = true;
+    // A claim of this scheduler, and since when it has stood unanswered.
+    let mut claim_seen = (0u64, Instant::now());
+    let mut idle_told = Instant::now();
     let mut steps_since_poll = 0;
     let mut last_poll = Instant::now();
+    let tell_idle = |idle_told: &mut Instant| {
+        *idle_told = Instant::now();
+        rt.tell_node_raw(&ToNode::Idle { slot: slot as u32 });
+    };
     loop {
-        if !idle {
-            // Idle for tasks: free for a claim; ask for a queued task if any
-            // waits.
-            idle = true;
-            idle_since = Instant::now();
+        let queued = || shared.pool.queued[class].load(SeqCst) > 0;
+        if announce {
+            // Free for a claim; ask for a queued task if any waits.
+            announce = false;
             me.busy.store(0, SeqCst);
-            if shared.pool.queued[class].load(SeqCst) > 0 {
-                rt.tell_node_raw(&ToNode::Idle { slot: slot as u32 });
+            if queued() {
+                tell_idle(&mut idle_told);
             }
-        } else if idle_since.elapsed() >= STALE_CLAIM {
-            idle_since = Instant::now();
-            if me.busy.swap(0, SeqCst) != 0 && shared.pool.queued[class].load(SeqCst) > 0 {
-                rt.tell_node_raw(&ToNode::Idle { slot: slot as u32 });
+        } else {
+            let b = me.busy.load(SeqCst);
+            if b == 0 || b == STEPPING {
+                claim_seen = (0, Instant::now());
+                if b == 0 && queued() && idle_told.elapsed() >= STALE_CLAIM {
+                    // Idle while tasks wait: say so again.
+                    tell_idle(&mut idle_told);
+                }
+            } else if b != claim_seen.0 {
+                claim_seen = (b, Instant::now());
+            } else if claim_seen.1.elapsed() >= STALE_CLAIM && me.busy.compare_exchange(b, 0, SeqCst, SeqCst).is_ok() {
+                // Its claimer died between claiming and sending.
+                claim_seen = (0, Instant::now());
+                if queued() {
+                    tell_idle(&mut idle_told);
+                }
             }
         }
         if steps_since_poll >= POLL_EVERY_STEPS || last_poll.elapsed() >= POLL_EVERY {
@@ -184,32 +205,34 @@ pub(crate) fn run(rt: &'static Runtime, slot: usize) -> ExitReason {
             last_poll = Instant::now();
         }
         let spin = rt.settings().pool.busy_wait;
-        let work = rt.inbox.pump_spinning(rt, Some(Instant::now() + STALE_CLAIM), spin, |st| {
-            let sched = next_message::<SchedMsg>(rt, st, |_| true);
-            let kills = std::mem::take(&mut st.hosted.kills);
-            // One event per ready actor: a round.
-            let mut steps = Vec::new();
-            for _ in 0..st.hosted.ready.len() {
-                let Some(actor) = st.hosted.ready.pop_front() else {
-                    break;
-                };
-                let Some(q) = st.hosted.queues.get_mut(&actor) else {
-                    continue;
-                };
-                match q.items.pop_front() {
-                    Some(item) => {
-                        steps.push((actor, item));
-                        if q.items.is_empty() {
-                            q.in_ready = false;
-                        } else {
-                            st.hosted.ready.push_back(actor);
+        let work = rt
+            .inbox
+            .pump_spinning(rt, Some(Instant::now() + STALE_CLAIM), spin, |st| {
+                let sched = next_message::<SchedMsg>(rt, st, |_| true);
+                let kills = std::mem::take(&mut st.hosted.kills);
+                // One event per ready actor: a round.
+                let mut steps = Vec::new();
+                for _ in 0..st.hosted.ready.len() {
+                    let Some(actor) = st.hosted.ready.pop_front() else {
+                        break;
+                    };
+                    let Some(q) = st.hosted.queues.get_mut(&actor) else {
+                        continue;
+                    };
+                    match q.items.pop_front() {
+                        Some(item) => {
+                            steps.push((actor, item));
+                            if q.items.is_empty() {
+                                q.in_ready = false;
+                            } else {
+                                st.hosted.ready.push_back(actor);
+                            }
                         }
+                        None => q.in_ready = false,
                     }
-                    None => q.in_ready = false,
                 }
-            }
-            (sched.is_some() || !kills.is_empty() || !steps.is_empty()).then_some(Work { sched, kills, steps })
-        });
+                (sched.is_some() || !kills.is_empty() || !steps.is_empty()).then_some(Work { sched, kills, steps })
+            });
         let Some(work) = work else {
             if rt.inbox.lock().disconnected {
                 // The node is gone.
@@ -217,6 +240,13 @@ pub(crate) fn run(rt: &'static Runtime, slot: usize) -> ExitReason {
             }
             continue;
         };
+        // While actors step, the scheduler takes no task: an actor that
+        // waits for a task must not wait for its own scheduler.
+        let stepping =
+            !work.kills.is_empty() || !work.steps.is_empty() || matches!(work.sched, Some(SchedMsg::Start(_)));
+        if stepping && me.busy.compare_exchange(0, STEPPING, SeqCst, SeqCst).is_ok() {
+            announce = true;
+        }
         for (actor, reason) in work.kills {
             host.end(actor, reason);
         }
@@ -227,7 +257,7 @@ pub(crate) fn run(rt: &'static Runtime, slot: usize) -> ExitReason {
         match work.sched {
             Some(SchedMsg::Run(task)) => {
                 run_task(rt, slot, task);
-                idle = false;
+                announce = true;
             }
             Some(SchedMsg::Start(start)) => {
                 host.watch();
@@ -266,12 +296,17 @@ fn run_task(rt: &'static Runtime, slot: usize, task: TaskMsg) {
     let _ = task.reply.reply(outcome);
 }
 
-/// Marks task `id` as started, unless it was cancelled first.
+/// Marks task `id` as started, unless it was cancelled first. Marks only
+/// grow: a mark of a later task (ids that share the slot) is left alone,
+/// and this task then counts as started for its submitter anyway.
 fn start(mark: &AtomicU64, id: u64) -> bool {
     let mut cur = mark.load(SeqCst);
     loop {
         if cur == id | CANCELLED {
             return false;
+        }
+        if cur & !CANCELLED > id {
+            return true;
         }
         match mark.compare_exchange(cur, id, SeqCst, SeqCst) {
             Ok(_) => return true,

@@ -249,7 +249,9 @@ impl<R> Task<R> {
         let mark = &shared.task_marks[self.id as usize % TASK_MARKS];
         let mut cur = mark.load(SeqCst);
         loop {
-            if cur == self.id {
+            // Started (or its mark taken by a later task: counted as
+            // started, at most once).
+            if cur & !CANCELLED >= self.id {
                 break;
             }
             match mark.compare_exchange(cur, self.id | CANCELLED, SeqCst, SeqCst) {
@@ -274,8 +276,8 @@ impl<R> Task<R> {
     /// Whether the task started in a scheduler (its mark is there; a mark
     /// overwritten by a later task counts as started: at most once).
     fn started(&self) -> bool {
-        let mark = self.rt.shared().task_marks[self.id as usize % TASK_MARKS].load(SeqCst) & !CANCELLED;
-        mark >= self.id
+        let mark = self.rt.shared().task_marks[self.id as usize % TASK_MARKS].load(SeqCst);
+        mark & !CANCELLED > self.id || mark == self.id
     }
 
     /// Waits for the current attempt's outcome until `deadline`; sends the
@@ -313,6 +315,9 @@ impl<R> Task<R> {
                     return decode_message::<Outcome>(fp, &body).map_err(|e| TaskError::Refused(e.to_string()));
                 }
                 Some(Err(reason)) => {
+                    if let Some(scheduler) = self.attempt.as_ref().and_then(|a| a.scheduler) {
+                        self.rt.unwatch_scheduler(scheduler.1);
+                    }
                     self.finish_attempt();
                     let counters = &self.rt.shared().pool;
                     let started = self.started();
@@ -394,13 +399,25 @@ fn claim(rt: &'static Runtime, class: usize, task: u64) -> Result<Option<(usize,
     }
     let shared = rt.shared();
     let deadline = Instant::now() + READY_PATIENCE;
+    let me = rt.pid().serial();
+    if runtime::acting().is_some()
+        && slots
+            .clone()
+            .all(|slot| [0, me].contains(&shared.schedulers[slot].serial.load(SeqCst)))
+    {
+        // Only this scheduler could run it, and it waits for the actor.
+        return Err(TaskError::Refused(
+            "an actor cannot submit a task that only its own scheduler could run".into(),
+        ));
+    }
     loop {
         let mut any_ready = false;
         if shared.pool.queued[class].load(SeqCst) == 0 {
             for slot in slots.clone() {
                 let s = &shared.schedulers[slot];
                 let serial = s.serial.load(SeqCst);
-                if serial == 0 {
+                // Not this scheduler: it runs the caller.
+                if serial == 0 || serial == me {
                     continue;
                 }
                 any_ready = true;

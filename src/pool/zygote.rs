@@ -203,6 +203,12 @@ struct Conn {
 }
 
 fn run(setup: ZygoteSetup) -> Infallible {
+    run_with(setup, Vec::new())
+}
+
+/// The zygote, with frames from the node already read (by a spare taking
+/// over) handled first.
+fn run_with(setup: ZygoteSetup, early: Vec<ToProcess>) -> Infallible {
     let _ = sys::process::set_thread_name("converge-zygote");
     // The zygote outlives the node by a moment: it watches the death pipe
     // itself (it is not killed by it) to take the ports' process groups down
@@ -240,6 +246,14 @@ fn run(setup: ZygoteSetup) -> Infallible {
     let mut next = 0u64;
     let mut events = Vec::new();
     let mut scratch = vec![0u8; 16 * 1024];
+    for frame in early {
+        if let ToProcess::ReplaceScheduler { slot, was_ready } = frame
+            && pool.replace(slot as usize, was_ready)
+            && let Some((token, child)) = start_scheduler(&setup, &epoll, &mut next, slot as usize)
+        {
+            children.insert(token, child);
+        }
+    }
     loop {
         events.clear();
         if epoll.wait(&mut events, None).is_err() {
@@ -496,16 +510,21 @@ fn fork_spare(setup: &ZygoteSetup, epoll: &Epoll) -> Option<OwnedFd> {
 /// shares with the zygote it replaces). It ends with the node.
 fn spare_main(mut setup: ZygoteSetup) -> Infallible {
     let _ = sys::process::set_thread_name("converge-spare");
+    // Nothing of the zygote's (requesters' connections, ports' pipes) is the
+    // spare's to hold.
+    let _ = sys::process::close_fds_except(&[setup.ctl.as_raw_fd(), setup.listener.as_raw_fd(), setup.death_read]);
     match wait_to_take_over(&setup) {
-        Ok(ctl) => {
+        Ok((ctl, after)) => {
             setup.ctl = ctl;
-            run(setup)
+            run_with(setup, after)
         }
         Err(_) => sys::process::exit_now(0),
     }
 }
 
-fn wait_to_take_over(setup: &ZygoteSetup) -> io::Result<OwnedFd> {
+/// Registers the spare and waits for `TakeOver`; gives its connection to
+/// the node and the frames that came after `TakeOver`.
+fn wait_to_take_over(setup: &ZygoteSetup) -> io::Result<(OwnedFd, Vec<ToProcess>)> {
     use std::sync::atomic::Ordering;
     let serial = setup.shared.next_serial.fetch_add(1, Ordering::AcqRel);
     let ctl = sys::socket::connect_abstract(&crate::node::node_address(setup.node), false)?;
@@ -536,12 +555,21 @@ fn wait_to_take_over(setup: &ZygoteSetup) -> io::Result<OwnedFd> {
                 return Err(io::Error::other("the node is gone"));
             }
             let mut take_over = false;
+            let mut after = Vec::new();
             let _ = decoder.feed(&scratch[..n], 1 << 20, |kind, body| {
-                take_over |= kind == Kind::Ctl && matches!(decode_exact::<ToProcess>(body), Ok(ToProcess::TakeOver));
+                if kind == Kind::Ctl
+                    && let Ok(frame) = decode_exact::<ToProcess>(body)
+                {
+                    if take_over {
+                        after.push(frame);
+                    } else {
+                        take_over = frame == ToProcess::TakeOver;
+                    }
+                }
                 true
             });
             if take_over {
-                return Ok(ctl);
+                return Ok((ctl, after));
             }
         }
     }

@@ -212,9 +212,20 @@ pub(crate) enum ToNode {
     ForActor {
         /// The actor.
         actor: u64,
-        /// The request.
-        msg: Box<ToNode>,
+        /// The request, a `ToNode` encoded on its own: decoded only after
+        /// this frame, so that no frame nests without bound.
+        msg: Vec<u8>,
     },
+}
+
+impl ToNode {
+    /// `msg`, made by `actor`.
+    pub(crate) fn for_actor(actor: u64, msg: &ToNode) -> ToNode {
+        ToNode::ForActor {
+            actor,
+            msg: postcard::to_stdvec(msg).expect("BUG: control frames always encode"),
+        }
+    }
 }
 
 /// A control frame from the node to a process.
