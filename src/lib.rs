@@ -101,6 +101,9 @@
 
 mod error;
 mod exit;
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing;
 mod link;
 mod mailbox;
 mod monitor;

@@ -576,7 +576,7 @@ impl Inbox {
                     self.epoll().delete(fd.as_raw_fd());
                 }
                 if pipe == PORT_STDOUT {
-                    let tail = port_cut(port, &[], true);
+                    let tail = port_cut(port.framing, port.max_packet, &mut port.partial, &[], true);
                     match tail {
                         Ok(items) => queue.extend(items.into_iter().map(|output| Item::Port { port: serial, output })),
                         Err(e) => self.port_broken(rt, port, e),
@@ -593,7 +593,7 @@ impl Inbox {
             let data = &scratch[..n];
             if pipe == PORT_STDOUT {
                 if !port.broken {
-                    match port_cut(port, data, false) {
+                    match port_cut(port.framing, port.max_packet, &mut port.partial, data, false) {
                         Ok(items) => queue.extend(items.into_iter().map(|output| Item::Port { port: serial, output })),
                         Err(e) => self.port_broken(rt, port, e),
                     }
@@ -1320,10 +1320,18 @@ impl State {
     }
 }
 
-/// Cuts fresh standard output of a port into events (`end`: the pipe ended).
-fn port_cut(port: &mut PortIo, data: &[u8], end: bool) -> Result<Vec<PortOutput>, String> {
+/// Cuts fresh standard output of a port into events (`end`: the pipe ended),
+/// `partial` holding what is left of an incomplete line or packet. An error
+/// is a broken framing: the output is not read further.
+pub(crate) fn port_cut(
+    framing: Framing,
+    max_packet: usize,
+    partial: &mut Vec<u8>,
+    data: &[u8],
+    end: bool,
+) -> Result<Vec<PortOutput>, String> {
     let mut out = Vec::new();
-    match port.framing {
+    match framing {
         Framing::Raw => {
             if !data.is_empty() {
                 out.push(PortOutput::Data(data.to_vec()));
@@ -1333,42 +1341,42 @@ fn port_cut(port: &mut PortIo, data: &[u8], end: bool) -> Result<Vec<PortOutput>
             for &b in data {
                 if b == b'\n' {
                     out.push(PortOutput::Line {
-                        data: std::mem::take(&mut port.partial),
+                        data: std::mem::take(partial),
                         cut: false,
                     });
                 } else {
-                    port.partial.push(b);
-                    if port.partial.len() >= max {
+                    partial.push(b);
+                    if partial.len() >= max {
                         out.push(PortOutput::Line {
-                            data: std::mem::take(&mut port.partial),
+                            data: std::mem::take(partial),
                             cut: true,
                         });
                     }
                 }
             }
-            if end && !port.partial.is_empty() {
+            if end && !partial.is_empty() {
                 out.push(PortOutput::Line {
-                    data: std::mem::take(&mut port.partial),
+                    data: std::mem::take(partial),
                     cut: true,
                 });
             }
         }
         Framing::Packet(size) => {
-            port.partial.extend_from_slice(data);
+            partial.extend_from_slice(data);
             let n = size as usize;
             let mut at = 0;
-            while port.partial.len() - at >= n {
-                let p = &port.partial[at..];
+            while partial.len() - at >= n {
+                let p = &partial[at..];
                 let len = match n {
                     1 => p[0] as usize,
                     2 => u16::from_be_bytes([p[0], p[1]]) as usize,
                     _ => u32::from_be_bytes([p[0], p[1], p[2], p[3]]) as usize,
                 };
-                if len > port.max_packet {
-                    port.partial.clear();
+                if len > max_packet {
+                    partial.clear();
                     return Err(format!(
                         "port output broke its framing: a packet of {len} bytes is over the limit of {} bytes",
-                        port.max_packet
+                        max_packet
                     ));
                 }
                 if p.len() - n < len {
@@ -1377,10 +1385,10 @@ fn port_cut(port: &mut PortIo, data: &[u8], end: bool) -> Result<Vec<PortOutput>
                 out.push(PortOutput::Packet(p[n..n + len].to_vec()));
                 at += n + len;
             }
-            port.partial.drain(..at);
-            if end && !port.partial.is_empty() {
-                let left = port.partial.len();
-                port.partial.clear();
+            partial.drain(..at);
+            if end && !partial.is_empty() {
+                let left = partial.len();
+                partial.clear();
                 return Err(format!(
                     "port output broke its framing: it ended inside a packet ({left} bytes)"
                 ));

@@ -142,3 +142,99 @@ fn fingerprints_tell_types_apart() {
     assert_ne!(fingerprint::<String>(), fingerprint::<Vec<u8>>());
     assert_eq!(fingerprint::<u64>(), fingerprint::<u64>());
 }
+
+/// Cuts `stream` as port output, fed in pieces at `cuts`, then its end.
+fn cut_port_output(framing: crate::Framing, stream: &[u8], cuts: &[usize]) -> Result<Vec<crate::PortOutput>, String> {
+    let mut points: Vec<usize> = cuts.iter().map(|c| c % (stream.len() + 1)).collect();
+    points.sort_unstable();
+    points.push(stream.len());
+    let mut partial = Vec::new();
+    let mut out = Vec::new();
+    let mut at = 0;
+    for p in points {
+        out.extend(crate::node::inbox::port_cut(
+            framing,
+            4096,
+            &mut partial,
+            &stream[at..p],
+            false,
+        )?);
+        at = p;
+    }
+    out.extend(crate::node::inbox::port_cut(framing, 4096, &mut partial, &[], true)?);
+    Ok(out)
+}
+
+proptest! {
+    #[test]
+    fn port_packets_round_trip_across_any_split(
+        size in prop_oneof![Just(1u8), Just(2u8), Just(4u8)],
+        packets in proptest::collection::vec(proptest::collection::vec(any::<u8>(), 0..255), 0..20),
+        cuts in proptest::collection::vec(any::<usize>(), 0..20),
+    ) {
+        let mut stream = Vec::new();
+        for p in &packets {
+            stream.extend(crate::port::stdio::frame(size, p).unwrap());
+        }
+        let got = cut_port_output(crate::Framing::Packet(size), &stream, &cuts).unwrap();
+        let want: Vec<crate::PortOutput> = packets.into_iter().map(crate::PortOutput::Packet).collect();
+        prop_assert_eq!(got, want);
+    }
+
+    #[test]
+    fn port_lines_keep_every_byte(
+        stream in proptest::collection::vec(prop_oneof![Just(b'\n'), any::<u8>()], 0..600),
+        max in 1usize..40,
+        cuts in proptest::collection::vec(any::<usize>(), 0..20),
+    ) {
+        let got = cut_port_output(crate::Framing::Lines { max }, &stream, &cuts).unwrap();
+        // The lines, with the newlines that ended them, are the stream.
+        let mut again = Vec::new();
+        for e in got {
+            let crate::PortOutput::Line { data, cut } = e else { panic!("not a line") };
+            prop_assert!(data.len() <= max);
+            again.extend(&data);
+            if !cut {
+                again.push(b'\n');
+            }
+        }
+        prop_assert_eq!(again, stream);
+    }
+
+    #[test]
+    fn arbitrary_port_output_never_panics(
+        mode in 0u8..5,
+        stream in proptest::collection::vec(any::<u8>(), 0..2000),
+        cuts in proptest::collection::vec(any::<usize>(), 0..20),
+    ) {
+        let framing = match mode {
+            0 => crate::Framing::Raw,
+            1 => crate::Framing::Lines { max: 16 },
+            2 => crate::Framing::Packet(1),
+            3 => crate::Framing::Packet(2),
+            _ => crate::Framing::Packet(4),
+        };
+        if let Ok(events) = cut_port_output(framing, &stream, &cuts) {
+            let total: usize = events
+                .iter()
+                .map(|e| match e {
+                    crate::PortOutput::Data(d) | crate::PortOutput::Packet(d) => d.len(),
+                    crate::PortOutput::Line { data, .. } => data.len(),
+                    _ => 0,
+                })
+                .sum();
+            prop_assert!(total <= stream.len());
+        }
+    }
+
+    #[test]
+    fn the_packet_reader_never_panics(
+        size in prop_oneof![Just(1u8), Just(2u8), Just(4u8)],
+        stream in proptest::collection::vec(any::<u8>(), 0..2000),
+    ) {
+        let mut reader = crate::port::stdio::PacketReader::new(std::io::Cursor::new(&stream), size).max_packet(512);
+        while let Ok(Some(p)) = reader.read() {
+            prop_assert!(p.len() <= 512);
+        }
+    }
+}
