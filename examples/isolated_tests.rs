@@ -24,7 +24,7 @@ const LIMIT: Duration = Duration::from_millis(500);
 fn tests() -> Vec<Case> {
     vec![
         ("adds", "ok", || {
-            if 2 + 2 == 4 {
+            if std::hint::black_box(2) + 2 == 4 {
                 Ok(())
             } else {
                 Err("arithmetic is broken".into())
@@ -40,7 +40,7 @@ fn tests() -> Vec<Case> {
                 .map_err(|e| format!("reading the config: {e}"))
         }),
         ("asserts", "PANIC", || {
-            let v = vec![1, 2, 3];
+            let v = [1, 2, 3];
             assert_eq!(v.iter().sum::<i32>(), 7, "the sum is off");
             Ok(())
         }),
