@@ -238,8 +238,10 @@ pub(crate) struct Core {
     spare: Option<u64>,
     /// Connections whose frames are being handled now.
     reading: Vec<u64>,
-    /// Schedulers to replace once a zygote runs again: (slot, was ready).
-    replacements: Vec<(u32, bool)>,
+    /// Slots whose scheduler is to be replaced, until a new one registers:
+    /// slot → whether the one that died had been ready. Asked again of a
+    /// zygote that takes over (the one asked may have died first).
+    replacements: HashMap<u32, bool>,
 }
 
 /// A task waiting in the node's queue.
@@ -266,7 +268,7 @@ impl Core {
             dispatched: HashMap::new(),
             spare: None,
             reading: Vec::new(),
-            replacements: Vec::new(),
+            replacements: HashMap::new(),
             node,
             uid,
             epoll,
@@ -344,23 +346,32 @@ impl Core {
         // Only a child of the zygote, on a connection of its own, with a
         // serial nobody has.
         let parent = crate::node::proc_fs::parent_of(ospid);
-        let zygote = self
-            .procs
-            .get(&ZYGOTE_SERIAL)
-            .filter(|z| !z.exited)
-            .and_then(|z| z.ospid);
-        // A spare whose zygote died before this frame was read is the node's.
-        let expected = zygote.or_else(|| self.procs.get(&MAIN_SERIAL).and_then(|m| m.ospid));
+        let zygote = self.procs.get(&ZYGOTE_SERIAL).and_then(|z| z.ospid);
+        // A spare whose zygote died (even if the node has not seen it yet)
+        // is the node's: the node is the subreaper.
+        let node = self.procs.get(&MAIN_SERIAL).and_then(|m| m.ospid);
         let fresh = self.conns.get(&token).is_some_and(|c| c.serial.is_none()) && !self.procs.contains_key(&serial);
-        if !fresh || parent.is_none() || parent != expected {
+        if !fresh || parent.is_none() || (parent != zygote && parent != node) {
             self.counters.refused += 1;
-            tracing::warn!(ospid, "refused a zygote spare that is not the zygote's child");
+            tracing::warn!(
+                ospid,
+                ?parent,
+                ?zygote,
+                fresh,
+                "refused a zygote spare that is not the zygote's child"
+            );
             self.close_conn(token);
             return;
         }
         if let Some(c) = self.conns.get_mut(&token) {
             c.serial = Some(serial);
         }
+        tracing::debug!(
+            serial,
+            ospid,
+            zygote_alive = self.zygote_alive(),
+            "zygote spare registered"
+        );
         let mut p = Proc::new(serial, MAIN_SERIAL);
         p.spare = true;
         p.ctl = Some(token);
@@ -412,14 +423,15 @@ impl Core {
         }
         self.procs.insert(ZYGOTE_SERIAL, p);
         self.send_to(ZYGOTE_SERIAL, ToProcess::TakeOver);
-        for (slot, was_ready) in std::mem::take(&mut self.replacements) {
+        let asked: Vec<(u32, bool)> = self.replacements.iter().map(|(&s, &r)| (s, r)).collect();
+        for (slot, was_ready) in asked {
             self.send_to(ZYGOTE_SERIAL, ToProcess::ReplaceScheduler { slot, was_ready });
         }
     }
 
     /// A scheduler ended: submitters stop picking it, and the zygote starts
     /// another in its slot.
-    fn replace_scheduler(&mut self, slot: u32, serial: u64) {
+    fn replace_scheduler(&mut self, slot: u32, serial: u64, never_ran: bool) {
         let was_ready = self.shared.schedulers[slot as usize]
             .serial
             .compare_exchange(
@@ -428,14 +440,21 @@ impl Core {
                 std::sync::atomic::Ordering::AcqRel,
                 std::sync::atomic::Ordering::Relaxed,
             )
-            .is_ok();
+            .is_ok()
+            || never_ran;
         if self.shutting_down {
             return;
         }
+        self.replacements.insert(slot, was_ready);
+        tracing::debug!(
+            slot,
+            serial,
+            was_ready,
+            zygote = self.zygote_alive(),
+            "scheduler to replace"
+        );
         if self.zygote_alive() {
             self.send_to(ZYGOTE_SERIAL, ToProcess::ReplaceScheduler { slot, was_ready });
-        } else {
-            self.replacements.push((slot, was_ready));
         }
     }
 
@@ -646,6 +665,11 @@ impl Core {
         // (they end with the node), replaced by the zygote when they die.
         p.internal = reg.scheduler.is_some();
         p.scheduler = reg.scheduler;
+        if let Some(slot) = reg.scheduler {
+            // Replaced.
+            tracing::debug!(slot, serial, "scheduler registered");
+            self.replacements.remove(&slot);
+        }
         p.cpu_limited = reg.cpu_limited;
         p.memory_limited = reg.memory_limited;
         if parent_alive {
@@ -814,7 +838,7 @@ impl Core {
             && let Some(p) = self.procs.get_mut(&serial)
         {
             p.ctl = None;
-            if p.pidfd.is_none() && !p.internal && !p.pidfd_follows {
+            if p.pidfd.is_none() && (!p.internal || p.scheduler.is_some()) && !p.pidfd_follows {
                 // Registered, but neither its spawner nor itself handed
                 // over a pidfd before every holder of the connection was
                 // gone: it never ran.
@@ -1485,7 +1509,9 @@ impl Core {
             );
         }
         if let Some(slot) = p.scheduler {
-            self.replace_scheduler(slot, serial);
+            // One that never ran (its zygote died first) is no sign of a
+            // failing start.
+            self.replace_scheduler(slot, serial, reason == ExitReason::NoProc);
         }
         if serial == ZYGOTE_SERIAL && !self.shutting_down {
             self.promote_spare();

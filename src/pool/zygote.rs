@@ -203,12 +203,12 @@ struct Conn {
 }
 
 fn run(setup: ZygoteSetup) -> Infallible {
-    run_with(setup, Vec::new())
+    run_with(setup, Vec::new(), Decoder::default())
 }
 
 /// The zygote, with frames from the node already read (by a spare taking
 /// over) handled first.
-fn run_with(setup: ZygoteSetup, early: Vec<ToProcess>) -> Infallible {
+fn run_with(setup: ZygoteSetup, early: Vec<ToProcess>, mut ctl_decoder: Decoder) -> Infallible {
     let _ = sys::process::set_thread_name("converge-zygote");
     // The zygote outlives the node by a moment: it watches the death pipe
     // itself (it is not killed by it) to take the ports' process groups down
@@ -232,7 +232,6 @@ fn run_with(setup: ZygoteSetup, early: Vec<ToProcess>) -> Infallible {
     // A threaded node can never fork a clean zygote again: keep a spare, a
     // fork of this one, to take over should this one die.
     let mut spare = fork_spare(&setup, &epoll);
-    let mut ctl_decoder = Decoder::default();
     let uid = sys::process::getuid();
     let mut conns: HashMap<u64, Conn> = HashMap::new();
     let mut children: HashMap<u64, Child> = HashMap::new();
@@ -514,9 +513,9 @@ fn spare_main(mut setup: ZygoteSetup) -> Infallible {
     // spare's to hold.
     let _ = sys::process::close_fds_except(&[setup.ctl.as_raw_fd(), setup.listener.as_raw_fd(), setup.death_read]);
     match wait_to_take_over(&setup) {
-        Ok((ctl, after)) => {
+        Ok((ctl, after, decoder)) => {
             setup.ctl = ctl;
-            run_with(setup, after)
+            run_with(setup, after, decoder)
         }
         Err(_) => sys::process::exit_now(0),
     }
@@ -524,7 +523,7 @@ fn spare_main(mut setup: ZygoteSetup) -> Infallible {
 
 /// Registers the spare and waits for `TakeOver`; gives its connection to
 /// the node and the frames that came after `TakeOver`.
-fn wait_to_take_over(setup: &ZygoteSetup) -> io::Result<(OwnedFd, Vec<ToProcess>)> {
+fn wait_to_take_over(setup: &ZygoteSetup) -> io::Result<(OwnedFd, Vec<ToProcess>, Decoder)> {
     use std::sync::atomic::Ordering;
     let serial = setup.shared.next_serial.fetch_add(1, Ordering::AcqRel);
     let ctl = sys::socket::connect_abstract(&crate::node::node_address(setup.node), false)?;
@@ -569,7 +568,8 @@ fn wait_to_take_over(setup: &ZygoteSetup) -> io::Result<(OwnedFd, Vec<ToProcess>
                 true
             });
             if take_over {
-                return Ok((ctl, after));
+                // The decoder too: a frame may be cut where this read ended.
+                return Ok((ctl, after, decoder));
             }
         }
     }

@@ -1,0 +1,471 @@
+//! Chaos: a supervision tree of closure processes, pool actors and ports,
+//! with a chaos loop ending its OS processes in varied ways for a bounded
+//! time (`CONVERGE_CHAOS_SECS`, 5 s by default): SIGKILL and SIGTERM from
+//! outside, an abort, an exit code and a panic from inside, schedulers, the
+//! zygote and supervisors too (never the node). What must hold:
+//!
+//! - every death gives exactly one `Down` per monitor, with the reason that
+//!   matches how the chaos loop ended it;
+//! - every worker's stream of sequence numbers arrives in order and without a
+//!   gap: all of it from a worker that stayed alive, a prefix from one that
+//!   was killed;
+//! - at the end the tree is back to full strength and no zombie is left.
+//!
+//! The figures (deaths by kind, restarts, messages checked) are printed.
+
+mod util;
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::time::{Duration, Instant};
+
+use converge::pool::{self, Actor, ActorBuilder, ActorCtx};
+use converge::supervisor::{ChildSpec, ChildState, Strategy, Supervisor, SupervisorRef};
+use converge::{Config, Ctx, Event, ExitReason, Mailbox, MonitorRef, Pid, PortBuilder};
+use serde::{Deserialize, Serialize};
+use util::{PATIENCE, node, wait_until};
+
+const WORKERS: usize = 4;
+const ACTORS: usize = 3;
+const PORTS: usize = 2;
+
+fn main() {
+    if std::env::var_os("CHAOS_LOG").is_some() {
+        tracing_subscriber::fmt()
+            .with_env_filter("converge=debug")
+            .with_writer(std::io::stderr)
+            .init();
+    }
+    util::run_with(
+        Config::new().schedulers(2),
+        &[("chaos_in_a_supervision_tree", chaos_in_a_supervision_tree)],
+        &[],
+    )
+}
+
+/// What tree members tell the collector (the test's main thread).
+#[derive(Debug, Serialize, Deserialize)]
+enum Report {
+    /// A new incarnation.
+    Hello(Pid),
+    /// The next number of a worker's stream.
+    Seq(Pid, u64),
+    /// A worker's last number, when asked to finish.
+    Last(Pid, u64),
+}
+
+/// What the chaos loop (or the end) tells a worker.
+#[derive(Debug, Serialize, Deserialize)]
+enum Order {
+    Panic,
+    Exit(i32),
+    Abort,
+    Finish,
+}
+
+fn no_core() {
+    let lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: plain setrlimit on this process.
+    unsafe {
+        libc::setrlimit(libc::RLIMIT_CORE, &lim);
+    }
+}
+
+fn worker(ctx: Ctx<Order>, collector: Mailbox<Report>) {
+    let me = ctx.pid();
+    collector.send(Report::Hello(me)).unwrap();
+    for n in 0.. {
+        collector.send(Report::Seq(me, n)).unwrap();
+        match ctx.recv_timeout(Duration::from_millis(2)) {
+            Ok(Order::Panic) => panic!("chaos"),
+            Ok(Order::Exit(code)) => std::process::exit(code),
+            Ok(Order::Abort) => {
+                no_core();
+                std::process::abort()
+            }
+            Ok(Order::Finish) => {
+                collector.send(Report::Last(me, n)).unwrap();
+                let _ = ctx.recv();
+                return;
+            }
+            Err(_) => {}
+        }
+    }
+}
+
+/// An actor member: says hello, panics when told.
+struct Member;
+
+impl Actor for Member {
+    type Msg = Order;
+    type Args = Mailbox<Report>;
+
+    fn start(collector: Mailbox<Report>, ctx: &mut ActorCtx<'_, Order>) -> Member {
+        collector.send(Report::Hello(ctx.pid())).unwrap();
+        Member
+    }
+
+    fn handle(&mut self, event: Event<Order>, _: &mut ActorCtx<'_, Order>) {
+        if let Event::Message(Order::Panic) = event {
+            panic!("chaos");
+        }
+    }
+}
+
+/// The collector's view.
+#[derive(Default)]
+struct Collector {
+    /// Next number expected, per worker incarnation.
+    next: HashMap<Pid, u64>,
+    /// Monitors placed: reference → pid.
+    monitors: HashMap<MonitorRef, Pid>,
+    /// Downs received: monitor → pid and reason.
+    downs: HashMap<MonitorRef, (Pid, ExitReason)>,
+    /// Last numbers of workers told to finish.
+    last: HashMap<Pid, u64>,
+    messages: u64,
+}
+
+impl Collector {
+    fn handle(&mut self, event: Event<Report>) {
+        match event {
+            Event::Message(Report::Hello(pid)) => {
+                let r = node().monitor(pid);
+                self.monitors.insert(r, pid);
+                self.next.insert(pid, 0);
+            }
+            Event::Message(Report::Seq(pid, n)) => {
+                let next = self.next.get_mut(&pid).expect("a number before its sender's hello");
+                assert_eq!(n, *next, "{pid}: number {n} where {next} was due");
+                *next += 1;
+                self.messages += 1;
+            }
+            Event::Message(Report::Last(pid, n)) => {
+                self.last.insert(pid, n);
+            }
+            Event::Down(d) => {
+                let pid = self.monitors.remove(&d.reference).expect("one Down per monitor");
+                assert_eq!(pid, d.pid);
+                self.downs.insert(d.reference, (pid, d.reason));
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    /// Handles events until `done` holds (or the patience runs out).
+    fn until(&mut self, what: &str, mut done: impl FnMut(&Collector) -> bool) {
+        let me = node().ctx::<Report>();
+        let deadline = Instant::now() + PATIENCE;
+        while !done(self) {
+            assert!(Instant::now() < deadline, "waited too long for {what}");
+            if let Ok(e) = me.recv_event_timeout(Duration::from_millis(20)) {
+                self.handle(e);
+            }
+        }
+    }
+
+    /// Handles what is already there.
+    fn drain(&mut self) {
+        let me = node().ctx::<Report>();
+        while let Ok(e) = me.try_recv_event() {
+            self.handle(e);
+        }
+    }
+
+    fn alive(&self) -> Vec<Pid> {
+        self.monitors.values().copied().collect()
+    }
+
+    fn ended(&self, pid: Pid) -> bool {
+        self.downs.values().any(|(p, _)| *p == pid)
+    }
+
+    /// Monitors `pid` for the chaos loop.
+    fn watch(&mut self, pid: Pid) -> MonitorRef {
+        let r = node().monitor(pid);
+        self.monitors.insert(r, pid);
+        r
+    }
+}
+
+fn os_pid(pid: Pid) -> Option<i32> {
+    converge::process_info(pid).and_then(|i| i.os_pid)
+}
+
+fn zygote() -> Option<i32> {
+    util::children()
+        .into_iter()
+        .find(|&pid| std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim() == "converge-zygote"))
+}
+
+fn signal(ospid: i32, sig: i32) -> bool {
+    // SAFETY: plain kill(2) of a process of this node.
+    unsafe { libc::kill(ospid, sig) == 0 }
+}
+
+/// A small deterministic generator (xorshift), seeded from the clock; the
+/// seed is printed so that a run can be repeated.
+struct Rng(u64);
+
+impl Rng {
+    fn below(&mut self, n: usize) -> usize {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        (self.0 % n as u64) as usize
+    }
+}
+
+fn running(sup: &SupervisorRef) -> Vec<Pid> {
+    sup.which_children()
+        .map(|c| {
+            c.into_iter()
+                .filter(|c| c.state == ChildState::Running)
+                .filter_map(|c| c.pid)
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn chaos_in_a_supervision_tree() {
+    let secs: u64 = std::env::var("CONVERGE_CHAOS_SECS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(5);
+    let seed = std::env::var("CONVERGE_CHAOS_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap();
+            now.as_nanos() as u64 | 1
+        });
+    let mut rng = Rng(seed);
+    eprintln!("chaos seed {seed}");
+    let collector = node().ctx::<Report>().mailbox();
+    let workers = (0..WORKERS).fold(
+        Supervisor::new(Strategy::OneForOne).intensity(u32::MAX, Duration::from_secs(1)),
+        |s, i| {
+            s.child(ChildSpec::new(format!("worker-{i}"), move |ctx: Ctx<Order>| {
+                worker(ctx, collector)
+            }))
+        },
+    );
+    let actors = (0..ACTORS).fold(
+        Supervisor::new(Strategy::OneForOne).intensity(u32::MAX, Duration::from_secs(1)),
+        |s, i| {
+            s.child(ChildSpec::actor::<Member>(
+                format!("actor-{i}"),
+                ActorBuilder::new(),
+                collector,
+            ))
+        },
+    );
+    let ports = (0..PORTS).fold(
+        Supervisor::new(Strategy::OneForOne).intensity(u32::MAX, Duration::from_secs(1)),
+        |s, i| {
+            s.child(ChildSpec::port(
+                format!("port-{i}"),
+                PortBuilder::new("sleep").arg("1000"),
+            ))
+        },
+    );
+    let top = Supervisor::new(Strategy::OneForOne)
+        .intensity(u32::MAX, Duration::from_secs(1))
+        .child(ChildSpec::supervisor("workers", workers))
+        .child(ChildSpec::supervisor("actors", actors))
+        .child(ChildSpec::supervisor("ports", ports))
+        .spawn()
+        .unwrap();
+    let sup = |id: &str| -> Option<SupervisorRef> {
+        let c = top.which_children().ok()?;
+        let pid = c.into_iter().find(|c| c.id == id)?.pid?;
+        Some(SupervisorRef::from_pid(pid))
+    };
+    let mut c = Collector::default();
+    c.until("the tree to start", |c| c.next.len() >= WORKERS + ACTORS);
+
+    let restarts0 = node().stats().restarts;
+    let mut deaths: BTreeMap<&str, u64> = BTreeMap::new();
+    let end = Instant::now() + Duration::from_secs(secs);
+    let mut last_zygote_kill = Instant::now();
+    while Instant::now() < end {
+        c.drain();
+        let what = rng.below(10);
+        let watched: MonitorRef;
+        // The target, how it is ended, the reason its Down must give.
+        let (kind, target, reason): (&str, Pid, ExitReason) = match what {
+            0..=4 => {
+                let Some(w) = sup("workers").map(|s| running(&s)).filter(|w| !w.is_empty()) else {
+                    continue;
+                };
+                let pid = w[rng.below(w.len())];
+                if c.ended(pid) {
+                    // Ended already; its supervisor has not restarted it yet.
+                    continue;
+                }
+                let mb = Mailbox::<Order>::from_pid(pid);
+                watched = c.watch(pid);
+                match what {
+                    0 => {
+                        let Some(os) = os_pid(pid) else { continue };
+                        signal(os, libc::SIGKILL);
+                        ("worker SIGKILL", pid, ExitReason::Killed)
+                    }
+                    1 => {
+                        let Some(os) = os_pid(pid) else { continue };
+                        signal(os, libc::SIGTERM);
+                        let term = ExitReason::Signal {
+                            signal: libc::SIGTERM,
+                            core_dumped: false,
+                        };
+                        ("worker SIGTERM", pid, term)
+                    }
+                    2 => {
+                        mb.send(Order::Abort).unwrap();
+                        let abort = ExitReason::Signal {
+                            signal: libc::SIGABRT,
+                            core_dumped: false,
+                        };
+                        ("worker abort", pid, abort)
+                    }
+                    3 => {
+                        mb.send(Order::Exit(3)).unwrap();
+                        ("worker exit code", pid, ExitReason::Code(3))
+                    }
+                    _ => {
+                        mb.send(Order::Panic).unwrap();
+                        ("worker panic", pid, ExitReason::Panic("chaos".into()))
+                    }
+                }
+            }
+            5 => {
+                let Some(a) = sup("actors").map(|s| running(&s)).filter(|a| !a.is_empty()) else {
+                    continue;
+                };
+                let pid = a[rng.below(a.len())];
+                if c.ended(pid) {
+                    continue;
+                }
+                watched = c.watch(pid);
+                Mailbox::<Order>::from_pid(pid).send(Order::Panic).unwrap();
+                ("actor panic", pid, ExitReason::Panic("chaos".into()))
+            }
+            6 => {
+                let Some(p) = sup("ports").map(|s| running(&s)).filter(|p| !p.is_empty()) else {
+                    continue;
+                };
+                let pid = p[rng.below(p.len())];
+                let Some(os) = os_pid(pid) else { continue };
+                let r = node().monitor(pid);
+                signal(os, libc::SIGKILL);
+                let down = node().recv_down_timeout(r, PATIENCE).unwrap();
+                assert_eq!(down.reason, ExitReason::Killed, "port");
+                *deaths.entry("port SIGKILL").or_default() += 1;
+                continue;
+            }
+            7 => {
+                let s = pool::schedulers();
+                if s.is_empty() {
+                    continue;
+                }
+                let (_, pid) = s[rng.below(s.len())];
+                let Some(os) = os_pid(pid) else { continue };
+                let r = node().monitor(pid);
+                signal(os, libc::SIGKILL);
+                assert_eq!(
+                    node().recv_down_timeout(r, PATIENCE).unwrap().reason,
+                    ExitReason::Killed
+                );
+                *deaths.entry("scheduler SIGKILL").or_default() += 1;
+                continue;
+            }
+            8 => {
+                // The zygote at most once a second (its spare must register
+                // before it can take over again).
+                if last_zygote_kill.elapsed() < Duration::from_secs(1) {
+                    continue;
+                }
+                last_zygote_kill = Instant::now();
+                let Some(old) = zygote() else { continue };
+                signal(old, libc::SIGKILL);
+                assert!(
+                    wait_until(PATIENCE, || zygote().is_some_and(|z| z != old)),
+                    "no zygote took over"
+                );
+                *deaths.entry("zygote SIGKILL").or_default() += 1;
+                continue;
+            }
+            _ => {
+                let id = ["workers", "actors", "ports"][rng.below(3)];
+                let Some(s) = sup(id) else { continue };
+                let r = node().monitor(s.pid());
+                Mailbox::<()>::from_pid(s.pid()).kill();
+                assert_eq!(
+                    node().recv_down_timeout(r, PATIENCE).unwrap().reason,
+                    ExitReason::Killed
+                );
+                *deaths.entry("supervisor kill").or_default() += 1;
+                continue;
+            }
+        };
+        if std::env::var_os("CHAOS_TRACE").is_some() {
+            eprintln!("chaos: {kind} {target}");
+        }
+        let r = watched;
+        c.until(kind, |c| c.downs.contains_key(&r));
+        assert_eq!(c.downs[&r].1, reason, "{kind} of {target}");
+        *deaths.entry(kind).or_default() += 1;
+    }
+
+    // Back to full strength.
+    assert!(
+        wait_until(PATIENCE, || {
+            c.drain();
+            let full = |id: &str, n: usize| sup(id).is_some_and(|s| running(&s).len() == n);
+            full("workers", WORKERS) && full("actors", ACTORS) && full("ports", PORTS) && pool::schedulers().len() == 2
+        }),
+        "the tree is not back to full strength: top {:?}, workers {:?}, actors {:?}, ports {:?}, schedulers {:?}",
+        top.which_children()
+            .map(|c| c.into_iter().map(|c| (c.id, c.pid, c.state)).collect::<Vec<_>>()),
+        sup("workers").map(|s| s
+            .which_children()
+            .map(|c| c.into_iter().map(|c| (c.pid, c.state, c.last_exit)).collect::<Vec<_>>())),
+        sup("actors").map(|s| s
+            .which_children()
+            .map(|c| c.into_iter().map(|c| (c.pid, c.state, c.last_exit)).collect::<Vec<_>>())),
+        sup("ports").map(|s| s
+            .which_children()
+            .map(|c| c.into_iter().map(|c| (c.pid, c.state, c.last_exit)).collect::<Vec<_>>())),
+        pool::schedulers()
+    );
+    // The live workers' streams arrive whole.
+    let live = running(&sup("workers").unwrap());
+    for &w in &live {
+        Mailbox::<Order>::from_pid(w).send(Order::Finish).unwrap();
+    }
+    c.until("the live workers' last numbers", |c| {
+        live.iter().all(|w| c.last.contains_key(w))
+    });
+    c.until("the live workers' streams", |c| {
+        live.iter().all(|w| c.next[w] == c.last[w] + 1)
+    });
+    let restarts = node().stats().restarts - restarts0;
+    // Everything ends: one Down for each monitor left.
+    let left: HashSet<Pid> = c.alive().into_iter().collect();
+    top.stop().unwrap();
+    c.until("the tree to end", |c| left.iter().all(|p| c.ended(*p)));
+    assert!(c.monitors.is_empty());
+    assert!(
+        wait_until(PATIENCE, || util::zombie_children().is_empty()),
+        "zombies left"
+    );
+    println!(
+        "chaos: seed {seed}, {secs} s: deaths {deaths:?}, {restarts} restarts, {} incarnations, {} messages checked",
+        c.downs.len(),
+        c.messages
+    );
+}
