@@ -292,6 +292,12 @@ fn chaos_in_a_supervision_tree() {
     let mut deaths: BTreeMap<&str, u64> = BTreeMap::new();
     let end = Instant::now() + Duration::from_secs(secs);
     let mut last_zygote_kill = Instant::now();
+    let zygote_pace = Duration::from_millis(
+        std::env::var("CONVERGE_CHAOS_ZYGOTE_PACE_MS")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(1000),
+    );
     while Instant::now() < end {
         c.drain();
         let what = rng.below(10);
@@ -384,9 +390,9 @@ fn chaos_in_a_supervision_tree() {
                 continue;
             }
             8 => {
-                // The zygote at most once a second (its spare must register
-                // before it can take over again).
-                if last_zygote_kill.elapsed() < Duration::from_secs(1) {
+                // The zygote at most once a second by default
+                // (`CONVERGE_CHAOS_ZYGOTE_PACE_MS`).
+                if last_zygote_kill.elapsed() < zygote_pace {
                     continue;
                 }
                 last_zygote_kill = Instant::now();

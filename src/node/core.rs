@@ -1396,8 +1396,15 @@ impl Core {
                 crate::node::cgroup::kill(cg);
             }
         }
-        if self.procs.get(&serial).is_some_and(|p| p.spare) {
-            // Reaped by its parent, the zygote, which says nothing of it.
+        if let Some(p) = self.procs.get(&serial)
+            && p.spare
+        {
+            // A spare (or a spare that took over): its parent, the zygote,
+            // reaps it and says nothing; once its zygote is gone it is the
+            // node's child, to reap here.
+            if let Some(fd) = &p.pidfd {
+                let _ = pidfd_try_wait(fd);
+            }
             self.to_finalize.push_back(serial);
         } else {
             self.try_status(serial);
