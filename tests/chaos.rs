@@ -195,9 +195,10 @@ fn os_pid(pid: Pid) -> Option<i32> {
 }
 
 fn zygote() -> Option<i32> {
-    util::children()
-        .into_iter()
-        .find(|&pid| std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim() == "converge-zygote"))
+    util::children().into_iter().find(|&pid| {
+        std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim() == "converge-zygote")
+            && util::os_state(pid).is_some_and(|s| s != 'Z')
+    })
 }
 
 fn signal(ospid: i32, sig: i32) -> bool {
@@ -400,7 +401,15 @@ fn chaos_in_a_supervision_tree() {
                 signal(old, libc::SIGKILL);
                 assert!(
                     wait_until(PATIENCE, || zygote().is_some_and(|z| z != old)),
-                    "no zygote took over"
+                    "no zygote took over from {old}: children {:?}",
+                    util::children()
+                        .into_iter()
+                        .map(|p| (
+                            p,
+                            std::fs::read_to_string(format!("/proc/{p}/comm")).unwrap_or_default(),
+                            util::os_state(p)
+                        ))
+                        .collect::<Vec<_>>()
                 );
                 *deaths.entry("zygote SIGKILL").or_default() += 1;
                 continue;
@@ -423,6 +432,11 @@ fn chaos_in_a_supervision_tree() {
         }
         let r = watched;
         c.until(kind, |c| c.downs.contains_key(&r));
+        if c.downs[&r].1 == ExitReason::NoProc {
+            // It was gone before the monitor (with its scheduler, say).
+            *deaths.entry("gone before the action").or_default() += 1;
+            continue;
+        }
         assert_eq!(c.downs[&r].1, reason, "{kind} of {target}");
         *deaths.entry(kind).or_default() += 1;
     }
