@@ -22,7 +22,7 @@ use converge::pool::{self, Actor, ActorBuilder, ActorCtx};
 use converge::supervisor::{ChildSpec, ChildState, Strategy, Supervisor, SupervisorRef};
 use converge::{Config, Ctx, Event, ExitReason, Mailbox, MonitorRef, Pid, PortBuilder};
 use serde::{Deserialize, Serialize};
-use util::{PATIENCE, node, wait_until};
+use util::{HelperProcess, PATIENCE, helper, node, say, wait_until};
 
 const WORKERS: usize = 4;
 const ACTORS: usize = 3;
@@ -37,8 +37,14 @@ fn main() {
     }
     util::run_with(
         Config::new().schedulers(2),
-        &[("chaos_in_a_supervision_tree", chaos_in_a_supervision_tree)],
-        &[],
+        &[
+            ("chaos_in_a_supervision_tree", chaos_in_a_supervision_tree),
+            (
+                "a_node_killed_in_chaos_leaves_nothing",
+                a_node_killed_in_chaos_leaves_nothing,
+            ),
+        ],
+        &[("tree_in_chaos", helper_tree_in_chaos)],
     )
 }
 
@@ -247,40 +253,7 @@ fn chaos_in_a_supervision_tree() {
     let mut rng = Rng(seed);
     eprintln!("chaos seed {seed}");
     let collector = node().ctx::<Report>().mailbox();
-    let workers = (0..WORKERS).fold(
-        Supervisor::new(Strategy::OneForOne).intensity(u32::MAX, Duration::from_secs(1)),
-        |s, i| {
-            s.child(ChildSpec::new(format!("worker-{i}"), move |ctx: Ctx<Order>| {
-                worker(ctx, collector)
-            }))
-        },
-    );
-    let actors = (0..ACTORS).fold(
-        Supervisor::new(Strategy::OneForOne).intensity(u32::MAX, Duration::from_secs(1)),
-        |s, i| {
-            s.child(ChildSpec::actor::<Member>(
-                format!("actor-{i}"),
-                ActorBuilder::new(),
-                collector,
-            ))
-        },
-    );
-    let ports = (0..PORTS).fold(
-        Supervisor::new(Strategy::OneForOne).intensity(u32::MAX, Duration::from_secs(1)),
-        |s, i| {
-            s.child(ChildSpec::port(
-                format!("port-{i}"),
-                PortBuilder::new("sleep").arg("1000"),
-            ))
-        },
-    );
-    let top = Supervisor::new(Strategy::OneForOne)
-        .intensity(u32::MAX, Duration::from_secs(1))
-        .child(ChildSpec::supervisor("workers", workers))
-        .child(ChildSpec::supervisor("actors", actors))
-        .child(ChildSpec::supervisor("ports", ports))
-        .spawn()
-        .unwrap();
+    let top = tree(collector);
     let sup = |id: &str| -> Option<SupervisorRef> {
         let c = top.which_children().ok()?;
         let pid = c.into_iter().find(|c| c.id == id)?.pid?;
@@ -487,5 +460,126 @@ fn chaos_in_a_supervision_tree() {
         "chaos: seed {seed}, {secs} s: deaths {deaths:?}, {restarts} restarts, {} incarnations, {} messages checked",
         c.downs.len(),
         c.messages
+    );
+}
+
+/// The tree: supervisors of workers, actors and ports under a top one.
+fn tree(collector: Mailbox<Report>) -> SupervisorRef {
+    let workers = (0..WORKERS).fold(
+        Supervisor::new(Strategy::OneForOne).intensity(u32::MAX, Duration::from_secs(1)),
+        |s, i| {
+            s.child(ChildSpec::new(format!("worker-{i}"), move |ctx: Ctx<Order>| {
+                worker(ctx, collector)
+            }))
+        },
+    );
+    let actors = (0..ACTORS).fold(
+        Supervisor::new(Strategy::OneForOne).intensity(u32::MAX, Duration::from_secs(1)),
+        |s, i| {
+            s.child(ChildSpec::actor::<Member>(
+                format!("actor-{i}"),
+                ActorBuilder::new(),
+                collector,
+            ))
+        },
+    );
+    let ports = (0..PORTS).fold(
+        Supervisor::new(Strategy::OneForOne).intensity(u32::MAX, Duration::from_secs(1)),
+        |s, i| {
+            s.child(ChildSpec::port(
+                format!("port-{i}"),
+                PortBuilder::new("sleep").arg("1000"),
+            ))
+        },
+    );
+    Supervisor::new(Strategy::OneForOne)
+        .intensity(u32::MAX, Duration::from_secs(1))
+        .child(ChildSpec::supervisor("workers", workers))
+        .child(ChildSpec::supervisor("actors", actors))
+        .child(ChildSpec::supervisor("ports", ports))
+        .spawn()
+        .unwrap()
+}
+
+/// Every OS process below `root`.
+fn descendants(root: i32) -> Vec<i32> {
+    let parent_of = |pid: i32| -> Option<i32> {
+        let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        s[s.rfind(')')? + 2..].split_whitespace().nth(1)?.parse().ok()
+    };
+    let all: Vec<i32> = std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+        .collect();
+    let mut found = vec![root];
+    let mut grew = true;
+    while grew {
+        grew = false;
+        for &p in &all {
+            if !found.contains(&p) && parent_of(p).is_some_and(|q| found.contains(&q)) {
+                found.push(p);
+                grew = true;
+            }
+        }
+    }
+    found.retain(|&p| p != root);
+    found
+}
+
+/// A node with the tree, in chaos (its members killed and restarted) until
+/// it is killed itself; it prints the OS pids of everything it runs.
+fn helper_tree_in_chaos() {
+    let node = Config::new().schedulers(2).init().unwrap();
+    let top = tree(node.ctx::<Report>().mailbox());
+    let workers = || {
+        top.which_children()
+            .ok()
+            .and_then(|c| c.into_iter().find(|c| c.id == "workers")?.pid)
+            .map(SupervisorRef::from_pid)
+    };
+    let deadline = Instant::now() + PATIENCE;
+    while Instant::now() < deadline && workers().is_none_or(|w| running(&w).len() < WORKERS) {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    // Chaos for a while: workers killed, restarted.
+    for _ in 0..20 {
+        if let Some(w) = workers().map(|w| running(&w)).filter(|w| !w.is_empty()) {
+            Mailbox::<()>::from_pid(w[0]).kill();
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let pids = descendants(std::process::id() as i32);
+    say("pids", format!("{pids:?}"));
+    // Chaos goes on until the node is killed.
+    loop {
+        if let Some(w) = workers().map(|w| running(&w)).filter(|w| !w.is_empty()) {
+            Mailbox::<()>::from_pid(w[0]).kill();
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+fn a_node_killed_in_chaos_leaves_nothing() {
+    let mut h = HelperProcess::start(helper("tree_in_chaos"));
+    let line = h.expect("pids");
+    let pids: Vec<i32> = line
+        .trim_matches(|c| c == '[' || c == ']')
+        .split(", ")
+        .filter_map(|p| p.parse().ok())
+        .collect();
+    // Workers, actors' schedulers, ports, the zygote and its spare.
+    assert!(pids.len() >= WORKERS + PORTS + 4, "{pids:?}");
+    h.child.kill().unwrap();
+    h.child.wait().unwrap();
+    assert!(
+        wait_until(Duration::from_secs(2), || pids.iter().all(|&p| !util::os_alive(p))),
+        "survivors of the killed node: {:?}",
+        pids.iter()
+            .filter(|&&p| util::os_alive(p))
+            .map(|&p| (
+                p,
+                std::fs::read_to_string(format!("/proc/{p}/comm")).unwrap_or_default()
+            ))
+            .collect::<Vec<_>>()
     );
 }
