@@ -484,31 +484,7 @@ impl Core {
         p.name = reg.name;
         p.port = Some(port);
         p.reaper = reg.reaper.unwrap_or(parent);
-        if parent_alive {
-            p.monitors = reg
-                .monitors
-                .iter()
-                .map(|&(reference, internal)| MonitorEntry {
-                    reference,
-                    watcher: parent,
-                    internal,
-                })
-                .collect();
-            if reg.link {
-                p.links.insert(parent);
-            }
-        }
-        self.procs.insert(serial, p);
-        self.counters.spawned += 1;
-        if parent_alive {
-            let owner = self.procs.get_mut(&parent).expect("BUG: owner checked above");
-            for (reference, _) in reg.monitors {
-                owner.watching.insert(reference, serial);
-            }
-            if reg.link {
-                owner.links.insert(serial);
-            }
-        }
+        self.insert_child(p, &reg.monitors, reg.link, parent_alive);
         self.attach_pidfd(serial, pidfd, ospid);
         if let Some(status) = self.early_status.remove(&serial)
             && let Some(p) = self.procs.get_mut(&serial)
@@ -522,6 +498,39 @@ impl Core {
             self.kill(serial, ExitReason::Shutdown);
         }
         self.run_finalizations();
+    }
+
+    /// Adds `p`, a new process, to the table: monitored by and linked to its
+    /// parent as its registration says, if the parent is alive, and counted
+    /// as spawned unless it is the runtime's own.
+    fn insert_child(&mut self, mut p: Proc, monitors: &[(u64, bool)], link: bool, parent_alive: bool) {
+        let (serial, parent) = (p.serial, p.parent);
+        if parent_alive {
+            p.monitors = monitors
+                .iter()
+                .map(|&(reference, internal)| MonitorEntry {
+                    reference,
+                    watcher: parent,
+                    internal,
+                })
+                .collect();
+            if link {
+                p.links.insert(parent);
+            }
+        }
+        if !p.internal {
+            self.counters.spawned += 1;
+        }
+        self.procs.insert(serial, p);
+        if parent_alive {
+            let owner = self.procs.get_mut(&parent).expect("BUG: parent checked by the caller");
+            for &(reference, _) in monitors {
+                owner.watching.insert(reference, serial);
+            }
+            if link {
+                owner.links.insert(serial);
+            }
+        }
     }
 
     /// Registers an actor that scheduler `host` runs, and hands it the
@@ -544,31 +553,7 @@ impl Core {
         p.trap_exits = reg.trap_exits;
         p.host = Some(host);
         p.reaper = host;
-        if parent_alive {
-            p.monitors = reg
-                .monitors
-                .iter()
-                .map(|&(reference, internal)| MonitorEntry {
-                    reference,
-                    watcher: parent,
-                    internal,
-                })
-                .collect();
-            if reg.link {
-                p.links.insert(parent);
-            }
-        }
-        self.procs.insert(serial, p);
-        self.counters.spawned += 1;
-        if parent_alive {
-            let owner = self.procs.get_mut(&parent).expect("BUG: parent checked above");
-            for (reference, _) in reg.monitors {
-                owner.watching.insert(reference, serial);
-            }
-            if reg.link {
-                owner.links.insert(serial);
-            }
-        }
+        self.insert_child(p, &reg.monitors, reg.link, parent_alive);
         if let Some(name) = register {
             let taken = self
                 .names
@@ -598,8 +583,8 @@ impl Core {
         if host_alive {
             self.send_to(host, ToProcess::Message(start));
             if !parent_alive && reg.link {
-                // Linked to a parent that is gone: it goes too.
-                self.kill(serial, ExitReason::NoProc);
+                // The spawner is already gone: the link fires at once.
+                self.exit_signal(parent, serial, ExitReason::NoProc, false);
             }
         } else {
             self.actor_ended(serial, ExitReason::NoProc);
@@ -672,36 +657,11 @@ impl Core {
         }
         p.cpu_limited = reg.cpu_limited;
         p.memory_limited = reg.memory_limited;
-        if parent_alive {
-            p.monitors = reg
-                .monitors
-                .iter()
-                .map(|&(reference, internal)| MonitorEntry {
-                    reference,
-                    watcher: reg.parent,
-                    internal,
-                })
-                .collect();
-            if reg.link {
-                p.links.insert(reg.parent);
-            }
-        }
         if let Some(status) = self.early_status.remove(&serial) {
             p.status = Some(status);
         }
-        if !p.internal {
-            self.counters.spawned += 1;
-        }
-        self.procs.insert(serial, p);
-        if parent_alive {
-            let parent = self.procs.get_mut(&reg.parent).expect("BUG: parent checked above");
-            for (reference, _) in reg.monitors {
-                parent.watching.insert(reference, serial);
-            }
-            if reg.link {
-                parent.links.insert(serial);
-            }
-        } else if reg.link {
+        self.insert_child(p, &reg.monitors, reg.link, parent_alive);
+        if !parent_alive && reg.link {
             // The spawner is already gone: the link fires at once.
             self.exit_signal(reg.parent, serial, ExitReason::NoProc, false);
         }
