@@ -411,22 +411,9 @@ fn run_with(setup: ZygoteSetup, early: Vec<ToProcess>, mut ctl_decoder: Decoder)
                         let _ = frame::push(&mut buf, Kind::Ctl, &response);
                         let _ = sys::socket::send_all(&conn.fd, &buf, None);
                         if let Some((serial, ospid, ctl)) = spawned {
-                            match announce(serial, ospid, ctl) {
-                                Ok(pidfd) => {
-                                    let token = CHILD_TAG | next;
-                                    next += 1;
-                                    let _ = epoll.add(pidfd.as_raw_fd(), token, Interest::Read);
-                                    children.insert(
-                                        token,
-                                        Child {
-                                            serial,
-                                            ospid,
-                                            pidfd,
-                                            port: None,
-                                            cgroup: None,
-                                            scheduler: None,
-                                        },
-                                    );
+                            match watch_child(&epoll, &mut next, serial, ospid, ctl, None) {
+                                Ok((token, child)) => {
+                                    children.insert(token, child);
                                 }
                                 Err(e) => eprintln!("converge-zygote: handing over a pidfd failed: {e}"),
                             }
@@ -640,27 +627,37 @@ impl Pool {
     }
 }
 
+/// Hands a forked child's pidfd to the node ([`announce`]) and watches it:
+/// its token and its entry.
+fn watch_child(
+    epoll: &Epoll,
+    next: &mut u64,
+    serial: u64,
+    ospid: i32,
+    ctl: OwnedFd,
+    scheduler: Option<usize>,
+) -> io::Result<(u64, Child)> {
+    let pidfd = announce(serial, ospid, ctl)?;
+    let token = CHILD_TAG | *next;
+    *next += 1;
+    let _ = epoll.add(pidfd.as_raw_fd(), token, Interest::Read);
+    let child = Child {
+        serial,
+        ospid,
+        pidfd,
+        port: None,
+        cgroup: None,
+        scheduler,
+    };
+    Ok((token, child))
+}
+
 /// Forks the scheduler of `slot`, registered with the node as the runtime's
 /// own, and watches it.
 fn start_scheduler(setup: &ZygoteSetup, epoll: &Epoll, next: &mut u64, slot: usize) -> Option<(u64, Child)> {
     match fork_scheduler(setup, slot) {
-        Ok((serial, ospid, ctl)) => match announce(serial, ospid, ctl) {
-            Ok(pidfd) => {
-                let token = CHILD_TAG | *next;
-                *next += 1;
-                let _ = epoll.add(pidfd.as_raw_fd(), token, Interest::Read);
-                Some((
-                    token,
-                    Child {
-                        serial,
-                        ospid,
-                        pidfd,
-                        port: None,
-                        cgroup: None,
-                        scheduler: Some(slot),
-                    },
-                ))
-            }
+        Ok((serial, ospid, ctl)) => match watch_child(epoll, next, serial, ospid, ctl, Some(slot)) {
+            Ok(watched) => Some(watched),
             Err(e) => {
                 eprintln!("converge-zygote: handing over a scheduler's pidfd failed: {e}");
                 None
@@ -678,9 +675,6 @@ fn fork_scheduler(setup: &ZygoteSetup, slot: usize) -> io::Result<(u64, i32, Own
     let pool = &setup.settings.pool;
     let class = pool.class_of(slot).expect("BUG: slots come from the classes");
     let name = format!("scheduler-{}-{}", pool.classes[class].0, slot - pool.slots(class).start);
-    setup.shared.schedulers[slot]
-        .class
-        .store(class as u32 + 1, Ordering::Release);
     let serial = setup.shared.next_serial.fetch_add(1, Ordering::AcqRel);
     let pid = Pid::new(setup.node, serial);
     let listener = sys::socket::listen_abstract(&pid.address())?;

@@ -49,8 +49,6 @@ pub(crate) const CANCELLED: u64 = 1 << 63;
 pub(crate) struct SchedSlot {
     /// The serial of the scheduler serving this slot (0: none is ready).
     pub(crate) serial: AtomicU64,
-    /// Its class (an index into the node's classes), plus one (0: unused).
-    pub(crate) class: AtomicU32,
     /// 0 while it is idle; otherwise the task it was handed (whoever hands
     /// it a task claims it first by swapping 0 for the task's id).
     pub(crate) busy: AtomicU64,
