@@ -187,17 +187,7 @@ pub(crate) fn pidfd_open(pid: i32) -> io::Result<OwnedFd> {
 /// Sends `signal` to the process behind `pidfd`. Sending to a process that has
 /// already exited succeeds and does nothing.
 pub(crate) fn pidfd_send_signal(pidfd: &OwnedFd, signal: i32) -> io::Result<()> {
-    // SAFETY: plain system call; a null siginfo means "as kill(2) would".
-    let r = unsafe {
-        libc::syscall(
-            libc::SYS_pidfd_send_signal,
-            pidfd.as_raw_fd(),
-            signal,
-            std::ptr::null::<libc::siginfo_t>(),
-            0,
-        )
-    };
-    if r < 0 {
+    if raw_pidfd_signal(pidfd, signal, 0) < 0 {
         let e = io::Error::last_os_error();
         // ESRCH: the process is gone (already reaped); nothing to signal.
         if e.raw_os_error() == Some(libc::ESRCH) {
@@ -206,6 +196,21 @@ pub(crate) fn pidfd_send_signal(pidfd: &OwnedFd, signal: i32) -> io::Result<()> 
         return Err(e);
     }
     Ok(())
+}
+
+/// `pidfd_send_signal(2)` as kill(2) would send it: its raw result.
+fn raw_pidfd_signal(pidfd: &OwnedFd, signal: i32, flags: libc::c_uint) -> libc::c_long {
+    // SAFETY: plain system call on a descriptor we own; a null siginfo means
+    // "as kill(2) would".
+    unsafe {
+        libc::syscall(
+            libc::SYS_pidfd_send_signal,
+            pidfd.as_raw_fd(),
+            signal,
+            std::ptr::null::<libc::siginfo_t>(),
+            flags,
+        )
+    }
 }
 
 /// `PIDFD_SIGNAL_PROCESS_GROUP` (Linux 6.9+).
@@ -218,17 +223,7 @@ const PIDFD_SIGNAL_PROCESS_GROUP: libc::c_uint = 1 << 2;
 /// before 6.9 it falls back to `kill(-ospid)`, which is just as safe under the
 /// same condition. A leader already reaped is not an error.
 pub(crate) fn pidfd_signal_group(pidfd: &OwnedFd, ospid: i32, signal: i32) -> io::Result<()> {
-    // SAFETY: plain system call; a null siginfo means "as kill(2) would".
-    let r = unsafe {
-        libc::syscall(
-            libc::SYS_pidfd_send_signal,
-            pidfd.as_raw_fd(),
-            signal,
-            std::ptr::null::<libc::siginfo_t>(),
-            PIDFD_SIGNAL_PROCESS_GROUP,
-        )
-    };
-    if r == 0 {
+    if raw_pidfd_signal(pidfd, signal, PIDFD_SIGNAL_PROCESS_GROUP) == 0 {
         return Ok(());
     }
     let e = io::Error::last_os_error();
@@ -238,16 +233,8 @@ pub(crate) fn pidfd_signal_group(pidfd: &OwnedFd, ospid: i32, signal: i32) -> io
             // A kernel without process-group pidfd signals (before 6.9):
             // kill(2) the group, but only while its leader is not reaped (a
             // leader, even a zombie, keeps its group id from being reused).
-            // SAFETY: signal 0 only checks that the process can be signalled.
-            let alive = unsafe {
-                libc::syscall(
-                    libc::SYS_pidfd_send_signal,
-                    pidfd.as_raw_fd(),
-                    0,
-                    std::ptr::null::<libc::siginfo_t>(),
-                    0,
-                )
-            } == 0;
+            // Signal 0 only checks that the process can be signalled.
+            let alive = raw_pidfd_signal(pidfd, 0, 0) == 0;
             if !alive {
                 return Ok(());
             }
