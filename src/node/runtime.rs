@@ -111,6 +111,9 @@ pub(crate) struct Runtime {
     /// Monitors on schedulers this process sent tasks to: scheduler → the
     /// monitor's reference (its `Down` stays for every task that waits).
     sched_watch: Mutex<std::collections::HashMap<Pid, u64>>,
+    /// This process is a scheduler: it may host actors, to which its sends
+    /// go without a socket.
+    hosts_actors: AtomicBool,
 }
 
 static CURRENT: ForkGlobal<Runtime> = ForkGlobal::new();
@@ -191,6 +194,7 @@ impl Runtime {
             bg_started: AtomicBool::new(false),
             zygote: Mutex::new(None),
             sched_watch: Mutex::new(std::collections::HashMap::new()),
+            hosts_actors: AtomicBool::new(false),
         })
     }
 
@@ -225,6 +229,11 @@ impl Runtime {
     /// This process.
     pub(crate) fn pid(&self) -> Pid {
         self.me
+    }
+
+    /// Marks this process as a scheduler, which hosts actors.
+    pub(crate) fn host_actors(&self) {
+        self.hosts_actors.store(true, Ordering::Relaxed);
     }
 
     /// Who the calling code is: the actor whose step runs, or this process.
@@ -433,11 +442,15 @@ impl Runtime {
             // Another node: only reachable with the `dist` feature.
             return Ok(Sent::Dropped);
         }
-        let slot = &self.shared.slots[target.serial() as usize % SLOTS];
-        if slot.host.load(Ordering::Acquire) == self.me.serial()
-            && slot.serial.load(Ordering::Acquire) == target.serial()
-        {
-            return self.send_local(target.serial(), overhead, build);
+        // Only a scheduler reads the target's slot (written by the target as
+        // it runs: not a line every send should pull in).
+        if self.hosts_actors.load(Ordering::Relaxed) {
+            let slot = &self.shared.slots[target.serial() as usize % SLOTS];
+            if slot.host.load(Ordering::Acquire) == self.me.serial()
+                && slot.serial.load(Ordering::Acquire) == target.serial()
+            {
+                return self.send_local(target.serial(), overhead, build);
+            }
         }
         let epoch = self.epoch.load(Ordering::Relaxed);
         let sent = self
@@ -468,7 +481,10 @@ impl Runtime {
             return Ok(Sent::Dropped);
         }
         let fp = u64::from_le_bytes(buf[frame::HEADER..frame::HEADER + 8].try_into().expect("BUG: 8 bytes"));
-        let body = buf.split_off(frame::HEADER + 8);
+        // The body in place: the frame's fields out of the way, no second
+        // buffer.
+        buf.drain(..frame::HEADER + 8);
+        let body = buf;
         self.inbox
             .lock()
             .hosted

@@ -157,6 +157,7 @@ pub(crate) fn run(rt: &'static Runtime, slot: usize) -> ExitReason {
     // Ready: submitters may pick this slot from now on.
     me.serial.store(rt.pid().serial(), SeqCst);
     tracing::debug!(slot, pid = %rt.pid(), "scheduler ready");
+    rt.host_actors();
     let mut host = Host::new(rt, slot);
     // Say it is idle (for tasks) at the top of the loop.
     let mut announce = true;
