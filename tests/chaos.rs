@@ -68,17 +68,6 @@ enum Order {
     Finish,
 }
 
-fn no_core() {
-    let lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: plain setrlimit on this process.
-    unsafe {
-        libc::setrlimit(libc::RLIMIT_CORE, &lim);
-    }
-}
-
 fn worker(ctx: Ctx<Order>, collector: Mailbox<Report>) {
     let me = ctx.pid();
     collector.send(Report::Hello(me)).unwrap();
@@ -88,7 +77,7 @@ fn worker(ctx: Ctx<Order>, collector: Mailbox<Report>) {
             Ok(Order::Panic) => panic!("chaos"),
             Ok(Order::Exit(code)) => std::process::exit(code),
             Ok(Order::Abort) => {
-                no_core();
+                util::no_core_dumps();
                 std::process::abort()
             }
             Ok(Order::Finish) => {

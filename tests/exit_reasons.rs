@@ -119,20 +119,9 @@ fn sigterm_is_signal() {
     );
 }
 
-fn no_core() {
-    let lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: plain setrlimit on this process.
-    unsafe {
-        libc::setrlimit(libc::RLIMIT_CORE, &lim);
-    }
-}
-
 fn segfault_is_signal() {
     let r = exit_reason(|_: Ctx<()>| {
-        no_core();
+        util::no_core_dumps();
         // SAFETY: not safe at all: this process is meant to die of SIGSEGV.
         unsafe { std::ptr::null_mut::<u64>().write_volatile(1) };
     });
@@ -147,7 +136,7 @@ fn segfault_is_signal() {
 
 fn abort_is_signal() {
     let r = exit_reason(|_: Ctx<()>| -> () {
-        no_core();
+        util::no_core_dumps();
         std::process::abort();
     });
     assert_eq!(
@@ -369,7 +358,7 @@ fn cpu_time_limit_is_cpu_limit() {
     let (_p, r) = converge::Builder::new()
         .cpu_time_limit(std::time::Duration::from_secs(1))
         .spawn_monitor(|_: Ctx<()>| -> () {
-            no_core();
+            util::no_core_dumps();
             let mut x = 0u64;
             loop {
                 x = std::hint::black_box(x.wrapping_mul(31).wrapping_add(7));

@@ -102,19 +102,8 @@ fn touch(path: PathBuf) -> bool {
     std::fs::write(path, b"ran").is_ok()
 }
 
-fn no_core() {
-    let lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: plain setrlimit on this process.
-    unsafe {
-        libc::setrlimit(libc::RLIMIT_CORE, &lim);
-    }
-}
-
 fn segfault(_: ()) -> u64 {
-    no_core();
+    util::no_core_dumps();
     // SAFETY: not safe at all: this scheduler is meant to die of SIGSEGV.
     unsafe { std::ptr::null_mut::<u64>().write_volatile(1) };
     0
@@ -126,7 +115,7 @@ fn flaky(path: PathBuf) -> String {
         return "second run".into();
     }
     std::fs::write(&path, b"first").unwrap();
-    no_core();
+    util::no_core_dumps();
     std::process::abort()
 }
 

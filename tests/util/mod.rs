@@ -274,6 +274,19 @@ impl Drop for HelperProcess {
     }
 }
 
+/// Turns core dumps off for the calling process (one about to crash on
+/// purpose).
+pub fn no_core_dumps() {
+    let lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: plain setrlimit on this process.
+    unsafe {
+        libc::setrlimit(libc::RLIMIT_CORE, &lim);
+    }
+}
+
 /// Prints a `key value` line for the test reading a helper's output.
 pub fn say(key: &str, value: impl std::fmt::Display) {
     use std::io::Write;
