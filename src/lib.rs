@@ -130,7 +130,7 @@ pub use monitor::{Down, MonitorRef};
 pub use node::{Config, Node, NodeStats, init};
 pub use port::{Framing, Port, PortBuilder, PortError, PortOutput, Stderr};
 pub use process::{
-    Builder, JoinHandle, NodeId, Overflow, Pid, ProcessInfo, ProcessState, flush, process_info, register, self_pid,
-    spawn, spawn_fn, spawn_join, spawn_link, spawn_monitor, unregister, whereis,
+    Builder, JoinHandle, MemoryLimiter, NodeId, Overflow, Pid, ProcessInfo, ProcessState, flush, process_info,
+    register, self_pid, spawn, spawn_fn, spawn_join, spawn_link, spawn_monitor, unregister, whereis,
 };
 pub use wire::{DecodeError, FrameError};

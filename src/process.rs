@@ -107,6 +107,23 @@ impl From<&Pid> for Pid {
     }
 }
 
+/// How [`Builder::memory_limit`] is enforced on a node, from
+/// [`Node::memory_limiter`](crate::Node::memory_limiter).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum MemoryLimiter {
+    /// A cgroup v2 per limited process, with `memory.max` (the node's cgroup
+    /// subtree has the memory controller: root, or delegated).
+    CgroupV2,
+    /// A cgroup of the v1 memory controller per limited process (hosts that
+    /// mount it, where the v2 hierarchy has no memory controller).
+    CgroupV1,
+    /// `RLIMIT_DATA`: no cgroup could be made, or
+    /// [`Config::memory_cgroups`](crate::Config::memory_cgroups) is off.
+    /// Approximate: it bounds address space, not memory in use.
+    DataRlimit,
+}
+
 /// What a bounded mailbox does with a message that arrives when it is full.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[non_exhaustive]
@@ -279,8 +296,31 @@ impl Builder {
         self
     }
 
+    /// Limits the memory the process may use; past it the process ends with
+    /// [`ExitReason::MemoryLimit`]. How depends on the node
+    /// ([`Node::memory_limiter`](crate::Node::memory_limiter)):
+    ///
+    /// - in a cgroup of its own (v2 `memory.max`, or the v1 memory controller),
+    ///   the limit counts the pages the process touches from its start, swap
+    ///   included, and the kernel's OOM killer ends it there. The cgroup's
+    ///   `oom_kill` counter tells that apart from any other `SIGKILL`, which
+    ///   stays [`ExitReason::Killed`]. Processes it starts share its cgroup
+    ///   unless they have a limit of their own.
+    /// - without a usable cgroup, `RLIMIT_DATA`: it bounds the address space
+    ///   of heap and anonymous mappings (what the process inherited from its
+    ///   parent included, touched or not), an allocation past it fails and
+    ///   Rust aborts. An abort of such a process is reported as `MemoryLimit`,
+    ///   whatever caused it.
+    pub fn memory_limit(mut self, bytes: u64) -> Builder {
+        self.options.memory_bytes = Some(bytes);
+        self
+    }
+
     /// Limits the process's data segment (`RLIMIT_DATA`, which bounds heap
-    /// allocations): an allocation past it fails (Rust aborts the process).
+    /// allocations) and nothing more: an allocation past it fails, so
+    /// `Vec::try_reserve` returns an error and a plain allocation aborts the
+    /// process (its reason stays the `SIGABRT`). For a limit reported as
+    /// [`ExitReason::MemoryLimit`], see [`memory_limit`](Self::memory_limit).
     pub fn data_limit(mut self, bytes: u64) -> Builder {
         self.options.data_bytes = Some(bytes);
         self

@@ -5,7 +5,15 @@
 //! with `setsid`. Without a writable cgroup v2
 //! hierarchy, ports are held by their process groups only.
 //!
-//! See `Documentation/admin-guide/cgroup-v2.rst` (`cgroup.kill`, delegation).
+//! Memory limits ([`Builder::memory_limit`](crate::Builder::memory_limit))
+//! use a cgroup per limited process too: cgroup v2 `memory.max` where the
+//! node's subtree has the memory controller, otherwise the cgroup v1 memory
+//! controller where it is mounted (hosts in hybrid mode), otherwise none (the
+//! process gets `RLIMIT_DATA`). The cgroup's OOM-kill counter tells a kill by
+//! the limit apart from any other `SIGKILL`.
+//!
+//! See `Documentation/admin-guide/cgroup-v2.rst` (`cgroup.kill`, delegation,
+//! `memory.max`, `memory.events`) and `cgroup-v1/memory.rst`.
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -24,14 +32,28 @@ fn mount_point() -> Option<PathBuf> {
     })
 }
 
-/// Creates the node's cgroup for ports (under the node's own cgroup), or
-/// `None` when that is not possible here.
-pub(crate) fn node_root(node: NodeId) -> Option<String> {
+/// The node's own cgroup v2 directory.
+fn own_v2() -> Option<PathBuf> {
     let mount = mount_point()?;
     let own = fs::read_to_string("/proc/self/cgroup").ok()?;
     let rel = own.lines().find_map(|l| l.strip_prefix("0::"))?.trim_start_matches('/');
-    let dir = mount.join(rel).join(format!("converge-{node}"));
-    fs::create_dir(&dir).ok()?;
+    Some(mount.join(rel))
+}
+
+/// Creates `dir` unless it exists.
+fn ensure_dir(dir: &Path) -> Option<()> {
+    match fs::create_dir(dir) {
+        Ok(()) => Some(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Some(()),
+        Err(_) => None,
+    }
+}
+
+/// Creates the node's cgroup for ports (under the node's own cgroup), or
+/// `None` when that is not possible here.
+pub(crate) fn node_root(node: NodeId) -> Option<String> {
+    let dir = own_v2()?.join(format!("converge-{node}"));
+    ensure_dir(&dir)?;
     if !dir.join("cgroup.kill").exists() {
         // Kernels before 5.14 cannot kill a cgroup at once.
         let _ = fs::remove_dir(&dir);
@@ -80,4 +102,150 @@ pub(crate) fn remove(cg: &str) {
         }
     }
     let _ = fs::remove_dir(cg);
+}
+
+/// How memory limits are enforced on this node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum MemoryCgroups {
+    /// cgroup v2: `memory.max` in a cgroup per process under this directory.
+    V2(String),
+    /// cgroup v1 memory controller: `memory.limit_in_bytes` likewise.
+    V1(String),
+}
+
+/// Whether `list` (space-separated, as in `cgroup.controllers`) has `memory`.
+fn lists_memory(list: &str) -> bool {
+    list.split_whitespace().any(|c| c == "memory")
+}
+
+/// Makes the node's cgroup for memory-limited processes: under the node's
+/// cgroup v2 directory with the memory controller enabled for its children,
+/// or else in the cgroup v1 memory hierarchy. `None` when neither is
+/// possible here (not root and nothing delegated, or no memory controller).
+pub(crate) fn memory_root(node: NodeId) -> Option<MemoryCgroups> {
+    memory_root_v2(node).or_else(|| memory_root_v1(node))
+}
+
+fn memory_root_v2(node: NodeId) -> Option<MemoryCgroups> {
+    let own = own_v2()?;
+    if !lists_memory(&fs::read_to_string(own.join("cgroup.controllers")).ok()?) {
+        return None;
+    }
+    // The node's own cgroup must hand the controller down. Writing this fails
+    // (EBUSY) when that cgroup holds processes and is not the root: then the
+    // subtree was not delegated for it.
+    if !lists_memory(&fs::read_to_string(own.join("cgroup.subtree_control")).ok()?) {
+        fs::write(own.join("cgroup.subtree_control"), "+memory").ok()?;
+    }
+    let dir = own.join(format!("converge-{node}"));
+    ensure_dir(&dir)?;
+    if !dir.join("cgroup.kill").exists() || fs::write(dir.join("cgroup.subtree_control"), "+memory").is_err() {
+        return None;
+    }
+    Some(MemoryCgroups::V2(dir.to_string_lossy().into_owned()))
+}
+
+fn memory_root_v1(node: NodeId) -> Option<MemoryCgroups> {
+    let info = fs::read_to_string("/proc/self/mountinfo").ok()?;
+    let mount = info.lines().find_map(|line| {
+        let (left, right) = line.split_once(" - ")?;
+        let mut fields = right.split_whitespace();
+        if fields.next()? != "cgroup" {
+            return None;
+        }
+        let options = fields.nth(1)?;
+        options
+            .split(',')
+            .any(|o| o == "memory")
+            .then(|| left.split_whitespace().nth(4).map(PathBuf::from))?
+    })?;
+    let own = fs::read_to_string("/proc/self/cgroup").ok()?;
+    let rel = own.lines().find_map(|l| {
+        let mut parts = l.splitn(3, ':');
+        let (_, controllers, path) = (parts.next()?, parts.next()?, parts.next()?);
+        controllers.split(',').any(|c| c == "memory").then_some(path)
+    })?;
+    let dir = mount.join(rel.trim_start_matches('/')).join(format!("converge-{node}"));
+    // Whether it can be made: made for real by the first limited process, so
+    // that a node that is killed before it uses a limit leaves nothing here.
+    fs::create_dir(&dir).ok()?;
+    fs::remove_dir(&dir).ok()?;
+    Some(MemoryCgroups::V1(dir.to_string_lossy().into_owned()))
+}
+
+impl MemoryCgroups {
+    /// The cgroup of process `serial`.
+    fn dir(&self, serial: u64) -> PathBuf {
+        let (MemoryCgroups::V2(root) | MemoryCgroups::V1(root)) = self;
+        Path::new(root).join(format!("mem-{serial}"))
+    }
+
+    /// In the new process `serial`: makes its cgroup, limited to `bytes`
+    /// (swap included), and moves the calling process into it.
+    pub(crate) fn enter(&self, serial: u64, bytes: u64) -> std::io::Result<()> {
+        let dir = self.dir(serial);
+        if let MemoryCgroups::V1(root) = self {
+            ensure_dir(Path::new(root)).ok_or_else(|| std::io::Error::other(format!("cannot make {root}")))?;
+        }
+        match fs::create_dir(&dir) {
+            Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => return Err(e),
+            _ => {}
+        }
+        match self {
+            MemoryCgroups::V2(_) => {
+                fs::write(dir.join("memory.max"), bytes.to_string())?;
+                if dir.join("memory.swap.max").exists() {
+                    fs::write(dir.join("memory.swap.max"), "0")?;
+                }
+            }
+            MemoryCgroups::V1(_) => {
+                fs::write(dir.join("memory.limit_in_bytes"), bytes.to_string())?;
+                // Memory plus swap: the same bound, so the process cannot
+                // swap its way past the limit.
+                if dir.join("memory.memsw.limit_in_bytes").exists() {
+                    fs::write(dir.join("memory.memsw.limit_in_bytes"), bytes.to_string())?;
+                }
+            }
+        }
+        fs::write(dir.join("cgroup.procs"), std::process::id().to_string())
+    }
+
+    /// Whether the kernel's OOM killer ended a process in the cgroup of
+    /// process `serial` (`oom_kill` in `memory.events`, or in
+    /// `memory.oom_control` for v1).
+    pub(crate) fn oom_killed(&self, serial: u64) -> bool {
+        let file = match self {
+            MemoryCgroups::V2(_) => "memory.events",
+            MemoryCgroups::V1(_) => "memory.oom_control",
+        };
+        fs::read_to_string(self.dir(serial).join(file)).is_ok_and(|s| {
+            s.lines()
+                .filter_map(|l| l.strip_prefix("oom_kill "))
+                .any(|n| n.trim().parse::<u64>().is_ok_and(|n| n > 0))
+        })
+    }
+
+    /// Removes the cgroup of process `serial` (best effort: it stays while
+    /// processes it started live in it; the node's removal gets it later).
+    pub(crate) fn release(&self, serial: u64) {
+        let _ = fs::remove_dir(self.dir(serial));
+    }
+
+    /// At the node's end: removes every cgroup of the node, waiting up to 2 s
+    /// for the processes still in them to go.
+    pub(crate) fn remove_all(&self) {
+        match self {
+            MemoryCgroups::V2(root) => kill_and_remove(root),
+            MemoryCgroups::V1(root) => {
+                let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+                loop {
+                    remove(root);
+                    if !Path::new(root).exists() || std::time::Instant::now() >= deadline {
+                        break;
+                    }
+                    std::thread::sleep(std::time::Duration::from_millis(2));
+                }
+            }
+        }
+    }
 }

@@ -38,6 +38,8 @@ pub(crate) struct ChildOptions {
     pub(crate) data_bytes: Option<u64>,
     /// `RLIMIT_NOFILE`.
     pub(crate) open_files: Option<u64>,
+    /// Memory limit in bytes (a cgroup's, or `RLIMIT_DATA`).
+    pub(crate) memory_bytes: Option<u64>,
 }
 
 /// Everything a new process needs to start its runtime.
@@ -75,7 +77,7 @@ pub(crate) fn child_main(plan: ChildPlan, body: impl FnOnce(&'static Runtime) ->
     if let Err(e) = sys::process::close_fds_except(&keep) {
         eprintln!("converge: closing inherited descriptors failed: {e}");
     }
-    let setup_error = apply_options(&plan.options);
+    let setup_error = apply_options(&plan.options, &plan.settings, plan.pid.serial());
     let rt = match Runtime::new(
         plan.pid,
         plan.shared,
@@ -112,7 +114,17 @@ pub(crate) fn child_main(plan: ChildPlan, body: impl FnOnce(&'static Runtime) ->
 }
 
 /// Applies the options; returns a description of the first that failed.
-fn apply_options(o: &ChildOptions) -> Option<String> {
+fn apply_options(o: &ChildOptions, settings: &Settings, serial: u64) -> Option<String> {
+    if let Some(bytes) = o.memory_bytes {
+        // First, so that what the process allocates from here on counts.
+        let entered = match &settings.memory {
+            Some(cgroups) => cgroups.enter(serial, bytes),
+            None => sys::process::set_rlimit(sys::process::Resource::DataBytes, bytes, bytes),
+        };
+        if let Err(e) = entered {
+            return Some(format!("setting the memory limit of {bytes} bytes failed: {e}"));
+        }
+    }
     if let Some(name) = &o.name {
         let _ = sys::process::set_thread_name(name);
     }

@@ -10,11 +10,12 @@ use std::io;
 use std::os::fd::{AsRawFd, OwnedFd};
 
 use crate::exit::ExitReason;
+use crate::node::cgroup::MemoryCgroups;
 use crate::node::runtime::PoolSettings;
 use crate::process::{NodeId, Pid, ProcessInfo, ProcessState};
 use crate::sys::poll::{Epoll, Interest};
 use crate::sys::process::{
-    SIGKILL, SIGTERM, SIGXCPU, WaitStatus, pidfd_exit_info, pidfd_open, pidfd_send_signal, pidfd_signal_group,
+    SIGABRT, SIGKILL, SIGTERM, SIGXCPU, WaitStatus, pidfd_exit_info, pidfd_open, pidfd_send_signal, pidfd_signal_group,
     pidfd_try_wait,
 };
 use crate::sys::shared::{SLOTS, SharedArea};
@@ -91,7 +92,7 @@ struct Proc {
     exited: bool,
     /// `SIGXCPU` means `CpuLimit`.
     cpu_limited: bool,
-    /// A `SIGKILL` may mean `MemoryLimit` (checked by the caller).
+    /// It has a memory limit: see `Core::memory_limit_hit`.
     memory_limited: bool,
     /// Names registered to it.
     names: Vec<String>,
@@ -184,6 +185,8 @@ pub(crate) struct Counters {
 /// The process table and signal logic.
 #[derive(Debug)]
 pub(crate) struct Core {
+    /// Where memory-limited processes have their cgroups.
+    memory: Option<MemoryCgroups>,
     /// This node.
     node: NodeId,
     /// Our uid.
@@ -261,8 +264,10 @@ impl Core {
         shared: &'static SharedArea,
         listener: &'static OwnedFd,
         pool: PoolSettings,
+        memory: Option<MemoryCgroups>,
     ) -> Core {
         Core {
+            memory,
             queues: pool.classes.iter().map(|_| VecDeque::new()).collect(),
             pool,
             dispatched: HashMap::new(),
@@ -1401,6 +1406,30 @@ impl Core {
         }
     }
 
+    /// Whether the exited `p` was ended by its memory limit; releases its
+    /// memory cgroup. With a cgroup, the kernel's OOM kill is told apart from
+    /// any other `SIGKILL` by the cgroup's `oom_kill` counter. With
+    /// `RLIMIT_DATA`, an allocation past the limit aborts the process: there a
+    /// `SIGABRT` is taken for the limit (approximate: an abort for another
+    /// reason reads the same).
+    fn memory_limit_hit(&self, serial: u64, p: &Proc) -> bool {
+        if !p.memory_limited {
+            return false;
+        }
+        let signal = match p.status {
+            Some(WaitStatus::Signaled { signal, .. }) => Some(signal),
+            _ => None,
+        };
+        match &self.memory {
+            Some(cgroups) => {
+                let hit = signal == Some(SIGKILL) && p.kill_reason.is_none() && cgroups.oom_killed(serial);
+                cgroups.release(serial);
+                hit
+            }
+            None => signal == Some(SIGABRT),
+        }
+    }
+
     /// Whether some exited process still waits for its status.
     pub(crate) fn has_pending(&self) -> bool {
         !self.pending.is_empty()
@@ -1437,7 +1466,11 @@ impl Core {
             return;
         };
         self.pending.remove(&serial);
-        let reason = reason_of(&p);
+        let reason = if self.memory_limit_hit(serial, &p) {
+            ExitReason::MemoryLimit
+        } else {
+            reason_of(&p)
+        };
         if !p.internal {
             *self.counters.exits.entry(kind_name(&reason)).or_default() += 1;
         }

@@ -83,6 +83,7 @@ pub struct Config {
     exit_flush_timeout: Duration,
     max_connections: usize,
     port_cgroups: bool,
+    memory_cgroups: bool,
     schedulers: Option<usize>,
     classes: Vec<(String, usize)>,
     scheduler_init: Option<fn()>,
@@ -102,6 +103,7 @@ impl Default for Config {
             exit_flush_timeout: Duration::from_secs(5),
             max_connections: 512,
             port_cgroups: true,
+            memory_cgroups: true,
             schedulers: None,
             classes: Vec::new(),
             scheduler_init: None,
@@ -174,6 +176,17 @@ impl Config {
     /// and removal on every port.
     pub fn port_cgroups(mut self, on: bool) -> Config {
         self.port_cgroups = on;
+        self
+    }
+
+    /// Whether [`Builder::memory_limit`](crate::Builder::memory_limit) puts
+    /// each limited process in a cgroup of its own where the node can make one
+    /// with the memory controller (default on): cgroup v2 `memory.max`, or
+    /// the cgroup v1 memory controller on hosts that still mount it. Off, or
+    /// where neither is possible, the limit is `RLIMIT_DATA` (approximate: see
+    /// [`MemoryLimiter::DataRlimit`](crate::MemoryLimiter::DataRlimit)).
+    pub fn memory_cgroups(mut self, on: bool) -> Config {
+        self.memory_cgroups = on;
         self
     }
 
@@ -333,8 +346,13 @@ impl NodeShared {
             c.alive(ZYGOTE_SERIAL)
         });
         drop(core);
-        if let Some(cg) = self.main.lock().and_then(|rt| rt.settings().cgroup.clone()) {
-            cgroup::kill_and_remove(&cg);
+        if let Some(rt) = *self.main.lock() {
+            if let Some(cg) = &rt.settings().cgroup {
+                cgroup::kill_and_remove(cg);
+            }
+            if let Some(memory) = &rt.settings().memory {
+                memory.remove_all();
+            }
         }
         self.stopped.store(true, Ordering::Release);
         if let Some(rt) = *self.main.lock() {
@@ -379,6 +397,11 @@ fn init_node(config: Config) -> Result<Node, InitError> {
         } else {
             None
         },
+        memory: if config.memory_cgroups {
+            cgroup::memory_root(id)
+        } else {
+            None
+        },
         pool: pool_settings(&config)?,
     };
     let (death_read, death_write) = sys::signal::pipe()?;
@@ -405,6 +428,7 @@ fn init_node(config: Config) -> Result<Node, InitError> {
         shared,
         ctl_listener,
         settings.pool.clone(),
+        settings.memory.clone(),
     );
     let (main_node_end, main_end) = sys::socket::socketpair()?;
     core.add_internal(MAIN_SERIAL, main_node_end, None, sys::process::getpid(), "node")?;
@@ -617,6 +641,16 @@ impl Node {
     /// The process registered under `name`, if any.
     pub fn whereis(&self, name: &str) -> Option<Pid> {
         crate::process::whereis(name)
+    }
+
+    /// How [`Builder::memory_limit`](crate::Builder::memory_limit) is
+    /// enforced on this node (see [`Config::memory_cgroups`]).
+    pub fn memory_limiter(&self) -> crate::MemoryLimiter {
+        match &self.rt.settings().memory {
+            Some(cgroup::MemoryCgroups::V2(_)) => crate::MemoryLimiter::CgroupV2,
+            Some(cgroup::MemoryCgroups::V1(_)) => crate::MemoryLimiter::CgroupV1,
+            None => crate::MemoryLimiter::DataRlimit,
+        }
     }
 
     /// The status of a process, or `None` if it is not alive.

@@ -42,6 +42,9 @@ pub(crate) struct Settings {
     pub(crate) uid: u32,
     /// The node's cgroup for ports, where it could make one.
     pub(crate) cgroup: Option<String>,
+    /// Where memory-limited processes get their cgroups (none: they get
+    /// `RLIMIT_DATA`).
+    pub(crate) memory: Option<crate::node::cgroup::MemoryCgroups>,
     /// The scheduler pool's shape.
     pub(crate) pool: PoolSettings,
 }

@@ -69,7 +69,7 @@ fn prepare(rt: &'static Runtime, spec: &Spec<'_>, reaper: Option<u64>) -> Result
         monitors: spec.monitors.clone(),
         trap_exits: spec.trap_exits,
         cpu_limited: spec.options.cpu_seconds.is_some(),
-        memory_limited: spec.options.data_bytes.is_some(),
+        memory_limited: spec.options.memory_bytes.is_some(),
         reaper,
         scheduler: None,
     };

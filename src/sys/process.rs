@@ -505,6 +505,8 @@ pub(crate) fn clear_env_in_child() {
 
 /// `SIGXCPU`: the CPU time limit was reached.
 pub(crate) const SIGXCPU: i32 = libc::SIGXCPU;
+/// `SIGABRT`: what an allocation failure in Rust ends with.
+pub(crate) const SIGABRT: i32 = libc::SIGABRT;
 /// `SIGKILL`.
 pub(crate) const SIGKILL: i32 = libc::SIGKILL;
 /// `SIGTERM`.

@@ -1,0 +1,267 @@
+//! Per-process resource limits, each provoked for real: memory (a cgroup where
+//! the node can make one, `RLIMIT_DATA` otherwise), data segment and open
+//! files. The CPU time limit is in `exit_reasons`.
+
+mod util;
+
+use converge::{Builder, Ctx, ExitReason, MemoryLimiter};
+use util::{HelperProcess, PATIENCE, helper, node, say};
+
+const MIB: usize = 1 << 20;
+
+fn main() {
+    util::run(
+        &[
+            ("memory_limit_is_memory_limit", memory_limit_is_memory_limit),
+            ("memory_limit_by_cgroup", memory_limit_by_cgroup),
+            (
+                "memory_limit_without_cgroups_uses_rlimit_data",
+                memory_limit_without_cgroups_uses_rlimit_data,
+            ),
+            ("data_limit_fails_allocations", data_limit_fails_allocations),
+            (
+                "open_files_limit_makes_opening_fail",
+                open_files_limit_makes_opening_fail,
+            ),
+        ],
+        &[("rlimit_node", helper_rlimit_node)],
+    )
+}
+
+/// Allocates and touches memory 1 MiB at a time, up to `mib` MiB, then
+/// returns normally.
+fn hog(mib: usize) {
+    let mut held: Vec<Vec<u8>> = Vec::new();
+    for _ in 0..mib {
+        // Written, so that every page is really there.
+        held.push(vec![0x5a; MIB]);
+        std::hint::black_box(&held);
+    }
+}
+
+/// Spawns a process limited to `limit` bytes that hogs `mib` MiB, and
+/// returns its exit reason.
+fn hog_with_limit(limit: u64, mib: usize) -> ExitReason {
+    let (_p, r) = Builder::new()
+        .memory_limit(limit)
+        .spawn_monitor(move |_: Ctx<()>| {
+            util::no_core_dumps();
+            hog(mib);
+        })
+        .unwrap();
+    node().recv_down_timeout(r, PATIENCE).unwrap().reason
+}
+
+/// Whichever way this node enforces it, going past the limit ends the
+/// process with `MemoryLimit`, and staying under it does not.
+fn memory_limit_is_memory_limit() {
+    eprintln!("memory limits here: {:?}", node().memory_limiter());
+    assert_eq!(hog_with_limit(256 << 20, 4096), ExitReason::MemoryLimit);
+    assert_eq!(hog_with_limit(256 << 20, 32), ExitReason::Normal);
+    // The same from a clean image, started by the zygote.
+    let p = Builder::new().memory_limit(256 << 20).spawn_fn(hog_fn, 4096).unwrap();
+    let r = node().monitor(p.pid());
+    p.send(()).unwrap();
+    assert_eq!(
+        node().recv_down_timeout(r, PATIENCE).unwrap().reason,
+        ExitReason::MemoryLimit
+    );
+}
+
+/// Waits for the word (so that a monitor is in place first), then hogs.
+fn hog_fn(ctx: Ctx<()>, mib: usize) {
+    util::no_core_dumps();
+    let _ = ctx.recv_timeout(PATIENCE);
+    hog(mib);
+}
+
+/// The cgroup of the process `os_pid` that holds its memory limit: the path
+/// (relative to the hierarchy's mount) on its v1 `memory` line, or on its v2
+/// line.
+fn memory_cgroup_of(os_pid: u32, limiter: MemoryLimiter) -> String {
+    let text = std::fs::read_to_string(format!("/proc/{os_pid}/cgroup")).unwrap();
+    text.lines()
+        .find_map(|l| {
+            let mut parts = l.splitn(3, ':');
+            let (_, controllers, path) = (parts.next()?, parts.next()?, parts.next()?);
+            let v1 = controllers.split(',').any(|c| c == "memory");
+            let wanted = match limiter {
+                MemoryLimiter::CgroupV1 => v1,
+                _ => controllers.is_empty(),
+            };
+            wanted.then(|| path.to_string())
+        })
+        .unwrap_or_default()
+}
+
+/// Where the hierarchy that holds memory limits is mounted.
+fn hierarchy_mount(limiter: MemoryLimiter) -> String {
+    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    info.lines()
+        .find_map(|line| {
+            let (left, right) = line.split_once(" - ")?;
+            let mut fields = right.split_whitespace();
+            let fs = fields.next()?;
+            let options = fields.nth(1)?;
+            let wanted = match limiter {
+                MemoryLimiter::CgroupV1 => fs == "cgroup" && options.split(',').any(|o| o == "memory"),
+                _ => fs == "cgroup2",
+            };
+            wanted.then(|| left.split_whitespace().nth(4).map(str::to_string))?
+        })
+        .expect("the hierarchy is mounted")
+}
+
+/// With a cgroup: the process is in a cgroup of its own, the kernel's OOM
+/// kill there is `MemoryLimit`, any other `SIGKILL` is `Killed`, and the
+/// cgroup is removed once the process is gone.
+fn memory_limit_by_cgroup() {
+    let limiter = node().memory_limiter();
+    if limiter == MemoryLimiter::DataRlimit {
+        eprintln!(
+            "memory_limit_by_cgroup: SKIPPED: no cgroup with the memory controller can be made here \
+             (not root, or no delegated subtree); memory limits fall back to RLIMIT_DATA"
+        );
+        return;
+    }
+    let me = node().ctx::<String>();
+    let back = me.mailbox();
+    let (p, r) = Builder::new()
+        .memory_limit(64 << 20)
+        .spawn_monitor(move |ctx: Ctx<bool>| {
+            back.send(memory_cgroup_of(std::process::id(), limiter)).unwrap();
+            if ctx.recv_timeout(PATIENCE) == Ok(true) {
+                hog(1024);
+            }
+        })
+        .unwrap();
+    let cgroup = me.recv_timeout(PATIENCE).unwrap();
+    assert!(
+        cgroup.ends_with(&format!("/mem-{}", p.pid().serial())),
+        "the process is in a cgroup of its own: {cgroup:?}"
+    );
+    p.send(true).unwrap();
+    assert_eq!(
+        node().recv_down_timeout(r, PATIENCE).unwrap().reason,
+        ExitReason::MemoryLimit
+    );
+    let dir = format!("{}{cgroup}", hierarchy_mount(limiter));
+    assert!(
+        util::wait_until(PATIENCE, || !std::path::Path::new(&dir).exists()),
+        "the process's cgroup {dir} is removed"
+    );
+
+    // The same limit, ended from outside: not a memory matter.
+    let me = node().ctx::<u32>();
+    let back = me.mailbox();
+    let (_p, r) = Builder::new()
+        .memory_limit(64 << 20)
+        .spawn_monitor(move |ctx: Ctx<()>| {
+            back.send(std::process::id()).unwrap();
+            let _ = ctx.recv_timeout(PATIENCE);
+        })
+        .unwrap();
+    let os_pid = me.recv_timeout(PATIENCE).unwrap();
+    // SAFETY: a signal to the process this test just started.
+    unsafe {
+        libc::kill(os_pid as i32, libc::SIGKILL);
+    }
+    assert_eq!(
+        node().recv_down_timeout(r, PATIENCE).unwrap().reason,
+        ExitReason::Killed
+    );
+}
+
+/// A node with `memory_cgroups(false)`: the limit is `RLIMIT_DATA`, an
+/// allocation past it aborts the process, reported as `MemoryLimit`.
+fn memory_limit_without_cgroups_uses_rlimit_data() {
+    let mut h = HelperProcess::start(helper("rlimit_node"));
+    assert_eq!(h.expect("limiter"), "DataRlimit");
+    assert_eq!(h.expect("over"), "memory limit exceeded");
+    assert_eq!(h.expect("under"), "normal");
+    assert_eq!(h.expect("left"), "0");
+    assert!(h.wait(PATIENCE).expect("the helper ends").success());
+}
+
+fn helper_rlimit_node() {
+    let node = converge::Config::new().memory_cgroups(false).init().unwrap();
+    say("limiter", format!("{:?}", node.memory_limiter()));
+    for (key, mib) in [("over", 4096), ("under", 32)] {
+        let (_p, r) = Builder::new()
+            .memory_limit(256 << 20)
+            .spawn_monitor(move |_: Ctx<()>| {
+                util::no_core_dumps();
+                hog(mib);
+            })
+            .unwrap();
+        say(key, node.recv_down_timeout(r, PATIENCE).unwrap().reason);
+    }
+    node.shutdown(PATIENCE);
+    say("left", node.processes().len());
+}
+
+/// `data_limit`: an allocation past it fails. `try_reserve` reports it and
+/// the process goes on; a plain allocation aborts the process.
+fn data_limit_fails_allocations() {
+    let me = node().ctx::<String>();
+    let back = me.mailbox();
+    let (_p, r) = Builder::new()
+        .data_limit(256 << 20)
+        .spawn_monitor(move |_: Ctx<()>| {
+            util::no_core_dumps();
+            let mut v: Vec<u8> = Vec::new();
+            let refused = v.try_reserve_exact(1 << 30).is_err();
+            back.send(format!("refused {refused}")).unwrap();
+            let small = vec![1u8; MIB];
+            back.send(format!("small {}", small.len())).unwrap();
+            converge::flush();
+            let big = vec![1u8; 1 << 30];
+            std::hint::black_box(&big);
+        })
+        .unwrap();
+    assert_eq!(me.recv_timeout(PATIENCE).unwrap(), "refused true");
+    assert_eq!(me.recv_timeout(PATIENCE).unwrap(), format!("small {MIB}"));
+    assert_eq!(
+        node().recv_down_timeout(r, PATIENCE).unwrap().reason,
+        ExitReason::Signal {
+            signal: libc::SIGABRT,
+            core_dumped: false
+        }
+    );
+}
+
+/// `open_files_limit`: opening past it fails with `EMFILE` and the process
+/// goes on to end normally.
+fn open_files_limit_makes_opening_fail() {
+    let me = node().ctx::<(usize, Option<i32>)>();
+    let back = me.mailbox();
+    let (_p, r) = Builder::new()
+        .open_files_limit(32)
+        .spawn_monitor(move |_: Ctx<()>| {
+            let mut files = Vec::new();
+            let error = loop {
+                match std::fs::File::open("/dev/null") {
+                    Ok(f) => files.push(f),
+                    Err(e) => break e,
+                }
+                if files.len() > 64 {
+                    break std::io::Error::other("no limit");
+                }
+            };
+            let opened = files.len();
+            // Sending needs a descriptor too: give them back first.
+            drop(files);
+            back.send((opened, error.raw_os_error())).unwrap();
+        })
+        .unwrap();
+    let (opened, errno) = me.recv_timeout(PATIENCE).unwrap();
+    assert_eq!(errno, Some(libc::EMFILE), "opening past the limit fails with EMFILE");
+    assert!(
+        (1..32).contains(&opened),
+        "the process opened {opened} files under a limit of 32 descriptors"
+    );
+    assert_eq!(
+        node().recv_down_timeout(r, PATIENCE).unwrap().reason,
+        ExitReason::Normal
+    );
+}
