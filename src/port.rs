@@ -86,6 +86,13 @@ pub enum PortOutput {
     Packet(Vec<u8>),
     /// A chunk of standard error ([`Stderr::Separate`]).
     Stderr(Vec<u8>),
+    /// Standard output broke its framing (a packet over
+    /// [`PortBuilder::max_packet`], or the output ended inside a packet):
+    /// what follows it is not read. The port is ended with
+    /// `ExitReason::Error` of the same text if it still runs; a program that
+    /// had already ended keeps its own reason. The owner counts it in its
+    /// [`ProcessInfo::undecodable`](crate::ProcessInfo::undecodable).
+    Broken(String),
     /// Standard output reached its end.
     Eof,
     /// The program ended (always the last event of a port).

@@ -38,6 +38,10 @@ fn main() {
                 "an_oversized_packet_ends_only_that_port",
                 an_oversized_packet_ends_only_that_port,
             ),
+            (
+                "port_garbage_is_refused_and_counted",
+                port_garbage_is_refused_and_counted,
+            ),
             ("ports_end_with_their_owner", ports_end_with_their_owner),
             ("shutdown_is_sigterm_then_sigkill", shutdown_is_sigterm_then_sigkill),
             ("a_port_is_a_process", a_port_is_a_process),
@@ -396,6 +400,66 @@ fn an_oversized_packet_ends_only_that_port() {
         Some(PortOutput::Exit(ExitReason::Error(e))) => assert!(e.contains("over the limit"), "{e}"),
         other => panic!("expected an error exit, got {other:?}"),
     }
+    good.send(b"still fine").unwrap();
+    assert_eq!(
+        good.recv_timeout(PATIENCE).unwrap(),
+        PortOutput::Packet(b"still fine".to_vec())
+    );
+    good.close_input();
+    let _ = all(&good);
+}
+
+/// Port programs that write garbage for their framing: the owner is told
+/// (`Broken`, then the end of the output) and counts it; a program still
+/// running is ended with the error; another port of the same owner goes on.
+fn port_garbage_is_refused_and_counted() {
+    let errors = || node().stats().exits.get("error").copied().unwrap_or(0);
+    let undecodable = || node().process_info(node().pid()).unwrap().undecodable;
+    let (errors_before, undecodable_before) = (errors(), undecodable());
+    let good = PortBuilder::new("cat").framing(Framing::Packet(2)).spawn().unwrap();
+    // A prefix of 65,535 bytes over a limit of 100, from a program that goes
+    // on running.
+    let over = sh(r"printf '\377\377garbage'; sleep 100")
+        .framing(Framing::Packet(2))
+        .max_packet(100)
+        .spawn()
+        .unwrap();
+    // A packet of 40 bytes of which 3 come before the program ends (5 bytes
+    // with its prefix).
+    let cut = sh(r"printf '\000\050abc'").framing(Framing::Packet(2)).spawn().unwrap();
+    // Lines have no wrong bytes: a long line without a newline, not UTF-8, is
+    // cut at the limit and delivered.
+    let lines = sh(r"printf '\377\376%0300d' 0")
+        .framing(Framing::Lines { max: 128 })
+        .spawn()
+        .unwrap();
+
+    let events = all(&over);
+    let why = "a packet of 65535 bytes is over the limit of 100 bytes";
+    assert!(
+        matches!(&events[..], [PortOutput::Broken(b), PortOutput::Eof, PortOutput::Exit(ExitReason::Error(e))] if b.contains(why) && e == b),
+        "{events:?}"
+    );
+    let events = all(&cut);
+    assert!(
+        matches!(&events[..], [PortOutput::Broken(b), PortOutput::Eof, PortOutput::Exit(ExitReason::Normal)] if b.contains("ended inside a packet (5 bytes)")),
+        "{events:?}"
+    );
+    let events = all(&lines);
+    let sizes: Vec<usize> = events
+        .iter()
+        .filter_map(|e| match e {
+            PortOutput::Line { data, cut: true } => Some(data.len()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(sizes, [128, 128, 46]);
+    assert_eq!(events.last(), Some(&PortOutput::Exit(ExitReason::Normal)));
+    assert_eq!(undecodable(), undecodable_before + 2, "both broken outputs counted");
+    assert!(
+        util::wait_until(PATIENCE, || errors() == errors_before + 1),
+        "the port ended for its output counted as an error exit"
+    );
     good.send(b"still fine").unwrap();
     assert_eq!(
         good.recv_timeout(PATIENCE).unwrap(),

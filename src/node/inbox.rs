@@ -579,7 +579,7 @@ impl Inbox {
                     let tail = port_cut(port.framing, port.max_packet, &mut port.partial, &[], true);
                     match tail {
                         Ok(items) => queue.extend(items.into_iter().map(|output| Item::Port { port: serial, output })),
-                        Err(e) => self.port_broken(rt, port, e),
+                        Err(e) => self.port_broken(rt, port, queue, serial, e),
                     }
                     queue.push_back(Item::Port {
                         port: serial,
@@ -595,7 +595,7 @@ impl Inbox {
                 if !port.broken {
                     match port_cut(port.framing, port.max_packet, &mut port.partial, data, false) {
                         Ok(items) => queue.extend(items.into_iter().map(|output| Item::Port { port: serial, output })),
-                        Err(e) => self.port_broken(rt, port, e),
+                        Err(e) => self.port_broken(rt, port, queue, serial, e),
                     }
                 }
             } else {
@@ -607,10 +607,17 @@ impl Inbox {
         }
     }
 
-    /// The port's output broke its framing: it ends with that reason.
-    fn port_broken(&self, rt: &Runtime, port: &mut PortIo, why: String) {
+    /// The port's output broke its framing: the owner gets
+    /// [`PortOutput::Broken`] and counts it as undecodable, and the port ends
+    /// with that reason (if it has not ended already).
+    fn port_broken(&self, rt: &Runtime, port: &mut PortIo, queue: &mut VecDeque<Item>, serial: u64, why: String) {
         port.broken = true;
         tracing::warn!(port = %port.pid, "{why}");
+        rt.slot().undecodable.fetch_add(1, Ordering::Relaxed);
+        queue.push_back(Item::Port {
+            port: serial,
+            output: PortOutput::Broken(why.clone()),
+        });
         rt.tell_node(&ToNode::ExitSignal {
             target: port.pid,
             reason: ExitReason::Error(why),

@@ -165,6 +165,25 @@ fn cut_port_output(framing: crate::Framing, stream: &[u8], cuts: &[usize]) -> Re
     Ok(out)
 }
 
+/// A port that announces a packet under the limit and sends 10 bytes of it:
+/// what is held is what arrived, not what was announced.
+#[test]
+fn an_announced_port_packet_reserves_nothing() {
+    let mut partial = Vec::new();
+    let mut data = (60u32 << 20).to_be_bytes().to_vec();
+    data.extend_from_slice(&[7; 10]);
+    let out = crate::node::inbox::port_cut(crate::Framing::Packet(4), 64 << 20, &mut partial, &data, false).unwrap();
+    assert!(out.is_empty());
+    assert_eq!(partial.len(), 14);
+    assert!(partial.capacity() < 4096, "held {} bytes", partial.capacity());
+    // Over the limit: refused at once, and what was held is let go.
+    let over = (65u32 << 20).to_be_bytes();
+    let mut partial = Vec::new();
+    let e = crate::node::inbox::port_cut(crate::Framing::Packet(4), 64 << 20, &mut partial, &over, false).unwrap_err();
+    assert!(e.contains("over the limit"), "{e}");
+    assert!(partial.is_empty());
+}
+
 proptest! {
     #[test]
     fn port_packets_round_trip_across_any_split(
