@@ -576,10 +576,10 @@ impl Inbox {
                     self.epoll().delete(fd.as_raw_fd());
                 }
                 if pipe == PORT_STDOUT {
-                    let tail = port_cut(port.framing, port.max_packet, &mut port.partial, &[], true);
-                    match tail {
-                        Ok(items) => queue.extend(items.into_iter().map(|output| Item::Port { port: serial, output })),
-                        Err(e) => self.port_broken(rt, port, queue, serial, e),
+                    let (items, broken) = port_cut(port.framing, port.max_packet, &mut port.partial, &[], true);
+                    queue.extend(items.into_iter().map(|output| Item::Port { port: serial, output }));
+                    if let Err(e) = broken {
+                        self.port_broken(rt, port, queue, serial, e);
                     }
                     queue.push_back(Item::Port {
                         port: serial,
@@ -593,9 +593,10 @@ impl Inbox {
             let data = &scratch[..n];
             if pipe == PORT_STDOUT {
                 if !port.broken {
-                    match port_cut(port.framing, port.max_packet, &mut port.partial, data, false) {
-                        Ok(items) => queue.extend(items.into_iter().map(|output| Item::Port { port: serial, output })),
-                        Err(e) => self.port_broken(rt, port, queue, serial, e),
+                    let (items, broken) = port_cut(port.framing, port.max_packet, &mut port.partial, data, false);
+                    queue.extend(items.into_iter().map(|output| Item::Port { port: serial, output }));
+                    if let Err(e) = broken {
+                        self.port_broken(rt, port, queue, serial, e);
                     }
                 }
             } else {
@@ -1329,15 +1330,28 @@ impl State {
 
 /// Cuts fresh standard output of a port into events (`end`: the pipe ended),
 /// `partial` holding what is left of an incomplete line or packet. An error
-/// is a broken framing: the output is not read further.
+/// is a broken framing, after the events cut before it: the output is not
+/// read further.
 pub(crate) fn port_cut(
     framing: Framing,
     max_packet: usize,
     partial: &mut Vec<u8>,
     data: &[u8],
     end: bool,
-) -> Result<Vec<PortOutput>, String> {
+) -> (Vec<PortOutput>, Result<(), String>) {
     let mut out = Vec::new();
+    let broken = cut_into(&mut out, framing, max_packet, partial, data, end);
+    (out, broken)
+}
+
+fn cut_into(
+    out: &mut Vec<PortOutput>,
+    framing: Framing,
+    max_packet: usize,
+    partial: &mut Vec<u8>,
+    data: &[u8],
+    end: bool,
+) -> Result<(), String> {
     match framing {
         Framing::Raw => {
             if !data.is_empty() {
@@ -1402,7 +1416,7 @@ pub(crate) fn port_cut(
             }
         }
     }
-    Ok(out)
+    Ok(())
 }
 
 /// Handles fresh standard error of a port, as its mode says.

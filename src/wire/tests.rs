@@ -152,16 +152,14 @@ fn cut_port_output(framing: crate::Framing, stream: &[u8], cuts: &[usize]) -> Re
     let mut out = Vec::new();
     let mut at = 0;
     for p in points {
-        out.extend(crate::node::inbox::port_cut(
-            framing,
-            4096,
-            &mut partial,
-            &stream[at..p],
-            false,
-        )?);
+        let (events, broken) = crate::node::inbox::port_cut(framing, 4096, &mut partial, &stream[at..p], false);
+        out.extend(events);
+        broken?;
         at = p;
     }
-    out.extend(crate::node::inbox::port_cut(framing, 4096, &mut partial, &[], true)?);
+    let (events, broken) = crate::node::inbox::port_cut(framing, 4096, &mut partial, &[], true);
+    out.extend(events);
+    broken?;
     Ok(out)
 }
 
@@ -172,14 +170,30 @@ fn an_announced_port_packet_reserves_nothing() {
     let mut partial = Vec::new();
     let mut data = (60u32 << 20).to_be_bytes().to_vec();
     data.extend_from_slice(&[7; 10]);
-    let out = crate::node::inbox::port_cut(crate::Framing::Packet(4), 64 << 20, &mut partial, &data, false).unwrap();
-    assert!(out.is_empty());
+    let (out, broken) = crate::node::inbox::port_cut(crate::Framing::Packet(4), 64 << 20, &mut partial, &data, false);
+    assert!(out.is_empty() && broken.is_ok());
     assert_eq!(partial.len(), 14);
     assert!(partial.capacity() < 4096, "held {} bytes", partial.capacity());
-    // Over the limit: refused at once, and what was held is let go.
-    let over = (65u32 << 20).to_be_bytes();
+}
+
+/// Packets before a length over the limit, in the same read, are delivered;
+/// then the framing is broken and what was held is let go.
+#[test]
+fn packets_before_a_broken_prefix_are_kept() {
+    let mut data = crate::port::stdio::frame(4, b"one").unwrap();
+    data.extend(crate::port::stdio::frame(4, b"two").unwrap());
+    data.extend((65u32 << 20).to_be_bytes());
+    data.extend_from_slice(b"rest");
     let mut partial = Vec::new();
-    let e = crate::node::inbox::port_cut(crate::Framing::Packet(4), 64 << 20, &mut partial, &over, false).unwrap_err();
+    let (out, broken) = crate::node::inbox::port_cut(crate::Framing::Packet(4), 64 << 20, &mut partial, &data, false);
+    assert_eq!(
+        out,
+        [
+            crate::PortOutput::Packet(b"one".to_vec()),
+            crate::PortOutput::Packet(b"two".to_vec())
+        ]
+    );
+    let e = broken.unwrap_err();
     assert!(e.contains("over the limit"), "{e}");
     assert!(partial.is_empty());
 }
