@@ -112,8 +112,10 @@ impl From<&Pid> for Pid {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum MemoryLimiter {
-    /// A cgroup v2 per limited process, with `memory.max` (the node's cgroup
-    /// subtree has the memory controller: root, or delegated).
+    /// A cgroup v2 per limited process, with `memory.max`. The node's cgroup
+    /// must be able to hand the memory controller down: the node runs in the
+    /// root cgroup, or alone in its cgroup (a delegated service, a
+    /// container's one program).
     CgroupV2,
     /// A cgroup of the v1 memory controller per limited process (hosts that
     /// mount it, where the v2 hierarchy has no memory controller).
@@ -301,16 +303,18 @@ impl Builder {
     /// ([`Node::memory_limiter`](crate::Node::memory_limiter)):
     ///
     /// - in a cgroup of its own (v2 `memory.max`, or the v1 memory controller),
-    ///   the limit counts the pages the process touches from its start, swap
-    ///   included, and the kernel's OOM killer ends it there. The cgroup's
-    ///   `oom_kill` counter tells that apart from any other `SIGKILL`, which
-    ///   stays [`ExitReason::Killed`]. Processes it starts share its cgroup
-    ///   unless they have a limit of their own.
+    ///   the limit counts the pages the process touches from its start (swap
+    ///   too, where the kernel accounts it), and the kernel's OOM killer ends
+    ///   it there. Any other `SIGKILL` stays [`ExitReason::Killed`]. Closure
+    ///   processes and programs it starts itself share its cgroup unless they
+    ///   have a limit of their own.
     /// - without a usable cgroup, `RLIMIT_DATA`: it bounds the address space
     ///   of heap and anonymous mappings (what the process inherited from its
     ///   parent included, touched or not), an allocation past it fails and
     ///   Rust aborts. An abort of such a process is reported as `MemoryLimit`,
     ///   whatever caused it.
+    ///
+    /// The full rules are in [`semantics`](crate::semantics) (Resource limits).
     pub fn memory_limit(mut self, bytes: u64) -> Builder {
         self.options.memory_bytes = Some(bytes);
         self

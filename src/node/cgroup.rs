@@ -20,24 +20,41 @@ use std::path::{Path, PathBuf};
 
 use crate::process::NodeId;
 
-/// The cgroup v2 mount point, from `/proc/self/mountinfo`.
-fn mount_point() -> Option<PathBuf> {
+/// Where the calling process's cgroup of a hierarchy is: the hierarchy's
+/// mount point (`/proc/self/mountinfo`: a `cgroup2` mount for v2, a `cgroup`
+/// mount with `controller` among its options for v1) joined with the path in
+/// `/proc/self/cgroup`, less the root of the mount (not `/` when a container
+/// mounts a part of the host's hierarchy).
+fn own_dir(controller: Option<&str>) -> Option<PathBuf> {
     let info = fs::read_to_string("/proc/self/mountinfo").ok()?;
-    info.lines().find_map(|line| {
+    let (root, mount) = info.lines().find_map(|line| {
         let (left, right) = line.split_once(" - ")?;
-        if right.split_whitespace().next()? != "cgroup2" {
-            return None;
-        }
-        left.split_whitespace().nth(4).map(PathBuf::from)
-    })
+        let mut fields = right.split_whitespace();
+        let fs_type = fields.next()?;
+        let wanted = match controller {
+            None => fs_type == "cgroup2",
+            Some(c) => fs_type == "cgroup" && fields.nth(1)?.split(',').any(|o| o == c),
+        };
+        let mut left = left.split_whitespace();
+        wanted.then(|| Some((left.nth(3)?.to_string(), PathBuf::from(left.next()?))))?
+    })?;
+    let own = fs::read_to_string("/proc/self/cgroup").ok()?;
+    let path = own.lines().find_map(|l| {
+        let mut parts = l.splitn(3, ':');
+        let (_, controllers, path) = (parts.next()?, parts.next()?, parts.next()?);
+        let wanted = match controller {
+            None => l.starts_with("0::"),
+            Some(c) => controllers.split(',').any(|x| x == c),
+        };
+        wanted.then_some(path)
+    })?;
+    let rel = path.strip_prefix(root.as_str()).unwrap_or(path).trim_start_matches('/');
+    Some(if rel.is_empty() { mount } else { mount.join(rel) })
 }
 
 /// The node's own cgroup v2 directory.
 fn own_v2() -> Option<PathBuf> {
-    let mount = mount_point()?;
-    let own = fs::read_to_string("/proc/self/cgroup").ok()?;
-    let rel = own.lines().find_map(|l| l.strip_prefix("0::"))?.trim_start_matches('/');
-    Some(mount.join(rel))
+    own_dir(None)
 }
 
 /// Creates `dir` unless it exists.
@@ -131,41 +148,38 @@ fn memory_root_v2(node: NodeId) -> Option<MemoryCgroups> {
     if !lists_memory(&fs::read_to_string(own.join("cgroup.controllers")).ok()?) {
         return None;
     }
-    // The node's own cgroup must hand the controller down. Writing this fails
-    // (EBUSY) when that cgroup holds processes and is not the root: then the
-    // subtree was not delegated for it.
+    // The node's own cgroup must hand the controller down to the cgroups made
+    // under it, and a cgroup other than the root that does so cannot hold
+    // processes itself. When the node is alone in its cgroup (a service with
+    // a delegated cgroup, a container's only program), it moves into a leaf
+    // of its own first, as delegation expects; otherwise the write fails
+    // (EBUSY) and there are no v2 memory limits here.
     if !lists_memory(&fs::read_to_string(own.join("cgroup.subtree_control")).ok()?) {
+        let procs = fs::read_to_string(own.join("cgroup.procs")).ok()?;
+        let me = std::process::id().to_string();
+        if procs.split_whitespace().eq([me.as_str()]) {
+            let leaf = own.join("converge-node");
+            ensure_dir(&leaf)?;
+            fs::write(leaf.join("cgroup.procs"), &me).ok()?;
+        }
         fs::write(own.join("cgroup.subtree_control"), "+memory").ok()?;
     }
     let dir = own.join(format!("converge-{node}"));
-    ensure_dir(&dir)?;
-    if !dir.join("cgroup.kill").exists() || fs::write(dir.join("cgroup.subtree_control"), "+memory").is_err() {
+    let made = fs::create_dir(&dir).is_ok();
+    if !dir.is_dir()
+        || !dir.join("cgroup.kill").exists()
+        || fs::write(dir.join("cgroup.subtree_control"), "+memory").is_err()
+    {
+        if made {
+            let _ = fs::remove_dir(&dir);
+        }
         return None;
     }
     Some(MemoryCgroups::V2(dir.to_string_lossy().into_owned()))
 }
 
 fn memory_root_v1(node: NodeId) -> Option<MemoryCgroups> {
-    let info = fs::read_to_string("/proc/self/mountinfo").ok()?;
-    let mount = info.lines().find_map(|line| {
-        let (left, right) = line.split_once(" - ")?;
-        let mut fields = right.split_whitespace();
-        if fields.next()? != "cgroup" {
-            return None;
-        }
-        let options = fields.nth(1)?;
-        options
-            .split(',')
-            .any(|o| o == "memory")
-            .then(|| left.split_whitespace().nth(4).map(PathBuf::from))?
-    })?;
-    let own = fs::read_to_string("/proc/self/cgroup").ok()?;
-    let rel = own.lines().find_map(|l| {
-        let mut parts = l.splitn(3, ':');
-        let (_, controllers, path) = (parts.next()?, parts.next()?, parts.next()?);
-        controllers.split(',').any(|c| c == "memory").then_some(path)
-    })?;
-    let dir = mount.join(rel.trim_start_matches('/')).join(format!("converge-{node}"));
+    let dir = own_dir(Some("memory"))?.join(format!("converge-{node}"));
     // Whether it can be made: made for real by the first limited process, so
     // that a node that is killed before it uses a limit leaves nothing here.
     fs::create_dir(&dir).ok()?;
@@ -211,24 +225,42 @@ impl MemoryCgroups {
     }
 
     /// Whether the kernel's OOM killer ended a process in the cgroup of
-    /// process `serial` (`oom_kill` in `memory.events`, or in
-    /// `memory.oom_control` for v1).
+    /// process `serial` because the cgroup reached its limit: `oom_kill` and
+    /// `oom` in `memory.events` (v1: `oom_kill` in `memory.oom_control`, and
+    /// the peak usage at the limit or a failure count above 0: kernels differ
+    /// in which they keep). A kill by the OOM killer for the whole machine
+    /// counts in `oom_kill` only.
     pub(crate) fn oom_killed(&self, serial: u64) -> bool {
-        let file = match self {
-            MemoryCgroups::V2(_) => "memory.events",
-            MemoryCgroups::V1(_) => "memory.oom_control",
+        let dir = self.dir(serial);
+        let counter = |file: &str, key: Option<&str>| -> u64 {
+            let text = fs::read_to_string(dir.join(file)).unwrap_or_default();
+            match key {
+                Some(key) => text
+                    .lines()
+                    .find_map(|l| l.strip_prefix(key)?.strip_prefix(' ')?.trim().parse().ok())
+                    .unwrap_or(0),
+                None => text.trim().parse().unwrap_or(0),
+            }
         };
-        fs::read_to_string(self.dir(serial).join(file)).is_ok_and(|s| {
-            s.lines()
-                .filter_map(|l| l.strip_prefix("oom_kill "))
-                .any(|n| n.trim().parse::<u64>().is_ok_and(|n| n > 0))
-        })
+        match self {
+            MemoryCgroups::V2(_) => {
+                counter("memory.events", Some("oom_kill")) > 0 && counter("memory.events", Some("oom")) > 0
+            }
+            MemoryCgroups::V1(_) => {
+                let reached = counter("memory.max_usage_in_bytes", None) >= counter("memory.limit_in_bytes", None)
+                    || counter("memory.failcnt", None) + counter("memory.memsw.failcnt", None) > 0;
+                counter("memory.oom_control", Some("oom_kill")) > 0 && reached
+            }
+        }
     }
 
-    /// Removes the cgroup of process `serial` (best effort: it stays while
-    /// processes it started live in it; the node's removal gets it later).
-    pub(crate) fn release(&self, serial: u64) {
-        let _ = fs::remove_dir(self.dir(serial));
+    /// Removes the cgroup of process `serial`: `false` while processes it
+    /// started still live in it.
+    pub(crate) fn release(&self, serial: u64) -> bool {
+        match fs::remove_dir(self.dir(serial)) {
+            Ok(()) => true,
+            Err(e) => e.kind() == std::io::ErrorKind::NotFound,
+        }
     }
 
     /// At the node's end: removes every cgroup of the node, waiting up to 2 s
@@ -237,6 +269,15 @@ impl MemoryCgroups {
         match self {
             MemoryCgroups::V2(root) => kill_and_remove(root),
             MemoryCgroups::V1(root) => {
+                // v1 has no cgroup.kill: what processes of the node started
+                // and left in their cgroups (programs of their own) are
+                // killed one by one.
+                for cg in fs::read_dir(root).into_iter().flatten().flatten() {
+                    let procs = fs::read_to_string(cg.path().join("cgroup.procs")).unwrap_or_default();
+                    for pid in procs.split_whitespace().filter_map(|p| p.parse::<i32>().ok()) {
+                        let _ = crate::sys::process::kill_pid(pid, crate::sys::process::SIGKILL);
+                    }
+                }
                 let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
                 loop {
                     remove(root);

@@ -187,6 +187,9 @@ pub(crate) struct Counters {
 pub(crate) struct Core {
     /// Where memory-limited processes have their cgroups.
     memory: Option<MemoryCgroups>,
+    /// Memory cgroups of exited processes that still hold processes they
+    /// started: removed once those are gone.
+    memory_leftovers: Vec<u64>,
     /// This node.
     node: NodeId,
     /// Our uid.
@@ -268,6 +271,7 @@ impl Core {
     ) -> Core {
         Core {
             memory,
+            memory_leftovers: Vec::new(),
             queues: pool.classes.iter().map(|_| VecDeque::new()).collect(),
             pool,
             dispatched: HashMap::new(),
@@ -1187,7 +1191,8 @@ impl Core {
         let Some(p) = self.procs.get_mut(&serial) else {
             return;
         };
-        if p.kill_reason.is_none() {
+        // A process already gone did not die of this: its own reason stands.
+        if p.kill_reason.is_none() && !p.exited {
             p.kill_reason = Some(reason.clone());
         }
         if let Some(host) = p.host {
@@ -1412,7 +1417,7 @@ impl Core {
     /// `RLIMIT_DATA`, an allocation past the limit aborts the process: there a
     /// `SIGABRT` is taken for the limit (approximate: an abort for another
     /// reason reads the same).
-    fn memory_limit_hit(&self, serial: u64, p: &Proc) -> bool {
+    fn memory_limit_hit(&mut self, serial: u64, p: &Proc) -> bool {
         if !p.memory_limited {
             return false;
         }
@@ -1423,10 +1428,20 @@ impl Core {
         match &self.memory {
             Some(cgroups) => {
                 let hit = signal == Some(SIGKILL) && p.kill_reason.is_none() && cgroups.oom_killed(serial);
-                cgroups.release(serial);
+                if !cgroups.release(serial) {
+                    self.memory_leftovers.push(serial);
+                }
                 hit
             }
             None => signal == Some(SIGABRT),
+        }
+    }
+
+    /// Removes the memory cgroups of exited processes that have emptied
+    /// since (the programs they started have ended).
+    fn release_memory_leftovers(&mut self) {
+        if let Some(cgroups) = &self.memory {
+            self.memory_leftovers.retain(|&s| !cgroups.release(s));
         }
     }
 
@@ -1466,6 +1481,7 @@ impl Core {
             return;
         };
         self.pending.remove(&serial);
+        self.release_memory_leftovers();
         let reason = if self.memory_limit_hit(serial, &p) {
             ExitReason::MemoryLimit
         } else {
@@ -1680,6 +1696,7 @@ impl Core {
             self.strangers.remove(&token);
             self.stranger_pids.remove(&token);
             self.counters.strangers_reaped += 1;
+            self.release_memory_leftovers();
         }
     }
 

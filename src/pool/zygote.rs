@@ -841,6 +841,9 @@ fn guardian(setup: &ZygoteSetup, children: &HashMap<u64, Child>) -> ! {
     if let Some(cg) = &setup.settings.cgroup {
         crate::node::cgroup::kill_and_remove(cg);
     }
+    if let Some(memory) = &setup.settings.memory {
+        memory.remove_all();
+    }
     sys::process::exit_now(0)
 }
 

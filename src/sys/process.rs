@@ -261,6 +261,17 @@ pub(crate) fn reap_if_exited(pid: i32) -> bool {
     waited && unsafe { info.si_pid() } != 0
 }
 
+/// Sends `signal` to the process `pid` with kill(2) (gone already: `Ok`).
+/// The caller read `pid` an instant ago (from a cgroup's `cgroup.procs`); as
+/// with kill(1), it may have been reused since.
+pub(crate) fn kill_pid(pid: i32, signal: i32) -> io::Result<()> {
+    match syscall!(kill(pid, signal)) {
+        Ok(_) => Ok(()),
+        Err(e) if e.raw_os_error() == Some(libc::ESRCH) => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
 /// Sends `signal` to the process group `pgid` with kill(2). The caller makes
 /// sure the group's leader is not reaped (its id cannot have been reused).
 pub(crate) fn kill_group(pgid: i32, signal: i32) -> io::Result<()> {
