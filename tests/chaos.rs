@@ -150,15 +150,23 @@ impl Collector {
     }
 
     /// Handles events until `done` holds (or the patience runs out).
-    fn until(&mut self, what: &str, mut done: impl FnMut(&Collector) -> bool) {
+    fn until(&mut self, what: &str, done: impl FnMut(&Collector) -> bool) {
+        assert!(self.within_patience(done), "waited too long for {what}");
+    }
+
+    /// Handles events until `done` holds: `false` if the patience ran out.
+    fn within_patience(&mut self, mut done: impl FnMut(&Collector) -> bool) -> bool {
         let me = node().ctx::<Report>();
         let deadline = Instant::now() + PATIENCE;
         while !done(self) {
-            assert!(Instant::now() < deadline, "waited too long for {what}");
+            if Instant::now() >= deadline {
+                return false;
+            }
             if let Ok(e) = me.recv_event_timeout(Duration::from_millis(20)) {
                 self.handle(e);
             }
         }
+        true
     }
 
     /// Handles what is already there.
@@ -183,6 +191,44 @@ impl Collector {
         self.monitors.insert(r, pid);
         r
     }
+}
+
+/// Where a process that did not end as told stands: the node's view, and the
+/// kernel's view of it and of its parent (state, wait channel, each thread's
+/// system call).
+fn diagnose(target: Pid, os: Option<i32>) -> String {
+    let proc_view = |pid: i32| {
+        let read = |f: &str| std::fs::read_to_string(format!("/proc/{pid}/{f}")).unwrap_or_default();
+        let stat = read("stat");
+        let threads: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/task"))
+            .map(|d| {
+                d.flatten()
+                    .map(|t| {
+                        let tid = t.file_name().to_string_lossy().into_owned();
+                        let f = |n: &str| {
+                            std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/{n}"))
+                                .unwrap_or_default()
+                                .trim()
+                                .to_string()
+                        };
+                        format!("{tid} [{}] wchan {} syscall {}", f("comm"), f("wchan"), f("syscall"))
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        format!("stat {:?}; threads {threads:?}; stack {:?}", stat.trim(), read("stack"))
+    };
+    let mut out = format!("process_info {:?}; os pid {os:?}", converge::process_info(target));
+    if let Some(os) = os {
+        out += &format!("; it: {}", proc_view(os));
+        let ppid = std::fs::read_to_string(format!("/proc/{os}/stat"))
+            .ok()
+            .and_then(|s| s.rsplit_once(") ")?.1.split_whitespace().nth(1)?.parse::<i32>().ok());
+        if let Some(ppid) = ppid {
+            out += &format!("; its parent {ppid}: {}", proc_view(ppid));
+        }
+    }
+    out
 }
 
 fn os_pid(pid: Pid) -> Option<i32> {
@@ -393,7 +439,12 @@ fn chaos_in_a_supervision_tree() {
             eprintln!("chaos: {kind} {target}");
         }
         let r = watched;
-        c.until(kind, |c| c.downs.contains_key(&r));
+        if !c.within_patience(|c| c.downs.contains_key(&r)) {
+            panic!(
+                "waited too long for the Down of {kind} of {target}: {}",
+                diagnose(target, os_pid(target))
+            );
+        }
         if c.downs[&r].1 == ExitReason::NoProc {
             // It was gone before the monitor (with its scheduler, say).
             *deaths.entry("gone before the action").or_default() += 1;
