@@ -103,6 +103,15 @@ pub(crate) fn child_main(plan: ChildPlan, body: impl FnOnce(&'static Runtime) ->
         };
         let _ = rt.tell_node_with_fds(rt.ctl_fd(), &msg, &[pidfd.as_raw_fd()]);
     }
+    // The descriptor limit comes last, once the runtime has the descriptors
+    // it makes on first use: at the limit it still receives and sends.
+    let setup_error = setup_error.or_else(|| {
+        let n = plan.options.open_files?;
+        rt.inbox.io();
+        sys::process::set_rlimit(sys::process::Resource::OpenFiles, n, n)
+            .err()
+            .map(|e| format!("setting the open files limit failed: {e}"))
+    });
     if let Some(e) = setup_error {
         rt.finish(ExitReason::Error(e));
     }
@@ -148,7 +157,6 @@ fn apply_options(o: &ChildOptions, settings: &Settings, serial: u64) -> Option<S
     for (res, v) in [
         (Resource::CpuSeconds, o.cpu_seconds.map(|s| (s, s + 1))),
         (Resource::DataBytes, o.data_bytes.map(|b| (b, b))),
-        (Resource::OpenFiles, o.open_files.map(|n| (n, n))),
     ] {
         if let Some((soft, hard)) = v
             && let Err(e) = sys::process::set_rlimit(res, soft, hard)

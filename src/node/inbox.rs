@@ -411,6 +411,14 @@ impl Inbox {
         }
     }
 
+    /// Stops polling `fd` (nothing to do if the polling descriptors were
+    /// never made: then nothing was polled).
+    pub(crate) fn unwatch(&self, fd: RawFd) {
+        if let Some(io) = self.io.get() {
+            io.epoll.delete(fd);
+        }
+    }
+
     /// The process's epoll instance.
     pub(crate) fn epoll(&self) -> &Epoll {
         &self.io().epoll
@@ -532,7 +540,7 @@ impl Inbox {
         port.stdin_off = 0;
         if port.stdin_waiting {
             port.stdin_waiting = false;
-            self.epoll().delete(fd.as_raw_fd());
+            self.unwatch(fd.as_raw_fd());
         }
         if port.close_input {
             port.stdin = None;
@@ -573,7 +581,7 @@ impl Inbox {
                     port.stderr.take()
                 };
                 if let Some(fd) = fd {
-                    self.epoll().delete(fd.as_raw_fd());
+                    self.unwatch(fd.as_raw_fd());
                 }
                 if pipe == PORT_STDOUT {
                     let (items, broken) = port_cut(port.framing, port.max_packet, &mut port.partial, &[], true);
@@ -1105,7 +1113,7 @@ impl Inbox {
 
     fn close_conn(&self, st: &mut State, token: u64) {
         if let Some(conn) = st.conns.remove(&token) {
-            self.epoll().delete(conn.fd.as_raw_fd());
+            self.unwatch(conn.fd.as_raw_fd());
         }
     }
 
@@ -1118,14 +1126,14 @@ impl Inbox {
             let n = match socket::read(fd, &mut st.scratch) {
                 Ok(0) => {
                     st.disconnected = true;
-                    self.epoll().delete(self.ctl_fd);
+                    self.unwatch(self.ctl_fd);
                     return;
                 }
                 Ok(n) => n,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(_) => {
                     st.disconnected = true;
-                    self.epoll().delete(self.ctl_fd);
+                    self.unwatch(self.ctl_fd);
                     return;
                 }
             };
@@ -1173,7 +1181,7 @@ impl Inbox {
                     self.read_port(rt, st, serial, PORT_STDERR, true);
                     if let Some(p) = st.ports.remove(&serial) {
                         for fd in [&p.stdout, &p.stderr, &p.stdin].into_iter().flatten() {
-                            self.epoll().delete(fd.as_raw_fd());
+                            self.unwatch(fd.as_raw_fd());
                         }
                     }
                     st.queue.push_back(Item::Port {
@@ -1262,7 +1270,7 @@ impl Inbox {
             Ok(None) => {}
             Ok(Some(status)) => {
                 if let Some((_, pidfd)) = st.children.remove(&token) {
-                    self.epoll().delete(pidfd.as_raw_fd());
+                    self.unwatch(pidfd.as_raw_fd());
                 }
                 rt.tell_node(&ToNode::ChildExited { serial, status });
             }
@@ -1271,7 +1279,7 @@ impl Inbox {
                 // and did not wait for): stop watching it, the node reaps it.
                 tracing::debug!("reaping child {serial}: {e}");
                 if let Some((_, pidfd)) = st.children.remove(&token) {
-                    self.epoll().delete(pidfd.as_raw_fd());
+                    self.unwatch(pidfd.as_raw_fd());
                 }
             }
         }

@@ -248,7 +248,15 @@ impl Outbox {
         } else {
             (target.address(), None)
         };
-        let fd = match socket::connect_abstract(&address, true) {
+        let mut attempt = socket::connect_abstract(&address, true);
+        if let Err(e) = &attempt
+            && socket::out_of_descriptors(e)
+            && Self::close_idle(conns, inbox)
+        {
+            // At the descriptor limit: an idle connection makes room.
+            attempt = socket::connect_abstract(&address, true);
+        }
+        let fd = match attempt {
             Ok(fd) => fd,
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                 // The listener's backlog is full: wait for room rather than
@@ -303,7 +311,7 @@ impl Outbox {
         conn.last_epoch = epoch;
         if conn.backlogged {
             conn.backlogged = false;
-            inbox.epoll().delete(conn.fd.as_raw_fd());
+            inbox.unwatch(conn.fd.as_raw_fd());
         }
         true
     }
@@ -339,7 +347,7 @@ impl Outbox {
                 return true;
             }
             conn.backlogged = false;
-            inbox.epoll().delete(conn.fd.as_raw_fd());
+            inbox.unwatch(conn.fd.as_raw_fd());
             self.write(conn, inbox, serial, epoch)
         });
     }
@@ -365,14 +373,16 @@ impl Outbox {
             }
             let _ = socket::send_all(&conn.fd, &conn.buf[conn.off..], Some(deadline));
             if conn.backlogged {
-                inbox.epoll().delete(conn.fd.as_raw_fd());
+                inbox.unwatch(conn.fd.as_raw_fd());
             }
             false
         });
     }
 
     /// Closes the least recently used connection with nothing pending.
-    fn close_idle(conns: &mut Conns, inbox: &Inbox) {
+    /// Closes the connection used longest ago that has nothing pending;
+    /// whether there was one.
+    fn close_idle(conns: &mut Conns, inbox: &Inbox) -> bool {
         let victim = conns
             .map
             .iter()
@@ -382,8 +392,10 @@ impl Outbox {
         if let Some(serial) = victim
             && let Some(conn) = conns.map.remove(&serial)
         {
-            inbox.epoll().delete(conn.fd.as_raw_fd());
+            inbox.unwatch(conn.fd.as_raw_fd());
+            return true;
         }
+        false
     }
 
     /// Forgets the connections to a process that is gone.

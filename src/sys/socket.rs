@@ -312,6 +312,11 @@ pub(crate) fn peer_gone(e: &io::Error) -> bool {
     )
 }
 
+/// Whether `e` says the process (or the system) has no descriptor left.
+pub(crate) fn out_of_descriptors(e: &io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(libc::EMFILE) | Some(libc::ENFILE))
+}
+
 /// Writes as much of `buf` as a pipe (or any descriptor) takes now.
 pub(crate) fn write_fd(fd: &OwnedFd, buf: &[u8]) -> io::Result<usize> {
     loop {
