@@ -308,13 +308,26 @@ fn data_limit_fails_allocations() {
 }
 
 /// `open_files_limit`: opening past it fails with `EMFILE` and the process
-/// goes on to end normally.
+/// goes on to end normally. At the limit, a send that needs a new connection
+/// gets one by closing an idle connection.
 fn open_files_limit_makes_opening_fail() {
     let me = node().ctx::<(usize, Option<i32>)>();
+    let back = me.mailbox();
+    // Passes on what it gets.
+    let relay = node()
+        .spawn(move |ctx: Ctx<(usize, Option<i32>)>| {
+            if let Ok(m) = ctx.recv_timeout(PATIENCE) {
+                back.send(m).unwrap();
+            }
+        })
+        .unwrap();
     let back = me.mailbox();
     let (_p, r) = Builder::new()
         .open_files_limit(32)
         .spawn_monitor(move |_: Ctx<()>| {
+            // A connection to the test, idle from here on.
+            back.send((0, None)).unwrap();
+            converge::flush();
             let mut files = Vec::new();
             let error = loop {
                 match std::fs::File::open("/dev/null") {
@@ -325,12 +338,14 @@ fn open_files_limit_makes_opening_fail() {
                     break std::io::Error::other("no limit");
                 }
             };
-            let opened = files.len();
-            // Sending needs a descriptor too: give them back first.
+            // Every descriptor is taken: the connection to the relay is made
+            // in place of the idle one.
+            relay.send((files.len(), error.raw_os_error())).unwrap();
+            converge::flush();
             drop(files);
-            back.send((opened, error.raw_os_error())).unwrap();
         })
         .unwrap();
+    assert_eq!(me.recv_timeout(PATIENCE).unwrap(), (0, None));
     let (opened, errno) = me.recv_timeout(PATIENCE).unwrap();
     assert_eq!(errno, Some(libc::EMFILE), "opening past the limit fails with EMFILE");
     assert!(
