@@ -1,14 +1,15 @@
 //! Chaos: a supervision tree of closure processes, pool actors and ports,
 //! with a chaos loop ending its OS processes in varied ways for a bounded
 //! time (`CONVERGE_CHAOS_SECS`, 5 s by default): SIGKILL and SIGTERM from
-//! outside, an abort, an exit code and a panic from inside, schedulers, the
-//! zygote and supervisors too (never the node). What must hold:
+//! outside, a segfault, an abort, an exit code and a panic from inside,
+//! schedulers, the zygote and supervisors too (never the node). What must
+//! hold:
 //!
 //! - every death gives exactly one `Down` per monitor, with the reason that
 //!   matches how the chaos loop ended it;
-//! - every worker's stream of sequence numbers arrives in order and without a
-//!   gap: all of it from a worker that stayed alive, a prefix from one that
-//!   was killed;
+//! - every worker's stream of sequence numbers, to the collector and to each
+//!   actor, arrives in order and without a gap: all of it between a worker and
+//!   a receiver that stayed alive, a prefix from a worker that was killed;
 //! - at the end the tree is back to full strength and no zombie is left.
 //!
 //! The figures (deaths by kind, restarts, messages checked) are printed.
@@ -57,12 +58,17 @@ enum Report {
     Seq(Pid, u64),
     /// A worker's last number, when asked to finish.
     Last(Pid, u64),
+    /// An actor got a worker's number.
+    Relay(Pid, Pid, u64),
 }
 
 /// What the chaos loop (or the end) tells a worker.
 #[derive(Debug, Serialize, Deserialize)]
 enum Order {
+    /// A worker's numbered message to an actor, which reports it.
+    Num(Pid, u64),
     Panic,
+    Segv,
     Exit(i32),
     Abort,
     Finish,
@@ -73,8 +79,19 @@ fn worker(ctx: Ctx<Order>, collector: Mailbox<Report>) {
     collector.send(Report::Hello(me)).unwrap();
     for n in 0.. {
         collector.send(Report::Seq(me, n)).unwrap();
+        // The same number to each actor of the tree that is registered now.
+        for k in 0..ACTORS {
+            if let Some(actor) = converge::whereis(&format!("actor-{k}")) {
+                Mailbox::<Order>::from_pid(actor).send(Order::Num(me, n)).unwrap();
+            }
+        }
         match ctx.recv_timeout(Duration::from_millis(2)) {
             Ok(Order::Panic) => panic!("chaos"),
+            Ok(Order::Segv) => {
+                util::no_core_dumps();
+                // SAFETY: none: a write through a null pointer, on purpose.
+                unsafe { std::ptr::null_mut::<u8>().write_volatile(1) }
+            }
             Ok(Order::Exit(code)) => std::process::exit(code),
             Ok(Order::Abort) => {
                 util::no_core_dumps();
@@ -85,13 +102,16 @@ fn worker(ctx: Ctx<Order>, collector: Mailbox<Report>) {
                 let _ = ctx.recv();
                 return;
             }
-            Err(_) => {}
+            Ok(Order::Num(..)) | Err(_) => {}
         }
     }
 }
 
-/// An actor member: says hello, panics when told.
-struct Member;
+/// An actor member: says hello, reports the workers' numbers it gets,
+/// panics when told.
+struct Member {
+    collector: Mailbox<Report>,
+}
 
 impl Actor for Member {
     type Msg = Order;
@@ -99,11 +119,13 @@ impl Actor for Member {
 
     fn start(collector: Mailbox<Report>, ctx: &mut ActorCtx<'_, Order>) -> Member {
         collector.send(Report::Hello(ctx.pid())).unwrap();
-        Member
+        Member { collector }
     }
 
-    fn handle(&mut self, event: Event<Order>, _: &mut ActorCtx<'_, Order>) {
-        if let Event::Message(Order::Panic) = event {
+    fn handle(&mut self, event: Event<Order>, ctx: &mut ActorCtx<'_, Order>) {
+        if let Event::Message(Order::Num(from, n)) = event {
+            self.collector.send(Report::Relay(ctx.pid(), from, n)).unwrap();
+        } else if let Event::Message(Order::Panic) = event {
             panic!("chaos");
         }
     }
@@ -114,6 +136,9 @@ impl Actor for Member {
 struct Collector {
     /// Next number expected, per worker incarnation.
     next: HashMap<Pid, u64>,
+    /// Next number expected from a worker at an actor: (actor, worker) →
+    /// number, from the first one that actor incarnation got.
+    relayed: HashMap<(Pid, Pid), u64>,
     /// Monitors placed: reference → pid.
     monitors: HashMap<MonitorRef, Pid>,
     /// Downs received: monitor → pid and reason.
@@ -139,6 +164,12 @@ impl Collector {
             }
             Event::Message(Report::Last(pid, n)) => {
                 self.last.insert(pid, n);
+            }
+            Event::Message(Report::Relay(actor, from, n)) => {
+                let next = self.relayed.entry((actor, from)).or_insert(n);
+                assert_eq!(n, *next, "{from} to {actor}: number {n} where {next} was due");
+                *next += 1;
+                self.messages += 1;
             }
             Event::Down(d) => {
                 let pid = self.monitors.remove(&d.reference).expect("one Down per monitor");
@@ -309,11 +340,11 @@ fn chaos_in_a_supervision_tree() {
     );
     while Instant::now() < end {
         c.drain();
-        let what = rng.below(10);
+        let what = rng.below(11);
         let watched: MonitorRef;
         // The target, how it is ended, the reason its Down must give.
         let (kind, target, reason): (&str, Pid, ExitReason) = match what {
-            0..=4 => {
+            0..=5 => {
                 let Some(w) = sup("workers").map(|s| running(&s)).filter(|w| !w.is_empty()) else {
                     continue;
                 };
@@ -351,13 +382,21 @@ fn chaos_in_a_supervision_tree() {
                         mb.send(Order::Exit(3)).unwrap();
                         ("worker exit code", pid, ExitReason::Code(3))
                     }
+                    4 => {
+                        mb.send(Order::Segv).unwrap();
+                        let segv = ExitReason::Signal {
+                            signal: libc::SIGSEGV,
+                            core_dumped: false,
+                        };
+                        ("worker segfault", pid, segv)
+                    }
                     _ => {
                         mb.send(Order::Panic).unwrap();
                         ("worker panic", pid, ExitReason::Panic("chaos".into()))
                     }
                 }
             }
-            5 => {
+            6 => {
                 let Some(a) = sup("actors").map(|s| running(&s)).filter(|a| !a.is_empty()) else {
                     continue;
                 };
@@ -369,7 +408,7 @@ fn chaos_in_a_supervision_tree() {
                 Mailbox::<Order>::from_pid(pid).send(Order::Panic).unwrap();
                 ("actor panic", pid, ExitReason::Panic("chaos".into()))
             }
-            6 => {
+            7 => {
                 let Some(p) = sup("ports").map(|s| running(&s)).filter(|p| !p.is_empty()) else {
                     continue;
                 };
@@ -382,7 +421,7 @@ fn chaos_in_a_supervision_tree() {
                 *deaths.entry("port SIGKILL").or_default() += 1;
                 continue;
             }
-            7 => {
+            8 => {
                 let s = pool::schedulers();
                 if s.is_empty() {
                     continue;
@@ -398,7 +437,7 @@ fn chaos_in_a_supervision_tree() {
                 *deaths.entry("scheduler SIGKILL").or_default() += 1;
                 continue;
             }
-            8 => {
+            9 => {
                 // The zygote at most once a second by default
                 // (`CONVERGE_CHAOS_ZYGOTE_PACE_MS`).
                 if last_zygote_kill.elapsed() < zygote_pace {
@@ -486,6 +525,23 @@ fn chaos_in_a_supervision_tree() {
     c.until("the live workers' streams", |c| {
         live.iter().all(|w| c.next[w] == c.last[w] + 1)
     });
+    // ... and so do their streams to the live actors (from the first number
+    // each actor incarnation got: one that came up after a worker's last
+    // number has none from it).
+    let actors = running(&sup("actors").unwrap());
+    c.until("the streams between live workers and live actors", |c| {
+        live.iter().all(|w| {
+            actors
+                .iter()
+                .all(|a| c.relayed.get(&(*a, *w)).is_none_or(|next| *next == c.last[w] + 1))
+        })
+    });
+    assert!(
+        actors
+            .iter()
+            .any(|a| live.iter().any(|w| c.relayed.contains_key(&(*a, *w)))),
+        "some live worker reached some live actor"
+    );
     let restarts = node().stats().restarts - restarts0;
     // Everything ends: one Down for each monitor left.
     let left: HashSet<Pid> = c.alive().into_iter().collect();
@@ -518,7 +574,7 @@ fn tree(collector: Mailbox<Report>) -> SupervisorRef {
         |s, i| {
             s.child(ChildSpec::actor::<Member>(
                 format!("actor-{i}"),
-                ActorBuilder::new(),
+                ActorBuilder::new().register(format!("actor-{i}")),
                 collector,
             ))
         },
@@ -528,7 +584,8 @@ fn tree(collector: Mailbox<Report>) -> SupervisorRef {
         |s, i| {
             s.child(ChildSpec::port(
                 format!("port-{i}"),
-                PortBuilder::new("sleep").arg("1000"),
+                // A program with a child in its process group.
+                PortBuilder::new("/bin/sh").args(["-c", "sleep 1000 & exec sleep 1000"]),
             ))
         },
     );
@@ -599,27 +656,55 @@ fn helper_tree_in_chaos() {
     }
 }
 
+/// The live processes whose environment carries `token` (a process started
+/// by the helper node, or by its processes, inherits it).
+fn carrying(token: &str) -> Vec<(i32, String)> {
+    let needle = format!("CONVERGE_CHAOS_TOKEN={token}");
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|&p| util::os_alive(p))
+        .filter(|&p| {
+            std::fs::read(format!("/proc/{p}/environ"))
+                .is_ok_and(|env| env.split(|&b| b == 0).any(|v| v == needle.as_bytes()))
+        })
+        .map(|p| {
+            (
+                p,
+                std::fs::read_to_string(format!("/proc/{p}/comm")).unwrap_or_default(),
+            )
+        })
+        .collect()
+}
+
 fn a_node_killed_in_chaos_leaves_nothing() {
-    let mut h = HelperProcess::start(helper("tree_in_chaos"));
+    let token = format!("{}-{:?}", std::process::id(), Instant::now());
+    let mut cmd = helper("tree_in_chaos");
+    cmd.env("CONVERGE_CHAOS_TOKEN", &token);
+    let mut h = HelperProcess::start(cmd);
     let line = h.expect("pids");
     let pids: Vec<i32> = line
         .trim_matches(|c| c == '[' || c == ']')
         .split(", ")
         .filter_map(|p| p.parse().ok())
         .collect();
-    // Workers, actors' schedulers, ports, the zygote and its spare.
-    assert!(pids.len() >= WORKERS + PORTS + 4, "{pids:?}");
+    // Workers, actors' schedulers, ports and their children, the zygote and
+    // its spare.
+    assert!(pids.len() >= WORKERS + 2 * PORTS + 4, "{pids:?}");
+    let marked = carrying(&token);
+    assert!(
+        pids.iter().any(|p| marked.iter().any(|m| m.0 == *p)) && marked.iter().any(|m| m.0 == h.child.id() as i32),
+        "the token marks the helper's processes: {marked:?}"
+    );
+    // Killed in the middle of its chaos: whatever it runs at that instant
+    // (found by the token, not by an earlier list) ends within 2 s.
     h.child.kill().unwrap();
     h.child.wait().unwrap();
-    assert!(
-        wait_until(Duration::from_secs(2), || pids.iter().all(|&p| !util::os_alive(p))),
-        "survivors of the killed node: {:?}",
-        pids.iter()
-            .filter(|&&p| util::os_alive(p))
-            .map(|&p| (
-                p,
-                std::fs::read_to_string(format!("/proc/{p}/comm")).unwrap_or_default()
-            ))
-            .collect::<Vec<_>>()
-    );
+    if !wait_until(Duration::from_secs(2), || carrying(&token).is_empty()) {
+        let survivors = carrying(&token);
+        for &(p, _) in &survivors {
+            signal(p, libc::SIGKILL);
+        }
+        panic!("survivors of the killed node: {survivors:?}");
+    }
 }
