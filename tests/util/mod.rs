@@ -30,6 +30,11 @@ pub fn node() -> &'static Node {
     NODE.get().expect("BUG: util::run initializes the node first")
 }
 
+/// Makes `node` the one [`node`] returns (in a helper with a node of its own).
+pub fn install_node(node: Node) {
+    assert!(NODE.set(node).is_ok(), "a node is already installed");
+}
+
 /// A test: its name and its body.
 pub type Test = (&'static str, fn());
 
