@@ -177,17 +177,20 @@ fn garbage_is_rejected_and_counted() {
         s.write_all(&input).unwrap();
     }
     assert_eq!(me.recv_timeout(PATIENCE).unwrap(), 41);
-    // Four broken connections, two undecodable messages.
+    // Four broken connections, two undecodable messages; the HTTP request
+    // reads as a length over the limit: refused too.
     assert!(util::wait_until(PATIENCE, || node()
         .process_info(target)
         .is_some_and(|i| i.undecodable == 6)));
-    // The real peers are still served, in order.
+    // The real peers are still served, in order, and count as nothing bad.
     for i in 0..100 {
         target.send(i).unwrap();
     }
     for i in 0..100 {
         assert_eq!(me.recv_timeout(PATIENCE).unwrap(), i);
     }
+    let info = node().process_info(target).unwrap();
+    assert_eq!((info.undecodable, info.refused), (6, 1));
     target.kill();
 }
 
@@ -197,10 +200,14 @@ fn a_huge_length_prefix_is_refused_at_once() {
     let mut s = connect(&address(target.pid())).unwrap();
     s.write_all(&frame(1, &hello(node().pid()))).unwrap();
     s.write_all(&[0xf0, 0xff, 0xff, 0xff, 2]).unwrap();
-    // The target cut the connection without waiting for 4 GB.
+    // The target cut the connection without waiting for 4 GB: the read ends
+    // (end of stream, or reset), it does not time out.
     s.set_read_timeout(Some(PATIENCE)).unwrap();
     let mut buf = [0u8; 1];
-    assert_eq!(std::io::Read::read(&mut s, &mut buf).unwrap_or(0), 0);
+    match std::io::Read::read(&mut s, &mut buf) {
+        Ok(n) => assert_eq!(n, 0, "nothing is sent back"),
+        Err(e) => assert_eq!(e.kind(), std::io::ErrorKind::ConnectionReset, "{e}"),
+    }
     assert!(util::wait_until(PATIENCE, || node()
         .process_info(target)
         .is_some_and(|i| i.refused == 1)));
@@ -209,32 +216,59 @@ fn a_huge_length_prefix_is_refused_at_once() {
     target.kill();
 }
 
+/// A number from `/proc/<pid>/<file>`, on the line starting with `key`.
+fn proc_number(pid: i32, file: &str, key: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/{file}"))
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix(key)?.split_whitespace().next()?.parse().ok())
+        .unwrap_or_else(|| panic!("no {key} in /proc/{pid}/{file}"))
+}
+
 /// 50 connections each announce a 60 MB frame (under the limit) and send 10
-/// bytes of it: the target holds what arrived, not what was announced.
+/// bytes of it: once the target has read every byte sent (`rchar` of
+/// `/proc/<pid>/io` says so), neither its address space (`VmData`) nor its
+/// resident memory grew by what was announced (3 GB in all).
 fn announced_frames_reserve_no_memory() {
     let me = node().ctx::<u32>();
     let target = node().spawn(counter(me.mailbox())).unwrap();
     target.send(0).unwrap();
     assert_eq!(me.recv_timeout(PATIENCE).unwrap(), 0);
-    let before = node().process_info(target).unwrap().memory.unwrap();
+    let info = node().process_info(target).unwrap();
+    let os = info.os_pid.unwrap();
+    let (rss0, data0, read0) = (
+        info.memory.unwrap(),
+        proc_number(os, "status", "VmData:") << 10,
+        proc_number(os, "io", "rchar:"),
+    );
     let mut held = Vec::new();
+    let mut sent = 0;
     for _ in 0..50 {
         let mut s = connect(&address(target.pid())).unwrap();
-        s.write_all(&frame(1, &hello(node().pid()))).unwrap();
-        let mut partial = (60u32 << 20).to_le_bytes().to_vec();
-        partial.push(2);
-        partial.extend_from_slice(&[0; 10]);
-        s.write_all(&partial).unwrap();
+        let mut bytes = frame(1, &hello(node().pid()));
+        bytes.extend((60u32 << 20).to_le_bytes());
+        bytes.push(2);
+        bytes.extend_from_slice(&[0; 10]);
+        s.write_all(&bytes).unwrap();
+        sent += bytes.len() as u64;
         held.push(s);
     }
-    // The target read them all (a message sent after them comes through).
+    assert!(
+        util::wait_until(PATIENCE, || proc_number(os, "io", "rchar:") >= read0 + sent),
+        "the target reads what was sent"
+    );
+    let (rss, data) = (
+        node().process_info(target).unwrap().memory.unwrap(),
+        proc_number(os, "status", "VmData:") << 10,
+    );
+    assert!(rss < rss0 + (8 << 20), "resident memory grew from {rss0} to {rss}");
+    assert!(
+        data < data0 + (64 << 20),
+        "the data segment grew from {data0} to {data}"
+    );
+    // And it goes on serving.
     target.send(1).unwrap();
     assert_eq!(me.recv_timeout(PATIENCE).unwrap(), 1);
-    let after = node().process_info(target).unwrap().memory.unwrap();
-    assert!(
-        after < before + (8 << 20),
-        "resident memory grew from {before} to {after}"
-    );
     drop(held);
     target.kill();
 }
