@@ -103,13 +103,14 @@ fn main() -> Result<(), converge::Error> {
         if running.is_empty() {
             break;
         }
-        // The next end, or the next time limit.
-        let next_limit = running
-            .values()
-            .map(|r| r.3 + LIMIT)
+        // The next end, or the next time limit of a test not killed yet.
+        let wait = running
+            .iter()
+            .filter(|(monitor, _)| !timed_out.contains(monitor))
+            .map(|(_, r)| (r.3 + LIMIT).saturating_duration_since(Instant::now()))
             .min()
-            .expect("running is not empty");
-        match ctx.recv_event_timeout(next_limit.saturating_duration_since(Instant::now())) {
+            .unwrap_or(LIMIT);
+        match ctx.recv_event_timeout(wait) {
             Ok(Event::Down(down)) => {
                 let Some((name, expected, _, began)) = running.remove(&down.reference) else {
                     continue;
