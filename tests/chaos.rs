@@ -6,7 +6,8 @@
 //! hold:
 //!
 //! - every death gives exactly one `Down` per monitor, with the reason that
-//!   matches how the chaos loop ended it;
+//!   matches how the chaos loop ended it (`Killed` for one that died with its
+//!   supervisor or scheduler, `Shutdown` at the end);
 //! - every worker's stream of sequence numbers, to the collector and to each
 //!   actor, arrives in order and without a gap: all of it between a worker and
 //!   a receiver that stayed alive, a prefix from a worker that was killed;
@@ -338,6 +339,8 @@ fn chaos_in_a_supervision_tree() {
             .and_then(|s| s.parse().ok())
             .unwrap_or(1000),
     );
+    // The processes the loop ended itself, with their reasons.
+    let mut acted: HashMap<Pid, ExitReason> = HashMap::new();
     while Instant::now() < end {
         c.drain();
         let what = rng.below(11);
@@ -490,6 +493,7 @@ fn chaos_in_a_supervision_tree() {
             continue;
         }
         assert_eq!(c.downs[&r].1, reason, "{kind} of {target}");
+        acted.insert(target, reason);
         *deaths.entry(kind).or_default() += 1;
     }
 
@@ -548,6 +552,23 @@ fn chaos_in_a_supervision_tree() {
     top.stop().unwrap();
     c.until("the tree to end", |c| left.iter().all(|p| c.ended(*p)));
     assert!(c.monitors.is_empty());
+    // Every monitor of a process the loop ended (the collector's, from its
+    // hello, too) got the same reason; every other death came with a
+    // supervisor or a scheduler that was killed (the exit signal `Killed`),
+    // or with the end of the tree (`Shutdown`). A monitor placed when the
+    // process was already gone (its hello read late) says `NoProc`.
+    let wrong: Vec<&(Pid, ExitReason)> = c
+        .downs
+        .values()
+        .filter(|(pid, reason)| {
+            *reason != ExitReason::NoProc
+                && match acted.get(pid) {
+                    Some(expected) => reason != expected,
+                    None => !matches!(reason, ExitReason::Killed | ExitReason::Shutdown),
+                }
+        })
+        .collect();
+    assert!(wrong.is_empty(), "Downs with reasons that do not match: {wrong:?}");
     assert!(
         wait_until(PATIENCE, || util::zombie_children().is_empty()),
         "zombies left"
