@@ -10,7 +10,8 @@ use util::{HelperProcess, PATIENCE, helper, node, say};
 const MIB: usize = 1 << 20;
 
 fn main() {
-    util::run(
+    util::run_skipping(
+        converge::Config::new(),
         &[
             ("memory_limit_is_memory_limit", memory_limit_is_memory_limit),
             ("memory_limit_by_cgroup", memory_limit_by_cgroup),
@@ -25,7 +26,25 @@ fn main() {
             ),
         ],
         &[("rlimit_node", helper_rlimit_node)],
+        skip,
     )
+}
+
+/// Why a test cannot run on this machine, if it cannot.
+fn skip(name: &str) -> Option<String> {
+    let cgroups = node().memory_limiter() != MemoryLimiter::DataRlimit;
+    match name {
+        "memory_limit_by_cgroup" if !cgroups => Some(
+            "no cgroup with the memory controller can be made here (cgroup v2 needs the node in the root \
+             cgroup or alone in a delegated one; no v1 memory controller); memory limits fall back to \
+             RLIMIT_DATA"
+                .into(),
+        ),
+        "memory_limit_is_memory_limit" | "memory_limit_by_cgroup" if swap_would_absorb() => {
+            Some("this machine has swap and does not account it per cgroup".into())
+        }
+        _ => None,
+    }
 }
 
 /// Allocates and touches memory 1 MiB at a time, up to `mib` MiB, then
@@ -89,10 +108,6 @@ fn swap_would_absorb() -> bool {
 /// process with `MemoryLimit`, and staying under it does not.
 fn memory_limit_is_memory_limit() {
     eprintln!("memory limits here: {:?}", node().memory_limiter());
-    if swap_would_absorb() {
-        eprintln!("memory_limit_is_memory_limit: SKIPPED: this machine has swap and does not account it per cgroup");
-        return;
-    }
     assert_eq!(hog_with_limit(256 << 20, 4096), ExitReason::MemoryLimit);
     assert_eq!(hog_with_limit(256 << 20, 32), ExitReason::Normal);
     // The same from a clean image, started by the zygote.
@@ -154,18 +169,6 @@ fn hierarchy_mount(limiter: MemoryLimiter) -> String {
 /// cgroup is removed once the process is gone.
 fn memory_limit_by_cgroup() {
     let limiter = node().memory_limiter();
-    if limiter == MemoryLimiter::DataRlimit {
-        eprintln!(
-            "memory_limit_by_cgroup: SKIPPED: no cgroup with the memory controller can be made here \
-             (cgroup v2 needs the node in the root cgroup or alone in a delegated one; no v1 memory \
-             controller); memory limits fall back to RLIMIT_DATA"
-        );
-        return;
-    }
-    if swap_would_absorb() {
-        eprintln!("memory_limit_by_cgroup: SKIPPED: this machine has swap and does not account it per cgroup");
-        return;
-    }
     let me = node().ctx::<String>();
     let back = me.mailbox();
     let (p, r) = Builder::new()

@@ -48,6 +48,17 @@ pub fn run(tests: &[Test], helpers: &[Helper]) -> ! {
 
 /// Like [`run`], with the node configured by `config`.
 pub fn run_with(config: converge::Config, tests: &[Test], helpers: &[Helper]) -> ! {
+    run_skipping(config, tests, helpers, |_| None)
+}
+
+/// Like [`run_with`]; a test for which `skip` (asked once the node runs)
+/// gives a reason is reported ignored, with the reason on standard error.
+pub fn run_skipping(
+    config: converge::Config,
+    tests: &[Test],
+    helpers: &[Helper],
+    skip: fn(&str) -> Option<String>,
+) -> ! {
     if let Ok(name) = std::env::var(HELPER) {
         let helper = helpers
             .iter()
@@ -62,7 +73,13 @@ pub fn run_with(config: converge::Config, tests: &[Test], helpers: &[Helper]) ->
     args.test_threads = Some(1);
     let trials = tests
         .iter()
-        .map(|&(name, f)| Trial::test(name, move || run_one(name, f)))
+        .map(|&(name, f)| {
+            let skipped = skip(name);
+            if let Some(why) = &skipped {
+                eprintln!("{name}: SKIPPED: {why}");
+            }
+            Trial::test(name, move || run_one(name, f)).with_ignored_flag(skipped.is_some())
+        })
         .collect();
     let conclusion = libtest_mimic::run(&args, trials);
     node().shutdown(Duration::from_secs(5));
