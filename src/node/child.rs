@@ -107,8 +107,8 @@ pub(crate) fn child_main(plan: ChildPlan, body: impl FnOnce(&'static Runtime) ->
     // it makes on first use: at the limit it still receives and sends.
     let setup_error = setup_error.or_else(|| {
         let n = plan.options.open_files?;
-        rt.inbox.io();
-        sys::process::set_rlimit(sys::process::Resource::OpenFiles, n, n)
+        let made = rt.inbox.make_descriptors();
+        made.and_then(|()| sys::process::set_rlimit(sys::process::Resource::OpenFiles, n, n))
             .err()
             .map(|e| format!("setting the open files limit failed: {e}"))
     });

@@ -62,6 +62,8 @@ const TOKEN_LISTENER: u64 = 1;
 const TOKEN_CTL: u64 = 2;
 const TOKEN_KICK: u64 = 3;
 const TOKEN_TIMER: u64 = 4;
+/// How often a process out of descriptors tries again to accept.
+const LISTENER_RETRY: Duration = Duration::from_millis(10);
 const TOKEN_INNER: u64 = 5;
 const TOKEN_BG_KICK: u64 = 6;
 /// The node's own epoll, nested in the main thread's.
@@ -297,6 +299,8 @@ pub(crate) struct State {
     pub(crate) disconnected: bool,
     /// The background thread should end.
     stop: bool,
+    /// The listener is not watched: a connection waits for a descriptor.
+    listener_paused: bool,
     /// The actors this process hosts (a scheduler).
     pub(crate) hosted: Hosted,
 }
@@ -321,6 +325,8 @@ pub(crate) struct Io {
 pub(crate) struct Inbox {
     /// Polling descriptors, created on first use.
     io: OnceLock<Io>,
+    /// The background thread's poller, created when it starts.
+    bg_outer: OnceLock<Epoll>,
     /// The listening socket's descriptor (owned by the state).
     listener_fd: RawFd,
     /// The control connection's descriptor (owned by the runtime).
@@ -347,6 +353,7 @@ impl Inbox {
     ) -> Inbox {
         Inbox {
             io: OnceLock::new(),
+            bg_outer: OnceLock::new(),
             listener_fd: listener.as_raw_fd(),
             ctl_fd,
             node_epoll,
@@ -372,6 +379,7 @@ impl Inbox {
                 events: Vec::new(),
                 disconnected: false,
                 stop: false,
+                listener_paused: false,
                 hosted: Hosted::default(),
             }),
             cond: Condvar::new(),
@@ -382,8 +390,37 @@ impl Inbox {
     /// The polling descriptors, created (and the listener, the control
     /// connection and the flush timer registered) on first use.
     pub(crate) fn io(&self) -> &Io {
+        match self.try_io() {
+            Ok(io) => io,
+            Err(e) => panic!("converge: cannot create the process's polling descriptors: {e}"),
+        }
+    }
+
+    /// Makes every descriptor the process polls with now, while it can (a
+    /// process about to get a descriptor limit): the polling descriptors and
+    /// the background thread's own.
+    pub(crate) fn make_descriptors(&self) -> io::Result<()> {
+        self.try_io()?;
+        self.background_poller().map(drop)
+    }
+
+    /// The background thread's poller (over the process's epoll and its kick),
+    /// made on first use.
+    fn background_poller(&self) -> io::Result<&Epoll> {
+        if let Some(outer) = self.bg_outer.get() {
+            return Ok(outer);
+        }
+        let outer = Epoll::new()?;
+        outer.add(self.try_io()?.epoll.as_raw_fd(), TOKEN_INNER, Interest::Read)?;
+        outer.add(self.try_io()?.bg_kick.as_raw_fd(), TOKEN_BG_KICK, Interest::Read)?;
+        let _ = self.bg_outer.set(outer);
+        Ok(self.bg_outer.get().expect("BUG: just set"))
+    }
+
+    /// [`io`](Self::io), or why its descriptors could not be made.
+    fn try_io(&self) -> io::Result<&Io> {
         if let Some(io) = self.io.get() {
-            return io;
+            return Ok(io);
         }
         let made = (|| -> io::Result<Io> {
             let io = Io {
@@ -401,14 +438,9 @@ impl Inbox {
             }
             Ok(io)
         })();
-        match made {
-            // Another thread may have won the race: its Io is the one kept.
-            Ok(io) => {
-                let _ = self.io.set(io);
-                self.io.get().expect("BUG: just set")
-            }
-            Err(e) => panic!("converge: cannot create the process's polling descriptors: {e}"),
-        }
+        // Another thread may have won the race: its Io is the one kept.
+        let _ = self.io.set(made?);
+        Ok(self.io.get().expect("BUG: just set"))
     }
 
     /// Stops polling `fd` (nothing to do if the polling descriptors were
@@ -769,11 +801,7 @@ impl Inbox {
 
     /// The background thread: polls while no user thread does.
     pub(crate) fn background(&self, rt: &Runtime) {
-        let outer = match Epoll::new().and_then(|outer| {
-            outer.add(self.io().epoll.as_raw_fd(), TOKEN_INNER, Interest::Read)?;
-            outer.add(self.io().bg_kick.as_raw_fd(), TOKEN_BG_KICK, Interest::Read)?;
-            Ok(outer)
-        }) {
+        let outer = match self.background_poller() {
             Ok(o) => o,
             Err(e) => {
                 tracing::error!("cannot start the background poller: {e}");
@@ -848,7 +876,14 @@ impl Inbox {
                     }
                 }
                 TOKEN_KICK => self.io().kick.drain(),
-                TOKEN_TIMER => rt.flush_timer_fired(),
+                TOKEN_TIMER => {
+                    if st.listener_paused {
+                        // Accept again (the listener reports what waits).
+                        st.listener_paused = false;
+                        let _ = self.epoll().add(self.listener_fd, TOKEN_LISTENER, Interest::Read);
+                    }
+                    rt.flush_timer_fired();
+                }
                 t if t & TAG_MASK == CONN_TAG => {
                     self.read_conn(rt, st, t, READ_BUDGET);
                 }
@@ -894,8 +929,22 @@ impl Inbox {
                     );
                 }
                 Ok(None) => return,
+                Err(e) if socket::out_of_descriptors(&e) => {
+                    // No descriptor for it: the connection waits in the
+                    // backlog. The listener would report it again at once:
+                    // stop watching it, and look again in a while.
+                    if !st.listener_paused {
+                        st.listener_paused = true;
+                        self.unwatch(self.listener_fd);
+                        tracing::warn!("accept failed, waiting for a free descriptor: {e}");
+                    }
+                    let timer = &self.io().timer;
+                    if !timer.armed() {
+                        let _ = timer.set(LISTENER_RETRY);
+                    }
+                    return;
+                }
                 Err(e) => {
-                    // EMFILE and friends: leave it pending, try again later.
                     tracing::warn!("accept failed: {e}");
                     return;
                 }

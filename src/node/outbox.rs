@@ -379,7 +379,6 @@ impl Outbox {
         });
     }
 
-    /// Closes the least recently used connection with nothing pending.
     /// Closes the connection used longest ago that has nothing pending;
     /// whether there was one.
     fn close_idle(conns: &mut Conns, inbox: &Inbox) -> bool {

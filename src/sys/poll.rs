@@ -190,6 +190,15 @@ impl TimerFd {
         syscall!(timerfd_settime(self.fd.as_raw_fd(), 0, &spec, std::ptr::null_mut())).map(drop)
     }
 
+    /// Whether the timer is set to fire.
+    pub(crate) fn armed(&self) -> bool {
+        // SAFETY: an all-zero itimerspec is a valid value for the kernel to
+        // overwrite.
+        let mut spec: libc::itimerspec = unsafe { std::mem::zeroed() };
+        syscall!(timerfd_gettime(self.fd.as_raw_fd(), &mut spec))
+            .is_ok_and(|_| spec.it_value.tv_sec != 0 || spec.it_value.tv_nsec != 0)
+    }
+
     /// Stops the timer and forgets an expiry not yet read.
     pub(crate) fn disarm(&self) -> io::Result<()> {
         let spec = libc::itimerspec {
