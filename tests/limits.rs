@@ -4,6 +4,8 @@
 
 mod util;
 
+use std::time::Duration;
+
 use converge::{Builder, Ctx, ExitReason, MemoryLimiter};
 use util::{HelperProcess, PATIENCE, helper, node, say};
 
@@ -23,6 +25,10 @@ fn main() {
             (
                 "open_files_limit_makes_opening_fail",
                 open_files_limit_makes_opening_fail,
+            ),
+            (
+                "a_process_out_of_descriptors_receives_once_one_is_free",
+                a_process_out_of_descriptors_receives_once_one_is_free,
             ),
         ],
         &[("rlimit_node", helper_rlimit_node)],
@@ -354,6 +360,61 @@ fn open_files_limit_makes_opening_fail() {
     assert!(
         (1..32).contains(&opened),
         "the process opened {opened} files under a limit of 32 descriptors"
+    );
+    assert_eq!(
+        node().recv_down_timeout(r, PATIENCE).unwrap().reason,
+        ExitReason::Normal
+    );
+}
+
+/// CPU time (user and system) the calling process has used.
+fn cpu_time() -> Duration {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap();
+    // After the name: the state (field 3), ..., utime and stime (fields 14
+    // and 15), in clock ticks of 10 ms.
+    let fields: Vec<&str> = stat[stat.rfind(')').unwrap() + 2..].split_whitespace().collect();
+    let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
+    Duration::from_millis(ticks * 10)
+}
+
+/// A process with no descriptor left cannot accept a new peer's connection:
+/// the connection waits (the process does not spin on it), and the message
+/// arrives once a descriptor is free.
+fn a_process_out_of_descriptors_receives_once_one_is_free() {
+    let me = node().ctx::<(String, Duration)>();
+    let back = me.mailbox();
+    let (p, r) = Builder::new()
+        .open_files_limit(32)
+        .spawn_monitor(move |ctx: Ctx<u32>| {
+            // A connection to the test, made while there are descriptors.
+            back.send(("hello".into(), Duration::ZERO)).unwrap();
+            converge::flush();
+            // (Reading the CPU time takes a descriptor: before and after.)
+            let before = cpu_time();
+            let mut files = Vec::new();
+            while let Ok(f) = std::fs::File::open("/dev/null") {
+                files.push(f);
+            }
+            back.send(("full".into(), Duration::ZERO)).unwrap();
+            converge::flush();
+            // The test's connection waits in the backlog meanwhile.
+            let early = ctx.recv_timeout(Duration::from_millis(500));
+            drop(files);
+            let spent = cpu_time() - before;
+            assert!(early.is_err(), "nothing can be read without a descriptor");
+            assert_eq!(ctx.recv_timeout(PATIENCE), Ok(7));
+            back.send(("spent".into(), spent)).unwrap();
+        })
+        .unwrap();
+    assert_eq!(me.recv_timeout(PATIENCE).unwrap().0, "hello");
+    assert_eq!(me.recv_timeout(PATIENCE).unwrap().0, "full");
+    // A first connection from the test's process: it needs a descriptor.
+    p.send(7).unwrap();
+    let (what, spent) = me.recv_timeout(PATIENCE).unwrap();
+    assert_eq!(what, "spent");
+    assert!(
+        spent < Duration::from_millis(150),
+        "the process spent {spent:?} of CPU time waiting for a descriptor"
     );
     assert_eq!(
         node().recv_down_timeout(r, PATIENCE).unwrap().reason,
