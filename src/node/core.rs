@@ -15,8 +15,8 @@ use crate::node::runtime::PoolSettings;
 use crate::process::{NodeId, Pid, ProcessInfo, ProcessState};
 use crate::sys::poll::{Epoll, Interest};
 use crate::sys::process::{
-    SIGABRT, SIGKILL, SIGTERM, SIGXCPU, WaitStatus, pidfd_exit_info, pidfd_open, pidfd_send_signal, pidfd_signal_group,
-    pidfd_try_wait,
+    SIGABRT, SIGKILL, SIGTERM, SIGXCPU, WaitStatus, pidfd_ended, pidfd_exit_info, pidfd_open, pidfd_send_signal,
+    pidfd_signal_group, pidfd_try_wait,
 };
 use crate::sys::shared::{SLOTS, SharedArea};
 use crate::sys::socket;
@@ -1191,8 +1191,9 @@ impl Core {
         let Some(p) = self.procs.get_mut(&serial) else {
             return;
         };
-        // A process already gone did not die of this: its own reason stands.
-        if p.kill_reason.is_none() && !p.exited {
+        // A process already gone did not die of this: its own reason stands
+        // (gone, even if the node has not handled its end yet).
+        if p.kill_reason.is_none() && !p.exited && !p.pidfd.as_ref().is_some_and(pidfd_ended) {
             p.kill_reason = Some(reason.clone());
         }
         if let Some(host) = p.host {

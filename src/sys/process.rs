@@ -213,6 +213,19 @@ fn raw_pidfd_signal(pidfd: &OwnedFd, signal: i32, flags: libc::c_uint) -> libc::
     }
 }
 
+/// Whether the process behind `pidfd` has ended (the pidfd is readable; a
+/// zero-timeout poll).
+pub(crate) fn pidfd_ended(pidfd: &OwnedFd) -> bool {
+    let mut pfd = libc::pollfd {
+        fd: pidfd.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd, for the duration of the call.
+    let n = unsafe { libc::poll(&mut pfd, 1, 0) };
+    n == 1 && pfd.revents & libc::POLLIN != 0
+}
+
 /// `PIDFD_SIGNAL_PROCESS_GROUP` (Linux 6.9+).
 const PIDFD_SIGNAL_PROCESS_GROUP: libc::c_uint = 1 << 2;
 
