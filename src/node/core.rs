@@ -18,7 +18,7 @@ use crate::sys::process::{
     SIGABRT, SIGKILL, SIGTERM, SIGXCPU, WaitStatus, pidfd_ended, pidfd_exit_info, pidfd_open, pidfd_send_signal,
     pidfd_signal_group, pidfd_try_wait,
 };
-use crate::sys::shared::{SLOTS, SharedArea};
+use crate::sys::shared::SharedArea;
 use crate::sys::socket;
 use crate::wire::decode_exact;
 use crate::wire::envelope::{NodeReply, PortInfo, Registration, ToNode, ToProcess};
@@ -1109,10 +1109,7 @@ impl Core {
         if !self.procs.contains_key(&serial) {
             // An actor's registration travels on its spawner's connection:
             // its slot says it exists; read every connection.
-            let slot = &self.shared.slots[serial as usize % SLOTS];
-            if slot.serial.load(std::sync::atomic::Ordering::Acquire) == serial
-                && slot.host.load(std::sync::atomic::Ordering::Acquire) != 0
-            {
+            if self.shared.slot(serial).host_of(serial).is_some() {
                 let tokens: Vec<u64> = self.conns.keys().copied().collect();
                 for t in tokens {
                     self.read_conn(t);
@@ -1493,19 +1490,7 @@ impl Core {
         }
         let pid = self.pid(serial);
         tracing::debug!(pid = %pid, ospid = ?p.ospid, name = ?p.name, %reason, "process exited");
-        let slot = &self.shared.slots[serial as usize % SLOTS];
-        if slot
-            .serial
-            .compare_exchange(
-                serial,
-                0,
-                std::sync::atomic::Ordering::AcqRel,
-                std::sync::atomic::Ordering::Relaxed,
-            )
-            .is_ok()
-        {
-            slot.host.store(0, std::sync::atomic::Ordering::Release);
-        }
+        self.shared.slot(serial).release(serial);
         for name in &p.names {
             if self.names.get(name) == Some(&serial) {
                 self.names.remove(name);
@@ -1704,8 +1689,8 @@ impl Core {
     /// The status of one process.
     pub(crate) fn info(&self, serial: u64) -> Option<ProcessInfo> {
         let p = self.procs.get(&serial)?;
-        let slot = &self.shared.slots[serial as usize % SLOTS];
-        let own = slot.serial.load(std::sync::atomic::Ordering::Acquire) == serial;
+        let slot = self.shared.slot(serial);
+        let own = slot.is(serial);
         let state = if p.exited {
             ProcessState::Exiting
         } else if own {

@@ -1026,10 +1026,8 @@ impl Inbox {
                         Ok(h) => {
                             if let Some(actor) = h.to {
                                 // Only for an actor hosted here, alive.
-                                let slot = &rt.shared().slots[actor as usize % crate::sys::shared::SLOTS];
                                 if hosted.ended.contains(&actor)
-                                    || slot.serial.load(Ordering::Acquire) != actor
-                                    || slot.host.load(Ordering::Acquire) != rt.pid().serial()
+                                    || rt.shared().slot(actor).host_of(actor) != Some(rt.pid().serial())
                                 {
                                     not_hosted = true;
                                     return false;
@@ -1150,12 +1148,7 @@ impl Inbox {
             // Keep only those the node has not finalized yet (their slot
             // still names them): later connections to the others are refused
             // by the slot check.
-            st.hosted.ended.retain(|&a| {
-                shared.slots[a as usize % crate::sys::shared::SLOTS]
-                    .serial
-                    .load(Ordering::Acquire)
-                    == a
-            });
+            st.hosted.ended.retain(|&a| shared.slot(a).is(a));
         }
         true
     }

@@ -36,7 +36,7 @@ use crate::sync::Mutex;
 use crate::node::inbox::{Inbox, OUT_TAG};
 use crate::process::Pid;
 use crate::sys::poll::Interest;
-use crate::sys::shared::{SLOTS, SharedArea};
+use crate::sys::shared::SharedArea;
 use crate::sys::socket;
 use crate::wire::envelope::Hello;
 use crate::wire::frame::{self, Kind};
@@ -241,12 +241,9 @@ impl Outbox {
             Self::close_idle(conns, inbox);
         }
         // An actor: its host's listener, told which actor the messages are for.
-        let slot = &self.shared.slots[target.serial() as usize % SLOTS];
-        let host = slot.host.load(Ordering::Acquire);
-        let (address, to) = if host != 0 && slot.serial.load(Ordering::Acquire) == target.serial() {
-            (Pid::new(target.node(), host).address(), Some(target.serial()))
-        } else {
-            (target.address(), None)
+        let (address, to) = match self.shared.slot(target.serial()).host_of(target.serial()) {
+            Some(host) => (Pid::new(target.node(), host).address(), Some(target.serial())),
+            None => (target.address(), None),
         };
         let mut attempt = socket::connect_abstract(&address, true);
         if let Err(e) = &attempt

@@ -20,7 +20,7 @@ use crate::node::outbox::{BuildError, Outbox, Sent};
 use crate::process::{Overflow, Pid, ProcessState};
 use crate::sys::global::ForkGlobal;
 use crate::sys::process::exit_now;
-use crate::sys::shared::{SLOTS, SharedArea, Slot};
+use crate::sys::shared::{SharedArea, Slot};
 use crate::sys::socket;
 use crate::wire::envelope::{NodeReply, ToNode};
 use crate::wire::frame::{self, Kind};
@@ -174,13 +174,9 @@ impl Runtime {
             node.map(|n| std::os::fd::AsRawFd::as_raw_fd(n.epoll)),
             bound,
         );
-        let slot = &shared.slots[me.serial() as usize % SLOTS];
-        slot.queue_len.store(0, Ordering::Relaxed);
-        slot.dropped.store(0, Ordering::Relaxed);
-        slot.undecodable.store(0, Ordering::Relaxed);
-        slot.refused.store(0, Ordering::Relaxed);
-        slot.state.store(ProcessState::Running as u32, Ordering::Relaxed);
-        slot.serial.store(me.serial(), Ordering::Release);
+        shared
+            .slot(me.serial())
+            .claim(me.serial(), ProcessState::Running as u32, 0);
         Ok(Runtime {
             me,
             uid: settings.uid,
@@ -251,7 +247,7 @@ impl Runtime {
 
     /// This process's status slot in the shared area.
     pub(crate) fn slot(&self) -> &'static Slot {
-        &self.shared.slots[self.me.serial() as usize % SLOTS]
+        self.shared.slot(self.me.serial())
     }
 
     /// The shared area.
@@ -447,13 +443,10 @@ impl Runtime {
         }
         // Only a scheduler reads the target's slot (written by the target as
         // it runs: not a line every send should pull in).
-        if self.hosts_actors.load(Ordering::Relaxed) {
-            let slot = &self.shared.slots[target.serial() as usize % SLOTS];
-            if slot.host.load(Ordering::Acquire) == self.me.serial()
-                && slot.serial.load(Ordering::Acquire) == target.serial()
-            {
-                return self.send_local(target.serial(), overhead, build);
-            }
+        if self.hosts_actors.load(Ordering::Relaxed)
+            && self.shared.slot(target.serial()).host_of(target.serial()) == Some(self.me.serial())
+        {
+            return self.send_local(target.serial(), overhead, build);
         }
         let epoch = self.epoch.load(Ordering::Relaxed);
         let sent = self

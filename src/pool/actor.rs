@@ -30,7 +30,6 @@ use crate::node::inbox::Item;
 use crate::node::runtime::{self, Runtime};
 use crate::pool::task::DEFAULT_CLASS;
 use crate::process::{Pid, ProcessState};
-use crate::sys::shared::SLOTS;
 use crate::sys::text::{self, FnAddr};
 use crate::wire::Bytes;
 use crate::wire::envelope::{Registration, ToNode};
@@ -348,14 +347,7 @@ impl ActorSpawn {
             postcard::to_extend(&start, message).map_err(|e| SpawnError::new(SpawnErrorKind::Encode(e.to_string())))?;
         // The slot names the host before anyone knows the Pid: senders find
         // the host there, and the node knows the actor exists.
-        let slot = &shared.slots[serial as usize % SLOTS];
-        slot.queue_len.store(0, Relaxed);
-        slot.dropped.store(0, Relaxed);
-        slot.undecodable.store(0, Relaxed);
-        slot.refused.store(0, Relaxed);
-        slot.state.store(ProcessState::Starting as u32, Relaxed);
-        slot.host.store(host, SeqCst);
-        slot.serial.store(serial, SeqCst);
+        shared.slot(serial).claim(serial, ProcessState::Starting as u32, host);
         shared.schedulers[host_slot].actors.fetch_add(1, SeqCst);
         rt.tell_node(&ToNode::SpawnActor {
             reg: Registration {
@@ -452,7 +444,8 @@ impl Host {
         match started {
             Ok(Ok(actor)) => {
                 self.actors.insert(serial, actor);
-                rt.shared().slots[serial as usize % SLOTS]
+                rt.shared()
+                    .slot(serial)
                     .state
                     .store(ProcessState::Running as u32, Relaxed);
                 let mut st = rt.inbox.lock();

@@ -8,7 +8,7 @@
 //! at all-zero, and nothing in it is a pointer.
 
 use std::io;
-use std::sync::atomic::{AtomicU32, AtomicU64};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
 /// Number of status slots; a slot is found by `serial % SLOTS`.
 pub(crate) const SLOTS: usize = 1 << 16;
@@ -32,6 +32,43 @@ pub(crate) struct Slot {
     /// For an actor: the serial of the scheduler hosting it (0: an OS
     /// process of its own).
     pub(crate) host: AtomicU64,
+}
+
+impl Slot {
+    /// Makes the slot process `serial`'s, in `state` and hosted by `host`
+    /// (0: an OS process of its own), its counters zeroed. The serial is
+    /// written last: whoever sees it sees the rest.
+    pub(crate) fn claim(&self, serial: u64, state: u32, host: u64) {
+        self.queue_len.store(0, Ordering::Relaxed);
+        self.dropped.store(0, Ordering::Relaxed);
+        self.undecodable.store(0, Ordering::Relaxed);
+        self.refused.store(0, Ordering::Relaxed);
+        self.state.store(state, Ordering::Relaxed);
+        self.host.store(host, Ordering::SeqCst);
+        self.serial.store(serial, Ordering::SeqCst);
+    }
+
+    /// Frees the slot if it is still process `serial`'s.
+    pub(crate) fn release(&self, serial: u64) {
+        if self
+            .serial
+            .compare_exchange(serial, 0, Ordering::AcqRel, Ordering::Relaxed)
+            .is_ok()
+        {
+            self.host.store(0, Ordering::Release);
+        }
+    }
+
+    /// Whether the slot is process `serial`'s now.
+    pub(crate) fn is(&self, serial: u64) -> bool {
+        self.serial.load(Ordering::Acquire) == serial
+    }
+
+    /// The scheduler hosting actor `serial`, if the slot is that actor's.
+    pub(crate) fn host_of(&self, serial: u64) -> Option<u64> {
+        let host = self.host.load(Ordering::Acquire);
+        (host != 0 && self.is(serial)).then_some(host)
+    }
 }
 
 /// Most scheduler processes a node runs.
@@ -99,6 +136,13 @@ pub(crate) struct SharedArea {
     pub(crate) task_marks: [AtomicU64; TASK_MARKS],
     /// One slot per process, indexed by `serial % SLOTS`.
     pub(crate) slots: [Slot; SLOTS],
+}
+
+impl SharedArea {
+    /// The status slot of process `serial`.
+    pub(crate) fn slot(&self, serial: u64) -> &Slot {
+        &self.slots[serial as usize % SLOTS]
+    }
 }
 
 /// Maps a zeroed shared area that lives until the process ends.
