@@ -92,7 +92,7 @@ struct Proc {
     exited: bool,
     /// `SIGXCPU` means `CpuLimit`.
     cpu_limited: bool,
-    /// It has a memory limit: see `Core::memory_limit_hit`.
+    /// It has a memory limit: see `Core::memory_end`.
     memory_limited: bool,
     /// Names registered to it.
     names: Vec<String>,
@@ -1409,30 +1409,25 @@ impl Core {
         }
     }
 
-    /// Whether the exited `p` was ended by its memory limit; releases its
-    /// memory cgroup. With a cgroup, the kernel's OOM kill is told apart from
-    /// any other `SIGKILL` by the cgroup's `oom_kill` counter. With
-    /// `RLIMIT_DATA`, an allocation past the limit aborts the process: there a
-    /// `SIGABRT` is taken for the limit (approximate: an abort for another
-    /// reason reads the same).
-    fn memory_limit_hit(&mut self, serial: u64, p: &Proc) -> bool {
+    /// What the memory limit of the exited `p` says of its end; releases
+    /// its memory cgroup. A `SIGKILL` is looked up in the cgroup's counters.
+    fn memory_end(&mut self, serial: u64, p: &Proc) -> MemoryEnd {
         if !p.memory_limited {
-            return false;
+            return MemoryEnd::Nothing;
         }
-        let signal = match p.status {
-            Some(WaitStatus::Signaled { signal, .. }) => Some(signal),
-            _ => None,
+        let Some(cgroups) = &self.memory else {
+            return MemoryEnd::DataRlimit;
         };
-        match &self.memory {
-            Some(cgroups) => {
-                let hit = signal == Some(SIGKILL) && p.kill_reason.is_none() && cgroups.oom_killed(serial);
-                if !cgroups.release(serial) {
-                    self.memory_leftovers.push(serial);
-                }
-                hit
-            }
-            None => signal == Some(SIGABRT),
+        let killed = matches!(p.status, Some(WaitStatus::Signaled { signal: SIGKILL, .. }));
+        let end = if killed && cgroups.oom_killed(serial) {
+            MemoryEnd::OomKilled
+        } else {
+            MemoryEnd::Nothing
+        };
+        if !cgroups.release(serial) {
+            self.memory_leftovers.push(serial);
         }
+        end
     }
 
     /// Removes the memory cgroups of exited processes that have emptied
@@ -1480,11 +1475,8 @@ impl Core {
         };
         self.pending.remove(&serial);
         self.release_memory_leftovers();
-        let reason = if self.memory_limit_hit(serial, &p) {
-            ExitReason::MemoryLimit
-        } else {
-            reason_of(&p)
-        };
+        let memory = self.memory_end(serial, &p);
+        let reason = reason_of(&p, memory);
         if !p.internal {
             *self.counters.exits.entry(kind_name(&reason)).or_default() += 1;
         }
@@ -1781,17 +1773,38 @@ impl Core {
     }
 }
 
+/// What a process's memory limit says of its end.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum MemoryEnd {
+    /// Nothing: no limit, or its cgroup saw no OOM kill at the limit.
+    Nothing,
+    /// The kernel's OOM killer ended it at its cgroup's limit.
+    OomKilled,
+    /// Its limit is `RLIMIT_DATA`: an allocation past it aborts the process,
+    /// so an abort is taken for the limit (approximate: an abort for another
+    /// reason reads the same).
+    DataRlimit,
+}
+
 /// The exit reason of a finalized process (see `docs/semantics.md`).
-fn reason_of(p: &Proc) -> ExitReason {
+fn reason_of(p: &Proc, memory: MemoryEnd) -> ExitReason {
     if let Some(r) = &p.actor_exit {
         return r.clone();
     }
     match p.status {
         Some(WaitStatus::Signaled { signal, core_dumped }) => {
             if signal == SIGKILL || (p.port.is_some() && p.kill_reason.is_some()) {
-                p.kill_reason.clone().unwrap_or(ExitReason::Killed)
+                // Killed by the node for a reason of its own, or by the
+                // kernel at the memory limit, or by anyone else.
+                p.kill_reason.clone().unwrap_or(if memory == MemoryEnd::OomKilled {
+                    ExitReason::MemoryLimit
+                } else {
+                    ExitReason::Killed
+                })
             } else if signal == SIGXCPU && p.cpu_limited {
                 ExitReason::CpuLimit
+            } else if signal == SIGABRT && memory == MemoryEnd::DataRlimit {
+                ExitReason::MemoryLimit
             } else {
                 ExitReason::from_signal(signal, core_dumped)
             }
