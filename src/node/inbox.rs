@@ -616,11 +616,7 @@ impl Inbox {
                     self.unwatch(fd.as_raw_fd());
                 }
                 if pipe == PORT_STDOUT {
-                    let (items, broken) = port_cut(port.framing, port.max_packet, &mut port.partial, &[], true);
-                    queue.extend(items.into_iter().map(|output| Item::Port { port: serial, output }));
-                    if let Err(e) = broken {
-                        self.port_broken(rt, port, queue, serial, e);
-                    }
+                    self.port_stdout(rt, port, queue, serial, &[], true);
                     queue.push_back(Item::Port {
                         port: serial,
                         output: PortOutput::Eof,
@@ -633,11 +629,7 @@ impl Inbox {
             let data = &scratch[..n];
             if pipe == PORT_STDOUT {
                 if !port.broken {
-                    let (items, broken) = port_cut(port.framing, port.max_packet, &mut port.partial, data, false);
-                    queue.extend(items.into_iter().map(|output| Item::Port { port: serial, output }));
-                    if let Err(e) = broken {
-                        self.port_broken(rt, port, queue, serial, e);
-                    }
+                    self.port_stdout(rt, port, queue, serial, data, false);
                 }
             } else {
                 port_stderr(port, queue, serial, data, false);
@@ -645,6 +637,24 @@ impl Inbox {
             if !until_end && n < scratch.len() {
                 return;
             }
+        }
+    }
+
+    /// Queues the events fresh standard output of port `serial` makes (`end`:
+    /// the pipe ended), and what follows if it broke its framing.
+    fn port_stdout(
+        &self,
+        rt: &Runtime,
+        port: &mut PortIo,
+        queue: &mut VecDeque<Item>,
+        serial: u64,
+        data: &[u8],
+        end: bool,
+    ) {
+        let (items, broken) = port_cut(port.framing, port.max_packet, &mut port.partial, data, end);
+        queue.extend(items.into_iter().map(|output| Item::Port { port: serial, output }));
+        if let Err(e) = broken {
+            self.port_broken(rt, port, queue, serial, e);
         }
     }
 
@@ -676,8 +686,6 @@ impl Inbox {
         Ok(())
     }
 
-    /// Waits until `check` returns `Some` or the deadline passes, polling the
-    /// process's sockets in this thread when no other thread does.
     /// Like [`pump`](Self::pump), polling without sleeping for up to `spin`
     /// first: an answer expected within microseconds is picked up without
     /// the cost of a sleep and a wake-up (as a BEAM scheduler busy-waits
@@ -706,6 +714,8 @@ impl Inbox {
         self.pump(rt, deadline, check)
     }
 
+    /// Waits until `check` returns `Some` or the deadline passes, polling the
+    /// process's sockets in this thread when no other thread does.
     pub(crate) fn pump<R>(
         &self,
         rt: &'static Runtime,
