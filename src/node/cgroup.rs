@@ -58,11 +58,18 @@ fn own_v2() -> Option<PathBuf> {
 }
 
 /// Creates `dir` unless it exists.
-fn ensure_dir(dir: &Path) -> Option<()> {
+fn ensure_dir(dir: &Path) -> std::io::Result<()> {
     match fs::create_dir(dir) {
-        Ok(()) => Some(()),
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Some(()),
-        Err(_) => None,
+        Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => Err(e),
+        _ => Ok(()),
+    }
+}
+
+/// Checks `done` every 2 ms until it holds or 2 s have passed.
+fn within_2s(mut done: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+    while !done() && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(2));
     }
 }
 
@@ -70,7 +77,7 @@ fn ensure_dir(dir: &Path) -> Option<()> {
 /// `None` when that is not possible here.
 pub(crate) fn node_root(node: NodeId) -> Option<String> {
     let dir = own_v2()?.join(format!("converge-{node}"));
-    ensure_dir(&dir)?;
+    ensure_dir(&dir).ok()?;
     if !dir.join("cgroup.kill").exists() {
         // Kernels before 5.14 cannot kill a cgroup at once.
         let _ = fs::remove_dir(&dir);
@@ -101,10 +108,7 @@ pub(crate) fn populated(cg: &str) -> bool {
 /// Kills everything in `cg`, waits (up to 2 s) for it to empty, removes it.
 pub(crate) fn kill_and_remove(cg: &str) {
     kill(cg);
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
-    while populated(cg) && std::time::Instant::now() < deadline {
-        std::thread::sleep(std::time::Duration::from_millis(2));
-    }
+    within_2s(|| !populated(cg));
     remove(cg);
 }
 
@@ -159,7 +163,7 @@ fn memory_root_v2(node: NodeId) -> Option<MemoryCgroups> {
         let me = std::process::id().to_string();
         if procs.split_whitespace().eq([me.as_str()]) {
             let leaf = own.join("converge-node");
-            ensure_dir(&leaf)?;
+            ensure_dir(&leaf).ok()?;
             fs::write(leaf.join("cgroup.procs"), &me).ok()?;
         }
         fs::write(own.join("cgroup.subtree_control"), "+memory").ok()?;
@@ -199,12 +203,9 @@ impl MemoryCgroups {
     pub(crate) fn enter(&self, serial: u64, bytes: u64) -> std::io::Result<()> {
         let dir = self.dir(serial);
         if let MemoryCgroups::V1(root) = self {
-            ensure_dir(Path::new(root)).ok_or_else(|| std::io::Error::other(format!("cannot make {root}")))?;
+            ensure_dir(Path::new(root))?;
         }
-        match fs::create_dir(&dir) {
-            Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => return Err(e),
-            _ => {}
-        }
+        ensure_dir(&dir)?;
         match self {
             MemoryCgroups::V2(_) => {
                 fs::write(dir.join("memory.max"), bytes.to_string())?;
@@ -278,14 +279,10 @@ impl MemoryCgroups {
                         let _ = crate::sys::process::kill_pid(pid, crate::sys::process::SIGKILL);
                     }
                 }
-                let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
-                loop {
+                within_2s(|| {
                     remove(root);
-                    if !Path::new(root).exists() || std::time::Instant::now() >= deadline {
-                        break;
-                    }
-                    std::thread::sleep(std::time::Duration::from_millis(2));
-                }
+                    !Path::new(root).exists()
+                });
             }
         }
     }

@@ -221,9 +221,7 @@ pub(crate) fn pidfd_ended(pidfd: &OwnedFd) -> bool {
         events: libc::POLLIN,
         revents: 0,
     };
-    // SAFETY: one valid pollfd, for the duration of the call.
-    let n = unsafe { libc::poll(&mut pfd, 1, 0) };
-    n == 1 && pfd.revents & libc::POLLIN != 0
+    syscall!(poll(&mut pfd, 1, 0)).is_ok_and(|n| n == 1) && pfd.revents & libc::POLLIN != 0
 }
 
 /// `PIDFD_SIGNAL_PROCESS_GROUP` (Linux 6.9+).
@@ -274,9 +272,9 @@ pub(crate) fn reap_if_exited(pid: i32) -> bool {
     waited && unsafe { info.si_pid() } != 0
 }
 
-/// Sends `signal` to the process `pid` with kill(2) (gone already: `Ok`).
-/// The caller read `pid` an instant ago (from a cgroup's `cgroup.procs`); as
-/// with kill(1), it may have been reused since.
+/// Sends `signal` to the process `pid` (a group for `-pid`) with kill(2)
+/// (gone already: `Ok`). The caller read `pid` an instant ago (from a
+/// cgroup's `cgroup.procs`); as with kill(1), it may have been reused since.
 pub(crate) fn kill_pid(pid: i32, signal: i32) -> io::Result<()> {
     match syscall!(kill(pid, signal)) {
         Ok(_) => Ok(()),
@@ -288,11 +286,7 @@ pub(crate) fn kill_pid(pid: i32, signal: i32) -> io::Result<()> {
 /// Sends `signal` to the process group `pgid` with kill(2). The caller makes
 /// sure the group's leader is not reaped (its id cannot have been reused).
 pub(crate) fn kill_group(pgid: i32, signal: i32) -> io::Result<()> {
-    match syscall!(kill(-pgid, signal)) {
-        Ok(_) => Ok(()),
-        Err(e) if e.raw_os_error() == Some(libc::ESRCH) => Ok(()),
-        Err(e) => Err(e),
-    }
+    kill_pid(-pgid, signal)
 }
 
 /// Reaps the child behind `pidfd` if it has exited (`waitid(P_PIDFD, WNOHANG)`).
