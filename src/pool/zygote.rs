@@ -246,11 +246,8 @@ fn run_with(setup: ZygoteSetup, early: Vec<ToProcess>, mut ctl_decoder: Decoder)
     let mut events = Vec::new();
     let mut scratch = vec![0u8; 16 * 1024];
     for frame in early {
-        if let ToProcess::ReplaceScheduler { slot, was_ready } = frame
-            && pool.replace(slot as usize, was_ready)
-            && let Some((token, child)) = start_scheduler(&setup, &epoll, &mut next, slot as usize)
-        {
-            children.insert(token, child);
+        if let ToProcess::ReplaceScheduler { slot, was_ready } = frame {
+            replace_scheduler(&setup, &epoll, &mut next, &mut pool, &mut children, slot, was_ready);
         }
     }
     loop {
@@ -308,11 +305,8 @@ fn run_with(setup: ZygoteSetup, early: Vec<ToProcess>, mut ctl_decoder: Decoder)
                         true
                     });
                     for frame in frames {
-                        if let Ok(ToProcess::ReplaceScheduler { slot, was_ready }) = frame
-                            && pool.replace(slot as usize, was_ready)
-                            && let Some((token, child)) = start_scheduler(&setup, &epoll, &mut next, slot as usize)
-                        {
-                            children.insert(token, child);
+                        if let Ok(ToProcess::ReplaceScheduler { slot, was_ready }) = frame {
+                            replace_scheduler(&setup, &epoll, &mut next, &mut pool, &mut children, slot, was_ready);
                         }
                     }
                 }
@@ -650,6 +644,24 @@ fn watch_child(
         scheduler,
     };
     Ok((token, child))
+}
+
+/// The node asks for the scheduler of `slot` to be replaced (`was_ready`:
+/// the one that died had started).
+fn replace_scheduler(
+    setup: &ZygoteSetup,
+    epoll: &Epoll,
+    next: &mut u64,
+    pool: &mut Pool,
+    children: &mut HashMap<u64, Child>,
+    slot: u32,
+    was_ready: bool,
+) {
+    if pool.replace(slot as usize, was_ready)
+        && let Some((token, child)) = start_scheduler(setup, epoll, next, slot as usize)
+    {
+        children.insert(token, child);
+    }
 }
 
 /// Forks the scheduler of `slot`, registered with the node as the runtime's
