@@ -7,7 +7,8 @@
 //! this executable. A task is a plain function `fn(A) -> R` and its encoded
 //! arguments: [`submit`] hands it to an idle scheduler of its class, or to
 //! the node's queue of the class, from which idle schedulers pull; and
-//! [`Task::join`] gives its value or why there is none. A class of `n` schedulers runs at most `n` of its tasks at once.
+//! [`Task::join`] gives its value or why there is none. A class of `n`
+//! schedulers runs at most `n` of its tasks at once.
 //! [`map`] runs a function over an iterator in batches, results in order.
 //!
 //! Schedulers also host lightweight [`Actor`]s: many per scheduler, each with

@@ -603,9 +603,9 @@ struct Pool {
 }
 
 impl Pool {
-    /// The scheduler `serial` of `slot` died: whether to start another. A
-    /// slot whose schedulers keep dying before they are ready (a failing
-    /// `scheduler_init`) is given up after a few tries.
+    /// The scheduler of `slot` died (`was_ready`: it had started): whether
+    /// to start another. A slot whose schedulers keep dying before they are
+    /// ready (a failing `scheduler_init`) is given up after a few tries.
     fn replace(&mut self, slot: usize, was_ready: bool) -> bool {
         let failed = self.failed_starts.entry(slot).or_default();
         if was_ready {
