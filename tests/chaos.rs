@@ -263,6 +263,15 @@ fn diagnose(target: Pid, os: Option<i32>) -> String {
     out
 }
 
+/// The reason of a process ended by `signal` (no core: the chaos turns core
+/// dumps off).
+fn signalled(signal: i32) -> ExitReason {
+    ExitReason::Signal {
+        signal,
+        core_dumped: false,
+    }
+}
+
 fn os_pid(pid: Pid) -> Option<i32> {
     converge::process_info(pid).and_then(|i| i.os_pid)
 }
@@ -367,19 +376,11 @@ fn chaos_in_a_supervision_tree() {
                     1 => {
                         let Some(os) = os_pid(pid) else { continue };
                         signal(os, libc::SIGTERM);
-                        let term = ExitReason::Signal {
-                            signal: libc::SIGTERM,
-                            core_dumped: false,
-                        };
-                        ("worker SIGTERM", pid, term)
+                        ("worker SIGTERM", pid, signalled(libc::SIGTERM))
                     }
                     2 => {
                         mb.send(Order::Abort).unwrap();
-                        let abort = ExitReason::Signal {
-                            signal: libc::SIGABRT,
-                            core_dumped: false,
-                        };
-                        ("worker abort", pid, abort)
+                        ("worker abort", pid, signalled(libc::SIGABRT))
                     }
                     3 => {
                         mb.send(Order::Exit(3)).unwrap();
@@ -387,11 +388,7 @@ fn chaos_in_a_supervision_tree() {
                     }
                     4 => {
                         mb.send(Order::Segv).unwrap();
-                        let segv = ExitReason::Signal {
-                            signal: libc::SIGSEGV,
-                            core_dumped: false,
-                        };
-                        ("worker segfault", pid, segv)
+                        ("worker segfault", pid, signalled(libc::SIGSEGV))
                     }
                     _ => {
                         mb.send(Order::Panic).unwrap();

@@ -387,6 +387,17 @@ fn closing_input_gives_eof() {
     nested.send(()).unwrap();
 }
 
+/// `good` (a `cat` with 2-byte packets) echoes a packet, then ends.
+fn still_serves(good: &converge::Port) {
+    good.send(b"still fine").unwrap();
+    assert_eq!(
+        good.recv_timeout(PATIENCE).unwrap(),
+        PortOutput::Packet(b"still fine".to_vec())
+    );
+    good.close_input();
+    let _ = all(good);
+}
+
 fn an_oversized_packet_ends_only_that_port() {
     let exe = std::env::current_exe().unwrap();
     let bad = PortBuilder::new(&exe)
@@ -400,13 +411,7 @@ fn an_oversized_packet_ends_only_that_port() {
         Some(PortOutput::Exit(ExitReason::Error(e))) => assert!(e.contains("over the limit"), "{e}"),
         other => panic!("expected an error exit, got {other:?}"),
     }
-    good.send(b"still fine").unwrap();
-    assert_eq!(
-        good.recv_timeout(PATIENCE).unwrap(),
-        PortOutput::Packet(b"still fine".to_vec())
-    );
-    good.close_input();
-    let _ = all(&good);
+    still_serves(&good);
 }
 
 /// Port programs that write garbage for their framing: the owner is told
@@ -474,13 +479,7 @@ fn port_garbage_is_refused_and_counted() {
         util::wait_until(PATIENCE, || errors() == errors_before + 1),
         "the port ended for its output counted as an error exit"
     );
-    good.send(b"still fine").unwrap();
-    assert_eq!(
-        good.recv_timeout(PATIENCE).unwrap(),
-        PortOutput::Packet(b"still fine".to_vec())
-    );
-    good.close_input();
-    let _ = all(&good);
+    still_serves(&good);
 }
 
 fn ports_end_with_their_owner() {
