@@ -46,7 +46,7 @@ fn main() {
             ),
             ("pids_are_unique_and_not_os_pids", pids_are_unique_and_not_os_pids),
         ],
-        &[],
+        &[("fork_while_printing", helper_fork_while_printing)],
     )
 }
 
@@ -253,19 +253,31 @@ fn descriptors_are_closed_unless_kept() {
 /// The issue's fork-safety test: while another thread prints in a tight loop
 /// and holds a mutex, fork 1,000 processes that print and allocate; none
 /// hangs.
+/// Forks 1,000 times while another thread prints and holds a mutex, in a
+/// helper whose standard output this test reads (and counts) rather than
+/// letting it reach the terminal.
 fn fork_while_another_thread_prints_and_holds_a_mutex() {
+    let mut h = util::HelperProcess::start(util::helper("fork_while_printing"));
+    let out = h.rest().join("\n");
+    assert!(h.wait(PATIENCE).unwrap().success(), "the helper failed");
+    // Every child printed, and so did the thread.
+    assert_eq!(out.matches("\r10").count(), 1000);
+    assert!(out.contains("noisy"), "the printing thread never printed");
+    assert!(out.ends_with("downs 1000"), "{}", &out[out.len().saturating_sub(200)..]);
+}
+
+fn helper_fork_while_printing() {
+    util::install_node(converge::init().unwrap());
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let lock = std::sync::Arc::new(std::sync::Mutex::new(0u64));
     let noisy = {
         let (stop, lock) = (stop.clone(), lock.clone());
         std::thread::spawn(move || {
-            let mut out = std::io::sink();
             while !stop.load(std::sync::atomic::Ordering::Relaxed) {
                 let mut g = lock.lock().unwrap();
                 *g += 1;
-                // Printing takes the stdout lock; a sink keeps the test log short.
-                let _ = writeln!(std::io::stdout().lock(), "\r");
-                let _ = writeln!(out, "{}", *g);
+                // Printing takes the stdout lock while the mutex is held.
+                let _ = writeln!(std::io::stdout().lock(), "\rnoisy {}", *g);
                 drop(g);
             }
         })
@@ -276,6 +288,8 @@ fn fork_while_another_thread_prints_and_holds_a_mutex() {
             .spawn_monitor(move |_: Ctx<()>| {
                 let v: Vec<String> = (0..10).map(|j| format!("{i}-{j}")).collect();
                 print!("\r{}", v.len());
+                // A process ends with `_exit`: what it leaves buffered is lost.
+                std::io::stdout().flush().unwrap();
             })
             .unwrap();
         refs.push(r);
@@ -288,6 +302,9 @@ fn fork_while_another_thread_prints_and_holds_a_mutex() {
     }
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     noisy.join().unwrap();
+    println!();
+    util::say("downs", 1000);
+    node().shutdown(PATIENCE);
 }
 
 fn command_works_in_the_node_and_in_processes() {

@@ -9,6 +9,12 @@
 //! A test that needs a node of its own (to kill it, to send it `SIGINT`, to
 //! call `init()` wrongly) re-executes the test binary with `CONVERGE_HELPER`
 //! set: [`run`] then runs the named helper instead of the tests.
+//!
+//! Many tests make processes panic on purpose and check the exit reason that
+//! follows. Their panic reports (with a backtrace where `RUST_BACKTRACE` asks
+//! for one) go to a log file rather than to the terminal; the part of it
+//! written during a test is printed when that test fails. Panics of the test
+//! binary's own main process print as usual.
 #![allow(dead_code)] // Each test binary uses a different part of these helpers.
 
 use std::collections::HashMap;
@@ -22,6 +28,58 @@ use libtest_mimic::{Arguments, Failed, Trial};
 
 /// Environment variable naming the helper to run instead of the tests.
 pub const HELPER: &str = "CONVERGE_HELPER";
+
+/// Environment variable naming the file where the panic reports of processes
+/// go (set by the test binary, inherited by its helpers).
+const PANIC_LOG: &str = "CONVERGE_TEST_PANIC_LOG";
+
+/// Sends the panic reports of every process but the calling one (and the
+/// helpers it starts) to a log file: the processes a test spawns inherit the
+/// hook by fork. Returns the file's path, and whether this call made it.
+fn quiet_process_panics() -> (std::path::PathBuf, bool) {
+    let (path, own) = match std::env::var_os(PANIC_LOG) {
+        Some(p) => (std::path::PathBuf::from(p), false),
+        None => {
+            let p = std::env::temp_dir().join(format!("converge-test-panics-{}.log", std::process::id()));
+            let _ = std::fs::remove_file(&p);
+            // SAFETY: no other thread exists yet (this runs
+            // before init(), which must come before any thread).
+            unsafe { std::env::set_var(PANIC_LOG, &p) };
+            (p, true)
+        }
+    };
+    let main = std::process::id();
+    let default = std::panic::take_hook();
+    let log = path.clone();
+    std::panic::set_hook(Box::new(move |info| {
+        if std::process::id() == main {
+            return default(info);
+        }
+        let report = format!(
+            "process {} panicked: {info}\n{}\n",
+            std::process::id(),
+            std::backtrace::Backtrace::capture()
+        );
+        let file = std::fs::OpenOptions::new().create(true).append(true).open(&log);
+        match file {
+            Ok(mut f) => {
+                let _ = std::io::Write::write_all(&mut f, report.as_bytes());
+            }
+            Err(_) => eprint!("{report}"),
+        }
+    }));
+    (path, own)
+}
+
+/// The panic reports of processes written to `log` since `from` (a length).
+fn panic_reports_since(log: &std::path::Path, from: u64) -> String {
+    let all = std::fs::read(log).unwrap_or_default();
+    String::from_utf8_lossy(all.get(from as usize..).unwrap_or_default()).into_owned()
+}
+
+fn log_len(log: &std::path::Path) -> u64 {
+    std::fs::metadata(log).map(|m| m.len()).unwrap_or(0)
+}
 
 static NODE: OnceLock<Node> = OnceLock::new();
 
@@ -59,6 +117,7 @@ pub fn run_skipping(
     helpers: &[Helper],
     skip: fn(&str) -> Option<String>,
 ) -> ! {
+    let (log, own_log) = quiet_process_panics();
     if let Ok(name) = std::env::var(HELPER) {
         let helper = helpers
             .iter()
@@ -78,11 +137,26 @@ pub fn run_skipping(
             if let Some(why) = &skipped {
                 eprintln!("{name}: SKIPPED: {why}");
             }
-            Trial::test(name, move || run_one(name, f)).with_ignored_flag(skipped.is_some())
+            let log = log.clone();
+            Trial::test(name, move || {
+                let from = log_len(&log);
+                let result = run_one(name, f);
+                if result.is_err() {
+                    let reports = panic_reports_since(&log, from);
+                    if !reports.is_empty() {
+                        eprintln!("---- panics in the processes of {name} ----\n{reports}");
+                    }
+                }
+                result
+            })
+            .with_ignored_flag(skipped.is_some())
         })
         .collect();
     let conclusion = libtest_mimic::run(&args, trials);
     node().shutdown(Duration::from_secs(5));
+    if own_log {
+        let _ = std::fs::remove_file(&log);
+    }
     conclusion.exit()
 }
 
