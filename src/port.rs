@@ -353,7 +353,7 @@ impl PortBuilder {
             cpu_limited: false,
             memory_limited: false,
             // The zygote started it and reaps it.
-            reaper: Some(crate::node::core::ZYGOTE_SERIAL),
+            reaper: Some(crate::node::control::ZYGOTE_SERIAL),
             scheduler: None,
         };
         let request = self.request(reg);

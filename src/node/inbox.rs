@@ -914,13 +914,12 @@ impl Inbox {
 
     fn accept_all(&self, rt: &Runtime, st: &mut State) {
         loop {
-            match socket::accept(&st.listener) {
-                Ok(Some((fd, cred))) => {
-                    if cred.uid != rt.uid() {
-                        rt.slot().refused.fetch_add(1, Ordering::Relaxed);
-                        tracing::warn!(uid = cred.uid, pid = cred.pid, "refused a connection from another user");
-                        continue;
-                    }
+            match socket::accept_same_user(&st.listener, rt.uid()) {
+                Ok(Some(Err(cred))) => {
+                    rt.slot().refused.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(uid = cred.uid, pid = cred.pid, "refused a connection from another user");
+                }
+                Ok(Some(Ok(fd))) => {
                     let token = CONN_TAG | st.next_conn;
                     let seq = st.next_conn;
                     st.next_conn += 1;

@@ -4,18 +4,20 @@
 //! 1. [`runtime`]: the runtime of one process (identity, control connection).
 //! 2. [`inbox`]: the receive path (why a receiving thread polls its own sockets).
 //! 3. [`outbox`]: the send path (why frames are batched the way they are).
-//! 4. [`core`]: the process table, links, monitors, names, and exit signals.
+//! 4. [`table`]: the process table, links, monitors, names, and exit signals
+//!    (events in, effects out); [`control`]: its I/O (connections, pidfds).
 //! 5. [`watcher`]: the node thread that turns pidfd events into exits.
 //! 6. [`spawn`] and [`child`]: forking a process and starting its runtime.
 
 pub(crate) mod cgroup;
 pub(crate) mod child;
-pub(crate) mod core;
+pub(crate) mod control;
 pub(crate) mod inbox;
 pub(crate) mod outbox;
 pub(crate) mod proc_fs;
 pub(crate) mod runtime;
 pub(crate) mod spawn;
+pub(crate) mod table;
 pub(crate) mod watcher;
 
 use std::collections::BTreeMap;
@@ -36,7 +38,7 @@ use crate::sys;
 use crate::sys::poll::{Epoll, EventFd, Interest};
 use crate::wire::envelope::{NodeReply, ToNode};
 
-use self::core::{Core, MAIN_SERIAL, TOKEN_CTL_LISTENER, TOKEN_KICK, TOKEN_SIGNALS, ZYGOTE_SERIAL};
+use self::control::{Control, MAIN_SERIAL, TOKEN_CTL_LISTENER, TOKEN_KICK, TOKEN_SIGNALS, ZYGOTE_SERIAL};
 use self::runtime::{Runtime, Settings};
 
 /// The pool's classes, in slot order: the default class first.
@@ -270,7 +272,7 @@ pub(crate) struct NodeShared {
     /// This node.
     pub(crate) id: NodeId,
     /// The process table.
-    pub(crate) core: Mutex<Core>,
+    pub(crate) control: Mutex<Control>,
     /// Notified after the watcher handled events (processes exited).
     pub(crate) changed: Condvar,
     /// The watcher's epoll.
@@ -296,21 +298,21 @@ pub(crate) struct NodeShared {
 impl NodeShared {
     /// A request from the node's main thread.
     pub(crate) fn local_request(&self, from: u64, msg: ToNode) -> Option<NodeReply> {
-        self.core.lock().local_request(from, msg)
+        self.control.lock().local_request(from, msg)
     }
 
     /// Whether new processes may start.
     pub(crate) fn accepting(&self) -> bool {
-        !self.stopped.load(Ordering::Relaxed) && !self.core.lock().shutting_down
+        !self.stopped.load(Ordering::Relaxed) && !self.control.lock().shutting_down()
     }
 
     /// Waits (until `deadline`) while `cond` holds of the process table.
     fn wait_while<'a>(
         &self,
-        mut core: crate::sync::MutexGuard<'a, Core>,
+        mut core: crate::sync::MutexGuard<'a, Control>,
         deadline: Instant,
-        mut cond: impl FnMut(&Core) -> bool,
-    ) -> crate::sync::MutexGuard<'a, Core> {
+        mut cond: impl FnMut(&Control) -> bool,
+    ) -> crate::sync::MutexGuard<'a, Control> {
         while cond(&core) {
             let (c, timed_out) = self.changed.wait_until(core, deadline);
             core = c;
@@ -328,7 +330,7 @@ impl NodeShared {
             return;
         }
         let deadline = Instant::now() + timeout;
-        let mut core = self.core.lock();
+        let mut core = self.control.lock();
         core.begin_shutdown();
         core = self.wait_while(core, deadline, |c| !c.user_processes().is_empty());
         if !core.user_processes().is_empty() {
@@ -375,7 +377,7 @@ fn init_node(config: Config) -> Result<Node, InitError> {
     sys::random_bytes(&mut raw_id)?;
     let id = NodeId::from_bytes(raw_id);
     let shared = sys::shared::map_shared_area()?;
-    shared.next_serial.store(core::FIRST_SERIAL, Ordering::Release);
+    shared.next_serial.store(control::FIRST_SERIAL, Ordering::Release);
     sys::process::set_child_subreaper()?;
     sys::process::default_sigchld();
     if let Ok((soft, hard)) = sys::process::get_rlimit(sys::process::Resource::OpenFiles)
@@ -421,7 +423,7 @@ fn init_node(config: Config) -> Result<Node, InitError> {
 
     let epoll: &'static Epoll = Box::leak(Box::new(Epoll::new()?));
     let ctl_listener: &'static OwnedFd = Box::leak(Box::new(sys::socket::listen_abstract(&node_address(id))?));
-    let mut core = Core::new(
+    let mut core = Control::new(
         id,
         sys::process::getuid(),
         epoll,
@@ -455,7 +457,7 @@ fn init_node(config: Config) -> Result<Node, InitError> {
     )?;
     let node: &'static NodeShared = Box::leak(Box::new(NodeShared {
         id,
-        core: Mutex::new(core),
+        control: Mutex::new(core),
         changed: Condvar::new(),
         epoll,
         kick,
@@ -660,7 +662,7 @@ impl Node {
 
     /// The processes alive now, oldest first (the runtime's own are not listed).
     pub fn processes(&self) -> Vec<Pid> {
-        let core = self.shared.core.lock();
+        let core = self.shared.control.lock();
         core.user_processes()
             .into_iter()
             .map(|s| Pid::new(self.shared.id, s))
@@ -669,7 +671,7 @@ impl Node {
 
     /// Node-wide counters.
     pub fn stats(&self) -> NodeStats {
-        let core = self.shared.core.lock();
+        let core = self.shared.control.lock();
         let c = core.counters();
         NodeStats {
             spawned: c.spawned,

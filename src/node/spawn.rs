@@ -106,7 +106,7 @@ fn prepare(rt: &'static Runtime, spec: &Spec<'_>, reaper: Option<u64>) -> Result
 /// Tells the node to forget a registration whose process never started.
 fn withdraw(rt: &'static Runtime, serial: u64, ctl_copy: Option<&OwnedFd>) {
     if let Some(node) = rt.node() {
-        node.core.lock().withdraw(serial);
+        node.control.lock().withdraw(serial);
     } else if let Some(c) = ctl_copy {
         let mut buf = Vec::new();
         let _ = frame::push(&mut buf, Kind::Ctl, &ToNode::Withdraw { serial });
@@ -133,7 +133,7 @@ pub(crate) fn spawn_closure(
     let ctl_copy = match ctl_node {
         Some(ctl_node) => {
             let node = rt.node().expect("BUG: a node end exists only in the node");
-            node.core.lock().register_local(reg, ctl_node, true)?;
+            node.control.lock().register_local(reg, ctl_node, true)?;
             None
         }
         None => Some(ctl_child.try_clone()?),
@@ -171,7 +171,7 @@ pub(crate) fn spawn_closure(
     match ctl_copy {
         None => {
             let node = rt.node().expect("BUG: only the node registers locally");
-            node.core.lock().attach_local_pidfd(serial, pidfd, ospid);
+            node.control.lock().attach_local_pidfd(serial, pidfd, ospid);
         }
         Some(ctl) => {
             let msg = ToNode::Pidfd { serial, ospid };
@@ -197,12 +197,12 @@ pub(crate) fn spawn_from_zygote(
         reg,
         ctl_child,
         ctl_node,
-    } = prepare(rt, &spec, Some(crate::node::core::ZYGOTE_SERIAL))?;
+    } = prepare(rt, &spec, Some(crate::node::control::ZYGOTE_SERIAL))?;
     let ctl_copy = match ctl_node {
         Some(ctl_node) => {
             let node = rt.node().expect("BUG: a node end exists only in the node");
             // The zygote and the child send the pidfd on the connection itself.
-            node.core.lock().register_local(reg, ctl_node, false)?;
+            node.control.lock().register_local(reg, ctl_node, false)?;
             None
         }
         None => Some(ctl_child.try_clone()?),

@@ -18,7 +18,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use crate::node::NodeShared;
-use crate::node::core::{CONN_TAG, Core, PIDFD_TAG, STRANGER_TAG, TOKEN_CTL_LISTENER, TOKEN_KICK, TOKEN_SIGNALS};
+use crate::node::control::{CONN_TAG, Control, PIDFD_TAG, STRANGER_TAG, TOKEN_CTL_LISTENER, TOKEN_KICK, TOKEN_SIGNALS};
 use crate::sys::poll::Event;
 use crate::sys::socket;
 
@@ -35,7 +35,7 @@ fn run(node: &'static NodeShared) {
     loop {
         events.clear();
         let timeout = {
-            let mut core = node.core.lock();
+            let mut core = node.control.lock();
             let mut t = if core.has_pending() {
                 Some(Duration::from_millis(5))
             } else if core.strangers_to_scan() > 0 {
@@ -55,7 +55,7 @@ fn run(node: &'static NodeShared) {
             std::thread::sleep(Duration::from_millis(10));
             continue;
         }
-        let mut core = node.core.lock();
+        let mut core = node.control.lock();
         // The main thread may have handled these events already: take what is
         // still ready now, under the lock.
         if !events.is_empty() {
@@ -77,7 +77,7 @@ fn run(node: &'static NodeShared) {
 }
 
 /// Handles the node's ready events: accepts, control frames, exits.
-pub(crate) fn process(node: &'static NodeShared, core: &mut Core, events: &[Event]) {
+pub(crate) fn process(node: &'static NodeShared, core: &mut Control, events: &[Event]) {
     for ev in events {
         match ev.token {
             TOKEN_CTL_LISTENER => core.accept_all(),
@@ -92,7 +92,7 @@ pub(crate) fn process(node: &'static NodeShared, core: &mut Core, events: &[Even
                     shutdown_on_signal(node, i32::from(buf[0]));
                 }
             }
-            t => match Core::token_kind(t) {
+            t => match Control::token_kind(t) {
                 CONN_TAG => {
                     if ev.writable {
                         core.on_conn_writable(t);
@@ -115,7 +115,7 @@ pub(crate) fn process(node: &'static NodeShared, core: &mut Core, events: &[Even
 /// The main thread's receive found the node's events ready: handle them now.
 pub(crate) fn process_now(node: &'static NodeShared) {
     let mut events = Vec::new();
-    let mut core = node.core.lock();
+    let mut core = node.control.lock();
     let _ = node.epoll.wait(&mut events, Some(Duration::ZERO));
     if events.is_empty() {
         return;

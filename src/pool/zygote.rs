@@ -259,10 +259,10 @@ fn run_with(setup: ZygoteSetup, early: Vec<ToProcess>, mut ctl_decoder: Decoder)
         for ev in events.clone() {
             match ev.token {
                 TOKEN_LISTENER => {
-                    while let Ok(Some((fd, cred))) = sys::socket::accept(&setup.listener) {
-                        if cred.uid != uid {
+                    while let Ok(Some(accepted)) = sys::socket::accept_same_user(&setup.listener, uid) {
+                        let Ok(fd) = accepted else {
                             continue;
-                        }
+                        };
                         let token = CONN_TAG | next;
                         next += 1;
                         if epoll.add(fd.as_raw_fd(), token, Interest::Read).is_ok() {
@@ -693,14 +693,14 @@ fn fork_scheduler(setup: &ZygoteSetup, slot: usize) -> io::Result<(u64, i32, Own
     let ctl = sys::socket::connect_abstract(&crate::node::node_address(setup.node), false)?;
     let reg = crate::wire::envelope::Registration {
         serial,
-        parent: crate::node::core::ZYGOTE_SERIAL,
+        parent: crate::node::control::ZYGOTE_SERIAL,
         name: Some(name.clone()),
         link: false,
         monitors: Vec::new(),
         trap_exits: false,
         cpu_limited: false,
         memory_limited: false,
-        reaper: Some(crate::node::core::ZYGOTE_SERIAL),
+        reaper: Some(crate::node::control::ZYGOTE_SERIAL),
         scheduler: Some(slot as u32),
     };
     let mut buf = Vec::new();

@@ -529,6 +529,9 @@ pub(crate) const SIGABRT: i32 = libc::SIGABRT;
 pub(crate) const SIGKILL: i32 = libc::SIGKILL;
 /// `SIGTERM`.
 pub(crate) const SIGTERM: i32 = libc::SIGTERM;
+/// `SIGSEGV`.
+#[cfg(test)] // Only the table's unit tests name it.
+pub(crate) const SIGSEGV: i32 = libc::SIGSEGV;
 
 /// The conventional name of a signal number ("SIGSEGV"), or `None`.
 pub(crate) fn signal_name(signal: i32) -> Option<&'static str> {

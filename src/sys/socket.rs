@@ -88,9 +88,18 @@ pub(crate) fn socketpair() -> io::Result<(OwnedFd, OwnedFd)> {
     Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
 }
 
+/// Accepts one pending connection (non-blocking, close-on-exec) if its peer
+/// runs as `uid`: the one same-user rule of every listener of the runtime
+/// (the node's, each process's, the zygote's). `Ok(None)` when none is
+/// pending; `Ok(Some(Err(cred)))` when a peer of another user was refused
+/// (its connection closed), with its credentials.
+pub(crate) fn accept_same_user(listener: &OwnedFd, uid: u32) -> io::Result<Option<Result<OwnedFd, PeerCred>>> {
+    Ok(accept(listener)?.map(|(fd, cred)| if cred.uid == uid { Ok(fd) } else { Err(cred) }))
+}
+
 /// Accepts one pending connection (non-blocking, close-on-exec) with its
 /// peer's credentials; `Ok(None)` when none is pending.
-pub(crate) fn accept(listener: &OwnedFd) -> io::Result<Option<(OwnedFd, PeerCred)>> {
+fn accept(listener: &OwnedFd) -> io::Result<Option<(OwnedFd, PeerCred)>> {
     loop {
         let r = syscall!(accept4(
             listener.as_raw_fd(),

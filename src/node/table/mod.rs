@@ -1,0 +1,1090 @@
+//! The node's process table: registrations, links, monitors, names, and the
+//! one place where deaths become exit and down signals.
+//!
+//! The table is a state machine. Events come in as method calls (a control
+//! frame from a process, a pidfd that became readable, a parent's report of a
+//! status, a connection that closed, a timer); effects go out through
+//! [`System`] (frames to send, signals, pidfds to watch or reap), which the
+//! node's control side (`node/control.rs`) carries out and the unit tests
+//! record. The table never reads a socket: the control side reads what is
+//! pending first and hands it over in order (see `control.rs` for how a
+//! registration still in flight, or the last frames of a process that ended,
+//! are read before the event that needs them).
+//!
+//! 1. `mod.rs`: the table, a process's life, exit signals, finalization.
+//! 2. [`requests`]: what a process asks of the node (links, monitors, names...).
+//! 3. [`pool`]: schedulers, their replacement, the zygote's spare, actors, and
+//!    the node's task queue.
+//! 4. [`reason`]: the exit reason of an ended process, a pure function.
+
+mod pool;
+pub(crate) mod reason;
+mod requests;
+#[cfg(test)]
+mod tests;
+
+use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
+use std::io;
+use std::time::{Duration, Instant};
+
+use crate::exit::ExitReason;
+use crate::node::runtime::PoolSettings;
+use crate::process::{NodeId, Pid, ProcessInfo, ProcessState};
+use crate::sys::process::{SIGKILL, SIGTERM, WaitStatus};
+use crate::sys::shared::SharedArea;
+use crate::wire::envelope::{PortInfo, Registration, ToProcess};
+
+use self::pool::Queued;
+use self::reason::{End, MemoryEnd, kind_name, reason_of};
+
+/// Serial of the node's main thread.
+pub(crate) const MAIN_SERIAL: u64 = 1;
+/// Serial of the zygote.
+pub(crate) const ZYGOTE_SERIAL: u64 = 2;
+/// First serial handed out to processes.
+pub(crate) const FIRST_SERIAL: u64 = 3;
+
+/// What the table asks of the system around it. The node's control side
+/// carries it out on sockets, pidfds and cgroups; the unit tests record it.
+pub(crate) trait System {
+    /// Queues the control frame `msg` on connection `conn`.
+    fn send(&mut self, conn: u64, msg: &ToProcess);
+    /// Closes connection `conn`.
+    fn close(&mut self, conn: u64);
+    /// Whether the pidfd of `serial` already says that it ended.
+    fn ended(&self, serial: u64) -> bool;
+    /// Sends `signal` to `serial` by its pidfd, or to its process group
+    /// `group` (a port, which leads its group).
+    fn signal(&mut self, serial: u64, group: Option<i32>, signal: i32) -> io::Result<()>;
+    /// Kills a port's cgroup (only when the zygote, which owns it, is gone).
+    fn kill_cgroup(&mut self, cgroup: &str);
+    /// Watches the pidfd of `serial` for its exit; false if it cannot.
+    fn watch(&mut self, serial: u64) -> bool;
+    /// Stops watching the pidfd of `serial`.
+    fn unwatch(&mut self, serial: u64);
+    /// Moves the pidfd of `from` to serial `to` (a spare becomes the zygote).
+    fn rename(&mut self, from: u64, to: u64);
+    /// Closes the pidfd of `serial`.
+    fn forget(&mut self, serial: u64);
+    /// Makes the next descriptor received on `conn` the pidfd of `serial`;
+    /// false if none came.
+    fn claim_fd(&mut self, conn: u64, serial: u64) -> bool;
+    /// Drops the next descriptor received on `conn` (its frame was refused).
+    fn drop_fd(&mut self, conn: u64);
+    /// The wait status of the ended `serial`, if it can be had now: `waitid`
+    /// for the node's own child, `PIDFD_GET_INFO` for another's.
+    fn wait_status(&mut self, serial: u64) -> Option<WaitStatus>;
+    /// Reaps `serial` if it is the node's child, status unused (a spare).
+    fn reap_quietly(&mut self, serial: u64);
+    /// What the memory limit of the ended `serial` says of its end (a
+    /// `SIGKILL` is looked up in its cgroup); releases its cgroup.
+    fn memory_end(&mut self, serial: u64, sigkilled: bool) -> MemoryEnd;
+    /// The OS parent of `ospid`.
+    fn parent_of(&self, ospid: i32) -> Option<i32>;
+    /// The resident memory of `ospid`.
+    fn rss(&self, ospid: i32) -> Option<u64>;
+}
+
+/// A monitor placed on a process.
+#[derive(Debug, Clone, Copy)]
+struct MonitorEntry {
+    /// The watcher's reference.
+    reference: u64,
+    /// The watcher.
+    watcher: u64,
+    /// For the watcher's runtime (call/join), not its mailbox.
+    internal: bool,
+}
+
+/// What a process is to the node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Role {
+    /// An application's process (a closure, `spawn_fn`).
+    User,
+    /// Part of the runtime: the node's main thread or the zygote. Not listed,
+    /// not stopped by a shutdown; trappable exit signals do nothing to it.
+    Runtime,
+    /// The zygote's hot spare (part of the runtime too; its parent, the
+    /// zygote, reaps it and says nothing).
+    Spare,
+    /// A scheduler of the pool in this slot (part of the runtime; replaced
+    /// by the zygote when it dies).
+    Scheduler(u32),
+    /// An external program leading its own process group.
+    Port(PortInfo),
+    /// A lightweight actor run by the scheduler `host`.
+    Actor {
+        /// Its scheduler's serial.
+        host: u64,
+    },
+}
+
+/// Where a process is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Life {
+    /// Registered; its pidfd is not known yet. `pidfd_follows`: its spawner
+    /// (the node's main thread) attaches it after the fork. `kill_pending`: a
+    /// kill waits for the pidfd.
+    Starting { pidfd_follows: bool, kill_pending: bool },
+    /// Its pidfd is held; `watched`: in the node's epoll (the node reaps it).
+    Running { watched: bool },
+    /// It ended (its pidfd said so, its parent reported it, or it never ran);
+    /// finalized once its status is known.
+    Ended,
+}
+
+/// One process known to the node.
+#[derive(Debug)]
+struct Proc {
+    /// Its serial.
+    serial: u64,
+    /// Who spawned it.
+    parent: u64,
+    /// What it is.
+    role: Role,
+    /// Where it is in its life.
+    life: Life,
+    /// OS pid, once known.
+    ospid: Option<i32>,
+    /// The node holds its pidfd (through [`System`]).
+    pidfd: bool,
+    /// Name for `ps` and `process_info`.
+    name: Option<String>,
+    /// Token of its control connection.
+    ctl: Option<u64>,
+    /// Linked processes.
+    links: BTreeSet<u64>,
+    /// Monitors placed on it, in order.
+    monitors: Vec<MonitorEntry>,
+    /// Monitors it placed: reference → target.
+    watching: HashMap<u64, u64>,
+    /// Exit signals become messages.
+    trap_exits: bool,
+    /// The reason it sent before `_exit(0)`.
+    last_words: Option<ExitReason>,
+    /// The reason the node killed it for.
+    kill_reason: Option<ExitReason>,
+    /// Its wait status, once known.
+    status: Option<WaitStatus>,
+    /// An actor's exit reason, once it ended.
+    actor_exit: Option<ExitReason>,
+    /// `SIGXCPU` means `CpuLimit`.
+    cpu_limited: bool,
+    /// It has a memory limit: see [`System::memory_end`].
+    memory_limited: bool,
+    /// Names registered to it.
+    names: Vec<String>,
+    /// The process that reaps it: its OS parent (the spawner, or the zygote).
+    reaper: u64,
+}
+
+impl Proc {
+    fn new(serial: u64, parent: u64, role: Role) -> Proc {
+        Proc {
+            serial,
+            parent,
+            role,
+            life: Life::Starting {
+                pidfd_follows: false,
+                kill_pending: false,
+            },
+            ospid: None,
+            pidfd: false,
+            name: None,
+            ctl: None,
+            links: BTreeSet::new(),
+            monitors: Vec::new(),
+            watching: HashMap::new(),
+            trap_exits: false,
+            last_words: None,
+            kill_reason: None,
+            status: None,
+            actor_exit: None,
+            cpu_limited: false,
+            memory_limited: false,
+            names: Vec::new(),
+            reaper: parent,
+        }
+    }
+
+    fn exited(&self) -> bool {
+        self.life == Life::Ended
+    }
+
+    /// Part of the runtime: not listed, not stopped by a shutdown.
+    fn internal(&self) -> bool {
+        matches!(self.role, Role::Runtime | Role::Spare | Role::Scheduler(_))
+    }
+
+    fn port(&self) -> Option<&PortInfo> {
+        match &self.role {
+            Role::Port(info) => Some(info),
+            _ => None,
+        }
+    }
+
+    fn host(&self) -> Option<u64> {
+        match self.role {
+            Role::Actor { host } => Some(host),
+            _ => None,
+        }
+    }
+
+    fn scheduler(&self) -> Option<u32> {
+        match self.role {
+            Role::Scheduler(slot) => Some(slot),
+            _ => None,
+        }
+    }
+}
+
+/// Node-wide counters.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Counters {
+    /// Processes registered.
+    pub(crate) spawned: u64,
+    /// Exits by reason kind.
+    pub(crate) exits: HashMap<&'static str, u64>,
+    /// Connections refused (other user, broken control stream).
+    pub(crate) refused: u64,
+    /// Strangers adopted and reaped.
+    pub(crate) strangers_reaped: u64,
+}
+
+/// The process table and signal logic.
+#[derive(Debug)]
+pub(crate) struct Table<S> {
+    /// What carries out the table's effects.
+    pub(crate) sys: S,
+    /// This node.
+    node: NodeId,
+    /// The shared area: serials handed out, status slots, the pool's slots.
+    shared: &'static SharedArea,
+    /// Known processes.
+    procs: HashMap<u64, Proc>,
+    /// Registered names.
+    names: HashMap<String, u64>,
+    /// Control connections: token → the process it belongs to, once known.
+    owners: HashMap<u64, Option<u64>>,
+    /// Ended processes whose status is not known yet.
+    pending: HashSet<u64>,
+    /// Statuses reported by a parent before the child's registration was read.
+    early_status: HashMap<u64, WaitStatus>,
+    /// Ended processes whose end is ready to be turned into signals, in order.
+    to_finalize: VecDeque<u64>,
+    /// Ports to kill at a deadline (their shutdown time is up).
+    timers: Vec<(Instant, u64)>,
+    /// A timer was armed since the control side last asked.
+    timer_armed: bool,
+    /// Process groups of ended processes, to scan for orphans.
+    stranger_groups: Vec<i32>,
+    /// Shutdown in progress.
+    shutting_down: bool,
+    /// Counters.
+    counters: Counters,
+    /// The scheduler pool's shape.
+    pool: PoolSettings,
+    /// Per class: tasks waiting for an idle scheduler, oldest first.
+    queues: Vec<VecDeque<Queued>>,
+    /// Per scheduler: the submitter and reference of the last task handed
+    /// to it from a queue (told if the scheduler dies).
+    dispatched: HashMap<u64, (u64, u64)>,
+    /// The zygote's hot spare, registered and waiting.
+    spare: Option<u64>,
+    /// Slots whose scheduler is to be replaced, until a new one registers:
+    /// slot → whether the one that died had been ready. Asked again of a
+    /// zygote that takes over (the one asked may have died first).
+    replacements: HashMap<u32, bool>,
+}
+
+impl<S: System> Table<S> {
+    pub(crate) fn new(sys: S, node: NodeId, shared: &'static SharedArea, pool: PoolSettings) -> Table<S> {
+        Table {
+            sys,
+            node,
+            shared,
+            procs: HashMap::new(),
+            names: HashMap::new(),
+            owners: HashMap::new(),
+            pending: HashSet::new(),
+            early_status: HashMap::new(),
+            to_finalize: VecDeque::new(),
+            timers: Vec::new(),
+            timer_armed: false,
+            stranger_groups: Vec::new(),
+            shutting_down: false,
+            counters: Counters::default(),
+            queues: pool.classes.iter().map(|_| VecDeque::new()).collect(),
+            pool,
+            dispatched: HashMap::new(),
+            spare: None,
+            replacements: HashMap::new(),
+        }
+    }
+
+    fn pid(&self, serial: u64) -> Pid {
+        Pid::new(self.node, serial)
+    }
+
+    // ---- connections -------------------------------------------------
+
+    /// A control connection was opened (`owner`: the process it belongs
+    /// to, when known from the start).
+    pub(crate) fn conn_opened(&mut self, conn: u64, owner: Option<u64>) {
+        self.owners.insert(conn, owner);
+    }
+
+    /// The process a connection belongs to.
+    pub(crate) fn owner(&self, conn: u64) -> Option<u64> {
+        self.owners.get(&conn).copied().flatten()
+    }
+
+    /// The control connection of `serial`, while it is open.
+    pub(crate) fn conn_of(&self, serial: u64) -> Option<u64> {
+        self.procs.get(&serial).and_then(|p| p.ctl)
+    }
+
+    /// Whether a connection carries registrations (it is not registered yet,
+    /// or it is the zygote's, on which ports are registered).
+    pub(crate) fn carries_registrations(&self, conn: u64) -> bool {
+        matches!(self.owners.get(&conn), Some(None) | Some(Some(ZYGOTE_SERIAL)))
+    }
+
+    fn close_conn(&mut self, conn: u64) {
+        if self.owners.remove(&conn).is_some() {
+            self.sys.close(conn);
+        }
+    }
+
+    /// A connection broke its framing: it is closed as if its end had gone.
+    pub(crate) fn conn_refused(&mut self, conn: u64) {
+        self.counters.refused += 1;
+        self.conn_closed(conn);
+    }
+
+    /// Every holder of connection `conn` is gone.
+    pub(crate) fn conn_closed(&mut self, conn: u64) {
+        let serial = self.owner(conn);
+        self.close_conn(conn);
+        if let Some(serial) = serial
+            && let Some(p) = self.procs.get_mut(&serial)
+        {
+            p.ctl = None;
+            let never_ran = matches!(
+                p.life,
+                Life::Starting {
+                    pidfd_follows: false,
+                    ..
+                }
+            ) && !matches!(p.role, Role::Runtime | Role::Spare);
+            if never_ran {
+                // Registered, but neither its spawner nor itself handed over
+                // a pidfd before every holder of the connection was gone: it
+                // never ran.
+                p.status = None;
+                p.last_words.get_or_insert(ExitReason::NoProc);
+                p.life = Life::Ended;
+                self.to_finalize.push_back(serial);
+            }
+        }
+    }
+
+    // ---- registration ------------------------------------------------
+
+    /// Registers a runtime-internal process (the main thread, the zygote).
+    pub(crate) fn add_internal(&mut self, serial: u64, conn: u64, ospid: i32, pidfd: bool, name: &str) {
+        self.conn_opened(conn, Some(serial));
+        let mut p = Proc::new(serial, MAIN_SERIAL, Role::Runtime);
+        p.ctl = Some(conn);
+        p.ospid = Some(ospid);
+        p.name = Some(name.to_string());
+        p.trap_exits = serial == MAIN_SERIAL;
+        self.procs.insert(serial, p);
+        if pidfd {
+            self.attach_pidfd(serial, ospid);
+        }
+    }
+
+    /// Registers a process the node's main thread is about to fork (or to
+    /// have the zygote fork), on its own connection `conn`, before it
+    /// exists: nothing it does can reach the node before its registration.
+    /// `pidfd_follows`: the spawner attaches the pidfd after the fork.
+    pub(crate) fn register_local(&mut self, reg: Registration, conn: u64, pidfd_follows: bool) {
+        let serial = reg.serial;
+        self.conn_opened(conn, Some(serial));
+        self.register(reg, conn);
+        if let Some(p) = self.procs.get_mut(&serial)
+            && let Life::Starting { kill_pending, .. } = p.life
+        {
+            p.life = Life::Starting {
+                pidfd_follows,
+                kill_pending,
+            };
+        }
+    }
+
+    /// A process registers itself on connection `conn`.
+    fn register(&mut self, reg: Registration, conn: u64) {
+        self.owners.insert(conn, Some(reg.serial));
+        if self.procs.contains_key(&reg.serial) {
+            return;
+        }
+        let serial = reg.serial;
+        let parent_alive = self.alive(reg.parent);
+        // Schedulers are the runtime's: not listed, not stopped by a
+        // shutdown (they end with the node), replaced when they die.
+        let role = match reg.scheduler {
+            Some(slot) => {
+                tracing::debug!(slot, serial, "scheduler registered");
+                self.replacements.remove(&slot);
+                Role::Scheduler(slot)
+            }
+            None => Role::User,
+        };
+        let mut p = Proc::new(serial, reg.parent, role);
+        p.reaper = reg.reaper.unwrap_or(reg.parent);
+        p.ctl = Some(conn);
+        p.name = reg.name;
+        p.trap_exits = reg.trap_exits;
+        p.cpu_limited = reg.cpu_limited;
+        p.memory_limited = reg.memory_limited;
+        if let Some(status) = self.early_status.remove(&serial) {
+            p.status = Some(status);
+        }
+        self.insert_child(p, &reg.monitors, reg.link, parent_alive);
+        if !parent_alive && reg.link {
+            // The spawner is already gone: the link fires at once.
+            self.exit_signal(reg.parent, serial, ExitReason::NoProc, false);
+        }
+        tracing::trace!(serial, parent = reg.parent, "registered");
+    }
+
+    /// Registers a port: an external program started by its owner (the
+    /// registration's parent), leading its own process group. Its pidfd is
+    /// with the system already.
+    pub(crate) fn register_port(&mut self, reg: Registration, ospid: i32, port: PortInfo) {
+        let serial = reg.serial;
+        let parent = reg.parent;
+        if self.procs.contains_key(&serial) {
+            return;
+        }
+        let parent_alive = self.alive(parent);
+        let mut p = Proc::new(serial, parent, Role::Port(port));
+        p.name = reg.name;
+        p.reaper = reg.reaper.unwrap_or(parent);
+        self.insert_child(p, &reg.monitors, reg.link, parent_alive);
+        self.attach_pidfd(serial, ospid);
+        if let Some(status) = self.early_status.remove(&serial)
+            && let Some(p) = self.procs.get_mut(&serial)
+        {
+            // Reaped already: nothing to signal (its group id may be reused).
+            p.status = Some(status);
+            self.ended(serial);
+        } else if !parent_alive {
+            // Its owner is already gone: so is the port.
+            self.kill(serial, ExitReason::Shutdown);
+        }
+    }
+
+    /// Adds `p`, a new process, to the table: monitored by and linked to its
+    /// parent as its registration says, if the parent is alive, and counted
+    /// as spawned unless it is the runtime's own.
+    fn insert_child(&mut self, mut p: Proc, monitors: &[(u64, bool)], link: bool, parent_alive: bool) {
+        let (serial, parent) = (p.serial, p.parent);
+        if parent_alive {
+            p.monitors = monitors
+                .iter()
+                .map(|&(reference, internal)| MonitorEntry {
+                    reference,
+                    watcher: parent,
+                    internal,
+                })
+                .collect();
+            if link {
+                p.links.insert(parent);
+            }
+        }
+        if !p.internal() {
+            self.counters.spawned += 1;
+        }
+        self.procs.insert(serial, p);
+        if parent_alive {
+            let owner = self.procs.get_mut(&parent).expect("BUG: parent checked by the caller");
+            for &(reference, _) in monitors {
+                owner.watching.insert(reference, serial);
+            }
+            if link {
+                owner.links.insert(serial);
+            }
+        }
+    }
+
+    /// Forgets a registration whose spawn failed.
+    pub(crate) fn withdraw(&mut self, serial: u64) {
+        if let Some(p) = self.procs.remove(&serial) {
+            for l in &p.links {
+                if let Some(o) = self.procs.get_mut(l) {
+                    o.links.remove(&serial);
+                }
+            }
+            for m in &p.monitors {
+                if let Some(w) = self.procs.get_mut(&m.watcher) {
+                    w.watching.remove(&m.reference);
+                }
+            }
+            if let Some(t) = p.ctl {
+                self.close_conn(t);
+            }
+            if p.pidfd {
+                self.sys.forget(serial);
+            }
+        }
+    }
+
+    /// Whether `serial` is registered and waits for its pidfd.
+    pub(crate) fn wants_pidfd(&self, serial: u64) -> bool {
+        self.procs.get(&serial).is_some_and(|p| !p.pidfd)
+    }
+
+    /// The pidfd of `serial` was handed to the system: the node watches it
+    /// if it must reap the process itself (its own child, or one whose
+    /// parent is gone). A process whose parent lives is reaped by that
+    /// parent, which reports the status: watching it too would only wake the
+    /// node for nothing.
+    pub(crate) fn attach_pidfd(&mut self, serial: u64, ospid: i32) {
+        let reaper = self.procs.get(&serial).map(|p| p.reaper);
+        let watch = match reaper {
+            Some(MAIN_SERIAL) | None => true,
+            Some(reaper) => !self.alive(reaper),
+        };
+        let Some(p) = self.procs.get_mut(&serial) else {
+            return;
+        };
+        if p.pidfd {
+            return;
+        }
+        p.pidfd = true;
+        p.ospid = Some(ospid);
+        let kill_pending = match p.life {
+            Life::Starting { kill_pending, .. } => kill_pending,
+            // Its parent reported its end first: nothing to watch.
+            Life::Running { .. } | Life::Ended => return,
+        };
+        let watched = watch && self.sys.watch(serial);
+        p.life = Life::Running { watched };
+        if kill_pending {
+            let _ = self.sys.signal(serial, None, SIGKILL);
+        }
+    }
+
+    // ---- ends --------------------------------------------------------
+
+    /// Marks `serial` ended and ready to be finalized (its status is known,
+    /// or it has none to wait for).
+    fn ended(&mut self, serial: u64) {
+        if let Some(p) = self.procs.get_mut(&serial) {
+            p.life = Life::Ended;
+            self.pending.remove(&serial);
+            self.to_finalize.push_back(serial);
+        }
+    }
+
+    /// The pidfd of `serial` became readable: the process has exited.
+    pub(crate) fn pidfd_readable(&mut self, serial: u64) {
+        let zygote = self.zygote_alive();
+        let Some(p) = self.procs.get_mut(&serial) else {
+            return;
+        };
+        if let Life::Running { watched: true } = p.life {
+            self.sys.unwatch(serial);
+        }
+        p.life = Life::Ended;
+        // A port's leader is gone: nothing of its group may outlive it. The
+        // group is signalled before the leader is reaped, while its id cannot
+        // have been reused.
+        if let (Some(port), Some(ospid)) = (p.port(), p.ospid) {
+            let cgroup = port.cgroup.clone();
+            let _ = self.sys.signal(serial, Some(ospid), SIGKILL);
+            if !zygote && let Some(cg) = cgroup {
+                self.sys.kill_cgroup(&cg);
+            }
+        }
+        if self.procs.get(&serial).is_some_and(|p| p.role == Role::Spare) {
+            // A spare (or a spare that took over): its parent, the zygote,
+            // reaps it and says nothing; once its zygote is gone it is the
+            // node's child, to reap here.
+            self.sys.reap_quietly(serial);
+            self.ended(serial);
+        } else {
+            self.try_status(serial);
+        }
+    }
+
+    /// The parent of `serial` reaped it and reports its status. The child's
+    /// registration travels on its own connection and may not have been
+    /// read yet: the status waits for it.
+    pub(crate) fn child_exited(&mut self, serial: u64, status: WaitStatus) {
+        match self.procs.get_mut(&serial) {
+            Some(p) => {
+                if p.status.is_none() {
+                    p.status = Some(status);
+                }
+                self.ended(serial);
+            }
+            None => {
+                self.early_status.insert(serial, status);
+            }
+        }
+    }
+
+    /// Looks for the status of an exited process; finalizes it when found.
+    fn try_status(&mut self, serial: u64) {
+        let Some(p) = self.procs.get(&serial) else {
+            self.pending.remove(&serial);
+            return;
+        };
+        let status = match p.status {
+            Some(s) => Some(s),
+            None if p.pidfd => self.sys.wait_status(serial),
+            None => None,
+        };
+        match status {
+            Some(s) => {
+                if let Some(p) = self.procs.get_mut(&serial) {
+                    p.status = Some(s);
+                }
+                self.ended(serial);
+            }
+            None => {
+                self.pending.insert(serial);
+            }
+        }
+    }
+
+    /// Whether some exited process still waits for its status.
+    pub(crate) fn has_pending(&self) -> bool {
+        !self.pending.is_empty()
+    }
+
+    /// Looks again for the statuses still missing.
+    pub(crate) fn retry_pending(&mut self) {
+        let pending: Vec<u64> = self.pending.iter().copied().collect();
+        for s in pending {
+            self.try_status(s);
+        }
+    }
+
+    /// The next process whose end is ready to be turned into signals. Its
+    /// control connection must be read to its end before it is finalized.
+    pub(crate) fn next_to_finalize(&mut self) -> Option<u64> {
+        loop {
+            let serial = self.to_finalize.pop_front()?;
+            if self.procs.contains_key(&serial) {
+                return Some(serial);
+            }
+        }
+    }
+
+    /// Turns the end of `serial` into its signals, exactly once.
+    pub(crate) fn finalize(&mut self, serial: u64) {
+        let Some(p) = self.procs.remove(&serial) else {
+            return;
+        };
+        self.pending.remove(&serial);
+        let memory = p.memory_limited.then(|| {
+            let sigkilled = matches!(p.status, Some(WaitStatus::Signaled { signal: SIGKILL, .. }));
+            self.sys.memory_end(serial, sigkilled)
+        });
+        let reason = reason_of(&End {
+            status: p.status,
+            last_words: p.last_words.as_ref(),
+            kill_reason: p.kill_reason.as_ref(),
+            actor_exit: p.actor_exit.as_ref(),
+            port: p.port().is_some(),
+            cpu_limited: p.cpu_limited,
+            memory,
+        });
+        if !p.internal() {
+            *self.counters.exits.entry(kind_name(&reason)).or_default() += 1;
+        }
+        let pid = self.pid(serial);
+        tracing::debug!(pid = %pid, ospid = ?p.ospid, name = ?p.name, %reason, "process exited");
+        self.shared.slot(serial).release(serial);
+        if p.pidfd {
+            self.sys.forget(serial);
+        }
+        for name in &p.names {
+            if self.names.get(name) == Some(&serial) {
+                self.names.remove(name);
+            }
+        }
+        for m in &p.monitors {
+            if let Some(w) = self.procs.get_mut(&m.watcher) {
+                w.watching.remove(&m.reference);
+            }
+            self.send_to(
+                m.watcher,
+                ToProcess::Down {
+                    reference: m.reference,
+                    internal: m.internal,
+                    pid,
+                    reason: reason.clone(),
+                },
+            );
+        }
+        self.pool_member_ended(&p, &reason);
+        for (reference, target) in &p.watching {
+            if let Some(t) = self.procs.get_mut(target) {
+                t.monitors
+                    .retain(|m| !(m.watcher == serial && m.reference == *reference));
+            }
+        }
+        for &l in &p.links {
+            let Some(o) = self.procs.get_mut(&l) else {
+                continue;
+            };
+            o.links.remove(&serial);
+            let (trap, internal) = (o.trap_exits, o.internal());
+            if trap {
+                self.send_to(
+                    l,
+                    ToProcess::Exit {
+                        from: pid,
+                        reason: reason.clone(),
+                    },
+                );
+            } else if !reason.is_normal() && !internal {
+                self.kill(l, reason.clone());
+            }
+        }
+        if let Some(t) = p.ctl {
+            self.close_conn(t);
+        }
+        // Its ports go with it: stopped in order if it ended normally, killed
+        // with its reason otherwise.
+        let ports = self.live_children(serial, |c| c.port().is_some());
+        for port in ports {
+            if reason.is_normal() {
+                self.terminate_port(port);
+            } else {
+                self.kill(port, reason.clone());
+            }
+        }
+        // Its children are the node's now (it is their subreaper): watch them.
+        let orphans: Vec<u64> = self
+            .procs
+            .values()
+            .filter(|c| c.reaper == serial && c.life == Life::Running { watched: false })
+            .map(|c| c.serial)
+            .collect();
+        for c in orphans {
+            if self.sys.watch(c)
+                && let Some(child) = self.procs.get_mut(&c)
+            {
+                child.life = Life::Running { watched: true };
+            }
+        }
+        if self.shutting_down {
+            let children = self.live_children(serial, |c| !c.internal());
+            for c in children {
+                self.exit_signal(MAIN_SERIAL, c, ExitReason::Shutdown, false);
+            }
+        }
+        // Its children that were not reaped are ours now.
+        if !self.pending.is_empty() {
+            self.retry_pending();
+        }
+        // Orphans it left behind are looked for later, off this path (a scan
+        // of /proc costs more than the rest of an exit).
+        if let Some(pgid) = p.ospid {
+            self.stranger_groups.push(pgid);
+        }
+    }
+
+    /// The live children of `parent` that `filter` keeps.
+    fn live_children(&self, parent: u64, filter: impl Fn(&Proc) -> bool) -> Vec<u64> {
+        let mut v: Vec<u64> = self
+            .procs
+            .values()
+            .filter(|c| c.parent == parent && !c.exited() && filter(c))
+            .map(|c| c.serial)
+            .collect();
+        v.sort_unstable();
+        v
+    }
+
+    // ---- signals -----------------------------------------------------
+
+    /// An exit signal from `from` to `target`.
+    fn exit_signal(&mut self, from: u64, target: u64, reason: ExitReason, untrappable: bool) {
+        let Some(p) = self.procs.get(&target) else {
+            return;
+        };
+        if p.exited() {
+            return;
+        }
+        let from_pid = self.pid(from);
+        if target == MAIN_SERIAL || (p.internal() && !untrappable) {
+            // The node's main thread always traps exits; the runtime's own
+            // processes ignore trappable ones.
+            if target == MAIN_SERIAL {
+                let reason = if untrappable { ExitReason::Killed } else { reason };
+                self.send_to(target, ToProcess::Exit { from: from_pid, reason });
+            }
+            return;
+        }
+        if p.port().is_some() && !untrappable {
+            // A port is an external program: it cannot trap. Shutdown asks it
+            // to stop (SIGTERM to its group), the rest kills it.
+            if reason == ExitReason::Shutdown {
+                self.terminate_port(target);
+            } else if !reason.is_normal() || from == target {
+                self.kill(target, reason);
+            }
+            return;
+        }
+        if untrappable {
+            self.kill(target, ExitReason::Killed);
+        } else if p.trap_exits {
+            self.send_to(target, ToProcess::Exit { from: from_pid, reason });
+        } else if reason.is_normal() && from != target {
+            // A normal exit signal does nothing to a process that does not trap.
+        } else {
+            self.kill(target, reason);
+        }
+    }
+
+    /// Whether the zygote runs (it reaps the ports and owns their cgroups).
+    fn zygote_alive(&self) -> bool {
+        self.alive(ZYGOTE_SERIAL)
+    }
+
+    /// Kills `serial` with SIGKILL, recording the reason it dies with.
+    pub(crate) fn kill(&mut self, serial: u64, reason: ExitReason) {
+        let zygote = self.zygote_alive();
+        let Some(p) = self.procs.get_mut(&serial) else {
+            return;
+        };
+        // A process already gone did not die of this: its own reason stands
+        // (gone, even if the node has not handled its end yet).
+        if p.kill_reason.is_none() && !p.exited() && !(p.pidfd && self.sys.ended(serial)) {
+            p.kill_reason = Some(reason.clone());
+        }
+        if let Some(host) = p.host() {
+            // An actor: its host ends it between two steps, and says so.
+            if !p.exited() {
+                self.send_to(host, ToProcess::KillActor { actor: serial, reason });
+            }
+            return;
+        }
+        if !p.pidfd {
+            if let Life::Starting { pidfd_follows, .. } = p.life {
+                p.life = Life::Starting {
+                    pidfd_follows,
+                    kill_pending: true,
+                };
+            }
+            return;
+        }
+        let group = p.port().and(p.ospid);
+        let cgroup = p.port().and_then(|port| port.cgroup.clone());
+        if let Err(e) = self.sys.signal(serial, group, SIGKILL) {
+            tracing::warn!(serial, "kill failed: {e}");
+        }
+        // The zygote kills the port's cgroup when it reaps the port (and then
+        // uses the cgroup again: only it may kill it).
+        if !zygote && let Some(cg) = cgroup {
+            self.sys.kill_cgroup(&cg);
+        }
+    }
+
+    /// Asks a port to stop: `SIGTERM` to its process group now, `SIGKILL` when
+    /// its shutdown time is up.
+    fn terminate_port(&mut self, serial: u64) {
+        let Some(p) = self.procs.get_mut(&serial) else {
+            return;
+        };
+        if p.kill_reason.is_none() {
+            p.kill_reason = Some(ExitReason::Shutdown);
+        }
+        let (Some(port), Some(ospid), true) = (p.port(), p.ospid, p.pidfd) else {
+            if let Life::Starting { pidfd_follows, .. } = p.life {
+                p.life = Life::Starting {
+                    pidfd_follows,
+                    kill_pending: true,
+                };
+            }
+            return;
+        };
+        let deadline = Instant::now() + Duration::from_millis(port.shutdown_ms);
+        let _ = self.sys.signal(serial, Some(ospid), SIGTERM);
+        self.timers.push((deadline, serial));
+        self.timer_armed = true;
+    }
+
+    /// Whether a timer was armed since the last call.
+    pub(crate) fn take_timer_armed(&mut self) -> bool {
+        std::mem::take(&mut self.timer_armed)
+    }
+
+    /// The earliest timer, if any.
+    pub(crate) fn next_timer(&self) -> Option<Instant> {
+        self.timers.iter().map(|t| t.0).min()
+    }
+
+    /// Runs the timers due at `now`: ports that did not stop in time are
+    /// killed.
+    pub(crate) fn run_timers(&mut self, now: Instant) {
+        let due: Vec<u64> = self.timers.iter().filter(|t| t.0 <= now).map(|t| t.1).collect();
+        self.timers.retain(|t| t.0 > now);
+        for serial in due {
+            if self.alive(serial) {
+                self.kill(serial, ExitReason::Shutdown);
+            }
+        }
+    }
+
+    /// Queues a control frame for process `serial`.
+    fn send_to(&mut self, serial: u64, msg: ToProcess) {
+        let Some(p) = self.procs.get(&serial) else {
+            return;
+        };
+        if let Some(host) = p.host() {
+            // An actor: through its host. Replies are the host's own (it made
+            // the request, with its own reference).
+            let msg = match msg {
+                ToProcess::Reply { .. } => msg,
+                other => ToProcess::ForActor {
+                    actor: serial,
+                    msg: Box::new(other),
+                },
+            };
+            return self.send_to(host, msg);
+        }
+        if let Some(conn) = p.ctl {
+            self.sys.send(conn, &msg);
+        }
+    }
+
+    // ---- shutdown and queries ----------------------------------------
+
+    /// Starts an orderly shutdown: the processes the main thread started (and
+    /// orphans) get `Shutdown`, newest first; the others follow when their
+    /// parent is gone.
+    pub(crate) fn begin_shutdown(&mut self) {
+        self.shutting_down = true;
+        let mut top: Vec<u64> = self
+            .procs
+            .values()
+            .filter(|p| !p.internal() && !p.exited() && (p.parent == MAIN_SERIAL || !self.alive(p.parent)))
+            .map(|p| p.serial)
+            .collect();
+        top.sort_unstable_by(|a, b| b.cmp(a));
+        for s in top {
+            self.exit_signal(MAIN_SERIAL, s, ExitReason::Shutdown, false);
+        }
+    }
+
+    /// Whether a shutdown is under way.
+    pub(crate) fn shutting_down(&self) -> bool {
+        self.shutting_down
+    }
+
+    /// Kills every process that is still alive (the end of a shutdown).
+    pub(crate) fn kill_all(&mut self, include_internal: bool) {
+        let mut all: Vec<u64> = self
+            .procs
+            .values()
+            .filter(|p| p.serial != MAIN_SERIAL && (include_internal || !p.internal()))
+            .map(|p| p.serial)
+            .collect();
+        all.sort_unstable();
+        for s in all {
+            self.kill(s, ExitReason::Killed);
+        }
+    }
+
+    /// Whether `serial` is known and has not ended.
+    pub(crate) fn alive(&self, serial: u64) -> bool {
+        self.procs.get(&serial).is_some_and(|p| !p.exited())
+    }
+
+    /// Whether `serial` is in the table (alive, or ended and not finalized).
+    pub(crate) fn knows(&self, serial: u64) -> bool {
+        self.procs.contains_key(&serial)
+    }
+
+    /// Serials of the live processes that are not part of the runtime.
+    pub(crate) fn user_processes(&self) -> Vec<u64> {
+        let mut v: Vec<u64> = self
+            .procs
+            .values()
+            .filter(|p| !p.internal())
+            .map(|p| p.serial)
+            .collect();
+        v.sort_unstable();
+        v
+    }
+
+    /// The OS pids of every process in the table.
+    pub(crate) fn ospids(&self) -> HashSet<i32> {
+        self.procs.values().filter_map(|p| p.ospid).collect()
+    }
+
+    /// Takes the process groups of ended processes, to scan for orphans.
+    pub(crate) fn take_stranger_groups(&mut self) -> Vec<i32> {
+        std::mem::take(&mut self.stranger_groups)
+    }
+
+    /// How many ended processes' groups wait to be scanned for orphans.
+    pub(crate) fn strangers_to_scan(&self) -> usize {
+        self.stranger_groups.len()
+    }
+
+    /// The shared area.
+    pub(crate) fn shared(&self) -> &'static SharedArea {
+        self.shared
+    }
+
+    /// The node-wide counters.
+    pub(crate) fn counters(&self) -> &Counters {
+        &self.counters
+    }
+
+    /// The node-wide counters, to count what the control side refuses.
+    pub(crate) fn counters_mut(&mut self) -> &mut Counters {
+        &mut self.counters
+    }
+
+    /// The status of one process.
+    pub(crate) fn info(&self, serial: u64) -> Option<ProcessInfo> {
+        use std::sync::atomic::Ordering::Relaxed;
+        let p = self.procs.get(&serial)?;
+        let slot = self.shared.slot(serial);
+        let own = slot.is(serial);
+        let state = if p.exited() {
+            ProcessState::Exiting
+        } else if own {
+            ProcessState::from_u32(slot.state.load(Relaxed))
+        } else {
+            ProcessState::Starting
+        };
+        let get = |a: &std::sync::atomic::AtomicU64| if own { a.load(Relaxed) } else { 0 };
+        Some(ProcessInfo {
+            pid: self.pid(serial),
+            os_pid: p.ospid,
+            name: p.name.clone(),
+            parent: Some(self.pid(p.parent)),
+            state,
+            queue_len: get(&slot.queue_len),
+            memory: p.ospid.and_then(|o| self.sys.rss(o)),
+            dropped: get(&slot.dropped),
+            undecodable: get(&slot.undecodable),
+            refused: get(&slot.refused),
+            trap_exits: p.trap_exits,
+            links: p.links.iter().map(|&l| self.pid(l)).collect(),
+            monitors: p.monitors.len(),
+            registered_names: p.names.clone(),
+        })
+    }
+}

@@ -1,0 +1,259 @@
+//! What processes ask of the node: the control frames, one at a time.
+
+use crate::exit::ExitReason;
+use crate::wire::decode_exact;
+use crate::wire::envelope::{NodeReply, ToNode, ToProcess};
+
+use super::{MAIN_SERIAL, MonitorEntry, System, Table};
+
+impl<S: System> Table<S> {
+    /// The serial that `msg` refers to and that the table does
+    /// not know, though it was handed out: its registration may still be in
+    /// flight on another connection, to be read before `msg` is applied.
+    pub(crate) fn awaits(&self, msg: &ToNode) -> Option<u64> {
+        let ours = |pid: &crate::process::Pid| (pid.node() == self.node).then(|| pid.serial());
+        let serial = match msg {
+            ToNode::Register(reg) => Some(reg.parent),
+            ToNode::SpawnActor { host, .. } => Some(*host),
+            ToNode::Link { target, .. } => Some(target.serial()),
+            ToNode::Monitor { target, .. } | ToNode::ExitSignal { target, .. } => ours(target),
+            ToNode::RegisterName { pid, .. } | ToNode::Info { pid, .. } => ours(pid),
+            ToNode::ForActor { actor, msg } => {
+                if !self.knows(*actor) {
+                    Some(*actor)
+                } else {
+                    return decode_exact::<ToNode>(msg).ok().and_then(|m| self.awaits(&m));
+                }
+            }
+            _ => None,
+        }?;
+        let handed_out = serial < self.shared.next_serial.load(std::sync::atomic::Ordering::Acquire);
+        (!self.knows(serial) && handed_out).then_some(serial)
+    }
+
+    /// A control frame read from connection `conn`.
+    pub(crate) fn frame(&mut self, conn: u64, msg: ToNode) {
+        match msg {
+            ToNode::Register(reg) => self.register(reg, conn),
+            ToNode::Withdraw { serial } => self.withdraw(serial),
+            ToNode::Pidfd { serial, ospid } => {
+                if self.wants_pidfd(serial) && self.sys.claim_fd(conn, serial) {
+                    self.attach_pidfd(serial, ospid);
+                } else {
+                    self.sys.drop_fd(conn);
+                }
+            }
+            ToNode::Port { reg, ospid, port } => {
+                if !self.knows(reg.serial) && self.sys.claim_fd(conn, reg.serial) {
+                    self.register_port(reg, ospid, port);
+                } else {
+                    self.sys.drop_fd(conn);
+                }
+            }
+            ToNode::ZygoteSpare { serial, ospid } => self.add_spare(conn, serial, ospid),
+            other => match self.owner(conn) {
+                Some(from) => {
+                    if let Some((request, reply)) = self.request(from, other) {
+                        self.send_to(from, ToProcess::Reply { request, reply });
+                    }
+                }
+                None => {
+                    tracing::warn!("control frame before registration");
+                }
+            },
+        }
+    }
+
+    /// A request from the node's main thread, answered directly.
+    pub(crate) fn local_request(&mut self, from: u64, msg: ToNode) -> Option<NodeReply> {
+        self.request(from, msg).map(|(_, r)| r)
+    }
+
+    /// Handles a request from `from`; returns (request id, answer) when the
+    /// request expects one.
+    fn request(&mut self, from: u64, msg: ToNode) -> Option<(u64, NodeReply)> {
+        match msg {
+            ToNode::Register(_) | ToNode::Pidfd { .. } | ToNode::Port { .. } | ToNode::ZygoteSpare { .. } => None,
+            ToNode::Withdraw { serial } => {
+                self.withdraw(serial);
+                None
+            }
+            ToNode::Link { request, target } => {
+                let target = target.serial();
+                if target == from {
+                    return Some((request, NodeReply::Done));
+                }
+                if !self.knows(target) {
+                    return Some((request, NodeReply::NoProc));
+                }
+                for (a, b) in [(from, target), (target, from)] {
+                    if let Some(p) = self.procs.get_mut(&a) {
+                        p.links.insert(b);
+                    }
+                }
+                Some((request, NodeReply::Done))
+            }
+            ToNode::Unlink { target } => {
+                let target = target.serial();
+                for (a, b) in [(from, target), (target, from)] {
+                    if let Some(p) = self.procs.get_mut(&a) {
+                        p.links.remove(&b);
+                    }
+                }
+                None
+            }
+            ToNode::Monitor {
+                reference,
+                internal,
+                target,
+            } => {
+                let t = target.serial();
+                if target.node() != self.node || !self.knows(t) {
+                    self.send_to(
+                        from,
+                        ToProcess::Down {
+                            reference,
+                            internal,
+                            pid: target,
+                            reason: ExitReason::NoProc,
+                        },
+                    );
+                    return None;
+                }
+                if let Some(p) = self.procs.get_mut(&t) {
+                    p.monitors.push(MonitorEntry {
+                        reference,
+                        watcher: from,
+                        internal,
+                    });
+                }
+                if let Some(p) = self.procs.get_mut(&from) {
+                    p.watching.insert(reference, t);
+                }
+                None
+            }
+            ToNode::Demonitor { reference } => {
+                let target = self.procs.get_mut(&from).and_then(|p| p.watching.remove(&reference));
+                if let Some(t) = target
+                    && let Some(p) = self.procs.get_mut(&t)
+                {
+                    p.monitors.retain(|m| !(m.watcher == from && m.reference == reference));
+                }
+                None
+            }
+            ToNode::TrapExits { request, on } => {
+                if from != MAIN_SERIAL
+                    && let Some(p) = self.procs.get_mut(&from)
+                {
+                    p.trap_exits = on;
+                }
+                Some((request, NodeReply::Done))
+            }
+            ToNode::ExitSignal {
+                target,
+                reason,
+                untrappable,
+            } => {
+                if target.node() == self.node {
+                    self.exit_signal(from, target.serial(), reason, untrappable);
+                }
+                None
+            }
+            ToNode::RegisterName { request, name, pid } => {
+                let s = pid.serial();
+                if pid.node() != self.node || !self.knows(s) {
+                    return Some((request, NodeReply::NoProc));
+                }
+                if let Some(&holder) = self.names.get(&name)
+                    && holder != s
+                    && self.alive(holder)
+                {
+                    return Some((request, NodeReply::NameTaken));
+                }
+                if let Some(old) = self.names.insert(name.clone(), s)
+                    && let Some(p) = self.procs.get_mut(&old)
+                {
+                    p.names.retain(|n| n != &name);
+                }
+                if let Some(p) = self.procs.get_mut(&s) {
+                    p.names.push(name);
+                }
+                Some((request, NodeReply::Done))
+            }
+            ToNode::UnregisterName { name } => {
+                if let Some(s) = self.names.remove(&name)
+                    && let Some(p) = self.procs.get_mut(&s)
+                {
+                    p.names.retain(|n| n != &name);
+                }
+                None
+            }
+            ToNode::Whereis { request, name } => {
+                let pid = self.names.get(&name).filter(|&&s| self.alive(s)).map(|&s| self.pid(s));
+                Some((request, NodeReply::Pid(pid)))
+            }
+            ToNode::Info { request, pid } => {
+                let info = if pid.node() == self.node {
+                    self.info(pid.serial())
+                } else {
+                    None
+                };
+                Some((request, NodeReply::Info(info)))
+            }
+            ToNode::ChildExited { serial, status } => {
+                self.child_exited(serial, status);
+                None
+            }
+            ToNode::Enqueue {
+                class,
+                task,
+                reference,
+                message,
+            } => {
+                self.enqueue(from, class as usize, task, reference, message);
+                None
+            }
+            ToNode::Idle { slot } => {
+                if let Some(class) = self.pool.class_of(slot as usize) {
+                    self.dispatch(class);
+                }
+                None
+            }
+            ToNode::SpawnActor {
+                reg,
+                host,
+                register,
+                start,
+            } => {
+                if reg.parent == from {
+                    self.spawn_actor(reg, host, register, start);
+                }
+                None
+            }
+            ToNode::ActorExit { actor, reason } => {
+                if self.procs.get(&actor).is_some_and(|p| p.host() == Some(from)) {
+                    self.actor_ended(actor, reason);
+                }
+                None
+            }
+            ToNode::ForActor { actor, msg } => {
+                let hosted = self.procs.get(&actor).is_some_and(|p| p.host() == Some(from));
+                let msg = match decode_exact::<ToNode>(&msg) {
+                    Ok(m) if hosted && !matches!(m, ToNode::ForActor { .. } | ToNode::ActorExit { .. }) => m,
+                    _ => {
+                        self.counters.refused += 1;
+                        tracing::warn!(from, actor, "refused a request for an actor the sender does not host");
+                        return None;
+                    }
+                };
+                self.request(actor, msg)
+            }
+            ToNode::LastWords { reason } => {
+                if let Some(p) = self.procs.get_mut(&from) {
+                    p.last_words = Some(reason);
+                }
+                None
+            }
+        }
+    }
+}
