@@ -568,7 +568,12 @@ fn chaos_in_a_supervision_tree() {
     assert!(wrong.is_empty(), "Downs with reasons that do not match: {wrong:?}");
     assert!(
         wait_until(PATIENCE, || util::zombie_children().is_empty()),
-        "zombies left"
+        "zombies left: {}",
+        util::zombie_children()
+            .into_iter()
+            .map(util::describe_zombie)
+            .collect::<Vec<_>>()
+            .join("; ")
     );
     println!(
         "chaos: seed {seed}, {secs} s: deaths {deaths:?}, {restarts} restarts, {} incarnations, {} messages checked",

@@ -226,7 +226,8 @@ fn check_no_leftovers() -> Result<(), String> {
         zombie_children().is_empty()
     });
     if !no_zombies {
-        return Err(format!("the test left zombies: {:?}", zombie_children()));
+        let named: Vec<String> = zombie_children().into_iter().map(describe_zombie).collect();
+        return Err(format!("the test left zombies: {}", named.join("; ")));
     }
     Ok(())
 }
@@ -234,6 +235,31 @@ fn check_no_leftovers() -> Result<(), String> {
 /// OS pids of this process's children that are zombies.
 pub fn zombie_children() -> Vec<i32> {
     children().into_iter().filter(|&p| os_state(p) == Some('Z')).collect()
+}
+
+/// A zombie child described from `/proc`: its OS pid, name, process group,
+/// and how it ended (its wait status, decoded).
+pub fn describe_zombie(pid: i32) -> String {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let comm = stat
+        .find('(')
+        .zip(stat.rfind(')'))
+        .map_or("?", |(a, b)| &stat[a + 1..b]);
+    // Fields after the name, from field 3 (state) on.
+    let rest: Vec<&str> = stat
+        .rfind(')')
+        .map_or(Vec::new(), |b| stat[b + 2..].split(' ').collect());
+    let field = |n: usize| rest.get(n - 3).copied().unwrap_or("?");
+    let ended = match field(52).trim().parse::<i32>() {
+        Ok(status) if status & 0x7f == 0 => format!("exit code {}", (status >> 8) & 0xff),
+        Ok(status) => format!(
+            "signal {}{}",
+            status & 0x7f,
+            if status & 0x80 != 0 { " (core dumped)" } else { "" }
+        ),
+        Err(_) => "unknown".into(),
+    };
+    format!("pid {pid} ({comm}, process group {}, {ended})", field(5))
 }
 
 /// OS pids of this process's children.
