@@ -45,8 +45,8 @@ fn spawn_down(c: &mut criterion::Criterion, node: &Node, name: &str) {
     common::compare(c, name, floor::fork_exit_wait, |iters| {
         let t = Instant::now();
         for _ in 0..iters {
-            let (_p, r) = node.spawn_monitor(|_: Ctx<()>| {}).unwrap();
-            node.recv_down(r).unwrap();
+            let (_p, r) = converge::spawn_monitor(|_: Ctx<()>| {}).unwrap();
+            node.ctx::<()>().recv_down(r).unwrap();
         }
         t.elapsed()
     });
@@ -128,7 +128,7 @@ enum Msg {
 /// One-way throughput of 64-byte messages.
 fn throughput(c: &mut criterion::Criterion, node: &Node) {
     let sink = floor::Sink::start();
-    let counter = node.spawn(counter).unwrap();
+    let counter = converge::spawn(counter).unwrap();
     let me = node.ctx::<()>();
     let back = me.mailbox();
     let mut per_second = 0.0;
@@ -162,17 +162,16 @@ fn kill_down(c: &mut criterion::Criterion, node: &Node) {
         let mut total = Duration::ZERO;
         for _ in 0..iters {
             let back = me.mailbox();
-            let (p, r) = node
-                .spawn_monitor(move |ctx: Ctx<()>| {
-                    back.send(()).unwrap();
-                    let _ = ctx.recv();
-                })
-                .unwrap();
+            let (p, r) = converge::spawn_monitor(move |ctx: Ctx<()>| {
+                back.send(()).unwrap();
+                let _ = ctx.recv();
+            })
+            .unwrap();
             // Running and waiting in recv before the clock starts.
             me.recv().unwrap();
             let t = Instant::now();
             p.kill();
-            node.recv_down(r).unwrap();
+            node.ctx::<()>().recv_down(r).unwrap();
             total += t.elapsed();
         }
         total
@@ -183,19 +182,18 @@ fn kill_down(c: &mut criterion::Criterion, node: &Node) {
 fn uss(node: &Node) {
     let me = node.ctx::<()>();
     let back = me.mailbox();
-    let p = node
-        .spawn(move |ctx: Ctx<()>| {
-            back.send(()).unwrap();
-            let _ = ctx.recv();
-        })
-        .unwrap();
+    let p = converge::spawn(move |ctx: Ctx<()>| {
+        back.send(()).unwrap();
+        let _ = ctx.recv();
+    })
+    .unwrap();
     me.recv().unwrap();
     // Let it settle in its receive, background thread started.
-    while node.process_info(p).map(|i| i.state) != Some(converge::ProcessState::Waiting) {
+    while converge::process_info(p).map(|i| i.state) != Some(converge::ProcessState::Waiting) {
         std::thread::sleep(Duration::from_millis(1));
     }
     std::thread::sleep(Duration::from_millis(50));
-    let os = node.process_info(p).unwrap().os_pid.unwrap();
+    let os = converge::process_info(p).unwrap().os_pid.unwrap();
     let rollup = std::fs::read_to_string(format!("/proc/{os}/smaps_rollup")).unwrap();
     let kib: u64 = rollup
         .lines()
@@ -224,9 +222,9 @@ fn spawn_fn_1gb(c: &mut criterion::Criterion, node: &Node, tiny: &floor::TinyFor
         |iters| {
             let t = Instant::now();
             for _ in 0..iters {
-                let p = node.spawn_fn(quit_at_once, ()).unwrap();
-                let r = node.monitor(p);
-                node.recv_down(r).unwrap();
+                let p = converge::spawn_fn(quit_at_once, ()).unwrap();
+                let r = node.ctx::<()>().monitor(p);
+                node.ctx::<()>().recv_down(r).unwrap();
             }
             t.elapsed()
         },

@@ -68,9 +68,9 @@ fn replace(c: &mut criterion::Criterion, node: &converge::Node) {
         let t = Instant::now();
         for _ in 0..iters {
             let scheduler = pool::schedulers().into_iter().find(|s| s.0 == "spare").unwrap().1;
-            let down = node.monitor(scheduler);
+            let down = node.ctx::<()>().monitor(scheduler);
             Mailbox::<()>::from_pid(scheduler).kill();
-            node.recv_down(down).unwrap();
+            node.ctx::<()>().recv_down(down).unwrap();
             let now = pool::submit_to("spare", me, ()).unwrap().join().unwrap();
             assert_ne!(now, last, "the task ran on a replacement");
             last = now;
@@ -130,7 +130,7 @@ fn actor_spawn(c: &mut criterion::Criterion, node: &converge::Node) {
             let t = Instant::now();
             for _ in 0..iters {
                 let (_, r) = ActorBuilder::new().spawn_monitor::<Brief>(()).unwrap();
-                node.recv_down(r).unwrap();
+                node.ctx::<()>().recv_down(r).unwrap();
             }
             t.elapsed()
         },

@@ -11,7 +11,7 @@ use std::io::{BufRead, BufReader, Write};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use converge::{Framing, PortBuilder, PortOutput};
+use converge::port::{Framing, PortBuilder, PortOutput};
 
 fn main() {
     let cgroups = std::env::var_os("PORT_CGROUPS").is_none_or(|v| v != "0");

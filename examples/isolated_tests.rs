@@ -97,7 +97,7 @@ fn main() -> Result<(), converge::Error> {
         while running.len() < parallel
             && let Some((name, expected, test)) = waiting.next()
         {
-            let (mailbox, monitor) = node.spawn_monitor(move |_: Ctx<()>| test())?;
+            let (mailbox, monitor) = converge::spawn_monitor(move |_: Ctx<()>| test())?;
             running.insert(monitor, (name, expected, mailbox.pid(), Instant::now()));
         }
         if running.is_empty() {

@@ -36,12 +36,14 @@ fn main() -> Result<(), converge::Error> {
             }
         }
     })?;
-    let watch = node.monitor(watcher);
+    let watch = node.ctx::<()>().monitor(watcher);
     println!("{}", report.recv()?);
     println!("{}", report.recv()?);
     println!(
         "watcher: {}",
-        node.recv_down_timeout(watch, Duration::from_secs(10))?.reason
+        node.ctx::<()>()
+            .recv_down_timeout(watch, Duration::from_secs(10))?
+            .reason
     );
     Ok(())
 }

@@ -25,18 +25,18 @@ fn main() -> Result<(), converge::Error> {
     ];
     let mut watched = Vec::new();
     for (what, body) in cases {
-        let (_mailbox, watch) = node.spawn_monitor(body)?;
+        let (_mailbox, watch) = converge::spawn_monitor(body)?;
         watched.push((what, watch));
     }
     // One more, killed from the outside while it waits.
-    let (sleeper, watch) = node.spawn_monitor(|ctx: Ctx<()>| {
+    let (sleeper, watch) = converge::spawn_monitor(|ctx: Ctx<()>| {
         let _ = ctx.recv_timeout(Duration::from_secs(60));
     })?;
     watched.push(("is killed", watch));
     sleeper.kill();
 
     for (what, watch) in watched {
-        let down = node.recv_down_timeout(watch, Duration::from_secs(10))?;
+        let down = node.ctx::<()>().recv_down_timeout(watch, Duration::from_secs(10))?;
         println!("{what:>24} -> {}", down.reason);
     }
     println!("exits by kind: {:?}", node.stats().exits);

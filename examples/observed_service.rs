@@ -9,8 +9,9 @@
 
 use std::time::{Duration, Instant};
 
+use converge::port::{Framing, PortBuilder};
 use converge::supervisor::{ChildSpec, Strategy, Supervisor, SupervisorRef};
-use converge::{CallError, Ctx, Framing, Mailbox, PortBuilder, ReplyTo};
+use converge::{CallError, Ctx, Mailbox, ReplyTo};
 use serde::{Deserialize, Serialize};
 
 const WORKERS: usize = 3;

@@ -14,12 +14,12 @@ fn primes_below(n: u64) -> u64 {
 }
 
 fn main() -> Result<(), converge::Error> {
-    let node = converge::init()?;
+    let _node = converge::init()?; // shuts the processes down when main returns
     let inputs = [10_000u64, 20_000, 30_000, 0, 40_000, 50_000];
     let handles: Vec<_> = inputs
         .iter()
         .map(|&n| {
-            node.spawn_join(move |_: Ctx<()>| {
+            converge::spawn_join(move |_: Ctx<()>| {
                 assert!(n > 0, "an empty range is a bug in the input");
                 primes_below(n)
             })

@@ -7,7 +7,9 @@
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::time::Instant;
 
-use converge::{Ctx, Event, ExitReason, Framing, Pid, PortBuilder, PortOutput};
+use converge::{Ctx, Event, ExitReason, Pid};
+
+use converge::port::{Framing, PortBuilder, PortOutput};
 
 fn main() -> Result<(), converge::Error> {
     let node = converge::init()?;

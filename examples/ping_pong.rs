@@ -16,7 +16,7 @@ fn main() -> Result<(), converge::Error> {
     let node = converge::init()?;
 
     // The ponger answers every ping, until its mailbox is quiet for a second.
-    let ponger = node.spawn(|ctx: Ctx<Msg>| {
+    let ponger = converge::spawn(|ctx: Ctx<Msg>| {
         while let Ok(msg) = ctx.recv_timeout(std::time::Duration::from_secs(1)) {
             if let Msg::Ping { n, reply_to } = msg {
                 println!("  ponger (os pid {}) got ping {n}", std::process::id());
@@ -38,9 +38,11 @@ fn main() -> Result<(), converge::Error> {
         }
     }
 
-    let watch = node.monitor(ponger);
+    let watch = node.ctx::<()>().monitor(ponger);
     ponger.kill();
-    let down = node.recv_down_timeout(watch, std::time::Duration::from_secs(5))?;
+    let down = node
+        .ctx::<()>()
+        .recv_down_timeout(watch, std::time::Duration::from_secs(5))?;
     println!("ponger is gone: {}", down.reason);
     Ok(())
 }

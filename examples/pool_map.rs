@@ -9,7 +9,8 @@ use std::collections::HashMap;
 use std::time::Instant;
 
 use converge::pool;
-use converge::{Ctx, Event, Framing, Pid, PortBuilder, PortOutput};
+use converge::port::{Framing, PortBuilder, PortOutput};
+use converge::{Ctx, Event, Pid};
 
 /// The number of steps the Collatz sequence takes from `n` to 1.
 fn collatz_steps(n: u64) -> u32 {

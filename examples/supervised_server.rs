@@ -10,8 +10,9 @@ use std::io::{BufRead, BufReader, Write};
 use std::net::{TcpListener, TcpStream};
 use std::time::{Duration, Instant};
 
+use converge::Pid;
+use converge::port::{Framing, PortBuilder};
 use converge::supervisor::{ChildSpec, Restart, Strategy, Supervisor, SupervisorRef};
-use converge::{Framing, Pid, PortBuilder};
 
 fn main() -> Result<(), converge::Error> {
     if std::env::args().nth(1).as_deref() == Some("--server") {
@@ -35,8 +36,7 @@ fn main() -> Result<(), converge::Error> {
 
     let mut current = server_pid(&sup, None);
     for round in 1..=3 {
-        let os_pid = node
-            .process_info(current)
+        let os_pid = converge::process_info(current)
             .and_then(|i| i.os_pid)
             .expect("the server runs");
         println!("round {round}: the server is {current} (OS pid {os_pid}); killing it from outside");
@@ -44,7 +44,7 @@ fn main() -> Result<(), converge::Error> {
         let kill = PortBuilder::new("/bin/sh")
             .args(["-c", &format!("kill -KILL {os_pid}")])
             .spawn()?;
-        while !matches!(kill.recv()?, converge::PortOutput::Exit(_)) {}
+        while !matches!(kill.recv()?, converge::port::PortOutput::Exit(_)) {}
         let next = server_pid(&sup, Some(current));
         let info = sup
             .which_children()?

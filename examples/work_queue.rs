@@ -52,7 +52,7 @@ fn main() -> Result<(), converge::Error> {
     // Producers add work over time, from their own processes: each submits
     // in bursts, then joins what it submitted and reports.
     for producer in 0..producers {
-        node.spawn(move |_: Ctx<()>| {
+        converge::spawn(move |_: Ctx<()>| {
             let mut tasks = Vec::new();
             for n in 0..jobs_each {
                 let job = Job {

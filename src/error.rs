@@ -8,10 +8,21 @@ use crate::exit::ExitReason;
 use crate::process::Pid;
 use crate::wire::DecodeError;
 
-/// Any error of this crate, for applications that propagate with `?`.
+/// Any error of this crate, for applications that propagate with `?`. It
+/// keeps the error it was made from: its `Display` and `source()` are that
+/// error's own.
 #[derive(Debug, thiserror::Error)]
 #[error(transparent)]
 pub struct Error(#[from] ErrorInner);
+
+impl Error {
+    /// Wraps an error of a module above this one (ports, supervisors, the
+    /// pool), which names its own `From` impl: this file imports nothing
+    /// from above it.
+    pub(crate) fn other(e: impl std::error::Error + Send + Sync + 'static) -> Error {
+        Error(ErrorInner::Other(Box::new(e)))
+    }
+}
 
 #[derive(Debug, thiserror::Error)]
 enum ErrorInner {
@@ -19,8 +30,8 @@ enum ErrorInner {
     Init(#[from] InitError),
     #[error(transparent)]
     Spawn(#[from] SpawnError),
-    #[error("{0}")]
-    Send(String),
+    #[error(transparent)]
+    Send(SendErrorKind),
     #[error(transparent)]
     Recv(#[from] RecvError),
     #[error(transparent)]
@@ -34,13 +45,9 @@ enum ErrorInner {
     #[error(transparent)]
     Register(#[from] RegisterError),
     #[error(transparent)]
-    Port(#[from] crate::port::PortError),
-    #[error(transparent)]
-    Supervisor(#[from] crate::supervisor::SupervisorError),
-    #[error(transparent)]
-    Task(#[from] crate::pool::TaskError),
-    #[error(transparent)]
     Io(#[from] io::Error),
+    #[error(transparent)]
+    Other(Box<dyn std::error::Error + Send + Sync>),
 }
 
 macro_rules! into_error {
@@ -61,15 +68,12 @@ into_error!(
     JoinError,
     LinkError,
     RegisterError,
-    crate::port::PortError,
-    crate::supervisor::SupervisorError,
-    crate::pool::TaskError,
     io::Error
 );
 
 impl<M> From<SendError<M>> for Error {
     fn from(e: SendError<M>) -> Error {
-        Error(ErrorInner::Send(e.to_string()))
+        Error(ErrorInner::Send(e.kind))
     }
 }
 

@@ -89,14 +89,14 @@ pub fn port_output(data: &[u8]) {
         let (events, broken) = crate::node::inbox::port_cut(framing, max_packet, &mut partial, piece, i == last);
         for e in events {
             let n = match e {
-                crate::PortOutput::Data(d) => d.len(),
-                crate::PortOutput::Line { data, .. } => {
+                crate::port::PortOutput::Data(d) => d.len(),
+                crate::port::PortOutput::Line { data, .. } => {
                     if let Framing::Lines { max } = framing {
                         assert!(data.len() <= max, "a line over its maximum");
                     }
                     data.len()
                 }
-                crate::PortOutput::Packet(p) => {
+                crate::port::PortOutput::Packet(p) => {
                     assert!(p.len() <= max_packet, "a packet over the limit");
                     p.len()
                 }

@@ -14,13 +14,13 @@
 //!
 //! fn main() -> Result<(), converge::Error> {
 //!     let node = converge::init()?; // first thing in main, before any thread
-//!     let (echo, watch) = node.spawn_monitor(|ctx: Ctx<String>| {
+//!     let (echo, watch) = converge::spawn_monitor(|ctx: Ctx<String>| {
 //!         let text = ctx.recv()?;
 //!         println!("{text}");
 //!         Ok::<_, converge::RecvError>(())
 //!     })?;
 //!     echo.send("hello, world".to_string())?;
-//!     let down = node.recv_down_timeout(watch, Duration::from_secs(5))?;
+//!     let down = node.ctx::<()>().recv_down_timeout(watch, Duration::from_secs(5))?;
 //!     assert_eq!(down.reason, ExitReason::Normal);
 //!     Ok(())
 //! }
@@ -39,7 +39,7 @@
 //! ```
 //! # fn main() -> Result<(), converge::Error> {
 //! # let node = converge::init()?;
-//! let handle = node.spawn_join(|_ctx: converge::Ctx<()>| (1..=10u64).product::<u64>())?;
+//! let handle = converge::spawn_join(|_ctx: converge::Ctx<()>| (1..=10u64).product::<u64>())?;
 //! assert_eq!(handle.join()?, 3_628_800);
 //! # Ok(()) }
 //! ```
@@ -58,7 +58,7 @@
 //! # use converge::{Ctx, Event};
 //! # fn main() -> Result<(), converge::Error> {
 //! # let node = converge::init()?;
-//! let doubler = node.spawn(|ctx: Ctx<(u32, converge::Mailbox<u32>)>| {
+//! let doubler = converge::spawn(|ctx: Ctx<(u32, converge::Mailbox<u32>)>| {
 //!     while let Ok((n, reply)) = ctx.recv() {
 //!         let _ = reply.send(n * 2);
 //!     }
@@ -81,7 +81,7 @@
 //! # use converge::{Ctx, Event, ExitReason};
 //! # fn main() -> Result<(), converge::Error> {
 //! # let node = converge::init()?;
-//! let child = node.spawn_link(|_ctx: Ctx<()>| -> Result<(), String> { Err("boom".into()) })?;
+//! let child = converge::spawn_link(|_ctx: Ctx<()>| -> Result<(), String> { Err("boom".into()) })?;
 //! match node.ctx::<()>().recv_event()? {
 //!     Event::Exit(e) => assert_eq!((e.from, e.reason), (child.pid(), ExitReason::Error("boom".into()))),
 //!     other => panic!("unexpected {other:?}"),
@@ -128,7 +128,7 @@ pub use link::ExitSignal;
 pub use mailbox::{Ctx, Event, Mailbox, ReplyTo};
 pub use monitor::{Down, MonitorRef};
 pub use node::{Config, Node, NodeStats, init};
-pub use port::{Framing, Port, PortBuilder, PortError, PortOutput, Stderr};
+
 pub use process::{
     Builder, JoinHandle, MemoryLimiter, NodeId, Overflow, Pid, ProcessInfo, ProcessState, flush, process_info,
     register, self_pid, spawn, spawn_fn, spawn_join, spawn_link, spawn_monitor, unregister, whereis,

@@ -129,7 +129,7 @@ impl<M: Serialize> Mailbox<M> {
     ///
     /// # fn main() -> Result<(), converge::Error> {
     /// let node = converge::init()?;
-    /// let adder = node.spawn(|ctx: Ctx<Req>| {
+    /// let adder = converge::spawn(|ctx: Ctx<Req>| {
     ///     while let Ok(Req::Add(a, b, reply)) = ctx.recv() {
     ///         let _ = reply.reply(a + b);
     ///     }
@@ -309,7 +309,7 @@ pub enum Event<M> {
     /// A frame that did not decode as `M` (it is counted in
     /// [`ProcessInfo::undecodable`](crate::ProcessInfo::undecodable)).
     Undecodable(DecodeError),
-    /// An event of a port this process owns (see [`Port`](crate::Port)).
+    /// An event of a port this process owns (see [`Port`](crate::port::Port)).
     Port {
         /// The port.
         port: Pid,
@@ -486,6 +486,16 @@ impl<M: DeserializeOwned> Ctx<M> {
         timeout: Duration,
     ) -> Result<M, RecvTimeoutError> {
         self.wait(deadline_of(timeout), |st| next_message(self.rt, st, &mut pred))
+    }
+
+    /// Selective receive without waiting: takes the first waiting message for
+    /// which `pred` is true, leaving the others queued in order.
+    pub fn try_recv_matching(&self, mut pred: impl FnMut(&M) -> bool) -> Result<M, TryRecvError> {
+        match self.wait(Some(Instant::now()), |st| next_message(self.rt, st, &mut pred)) {
+            Ok(m) => Ok(m),
+            Err(RecvTimeoutError::Timeout) => Err(TryRecvError::Empty),
+            Err(RecvTimeoutError::Disconnected) => Err(TryRecvError::Disconnected),
+        }
     }
 
     /// Waits for the next message or signal, in arrival order.

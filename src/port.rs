@@ -140,11 +140,17 @@ pub enum PortError {
     Io(#[from] io::Error),
 }
 
+impl From<PortError> for crate::Error {
+    fn from(e: PortError) -> crate::Error {
+        crate::Error::other(e)
+    }
+}
+
 /// Options for a port.
 ///
 /// ```no_run
 /// # fn main() -> Result<(), converge::Error> {
-/// use converge::{Framing, PortBuilder, PortOutput};
+/// use converge::port::{Framing, PortBuilder, PortOutput};
 /// let node = converge::init()?;
 /// let port = PortBuilder::new("/bin/sh")
 ///     .args(["-c", "echo hello; echo world"])

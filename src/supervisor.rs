@@ -35,7 +35,7 @@
 //!             println!("working on {job}");
 //!         }
 //!     }))
-//!     .child(ChildSpec::port("server", converge::PortBuilder::new("my-server")).restart(Restart::Transient))
+//!     .child(ChildSpec::port("server", converge::port::PortBuilder::new("my-server")).restart(Restart::Transient))
 //!     .spawn()?;
 //! for child in sup.which_children()? {
 //!     println!("{}: {:?} after {} restarts", child.id, child.pid, child.restarts);
@@ -434,6 +434,12 @@ pub enum SupervisorError {
     /// The request did not reach the supervisor or its answer did not come.
     #[error("request to the supervisor failed: {0}")]
     Call(String),
+}
+
+impl From<SupervisorError> for crate::Error {
+    fn from(e: SupervisorError) -> crate::Error {
+        crate::Error::other(e)
+    }
 }
 
 /// What a supervisor is asked.

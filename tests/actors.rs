@@ -177,9 +177,9 @@ fn get(a: Mailbox<Cmd>) -> u64 {
 /// Ends `actors` and waits for each to be gone.
 fn end_all(actors: &[Mailbox<Cmd>]) {
     for a in actors {
-        let r = node().monitor(a.pid());
+        let r = node().ctx::<()>().monitor(a.pid());
         a.kill();
-        node().recv_down_timeout(r, PATIENCE).unwrap();
+        node().ctx::<()>().recv_down_timeout(r, PATIENCE).unwrap();
     }
 }
 
@@ -211,7 +211,7 @@ fn an_actor_answers_calls() {
         .spawn_monitor::<Probe>(report_box().mailbox())
         .unwrap();
     assert_eq!(
-        node().recv_down_timeout(r, PATIENCE).unwrap().reason,
+        node().ctx::<()>().recv_down_timeout(r, PATIENCE).unwrap().reason,
         ExitReason::Error("the name the-counter is registered already".into())
     );
     assert!(node().processes().contains(&a.pid()));
@@ -241,9 +241,9 @@ fn a_panic_ends_the_actor_not_its_scheduler() {
     let a = probe("solo");
     let b = probe("solo");
     b.send(Cmd::Add(7)).unwrap();
-    let r = node().monitor(a.pid());
+    let r = node().ctx::<()>().monitor(a.pid());
     a.send(Cmd::Panic("bad input".into())).unwrap();
-    let down = node().recv_down_timeout(r, PATIENCE).unwrap();
+    let down = node().ctx::<()>().recv_down_timeout(r, PATIENCE).unwrap();
     assert_eq!(down.reason, ExitReason::Panic("bad input".into()));
     // Its neighbour on the same scheduler lives on; so does the scheduler.
     assert_eq!(get(b), 7);
@@ -256,34 +256,34 @@ fn stop_kill_and_exit_signals() {
     let me = converge::self_pid().unwrap();
     // Stopping itself.
     let a = probe(pool::DEFAULT_CLASS);
-    let r = node().monitor(a.pid());
+    let r = node().ctx::<()>().monitor(a.pid());
     a.send(Cmd::Stop(ExitReason::Exit("done".into()))).unwrap();
     assert_eq!(
-        node().recv_down_timeout(r, PATIENCE).unwrap().reason,
+        node().ctx::<()>().recv_down_timeout(r, PATIENCE).unwrap().reason,
         ExitReason::Exit("done".into())
     );
     // Killed.
     let a = probe(pool::DEFAULT_CLASS);
-    let r = node().monitor(a.pid());
+    let r = node().ctx::<()>().monitor(a.pid());
     a.kill();
     assert_eq!(
-        node().recv_down_timeout(r, PATIENCE).unwrap().reason,
+        node().ctx::<()>().recv_down_timeout(r, PATIENCE).unwrap().reason,
         ExitReason::Killed
     );
     // A normal exit signal does nothing to an actor that does not trap; any
     // other ends it with that reason.
     let a = probe(pool::DEFAULT_CLASS);
-    let r = node().monitor(a.pid());
+    let r = node().ctx::<()>().monitor(a.pid());
     a.exit(ExitReason::Normal);
     assert_eq!(get(a), 0);
     a.exit(ExitReason::Exit("told to".into()));
     assert_eq!(
-        node().recv_down_timeout(r, PATIENCE).unwrap().reason,
+        node().ctx::<()>().recv_down_timeout(r, PATIENCE).unwrap().reason,
         ExitReason::Exit("told to".into())
     );
     // A trapping actor gets the signal as an event, except a kill.
     let a = probe(pool::DEFAULT_CLASS);
-    let r = node().monitor(a.pid());
+    let r = node().ctx::<()>().monitor(a.pid());
     a.send(Cmd::Trap(true)).unwrap();
     assert_eq!(get(a), 0);
     a.exit(ExitReason::Exit("told to".into()));
@@ -291,7 +291,7 @@ fn stop_kill_and_exit_signals() {
     assert_eq!(get(a), 0);
     a.kill();
     assert_eq!(
-        node().recv_down_timeout(r, PATIENCE).unwrap().reason,
+        node().ctx::<()>().recv_down_timeout(r, PATIENCE).unwrap().reason,
         ExitReason::Killed
     );
 }
@@ -300,54 +300,57 @@ fn links_between_actors_and_processes() {
     // An actor started linked by a process that fails goes with it.
     let back = node().ctx::<Pid>();
     let out = back.mailbox();
-    let (p, pr) = node()
-        .spawn_monitor(move |ctx: Ctx<()>| -> Result<(), String> {
-            let a = ActorBuilder::new()
-                .spawn_link::<Probe>(Mailbox::from_pid(ctx.pid()))
-                .unwrap();
-            out.send(a.pid()).unwrap();
-            let _ = ctx.recv();
-            Err("the parent failed".into())
-        })
-        .unwrap();
+    let (p, pr) = converge::spawn_monitor(move |ctx: Ctx<()>| -> Result<(), String> {
+        let a = ActorBuilder::new()
+            .spawn_link::<Probe>(Mailbox::from_pid(ctx.pid()))
+            .unwrap();
+        out.send(a.pid()).unwrap();
+        let _ = ctx.recv();
+        Err("the parent failed".into())
+    })
+    .unwrap();
     let actor = back.recv_timeout(PATIENCE).unwrap();
-    let ar = node().monitor(actor);
+    let ar = node().ctx::<()>().monitor(actor);
     p.send(()).unwrap();
     let reason = ExitReason::Error("the parent failed".into());
-    assert_eq!(node().recv_down_timeout(pr, PATIENCE).unwrap().reason, reason);
-    assert_eq!(node().recv_down_timeout(ar, PATIENCE).unwrap().reason, reason);
+    assert_eq!(
+        node().ctx::<()>().recv_down_timeout(pr, PATIENCE).unwrap().reason,
+        reason
+    );
+    assert_eq!(
+        node().ctx::<()>().recv_down_timeout(ar, PATIENCE).unwrap().reason,
+        reason
+    );
 
     // A process linked to an actor that panics goes with it.
     let a = probe(pool::DEFAULT_CLASS);
-    let (_, pr) = node()
-        .spawn_monitor(move |ctx: Ctx<()>| {
-            ctx.link(a.pid()).unwrap();
-            let _ = ctx.recv_timeout(PATIENCE);
-        })
-        .unwrap();
+    let (_, pr) = converge::spawn_monitor(move |ctx: Ctx<()>| {
+        ctx.link(a.pid()).unwrap();
+        let _ = ctx.recv_timeout(PATIENCE);
+    })
+    .unwrap();
     // Linked once the process answers through the actor.
     wait_until(PATIENCE, || {
         converge::process_info(a.pid()).is_some_and(|i| !i.links.is_empty())
     });
     a.send(Cmd::Panic("actor down".into())).unwrap();
     assert_eq!(
-        node().recv_down_timeout(pr, PATIENCE).unwrap().reason,
+        node().ctx::<()>().recv_down_timeout(pr, PATIENCE).unwrap().reason,
         ExitReason::Panic("actor down".into())
     );
 }
 
 fn an_actor_monitors_a_process() {
     let a = probe(pool::DEFAULT_CLASS);
-    let (p, pr) = node()
-        .spawn_monitor(|ctx: Ctx<()>| -> Result<(), String> {
-            let _ = ctx.recv();
-            Err("watched".into())
-        })
-        .unwrap();
+    let (p, pr) = converge::spawn_monitor(|ctx: Ctx<()>| -> Result<(), String> {
+        let _ = ctx.recv();
+        Err("watched".into())
+    })
+    .unwrap();
     a.send(Cmd::Monitor(p.pid())).unwrap();
     assert_eq!(get(a), 0);
     p.send(()).unwrap();
-    node().recv_down_timeout(pr, PATIENCE).unwrap();
+    node().ctx::<()>().recv_down_timeout(pr, PATIENCE).unwrap();
     assert_eq!(next_report(), format!("down {} error: watched", p.pid()));
     // A monitor of something already gone says NoProc at once.
     a.send(Cmd::Monitor(p.pid())).unwrap();
@@ -374,31 +377,30 @@ fn messages_between_actors_of_one_scheduler_use_no_socket() {
 fn killing_a_scheduler_ends_its_actors_with_the_reason() {
     let actors: Vec<Mailbox<Cmd>> = (0..3).map(|_| probe("solo")).collect();
     let (_, ospid) = actors[0].call(Cmd::WhoAmI, PATIENCE).unwrap();
-    let monitors: Vec<_> = actors.iter().map(|a| node().monitor(a.pid())).collect();
+    let monitors: Vec<_> = actors.iter().map(|a| node().ctx::<()>().monitor(a.pid())).collect();
     // A trapping process linked to one of them hears of it.
     let heard = node().ctx::<String>();
     let out = heard.mailbox();
     let first = actors[0].pid();
-    let (_, pr) = node()
-        .spawn_monitor(move |ctx: Ctx<()>| {
-            ctx.trap_exits(true);
-            ctx.link(first).unwrap();
-            out.send("linked".to_string()).unwrap();
-            if let Ok(Event::Exit(e)) = ctx.recv_event_timeout(PATIENCE) {
-                out.send(format!("{} {}", e.from, e.reason)).unwrap();
-            }
-        })
-        .unwrap();
+    let (_, pr) = converge::spawn_monitor(move |ctx: Ctx<()>| {
+        ctx.trap_exits(true);
+        ctx.link(first).unwrap();
+        out.send("linked".to_string()).unwrap();
+        if let Ok(Event::Exit(e)) = ctx.recv_event_timeout(PATIENCE) {
+            out.send(format!("{} {}", e.from, e.reason)).unwrap();
+        }
+    })
+    .unwrap();
     assert_eq!(heard.recv_timeout(PATIENCE).unwrap(), "linked");
     let scheduler = pool::schedulers().into_iter().find(|s| s.0 == "solo").unwrap().1;
     // SAFETY: plain kill(2) of the scheduler, from outside.
     assert_eq!(unsafe { libc::kill(ospid as i32, libc::SIGKILL) }, 0);
     for (a, r) in actors.iter().zip(monitors) {
-        let down = node().recv_down_timeout(r, PATIENCE).unwrap();
+        let down = node().ctx::<()>().recv_down_timeout(r, PATIENCE).unwrap();
         assert_eq!((down.pid, down.reason), (a.pid(), ExitReason::Killed));
     }
     assert_eq!(heard.recv_timeout(PATIENCE).unwrap(), format!("{first} killed"));
-    node().recv_down_timeout(pr, PATIENCE).unwrap();
+    node().ctx::<()>().recv_down_timeout(pr, PATIENCE).unwrap();
     // The pool is back to full strength, with a new scheduler for the class.
     assert!(wait_until(PATIENCE, || pool::schedulers().len() == 3
         && pool::schedulers().iter().all(|s| s.1 != scheduler)));
@@ -463,10 +465,10 @@ fn a_supervisor_restarts_an_actor() {
     assert_eq!(get(Mailbox::from_pid(second)), 0);
     let children = sup.which_children().unwrap();
     assert_eq!(children[0].restarts, 1);
-    let r = node().monitor(second);
+    let r = node().ctx::<()>().monitor(second);
     sup.stop().unwrap();
     assert_eq!(
-        node().recv_down_timeout(r, PATIENCE).unwrap().reason,
+        node().ctx::<()>().recv_down_timeout(r, PATIENCE).unwrap().reason,
         ExitReason::Shutdown
     );
 }
@@ -503,8 +505,11 @@ fn helper_watchdog_kills() {
     assert_eq!(neighbour.call(Cmd::Get, PATIENCE).unwrap(), 0);
     let scheduler = pool::schedulers()[0].1;
     slow.send(Cmd::Sleep(5_000)).unwrap();
-    say("slow", node.recv_down_timeout(sr, PATIENCE).unwrap().reason);
-    say("neighbour", node.recv_down_timeout(nr, PATIENCE).unwrap().reason);
+    say("slow", node.ctx::<()>().recv_down_timeout(sr, PATIENCE).unwrap().reason);
+    say(
+        "neighbour",
+        node.ctx::<()>().recv_down_timeout(nr, PATIENCE).unwrap().reason,
+    );
     say("overruns", pool::actor_stats().overruns);
     let deadline = Instant::now() + PATIENCE;
     while Instant::now() < deadline && pool::schedulers().first().is_none_or(|s| s.1 == scheduler) {

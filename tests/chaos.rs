@@ -21,8 +21,9 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 use converge::pool::{self, Actor, ActorBuilder, ActorCtx};
+use converge::port::PortBuilder;
 use converge::supervisor::{ChildSpec, ChildState, Strategy, Supervisor, SupervisorRef};
-use converge::{Config, Ctx, Event, ExitReason, Mailbox, MonitorRef, Pid, PortBuilder};
+use converge::{Config, Ctx, Event, ExitReason, Mailbox, MonitorRef, Pid};
 use serde::{Deserialize, Serialize};
 use util::{HelperProcess, PATIENCE, helper, node, say, wait_until};
 
@@ -153,7 +154,7 @@ impl Collector {
     fn handle(&mut self, event: Event<Report>) {
         match event {
             Event::Message(Report::Hello(pid)) => {
-                let r = node().monitor(pid);
+                let r = node().ctx::<()>().monitor(pid);
                 self.monitors.insert(r, pid);
                 self.next.insert(pid, 0);
             }
@@ -219,7 +220,7 @@ impl Collector {
 
     /// Monitors `pid` for the chaos loop.
     fn watch(&mut self, pid: Pid) -> MonitorRef {
-        let r = node().monitor(pid);
+        let r = node().ctx::<()>().monitor(pid);
         self.monitors.insert(r, pid);
         r
     }
@@ -414,9 +415,9 @@ fn chaos_in_a_supervision_tree() {
                 };
                 let pid = p[rng.below(p.len())];
                 let Some(os) = os_pid(pid) else { continue };
-                let r = node().monitor(pid);
+                let r = node().ctx::<()>().monitor(pid);
                 signal(os, libc::SIGKILL);
-                let down = node().recv_down_timeout(r, PATIENCE).unwrap();
+                let down = node().ctx::<()>().recv_down_timeout(r, PATIENCE).unwrap();
                 assert_eq!(down.reason, ExitReason::Killed, "port");
                 *deaths.entry("port SIGKILL").or_default() += 1;
                 continue;
@@ -428,10 +429,10 @@ fn chaos_in_a_supervision_tree() {
                 }
                 let (_, pid) = s[rng.below(s.len())];
                 let Some(os) = os_pid(pid) else { continue };
-                let r = node().monitor(pid);
+                let r = node().ctx::<()>().monitor(pid);
                 signal(os, libc::SIGKILL);
                 assert_eq!(
-                    node().recv_down_timeout(r, PATIENCE).unwrap().reason,
+                    node().ctx::<()>().recv_down_timeout(r, PATIENCE).unwrap().reason,
                     ExitReason::Killed
                 );
                 *deaths.entry("scheduler SIGKILL").or_default() += 1;
@@ -464,10 +465,10 @@ fn chaos_in_a_supervision_tree() {
             _ => {
                 let id = ["workers", "actors", "ports"][rng.below(3)];
                 let Some(s) = sup(id) else { continue };
-                let r = node().monitor(s.pid());
+                let r = node().ctx::<()>().monitor(s.pid());
                 Mailbox::<()>::from_pid(s.pid()).kill();
                 assert_eq!(
-                    node().recv_down_timeout(r, PATIENCE).unwrap().reason,
+                    node().ctx::<()>().recv_down_timeout(r, PATIENCE).unwrap().reason,
                     ExitReason::Killed
                 );
                 *deaths.entry("supervisor kill").or_default() += 1;

@@ -78,10 +78,10 @@ fn idle(ctx: Ctx<()>) {
 }
 
 fn kill_is_killed() {
-    let (mb, r) = node().spawn_monitor(idle).unwrap();
+    let (mb, r) = converge::spawn_monitor(idle).unwrap();
     mb.kill();
     assert_eq!(
-        node().recv_down_timeout(r, PATIENCE).unwrap().reason,
+        node().ctx::<()>().recv_down_timeout(r, PATIENCE).unwrap().reason,
         ExitReason::Killed
     );
 }
@@ -89,20 +89,20 @@ fn kill_is_killed() {
 fn os_pid(mb: &Mailbox<()>) -> i32 {
     let mut os = None;
     assert!(util::wait_until(PATIENCE, || {
-        os = node().process_info(mb).and_then(|i| i.os_pid);
+        os = converge::process_info(mb).and_then(|i| i.os_pid);
         os.is_some()
     }));
     os.unwrap()
 }
 
 fn signal_from_outside(signal: i32) -> ExitReason {
-    let (mb, r) = node().spawn_monitor(idle).unwrap();
+    let (mb, r) = converge::spawn_monitor(idle).unwrap();
     let os = os_pid(&mb);
     // SAFETY: sending a signal to a process of ours.
     unsafe {
         libc::kill(os, signal);
     }
-    node().recv_down_timeout(r, PATIENCE).unwrap().reason
+    node().ctx::<()>().recv_down_timeout(r, PATIENCE).unwrap().reason
 }
 
 fn sigkill_from_outside_is_killed() {
@@ -167,7 +167,7 @@ fn core_flag_follows_the_kernel() {
                 std::process::abort();
             })
             .unwrap();
-        node().recv_down_timeout(r, PATIENCE).unwrap().reason
+        node().ctx::<()>().recv_down_timeout(r, PATIENCE).unwrap().reason
     };
     let pattern = std::fs::read_to_string("/proc/sys/kernel/core_pattern").unwrap_or_default();
     let core_written = std::fs::read_dir(&dir).unwrap().count() > 0;
@@ -200,36 +200,34 @@ fn process_exit_0_is_normal() {
 fn death_through_link_carries_the_reason() {
     let me = node().ctx::<()>();
     let me_mb = me.mailbox();
-    let (b, rb) = node()
-        .spawn_monitor(|ctx: Ctx<()>| -> Result<(), String> {
-            let _ = ctx.recv_timeout(PATIENCE);
-            Err("b failed".into())
-        })
-        .unwrap();
-    let (_a, ra) = node()
-        .spawn_monitor(move |ctx: Ctx<()>| {
-            ctx.link(b.pid()).unwrap();
-            me_mb.send(()).unwrap();
-            let _ = ctx.recv_timeout(PATIENCE);
-        })
-        .unwrap();
+    let (b, rb) = converge::spawn_monitor(|ctx: Ctx<()>| -> Result<(), String> {
+        let _ = ctx.recv_timeout(PATIENCE);
+        Err("b failed".into())
+    })
+    .unwrap();
+    let (_a, ra) = converge::spawn_monitor(move |ctx: Ctx<()>| {
+        ctx.link(b.pid()).unwrap();
+        me_mb.send(()).unwrap();
+        let _ = ctx.recv_timeout(PATIENCE);
+    })
+    .unwrap();
     me.recv_timeout(PATIENCE).unwrap();
     b.send(()).unwrap();
     assert_eq!(
-        node().recv_down_timeout(rb, PATIENCE).unwrap().reason,
+        node().ctx::<()>().recv_down_timeout(rb, PATIENCE).unwrap().reason,
         ExitReason::Error("b failed".into())
     );
     assert_eq!(
-        node().recv_down_timeout(ra, PATIENCE).unwrap().reason,
+        node().ctx::<()>().recv_down_timeout(ra, PATIENCE).unwrap().reason,
         ExitReason::Error("b failed".into())
     );
 }
 
 fn killed_before_it_ran_is_killed() {
     for _ in 0..20 {
-        let (mb, r) = node().spawn_monitor(|_: Ctx<()>| {}).unwrap();
+        let (mb, r) = converge::spawn_monitor(|_: Ctx<()>| {}).unwrap();
         mb.kill();
-        let reason = node().recv_down_timeout(r, PATIENCE).unwrap().reason;
+        let reason = node().ctx::<()>().recv_down_timeout(r, PATIENCE).unwrap().reason;
         // Either the kill landed first, or the process had already finished.
         assert!(matches!(reason, ExitReason::Killed | ExitReason::Normal), "{reason:?}");
     }
@@ -238,34 +236,30 @@ fn killed_before_it_ran_is_killed() {
 /// A process whose messages cannot leave (the receiver never reads) spends
 /// its exit trying to write them; killed then, it is `Killed`, not `Normal`.
 fn killed_while_flushing_on_exit_is_killed() {
-    let (sink, rs) = node()
-        .spawn_monitor(|ctx: Ctx<Vec<u8>>| {
-            // Never reads: just waits for the end.
-            std::thread::sleep(PATIENCE);
-            let _ = ctx;
-        })
-        .unwrap();
-    let (writer, rw) = node()
-        .spawn_monitor(move |_: Ctx<()>| {
-            let chunk = vec![7u8; 1 << 20];
-            for _ in 0..16 {
-                sink.send(chunk.clone()).unwrap();
-            }
-        })
-        .unwrap();
+    let (sink, rs) = converge::spawn_monitor(|ctx: Ctx<Vec<u8>>| {
+        // Never reads: just waits for the end.
+        std::thread::sleep(PATIENCE);
+        let _ = ctx;
+    })
+    .unwrap();
+    let (writer, rw) = converge::spawn_monitor(move |_: Ctx<()>| {
+        let chunk = vec![7u8; 1 << 20];
+        for _ in 0..16 {
+            sink.send(chunk.clone()).unwrap();
+        }
+    })
+    .unwrap();
     assert!(util::wait_until(PATIENCE, || {
-        node()
-            .process_info(writer)
-            .is_some_and(|i| i.state == converge::ProcessState::Exiting)
+        converge::process_info(writer).is_some_and(|i| i.state == converge::ProcessState::Exiting)
     }));
     writer.kill();
     assert_eq!(
-        node().recv_down_timeout(rw, PATIENCE).unwrap().reason,
+        node().ctx::<()>().recv_down_timeout(rw, PATIENCE).unwrap().reason,
         ExitReason::Killed
     );
     sink.kill();
     assert_eq!(
-        node().recv_down_timeout(rs, PATIENCE).unwrap().reason,
+        node().ctx::<()>().recv_down_timeout(rs, PATIENCE).unwrap().reason,
         ExitReason::Killed
     );
 }
@@ -273,22 +267,21 @@ fn killed_while_flushing_on_exit_is_killed() {
 /// Reasons of processes spawned from inside a process, reported to the node's
 /// main thread through a monitor placed by the node.
 fn nested_process_reasons_are_exact() {
-    let parent = node()
-        .spawn_join(|ctx: Ctx<()>| {
-            let mut out = Vec::new();
-            let cases: Vec<Box<dyn FnOnce(Ctx<()>) -> ExitReason>> = vec![
-                Box::new(|_| ExitReason::Normal),
-                Box::new(|_| panic!("inner panic")),
-                Box::new(|_| std::process::exit(9)),
-                Box::new(|_| ExitReason::Exit("inner".into())),
-            ];
-            for case in cases {
-                let (_mb, r) = converge::spawn_monitor(case).unwrap();
-                out.push(ctx.recv_down_timeout(r, PATIENCE).unwrap().reason);
-            }
-            out
-        })
-        .unwrap();
+    let parent = converge::spawn_join(|ctx: Ctx<()>| {
+        let mut out = Vec::new();
+        let cases: Vec<Box<dyn FnOnce(Ctx<()>) -> ExitReason>> = vec![
+            Box::new(|_| ExitReason::Normal),
+            Box::new(|_| panic!("inner panic")),
+            Box::new(|_| std::process::exit(9)),
+            Box::new(|_| ExitReason::Exit("inner".into())),
+        ];
+        for case in cases {
+            let (_mb, r) = converge::spawn_monitor(case).unwrap();
+            out.push(ctx.recv_down_timeout(r, PATIENCE).unwrap().reason);
+        }
+        out
+    })
+    .unwrap();
     assert_eq!(
         parent.join().unwrap(),
         vec![
@@ -305,27 +298,26 @@ fn nested_process_reasons_are_exact() {
 fn orphan_reasons_are_exact() {
     let me = node().ctx::<(converge::Pid, u32)>();
     let me_mb = me.mailbox();
-    let (parent, rp) = node()
-        .spawn_monitor(move |_: Ctx<()>| {
-            let child = converge::spawn(move |ctx: Ctx<()>| -> () {
-                let _ = ctx.recv_timeout(PATIENCE);
-                std::process::exit(42);
-            })
-            .unwrap();
-            me_mb.send((child.pid(), 0)).unwrap();
-            // The parent dies before its child.
-            ExitReason::Exit("parent gone".into())
+    let (parent, rp) = converge::spawn_monitor(move |_: Ctx<()>| {
+        let child = converge::spawn(move |ctx: Ctx<()>| -> () {
+            let _ = ctx.recv_timeout(PATIENCE);
+            std::process::exit(42);
         })
         .unwrap();
+        me_mb.send((child.pid(), 0)).unwrap();
+        // The parent dies before its child.
+        ExitReason::Exit("parent gone".into())
+    })
+    .unwrap();
     let (child, _) = me.recv_timeout(PATIENCE).unwrap();
-    let rc = node().monitor(child);
+    let rc = node().ctx::<()>().monitor(child);
     assert_eq!(
-        node().recv_down_timeout(rp, PATIENCE).unwrap().reason,
+        node().ctx::<()>().recv_down_timeout(rp, PATIENCE).unwrap().reason,
         ExitReason::Exit("parent gone".into())
     );
     Mailbox::<()>::from_pid(child).send(()).unwrap();
     assert_eq!(
-        node().recv_down_timeout(rc, PATIENCE).unwrap().reason,
+        node().ctx::<()>().recv_down_timeout(rc, PATIENCE).unwrap().reason,
         ExitReason::Code(42)
     );
     let _ = parent;
@@ -347,10 +339,10 @@ fn spawn_fn_reasons_are_exact() {
         (1, ExitReason::Panic("fn panic".into())),
         (5, ExitReason::Code(5)),
     ] {
-        let mb = node().spawn_fn(fn_exit, arg).unwrap();
-        let r = node().monitor(mb);
+        let mb = converge::spawn_fn(fn_exit, arg).unwrap();
+        let r = node().ctx::<()>().monitor(mb);
         mb.send(()).unwrap();
-        assert_eq!(node().recv_down_timeout(r, PATIENCE).unwrap().reason, want);
+        assert_eq!(node().ctx::<()>().recv_down_timeout(r, PATIENCE).unwrap().reason, want);
     }
 }
 
@@ -366,7 +358,7 @@ fn cpu_time_limit_is_cpu_limit() {
         })
         .unwrap();
     assert_eq!(
-        node().recv_down_timeout(r, PATIENCE).unwrap().reason,
+        node().ctx::<()>().recv_down_timeout(r, PATIENCE).unwrap().reason,
         ExitReason::CpuLimit
     );
 }

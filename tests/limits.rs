@@ -74,7 +74,7 @@ fn hog_with_limit(limit: u64, mib: usize) -> ExitReason {
             hog(mib);
         })
         .unwrap();
-    node().recv_down_timeout(r, PATIENCE).unwrap().reason
+    node().ctx::<()>().recv_down_timeout(r, PATIENCE).unwrap().reason
 }
 
 /// Whether a memory-limited process here could swap instead of reaching its
@@ -118,10 +118,10 @@ fn memory_limit_is_memory_limit() {
     assert_eq!(hog_with_limit(256 << 20, 32), ExitReason::Normal);
     // The same from a clean image, started by the zygote.
     let p = Builder::new().memory_limit(256 << 20).spawn_fn(hog_fn, 4096).unwrap();
-    let r = node().monitor(p.pid());
+    let r = node().ctx::<()>().monitor(p.pid());
     p.send(()).unwrap();
     assert_eq!(
-        node().recv_down_timeout(r, PATIENCE).unwrap().reason,
+        node().ctx::<()>().recv_down_timeout(r, PATIENCE).unwrap().reason,
         ExitReason::MemoryLimit
     );
 }
@@ -193,7 +193,7 @@ fn memory_limit_by_cgroup() {
     );
     p.send(true).unwrap();
     assert_eq!(
-        node().recv_down_timeout(r, PATIENCE).unwrap().reason,
+        node().ctx::<()>().recv_down_timeout(r, PATIENCE).unwrap().reason,
         ExitReason::MemoryLimit
     );
     let dir = format!("{}{cgroup}", hierarchy_mount(limiter));
@@ -219,7 +219,7 @@ fn memory_limit_by_cgroup() {
         .unwrap();
     let (cgroup, sleeper) = me.recv_timeout(PATIENCE).unwrap();
     assert_eq!(
-        node().recv_down_timeout(r, PATIENCE).unwrap().reason,
+        node().ctx::<()>().recv_down_timeout(r, PATIENCE).unwrap().reason,
         ExitReason::Normal
     );
     let dir = format!("{}{cgroup}", hierarchy_mount(limiter));
@@ -253,7 +253,7 @@ fn memory_limit_by_cgroup() {
         libc::kill(os_pid as i32, libc::SIGKILL);
     }
     assert_eq!(
-        node().recv_down_timeout(r, PATIENCE).unwrap().reason,
+        node().ctx::<()>().recv_down_timeout(r, PATIENCE).unwrap().reason,
         ExitReason::Killed
     );
 }
@@ -280,7 +280,7 @@ fn helper_rlimit_node() {
                 hog(mib);
             })
             .unwrap();
-        say(key, node.recv_down_timeout(r, PATIENCE).unwrap().reason);
+        say(key, node.ctx::<()>().recv_down_timeout(r, PATIENCE).unwrap().reason);
     }
     node.shutdown(PATIENCE);
     say("left", node.processes().len());
@@ -308,7 +308,7 @@ fn data_limit_fails_allocations() {
     assert_eq!(me.recv_timeout(PATIENCE).unwrap(), "refused true");
     assert_eq!(me.recv_timeout(PATIENCE).unwrap(), format!("small {MIB}"));
     assert_eq!(
-        node().recv_down_timeout(r, PATIENCE).unwrap().reason,
+        node().ctx::<()>().recv_down_timeout(r, PATIENCE).unwrap().reason,
         ExitReason::Signal {
             signal: libc::SIGABRT,
             core_dumped: false
@@ -323,13 +323,12 @@ fn open_files_limit_makes_opening_fail() {
     let me = node().ctx::<(usize, Option<i32>)>();
     let back = me.mailbox();
     // Passes on what it gets.
-    let relay = node()
-        .spawn(move |ctx: Ctx<(usize, Option<i32>)>| {
-            if let Ok(m) = ctx.recv_timeout(PATIENCE) {
-                back.send(m).unwrap();
-            }
-        })
-        .unwrap();
+    let relay = converge::spawn(move |ctx: Ctx<(usize, Option<i32>)>| {
+        if let Ok(m) = ctx.recv_timeout(PATIENCE) {
+            back.send(m).unwrap();
+        }
+    })
+    .unwrap();
     let back = me.mailbox();
     let (_p, r) = Builder::new()
         .open_files_limit(32)
@@ -362,7 +361,7 @@ fn open_files_limit_makes_opening_fail() {
         "the process opened {opened} files under a limit of 32 descriptors"
     );
     assert_eq!(
-        node().recv_down_timeout(r, PATIENCE).unwrap().reason,
+        node().ctx::<()>().recv_down_timeout(r, PATIENCE).unwrap().reason,
         ExitReason::Normal
     );
 }
@@ -417,7 +416,7 @@ fn a_process_out_of_descriptors_receives_once_one_is_free() {
         "the process spent {spent:?} of CPU time waiting for a descriptor"
     );
     assert_eq!(
-        node().recv_down_timeout(r, PATIENCE).unwrap().reason,
+        node().ctx::<()>().recv_down_timeout(r, PATIENCE).unwrap().reason,
         ExitReason::Normal
     );
 }

@@ -92,7 +92,7 @@ impl Agents {
     }
 
     fn spawn(&self) -> (Mailbox<Cmd>, converge::MonitorRef) {
-        node().spawn_monitor(agent(self.me.mailbox())).unwrap()
+        converge::spawn_monitor(agent(self.me.mailbox())).unwrap()
     }
 
     fn tell(&self, to: Mailbox<Cmd>, cmd: Cmd) {
@@ -106,7 +106,7 @@ impl Agents {
 }
 
 fn down(r: converge::MonitorRef) -> ExitReason {
-    node().recv_down_timeout(r, PATIENCE).unwrap().reason
+    node().ctx::<()>().recv_down_timeout(r, PATIENCE).unwrap().reason
 }
 
 fn abnormal_exit_kills_the_linked_process() {
@@ -221,11 +221,10 @@ fn unlink_stops_propagation() {
 }
 
 fn link_to_a_dead_process_fails() {
-    let (dead, r) = node().spawn_monitor(|_: Ctx<()>| {}).unwrap();
+    let (dead, r) = converge::spawn_monitor(|_: Ctx<()>| {}).unwrap();
     down(r);
-    assert_eq!(node().link(dead), Err(converge::LinkError(dead.pid())));
-    let got = node()
-        .spawn_join(move |ctx: Ctx<()>| ctx.link(dead.pid()).is_err())
+    assert_eq!(node().ctx::<()>().link(dead), Err(converge::LinkError(dead.pid())));
+    let got = converge::spawn_join(move |ctx: Ctx<()>| ctx.link(dead.pid()).is_err())
         .unwrap()
         .join()
         .unwrap();
@@ -235,12 +234,11 @@ fn link_to_a_dead_process_fails() {
 fn spawn_link_is_atomic() {
     // A child that fails at once still takes its linked parent with it.
     for _ in 0..10 {
-        let (_p, rp) = node()
-            .spawn_monitor(|ctx: Ctx<()>| {
-                converge::spawn_link(|_: Ctx<()>| -> Result<(), String> { Err("instant".into()) }).unwrap();
-                let _ = ctx.recv_timeout(PATIENCE);
-            })
-            .unwrap();
+        let (_p, rp) = converge::spawn_monitor(|ctx: Ctx<()>| {
+            converge::spawn_link(|_: Ctx<()>| -> Result<(), String> { Err("instant".into()) }).unwrap();
+            let _ = ctx.recv_timeout(PATIENCE);
+        })
+        .unwrap();
         assert_eq!(down(rp), ExitReason::Error("instant".into()));
     }
 }
@@ -261,9 +259,7 @@ fn a_chain_of_links_fails_together() {
 }
 
 fn the_main_thread_receives_exits() {
-    let child = node()
-        .spawn_link(|_: Ctx<()>| -> Result<(), String> { Err("child failed".into()) })
-        .unwrap();
+    let child = converge::spawn_link(|_: Ctx<()>| -> Result<(), String> { Err("child failed".into()) }).unwrap();
     match node().ctx::<()>().recv_event_timeout(PATIENCE).unwrap() {
         Event::Exit(e) => {
             assert_eq!(e.from, child.pid());
@@ -278,18 +274,17 @@ fn the_main_thread_receives_exits() {
 /// the link must hold anyway. (Found by `examples/link_crash.rs`.)
 fn a_new_process_links_before_its_spawner_is_known() {
     for _ in 0..30 {
-        let reason = node()
-            .spawn_join(|ctx: Ctx<()>| {
-                let (_p, r) = converge::spawn_monitor(|ctx: Ctx<()>| {
-                    converge::spawn_link(|_: Ctx<()>| -> Result<(), String> { Err("w".into()) }).unwrap();
-                    let _ = ctx.recv_timeout(PATIENCE);
-                })
-                .unwrap();
-                ctx.recv_down_timeout(r, PATIENCE).unwrap().reason
+        let reason = converge::spawn_join(|ctx: Ctx<()>| {
+            let (_p, r) = converge::spawn_monitor(|ctx: Ctx<()>| {
+                converge::spawn_link(|_: Ctx<()>| -> Result<(), String> { Err("w".into()) }).unwrap();
+                let _ = ctx.recv_timeout(PATIENCE);
             })
-            .unwrap()
-            .join()
             .unwrap();
+            ctx.recv_down_timeout(r, PATIENCE).unwrap().reason
+        })
+        .unwrap()
+        .join()
+        .unwrap();
         assert_eq!(reason, ExitReason::Error("w".into()));
     }
 }
@@ -298,18 +293,17 @@ fn a_new_process_links_before_its_spawner_is_known() {
 /// not lost.
 fn a_kill_right_after_a_nested_spawn_lands() {
     for _ in 0..30 {
-        let reason = node()
-            .spawn_join(|ctx: Ctx<()>| {
-                let (p, r) = converge::spawn_monitor(|ctx: Ctx<()>| {
-                    let _ = ctx.recv_timeout(PATIENCE);
-                })
-                .unwrap();
-                p.kill();
-                ctx.recv_down_timeout(r, PATIENCE).unwrap().reason
+        let reason = converge::spawn_join(|ctx: Ctx<()>| {
+            let (p, r) = converge::spawn_monitor(|ctx: Ctx<()>| {
+                let _ = ctx.recv_timeout(PATIENCE);
             })
-            .unwrap()
-            .join()
             .unwrap();
+            p.kill();
+            ctx.recv_down_timeout(r, PATIENCE).unwrap().reason
+        })
+        .unwrap()
+        .join()
+        .unwrap();
         assert_eq!(reason, ExitReason::Killed);
     }
 }

@@ -64,13 +64,12 @@ fn round(done: &mut Done) {
     // Processes that send and end, monitored.
     let mut refs = Vec::new();
     for p in 0..10u64 {
-        let (_, r) = node()
-            .spawn_monitor(move |_: Ctx<()>| {
-                for i in 0..100 {
-                    out.send(p * 1000 + i).unwrap();
-                }
-            })
-            .unwrap();
+        let (_, r) = converge::spawn_monitor(move |_: Ctx<()>| {
+            for i in 0..100 {
+                out.send(p * 1000 + i).unwrap();
+            }
+        })
+        .unwrap();
         refs.push(r);
     }
     for _ in 0..1000 {
@@ -78,23 +77,22 @@ fn round(done: &mut Done) {
     }
     for r in refs {
         assert_eq!(
-            node().recv_down_timeout(r, PATIENCE).unwrap().reason,
+            node().ctx::<()>().recv_down_timeout(r, PATIENCE).unwrap().reason,
             ExitReason::Normal
         );
     }
     done.spawned += 10;
     done.messages += 1000;
     // A named, linked worker that is told to fail, with a trapping parent.
-    let (w, r) = node()
-        .spawn_monitor(|ctx: Ctx<u64>| -> Result<(), String> {
-            ctx.register("load-worker").unwrap();
-            let n = ctx.recv().map_err(|e| e.to_string())?;
-            Err(format!("failed at {n}"))
-        })
-        .unwrap();
+    let (w, r) = converge::spawn_monitor(|ctx: Ctx<u64>| -> Result<(), String> {
+        ctx.register("load-worker").unwrap();
+        let n = ctx.recv().map_err(|e| e.to_string())?;
+        Err(format!("failed at {n}"))
+    })
+    .unwrap();
     assert!(wait_until(PATIENCE, || converge::whereis("load-worker").is_some()));
     w.send(7).unwrap();
-    node().recv_down_timeout(r, PATIENCE).unwrap();
+    node().ctx::<()>().recv_down_timeout(r, PATIENCE).unwrap();
     done.spawned += 1;
     // Tasks.
     let tasks: Vec<_> = (0..20u64).map(|i| pool::submit(square, i).unwrap()).collect();
@@ -109,7 +107,7 @@ fn round(done: &mut Done) {
         assert_eq!(me.recv_timeout(PATIENCE).unwrap(), i);
         a.kill();
         assert_eq!(
-            node().recv_down_timeout(r, PATIENCE).unwrap().reason,
+            node().ctx::<()>().recv_down_timeout(r, PATIENCE).unwrap().reason,
             ExitReason::Killed
         );
     }
@@ -140,7 +138,7 @@ fn footprint() -> (u64, usize) {
 fn runtime_processes() -> Vec<(String, i32)> {
     let mut out: Vec<(String, i32)> = pool::schedulers()
         .into_iter()
-        .filter_map(|(slot, pid)| Some((format!("scheduler {slot}"), node().process_info(pid)?.os_pid?)))
+        .filter_map(|(slot, pid)| Some((format!("scheduler {slot}"), converge::process_info(pid)?.os_pid?)))
         .collect();
     out.extend(
         util::children()

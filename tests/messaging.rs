@@ -58,15 +58,14 @@ fn main() {
 fn messages_arrive_in_order() {
     let me = node().ctx::<Vec<u64>>();
     let back = me.mailbox();
-    let sink = node()
-        .spawn(move |ctx: Ctx<u64>| {
-            let mut got = Vec::new();
-            while got.len() < 10_000 {
-                got.push(ctx.recv().unwrap());
-            }
-            back.send(got).unwrap();
-        })
-        .unwrap();
+    let sink = converge::spawn(move |ctx: Ctx<u64>| {
+        let mut got = Vec::new();
+        while got.len() < 10_000 {
+            got.push(ctx.recv().unwrap());
+        }
+        back.send(got).unwrap();
+    })
+    .unwrap();
     for i in 0..10_000u64 {
         sink.send(i).unwrap();
     }
@@ -77,23 +76,21 @@ fn messages_arrive_in_order() {
 fn every_sender_keeps_its_order() {
     let me = node().ctx::<Vec<(u8, u32)>>();
     let back = me.mailbox();
-    let sink = node()
-        .spawn(move |ctx: Ctx<(u8, u32)>| {
-            let mut got = Vec::new();
-            while got.len() < 3 * 2000 {
-                got.push(ctx.recv().unwrap());
+    let sink = converge::spawn(move |ctx: Ctx<(u8, u32)>| {
+        let mut got = Vec::new();
+        while got.len() < 3 * 2000 {
+            got.push(ctx.recv().unwrap());
+        }
+        back.send(got).unwrap();
+    })
+    .unwrap();
+    for s in 0..3u8 {
+        converge::spawn(move |_: Ctx<()>| {
+            for i in 0..2000 {
+                sink.send((s, i)).unwrap();
             }
-            back.send(got).unwrap();
         })
         .unwrap();
-    for s in 0..3u8 {
-        node()
-            .spawn(move |_: Ctx<()>| {
-                for i in 0..2000 {
-                    sink.send((s, i)).unwrap();
-                }
-            })
-            .unwrap();
     }
     let got = me.recv_timeout(PATIENCE).unwrap();
     for s in 0..3u8 {
@@ -109,8 +106,11 @@ fn selective_receive_leaves_the_rest_in_order() {
     }
     assert_eq!(me.recv_matching_timeout(|&m| m == 7, PATIENCE).unwrap(), 7);
     assert_eq!(me.recv_matching_timeout(|&m| m % 2 == 1, PATIENCE).unwrap(), 1);
-    let rest: Vec<u32> = (0..8).map(|_| me.recv_timeout(PATIENCE).unwrap()).collect();
-    assert_eq!(rest, vec![0, 2, 3, 4, 5, 6, 8, 9]);
+    // The same without waiting: what is there is taken, what is not is Empty.
+    assert_eq!(me.try_recv_matching(|&m| m == 5), Ok(5));
+    assert_eq!(me.try_recv_matching(|&m| m == 5), Err(TryRecvError::Empty));
+    let rest: Vec<u32> = (0..7).map(|_| me.recv_timeout(PATIENCE).unwrap()).collect();
+    assert_eq!(rest, vec![0, 2, 3, 4, 6, 8, 9]);
     assert!(
         me.recv_matching_timeout(|&m| m == 100, Duration::from_millis(20))
             .is_err()
@@ -131,8 +131,8 @@ fn try_recv_sees_what_is_waiting() {
     let me = node().ctx::<u32>();
     assert_eq!(me.try_recv(), Err(TryRecvError::Empty));
     let back = me.mailbox();
-    let (_p, r) = node().spawn_monitor(move |_: Ctx<()>| back.send(5).unwrap()).unwrap();
-    node().recv_down_timeout(r, PATIENCE).unwrap();
+    let (_p, r) = converge::spawn_monitor(move |_: Ctx<()>| back.send(5).unwrap()).unwrap();
+    node().ctx::<()>().recv_down_timeout(r, PATIENCE).unwrap();
     // The message was written before its sender exited: it waits in the socket.
     assert_eq!(me.try_recv(), Ok(5));
     assert_eq!(me.try_recv(), Err(TryRecvError::Empty));
@@ -141,14 +141,13 @@ fn try_recv_sees_what_is_waiting() {
 fn events_come_in_arrival_order() {
     let me = node().ctx::<String>();
     let back = me.mailbox();
-    let (p, r) = node()
-        .spawn_monitor(move |ctx: Ctx<()>| -> Result<(), String> {
-            back.send("first".into()).unwrap();
-            let _ = ctx.recv_timeout(PATIENCE);
-            back.send("second".into()).unwrap();
-            Err("done".into())
-        })
-        .unwrap();
+    let (p, r) = converge::spawn_monitor(move |ctx: Ctx<()>| -> Result<(), String> {
+        back.send("first".into()).unwrap();
+        let _ = ctx.recv_timeout(PATIENCE);
+        back.send("second".into()).unwrap();
+        Err("done".into())
+    })
+    .unwrap();
     assert_eq!(
         me.recv_event_timeout(PATIENCE).unwrap(),
         Event::Message("first".to_string())
@@ -171,13 +170,12 @@ fn down_comes_after_the_senders_messages() {
     for round in 0..20 {
         let me = node().ctx::<u32>();
         let back = me.mailbox();
-        let (_p, r) = node()
-            .spawn_monitor(move |_: Ctx<()>| {
-                for i in 0..500 {
-                    back.send(i).unwrap();
-                }
-            })
-            .unwrap();
+        let (_p, r) = converge::spawn_monitor(move |_: Ctx<()>| {
+            for i in 0..500 {
+                back.send(i).unwrap();
+            }
+        })
+        .unwrap();
         let mut got = Vec::new();
         loop {
             match me.recv_event_timeout(PATIENCE).unwrap() {
@@ -196,53 +194,50 @@ fn down_comes_after_the_senders_messages() {
 fn queue_length_is_readable() {
     let me = node().ctx::<u32>();
     let back = me.mailbox();
-    let (p, r) = node()
-        .spawn_monitor(move |ctx: Ctx<u32>| {
-            // Take one message, then stop receiving for a while: the runtime
-            // keeps draining the socket into the queue.
-            ctx.recv().unwrap();
-            back.send(0).unwrap();
-            let deadline = Instant::now() + PATIENCE;
-            while ctx.len() < 26 && Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(2));
-            }
-            let mut n = 0;
-            while ctx.try_recv().is_ok() {
-                n += 1;
-            }
-            back.send(n).unwrap();
-        })
-        .unwrap();
+    let (p, r) = converge::spawn_monitor(move |ctx: Ctx<u32>| {
+        // Take one message, then stop receiving for a while: the runtime
+        // keeps draining the socket into the queue.
+        ctx.recv().unwrap();
+        back.send(0).unwrap();
+        let deadline = Instant::now() + PATIENCE;
+        while ctx.len() < 26 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        let mut n = 0;
+        while ctx.try_recv().is_ok() {
+            n += 1;
+        }
+        back.send(n).unwrap();
+    })
+    .unwrap();
     p.send(0).unwrap();
     me.recv_timeout(PATIENCE).unwrap();
     for i in 0..25 {
         p.send(i).unwrap();
     }
-    assert!(util::wait_until(PATIENCE, || node()
-        .process_info(p)
+    assert!(util::wait_until(PATIENCE, || converge::process_info(p)
         .is_some_and(|i| i.queue_len == 25)));
     p.send(25).unwrap();
     assert_eq!(me.recv_timeout(PATIENCE).unwrap(), 26);
-    node().recv_down_timeout(r, PATIENCE).unwrap();
+    node().ctx::<()>().recv_down_timeout(r, PATIENCE).unwrap();
 }
 
 fn large_messages_arrive_intact() {
     let me = node().ctx::<u64>();
     let back = me.mailbox();
-    let sink = node()
-        .spawn(move |ctx: Ctx<Vec<u8>>| {
-            for _ in 0..2 {
-                let v = ctx.recv().unwrap();
-                let sum = v
-                    .iter()
-                    .enumerate()
-                    .map(|(i, &b)| (b as u64) * (i as u64 % 7 + 1))
-                    .sum::<u64>();
-                back.send(v.len() as u64).unwrap();
-                back.send(sum).unwrap();
-            }
-        })
-        .unwrap();
+    let sink = converge::spawn(move |ctx: Ctx<Vec<u8>>| {
+        for _ in 0..2 {
+            let v = ctx.recv().unwrap();
+            let sum = v
+                .iter()
+                .enumerate()
+                .map(|(i, &b)| (b as u64) * (i as u64 % 7 + 1))
+                .sum::<u64>();
+            back.send(v.len() as u64).unwrap();
+            back.send(sum).unwrap();
+        }
+    })
+    .unwrap();
     for size in [1usize << 20, 16 << 20] {
         let v: Vec<u8> = (0..size).map(|i| (i * 31 % 251) as u8).collect();
         let want = v
@@ -257,34 +252,32 @@ fn large_messages_arrive_intact() {
 }
 
 fn oversized_message_is_a_send_error() {
-    let target = node()
-        .spawn(|ctx: Ctx<Vec<u8>>| {
-            let _ = ctx.recv_timeout(PATIENCE);
-        })
-        .unwrap();
+    let target = converge::spawn(|ctx: Ctx<Vec<u8>>| {
+        let _ = ctx.recv_timeout(PATIENCE);
+    })
+    .unwrap();
     let big = vec![0u8; (64 << 20) + 1];
     let err = target.send(big).unwrap_err();
     assert!(err.is_too_large(), "{err}");
     assert_eq!(err.into_inner().len(), (64 << 20) + 1);
     // Exactly at the limit is fine.
     let at_limit = vec![0u8; (64 << 20) - 4];
-    let r = node().monitor(target);
+    let r = node().ctx::<()>().monitor(target);
     target.send(at_limit).unwrap();
-    let down = node().recv_down_timeout(r, PATIENCE).unwrap();
+    let down = node().ctx::<()>().recv_down_timeout(r, PATIENCE).unwrap();
     assert_eq!(down.reason, ExitReason::Normal);
 }
 
 fn wrong_type_is_an_event_not_a_value() {
     let me = node().ctx::<String>();
     let back = me.mailbox();
-    let p = node()
-        .spawn(move |ctx: Ctx<String>| {
-            for _ in 0..3 {
-                let ev = ctx.recv_event_timeout(PATIENCE).unwrap();
-                back.send(format!("{ev:?}")).unwrap();
-            }
-        })
-        .unwrap();
+    let p = converge::spawn(move |ctx: Ctx<String>| {
+        for _ in 0..3 {
+            let ev = ctx.recv_event_timeout(PATIENCE).unwrap();
+            back.send(format!("{ev:?}")).unwrap();
+        }
+    })
+    .unwrap();
     // The same process, addressed with the wrong type.
     Mailbox::<u64>::from_pid(p.pid()).send(42).unwrap();
     Mailbox::<(u8, u8)>::from_pid(p.pid()).send((1, 2)).unwrap();
@@ -302,12 +295,11 @@ fn mailboxes_travel_inside_messages() {
         text: String,
     }
     let me = node().ctx::<String>();
-    let relay = node()
-        .spawn(|ctx: Ctx<Forward>| {
-            let f = ctx.recv().unwrap();
-            f.to.send(f.text.to_uppercase()).unwrap();
-        })
-        .unwrap();
+    let relay = converge::spawn(|ctx: Ctx<Forward>| {
+        let f = ctx.recv().unwrap();
+        f.to.send(f.text.to_uppercase()).unwrap();
+    })
+    .unwrap();
     relay
         .send(Forward {
             to: me.mailbox(),
@@ -318,8 +310,8 @@ fn mailboxes_travel_inside_messages() {
 }
 
 fn send_to_a_dead_process_is_dropped() {
-    let (p, r) = node().spawn_monitor(|_: Ctx<u32>| {}).unwrap();
-    node().recv_down_timeout(r, PATIENCE).unwrap();
+    let (p, r) = converge::spawn_monitor(|_: Ctx<u32>| {}).unwrap();
+    node().ctx::<()>().recv_down_timeout(r, PATIENCE).unwrap();
     for i in 0..10 {
         p.send(i).unwrap();
     }
@@ -340,15 +332,15 @@ fn send_never_blocks_on_a_slow_receiver() {
             }
         })
         .unwrap();
-    let r = node().monitor(slow);
+    let r = node().ctx::<()>().monitor(slow);
     for _ in 0..200 {
         slow.send(vec![0u8; 64 * 1024]).unwrap();
     }
     // Every send returned while the receiver read nothing.
-    assert!(node().process_info(slow).is_some_and(|i| i.queue_len == 0));
+    assert!(converge::process_info(slow).is_some_and(|i| i.queue_len == 0));
     std::io::Write::write_all(&mut &gate_w, b"g").unwrap();
     assert_eq!(
-        node().recv_down_timeout(r, PATIENCE).unwrap().reason,
+        node().ctx::<()>().recv_down_timeout(r, PATIENCE).unwrap().reason,
         ExitReason::Normal
     );
 }
@@ -371,7 +363,7 @@ fn server(ctx: Ctx<Req>) -> Result<(), String> {
 }
 
 fn call_gets_its_reply() {
-    let s = node().spawn(server).unwrap();
+    let s = converge::spawn(server).unwrap();
     for i in 0..100 {
         assert_eq!(s.call(|r| Req::Add(i, 1, r), PATIENCE).unwrap(), i + 1);
     }
@@ -379,7 +371,7 @@ fn call_gets_its_reply() {
 }
 
 fn call_fails_at_once_when_the_callee_dies() {
-    let s = node().spawn(server).unwrap();
+    let s = converge::spawn(server).unwrap();
     let t = Instant::now();
     assert_eq!(
         s.call(Req::Die, PATIENCE),
@@ -389,13 +381,13 @@ fn call_fails_at_once_when_the_callee_dies() {
 }
 
 fn call_to_a_dead_process_is_noproc() {
-    let (s, r) = node().spawn_monitor(|_: Ctx<Req>| {}).unwrap();
-    node().recv_down_timeout(r, PATIENCE).unwrap();
+    let (s, r) = converge::spawn_monitor(|_: Ctx<Req>| {}).unwrap();
+    node().ctx::<()>().recv_down_timeout(r, PATIENCE).unwrap();
     assert_eq!(s.call(Req::Die, PATIENCE), Err(CallError::Exited(ExitReason::NoProc)));
 }
 
 fn call_times_out() {
-    let s = node().spawn(server).unwrap();
+    let s = converge::spawn(server).unwrap();
     let t = Instant::now();
     assert_eq!(s.call(Req::Ignore, Duration::from_millis(100)), Err(CallError::Timeout));
     assert!(t.elapsed() >= Duration::from_millis(100));
@@ -446,16 +438,15 @@ fn bounded_mailbox_drops_oldest() {
 /// Several threads of one process receive, call and send at once: the
 /// receive path is shared without losing or duplicating anything.
 fn many_threads_receive_and_call_at_once() {
-    let s = node().spawn(server).unwrap();
+    let s = converge::spawn(server).unwrap();
     let me = node().ctx::<u32>();
     let back = me.mailbox();
-    let producer = node()
-        .spawn(move |_: Ctx<()>| {
-            for i in 0..4000 {
-                back.send(i).unwrap();
-            }
-        })
-        .unwrap();
+    let producer = converge::spawn(move |_: Ctx<()>| {
+        for i in 0..4000 {
+            back.send(i).unwrap();
+        }
+    })
+    .unwrap();
     let _ = producer;
     let received = std::sync::Mutex::new(Vec::new());
     std::thread::scope(|scope| {
@@ -497,17 +488,16 @@ fn cpu_time() -> Duration {
 fn an_idle_process_uses_no_cpu() {
     let me = node().ctx::<u32>();
     let back = me.mailbox();
-    let h = node()
-        .spawn_join(move |ctx: Ctx<u32>| {
-            for i in 0..3 {
-                back.send(i).unwrap();
-            }
-            let _ = ctx.recv_timeout(Duration::from_millis(20));
-            let before = cpu_time();
-            let _ = ctx.recv_timeout(Duration::from_millis(500));
-            cpu_time() - before
-        })
-        .unwrap();
+    let h = converge::spawn_join(move |ctx: Ctx<u32>| {
+        for i in 0..3 {
+            back.send(i).unwrap();
+        }
+        let _ = ctx.recv_timeout(Duration::from_millis(20));
+        let before = cpu_time();
+        let _ = ctx.recv_timeout(Duration::from_millis(500));
+        cpu_time() - before
+    })
+    .unwrap();
     let used = h.join().unwrap();
     assert!(
         used < Duration::from_millis(150),
@@ -526,25 +516,24 @@ fn few_connections() {
     let targets: Vec<_> = (0..4)
         .map(|_| {
             let back = me.mailbox();
-            node.spawn(move |ctx: Ctx<u32>| {
+            converge::spawn(move |ctx: Ctx<u32>| {
                 let in_order = (0..500).all(|i| ctx.recv_timeout(PATIENCE) == Ok(i));
                 back.send(in_order).unwrap();
             })
             .unwrap()
         })
         .collect();
-    let sender = node
-        .spawn(move |_: Ctx<()>| {
-            for i in 0..500 {
-                for t in &targets {
-                    t.send(i).unwrap();
-                    // Nothing left pending: the least recently used
-                    // connection can be closed at the next send.
-                    converge::flush();
-                }
+    let sender = converge::spawn(move |_: Ctx<()>| {
+        for i in 0..500 {
+            for t in &targets {
+                t.send(i).unwrap();
+                // Nothing left pending: the least recently used
+                // connection can be closed at the next send.
+                converge::flush();
             }
-        })
-        .unwrap();
+        }
+    })
+    .unwrap();
     let _ = sender;
     let ok = (0..4).all(|_| me.recv_timeout(PATIENCE) == Ok(true));
     util::say("in_order", ok);

@@ -227,7 +227,7 @@ fn run_case(ops: &[Op]) -> Result<(), TestCaseError> {
     let mut mbs = Vec::new();
     let mut downs = Vec::new();
     for i in 0..AGENTS {
-        let (mb, r) = node().spawn_monitor(agent(i, me.mailbox())).unwrap();
+        let (mb, r) = converge::spawn_monitor(agent(i, me.mailbox())).unwrap();
         mbs.push(mb);
         downs.push(r);
     }
@@ -322,7 +322,7 @@ fn run_case(ops: &[Op]) -> Result<(), TestCaseError> {
         // and no other...
         for i in 0..AGENTS {
             if !model.alive[i] && reasons[i].is_none() {
-                let down = node().recv_down_timeout(downs[i], PATIENCE);
+                let down = node().ctx::<()>().recv_down_timeout(downs[i], PATIENCE);
                 reasons[i] = Some(
                     down.unwrap_or_else(|e| panic!("no Down for agent {i} ({e}) after {ops:?}"))
                         .reason,
@@ -331,7 +331,7 @@ fn run_case(ops: &[Op]) -> Result<(), TestCaseError> {
         }
         // ...the node has sent everything that follows from it (its process
         // table answers only between two events)...
-        let _ = node().process_info(node().pid());
+        let _ = converge::process_info(node().pid());
         // ...and every live agent has read and reported what it was sent.
         for i in 0..AGENTS {
             if model.alive[i] {
@@ -373,15 +373,15 @@ fn run_case(ops: &[Op]) -> Result<(), TestCaseError> {
     for i in 0..AGENTS {
         if model.alive[i] {
             mbs[i].kill();
-            node().recv_down_timeout(downs[i], PATIENCE).unwrap();
+            node().ctx::<()>().recv_down_timeout(downs[i], PATIENCE).unwrap();
         }
     }
-    let gone = util::wait_until(PATIENCE, || pids.iter().all(|&p| node().process_info(p).is_none()));
+    let gone = util::wait_until(PATIENCE, || pids.iter().all(|&p| converge::process_info(p).is_none()));
     prop_assert!(
         gone,
         "agents alive after the case: {:?} (model {:?}, ops {:?})",
         pids.iter()
-            .filter(|&&p| node().process_info(p).is_some())
+            .filter(|&&p| converge::process_info(p).is_some())
             .collect::<Vec<_>>(),
         model.alive,
         ops

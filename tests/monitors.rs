@@ -31,36 +31,36 @@ fn idle(ctx: Ctx<()>) {
 }
 
 fn monitors_stack() {
-    let p = node().spawn(idle).unwrap();
-    let r1 = node().monitor(p);
-    let r2 = node().monitor(p);
+    let p = converge::spawn(idle).unwrap();
+    let r1 = node().ctx::<()>().monitor(p);
+    let r2 = node().ctx::<()>().monitor(p);
     assert_ne!(r1, r2);
     p.exit(ExitReason::Exit("bye".into()));
-    let d2 = node().recv_down_timeout(r2, PATIENCE).unwrap();
-    let d1 = node().recv_down_timeout(r1, PATIENCE).unwrap();
+    let d2 = node().ctx::<()>().recv_down_timeout(r2, PATIENCE).unwrap();
+    let d1 = node().ctx::<()>().recv_down_timeout(r1, PATIENCE).unwrap();
     assert_eq!((d1.pid, d2.pid), (p.pid(), p.pid()));
     assert_eq!(d1.reason, ExitReason::Exit("bye".into()));
     assert_eq!(d2.reason, ExitReason::Exit("bye".into()));
 }
 
 fn monitoring_a_dead_process_is_noproc_at_once() {
-    let (p, r) = node().spawn_monitor(|_: Ctx<()>| {}).unwrap();
-    node().recv_down_timeout(r, PATIENCE).unwrap();
-    let again = node().monitor(p);
+    let (p, r) = converge::spawn_monitor(|_: Ctx<()>| {}).unwrap();
+    node().ctx::<()>().recv_down_timeout(r, PATIENCE).unwrap();
+    let again = node().ctx::<()>().monitor(p);
     assert_eq!(
-        node().recv_down_timeout(again, PATIENCE).unwrap().reason,
+        node().ctx::<()>().recv_down_timeout(again, PATIENCE).unwrap().reason,
         ExitReason::NoProc
     );
 }
 
 fn demonitor_removes_the_down() {
-    let p = node().spawn(idle).unwrap();
-    let r1 = node().monitor(p);
-    let r2 = node().monitor(p);
-    node().demonitor(r1);
+    let p = converge::spawn(idle).unwrap();
+    let r1 = node().ctx::<()>().monitor(p);
+    let r2 = node().ctx::<()>().monitor(p);
+    node().ctx::<()>().demonitor(r1);
     p.kill();
     assert_eq!(
-        node().recv_down_timeout(r2, PATIENCE).unwrap().reason,
+        node().ctx::<()>().recv_down_timeout(r2, PATIENCE).unwrap().reason,
         ExitReason::Killed
     );
     // r2's Down came after the kill; a Down for r1 would be queued by now.
@@ -72,20 +72,19 @@ fn monitors_are_one_way() {
     // The watched process is not affected when its watcher dies.
     let me = node().ctx::<()>();
     let back = me.mailbox();
-    let target = node().spawn(idle).unwrap();
-    let (_w, rw) = node()
-        .spawn_monitor(move |ctx: Ctx<()>| -> Result<(), String> {
-            ctx.monitor(target);
-            back.send(()).unwrap();
-            Err("watcher fails".into())
-        })
-        .unwrap();
+    let target = converge::spawn(idle).unwrap();
+    let (_w, rw) = converge::spawn_monitor(move |ctx: Ctx<()>| -> Result<(), String> {
+        ctx.monitor(target);
+        back.send(()).unwrap();
+        Err("watcher fails".into())
+    })
+    .unwrap();
     me.recv_timeout(PATIENCE).unwrap();
-    node().recv_down_timeout(rw, PATIENCE).unwrap();
-    let rt = node().monitor(target);
+    node().ctx::<()>().recv_down_timeout(rw, PATIENCE).unwrap();
+    let rt = node().ctx::<()>().monitor(target);
     target.send(()).unwrap();
     assert_eq!(
-        node().recv_down_timeout(rt, PATIENCE).unwrap().reason,
+        node().ctx::<()>().recv_down_timeout(rt, PATIENCE).unwrap().reason,
         ExitReason::Normal
     );
 }
@@ -93,17 +92,16 @@ fn monitors_are_one_way() {
 fn processes_monitor_each_other() {
     let me = node().ctx::<String>();
     let back = me.mailbox();
-    let target = node().spawn(idle).unwrap();
-    node()
-        .spawn(move |ctx: Ctx<()>| {
-            let r = ctx.monitor(target);
-            back.send("watching".into()).unwrap();
-            match ctx.recv_event_timeout(PATIENCE).unwrap() {
-                Event::Down(d) if d.reference == r => back.send(format!("{}", d.reason)).unwrap(),
-                other => back.send(format!("unexpected {other:?}")).unwrap(),
-            }
-        })
-        .unwrap();
+    let target = converge::spawn(idle).unwrap();
+    converge::spawn(move |ctx: Ctx<()>| {
+        let r = ctx.monitor(target);
+        back.send("watching".into()).unwrap();
+        match ctx.recv_event_timeout(PATIENCE).unwrap() {
+            Event::Down(d) if d.reference == r => back.send(format!("{}", d.reason)).unwrap(),
+            other => back.send(format!("unexpected {other:?}")).unwrap(),
+        }
+    })
+    .unwrap();
     assert_eq!(me.recv_timeout(PATIENCE).unwrap(), "watching");
     Mailbox::<()>::from_pid(target.pid()).kill();
     assert_eq!(me.recv_timeout(PATIENCE).unwrap(), "killed");
@@ -114,18 +112,17 @@ fn processes_monitor_each_other() {
 fn exactly_one_down_per_monitor_under_load() {
     let mut expect = Vec::new();
     for i in 0..60u32 {
-        let p = node()
-            .spawn(move |ctx: Ctx<()>| -> Result<(), String> {
-                let _ = ctx.recv_timeout(PATIENCE);
-                match i % 3 {
-                    0 => Ok(()),
-                    1 => Err(format!("e{i}")),
-                    _ => panic!("p{i}"),
-                }
-            })
-            .unwrap();
-        let r1 = node().monitor(p);
-        let r2 = node().monitor(p);
+        let p = converge::spawn(move |ctx: Ctx<()>| -> Result<(), String> {
+            let _ = ctx.recv_timeout(PATIENCE);
+            match i % 3 {
+                0 => Ok(()),
+                1 => Err(format!("e{i}")),
+                _ => panic!("p{i}"),
+            }
+        })
+        .unwrap();
+        let r1 = node().ctx::<()>().monitor(p);
+        let r2 = node().ctx::<()>().monitor(p);
         let want = match i % 4 {
             3 => {
                 p.kill();

@@ -24,12 +24,11 @@ fn idle(ctx: Ctx<()>) {
 }
 
 fn register_and_whereis() {
-    let p = node().spawn(idle).unwrap();
-    node().register("alpha", p).unwrap();
-    assert_eq!(node().whereis("alpha"), Some(p.pid()));
-    assert_eq!(node().whereis("beta"), None);
-    let seen = node()
-        .spawn_join(|_: Ctx<()>| converge::whereis("alpha"))
+    let p = converge::spawn(idle).unwrap();
+    converge::register("alpha", p).unwrap();
+    assert_eq!(converge::whereis("alpha"), Some(p.pid()));
+    assert_eq!(converge::whereis("beta"), None);
+    let seen = converge::spawn_join(|_: Ctx<()>| converge::whereis("alpha"))
         .unwrap()
         .join()
         .unwrap();
@@ -38,53 +37,52 @@ fn register_and_whereis() {
 }
 
 fn a_name_is_removed_on_exit() {
-    let (p, r) = node().spawn_monitor(idle).unwrap();
-    node().register("short-lived", p).unwrap();
+    let (p, r) = converge::spawn_monitor(idle).unwrap();
+    converge::register("short-lived", p).unwrap();
     p.kill();
-    node().recv_down_timeout(r, PATIENCE).unwrap();
-    assert_eq!(node().whereis("short-lived"), None);
+    node().ctx::<()>().recv_down_timeout(r, PATIENCE).unwrap();
+    assert_eq!(converge::whereis("short-lived"), None);
     // The name is free again.
-    let q = node().spawn(idle).unwrap();
-    node().register("short-lived", q).unwrap();
-    assert_eq!(node().whereis("short-lived"), Some(q.pid()));
+    let q = converge::spawn(idle).unwrap();
+    converge::register("short-lived", q).unwrap();
+    assert_eq!(converge::whereis("short-lived"), Some(q.pid()));
     q.kill();
 }
 
 fn a_name_has_one_holder() {
-    let p = node().spawn(idle).unwrap();
-    let q = node().spawn(idle).unwrap();
-    node().register("one", p).unwrap();
-    assert_eq!(node().register("one", q), Err(RegisterError::Taken("one".into())));
-    assert_eq!(node().whereis("one"), Some(p.pid()));
+    let p = converge::spawn(idle).unwrap();
+    let q = converge::spawn(idle).unwrap();
+    converge::register("one", p).unwrap();
+    assert_eq!(converge::register("one", q), Err(RegisterError::Taken("one".into())));
+    assert_eq!(converge::whereis("one"), Some(p.pid()));
     p.kill();
     q.kill();
 }
 
 fn unregister() {
-    let p = node().spawn(idle).unwrap();
-    node().register("gone-soon", p).unwrap();
+    let p = converge::spawn(idle).unwrap();
+    converge::register("gone-soon", p).unwrap();
     converge::unregister("gone-soon");
-    assert_eq!(node().whereis("gone-soon"), None);
+    assert_eq!(converge::whereis("gone-soon"), None);
     p.kill();
 }
 
 fn a_process_registers_itself() {
     let me = node().ctx::<()>();
     let back = me.mailbox();
-    let p = node()
-        .spawn(move |ctx: Ctx<()>| {
-            ctx.register("self-made").unwrap();
-            back.send(()).unwrap();
-            let _ = ctx.recv_timeout(PATIENCE);
-        })
-        .unwrap();
+    let p = converge::spawn(move |ctx: Ctx<()>| {
+        ctx.register("self-made").unwrap();
+        back.send(()).unwrap();
+        let _ = ctx.recv_timeout(PATIENCE);
+    })
+    .unwrap();
     me.recv_timeout(PATIENCE).unwrap();
-    assert_eq!(node().whereis("self-made"), Some(p.pid()));
+    assert_eq!(converge::whereis("self-made"), Some(p.pid()));
     p.kill();
 }
 
 fn registering_a_dead_process_fails() {
-    let (p, r) = node().spawn_monitor(|_: Ctx<()>| {}).unwrap();
-    node().recv_down_timeout(r, PATIENCE).unwrap();
-    assert_eq!(node().register("ghost", p), Err(RegisterError::NoProc(p.pid())));
+    let (p, r) = converge::spawn_monitor(|_: Ctx<()>| {}).unwrap();
+    node().ctx::<()>().recv_down_timeout(r, PATIENCE).unwrap();
+    assert_eq!(converge::register("ghost", p), Err(RegisterError::NoProc(p.pid())));
 }

@@ -23,6 +23,10 @@ fn main() {
             ("sigterm_shuts_down", sigterm_shuts_down),
             ("no_process_survives_a_killed_node", no_process_survives_a_killed_node),
             ("process_info_reports_status", process_info_reports_status),
+            (
+                "the_node_is_refused_in_a_process_that_captured_it",
+                the_node_is_refused_in_a_process_that_captured_it,
+            ),
             ("stats_count_exits_by_kind", stats_count_exits_by_kind),
             ("orphans_of_a_process_are_reaped", orphans_of_a_process_are_reaped),
             ("a_thousand_processes_at_once", a_thousand_processes_at_once),
@@ -86,14 +90,13 @@ fn helper_shutdown() {
         .trap_exits(true)
         .spawn(|ctx: Ctx<()>| trapper(&ctx))
         .unwrap();
-    let plain = node.spawn(idle).unwrap();
-    let parent = node
-        .spawn(move |ctx: Ctx<()>| {
-            let child = converge::spawn(idle).unwrap();
-            back.send(child.pid()).unwrap();
-            idle(ctx);
-        })
-        .unwrap();
+    let plain = converge::spawn(idle).unwrap();
+    let parent = converge::spawn(move |ctx: Ctx<()>| {
+        let child = converge::spawn(idle).unwrap();
+        back.send(child.pid()).unwrap();
+        idle(ctx);
+    })
+    .unwrap();
     let child = me.recv_timeout(PATIENCE).unwrap();
     let watched = [
         ("trapper", t.pid()),
@@ -101,16 +104,19 @@ fn helper_shutdown() {
         ("parent", parent.pid()),
         ("child", child),
     ];
-    let refs: Vec<_> = watched.iter().map(|(n, p)| (*n, node.monitor(*p))).collect();
+    let refs: Vec<_> = watched
+        .iter()
+        .map(|(n, p)| (*n, node.ctx::<()>().monitor(*p)))
+        .collect();
     node.shutdown(PATIENCE);
     for (name, r) in refs {
-        match node.recv_down_timeout(r, Duration::ZERO) {
+        match node.ctx::<()>().recv_down_timeout(r, Duration::ZERO) {
             Ok(d) => say("down", format!("{name} {}", d.reason)),
             Err(e) => say("down", format!("{name} missing: {e}")),
         }
     }
     say("alive", node.processes().len());
-    say("spawn", node.spawn(idle).is_err());
+    say("spawn", converge::spawn(idle).is_err());
 }
 
 fn shutdown_stops_processes_in_order() {
@@ -127,25 +133,25 @@ fn shutdown_stops_processes_in_order() {
 }
 
 fn helper_return_from_main() {
-    let node = converge::init().unwrap();
+    let _node = converge::init().unwrap();
     let t = Builder::new()
         .trap_exits(true)
         .spawn(|ctx: Ctx<()>| trapper(&ctx))
         .unwrap();
-    let plain = node.spawn(idle).unwrap();
+    let plain = converge::spawn(idle).unwrap();
     let os: Vec<String> = [t.pid(), plain.pid()]
         .iter()
-        .map(|p| os_pid_of(&node, *p).to_string())
+        .map(|p| os_pid_of(*p).to_string())
         .collect();
     say("pids", os.join(" "));
-    // `node` is dropped here: an orderly shutdown.
+    // `_node` is dropped here: an orderly shutdown.
 }
 
 /// The OS pid of a process, once the node knows it.
-fn os_pid_of(node: &converge::Node, pid: converge::Pid) -> i32 {
+fn os_pid_of(pid: converge::Pid) -> i32 {
     let mut os = None;
     assert!(util::wait_until(PATIENCE, || {
-        os = node.process_info(pid).and_then(|i| i.os_pid);
+        os = converge::process_info(pid).and_then(|i| i.os_pid);
         os.is_some()
     }));
     os.unwrap()
@@ -169,7 +175,7 @@ fn returning_from_main_shuts_down() {
 
 fn helper_signals() {
     let node = converge::init().unwrap();
-    let plain = node.spawn(idle).unwrap();
+    let plain = converge::spawn(idle).unwrap();
     // The trapper is newer: it gets Shutdown first, then reports the plain
     // process's end.
     let ready = node.ctx::<()>();
@@ -189,7 +195,7 @@ fn helper_signals() {
     ready.recv_timeout(PATIENCE).unwrap();
     let os: Vec<String> = [plain.pid(), t.pid()]
         .iter()
-        .map(|p| os_pid_of(&node, *p).to_string())
+        .map(|p| os_pid_of(*p).to_string())
         .collect();
     say("pids", os.join(" "));
     let _ = node.ctx::<()>().recv_timeout(PATIENCE * 6);
@@ -260,26 +266,25 @@ fn helper_tree() {
     let node = converge::init().unwrap();
     let me = node.ctx::<i32>();
     let back = me.mailbox();
-    let a = node
-        .spawn(move |ctx: Ctx<()>| {
-            let b = converge::spawn(move |ctx: Ctx<()>| {
-                back.send(std::process::id() as i32).unwrap();
-                let c = converge::spawn(idle).unwrap();
-                let _ = c;
-                idle(ctx);
-            })
-            .unwrap();
-            let _ = b;
+    let a = converge::spawn(move |ctx: Ctx<()>| {
+        let b = converge::spawn(move |ctx: Ctx<()>| {
+            back.send(std::process::id() as i32).unwrap();
+            let c = converge::spawn(idle).unwrap();
+            let _ = c;
             idle(ctx);
         })
         .unwrap();
-    let z = node.spawn_fn(from_zygote, ()).unwrap();
+        let _ = b;
+        idle(ctx);
+    })
+    .unwrap();
+    let z = converge::spawn_fn(from_zygote, ()).unwrap();
     let b_os = me.recv_timeout(PATIENCE).unwrap();
-    let mut os = vec![os_pid_of(&node, a.pid()), os_pid_of(&node, z.pid()), b_os];
+    let mut os = vec![os_pid_of(a.pid()), os_pid_of(z.pid()), b_os];
     // Every other process of this node: the zygote, the grandchild.
     assert!(util::wait_until(PATIENCE, || node.processes().len() == 4));
     for p in node.processes() {
-        os.push(os_pid_of(&node, p));
+        os.push(os_pid_of(p));
     }
     os.extend(util::children());
     os.sort_unstable();
@@ -302,6 +307,36 @@ fn no_process_survives_a_killed_node() {
     );
 }
 
+/// A process that captured the node (here through the test's `&'static
+/// Node`) is refused the node's main-thread context and its tables, with a
+/// message that says what to use, rather than acting on the parent's copy.
+fn the_node_is_refused_in_a_process_that_captured_it() {
+    let node: &'static converge::Node = node();
+    type Use = fn(&converge::Node);
+    let uses: [(&str, Use); 3] = [
+        ("ctx", |n| {
+            let _ = n.ctx::<()>().try_recv();
+        }),
+        ("processes", |n| drop(n.processes())),
+        ("stats", |n| drop(n.stats())),
+    ];
+    for (what, f) in uses {
+        let (_p, r) = converge::spawn_monitor(move |_: Ctx<()>| f(node)).unwrap();
+        let reason = node.ctx::<()>().recv_down_timeout(r, PATIENCE).unwrap().reason;
+        match reason {
+            ExitReason::Panic(text) => assert!(
+                text.contains(&format!("Node::{what} called in process")) && text.contains("the Ctx it was given"),
+                "{text}"
+            ),
+            other => panic!("Node::{what} in a process ended it with {other}"),
+        }
+    }
+    // The values it carries work anywhere.
+    let me = node.pid();
+    let seen = converge::spawn_join(move |_: Ctx<()>| (node.pid(), node.id())).unwrap();
+    assert_eq!(seen.join().unwrap(), (me, node.id()));
+}
+
 fn process_info_reports_status() {
     let me = node().ctx::<()>();
     let back = me.mailbox();
@@ -314,13 +349,11 @@ fn process_info_reports_status() {
         })
         .unwrap();
     me.recv_timeout(PATIENCE).unwrap();
-    node().register("inspected", p).unwrap();
+    converge::register("inspected", p).unwrap();
     assert!(util::wait_until(PATIENCE, || {
-        node()
-            .process_info(p)
-            .is_some_and(|i| i.state == converge::ProcessState::Waiting)
+        converge::process_info(p).is_some_and(|i| i.state == converge::ProcessState::Waiting)
     }));
-    let info = node().process_info(p).unwrap();
+    let info = converge::process_info(p).unwrap();
     assert_eq!(info.pid, p.pid());
     assert_eq!(info.name.as_deref(), Some("inspected"));
     assert_eq!(info.parent, Some(node().pid()));
@@ -329,15 +362,15 @@ fn process_info_reports_status() {
     assert!(info.memory.unwrap() > 0);
     assert!(util::os_alive(info.os_pid.unwrap()));
     p.kill();
-    assert!(util::wait_until(PATIENCE, || node().process_info(p).is_none()));
+    assert!(util::wait_until(PATIENCE, || converge::process_info(p).is_none()));
 }
 
 fn stats_count_exits_by_kind() {
     let before = node().stats();
-    let (_p, r) = node().spawn_monitor(|_: Ctx<()>| -> () { panic!("counted") }).unwrap();
-    node().recv_down_timeout(r, PATIENCE).unwrap();
-    let (_p, r) = node().spawn_monitor(|_: Ctx<()>| {}).unwrap();
-    node().recv_down_timeout(r, PATIENCE).unwrap();
+    let (_p, r) = converge::spawn_monitor(|_: Ctx<()>| -> () { panic!("counted") }).unwrap();
+    node().ctx::<()>().recv_down_timeout(r, PATIENCE).unwrap();
+    let (_p, r) = converge::spawn_monitor(|_: Ctx<()>| {}).unwrap();
+    node().ctx::<()>().recv_down_timeout(r, PATIENCE).unwrap();
     let after = node().stats();
     assert_eq!(after.spawned, before.spawned + 2);
     let count = |s: &converge::NodeStats, k: &str| s.exits.get(k).copied().unwrap_or(0);
@@ -349,14 +382,13 @@ fn stats_count_exits_by_kind() {
 /// program ends, the node (its subreaper by then) reaps it.
 fn orphans_of_a_process_are_reaped() {
     let before = node().stats().strangers_reaped;
-    let h = node()
-        .spawn_join(|_: Ctx<()>| {
-            let child = std::process::Command::new("/bin/sleep").arg("0.3").spawn().unwrap();
-            let id = child.id() as i32;
-            std::mem::forget(child);
-            id
-        })
-        .unwrap();
+    let h = converge::spawn_join(|_: Ctx<()>| {
+        let child = std::process::Command::new("/bin/sleep").arg("0.3").spawn().unwrap();
+        let id = child.id() as i32;
+        std::mem::forget(child);
+        id
+    })
+    .unwrap();
     let orphan = h.join().unwrap();
     assert!(util::wait_until(PATIENCE, || node().stats().strangers_reaped > before));
     assert_eq!(util::os_state(orphan), None, "reaped, not a zombie");
@@ -368,7 +400,7 @@ fn a_thousand_processes_at_once() {
     let mut refs = Vec::new();
     let mut boxes = Vec::new();
     for _ in 0..1000 {
-        let (mb, r) = node().spawn_monitor(idle).unwrap();
+        let (mb, r) = converge::spawn_monitor(idle).unwrap();
         boxes.push(mb);
         refs.push(r);
     }

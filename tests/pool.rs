@@ -194,15 +194,14 @@ fn join_timeout_leaves_the_task_running() {
 }
 
 fn tasks_from_a_process() {
-    let r = node()
-        .spawn_join(|_: Ctx<()>| {
-            let one = pool::submit(square, 5).unwrap().join().unwrap();
-            let many: Vec<u64> = pool::map(square, 0..5000u64).map(Result::unwrap).collect();
-            (one, many.len(), many[4999])
-        })
-        .unwrap()
-        .join()
-        .unwrap();
+    let r = converge::spawn_join(|_: Ctx<()>| {
+        let one = pool::submit(square, 5).unwrap().join().unwrap();
+        let many: Vec<u64> = pool::map(square, 0..5000u64).map(Result::unwrap).collect();
+        (one, many.len(), many[4999])
+    })
+    .unwrap()
+    .join()
+    .unwrap();
     assert_eq!(r, (25, 5000, 4999 * 4999));
 }
 
@@ -424,23 +423,23 @@ fn losing_the_zygote_is_survived() {
         // replaced by the new zygote.
         assert_eq!(pool::submit(square, 4).unwrap().join(), Ok(16));
         let scheduler = schedulers_of("solo")[0];
-        let r = node().monitor(scheduler);
+        let r = node().ctx::<()>().monitor(scheduler);
         Mailbox::<()>::from_pid(scheduler).kill();
-        node().recv_down_timeout(r, PATIENCE).unwrap();
+        node().ctx::<()>().recv_down_timeout(r, PATIENCE).unwrap();
         pool_is_full();
         assert_eq!(pool::submit_to("solo", square, 5).unwrap().join(), Ok(25));
         // The new zygote starts processes and programs.
         let f = converge::spawn_fn(spawned_fn, 7).unwrap();
-        let r = node().monitor(f.pid());
+        let r = node().ctx::<()>().monitor(f.pid());
         f.send(8).unwrap();
         assert_eq!(
-            node().recv_down_timeout(r, PATIENCE).unwrap().reason,
+            node().ctx::<()>().recv_down_timeout(r, PATIENCE).unwrap().reason,
             ExitReason::Error("ran with 7 and 8".into())
         );
-        let port = converge::PortBuilder::new("/bin/true").spawn().unwrap();
+        let port = converge::port::PortBuilder::new("/bin/true").spawn().unwrap();
         assert!(matches!(
             port.recv(),
-            Ok(converge::PortOutput::Eof) | Ok(converge::PortOutput::Exit(_))
+            Ok(converge::port::PortOutput::Eof) | Ok(converge::port::PortOutput::Exit(_))
         ));
     }
     // No zombie left by the zygotes that died.

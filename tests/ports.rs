@@ -7,7 +7,8 @@ use std::io::Write;
 use std::time::Duration;
 
 use converge::port::stdio::{PacketReader, PacketWriter};
-use converge::{Ctx, Event, ExitReason, Framing, PortBuilder, PortError, PortOutput, Stderr};
+use converge::port::{Framing, PortBuilder, PortError, PortOutput, Stderr};
+use converge::{Ctx, Event, ExitReason};
 use util::{HelperProcess, PATIENCE, helper, node, say};
 
 fn main() {
@@ -84,7 +85,7 @@ fn sh(script: &str) -> PortBuilder {
 }
 
 /// Every event of `port` until its exit.
-fn all(port: &converge::Port) -> Vec<PortOutput> {
+fn all(port: &converge::port::Port) -> Vec<PortOutput> {
     let mut out = Vec::new();
     loop {
         let ev = port.recv_timeout(PATIENCE).expect("an event within the patience");
@@ -192,19 +193,19 @@ fn packets_of_1_2_and_4_bytes() {
 
 fn exit_status_is_the_reason() {
     let port = sh("exit 3").spawn().unwrap();
-    let r = node().monitor(port.pid());
+    let r = node().ctx::<()>().monitor(port.pid());
     assert_eq!(all(&port).last(), Some(&PortOutput::Exit(ExitReason::Code(3))));
     // A monitor sees the same reason (or NoProc if it came after the end).
-    let down = node().recv_down_timeout(r, PATIENCE).unwrap().reason;
+    let down = node().ctx::<()>().recv_down_timeout(r, PATIENCE).unwrap().reason;
     assert!(matches!(down, ExitReason::Code(3) | ExitReason::NoProc), "{down:?}");
 }
 
 fn kill_and_signals() {
     let port = PortBuilder::new("sleep").arg("100").spawn().unwrap();
-    let r = node().monitor(port.pid());
+    let r = node().ctx::<()>().monitor(port.pid());
     port.kill();
     assert_eq!(
-        node().recv_down_timeout(r, PATIENCE).unwrap().reason,
+        node().ctx::<()>().recv_down_timeout(r, PATIENCE).unwrap().reason,
         ExitReason::Killed
     );
     assert_eq!(all(&port).last(), Some(&PortOutput::Exit(ExitReason::Killed)));
@@ -265,7 +266,7 @@ fn a_program_that_cannot_run_is_a_spawn_error() {
 }
 
 /// A port program that starts a child in the background and prints its pid.
-fn with_grandchild(setsid: bool) -> (converge::Port, i32) {
+fn with_grandchild(setsid: bool) -> (converge::port::Port, i32) {
     let script = if setsid {
         "setsid sleep 100 & echo $!; wait"
     } else {
@@ -350,20 +351,18 @@ fn closing_input_gives_eof() {
     let ports: Vec<_> = (0..3).map(|_| PortBuilder::new("cat").spawn().unwrap()).collect();
     let others: Vec<_> = (0..3)
         .map(|_| {
-            node()
-                .spawn(|ctx: Ctx<()>| {
-                    let _ = ctx.recv_timeout(PATIENCE);
-                })
-                .unwrap()
+            converge::spawn(|ctx: Ctx<()>| {
+                let _ = ctx.recv_timeout(PATIENCE);
+            })
+            .unwrap()
         })
         .collect();
-    let nested = node()
-        .spawn(|ctx: Ctx<()>| {
-            let p = PortBuilder::new("cat").spawn().unwrap();
-            let _ = ctx.recv_timeout(PATIENCE);
-            p.kill();
-        })
-        .unwrap();
+    let nested = converge::spawn(|ctx: Ctx<()>| {
+        let p = PortBuilder::new("cat").spawn().unwrap();
+        let _ = ctx.recv_timeout(PATIENCE);
+        p.kill();
+    })
+    .unwrap();
     ports[1].send(b"x").unwrap();
     ports[1].close_input();
     let events = all(&ports[1]);
@@ -377,7 +376,7 @@ fn closing_input_gives_eof() {
     );
     // The others are still running.
     for p in [&ports[0], &ports[2]] {
-        assert!(node().process_info(p.pid()).is_some());
+        assert!(converge::process_info(p.pid()).is_some());
         p.close_input();
         assert_eq!(all(p).last(), Some(&PortOutput::Exit(ExitReason::Normal)));
     }
@@ -388,7 +387,7 @@ fn closing_input_gives_eof() {
 }
 
 /// `good` (a `cat` with 2-byte packets) echoes a packet, then ends.
-fn still_serves(good: &converge::Port) {
+fn still_serves(good: &converge::port::Port) {
     good.send(b"still fine").unwrap();
     assert_eq!(
         good.recv_timeout(PATIENCE).unwrap(),
@@ -419,7 +418,7 @@ fn an_oversized_packet_ends_only_that_port() {
 /// running is ended with the error; another port of the same owner goes on.
 fn port_garbage_is_refused_and_counted() {
     let errors = || node().stats().exits.get("error").copied().unwrap_or(0);
-    let undecodable = || node().process_info(node().pid()).unwrap().undecodable;
+    let undecodable = || converge::process_info(node().pid()).unwrap().undecodable;
     let (errors_before, undecodable_before) = (errors(), undecodable());
     let good = PortBuilder::new("cat").framing(Framing::Packet(2)).spawn().unwrap();
     // A prefix of 65,535 bytes over a limit of 100, from a program that goes
@@ -486,22 +485,21 @@ fn ports_end_with_their_owner() {
     for how in ["returns", "killed"] {
         let me = node().ctx::<(converge::Pid, i32)>();
         let back = me.mailbox();
-        let (owner, ro) = node()
-            .spawn_monitor(move |ctx: Ctx<()>| {
-                let (port, grandchild) = with_grandchild(false);
-                back.send((port.pid(), grandchild)).unwrap();
-                let _ = ctx.recv_timeout(PATIENCE);
-            })
-            .unwrap();
+        let (owner, ro) = converge::spawn_monitor(move |ctx: Ctx<()>| {
+            let (port, grandchild) = with_grandchild(false);
+            back.send((port.pid(), grandchild)).unwrap();
+            let _ = ctx.recv_timeout(PATIENCE);
+        })
+        .unwrap();
         let (port, grandchild) = me.recv_timeout(PATIENCE).unwrap();
-        let rp = node().monitor(port);
+        let rp = node().ctx::<()>().monitor(port);
         if how == "killed" {
             owner.kill();
         } else {
             owner.send(()).unwrap();
         }
-        let owner_reason = node().recv_down_timeout(ro, PATIENCE).unwrap().reason;
-        let port_reason = node().recv_down_timeout(rp, PATIENCE).unwrap().reason;
+        let owner_reason = node().ctx::<()>().recv_down_timeout(ro, PATIENCE).unwrap().reason;
+        let port_reason = node().ctx::<()>().recv_down_timeout(rp, PATIENCE).unwrap().reason;
         if how == "killed" {
             assert_eq!((owner_reason, port_reason), (ExitReason::Killed, ExitReason::Killed));
         } else {
@@ -539,25 +537,24 @@ fn shutdown_is_sigterm_then_sigkill() {
 
 fn a_port_is_a_process() {
     let port = PortBuilder::new("sleep").arg("100").name("sleeper").spawn().unwrap();
-    node().register("the-sleeper", port.pid()).unwrap();
-    assert_eq!(node().whereis("the-sleeper"), Some(port.pid()));
-    let info = node().process_info(port.pid()).unwrap();
+    converge::register("the-sleeper", port.pid()).unwrap();
+    assert_eq!(converge::whereis("the-sleeper"), Some(port.pid()));
+    let info = converge::process_info(port.pid()).unwrap();
     assert_eq!(info.name.as_deref(), Some("sleeper"));
     assert_eq!(info.os_pid, Some(port.os_pid()));
     // Another process monitors it and kills it through its Pid.
     let pid = port.pid();
-    let reason = node()
-        .spawn_join(move |ctx: Ctx<()>| {
-            let r = ctx.monitor(pid);
-            converge::Mailbox::<()>::from_pid(pid).kill();
-            ctx.recv_down_timeout(r, PATIENCE).unwrap().reason
-        })
-        .unwrap()
-        .join()
-        .unwrap();
+    let reason = converge::spawn_join(move |ctx: Ctx<()>| {
+        let r = ctx.monitor(pid);
+        converge::Mailbox::<()>::from_pid(pid).kill();
+        ctx.recv_down_timeout(r, PATIENCE).unwrap().reason
+    })
+    .unwrap()
+    .join()
+    .unwrap();
     assert_eq!(reason, ExitReason::Killed);
     assert_eq!(all(&port).last(), Some(&PortOutput::Exit(ExitReason::Killed)));
-    assert_eq!(node().whereis("the-sleeper"), None);
+    assert_eq!(converge::whereis("the-sleeper"), None);
 }
 
 fn a_linked_port_signals_its_owner() {
@@ -569,14 +566,13 @@ fn a_linked_port_signals_its_owner() {
         other => panic!("unexpected {other:?}"),
     }
     // A process that does not trap dies with it.
-    let (_p, r) = node()
-        .spawn_monitor(|ctx: Ctx<()>| {
-            let _port = sh("sleep 0.1; exit 9").link(true).spawn().unwrap();
-            let _ = ctx.recv_timeout(PATIENCE);
-        })
-        .unwrap();
+    let (_p, r) = converge::spawn_monitor(|ctx: Ctx<()>| {
+        let _port = sh("sleep 0.1; exit 9").link(true).spawn().unwrap();
+        let _ = ctx.recv_timeout(PATIENCE);
+    })
+    .unwrap();
     assert_eq!(
-        node().recv_down_timeout(r, PATIENCE).unwrap().reason,
+        node().ctx::<()>().recv_down_timeout(r, PATIENCE).unwrap().reason,
         ExitReason::Code(9)
     );
 }
@@ -589,7 +585,7 @@ fn node_with_ports() {
     pids.push(grandchild);
     let me = node.ctx::<i32>();
     let back = me.mailbox();
-    node.spawn(move |ctx: Ctx<()>| {
+    converge::spawn(move |ctx: Ctx<()>| {
         let p = PortBuilder::new("sleep").arg("100").spawn().unwrap();
         back.send(p.os_pid()).unwrap();
         let _ = ctx.recv_timeout(PATIENCE * 6);
@@ -600,7 +596,7 @@ fn node_with_ports() {
     let _ = me.recv_timeout(PATIENCE * 6);
 }
 
-fn with_grandchild_in(_node: &converge::Node) -> (converge::Port, i32) {
+fn with_grandchild_in(_node: &converge::Node) -> (converge::port::Port, i32) {
     with_grandchild(false)
 }
 

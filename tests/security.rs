@@ -111,7 +111,7 @@ fn another_user_is_refused() {
         return;
     }
     let me = node().ctx::<u32>();
-    let target = node().spawn(counter(me.mailbox())).unwrap();
+    let target = converge::spawn(counter(me.mailbox())).unwrap();
     let before = node().stats().refused;
     let mut cmd = helper("connect_as_other_user");
     cmd.env("TARGET", address(target.pid()));
@@ -121,8 +121,7 @@ fn another_user_is_refused() {
     let mut h = HelperProcess::start(cmd);
     assert_eq!(h.expect("connected"), "yes");
     assert!(h.wait(PATIENCE).unwrap().success());
-    assert!(util::wait_until(PATIENCE, || node()
-        .process_info(target)
+    assert!(util::wait_until(PATIENCE, || converge::process_info(target)
         .is_some_and(|i| i.refused == 1)));
     // The node's own control socket refuses the same way.
     let mut cmd = helper("connect_as_other_user");
@@ -142,7 +141,7 @@ fn another_user_is_refused() {
 
 fn garbage_is_rejected_and_counted() {
     let me = node().ctx::<u32>();
-    let target = node().spawn(counter(me.mailbox())).unwrap();
+    let target = converge::spawn(counter(me.mailbox())).unwrap();
     let name = address(target.pid());
     let inputs: Vec<Vec<u8>> = vec![
         // Not a frame at all.
@@ -179,8 +178,7 @@ fn garbage_is_rejected_and_counted() {
     assert_eq!(me.recv_timeout(PATIENCE).unwrap(), 41);
     // Four broken connections, two undecodable messages; the HTTP request
     // reads as a length over the limit: refused too.
-    assert!(util::wait_until(PATIENCE, || node()
-        .process_info(target)
+    assert!(util::wait_until(PATIENCE, || converge::process_info(target)
         .is_some_and(|i| i.undecodable == 6)));
     // The real peers are still served, in order, and count as nothing bad.
     for i in 0..100 {
@@ -189,14 +187,14 @@ fn garbage_is_rejected_and_counted() {
     for i in 0..100 {
         assert_eq!(me.recv_timeout(PATIENCE).unwrap(), i);
     }
-    let info = node().process_info(target).unwrap();
+    let info = converge::process_info(target).unwrap();
     assert_eq!((info.undecodable, info.refused), (6, 1));
     target.kill();
 }
 
 fn a_huge_length_prefix_is_refused_at_once() {
     let me = node().ctx::<u32>();
-    let target = node().spawn(counter(me.mailbox())).unwrap();
+    let target = converge::spawn(counter(me.mailbox())).unwrap();
     let mut s = connect(&address(target.pid())).unwrap();
     s.write_all(&frame(1, &hello(node().pid()))).unwrap();
     s.write_all(&[0xf0, 0xff, 0xff, 0xff, 2]).unwrap();
@@ -208,8 +206,7 @@ fn a_huge_length_prefix_is_refused_at_once() {
         Ok(n) => assert_eq!(n, 0, "nothing is sent back"),
         Err(e) => assert_eq!(e.kind(), std::io::ErrorKind::ConnectionReset, "{e}"),
     }
-    assert!(util::wait_until(PATIENCE, || node()
-        .process_info(target)
+    assert!(util::wait_until(PATIENCE, || converge::process_info(target)
         .is_some_and(|i| i.refused == 1)));
     target.send(3).unwrap();
     assert_eq!(me.recv_timeout(PATIENCE).unwrap(), 3);
@@ -231,10 +228,10 @@ fn proc_number(pid: i32, file: &str, key: &str) -> u64 {
 /// resident memory grew by what was announced (3 GB in all).
 fn announced_frames_reserve_no_memory() {
     let me = node().ctx::<u32>();
-    let target = node().spawn(counter(me.mailbox())).unwrap();
+    let target = converge::spawn(counter(me.mailbox())).unwrap();
     target.send(0).unwrap();
     assert_eq!(me.recv_timeout(PATIENCE).unwrap(), 0);
-    let info = node().process_info(target).unwrap();
+    let info = converge::process_info(target).unwrap();
     let os = info.os_pid.unwrap();
     let (rss0, data0, read0) = (
         info.memory.unwrap(),
@@ -258,7 +255,7 @@ fn announced_frames_reserve_no_memory() {
         "the target reads what was sent"
     );
     let (rss, data) = (
-        node().process_info(target).unwrap().memory.unwrap(),
+        converge::process_info(target).unwrap().memory.unwrap(),
         proc_number(os, "status", "VmData:") << 10,
     );
     assert!(rss < rss0 + (8 << 20), "resident memory grew from {rss0} to {rss}");
@@ -275,7 +272,7 @@ fn announced_frames_reserve_no_memory() {
 
 fn many_raw_connections_at_once() {
     let me = node().ctx::<u32>();
-    let target = node().spawn(counter(me.mailbox())).unwrap();
+    let target = converge::spawn(counter(me.mailbox())).unwrap();
     let name = address(target.pid());
     let conns: Vec<UnixStream> = (0..300u32)
         .map(|i| {
@@ -294,7 +291,7 @@ fn many_raw_connections_at_once() {
 }
 
 fn socket_names_carry_the_node_id() {
-    let target = node().spawn(|ctx: Ctx<()>| {
+    let target = converge::spawn(|ctx: Ctx<()>| {
         let _ = ctx.recv_timeout(PATIENCE);
     });
     let target = target.unwrap();

@@ -62,27 +62,23 @@ fn depth(ctx: Ctx<()>, n: u32) -> u64 {
 }
 
 fn nested_spawns_at_any_depth() {
-    let h = node().spawn_join(|ctx: Ctx<()>| depth(ctx, 5)).unwrap();
+    let h = converge::spawn_join(|ctx: Ctx<()>| depth(ctx, 5)).unwrap();
     let deepest = h.join().unwrap();
     assert_ne!(deepest, std::process::id() as u64);
 }
 
 fn spawn_join_gives_the_value() {
-    let h = node()
-        .spawn_join(|_: Ctx<()>| (1..=20u64).map(|i| i * i).collect::<Vec<_>>())
-        .unwrap();
+    let h = converge::spawn_join(|_: Ctx<()>| (1..=20u64).map(|i| i * i).collect::<Vec<_>>()).unwrap();
     assert_eq!(h.join().unwrap(), (1..=20u64).map(|i| i * i).collect::<Vec<_>>());
 }
 
 fn join_gives_the_exit_reason() {
-    let h = node().spawn_join(|_: Ctx<()>| -> u32 { panic!("no value") }).unwrap();
+    let h = converge::spawn_join(|_: Ctx<()>| -> u32 { panic!("no value") }).unwrap();
     let e = h.join().unwrap_err();
     assert_eq!(e.panic_message(), Some("no value"));
-    let h = node()
-        .spawn_join(|_: Ctx<()>| -> u32 { std::process::exit(4) })
-        .unwrap();
+    let h = converge::spawn_join(|_: Ctx<()>| -> u32 { std::process::exit(4) }).unwrap();
     assert_eq!(h.join().unwrap_err().reason(), Some(&ExitReason::Code(4)));
-    let h = node().spawn_join(|_: Ctx<()>| 1u8).unwrap();
+    let h = converge::spawn_join(|_: Ctx<()>| 1u8).unwrap();
     h.mailbox().kill();
     // Killed, or finished first: either way, an answer.
     let r = h.join();
@@ -90,7 +86,7 @@ fn join_gives_the_exit_reason() {
 }
 
 fn join_timeout_leaves_the_handle_usable() {
-    let mut h = node().spawn_join(|ctx: Ctx<u32>| ctx.recv().unwrap() * 3).unwrap();
+    let mut h = converge::spawn_join(|ctx: Ctx<u32>| ctx.recv().unwrap() * 3).unwrap();
     assert!(h.join_timeout(Duration::from_millis(30)).unwrap_err().is_timeout());
     h.mailbox().send(14).unwrap();
     assert_eq!(h.join_timeout(PATIENCE).unwrap(), 42);
@@ -121,11 +117,11 @@ fn spawn_fn_runs_in_a_clean_image() {
     let busy = std::thread::spawn(move || {
         let _ = stop_rx.recv_timeout(PATIENCE);
     });
-    let p = node().spawn_fn(report_parent, me.mailbox()).unwrap();
+    let p = converge::spawn_fn(report_parent, me.mailbox()).unwrap();
     let (ppid, threads) = me.recv_timeout(PATIENCE).unwrap();
     assert_ne!(ppid, std::process::id() as i32, "forked by the zygote, not the node");
     assert_eq!(threads, 1, "a spawn_fn process starts with one thread");
-    assert!(node().process_info(p).is_none() || util::wait_until(PATIENCE, || node().process_info(p).is_none()));
+    assert!(converge::process_info(p).is_none() || util::wait_until(PATIENCE, || converge::process_info(p).is_none()));
     stop_tx.send(()).unwrap();
     busy.join().unwrap();
 }
@@ -136,13 +132,12 @@ fn double(ctx: Ctx<()>, n: u64) -> Result<(), String> {
 }
 
 fn spawn_fn_from_inside_a_process() {
-    let h = node()
-        .spawn_join(|ctx: Ctx<()>| {
-            let p = converge::spawn_fn(double, 21u64).unwrap();
-            let r = ctx.monitor(p);
-            ctx.recv_down_timeout(r, PATIENCE).unwrap().reason
-        })
-        .unwrap();
+    let h = converge::spawn_join(|ctx: Ctx<()>| {
+        let p = converge::spawn_fn(double, 21u64).unwrap();
+        let r = ctx.monitor(p);
+        ctx.recv_down_timeout(r, PATIENCE).unwrap().reason
+    })
+    .unwrap();
     // The monitor may have come after the exit: NoProc is the honest answer then.
     let reason = h.join().unwrap();
     assert!(
@@ -162,7 +157,7 @@ fn name_sets_the_process_title() {
         })
         .unwrap();
     me.recv_timeout(PATIENCE).unwrap();
-    let info = node().process_info(p).unwrap();
+    let info = converge::process_info(p).unwrap();
     assert_eq!(info.name.as_deref(), Some("worker-7"));
     let comm = std::fs::read_to_string(format!("/proc/{}/comm", info.os_pid.unwrap())).unwrap();
     assert_eq!(comm.trim(), "worker-7");
@@ -284,19 +279,18 @@ fn helper_fork_while_printing() {
     };
     let mut refs = Vec::new();
     for i in 0..1000u32 {
-        let (_p, r) = node()
-            .spawn_monitor(move |_: Ctx<()>| {
-                let v: Vec<String> = (0..10).map(|j| format!("{i}-{j}")).collect();
-                print!("\r{}", v.len());
-                // A process ends with `_exit`: what it leaves buffered is lost.
-                std::io::stdout().flush().unwrap();
-            })
-            .unwrap();
+        let (_p, r) = converge::spawn_monitor(move |_: Ctx<()>| {
+            let v: Vec<String> = (0..10).map(|j| format!("{i}-{j}")).collect();
+            print!("\r{}", v.len());
+            // A process ends with `_exit`: what it leaves buffered is lost.
+            std::io::stdout().flush().unwrap();
+        })
+        .unwrap();
         refs.push(r);
     }
     for r in refs {
         assert_eq!(
-            node().recv_down_timeout(r, PATIENCE).unwrap().reason,
+            node().ctx::<()>().recv_down_timeout(r, PATIENCE).unwrap().reason,
             ExitReason::Normal
         );
     }
@@ -315,16 +309,15 @@ fn command_works_in_the_node_and_in_processes() {
     assert_eq!(status.code(), Some(7));
     let out = std::process::Command::new("/bin/echo").arg("hi").output().unwrap();
     assert_eq!(out.stdout, b"hi\n");
-    let h = node()
-        .spawn_join(|_: Ctx<()>| {
-            let s = std::process::Command::new("/bin/sh")
-                .args(["-c", "exit 5"])
-                .status()
-                .unwrap();
-            let o = std::process::Command::new("/bin/echo").arg("inside").output().unwrap();
-            (s.code(), String::from_utf8(o.stdout).unwrap())
-        })
-        .unwrap();
+    let h = converge::spawn_join(|_: Ctx<()>| {
+        let s = std::process::Command::new("/bin/sh")
+            .args(["-c", "exit 5"])
+            .status()
+            .unwrap();
+        let o = std::process::Command::new("/bin/echo").arg("inside").output().unwrap();
+        (s.code(), String::from_utf8(o.stdout).unwrap())
+    })
+    .unwrap();
     assert_eq!(h.join().unwrap(), (Some(5), "inside\n".to_string()));
 }
 
@@ -338,30 +331,28 @@ fn pids_are_never_confused_by_os_pid_reuse() {
     }
     let me = node().ctx::<()>();
     let back = me.mailbox();
-    let (old, r) = node()
-        .spawn_monitor(move |ctx: Ctx<()>| {
-            back.send(()).unwrap();
-            let _ = ctx.recv_timeout(PATIENCE);
-        })
-        .unwrap();
+    let (old, r) = converge::spawn_monitor(move |ctx: Ctx<()>| {
+        back.send(()).unwrap();
+        let _ = ctx.recv_timeout(PATIENCE);
+    })
+    .unwrap();
     me.recv_timeout(PATIENCE).unwrap();
-    let old_os = node().process_info(old).unwrap().os_pid.unwrap();
+    let old_os = converge::process_info(old).unwrap().os_pid.unwrap();
     old.kill();
-    node().recv_down_timeout(r, PATIENCE).unwrap();
+    node().ctx::<()>().recv_down_timeout(r, PATIENCE).unwrap();
     // Make the kernel hand out the same OS pid again (several tries: other
     // processes of the machine may take it first).
     let mut reused = None;
     for _ in 0..20 {
         std::fs::write(ns_last_pid, format!("{}", old_os - 1)).unwrap();
         let back = me.mailbox();
-        let new = node()
-            .spawn(move |ctx: Ctx<()>| {
-                back.send(()).unwrap();
-                let _ = ctx.recv_timeout(PATIENCE);
-            })
-            .unwrap();
+        let new = converge::spawn(move |ctx: Ctx<()>| {
+            back.send(()).unwrap();
+            let _ = ctx.recv_timeout(PATIENCE);
+        })
+        .unwrap();
         me.recv_timeout(PATIENCE).unwrap();
-        if node().process_info(new).unwrap().os_pid == Some(old_os) {
+        if converge::process_info(new).unwrap().os_pid == Some(old_os) {
             reused = Some(new);
             break;
         }
@@ -370,17 +361,17 @@ fn pids_are_never_confused_by_os_pid_reuse() {
     let new = reused.expect("the OS pid was reused");
     assert_ne!(new.pid(), old.pid());
     // The old Pid is dead: monitor says NoProc, kill does nothing.
-    let again = node().monitor(old);
+    let again = node().ctx::<()>().monitor(old);
     assert_eq!(
-        node().recv_down_timeout(again, PATIENCE).unwrap().reason,
+        node().ctx::<()>().recv_down_timeout(again, PATIENCE).unwrap().reason,
         ExitReason::NoProc
     );
     old.kill();
-    assert!(node().process_info(new).is_some());
-    let rn = node().monitor(new);
+    assert!(converge::process_info(new).is_some());
+    let rn = node().ctx::<()>().monitor(new);
     new.send(()).unwrap();
     assert_eq!(
-        node().recv_down_timeout(rn, PATIENCE).unwrap().reason,
+        node().ctx::<()>().recv_down_timeout(rn, PATIENCE).unwrap().reason,
         ExitReason::Normal
     );
 }
@@ -388,9 +379,9 @@ fn pids_are_never_confused_by_os_pid_reuse() {
 fn pids_are_unique_and_not_os_pids() {
     let mut seen = std::collections::HashSet::new();
     for _ in 0..50 {
-        let (p, r) = node().spawn_monitor(|_: Ctx<()>| {}).unwrap();
+        let (p, r) = converge::spawn_monitor(|_: Ctx<()>| {}).unwrap();
         assert!(seen.insert(p.pid()));
-        node().recv_down_timeout(r, PATIENCE).unwrap();
+        node().ctx::<()>().recv_down_timeout(r, PATIENCE).unwrap();
     }
     let pids: Vec<Pid> = seen.into_iter().collect();
     assert!(pids.iter().all(|p| p.node() == node().id()));

@@ -5,11 +5,12 @@ mod util;
 
 use std::time::Duration;
 
+use converge::port::PortBuilder;
 use converge::supervisor::{
     ChildInfo, ChildKind, ChildSpec, ChildState, Restart, Shutdown, Strategy, Supervisor, SupervisorError,
     SupervisorRef,
 };
-use converge::{Ctx, Event, ExitReason, Mailbox, Pid, PortBuilder};
+use converge::{Ctx, Event, ExitReason, Mailbox, Pid};
 use serde::{Deserialize, Serialize};
 use util::{PATIENCE, node, wait_until};
 
@@ -107,14 +108,15 @@ fn replaced(sup: &SupervisorRef, id: &str, old: Pid) -> Pid {
 
 fn stop(sup: SupervisorRef) {
     let pids: Vec<Pid> = children(&sup).iter().filter_map(|c| c.pid).collect();
-    let watched: Vec<_> = pids.iter().map(|&p| node().monitor(p)).collect();
+    let watched: Vec<_> = pids.iter().map(|&p| node().ctx::<()>().monitor(p)).collect();
     sup.stop().expect("stop");
     for r in watched {
         node()
+            .ctx::<()>()
             .recv_down_timeout(r, PATIENCE)
             .expect("each child ends with its supervisor");
     }
-    assert!(node().process_info(sup.pid()).is_none());
+    assert!(converge::process_info(sup.pid()).is_none());
 }
 
 fn three(strategy: Strategy) -> SupervisorRef {
@@ -232,8 +234,8 @@ fn intensity_reached_shuts_the_supervisor_down() {
         .child(ChildSpec::new("bystander", worker))
         .spawn()
         .unwrap();
-    let watch_sup = node().monitor(sup.pid());
-    let bystander = node().monitor(pid_of(&sup, "bystander"));
+    let watch_sup = node().ctx::<()>().monitor(sup.pid());
+    let bystander = node().ctx::<()>().monitor(pid_of(&sup, "bystander"));
     let mut last = pid_of(&sup, "crashy");
     for _ in 0..2 {
         Mailbox::<Cmd>::from_pid(last).kill();
@@ -241,10 +243,14 @@ fn intensity_reached_shuts_the_supervisor_down() {
     }
     // The third restart within the period is one too many.
     Mailbox::<Cmd>::from_pid(last).kill();
-    let down = node().recv_down_timeout(watch_sup, PATIENCE).unwrap();
+    let down = node().ctx::<()>().recv_down_timeout(watch_sup, PATIENCE).unwrap();
     assert_eq!(down.reason, ExitReason::Shutdown);
     assert_eq!(
-        node().recv_down_timeout(bystander, PATIENCE).unwrap().reason,
+        node()
+            .ctx::<()>()
+            .recv_down_timeout(bystander, PATIENCE)
+            .unwrap()
+            .reason,
         ExitReason::Shutdown
     );
     assert!(matches!(sup.which_children(), Err(SupervisorError::Failed(_))));
@@ -317,12 +323,12 @@ fn a_child_that_cannot_restart_counts_toward_intensity() {
         .spawn()
         .unwrap();
     std::fs::remove_file(&program).unwrap();
-    let watch = node().monitor(sup.pid());
+    let watch = node().ctx::<()>().monitor(sup.pid());
     let first = pid_of(&sup, "doomed");
     Mailbox::<()>::from_pid(first).kill();
     // Each failed start is counted: the fourth restart attempt is one too many.
     assert_eq!(
-        node().recv_down_timeout(watch, PATIENCE).unwrap().reason,
+        node().ctx::<()>().recv_down_timeout(watch, PATIENCE).unwrap().reason,
         ExitReason::Shutdown
     );
 }
@@ -385,20 +391,24 @@ fn nested_supervisors() {
     assert_eq!(child(&top, "inner").kind, ChildKind::Supervisor);
     let inner_ref = supervisor_at(inner_pid);
     let leaf = pid_of(&inner_ref, "leaf");
-    let watch_leaf = node().monitor(leaf);
+    let watch_leaf = node().ctx::<()>().monitor(leaf);
     // The inner supervisor dies: its leaf with it, then both come back.
     Mailbox::<()>::from_pid(inner_pid).kill();
     assert_eq!(
-        node().recv_down_timeout(watch_leaf, PATIENCE).unwrap().reason,
+        node()
+            .ctx::<()>()
+            .recv_down_timeout(watch_leaf, PATIENCE)
+            .unwrap()
+            .reason,
         ExitReason::Killed
     );
     let inner2 = replaced(&top, "inner", inner_pid);
     assert!(pid_of(&supervisor_at(inner2), "leaf") != leaf);
     // Stopping the top stops the whole tree.
-    let leaf2 = node().monitor(pid_of(&supervisor_at(inner2), "leaf"));
+    let leaf2 = node().ctx::<()>().monitor(pid_of(&supervisor_at(inner2), "leaf"));
     stop(top);
     assert_eq!(
-        node().recv_down_timeout(leaf2, PATIENCE).unwrap().reason,
+        node().ctx::<()>().recv_down_timeout(leaf2, PATIENCE).unwrap().reason,
         ExitReason::Shutdown
     );
 }
@@ -414,7 +424,7 @@ fn a_killed_port_child_is_restarted() {
         .spawn()
         .unwrap();
     let first = pid_of(&sup, "sleeper");
-    let ospid = node().process_info(first).unwrap().os_pid.unwrap();
+    let ospid = converge::process_info(first).unwrap().os_pid.unwrap();
     // Killed from outside the runtime.
     // SAFETY: kill(2) on a process this test started.
     assert_eq!(unsafe { libc::kill(ospid, libc::SIGKILL) }, 0);
@@ -443,16 +453,19 @@ fn a_child_that_cannot_start_fails_the_start() {
     }
     // The child started before it was stopped.
     let first = me.recv_timeout(PATIENCE).unwrap();
-    assert!(wait_until(PATIENCE, || node().process_info(first).is_none()));
+    assert!(wait_until(PATIENCE, || converge::process_info(first).is_none()));
 }
 
 fn killing_the_supervisor_kills_its_children() {
     let sup = three(Strategy::OneForOne);
-    let watched: Vec<_> = children(&sup).iter().map(|c| node().monitor(c.pid.unwrap())).collect();
+    let watched: Vec<_> = children(&sup)
+        .iter()
+        .map(|c| node().ctx::<()>().monitor(c.pid.unwrap()))
+        .collect();
     Mailbox::<()>::from_pid(sup.pid()).kill();
     for r in watched {
         assert_eq!(
-            node().recv_down_timeout(r, PATIENCE).unwrap().reason,
+            node().ctx::<()>().recv_down_timeout(r, PATIENCE).unwrap().reason,
             ExitReason::Killed
         );
     }
@@ -461,31 +474,30 @@ fn killing_the_supervisor_kills_its_children() {
 fn the_starter_ending_stops_a_linked_supervisor() {
     let me = node().ctx::<(Pid, Pid)>();
     let back = me.mailbox();
-    let (starter, r) = node()
-        .spawn_monitor(move |ctx: Ctx<()>| {
-            let sup = Supervisor::new(Strategy::OneForOne)
-                .child(ChildSpec::new("w", worker))
-                .spawn_link()
-                .unwrap();
-            back.send((sup.pid(), pid_of(&sup, "w"))).unwrap();
-            let _ = ctx.recv();
-            ExitReason::Error("starter failed".into())
-        })
-        .unwrap();
+    let (starter, r) = converge::spawn_monitor(move |ctx: Ctx<()>| {
+        let sup = Supervisor::new(Strategy::OneForOne)
+            .child(ChildSpec::new("w", worker))
+            .spawn_link()
+            .unwrap();
+        back.send((sup.pid(), pid_of(&sup, "w"))).unwrap();
+        let _ = ctx.recv();
+        ExitReason::Error("starter failed".into())
+    })
+    .unwrap();
     let (sup, w) = me.recv_timeout(PATIENCE).unwrap();
-    let (rs, rw) = (node().monitor(sup), node().monitor(w));
+    let (rs, rw) = (node().ctx::<()>().monitor(sup), node().ctx::<()>().monitor(w));
     starter.send(()).unwrap();
     assert_eq!(
-        node().recv_down_timeout(r, PATIENCE).unwrap().reason,
+        node().ctx::<()>().recv_down_timeout(r, PATIENCE).unwrap().reason,
         ExitReason::Error("starter failed".into())
     );
     // The supervisor stops its child and leaves with its starter's reason.
     assert_eq!(
-        node().recv_down_timeout(rw, PATIENCE).unwrap().reason,
+        node().ctx::<()>().recv_down_timeout(rw, PATIENCE).unwrap().reason,
         ExitReason::Shutdown
     );
     assert_eq!(
-        node().recv_down_timeout(rs, PATIENCE).unwrap().reason,
+        node().ctx::<()>().recv_down_timeout(rs, PATIENCE).unwrap().reason,
         ExitReason::Error("starter failed".into())
     );
 }

@@ -26,14 +26,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use crate::sync::{Condvar, Mutex};
-use serde::Serialize;
-use serde::de::DeserializeOwned;
 
-use crate::error::{InitError, InitErrorKind, LinkError, RecvTimeoutError, RegisterError, SpawnError};
-use crate::exit::IntoExitReason;
+use crate::error::{InitError, InitErrorKind};
 use crate::mailbox::{Ctx, Mailbox};
-use crate::monitor::{Down, MonitorRef};
-use crate::process::{Builder, JoinHandle, NodeId, Pid, ProcessInfo};
+use crate::process::{NodeId, Pid};
 use crate::sys;
 use crate::sys::poll::{Epoll, EventFd, Interest};
 use crate::wire::envelope::{NodeReply, ToNode};
@@ -550,99 +546,32 @@ impl Node {
         Mailbox::from_pid(self.rt.pid())
     }
 
-    /// A receive context for the main thread, typed as `M`.
+    /// A receive context for the main thread, typed as `M`: it receives,
+    /// monitors and links as the node's main thread.
+    ///
+    /// # Panics
+    ///
+    /// In a process other than the node (a closure that captured `&Node`):
+    /// the main thread's context means nothing there. A process uses the
+    /// [`Ctx`] it was given.
     pub fn ctx<M>(&self) -> Ctx<M> {
-        Ctx::new(self.rt)
+        Ctx::new(self.on_node("ctx"))
     }
 
-    /// Spawns a process running `f` (see [`Builder::spawn`]).
-    pub fn spawn<M, F, R>(&self, f: F) -> Result<Mailbox<M>, SpawnError>
-    where
-        M: Serialize + DeserializeOwned,
-        F: FnOnce(Ctx<M>) -> R,
-        R: IntoExitReason,
-    {
-        Builder::new().spawn(f)
-    }
-
-    /// Spawns a process linked to the main thread (see [`Builder::spawn_link`]).
-    pub fn spawn_link<M, F, R>(&self, f: F) -> Result<Mailbox<M>, SpawnError>
-    where
-        M: Serialize + DeserializeOwned,
-        F: FnOnce(Ctx<M>) -> R,
-        R: IntoExitReason,
-    {
-        Builder::new().spawn_link(f)
-    }
-
-    /// Spawns a process monitored by the main thread (see [`Builder::spawn_monitor`]).
-    pub fn spawn_monitor<M, F, R>(&self, f: F) -> Result<(Mailbox<M>, MonitorRef), SpawnError>
-    where
-        M: Serialize + DeserializeOwned,
-        F: FnOnce(Ctx<M>) -> R,
-        R: IntoExitReason,
-    {
-        Builder::new().spawn_monitor(f)
-    }
-
-    /// Spawns a process from the zygote (see [`Builder::spawn_fn`]).
-    pub fn spawn_fn<M, A, R>(&self, f: fn(Ctx<M>, A) -> R, args: A) -> Result<Mailbox<M>, SpawnError>
-    where
-        M: Serialize + DeserializeOwned + 'static,
-        A: Serialize + DeserializeOwned + 'static,
-        R: IntoExitReason + 'static,
-    {
-        Builder::new().spawn_fn(f, args)
-    }
-
-    /// Spawns a process whose closure returns a value (see [`Builder::spawn_join`]).
-    pub fn spawn_join<M, T, F>(&self, f: F) -> Result<JoinHandle<T, M>, SpawnError>
-    where
-        M: Serialize + DeserializeOwned,
-        T: Serialize + DeserializeOwned,
-        F: FnOnce(Ctx<M>) -> T,
-    {
-        Builder::new().spawn_join(f)
-    }
-
-    /// Monitors `target` from the main thread.
-    pub fn monitor(&self, target: impl Into<Pid>) -> MonitorRef {
-        crate::monitor::monitor(self.rt, target.into())
-    }
-
-    /// Removes a monitor; a `Down` already queued for it is removed too.
-    pub fn demonitor(&self, reference: MonitorRef) {
-        crate::monitor::demonitor(self.rt, reference)
-    }
-
-    /// Links the main thread with `target`.
-    pub fn link(&self, target: impl Into<Pid>) -> Result<(), LinkError> {
-        crate::link::link(self.rt, target.into())
-    }
-
-    /// Removes a link.
-    pub fn unlink(&self, target: impl Into<Pid>) {
-        crate::link::unlink(self.rt, target.into())
-    }
-
-    /// Waits for the `Down` of `reference`, leaving other messages queued.
-    pub fn recv_down(&self, reference: MonitorRef) -> Result<Down, RecvTimeoutError> {
-        Ctx::<()>::new(self.rt).recv_down_deadline(reference, None)
-    }
-
-    /// Waits up to `timeout` for the `Down` of `reference`.
-    pub fn recv_down_timeout(&self, reference: MonitorRef, timeout: Duration) -> Result<Down, RecvTimeoutError> {
-        Ctx::<()>::new(self.rt).recv_down_deadline(reference, Some(Instant::now() + timeout))
-    }
-
-    /// Registers `pid` under `name` on this node.
-    pub fn register(&self, name: &str, pid: impl Into<Pid>) -> Result<(), RegisterError> {
-        crate::process::register(name, pid.into())
-    }
-
-    /// The process registered under `name`, if any.
-    pub fn whereis(&self, name: &str) -> Option<Pid> {
-        crate::process::whereis(name)
+    /// The node's runtime, if the caller runs in the node; a clear panic
+    /// otherwise. A process forked from the node has a copy of the `Node`
+    /// value (a closure may capture `&Node`), whose runtime and locks are the
+    /// parent's, left as they were at the fork: using them there would act
+    /// on descriptors that the fork closed.
+    fn on_node(&self, what: &str) -> &'static Runtime {
+        match runtime::current() {
+            Some(rt) if std::ptr::eq(rt, self.rt) => rt,
+            other => panic!(
+                "converge: Node::{what} called in process {} rather than in the node: \
+                 a process uses the Ctx it was given, and the free functions",
+                other.map_or_else(|| "?".to_string(), |rt| rt.pid().to_string())
+            ),
+        }
     }
 
     /// How [`Builder::memory_limit`](crate::Builder::memory_limit) is
@@ -655,13 +584,13 @@ impl Node {
         }
     }
 
-    /// The status of a process, or `None` if it is not alive.
-    pub fn process_info(&self, pid: impl Into<Pid>) -> Option<ProcessInfo> {
-        crate::process::process_info(pid.into())
-    }
-
     /// The processes alive now, oldest first (the runtime's own are not listed).
+    ///
+    /// # Panics
+    ///
+    /// In a process other than the node (see [`Node::ctx`]).
     pub fn processes(&self) -> Vec<Pid> {
+        self.on_node("processes");
         let core = self.shared.control.lock();
         core.user_processes()
             .into_iter()
@@ -670,7 +599,12 @@ impl Node {
     }
 
     /// Node-wide counters.
+    ///
+    /// # Panics
+    ///
+    /// In a process other than the node (see [`Node::ctx`]).
     pub fn stats(&self) -> NodeStats {
+        self.on_node("stats");
         let core = self.shared.control.lock();
         let c = core.counters();
         NodeStats {
@@ -688,7 +622,12 @@ impl Node {
     /// when their parent is gone), and whatever is still alive after `timeout`
     /// is killed. New spawns fail from the start of the shutdown. Calling it
     /// again does nothing.
+    ///
+    /// # Panics
+    ///
+    /// In a process other than the node (see [`Node::ctx`]).
     pub fn shutdown(&self, timeout: Duration) {
+        self.on_node("shutdown");
         self.shared.shutdown(timeout);
     }
 
@@ -700,6 +639,10 @@ impl Node {
 
 impl Drop for Node {
     fn drop(&mut self) {
-        self.shared.shutdown(self.shared.shutdown_timeout);
+        // A process that owned a copy of the node (moved into its closure)
+        // has nothing to shut down.
+        if runtime::current().is_some_and(|rt| std::ptr::eq(rt, self.rt)) {
+            self.shared.shutdown(self.shared.shutdown_timeout);
+        }
     }
 }

@@ -56,6 +56,12 @@ pub enum TaskError {
     NotInitialized,
 }
 
+impl From<TaskError> for crate::Error {
+    fn from(e: TaskError) -> crate::Error {
+        crate::Error::other(e)
+    }
+}
+
 /// What a task needs to be sent (again).
 #[derive(Debug, Clone)]
 struct Request {

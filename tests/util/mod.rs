@@ -310,8 +310,9 @@ where
     F: FnOnce(Ctx<M>) -> R,
     R: IntoExitReason,
 {
-    let (_mb, r) = node().spawn_monitor(f).expect("spawn");
+    let (_mb, r) = converge::spawn_monitor(f).expect("spawn");
     node()
+        .ctx::<()>()
         .recv_down_timeout(r, PATIENCE)
         .expect("a Down within the patience")
         .reason
