@@ -56,7 +56,7 @@ use crate::sys::shared::Slot;
 use crate::sys::socket;
 use crate::wire::envelope::{Hello, NodeReply, ToNode, ToProcess};
 use crate::wire::frame::{Decoder, Kind};
-use crate::wire::{DecodeError, FrameError, decode_exact};
+use crate::wire::{self, DecodeError, FrameError, decode_exact};
 
 const TOKEN_LISTENER: u64 = 1;
 const TOKEN_CTL: u64 = 2;
@@ -1053,25 +1053,22 @@ impl Inbox {
                             false
                         }
                     },
-                    (Kind::Msg, true) if body.len() >= 8 => {
-                        let fp = u64::from_le_bytes(body[..8].try_into().expect("BUG: 8 bytes"));
+                    (Kind::Msg, true) if let Some((fp, value)) = wire::body::split_message(body) => {
                         match *tenant {
                             Some(actor) => hosted.push(
                                 actor,
                                 Item::Msg {
                                     fp,
-                                    body: body[8..].to_vec(),
+                                    body: value.to_vec(),
                                 },
                             ),
-                            None => push_message(queue, messages, *bound, rt.slot(), fp, &body[8..]),
+                            None => push_message(queue, messages, *bound, rt.slot(), fp, value),
                         }
                         true
                     }
-                    (Kind::Reply, true) if body.len() >= 16 => {
-                        let reference = u64::from_le_bytes(body[..8].try_into().expect("BUG: 8 bytes"));
-                        let fp = u64::from_le_bytes(body[8..16].try_into().expect("BUG: 8 bytes"));
+                    (Kind::Reply, true) if let Some((reference, fp, value)) = wire::body::split_reply(body) => {
                         if let Some(a) = awaited.get_mut(&reference) {
-                            a.reply = Some((fp, body[16..].to_vec()));
+                            a.reply = Some((fp, value.to_vec()));
                         }
                         true
                     }
@@ -1262,12 +1259,11 @@ impl Inbox {
                 }
             }
             ToProcess::Message(body) => {
-                if body.len() >= 8 {
-                    let fp = u64::from_le_bytes(body[..8].try_into().expect("BUG: 8 bytes"));
+                if let Some((fp, value)) = wire::body::split_message(&body) {
                     let State {
                         queue, messages, bound, ..
                     } = &mut *st;
-                    push_message(queue, messages, *bound, rt.slot(), fp, &body[8..]);
+                    push_message(queue, messages, *bound, rt.slot(), fp, value);
                 }
             }
             ToProcess::ForActor { actor, msg } => match *msg {
@@ -1292,13 +1288,12 @@ impl Inbox {
                     self.drain_sender(rt, st, from);
                     st.hosted.push(actor, Item::Exit(ExitSignal { from, reason }));
                 }
-                ToProcess::Message(body) if body.len() >= 8 => {
-                    let fp = u64::from_le_bytes(body[..8].try_into().expect("BUG: 8 bytes"));
+                ToProcess::Message(ref body) if let Some((fp, value)) = wire::body::split_message(body) => {
                     st.hosted.push(
                         actor,
                         Item::Msg {
                             fp,
-                            body: body[8..].to_vec(),
+                            body: value.to_vec(),
                         },
                     );
                 }

@@ -22,6 +22,7 @@ use crate::sys::global::ForkGlobal;
 use crate::sys::process::exit_now;
 use crate::sys::shared::{SharedArea, Slot};
 use crate::sys::socket;
+use crate::wire::body;
 use crate::wire::envelope::{NodeReply, ToNode};
 use crate::wire::frame::{self, Kind};
 
@@ -392,18 +393,8 @@ impl Runtime {
         msg: &M,
         try_only: bool,
     ) -> Result<Sent, BuildError> {
-        let fp = crate::wire::fingerprint::<M>();
-        self.send_frame(target, try_only, 8, |buf| {
-            let start = frame::begin(buf, Kind::Msg);
-            buf.extend_from_slice(&fp.to_le_bytes());
-            match postcard::to_extend(msg, std::mem::take(buf)) {
-                Ok(v) => {
-                    *buf = v;
-                    frame::finish(buf, start);
-                    Ok(())
-                }
-                Err(e) => Err(e.to_string()),
-            }
+        self.send_frame(target, try_only, body::MESSAGE_PREFIX, |buf| {
+            body::push_message(buf, msg).map_err(|e| e.to_string())
         })
     }
 
@@ -414,19 +405,8 @@ impl Runtime {
         reference: u64,
         value: &R,
     ) -> Result<Sent, BuildError> {
-        let fp = crate::wire::fingerprint::<R>();
-        self.send_frame(target, false, 16, |buf| {
-            let start = frame::begin(buf, Kind::Reply);
-            buf.extend_from_slice(&reference.to_le_bytes());
-            buf.extend_from_slice(&fp.to_le_bytes());
-            match postcard::to_extend(value, std::mem::take(buf)) {
-                Ok(v) => {
-                    *buf = v;
-                    frame::finish(buf, start);
-                    Ok(())
-                }
-                Err(e) => Err(e.to_string()),
-            }
+        self.send_frame(target, false, body::REPLY_PREFIX, |buf| {
+            body::push_reply(buf, reference, value).map_err(|e| e.to_string())
         })
     }
 
@@ -472,14 +452,13 @@ impl Runtime {
         if payload > self.settings.max_message {
             return Err(BuildError::TooLarge(payload));
         }
-        if buf[4] != Kind::Msg as u8 || buf.len() < frame::HEADER + 8 {
+        let Some((fp, value_at)) = body::message_frame(&buf) else {
             // Replies go to processes, never to actors.
             return Ok(Sent::Dropped);
-        }
-        let fp = u64::from_le_bytes(buf[frame::HEADER..frame::HEADER + 8].try_into().expect("BUG: 8 bytes"));
+        };
         // The body in place: the frame's fields out of the way, no second
         // buffer.
-        buf.drain(..frame::HEADER + 8);
+        buf.drain(..value_at);
         let body = buf;
         self.inbox
             .lock()

@@ -340,11 +340,8 @@ impl ActorSpawn {
             entry: self.entry,
             args: self.args.clone(),
         });
-        let message = crate::wire::fingerprint::<crate::pool::scheduler::SchedMsg>()
-            .to_le_bytes()
-            .to_vec();
         let message =
-            postcard::to_extend(&start, message).map_err(|e| SpawnError::new(SpawnErrorKind::Encode(e.to_string())))?;
+            crate::wire::body::message(&start).map_err(|e| SpawnError::new(SpawnErrorKind::Encode(e.to_string())))?;
         // The slot names the host before anyone knows the Pid: senders find
         // the host there, and the node knows the actor exists.
         shared.slot(serial).claim(serial, ProcessState::Starting as u32, host);

@@ -203,30 +203,27 @@ impl<R> Task<R> {
                     }
                 }
             }
-            Ok(None) => {
-                let message = crate::wire::fingerprint::<SchedMsg>().to_le_bytes().to_vec();
-                match postcard::to_extend(&SchedMsg::Run(msg), message) {
-                    Ok(message) if message.len() <= rt.settings().max_message => {
-                        rt.tell_node(&ToNode::Enqueue {
-                            class: self.class as u32,
-                            task: self.id,
-                            reference,
-                            message,
-                        });
-                        Ok(Attempt {
-                            scheduler: None,
-                            reference,
-                            watch: None,
-                        })
-                    }
-                    Ok(message) => Err(TaskError::Refused(format!(
-                        "the task is {} bytes, over the limit of {} bytes",
-                        message.len(),
-                        rt.settings().max_message
-                    ))),
-                    Err(e) => Err(TaskError::Refused(format!("encoding the task: {e}"))),
+            Ok(None) => match crate::wire::body::message(&SchedMsg::Run(msg)) {
+                Ok(message) if message.len() <= rt.settings().max_message => {
+                    rt.tell_node(&ToNode::Enqueue {
+                        class: self.class as u32,
+                        task: self.id,
+                        reference,
+                        message,
+                    });
+                    Ok(Attempt {
+                        scheduler: None,
+                        reference,
+                        watch: None,
+                    })
                 }
-            }
+                Ok(message) => Err(TaskError::Refused(format!(
+                    "the task is {} bytes, over the limit of {} bytes",
+                    message.len(),
+                    rt.settings().max_message
+                ))),
+                Err(e) => Err(TaskError::Refused(format!("encoding the task: {e}"))),
+            },
             Err(e) => Err(e),
         };
         match attempt {

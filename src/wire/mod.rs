@@ -4,12 +4,15 @@
 //!    and helpers that encode a frame in place at the end of a buffer.
 //! 2. [`envelope`]: what the frames carry: the hello of a data connection, the
 //!    control protocol between a process and its node.
+//! 3. [`body`]: the layout of a message body (fingerprint, value) and of a
+//!    reply body (reference, fingerprint, value).
 //!
 //! postcard is not self-describing, so every message frame carries a 64-bit
 //! fingerprint of the Rust type it was encoded from, and a message decodes only
 //! if the fingerprints match and the decoder consumes the whole body: a frame
 //! of the wrong type becomes a decode error, never a wrong value.
 
+pub(crate) mod body;
 pub(crate) mod envelope;
 pub(crate) mod frame;
 
