@@ -111,6 +111,7 @@ mod node;
 pub mod pool;
 pub mod port;
 mod process;
+mod runtime;
 pub mod supervisor;
 mod sync;
 mod sys;

@@ -4,8 +4,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::LinkError;
 use crate::exit::ExitReason;
-use crate::node::runtime::Runtime;
 use crate::process::Pid;
+use crate::runtime::Runtime;
 use crate::wire::envelope::{NodeReply, ToNode};
 
 /// An exit signal received as a message, because the process traps exits: a

@@ -16,10 +16,10 @@ use crate::error::{
 use crate::exit::ExitReason;
 use crate::link::ExitSignal;
 use crate::monitor::{Down, MonitorRef};
-use crate::node::inbox::{Item, State, decode_message};
-use crate::node::outbox::{BuildError, Sent};
-use crate::node::runtime::{self, Runtime};
 use crate::process::Pid;
+use crate::runtime::inbox::{Item, State, decode_message};
+use crate::runtime::outbox::{BuildError, Sent};
+use crate::runtime::{self, Runtime};
 use crate::wire::DecodeError;
 use crate::wire::envelope::ToNode;
 

@@ -5,9 +5,9 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 
 use crate::exit::ExitReason;
-use crate::node::inbox::Item;
-use crate::node::runtime::Runtime;
 use crate::process::Pid;
+use crate::runtime::Runtime;
+use crate::runtime::inbox::Item;
 use crate::wire::envelope::ToNode;
 
 /// The reference of one monitor. Each `monitor` call gets its own, and its own

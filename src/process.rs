@@ -15,11 +15,11 @@ use crate::error::{JoinError, JoinErrorKind, RegisterError, SpawnError, SpawnErr
 use crate::exit::{ExitReason, IntoExitReason};
 use crate::mailbox::{Ctx, Mailbox};
 use crate::monitor::MonitorRef;
-use crate::node::child::ChildOptions;
-use crate::node::inbox::decode_message;
-use crate::node::runtime::{self, Runtime};
-use crate::node::spawn::{Spec, spawn_closure, spawn_from_zygote};
-use crate::pool::zygote::{Call, Entry};
+use crate::node::zygote::{Call, Entry};
+use crate::runtime::child::ChildOptions;
+use crate::runtime::inbox::decode_message;
+use crate::runtime::spawn::{Spec, spawn_closure, spawn_from_zygote};
+use crate::runtime::{self, Runtime};
 use crate::sys::text;
 use crate::wire::envelope::{NodeReply, ToNode};
 

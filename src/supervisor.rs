@@ -57,10 +57,10 @@ use crate::error::{CallError, SpawnError};
 use crate::exit::{ExitReason, IntoExitReason};
 use crate::mailbox::{Ctx, Event, Mailbox, ReplyTo};
 use crate::monitor::MonitorRef;
-use crate::node::runtime;
-use crate::pool::zygote::Call;
+use crate::node::zygote::Call;
 use crate::port::{PortBuilder, PortOutput};
 use crate::process::{Builder, Pid};
+use crate::runtime;
 
 /// Which children a supervisor restarts when one of them ends.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -23,11 +23,11 @@ use std::io;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::time::Instant;
 
-use crate::node::cgroup::MemoryCgroups;
-use crate::node::runtime::PoolSettings;
 use crate::node::table::reason::MemoryEnd;
 use crate::node::table::{Counters, System, Table};
 use crate::process::NodeId;
+use crate::runtime::PoolSettings;
+use crate::sys::cgroup::MemoryCgroups;
 use crate::sys::poll::{Epoll, Interest};
 use crate::sys::process::{
     WaitStatus, pidfd_ended, pidfd_exit_info, pidfd_open, pidfd_send_signal, pidfd_signal_group, pidfd_try_wait,
@@ -282,11 +282,11 @@ impl Io {
     /// ended), to reap them; `known` are the table's OS pids.
     fn adopt_strangers(&mut self, groups: &[i32], known: &HashSet<i32>) {
         let watched: HashSet<i32> = self.strangers.values().map(|s| s.1).collect();
-        for child in crate::node::proc_fs::children_of_self() {
+        for child in crate::sys::proc_fs::children_of_self() {
             if known.contains(&child) || watched.contains(&child) {
                 continue;
             }
-            let Some(pgid) = crate::node::proc_fs::pgid_of(child) else {
+            let Some(pgid) = crate::sys::proc_fs::pgid_of(child) else {
                 continue;
             };
             if !groups.contains(&pgid) {
@@ -350,7 +350,7 @@ impl System for Io {
     }
 
     fn kill_cgroup(&mut self, cgroup: &str) {
-        crate::node::cgroup::kill(cgroup);
+        crate::sys::cgroup::kill(cgroup);
     }
 
     fn watch(&mut self, serial: u64) -> bool {
@@ -426,11 +426,11 @@ impl System for Io {
     }
 
     fn parent_of(&self, ospid: i32) -> Option<i32> {
-        crate::node::proc_fs::parent_of(ospid)
+        crate::sys::proc_fs::parent_of(ospid)
     }
 
     fn rss(&self, ospid: i32) -> Option<u64> {
-        crate::node::proc_fs::rss_bytes(ospid)
+        crate::sys::proc_fs::rss_bytes(ospid)
     }
 }
 

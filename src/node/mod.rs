@@ -1,24 +1,17 @@
-//! The local runtime: `init()`, the node's process table and exit watcher, and
-//! the per-process runtime (receive and send paths) that every process has.
+//! The node alone: `init()`, [`Config`], [`Node`], and what runs in the node
+//! process for every other (the per-process runtime is `crate::runtime`).
 //!
-//! 1. [`runtime`]: the runtime of one process (identity, control connection).
-//! 2. [`inbox`]: the receive path (why a receiving thread polls its own sockets).
-//! 3. [`outbox`]: the send path (why frames are batched the way they are).
-//! 4. [`table`]: the process table, links, monitors, names, and exit signals
-//!    (events in, effects out); [`control`]: its I/O (connections, pidfds).
-//! 5. [`watcher`]: the node thread that turns pidfd events into exits.
-//! 6. [`spawn`] and [`child`]: forking a process and starting its runtime.
+//! 1. [`table`]: the process table, links, monitors, names, and exit signals,
+//!    a state machine (events in, effects out).
+//! 2. [`control`]: the table's I/O: control connections, pidfds, strangers.
+//! 3. [`watcher`]: the node thread that turns pidfd events into exits.
+//! 4. [`zygote`]: the single-threaded process forked first, which forks
+//!    `spawn_fn` processes, ports and schedulers (and its own hot spare).
 
-pub(crate) mod cgroup;
-pub(crate) mod child;
 pub(crate) mod control;
-pub(crate) mod inbox;
-pub(crate) mod outbox;
-pub(crate) mod proc_fs;
-pub(crate) mod runtime;
-pub(crate) mod spawn;
 pub(crate) mod table;
 pub(crate) mod watcher;
+pub(crate) mod zygote;
 
 use std::collections::BTreeMap;
 use std::os::fd::OwnedFd;
@@ -32,13 +25,14 @@ use crate::mailbox::{Ctx, Mailbox};
 use crate::process::{NodeId, Pid};
 use crate::sys;
 use crate::sys::poll::{Epoll, EventFd, Interest};
+use crate::sys::{cgroup, proc_fs};
 use crate::wire::envelope::{NodeReply, ToNode};
 
 use self::control::{Control, MAIN_SERIAL, TOKEN_CTL_LISTENER, TOKEN_KICK, TOKEN_SIGNALS, ZYGOTE_SERIAL};
-use self::runtime::{Runtime, Settings};
+use crate::runtime::{self, Runtime, Settings};
 
 /// The pool's classes, in slot order: the default class first.
-fn pool_settings(config: &Config) -> Result<crate::node::runtime::PoolSettings, InitError> {
+fn pool_settings(config: &Config) -> Result<crate::runtime::PoolSettings, InitError> {
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
     let mut classes = vec![(
         crate::pool::DEFAULT_CLASS.to_string(),
@@ -52,7 +46,7 @@ fn pool_settings(config: &Config) -> Result<crate::node::runtime::PoolSettings, 
             crate::sys::shared::SCHEDULERS
         ))));
     }
-    Ok(crate::node::runtime::PoolSettings {
+    Ok(crate::runtime::PoolSettings {
         classes,
         init: config.scheduler_init.map(crate::sys::text::erase),
         step_limit: config.step_limit,
@@ -407,7 +401,7 @@ fn init_node(config: Config) -> Result<Node, InitError> {
     // The zygote: forked now, while this process has a single thread.
     let (zygote_node_end, zygote_end) = sys::socket::socketpair()?;
     let zygote_listener = sys::socket::listen_abstract(&zygote_address(id))?;
-    let zygote_ospid = crate::pool::zygote::start(crate::pool::zygote::ZygoteSetup {
+    let zygote_ospid = crate::node::zygote::start(crate::node::zygote::ZygoteSetup {
         node: id,
         shared,
         settings: settings.clone(),
@@ -480,7 +474,7 @@ fn init_node(config: Config) -> Result<Node, InitError> {
     *node.main.lock() = Some(rt);
     watcher::start(node)?;
     if rt.settings().pool.classes.iter().any(|c| c.1 > 0) {
-        crate::pool::zygote::start_pool(rt).map_err(|e| InitError::new(InitErrorKind::Io(std::io::Error::other(e))))?;
+        crate::node::zygote::start_pool(rt).map_err(|e| InitError::new(InitErrorKind::Io(std::io::Error::other(e))))?;
     }
     tracing::debug!(node = %id, zygote = zygote_ospid, "node started");
     Ok(Node { rt, shared: node })

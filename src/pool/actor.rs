@@ -26,10 +26,10 @@ use crate::error::{LinkError, RegisterError, SpawnError, SpawnErrorKind};
 use crate::exit::{ExitReason, panic_message};
 use crate::mailbox::{Event, Mailbox};
 use crate::monitor::MonitorRef;
-use crate::node::inbox::Item;
-use crate::node::runtime::{self, Runtime};
 use crate::pool::task::DEFAULT_CLASS;
 use crate::process::{Pid, ProcessState};
+use crate::runtime::inbox::Item;
+use crate::runtime::{self, Runtime};
 use crate::sys::text::{self, FnAddr};
 use crate::wire::Bytes;
 use crate::wire::envelope::{Registration, ToNode};
@@ -532,8 +532,8 @@ mod watchdog {
     use std::time::{Duration, Instant};
 
     use crate::exit::ExitReason;
-    use crate::node::runtime::Runtime;
     use crate::process::Pid;
+    use crate::runtime::Runtime;
     use crate::wire::envelope::ToNode;
 
     /// The actor whose step runs (0: none).

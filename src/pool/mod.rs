@@ -38,7 +38,6 @@
 pub(crate) mod actor;
 pub(crate) mod scheduler;
 mod task;
-pub(crate) mod zygote;
 
 pub use actor::{Actor, ActorBuilder, ActorCtx, ActorStats, actor_stats, spawn_actor};
 pub use task::{DEFAULT_CLASS, Map, Progress, Task, TaskError, map, progress, schedulers, submit, submit_to};

@@ -26,9 +26,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::exit::{ExitReason, panic_message};
 use crate::mailbox::{ReplyTo, next_message};
-use crate::node::inbox::Item;
-use crate::node::runtime::Runtime;
 use crate::pool::actor::{ActorStart, Host};
+use crate::runtime::Runtime;
+use crate::runtime::inbox::Item;
 use crate::sys::shared::{CANCELLED, TASK_MARKS};
 use crate::sys::text::{self, FnAddr};
 use crate::wire::Bytes;

@@ -10,10 +10,10 @@ use serde::de::DeserializeOwned;
 
 use crate::exit::ExitReason;
 use crate::mailbox::{Mailbox, ReplyTo};
-use crate::node::inbox::decode_message;
-use crate::node::runtime::{self, Runtime};
 use crate::pool::scheduler::{Outcome, SchedMsg, TaskEntry, TaskMsg, batch_entry, task_entry};
 use crate::process::Pid;
+use crate::runtime::inbox::decode_message;
+use crate::runtime::{self, Runtime};
 use crate::sys::shared::{CANCELLED, TASK_MARKS};
 use crate::sys::text::{self, FnAddr};
 use crate::wire::Bytes;

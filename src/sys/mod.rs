@@ -5,7 +5,7 @@
 //!
 //! Every other module reaches the operating system through the functions and
 //! types listed here, and none of them names `libc` or `nix`. Each wrapper
-//! returns `io::Result` (through the [`syscall!`] helper) or a typed value, and
+//! returns `io::Result` (through the `syscall!` helper) or a typed value, and
 //! each `unsafe` block states why it is sound in a `// SAFETY:` line.
 //!
 //! 1. [`process`]: fork, `_exit`, pidfds (`pidfd_open`, `pidfd_send_signal`,
@@ -22,6 +22,9 @@
 //! 6. [`global`]: a process-wide value that a forked child replaces.
 //! 7. [`text`]: function pointers that cross a fork as addresses, checked
 //!    against the executable's text segment before they are called.
+//! 8. [`cgroup`]: cgroup v2 and v1 directories (ports' groups, memory
+//!    limits), and [`proc_fs`]: what `/proc` says of a process. Plain file
+//!    operations, kept here with the rest of what the kernel offers.
 #![allow(unsafe_code)] // This module is where the crate's unsafe code lives.
 
 /// Calls a libc function and turns a `-1` result into `io::Error::last_os_error()`.
@@ -38,8 +41,10 @@ macro_rules! syscall {
     }};
 }
 
+pub(crate) mod cgroup;
 pub(crate) mod global;
 pub(crate) mod poll;
+pub(crate) mod proc_fs;
 pub(crate) mod process;
 pub(crate) mod shared;
 pub(crate) mod signal;

@@ -156,12 +156,12 @@ fn cut_port_output(
     let mut out = Vec::new();
     let mut at = 0;
     for p in points {
-        let (events, broken) = crate::node::inbox::port_cut(framing, 4096, &mut partial, &stream[at..p], false);
+        let (events, broken) = crate::runtime::inbox::port_cut(framing, 4096, &mut partial, &stream[at..p], false);
         out.extend(events);
         broken?;
         at = p;
     }
-    let (events, broken) = crate::node::inbox::port_cut(framing, 4096, &mut partial, &[], true);
+    let (events, broken) = crate::runtime::inbox::port_cut(framing, 4096, &mut partial, &[], true);
     out.extend(events);
     broken?;
     Ok(out)
@@ -175,7 +175,7 @@ fn an_announced_port_packet_reserves_nothing() {
     let mut data = (60u32 << 20).to_be_bytes().to_vec();
     data.extend_from_slice(&[7; 10]);
     let (out, broken) =
-        crate::node::inbox::port_cut(crate::port::Framing::Packet(4), 64 << 20, &mut partial, &data, false);
+        crate::runtime::inbox::port_cut(crate::port::Framing::Packet(4), 64 << 20, &mut partial, &data, false);
     assert!(out.is_empty() && broken.is_ok());
     assert_eq!(partial.len(), 14);
     assert!(partial.capacity() < 4096, "held {} bytes", partial.capacity());
@@ -191,7 +191,7 @@ fn packets_before_a_broken_prefix_are_kept() {
     data.extend_from_slice(b"rest");
     let mut partial = Vec::new();
     let (out, broken) =
-        crate::node::inbox::port_cut(crate::port::Framing::Packet(4), 64 << 20, &mut partial, &data, false);
+        crate::runtime::inbox::port_cut(crate::port::Framing::Packet(4), 64 << 20, &mut partial, &data, false);
     assert_eq!(
         out,
         [

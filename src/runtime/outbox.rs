@@ -33,8 +33,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use crate::sync::Mutex;
 
-use crate::node::inbox::{Inbox, OUT_TAG};
 use crate::process::Pid;
+use crate::runtime::inbox::{Inbox, OUT_TAG};
 use crate::sys::poll::Interest;
 use crate::sys::shared::SharedArea;
 use crate::sys::socket;

@@ -14,10 +14,10 @@ use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 
 use crate::error::{SpawnError, SpawnErrorKind};
 use crate::exit::ExitReason;
-use crate::node::child::{ChildOptions, ChildPlan, child_main};
 use crate::node::node_address;
-use crate::node::runtime::Runtime;
 use crate::process::Pid;
+use crate::runtime::Runtime;
+use crate::runtime::child::{ChildOptions, ChildPlan, child_main};
 use crate::sys;
 use crate::wire::envelope::{Registration, ToNode};
 use crate::wire::frame::{self, Kind};
@@ -189,7 +189,7 @@ pub(crate) fn spawn_closure(
 pub(crate) fn spawn_from_zygote(
     rt: &'static Runtime,
     spec: Spec<'_>,
-    call: crate::pool::zygote::Call,
+    call: crate::node::zygote::Call,
 ) -> Result<Pid, SpawnError> {
     let Prepared {
         pid,
@@ -207,12 +207,12 @@ pub(crate) fn spawn_from_zygote(
         }
         None => Some(ctl_child.try_clone()?),
     };
-    let request = crate::pool::zygote::Request {
+    let request = crate::node::zygote::Request {
         pid,
         options: spec.options.clone(),
         call,
     };
-    match crate::pool::zygote::request(rt, &request, &[listener.as_raw_fd(), ctl_child.as_raw_fd()]) {
+    match crate::node::zygote::request(rt, &request, &[listener.as_raw_fd(), ctl_child.as_raw_fd()]) {
         Ok(_ospid) => Ok(pid),
         Err(e) => {
             withdraw(rt, pid.serial(), ctl_copy.as_ref());

@@ -11,8 +11,8 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 
 use crate::exit::{ExitReason, panic_message};
-use crate::node::runtime::{self, Runtime, Settings};
 use crate::process::{Overflow, Pid};
+use crate::runtime::{self, Runtime, Settings};
 use crate::sys;
 use crate::sys::shared::SharedArea;
 use crate::wire::envelope::ToNode;

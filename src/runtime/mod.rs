@@ -4,6 +4,16 @@
 //! Every process (the node's main thread included) has exactly one runtime,
 //! installed in a [`ForkGlobal`] so that a forked child replaces it with its
 //! own without touching the parent's.
+//!
+//! 1. `mod.rs`: the runtime: identity, control connection, the send calls.
+//! 2. [`inbox`]: the receive path (why a receiving thread polls its own sockets).
+//! 3. [`outbox`]: the send path (why frames are batched the way they are).
+//! 4. [`spawn`] and [`child`]: forking a process and starting its runtime.
+
+pub(crate) mod child;
+pub(crate) mod inbox;
+pub(crate) mod outbox;
+pub(crate) mod spawn;
 
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
@@ -15,9 +25,9 @@ use serde::Serialize;
 
 use crate::exit::ExitReason;
 use crate::node::NodeShared;
-use crate::node::inbox::Inbox;
-use crate::node::outbox::{BuildError, Outbox, Sent};
 use crate::process::{Overflow, Pid, ProcessState};
+use crate::runtime::inbox::Inbox;
+use crate::runtime::outbox::{BuildError, Outbox, Sent};
 use crate::sys::global::ForkGlobal;
 use crate::sys::process::exit_now;
 use crate::sys::shared::{SharedArea, Slot};
@@ -45,7 +55,7 @@ pub(crate) struct Settings {
     pub(crate) cgroup: Option<String>,
     /// Where memory-limited processes get their cgroups (none: they get
     /// `RLIMIT_DATA`).
-    pub(crate) memory: Option<crate::node::cgroup::MemoryCgroups>,
+    pub(crate) memory: Option<crate::sys::cgroup::MemoryCgroups>,
     /// The scheduler pool's shape.
     pub(crate) pool: PoolSettings,
 }
@@ -463,7 +473,7 @@ impl Runtime {
         self.inbox
             .lock()
             .hosted
-            .push(actor, crate::node::inbox::Item::Msg { fp, body });
+            .push(actor, crate::runtime::inbox::Item::Msg { fp, body });
         Ok(Sent::Queued)
     }
 

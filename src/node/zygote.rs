@@ -21,10 +21,10 @@ use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use serde::{Deserialize, Serialize};
 
 use crate::exit::ExitReason;
-use crate::node::child::{ChildOptions, ChildPlan, child_main};
-use crate::node::runtime::{Runtime, Settings};
 use crate::node::zygote_address;
 use crate::process::Pid;
+use crate::runtime::child::{ChildOptions, ChildPlan, child_main};
+use crate::runtime::{Runtime, Settings};
 use crate::sys;
 use crate::sys::poll::{Epoll, Interest};
 use crate::sys::shared::SharedArea;
@@ -177,20 +177,20 @@ impl Cgroups {
         let (empty, busy): (Vec<String>, Vec<String>) = self
             .draining
             .drain(..)
-            .partition(|cg| !crate::node::cgroup::populated(cg));
+            .partition(|cg| !crate::sys::cgroup::populated(cg));
         self.draining = busy;
         self.free.extend(empty);
         if let Some(cg) = self.free.pop() {
             return Some(cg);
         }
         self.next += 1;
-        crate::node::cgroup::create_port(root, self.next)
+        crate::sys::cgroup::create_port(root, self.next)
     }
 
     /// A port's leader is gone: kill what it left in its cgroup (even what
     /// left its process group), and use the cgroup again once it is empty.
     fn release(&mut self, cg: String) {
-        crate::node::cgroup::kill(&cg);
+        crate::sys::cgroup::kill(&cg);
         self.draining.push(cg);
     }
 }
@@ -740,7 +740,7 @@ pub(crate) fn start_pool(rt: &'static Runtime) -> Result<usize, String> {
 /// reaped by their pidfds, and reported).
 fn reap_adopted(children: &HashMap<u64, Child>) {
     let ours: std::collections::HashSet<i32> = children.values().map(|c| c.ospid).collect();
-    for pid in crate::node::proc_fs::children_of_self() {
+    for pid in crate::sys::proc_fs::children_of_self() {
         if !ours.contains(&pid) {
             sys::process::reap_if_exited(pid);
         }
@@ -826,7 +826,7 @@ fn start_port(req: PortRequest, fds: Vec<OwnedFd>, cgroup: Option<String>) -> io
             let mut child = child;
             let _ = sys::process::kill_group(ospid, sys::process::SIGKILL);
             if let Some(cg) = &cgroup {
-                crate::node::cgroup::kill(cg);
+                crate::sys::cgroup::kill(cg);
             }
             let _ = child.wait();
             return Err(e);
@@ -851,7 +851,7 @@ fn guardian(setup: &ZygoteSetup, children: &HashMap<u64, Child>) -> ! {
         }
     }
     if let Some(cg) = &setup.settings.cgroup {
-        crate::node::cgroup::kill_and_remove(cg);
+        crate::sys::cgroup::kill_and_remove(cg);
     }
     if let Some(memory) = &setup.settings.memory {
         memory.remove_all();
