@@ -30,8 +30,8 @@ use std::io;
 use std::time::Instant;
 
 use crate::exit::ExitReason;
-use crate::node::runtime::PoolSettings;
 use crate::process::{NodeId, Pid, ProcessInfo, ProcessState};
+use crate::runtime::PoolSettings;
 use crate::sys::process::{SIGKILL, WaitStatus};
 use crate::sys::shared::SharedArea;
 use crate::wire::envelope::{PortInfo, Registration, ToProcess};
@@ -450,11 +450,14 @@ impl<S: System> Table<S> {
         p.trap_exits = reg.trap_exits;
         p.cpu_limited = reg.cpu_limited;
         p.memory_limited = reg.memory_limited;
-        if let Some(status) = self.early_status.remove(&serial) {
-            p.status = Some(status);
-        }
+        let early = self.early_status.remove(&serial);
+        p.status = early;
         self.insert_child(p, &reg.monitors, reg.link, parent_alive);
-        if !parent_alive && reg.link {
+        if early.is_some() {
+            // Its parent reaped it before its registration was read: it
+            // ended with that status.
+            self.ended(serial);
+        } else if !parent_alive && reg.link {
             // The spawner is already gone: the link fires at once.
             self.exit_signal(reg.parent, serial, ExitReason::NoProc, false);
         }

@@ -18,6 +18,9 @@ impl<S: System> Table<S> {
             ToNode::Link { target, .. } => Some(target.serial()),
             ToNode::Monitor { target, .. } | ToNode::ExitSignal { target, .. } => ours(target),
             ToNode::RegisterName { pid, .. } | ToNode::Info { pid, .. } => ours(pid),
+            // A parent's report of its child's status: the child's
+            // registration, on a connection of its own, comes first.
+            ToNode::ChildExited { serial, .. } => Some(*serial),
             ToNode::ForActor { actor, msg } => {
                 if !self.knows(*actor) {
                     Some(*actor)

@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 use super::reason::MemoryEnd;
 use super::{MAIN_SERIAL, System, Table, ZYGOTE_SERIAL};
 use crate::exit::ExitReason;
-use crate::node::runtime::PoolSettings;
 use crate::process::{NodeId, Pid};
+use crate::runtime::PoolSettings;
 use crate::sys::process::{SIGKILL, SIGSEGV, SIGTERM, WaitStatus};
 use crate::sys::shared::map_shared_area;
 use crate::wire::envelope::{NodeReply, PortInfo, Registration, ToNode, ToProcess};
@@ -469,10 +469,14 @@ fn a_status_reported_before_the_registration_is_kept_for_it() {
     );
     let mut r = reg(4, 3);
     r.monitors = vec![(8, false)];
+    r.link = true;
+    // Its registration ends it at once: nobody else will report its end
+    // (its pidfd is not watched while its parent lives).
     start(&mut t, r);
-    t.pidfd_readable(4);
     finalize_all(&mut t);
     assert_eq!(downs(&t, conn(3)), vec![(8, pid(4), ExitReason::Code(7))]);
+    // The link it had fired too.
+    assert_eq!(sigkills(&t, 3), 1);
 }
 
 #[test]
@@ -514,8 +518,14 @@ fn a_frame_naming_a_serial_handed_out_but_unknown_waits_for_its_registration() {
     // Never handed out, or known: nothing to wait for.
     assert_eq!(t.awaits(&monitor(500)), None);
     assert_eq!(t.awaits(&monitor(MAIN_SERIAL)), None);
-    // A child's registration waits for its parent's.
+    // A child's registration waits for its parent's, and a parent's report
+    // of a child's status for the child's registration.
     assert_eq!(t.awaits(&ToNode::Register(reg(60, 50))), Some(50));
+    let reaped = ToNode::ChildExited {
+        serial: 60,
+        status: WaitStatus::Exited(0),
+    };
+    assert_eq!(t.awaits(&reaped), Some(60));
 }
 
 #[test]
