@@ -35,6 +35,14 @@
 //! control connection, everything A wrote to this process is read first
 //! (pending connections included), so A's messages come before the signal.
 
+mod hosted;
+mod ports;
+
+pub(crate) use hosted::Hosted;
+pub(crate) use ports::PortIo;
+#[cfg(any(test, feature = "fuzzing"))]
+pub(crate) use ports::port_cut;
+
 use std::collections::{HashMap, VecDeque};
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
@@ -47,7 +55,7 @@ use crate::sync::{Condvar, Mutex, MutexGuard};
 use crate::exit::ExitReason;
 use crate::link::ExitSignal;
 use crate::monitor::{Down, MonitorRef};
-use crate::port::{Framing, PortError, PortOutput, Stderr};
+use crate::port::PortOutput;
 use crate::process::{Overflow, Pid};
 use crate::runtime::Runtime;
 use crate::sys::poll::{Epoll, Event, EventFd, Interest, TimerFd};
@@ -111,73 +119,6 @@ pub(crate) enum Item {
     },
 }
 
-/// The pipes of a port this process owns, and their framing state.
-#[derive(Debug)]
-pub(crate) struct PortIo {
-    /// The port.
-    pid: Pid,
-    /// Its standard output (read end), until its end.
-    stdout: Option<OwnedFd>,
-    /// Its standard error (read end), when separate or logged.
-    stderr: Option<OwnedFd>,
-    /// Its standard input (write end), until closed.
-    stdin: Option<OwnedFd>,
-    /// How standard output is cut.
-    framing: Framing,
-    /// What happens to standard error.
-    stderr_mode: Stderr,
-    /// Largest packet accepted.
-    max_packet: usize,
-    /// Bytes of standard output not yet cut into an event.
-    partial: Vec<u8>,
-    /// Bytes of standard error not yet logged (a partial line).
-    stderr_partial: Vec<u8>,
-    /// Input not yet written, from `stdin_off`.
-    stdin_pending: Vec<u8>,
-    /// Written part of `stdin_pending`.
-    stdin_off: usize,
-    /// Waiting for the input pipe to be writable.
-    stdin_waiting: bool,
-    /// Close the input once what is pending is written.
-    close_input: bool,
-    /// The internal monitor whose Down is the port's exit.
-    exit_ref: u64,
-    /// Output broke the framing: it is not read further.
-    broken: bool,
-}
-
-impl PortIo {
-    #[allow(clippy::too_many_arguments)] // Every field is a distinct part of the port.
-    pub(crate) fn new(
-        pid: Pid,
-        stdout: OwnedFd,
-        stderr: Option<OwnedFd>,
-        stdin: OwnedFd,
-        framing: Framing,
-        stderr_mode: Stderr,
-        max_packet: usize,
-        exit_ref: u64,
-    ) -> PortIo {
-        PortIo {
-            pid,
-            stdout: Some(stdout),
-            stderr,
-            stdin: Some(stdin),
-            framing,
-            stderr_mode,
-            max_packet,
-            partial: Vec::new(),
-            stderr_partial: Vec::new(),
-            stdin_pending: Vec::new(),
-            stdin_off: 0,
-            stdin_waiting: false,
-            close_input: false,
-            exit_ref,
-            broken: false,
-        }
-    }
-}
-
 /// What arrived for a reference the runtime waits on (a call, a join, a
 /// request to the node).
 #[derive(Debug, Default)]
@@ -214,46 +155,6 @@ struct InConn {
     seq: u64,
     /// The actor its messages are for (this process hosts it).
     tenant: Option<u64>,
-}
-
-/// The queue of an actor this process (a scheduler) hosts.
-#[derive(Debug, Default)]
-pub(crate) struct ActorQueue {
-    /// Its messages and signals, in arrival order.
-    pub(crate) items: VecDeque<Item>,
-    /// It runs (messages may arrive before it starts).
-    pub(crate) started: bool,
-    /// It is in `ready`.
-    pub(crate) in_ready: bool,
-}
-
-/// The actors a scheduler hosts, as the receive path sees them.
-#[derive(Debug, Default)]
-pub(crate) struct Hosted {
-    /// Queues by actor serial.
-    pub(crate) queues: HashMap<u64, ActorQueue>,
-    /// Started actors with something queued, in the order they became so.
-    pub(crate) ready: VecDeque<u64>,
-    /// Actors to end: the node killed them, or sent them an exit signal
-    /// they do not trap.
-    pub(crate) kills: Vec<(u64, ExitReason)>,
-    /// Actors that ended here (what still arrives for them is dropped).
-    pub(crate) ended: std::collections::HashSet<u64>,
-}
-
-impl Hosted {
-    /// Queues `item` for `actor`.
-    pub(crate) fn push(&mut self, actor: u64, item: Item) {
-        if self.ended.contains(&actor) {
-            return;
-        }
-        let q = self.queues.entry(actor).or_default();
-        q.items.push_back(item);
-        if q.started && !q.in_ready {
-            q.in_ready = true;
-            self.ready.push_back(actor);
-        }
-    }
 }
 
 /// The mutable state of the receive path.
@@ -485,195 +386,6 @@ impl Inbox {
     /// Stops waiting for `reference`; later answers are dropped.
     pub(crate) fn forget_ref(&self, reference: u64) {
         self.state.lock().awaited.remove(&reference);
-    }
-
-    /// Polls a child's pidfd so that this process reaps it and reports its
-    /// status to the node.
-    /// Reads a port's output from now on.
-    pub(crate) fn add_port(&self, serial: u64, port: PortIo) {
-        self.state.lock().ports.insert(serial, port);
-    }
-
-    /// Forgets a port that did not start.
-    pub(crate) fn remove_port(&self, serial: u64) {
-        self.state.lock().ports.remove(&serial);
-    }
-
-    /// Starts reading a port's output, once the node knows the port: what
-    /// the output may cause (a broken framing kills the port) must find it
-    /// registered. Until then its exit still finds it (and reads it out).
-    pub(crate) fn watch_port(&self, serial: u64) -> io::Result<()> {
-        let st = self.state.lock();
-        let Some(port) = st.ports.get(&serial) else {
-            return Ok(());
-        };
-        let base = PORT_TAG | serial << 2;
-        if let Some(fd) = &port.stdout {
-            self.epoll().add(fd.as_raw_fd(), base | PORT_STDOUT, Interest::Read)?;
-        }
-        if let Some(fd) = &port.stderr {
-            self.epoll().add(fd.as_raw_fd(), base | PORT_STDERR, Interest::Read)?;
-        }
-        self.need_background();
-        Ok(())
-    }
-
-    /// Writes to a port's input (or queues, in order, when the pipe is full).
-    pub(crate) fn port_write(&self, rt: &Runtime, serial: u64, bytes: &[u8]) -> Result<(), PortError> {
-        let mut st = self.state.lock();
-        let port = st.ports.get_mut(&serial).ok_or(PortError::Closed)?;
-        if port.stdin.is_none() || port.close_input {
-            return Err(PortError::Closed);
-        }
-        port.stdin_pending.extend_from_slice(bytes);
-        self.port_flush_input(rt, &mut st, serial);
-        Ok(())
-    }
-
-    /// Closes a port's input once what is pending is written.
-    pub(crate) fn port_close_input(&self, rt: &Runtime, serial: u64) {
-        let mut st = self.state.lock();
-        if let Some(port) = st.ports.get_mut(&serial) {
-            port.close_input = true;
-        }
-        self.port_flush_input(rt, &mut st, serial);
-    }
-
-    /// Writes what a port's input pipe takes now.
-    fn port_flush_input(&self, _rt: &Runtime, st: &mut State, serial: u64) {
-        let Some(port) = st.ports.get_mut(&serial) else {
-            return;
-        };
-        let Some(fd) = &port.stdin else {
-            return;
-        };
-        let token = PORT_TAG | serial << 2 | PORT_STDIN;
-        while port.stdin_off < port.stdin_pending.len() {
-            match socket::write_fd(fd, &port.stdin_pending[port.stdin_off..]) {
-                Ok(n) => port.stdin_off += n,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    if !port.stdin_waiting {
-                        port.stdin_waiting = true;
-                        let _ = self.epoll().add(fd.as_raw_fd(), token, Interest::Write);
-                        self.need_background();
-                    }
-                    return;
-                }
-                Err(_) => {
-                    // The program closed its input: nothing more can go in.
-                    port.stdin_pending.clear();
-                    port.stdin_off = 0;
-                    port.close_input = true;
-                    break;
-                }
-            }
-        }
-        port.stdin_pending.clear();
-        port.stdin_off = 0;
-        if port.stdin_waiting {
-            port.stdin_waiting = false;
-            self.unwatch(fd.as_raw_fd());
-        }
-        if port.close_input {
-            port.stdin = None;
-        }
-    }
-
-    /// Reads a port's output pipe (standard output or error) and queues what
-    /// it yields.
-    fn read_port(&self, rt: &Runtime, st: &mut State, serial: u64, pipe: u64, until_end: bool) {
-        if st.scratch.len() < SCRATCH {
-            st.scratch.resize(SCRATCH, 0);
-        }
-        loop {
-            let State {
-                ports, scratch, queue, ..
-            } = &mut *st;
-            let Some(port) = ports.get_mut(&serial) else {
-                return;
-            };
-            let fd = if pipe == PORT_STDOUT {
-                &port.stdout
-            } else {
-                &port.stderr
-            };
-            let Some(fd) = fd else {
-                return;
-            };
-            let n = match socket::read(fd, scratch) {
-                Ok(n) => n,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
-                Err(_) => 0,
-            };
-            if n == 0 {
-                // End of the pipe.
-                let fd = if pipe == PORT_STDOUT {
-                    port.stdout.take()
-                } else {
-                    port.stderr.take()
-                };
-                if let Some(fd) = fd {
-                    self.unwatch(fd.as_raw_fd());
-                }
-                if pipe == PORT_STDOUT {
-                    self.port_stdout(rt, port, queue, serial, &[], true);
-                    queue.push_back(Item::Port {
-                        port: serial,
-                        output: PortOutput::Eof,
-                    });
-                } else {
-                    port_stderr(port, queue, serial, &[], true);
-                }
-                return;
-            }
-            let data = &scratch[..n];
-            if pipe == PORT_STDOUT {
-                if !port.broken {
-                    self.port_stdout(rt, port, queue, serial, data, false);
-                }
-            } else {
-                port_stderr(port, queue, serial, data, false);
-            }
-            if !until_end && n < scratch.len() {
-                return;
-            }
-        }
-    }
-
-    /// Queues the events fresh standard output of port `serial` makes (`end`:
-    /// the pipe ended), and what follows if it broke its framing.
-    fn port_stdout(
-        &self,
-        rt: &Runtime,
-        port: &mut PortIo,
-        queue: &mut VecDeque<Item>,
-        serial: u64,
-        data: &[u8],
-        end: bool,
-    ) {
-        let (items, broken) = port_cut(port.framing, port.max_packet, &mut port.partial, data, end);
-        queue.extend(items.into_iter().map(|output| Item::Port { port: serial, output }));
-        if let Err(e) = broken {
-            self.port_broken(rt, port, queue, serial, e);
-        }
-    }
-
-    /// The port's output broke its framing: the owner gets
-    /// [`PortOutput::Broken`] and counts it as undecodable, and the port ends
-    /// with that reason (if it has not ended already).
-    fn port_broken(&self, rt: &Runtime, port: &mut PortIo, queue: &mut VecDeque<Item>, serial: u64, why: String) {
-        port.broken = true;
-        tracing::warn!(port = %port.pid, "{why}");
-        rt.slot().undecodable.fetch_add(1, Ordering::Relaxed);
-        queue.push_back(Item::Port {
-            port: serial,
-            output: PortOutput::Broken(why.clone()),
-        });
-        rt.tell_node(&ToNode::ExitSignal {
-            target: port.pid,
-            reason: ExitReason::Error(why),
-            untrappable: false,
-        });
     }
 
     pub(crate) fn add_child(&self, serial: u64, pidfd: OwnedFd) -> io::Result<()> {
@@ -1131,34 +843,6 @@ impl Inbox {
         }
     }
 
-    /// Forgets an actor this process hosted, which ended: its queue, and
-    /// the connections of its senders (they see it closed, as with a process
-    /// that is gone). `false` if it had ended already.
-    pub(crate) fn end_actor(&self, actor: u64, shared: &crate::sys::shared::SharedArea) -> bool {
-        let mut st = self.state.lock();
-        if !st.hosted.ended.insert(actor) {
-            return false;
-        }
-        st.hosted.queues.remove(&actor);
-        st.hosted.ready.retain(|&a| a != actor);
-        let tokens: Vec<u64> = st
-            .conns
-            .iter()
-            .filter(|(_, c)| c.tenant == Some(actor))
-            .map(|(&t, _)| t)
-            .collect();
-        for t in tokens {
-            self.close_conn(&mut st, t);
-        }
-        if st.hosted.ended.len() > 4096 {
-            // Keep only those the node has not finalized yet (their slot
-            // still names them): later connections to the others are refused
-            // by the slot check.
-            st.hosted.ended.retain(|&a| shared.slot(a).is(a));
-        }
-        true
-    }
-
     fn close_conn(&self, st: &mut State, token: u64) {
         if let Some(conn) = st.conns.remove(&token) {
             self.unwatch(conn.fd.as_raw_fd());
@@ -1227,11 +911,7 @@ impl Inbox {
                     // Everything the program wrote comes first.
                     self.read_port(rt, st, serial, PORT_STDOUT, true);
                     self.read_port(rt, st, serial, PORT_STDERR, true);
-                    if let Some(p) = st.ports.remove(&serial) {
-                        for fd in [&p.stdout, &p.stderr, &p.stdin].into_iter().flatten() {
-                            self.unwatch(fd.as_raw_fd());
-                        }
-                    }
+                    self.forget_port(st, serial);
                     st.queue.push_back(Item::Port {
                         port: serial,
                         output: PortOutput::Exit(reason),
@@ -1379,122 +1059,6 @@ impl State {
             self.messages -= 1;
         }
         Some(item)
-    }
-}
-
-/// Cuts fresh standard output of a port into events (`end`: the pipe ended),
-/// `partial` holding what is left of an incomplete line or packet. An error
-/// is a broken framing, after the events cut before it: the output is not
-/// read further.
-pub(crate) fn port_cut(
-    framing: Framing,
-    max_packet: usize,
-    partial: &mut Vec<u8>,
-    data: &[u8],
-    end: bool,
-) -> (Vec<PortOutput>, Result<(), String>) {
-    let mut out = Vec::new();
-    let broken = cut_into(&mut out, framing, max_packet, partial, data, end);
-    (out, broken)
-}
-
-fn cut_into(
-    out: &mut Vec<PortOutput>,
-    framing: Framing,
-    max_packet: usize,
-    partial: &mut Vec<u8>,
-    data: &[u8],
-    end: bool,
-) -> Result<(), String> {
-    match framing {
-        Framing::Raw => {
-            if !data.is_empty() {
-                out.push(PortOutput::Data(data.to_vec()));
-            }
-        }
-        Framing::Lines { max } => {
-            for &b in data {
-                if b == b'\n' {
-                    out.push(PortOutput::Line {
-                        data: std::mem::take(partial),
-                        cut: false,
-                    });
-                } else {
-                    partial.push(b);
-                    if partial.len() >= max {
-                        out.push(PortOutput::Line {
-                            data: std::mem::take(partial),
-                            cut: true,
-                        });
-                    }
-                }
-            }
-            if end && !partial.is_empty() {
-                out.push(PortOutput::Line {
-                    data: std::mem::take(partial),
-                    cut: true,
-                });
-            }
-        }
-        Framing::Packet(size) => {
-            partial.extend_from_slice(data);
-            let n = size as usize;
-            let mut at = 0;
-            while partial.len() - at >= n {
-                let p = &partial[at..];
-                let len = match n {
-                    1 => p[0] as usize,
-                    2 => u16::from_be_bytes([p[0], p[1]]) as usize,
-                    _ => u32::from_be_bytes([p[0], p[1], p[2], p[3]]) as usize,
-                };
-                if len > max_packet {
-                    partial.clear();
-                    return Err(format!(
-                        "port output broke its framing: a packet of {len} bytes is over the limit of {} bytes",
-                        max_packet
-                    ));
-                }
-                if p.len() - n < len {
-                    break;
-                }
-                out.push(PortOutput::Packet(p[n..n + len].to_vec()));
-                at += n + len;
-            }
-            partial.drain(..at);
-            if end && !partial.is_empty() {
-                let left = partial.len();
-                partial.clear();
-                return Err(format!(
-                    "port output broke its framing: it ended inside a packet ({left} bytes)"
-                ));
-            }
-        }
-    }
-    Ok(())
-}
-
-/// Handles fresh standard error of a port, as its mode says.
-fn port_stderr(port: &mut PortIo, queue: &mut VecDeque<Item>, serial: u64, data: &[u8], end: bool) {
-    match port.stderr_mode {
-        Stderr::Separate | Stderr::Merge => {
-            if !data.is_empty() {
-                queue.push_back(Item::Port {
-                    port: serial,
-                    output: PortOutput::Stderr(data.to_vec()),
-                });
-            }
-        }
-        Stderr::Log => {
-            port.stderr_partial.extend_from_slice(data);
-            while let Some(i) = port.stderr_partial.iter().position(|&b| b == b'\n') {
-                let line: Vec<u8> = port.stderr_partial.drain(..=i).collect();
-                tracing::warn!(port = %port.pid, "{}", String::from_utf8_lossy(&line[..line.len() - 1]));
-            }
-            if end && !port.stderr_partial.is_empty() {
-                let line = std::mem::take(&mut port.stderr_partial);
-                tracing::warn!(port = %port.pid, "{}", String::from_utf8_lossy(&line));
-            }
-        }
     }
 }
 
