@@ -28,7 +28,7 @@ use crate::node::table::{Counters, System, Table};
 use crate::process::NodeId;
 use crate::runtime::PoolSettings;
 use crate::sys::cgroup::MemoryCgroups;
-use crate::sys::poll::{Epoll, Interest};
+use crate::sys::poll::{Epoll, Interest, Token};
 use crate::sys::process::{
     WaitStatus, pidfd_ended, pidfd_exit_info, pidfd_open, pidfd_send_signal, pidfd_signal_group, pidfd_try_wait,
 };
@@ -41,18 +41,17 @@ use crate::wire::frame::{self, Decoder, Kind};
 pub(crate) use crate::node::table::{FIRST_SERIAL, MAIN_SERIAL, ZYGOTE_SERIAL};
 
 /// Token of the control listener in the watcher's epoll.
-pub(crate) const TOKEN_CTL_LISTENER: u64 = 1;
+pub(crate) const TOKEN_CTL_LISTENER: Token = Token::single(1);
 /// Token of the shutdown-signal pipe.
-pub(crate) const TOKEN_SIGNALS: u64 = 2;
+pub(crate) const TOKEN_SIGNALS: Token = Token::single(2);
 /// Token of the watcher's wake-up eventfd.
-pub(crate) const TOKEN_KICK: u64 = 3;
-const TAG_MASK: u64 = 0xff << 56;
-/// Tag of control connections.
-pub(crate) const CONN_TAG: u64 = 1 << 56;
-/// Tag of process pidfds (low bits: the serial).
-pub(crate) const PIDFD_TAG: u64 = 2 << 56;
-/// Tag of adopted strangers' pidfds.
-pub(crate) const STRANGER_TAG: u64 = 3 << 56;
+pub(crate) const TOKEN_KICK: Token = Token::single(3);
+/// Kind of control connections' tokens (the number is the connection's).
+pub(crate) const CONN: u8 = 1;
+/// Kind of process pidfds' tokens (the number is the serial).
+pub(crate) const PIDFD: u8 = 2;
+/// Kind of adopted strangers' pidfds' tokens.
+pub(crate) const STRANGER: u8 = 3;
 
 /// Largest control frame accepted.
 const MAX_CTL_FRAME: usize = 1 << 24;
@@ -124,9 +123,9 @@ pub(crate) struct Io {
     uid: u32,
     /// The control listener.
     listener: &'static OwnedFd,
-    /// Control connections by token.
+    /// Control connections by number.
     conns: HashMap<u64, CtlConn>,
-    /// Next token.
+    /// Next number of a connection or a stranger.
     next_token: u64,
     /// Pidfds of the processes in the table.
     pidfds: HashMap<u64, OwnedFd>,
@@ -135,20 +134,20 @@ pub(crate) struct Io {
     /// Memory cgroups of ended processes that still hold processes they
     /// started: removed once those are gone.
     memory_leftovers: Vec<u64>,
-    /// Adopted strangers being watched: token → (pidfd, OS pid).
+    /// Adopted strangers being watched: number → (pidfd, OS pid).
     strangers: HashMap<u64, (OwnedFd, i32)>,
     /// Read buffer.
     scratch: Vec<u8>,
 }
 
 impl Io {
-    /// Adds a control connection (non-blocking); returns its token.
+    /// Adds a control connection (non-blocking); returns its number.
     fn add_conn(&mut self, fd: OwnedFd) -> io::Result<u64> {
-        let token = CONN_TAG | self.next_token;
+        let conn = self.next_token;
         self.next_token += 1;
-        self.epoll.add(fd.as_raw_fd(), token, Interest::Read)?;
+        self.epoll.add(fd.as_raw_fd(), Token::new(CONN, conn), Interest::Read)?;
         self.conns.insert(
-            token,
+            conn,
             CtlConn {
                 fd,
                 decoder: Decoder::default(),
@@ -158,7 +157,7 @@ impl Io {
                 backlogged: false,
             },
         );
-        Ok(token)
+        Ok(conn)
     }
 
     /// Accepts every pending connection of the same user; returns the new
@@ -242,7 +241,8 @@ impl Io {
         }
     }
 
-    fn write(epoll: &Epoll, token: u64, conn: &mut CtlConn) {
+    fn write(epoll: &Epoll, number: u64, conn: &mut CtlConn) {
+        let token = Token::new(CONN, number);
         while conn.off < conn.out.len() {
             match socket::send(&conn.fd, &conn.out[conn.off..]) {
                 Ok(n) => conn.off += n,
@@ -295,25 +295,29 @@ impl Io {
             let Ok(fd) = pidfd_open(child) else {
                 continue;
             };
-            let token = STRANGER_TAG | self.next_token;
+            let n = self.next_token;
             self.next_token += 1;
-            if self.epoll.add(fd.as_raw_fd(), token, Interest::Read).is_ok() {
+            if self
+                .epoll
+                .add(fd.as_raw_fd(), Token::new(STRANGER, n), Interest::Read)
+                .is_ok()
+            {
                 tracing::debug!(ospid = child, pgid, "adopted an orphan");
-                self.strangers.insert(token, (fd, child));
+                self.strangers.insert(n, (fd, child));
             }
         }
     }
 
-    /// An adopted stranger's pidfd is readable: reaps it; true if it was.
-    fn reap_stranger(&mut self, token: u64) -> bool {
-        let Some((fd, _)) = self.strangers.get(&token) else {
+    /// The pidfd of adopted stranger `n` is readable: reaps it; true if it was.
+    fn reap_stranger(&mut self, n: u64) -> bool {
+        let Some((fd, _)) = self.strangers.get(&n) else {
             return false;
         };
         if let Ok(None) = pidfd_try_wait(fd) {
             return false;
         }
         self.epoll.delete(fd.as_raw_fd());
-        self.strangers.remove(&token);
+        self.strangers.remove(&n);
         self.release_memory_leftovers();
         true
     }
@@ -356,7 +360,7 @@ impl System for Io {
     fn watch(&mut self, serial: u64) -> bool {
         self.pidfds.get(&serial).is_some_and(|fd| {
             self.epoll
-                .add(fd.as_raw_fd(), PIDFD_TAG | serial, Interest::Read)
+                .add(fd.as_raw_fd(), Token::new(PIDFD, serial), Interest::Read)
                 .is_ok()
         })
     }
@@ -688,9 +692,9 @@ impl Control {
         }
     }
 
-    /// An adopted stranger exited: reap it.
-    pub(crate) fn on_stranger(&mut self, token: u64) {
-        if self.table.sys.reap_stranger(token) {
+    /// Adopted stranger `n` exited: reap it.
+    pub(crate) fn on_stranger(&mut self, n: u64) {
+        if self.table.sys.reap_stranger(n) {
             self.table.counters_mut().strangers_reaped += 1;
         }
     }
@@ -724,10 +728,5 @@ impl Control {
     /// The node-wide counters.
     pub(crate) fn counters(&self) -> Counters {
         self.table.counters().clone()
-    }
-
-    /// Kind of an event token.
-    pub(crate) fn token_kind(token: u64) -> u64 {
-        token & TAG_MASK
     }
 }

@@ -18,7 +18,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use crate::node::NodeShared;
-use crate::node::control::{CONN_TAG, Control, PIDFD_TAG, STRANGER_TAG, TOKEN_CTL_LISTENER, TOKEN_KICK, TOKEN_SIGNALS};
+use crate::node::control::{CONN, Control, PIDFD, STRANGER, TOKEN_CTL_LISTENER, TOKEN_KICK, TOKEN_SIGNALS};
 use crate::sys::poll::Event;
 use crate::sys::socket;
 
@@ -92,17 +92,17 @@ pub(crate) fn process(node: &'static NodeShared, core: &mut Control, events: &[E
                     shutdown_on_signal(node, i32::from(buf[0]));
                 }
             }
-            t => match Control::token_kind(t) {
-                CONN_TAG => {
+            t => match t.kind() {
+                CONN => {
                     if ev.writable {
-                        core.on_conn_writable(t);
+                        core.on_conn_writable(t.n());
                     }
                     if ev.readable {
-                        core.read_conn(t);
+                        core.read_conn(t.n());
                     }
                 }
-                PIDFD_TAG => core.on_pidfd(t & !(0xff << 56)),
-                STRANGER_TAG => core.on_stranger(t),
+                PIDFD => core.on_pidfd(t.n()),
+                STRANGER => core.on_stranger(t.n()),
                 _ => {}
             },
         }

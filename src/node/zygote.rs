@@ -26,7 +26,7 @@ use crate::process::Pid;
 use crate::runtime::child::{ChildOptions, ChildPlan, child_main};
 use crate::runtime::{Runtime, Settings};
 use crate::sys;
-use crate::sys::poll::{Epoll, Interest};
+use crate::sys::poll::{Epoll, Interest, Token};
 use crate::sys::shared::SharedArea;
 use crate::sys::text::{self, FnAddr};
 use crate::wire::decode_exact;
@@ -136,14 +136,15 @@ pub(crate) fn start(setup: ZygoteSetup) -> io::Result<i32> {
     sys::process::fork_child(move || run(setup))
 }
 
-const TOKEN_LISTENER: u64 = 1;
-const TOKEN_CTL: u64 = 2;
-const TOKEN_DEATH: u64 = 3;
-const TOKEN_SIGCHLD: u64 = 4;
-const TOKEN_SPARE: u64 = 5;
-const CONN_TAG: u64 = 1 << 56;
-const CHILD_TAG: u64 = 2 << 56;
-const TAG_MASK: u64 = 0xff << 56;
+const TOKEN_LISTENER: Token = Token::single(1);
+const TOKEN_CTL: Token = Token::single(2);
+const TOKEN_DEATH: Token = Token::single(3);
+const TOKEN_SIGCHLD: Token = Token::single(4);
+const TOKEN_SPARE: Token = Token::single(5);
+/// Kind of connections' tokens.
+const CONN: u8 = 1;
+/// Kind of children's pidfds' tokens.
+const CHILD: u8 = 2;
 
 /// A child of the zygote.
 struct Child {
@@ -233,8 +234,8 @@ fn run_with(setup: ZygoteSetup, early: Vec<ToProcess>, mut ctl_decoder: Decoder)
     // fork of this one, to take over should this one die.
     let mut spare = fork_spare(&setup, &epoll);
     let uid = sys::process::getuid();
-    let mut conns: HashMap<u64, Conn> = HashMap::new();
-    let mut children: HashMap<u64, Child> = HashMap::new();
+    let mut conns: HashMap<Token, Conn> = HashMap::new();
+    let mut children: HashMap<Token, Child> = HashMap::new();
     let mut pool = Pool::default();
     let mut cgroups = Cgroups {
         root: setup.settings.cgroup.clone(),
@@ -263,7 +264,7 @@ fn run_with(setup: ZygoteSetup, early: Vec<ToProcess>, mut ctl_decoder: Decoder)
                         let Ok(fd) = accepted else {
                             continue;
                         };
-                        let token = CONN_TAG | next;
+                        let token = Token::new(CONN, next);
                         next += 1;
                         if epoll.add(fd.as_raw_fd(), token, Interest::Read).is_ok() {
                             conns.insert(
@@ -310,7 +311,7 @@ fn run_with(setup: ZygoteSetup, early: Vec<ToProcess>, mut ctl_decoder: Decoder)
                         }
                     }
                 }
-                t if t & TAG_MASK == CONN_TAG => {
+                t if t.kind() == CONN => {
                     let Some(conn) = conns.get_mut(&t) else { continue };
                     let n = match sys::socket::recv_with_fds(&conn.fd, &mut scratch, &mut conn.fds) {
                         Ok(n) => n,
@@ -344,7 +345,7 @@ fn run_with(setup: ZygoteSetup, early: Vec<ToProcess>, mut ctl_decoder: Decoder)
                                     Ok(child) => {
                                         let ospid = child.port.expect("BUG: a port has its group");
                                         let registered = register_port(&setup, &child, reg, shutdown_ms);
-                                        let token = CHILD_TAG | next;
+                                        let token = Token::new(CHILD, next);
                                         next += 1;
                                         let _ = epoll.add(child.pidfd.as_raw_fd(), token, Interest::Read);
                                         if let Err(e) = registered {
@@ -418,7 +419,7 @@ fn run_with(setup: ZygoteSetup, early: Vec<ToProcess>, mut ctl_decoder: Decoder)
                         conns.remove(&t);
                     }
                 }
-                t if t & TAG_MASK == CHILD_TAG => {
+                t if t.kind() == CHILD => {
                     let Some(child) = children.get(&t) else {
                         continue;
                     };
@@ -630,9 +631,9 @@ fn watch_child(
     ospid: i32,
     ctl: OwnedFd,
     scheduler: Option<usize>,
-) -> io::Result<(u64, Child)> {
+) -> io::Result<(Token, Child)> {
     let pidfd = announce(serial, ospid, ctl)?;
-    let token = CHILD_TAG | *next;
+    let token = Token::new(CHILD, *next);
     *next += 1;
     let _ = epoll.add(pidfd.as_raw_fd(), token, Interest::Read);
     let child = Child {
@@ -653,7 +654,7 @@ fn replace_scheduler(
     epoll: &Epoll,
     next: &mut u64,
     pool: &mut Pool,
-    children: &mut HashMap<u64, Child>,
+    children: &mut HashMap<Token, Child>,
     slot: u32,
     was_ready: bool,
 ) {
@@ -666,7 +667,7 @@ fn replace_scheduler(
 
 /// Forks the scheduler of `slot`, registered with the node as the runtime's
 /// own, and watches it.
-fn start_scheduler(setup: &ZygoteSetup, epoll: &Epoll, next: &mut u64, slot: usize) -> Option<(u64, Child)> {
+fn start_scheduler(setup: &ZygoteSetup, epoll: &Epoll, next: &mut u64, slot: usize) -> Option<(Token, Child)> {
     match fork_scheduler(setup, slot) {
         Ok((serial, ospid, ctl)) => match watch_child(epoll, next, serial, ospid, ctl, Some(slot)) {
             Ok(watched) => Some(watched),
@@ -738,7 +739,7 @@ pub(crate) fn start_pool(rt: &'static Runtime) -> Result<usize, String> {
 
 /// Reaps the adopted orphans that have ended (the zygote's own children are
 /// reaped by their pidfds, and reported).
-fn reap_adopted(children: &HashMap<u64, Child>) {
+fn reap_adopted(children: &HashMap<Token, Child>) {
     let ours: std::collections::HashSet<i32> = children.values().map(|c| c.ospid).collect();
     for pid in crate::sys::proc_fs::children_of_self() {
         if !ours.contains(&pid) {
@@ -844,7 +845,7 @@ fn start_port(req: PortRequest, fds: Vec<OwnedFd>, cgroup: Option<String>) -> io
 
 /// The node is gone: kill every port's process group (and the ports'
 /// cgroups), then end.
-fn guardian(setup: &ZygoteSetup, children: &HashMap<u64, Child>) -> ! {
+fn guardian(setup: &ZygoteSetup, children: &HashMap<Token, Child>) -> ! {
     for child in children.values() {
         if let Some(group) = child.port {
             let _ = sys::process::pidfd_signal_group(&child.pidfd, group, sys::process::SIGKILL);

@@ -34,8 +34,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use crate::sync::Mutex;
 
 use crate::process::Pid;
-use crate::runtime::inbox::{Inbox, OUT_TAG};
-use crate::sys::poll::Interest;
+use crate::runtime::inbox::{Inbox, OUT};
+use crate::sys::poll::{Interest, Token};
 use crate::sys::shared::SharedArea;
 use crate::sys::socket;
 use crate::wire::envelope::Hello;
@@ -290,7 +290,7 @@ impl Outbox {
                         conn.backlogged = true;
                         let _ = inbox
                             .epoll()
-                            .add(conn.fd.as_raw_fd(), OUT_TAG | serial, Interest::Write);
+                            .add(conn.fd.as_raw_fd(), Token::new(OUT, serial), Interest::Write);
                         inbox.need_background();
                     }
                     return true;

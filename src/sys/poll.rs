@@ -32,11 +32,43 @@ impl Interest {
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Event {
     /// The token given at registration.
-    pub(crate) token: u64,
+    pub(crate) token: Token,
     /// Readable, or the peer hung up, or an error is pending.
     pub(crate) readable: bool,
     /// Writable.
     pub(crate) writable: bool,
+}
+
+/// What a poll event is about: the one token type of every poll set in the
+/// runtime. A kind (one byte: a family of descriptors, such as connections or
+/// pidfds) and a number within it (a serial, an index); kind 0 holds the
+/// single descriptors of a poll set (a listener, an eventfd).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub(crate) struct Token(u64);
+
+impl Token {
+    /// Bits of the number.
+    const LOW: u64 = (1 << 56) - 1;
+
+    /// The single descriptor numbered `n` in its poll set.
+    pub(crate) const fn single(n: u64) -> Token {
+        Token(n & Self::LOW)
+    }
+
+    /// Member `n` of the family `kind` (not 0).
+    pub(crate) const fn new(kind: u8, n: u64) -> Token {
+        Token(((kind as u64) << 56) | (n & Self::LOW))
+    }
+
+    /// Its family (0: a single descriptor).
+    pub(crate) const fn kind(self) -> u8 {
+        (self.0 >> 56) as u8
+    }
+
+    /// Its number within the family.
+    pub(crate) const fn n(self) -> u64 {
+        self.0 & Self::LOW
+    }
 }
 
 /// An epoll instance.
@@ -56,28 +88,28 @@ impl Epoll {
         })
     }
 
-    fn ctl(&self, op: libc::c_int, fd: RawFd, token: u64, interest: Option<Interest>) -> io::Result<()> {
+    fn ctl(&self, op: libc::c_int, fd: RawFd, token: Token, interest: Option<Interest>) -> io::Result<()> {
         let mut ev = libc::epoll_event {
             events: interest.map_or(0, Interest::bits),
-            u64: token,
+            u64: token.0,
         };
         syscall!(epoll_ctl(self.fd.as_raw_fd(), op, fd, &mut ev)).map(drop)
     }
 
     /// Registers `fd` under `token`.
-    pub(crate) fn add(&self, fd: RawFd, token: u64, interest: Interest) -> io::Result<()> {
+    pub(crate) fn add(&self, fd: RawFd, token: Token, interest: Interest) -> io::Result<()> {
         self.ctl(libc::EPOLL_CTL_ADD, fd, token, Some(interest))
     }
 
     /// Changes what `fd` waits for.
-    pub(crate) fn modify(&self, fd: RawFd, token: u64, interest: Interest) -> io::Result<()> {
+    pub(crate) fn modify(&self, fd: RawFd, token: Token, interest: Interest) -> io::Result<()> {
         self.ctl(libc::EPOLL_CTL_MOD, fd, token, Some(interest))
     }
 
     /// Removes `fd`; a descriptor that is not registered is not an error.
     pub(crate) fn delete(&self, fd: RawFd) {
         // ENOENT/EBADF only mean there was nothing to remove.
-        let _ = self.ctl(libc::EPOLL_CTL_DEL, fd, 0, None);
+        let _ = self.ctl(libc::EPOLL_CTL_DEL, fd, Token(0), None);
     }
 
     /// Waits for events up to `timeout` (`None`: forever) and appends them to
@@ -104,7 +136,7 @@ impl Epoll {
             let bits = ev.events;
             let hangup = bits & (libc::EPOLLHUP | libc::EPOLLRDHUP | libc::EPOLLERR) as u32 != 0;
             out.push(Event {
-                token: ev.u64,
+                token: Token(ev.u64),
                 readable: bits & libc::EPOLLIN as u32 != 0 || hangup,
                 writable: bits & libc::EPOLLOUT as u32 != 0,
             });

@@ -57,7 +57,7 @@ impl Inbox {
         }
         st.hosted.queues.remove(&actor);
         st.hosted.ready.retain(|&a| a != actor);
-        let tokens: Vec<u64> = st
+        let tokens: Vec<crate::sys::poll::Token> = st
             .conns
             .iter()
             .filter(|(_, c)| c.tenant == Some(actor))

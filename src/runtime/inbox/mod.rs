@@ -58,7 +58,7 @@ use crate::monitor::{Down, MonitorRef};
 use crate::port::PortOutput;
 use crate::process::{Overflow, Pid};
 use crate::runtime::Runtime;
-use crate::sys::poll::{Epoll, Event, EventFd, Interest, TimerFd};
+use crate::sys::poll::{Epoll, Event, EventFd, Interest, TimerFd, Token};
 use crate::sys::process::pidfd_try_wait;
 use crate::sys::shared::Slot;
 use crate::sys::socket;
@@ -66,25 +66,25 @@ use crate::wire::envelope::{Hello, NodeReply, ToNode, ToProcess};
 use crate::wire::frame::{Decoder, Kind};
 use crate::wire::{self, DecodeError, FrameError, decode_exact};
 
-const TOKEN_LISTENER: u64 = 1;
-const TOKEN_CTL: u64 = 2;
-const TOKEN_KICK: u64 = 3;
-const TOKEN_TIMER: u64 = 4;
+const TOKEN_LISTENER: Token = Token::single(1);
+const TOKEN_CTL: Token = Token::single(2);
+const TOKEN_KICK: Token = Token::single(3);
+const TOKEN_TIMER: Token = Token::single(4);
 /// How often a process out of descriptors tries again to accept.
 const LISTENER_RETRY: Duration = Duration::from_millis(10);
-const TOKEN_INNER: u64 = 5;
-const TOKEN_BG_KICK: u64 = 6;
+const TOKEN_INNER: Token = Token::single(5);
+const TOKEN_BG_KICK: Token = Token::single(6);
 /// The node's own epoll, nested in the main thread's.
-const TOKEN_NODE: u64 = 7;
-const TAG_MASK: u64 = 0xff << 56;
-/// Tag of inbound data connections.
-const CONN_TAG: u64 = 1 << 56;
-/// Tag of child pidfds.
-const CHILD_TAG: u64 = 2 << 56;
-/// Tag of backlogged outbound connections (waiting to be writable).
-pub(crate) const OUT_TAG: u64 = 3 << 56;
-/// Tag of ports' pipes: `PORT_TAG | serial << 2 | pipe`.
-const PORT_TAG: u64 = 4 << 56;
+const TOKEN_NODE: Token = Token::single(7);
+/// Kind of inbound data connections' tokens.
+const CONN: u8 = 1;
+/// Kind of child pidfds' tokens.
+const CHILD: u8 = 2;
+/// Kind of backlogged outbound connections' tokens (waiting to be writable;
+/// the number is the receiver's serial).
+pub(crate) const OUT: u8 = 3;
+/// Kind of ports' pipes' tokens: the number is `serial << 2 | pipe`.
+const PORT: u8 = 4;
 const PORT_STDOUT: u64 = 0;
 const PORT_STDERR: u64 = 1;
 const PORT_STDIN: u64 = 2;
@@ -169,13 +169,13 @@ pub(crate) struct State {
     /// The process's listening socket.
     listener: OwnedFd,
     /// Inbound connections by token.
-    conns: HashMap<u64, InConn>,
+    conns: HashMap<Token, InConn>,
     /// Next connection token / accept sequence number.
     next_conn: u64,
     /// Decoder of the control connection.
     ctl_decoder: Decoder,
     /// Children whose pidfds this process polls, to reap them: token → (serial, pidfd).
-    children: HashMap<u64, (u64, OwnedFd)>,
+    children: HashMap<Token, (u64, OwnedFd)>,
     /// Ports this process owns, by serial.
     ports: HashMap<u64, PortIo>,
     /// Who polls.
@@ -390,7 +390,7 @@ impl Inbox {
 
     pub(crate) fn add_child(&self, serial: u64, pidfd: OwnedFd) -> io::Result<()> {
         let mut st = self.state.lock();
-        let token = CHILD_TAG | st.next_conn;
+        let token = Token::new(CHILD, st.next_conn);
         st.next_conn += 1;
         self.epoll().add(pidfd.as_raw_fd(), token, Interest::Read)?;
         st.children.insert(token, (serial, pidfd));
@@ -606,18 +606,18 @@ impl Inbox {
                     }
                     rt.flush_timer_fired();
                 }
-                t if t & TAG_MASK == CONN_TAG => {
+                t if t.kind() == CONN => {
                     self.read_conn(rt, st, t, READ_BUDGET);
                 }
-                t if t & TAG_MASK == CHILD_TAG => self.reap_child(rt, st, t),
-                t if t & TAG_MASK == PORT_TAG => {
-                    let serial = (t & !TAG_MASK) >> 2;
-                    match t & 3 {
+                t if t.kind() == CHILD => self.reap_child(rt, st, t),
+                t if t.kind() == PORT => {
+                    let serial = t.n() >> 2;
+                    match t.n() & 3 {
                         PORT_STDIN => self.port_flush_input(rt, st, serial),
                         pipe => self.read_port(rt, st, serial, pipe, false),
                     }
                 }
-                t if t & TAG_MASK == OUT_TAG => rt.on_writable(t & !TAG_MASK),
+                t if t.kind() == OUT => rt.on_writable(t.n()),
                 _ => {}
             }
         }
@@ -632,7 +632,7 @@ impl Inbox {
                     tracing::warn!(uid = cred.uid, pid = cred.pid, "refused a connection from another user");
                 }
                 Ok(Some(Ok(fd))) => {
-                    let token = CONN_TAG | st.next_conn;
+                    let token = Token::new(CONN, st.next_conn);
                     let seq = st.next_conn;
                     st.next_conn += 1;
                     if self.epoll().add(fd.as_raw_fd(), token, Interest::Read).is_err() {
@@ -675,7 +675,7 @@ impl Inbox {
 
     /// Reads a data connection until it has nothing more or `budget` bytes
     /// were read. Returns whether the connection is still open.
-    fn read_conn(&self, rt: &Runtime, st: &mut State, token: u64, budget: usize) -> bool {
+    fn read_conn(&self, rt: &Runtime, st: &mut State, token: Token, budget: usize) -> bool {
         if st.scratch.len() < SCRATCH {
             st.scratch.resize(SCRATCH, 0);
         }
@@ -718,7 +718,7 @@ impl Inbox {
 
     /// Decodes `n` fresh bytes of `scratch` (and anything pending) of one
     /// connection into the queue.
-    fn decode_conn(&self, rt: &Runtime, st: &mut State, token: u64, n: usize) -> Result<(), FrameError> {
+    fn decode_conn(&self, rt: &Runtime, st: &mut State, token: Token, n: usize) -> Result<(), FrameError> {
         let max = rt.max_frame();
         let mut input_len = n;
         loop {
@@ -814,7 +814,7 @@ impl Inbox {
     /// sender that reconnects closed its older connection first, and what it
     /// wrote there comes first.
     fn drain_older(&self, rt: &Runtime, st: &mut State, from: Pid, seq: u64) {
-        let mut older: Vec<(u64, u64)> = st
+        let mut older: Vec<(u64, Token)> = st
             .conns
             .iter()
             .filter(|(_, c)| c.sender == Some(from) && c.seq < seq)
@@ -831,7 +831,7 @@ impl Inbox {
     /// queued, so that its messages come first.
     fn drain_sender(&self, rt: &Runtime, st: &mut State, from: Pid) {
         self.accept_all(rt, st);
-        let mut tokens: Vec<(u64, u64)> = st
+        let mut tokens: Vec<(u64, Token)> = st
             .conns
             .iter()
             .filter(|(_, c)| c.sender.is_none() || c.sender == Some(from))
@@ -843,7 +843,7 @@ impl Inbox {
         }
     }
 
-    fn close_conn(&self, st: &mut State, token: u64) {
+    fn close_conn(&self, st: &mut State, token: Token) {
         if let Some(conn) = st.conns.remove(&token) {
             self.unwatch(conn.fd.as_raw_fd());
         }
@@ -987,7 +987,7 @@ impl Inbox {
         }
     }
 
-    fn reap_child(&self, rt: &Runtime, st: &mut State, token: u64) {
+    fn reap_child(&self, rt: &Runtime, st: &mut State, token: Token) {
         let Some((serial, pidfd)) = st.children.get(&token) else {
             return;
         };

@@ -7,12 +7,12 @@ use std::io;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::atomic::Ordering;
 
-use super::{Inbox, Item, PORT_STDERR, PORT_STDIN, PORT_STDOUT, PORT_TAG, SCRATCH, State};
+use super::{Inbox, Item, PORT, PORT_STDERR, PORT_STDIN, PORT_STDOUT, SCRATCH, State};
 use crate::exit::ExitReason;
 use crate::port::{Framing, PortError, PortOutput, Stderr};
 use crate::process::Pid;
 use crate::runtime::Runtime;
-use crate::sys::poll::Interest;
+use crate::sys::poll::{Interest, Token};
 use crate::sys::socket;
 use crate::wire::envelope::ToNode;
 
@@ -114,12 +114,12 @@ impl Inbox {
         let Some(port) = st.ports.get(&serial) else {
             return Ok(());
         };
-        let base = PORT_TAG | serial << 2;
+        let token = |pipe| Token::new(PORT, serial << 2 | pipe);
         if let Some(fd) = &port.stdout {
-            self.epoll().add(fd.as_raw_fd(), base | PORT_STDOUT, Interest::Read)?;
+            self.epoll().add(fd.as_raw_fd(), token(PORT_STDOUT), Interest::Read)?;
         }
         if let Some(fd) = &port.stderr {
-            self.epoll().add(fd.as_raw_fd(), base | PORT_STDERR, Interest::Read)?;
+            self.epoll().add(fd.as_raw_fd(), token(PORT_STDERR), Interest::Read)?;
         }
         self.need_background();
         Ok(())
@@ -154,7 +154,7 @@ impl Inbox {
         let Some(fd) = &port.stdin else {
             return;
         };
-        let token = PORT_TAG | serial << 2 | PORT_STDIN;
+        let token = Token::new(PORT, serial << 2 | PORT_STDIN);
         while port.stdin_off < port.stdin_pending.len() {
             match socket::write_fd(fd, &port.stdin_pending[port.stdin_off..]) {
                 Ok(n) => port.stdin_off += n,
