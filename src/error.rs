@@ -5,7 +5,7 @@ use std::fmt;
 use std::io;
 
 use crate::exit::ExitReason;
-use crate::process::Pid;
+use crate::pid::Pid;
 use crate::wire::DecodeError;
 
 /// Any error of this crate, for applications that propagate with `?`. It

@@ -108,6 +108,7 @@ mod link;
 mod mailbox;
 mod monitor;
 mod node;
+mod pid;
 pub mod pool;
 pub mod port;
 mod process;
@@ -130,8 +131,9 @@ pub use mailbox::{Ctx, Event, Mailbox, ReplyTo};
 pub use monitor::{Down, MonitorRef};
 pub use node::{Config, Node, NodeStats, init};
 
+pub use pid::{NodeId, Overflow, Pid, ProcessInfo, ProcessState};
 pub use process::{
-    Builder, JoinHandle, MemoryLimiter, NodeId, Overflow, Pid, ProcessInfo, ProcessState, flush, process_info,
-    register, self_pid, spawn, spawn_fn, spawn_join, spawn_link, spawn_monitor, unregister, whereis,
+    Builder, JoinHandle, MemoryLimiter, flush, process_info, register, self_pid, spawn, spawn_fn, spawn_join,
+    spawn_link, spawn_monitor, unregister, whereis,
 };
 pub use wire::{DecodeError, FrameError};

@@ -4,7 +4,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::LinkError;
 use crate::exit::ExitReason;
-use crate::process::Pid;
+use crate::pid::Pid;
 use crate::runtime::Runtime;
 use crate::wire::envelope::{NodeReply, ToNode};
 

@@ -16,7 +16,7 @@ use crate::error::{
 use crate::exit::ExitReason;
 use crate::link::ExitSignal;
 use crate::monitor::{Down, MonitorRef};
-use crate::process::Pid;
+use crate::pid::Pid;
 use crate::runtime::inbox::{Item, State, decode_message};
 use crate::runtime::outbox::{BuildError, Sent};
 use crate::runtime::{self, Runtime};
@@ -575,4 +575,16 @@ pub(crate) fn event_of<M: DeserializeOwned>(rt: &Runtime, item: Item) -> Event<M
 fn count_undecodable(rt: &Runtime, e: &DecodeError) {
     rt.slot().undecodable.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     tracing::warn!(pid = %rt.pid(), "dropped a message that did not decode: {e}");
+}
+
+impl<M> From<&Mailbox<M>> for Pid {
+    fn from(m: &Mailbox<M>) -> Pid {
+        m.pid()
+    }
+}
+
+impl<M> From<Mailbox<M>> for Pid {
+    fn from(m: Mailbox<M>) -> Pid {
+        m.pid()
+    }
 }

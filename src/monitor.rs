@@ -5,7 +5,7 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 
 use crate::exit::ExitReason;
-use crate::process::Pid;
+use crate::pid::Pid;
 use crate::runtime::Runtime;
 use crate::runtime::inbox::Item;
 use crate::wire::envelope::ToNode;

@@ -30,7 +30,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{RecvError, RecvTimeoutError, TryRecvError};
 use crate::exit::ExitReason;
-use crate::process::Pid;
+use crate::pid::Pid;
 use crate::runtime::inbox::{Item, PortIo};
 use crate::runtime::{self, Runtime};
 use crate::wire::envelope::Registration;

@@ -58,8 +58,9 @@ use crate::exit::{ExitReason, IntoExitReason};
 use crate::mailbox::{Ctx, Event, Mailbox, ReplyTo};
 use crate::monitor::MonitorRef;
 use crate::node::zygote::Call;
+use crate::pid::Pid;
 use crate::port::{PortBuilder, PortOutput};
-use crate::process::{Builder, Pid};
+use crate::process::Builder;
 use crate::runtime;
 
 /// Which children a supervisor restarts when one of them ends.

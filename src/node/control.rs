@@ -25,7 +25,7 @@ use std::time::Instant;
 
 use crate::node::table::reason::MemoryEnd;
 use crate::node::table::{Counters, System, Table};
-use crate::process::NodeId;
+use crate::pid::NodeId;
 use crate::runtime::PoolSettings;
 use crate::sys::cgroup::MemoryCgroups;
 use crate::sys::poll::{Epoll, Interest, Token};

@@ -22,7 +22,7 @@ use crate::sync::{Condvar, Mutex};
 
 use crate::error::{InitError, InitErrorKind};
 use crate::mailbox::{Ctx, Mailbox};
-use crate::process::{NodeId, Pid};
+use crate::pid::{NodeId, Pid};
 use crate::sys;
 use crate::sys::poll::{Epoll, EventFd, Interest};
 use crate::sys::{cgroup, proc_fs};

@@ -22,7 +22,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::exit::ExitReason;
 use crate::node::zygote_address;
-use crate::process::Pid;
+use crate::pid::Pid;
 use crate::runtime::child::{ChildOptions, ChildPlan, child_main};
 use crate::runtime::{Runtime, Settings};
 use crate::sys;
@@ -118,7 +118,7 @@ enum Response {
 #[derive(Debug)]
 pub(crate) struct ZygoteSetup {
     /// The node.
-    pub(crate) node: crate::process::NodeId,
+    pub(crate) node: crate::pid::NodeId,
     /// The node's shared area.
     pub(crate) shared: &'static SharedArea,
     /// Node-wide settings.

@@ -26,8 +26,8 @@ use crate::error::{LinkError, RegisterError, SpawnError, SpawnErrorKind};
 use crate::exit::{ExitReason, panic_message};
 use crate::mailbox::{Event, Mailbox};
 use crate::monitor::MonitorRef;
+use crate::pid::{Pid, ProcessState};
 use crate::pool::task::DEFAULT_CLASS;
-use crate::process::{Pid, ProcessState};
 use crate::runtime::inbox::Item;
 use crate::runtime::{self, Runtime};
 use crate::sys::text::{self, FnAddr};
@@ -532,7 +532,7 @@ mod watchdog {
     use std::time::{Duration, Instant};
 
     use crate::exit::ExitReason;
-    use crate::process::Pid;
+    use crate::pid::Pid;
     use crate::runtime::Runtime;
     use crate::wire::envelope::ToNode;
 

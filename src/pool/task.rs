@@ -10,8 +10,8 @@ use serde::de::DeserializeOwned;
 
 use crate::exit::ExitReason;
 use crate::mailbox::{Mailbox, ReplyTo};
+use crate::pid::Pid;
 use crate::pool::scheduler::{Outcome, SchedMsg, TaskEntry, TaskMsg, batch_entry, task_entry};
-use crate::process::Pid;
 use crate::runtime::inbox::decode_message;
 use crate::runtime::{self, Runtime};
 use crate::sys::shared::{CANCELLED, TASK_MARKS};

@@ -11,7 +11,7 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 
 use crate::exit::{ExitReason, panic_message};
-use crate::process::{Overflow, Pid};
+use crate::pid::{Overflow, Pid};
 use crate::runtime::{self, Runtime, Settings};
 use crate::sys;
 use crate::sys::shared::SharedArea;

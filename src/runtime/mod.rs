@@ -25,7 +25,7 @@ use serde::Serialize;
 
 use crate::exit::ExitReason;
 use crate::node::NodeShared;
-use crate::process::{Overflow, Pid, ProcessState};
+use crate::pid::{Overflow, Pid, ProcessState};
 use crate::runtime::inbox::Inbox;
 use crate::runtime::outbox::{BuildError, Outbox, Sent};
 use crate::sys::global::ForkGlobal;

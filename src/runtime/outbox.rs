@@ -33,7 +33,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use crate::sync::Mutex;
 
-use crate::process::Pid;
+use crate::pid::Pid;
 use crate::runtime::inbox::{Inbox, OUT};
 use crate::sys::poll::{Interest, Token};
 use crate::sys::shared::SharedArea;

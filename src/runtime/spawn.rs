@@ -15,7 +15,7 @@ use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use crate::error::{SpawnError, SpawnErrorKind};
 use crate::exit::ExitReason;
 use crate::node::node_address;
-use crate::process::Pid;
+use crate::pid::Pid;
 use crate::runtime::Runtime;
 use crate::runtime::child::{ChildOptions, ChildPlan, child_main};
 use crate::sys;

@@ -18,7 +18,7 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use crate::process::NodeId;
+use crate::pid::NodeId;
 
 /// Where the calling process's cgroup of a hierarchy is: the hierarchy's
 /// mount point (`/proc/self/mountinfo`: a `cgroup2` mount for v2, a `cgroup`

@@ -5,7 +5,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::exit::ExitReason;
-use crate::process::{Pid, ProcessInfo};
+use crate::pid::{Pid, ProcessInfo};
 use crate::sys::process::WaitStatus;
 
 /// First frame on a data connection: who sends on it.

@@ -8,7 +8,7 @@ use super::envelope::{Hello, NodeReply, Registration, ToNode, ToProcess};
 use super::frame::{self, Decoder, Kind};
 use super::*;
 use crate::exit::ExitReason;
-use crate::process::{NodeId, Pid};
+use crate::pid::{NodeId, Pid};
 
 fn kind_strategy() -> impl Strategy<Value = Kind> {
     prop_oneof![Just(Kind::Hello), Just(Kind::Msg), Just(Kind::Reply), Just(Kind::Ctl)]

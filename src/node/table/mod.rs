@@ -30,7 +30,7 @@ use std::io;
 use std::time::Instant;
 
 use crate::exit::ExitReason;
-use crate::process::{NodeId, Pid, ProcessInfo, ProcessState};
+use crate::pid::{NodeId, Pid, ProcessInfo, ProcessState};
 use crate::runtime::PoolSettings;
 use crate::sys::process::{SIGKILL, WaitStatus};
 use crate::sys::shared::SharedArea;

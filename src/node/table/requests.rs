@@ -11,7 +11,7 @@ impl<S: System> Table<S> {
     /// not know, though it was handed out: its registration may still be in
     /// flight on another connection, to be read before `msg` is applied.
     pub(crate) fn awaits(&self, msg: &ToNode) -> Option<u64> {
-        let ours = |pid: &crate::process::Pid| (pid.node() == self.node).then(|| pid.serial());
+        let ours = |pid: &crate::pid::Pid| (pid.node() == self.node).then(|| pid.serial());
         let serial = match msg {
             ToNode::Register(reg) => Some(reg.parent),
             ToNode::SpawnActor { host, .. } => Some(*host),

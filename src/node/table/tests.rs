@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use super::reason::MemoryEnd;
 use super::{MAIN_SERIAL, System, Table, ZYGOTE_SERIAL};
 use crate::exit::ExitReason;
-use crate::process::{NodeId, Pid};
+use crate::pid::{NodeId, Pid};
 use crate::runtime::PoolSettings;
 use crate::sys::process::{SIGKILL, SIGSEGV, SIGTERM, WaitStatus};
 use crate::sys::shared::map_shared_area;

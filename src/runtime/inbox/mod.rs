@@ -55,8 +55,8 @@ use crate::sync::{Condvar, Mutex, MutexGuard};
 use crate::exit::ExitReason;
 use crate::link::ExitSignal;
 use crate::monitor::{Down, MonitorRef};
+use crate::pid::{Overflow, Pid};
 use crate::port::PortOutput;
-use crate::process::{Overflow, Pid};
 use crate::runtime::Runtime;
 use crate::sys::poll::{Epoll, Event, EventFd, Interest, TimerFd, Token};
 use crate::sys::process::pidfd_try_wait;
@@ -495,7 +495,7 @@ impl Inbox {
         };
         rt.slot()
             .state
-            .store(crate::process::ProcessState::Running as u32, Ordering::Relaxed);
+            .store(crate::pid::ProcessState::Running as u32, Ordering::Relaxed);
         st.users_in_pump -= 1;
         if st.users_in_pump == 0 {
             st.pumping_since = None;

@@ -9,8 +9,8 @@ use std::sync::atomic::Ordering;
 
 use super::{Inbox, Item, PORT, PORT_STDERR, PORT_STDIN, PORT_STDOUT, SCRATCH, State};
 use crate::exit::ExitReason;
+use crate::pid::Pid;
 use crate::port::{Framing, PortError, PortOutput, Stderr};
-use crate::process::Pid;
 use crate::runtime::Runtime;
 use crate::sys::poll::{Interest, Token};
 use crate::sys::socket;
