@@ -405,7 +405,7 @@ impl<M> Ctx<M> {
     /// process (code 0 for `Normal`, 1 otherwise).
     pub fn exit(&self, reason: ExitReason) -> ! {
         if let Some(node) = self.rt.node() {
-            node.shutdown(node.shutdown_timeout);
+            node.shutdown();
             std::process::exit(if reason.is_normal() { 0 } else { 1 });
         }
         self.rt.finish(reason)

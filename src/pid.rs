@@ -6,11 +6,28 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
+/// Serial of the node's main thread.
+pub(crate) const MAIN_SERIAL: u64 = 1;
+/// Serial of the zygote.
+pub(crate) const ZYGOTE_SERIAL: u64 = 2;
+/// First serial handed out to processes.
+pub(crate) const FIRST_SERIAL: u64 = 3;
+
 /// The id of a node: 128 random bits chosen by `init()`.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct NodeId(u128);
 
 impl NodeId {
+    /// The abstract socket name of the node's control listener.
+    pub(crate) fn node_address(&self) -> Vec<u8> {
+        format!("converge/{self}/node").into_bytes()
+    }
+
+    /// The abstract socket name of the node's zygote.
+    pub(crate) fn zygote_address(&self) -> Vec<u8> {
+        format!("converge/{self}/zygote").into_bytes()
+    }
+
     pub(crate) fn from_bytes(b: [u8; 16]) -> NodeId {
         NodeId(u128::from_le_bytes(b))
     }

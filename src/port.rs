@@ -298,7 +298,7 @@ impl PortBuilder {
 
     /// What the zygote needs to start the program as if this process did:
     /// this process's environment and working directory, resolved now.
-    fn request(&self, reg: Registration) -> crate::node::zygote::PortRequest {
+    fn request(&self, reg: Registration) -> crate::runtime::zygote::PortRequest {
         use std::os::unix::ffi::OsStrExt;
         let bytes = |s: &OsStr| s.as_bytes().to_vec();
         let mut env: std::collections::BTreeMap<OsString, OsString> = if self.env_clear {
@@ -317,7 +317,7 @@ impl PortBuilder {
             Some(dir) => std::env::current_dir().map_or_else(|_| Some(dir.clone()), |here| Some(here.join(dir))),
             None => std::env::current_dir().ok(),
         };
-        crate::node::zygote::PortRequest {
+        crate::runtime::zygote::PortRequest {
             reg,
             shutdown_ms: self.shutdown.as_millis() as u64,
             program: bytes(self.program.as_os_str()),
@@ -359,7 +359,7 @@ impl PortBuilder {
             cpu_limited: false,
             memory_limited: false,
             // The zygote started it and reaps it.
-            reaper: Some(crate::node::control::ZYGOTE_SERIAL),
+            reaper: Some(crate::pid::ZYGOTE_SERIAL),
             scheduler: None,
         };
         let request = self.request(reg);
@@ -395,7 +395,7 @@ impl PortBuilder {
             ),
         );
         // Its ends go to the zygote; only the program holds them afterwards.
-        let spawned = crate::node::zygote::spawn_port(rt, &request, fds);
+        let spawned = crate::runtime::zygote::spawn_port(rt, &request, fds);
         let ospid = match spawned {
             Ok(ospid) => ospid,
             Err(source) => {

@@ -15,11 +15,11 @@ use crate::error::{JoinError, JoinErrorKind, RegisterError, SpawnError, SpawnErr
 use crate::exit::{ExitReason, IntoExitReason};
 use crate::mailbox::{Ctx, Mailbox};
 use crate::monitor::MonitorRef;
-use crate::node::zygote::{Call, Entry};
 use crate::pid::{Overflow, Pid, ProcessInfo};
 use crate::runtime::child::ChildOptions;
 use crate::runtime::inbox::decode_message;
 use crate::runtime::spawn::{Spec, spawn_closure, spawn_from_zygote};
+use crate::runtime::zygote::{Call, Entry};
 use crate::runtime::{self, Runtime};
 use crate::sys::text;
 use crate::wire::envelope::{NodeReply, ToNode};

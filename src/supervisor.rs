@@ -57,11 +57,11 @@ use crate::error::{CallError, SpawnError};
 use crate::exit::{ExitReason, IntoExitReason};
 use crate::mailbox::{Ctx, Event, Mailbox, ReplyTo};
 use crate::monitor::MonitorRef;
-use crate::node::zygote::Call;
 use crate::pid::Pid;
 use crate::port::{PortBuilder, PortOutput};
 use crate::process::Builder;
 use crate::runtime;
+use crate::runtime::zygote::Call;
 
 /// Which children a supervisor restarts when one of them ends.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -26,10 +26,10 @@ use crate::pid::{NodeId, Pid};
 use crate::sys;
 use crate::sys::poll::{Epoll, EventFd, Interest};
 use crate::sys::{cgroup, proc_fs};
-use crate::wire::envelope::{NodeReply, ToNode};
+use crate::wire::envelope::{NodeReply, Registration, ToNode};
 
 use self::control::{Control, MAIN_SERIAL, TOKEN_CTL_LISTENER, TOKEN_KICK, TOKEN_SIGNALS, ZYGOTE_SERIAL};
-use crate::runtime::{self, Runtime, Settings};
+use crate::runtime::{self, LocalNode, Runtime, Settings};
 
 /// The pool's classes, in slot order: the default class first.
 fn pool_settings(config: &Config) -> Result<crate::runtime::PoolSettings, InitError> {
@@ -400,7 +400,7 @@ fn init_node(config: Config) -> Result<Node, InitError> {
 
     // The zygote: forked now, while this process has a single thread.
     let (zygote_node_end, zygote_end) = sys::socket::socketpair()?;
-    let zygote_listener = sys::socket::listen_abstract(&zygote_address(id))?;
+    let zygote_listener = sys::socket::listen_abstract(&id.zygote_address())?;
     let zygote_ospid = crate::node::zygote::start(crate::node::zygote::ZygoteSetup {
         node: id,
         shared,
@@ -412,7 +412,7 @@ fn init_node(config: Config) -> Result<Node, InitError> {
     let zygote_pidfd = sys::process::pidfd_open(zygote_ospid)?;
 
     let epoll: &'static Epoll = Box::leak(Box::new(Epoll::new()?));
-    let ctl_listener: &'static OwnedFd = Box::leak(Box::new(sys::socket::listen_abstract(&node_address(id))?));
+    let ctl_listener: &'static OwnedFd = Box::leak(Box::new(sys::socket::listen_abstract(&id.node_address())?));
     let mut core = Control::new(
         id,
         sys::process::getuid(),
@@ -474,20 +474,11 @@ fn init_node(config: Config) -> Result<Node, InitError> {
     *node.main.lock() = Some(rt);
     watcher::start(node)?;
     if rt.settings().pool.classes.iter().any(|c| c.1 > 0) {
-        crate::node::zygote::start_pool(rt).map_err(|e| InitError::new(InitErrorKind::Io(std::io::Error::other(e))))?;
+        crate::runtime::zygote::start_pool(rt)
+            .map_err(|e| InitError::new(InitErrorKind::Io(std::io::Error::other(e))))?;
     }
     tracing::debug!(node = %id, zygote = zygote_ospid, "node started");
     Ok(Node { rt, shared: node })
-}
-
-/// The abstract socket name of a node's control listener.
-pub(crate) fn node_address(id: NodeId) -> Vec<u8> {
-    format!("converge/{id}/node").into_bytes()
-}
-
-/// The abstract socket name of a node's zygote.
-pub(crate) fn zygote_address(id: NodeId) -> Vec<u8> {
-    format!("converge/{id}/zygote").into_bytes()
 }
 
 /// The node: the process that called [`init()`], and its handle on every
@@ -638,5 +629,39 @@ impl Drop for Node {
         if runtime::current().is_some_and(|rt| std::ptr::eq(rt, self.rt)) {
             self.shared.shutdown(self.shared.shutdown_timeout);
         }
+    }
+}
+
+impl LocalNode for NodeShared {
+    fn request(&self, from: u64, msg: ToNode) -> Option<NodeReply> {
+        self.local_request(from, msg)
+    }
+
+    fn register(&self, reg: Registration, ctl: OwnedFd, pidfd_follows: bool) -> std::io::Result<()> {
+        self.control.lock().register_local(reg, ctl, pidfd_follows)
+    }
+
+    fn attach_pidfd(&self, serial: u64, pidfd: OwnedFd, ospid: i32) {
+        self.control.lock().attach_local_pidfd(serial, pidfd, ospid);
+    }
+
+    fn withdraw(&self, serial: u64) {
+        self.control.lock().withdraw(serial);
+    }
+
+    fn epoll_fd(&self) -> std::os::fd::RawFd {
+        std::os::fd::AsRawFd::as_raw_fd(self.epoll)
+    }
+
+    fn events_ready(&'static self) {
+        watcher::process_now(self);
+    }
+
+    fn accepting(&self) -> bool {
+        NodeShared::accepting(self)
+    }
+
+    fn shutdown(&'static self) {
+        NodeShared::shutdown(self, self.shutdown_timeout);
     }
 }

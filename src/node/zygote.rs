@@ -18,101 +18,18 @@ use std::convert::Infallible;
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 
-use serde::{Deserialize, Serialize};
-
 use crate::exit::ExitReason;
-use crate::node::zygote_address;
 use crate::pid::Pid;
 use crate::runtime::child::{ChildOptions, ChildPlan, child_main};
+use crate::runtime::zygote::{Ask, Call, Entry, PortRequest, Request, Response};
 use crate::runtime::{Runtime, Settings};
 use crate::sys;
 use crate::sys::poll::{Epoll, Interest, Token};
 use crate::sys::shared::SharedArea;
-use crate::sys::text::{self, FnAddr};
+use crate::sys::text;
 use crate::wire::decode_exact;
 use crate::wire::envelope::{ToNode, ToProcess};
 use crate::wire::frame::{self, Decoder, Kind};
-
-/// What the zygote's children run: an entry point monomorphized for the
-/// process's types, given the application's function and encoded arguments.
-pub(crate) type Entry = fn(&'static Runtime, FnAddr, Vec<u8>) -> ExitReason;
-
-/// A function to run in a new process.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub(crate) struct Call {
-    /// The monomorphized [`Entry`].
-    pub(crate) entry: FnAddr,
-    /// The application's function.
-    pub(crate) func: FnAddr,
-    /// Its arguments, postcard-encoded.
-    pub(crate) args: Vec<u8>,
-}
-
-/// A spawn request (its listening socket and control connection travel with
-/// it as descriptors).
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub(crate) struct Request {
-    /// The new process.
-    pub(crate) pid: Pid,
-    /// Its options.
-    pub(crate) options: ChildOptions,
-    /// What it runs.
-    pub(crate) call: Call,
-}
-
-/// A port to start: everything resolved by its owner (environment, working
-/// directory), so that the program sees what it would had the owner started
-/// it. Its standard input, output and (if separate) error travel along as
-/// descriptors, in that order.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub(crate) struct PortRequest {
-    /// The port's registration (its owner is the parent), which the zygote
-    /// hands to the node with the pidfd before it answers: a port exists for
-    /// the node as soon as it runs, whatever happens to its owner.
-    pub(crate) reg: crate::wire::envelope::Registration,
-    /// Time between `SIGTERM` and `SIGKILL` when the port is shut down.
-    pub(crate) shutdown_ms: u64,
-    /// The program, as the owner named it.
-    pub(crate) program: Vec<u8>,
-    pub(crate) args: Vec<Vec<u8>>,
-    pub(crate) arg0: Option<Vec<u8>>,
-    /// The whole environment.
-    pub(crate) env: Vec<(Vec<u8>, Vec<u8>)>,
-    pub(crate) cwd: Option<Vec<u8>>,
-    /// Standard error has a descriptor of its own (else it is the output's).
-    pub(crate) separate_stderr: bool,
-}
-
-/// What the zygote is asked.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-enum Ask {
-    /// Fork a process (its listener and control connection travel along).
-    Spawn(Box<Request>),
-    /// Start a port.
-    SpawnPort(Box<PortRequest>),
-    /// Start the scheduler pool (once the node can register them).
-    StartPool,
-}
-
-/// The zygote's answer.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-enum Response {
-    Spawned {
-        ospid: i32,
-    },
-    /// The port runs (and the node knows it).
-    SpawnedPort {
-        ospid: i32,
-    },
-    /// Starting the program failed with this OS error.
-    PortFailed {
-        errno: Option<i32>,
-        message: String,
-    },
-    Failed(String),
-    /// The pool runs: this many schedulers.
-    PoolStarted(usize),
-}
 
 /// What the zygote starts with.
 #[derive(Debug)]
@@ -508,7 +425,7 @@ fn spare_main(mut setup: ZygoteSetup) -> Infallible {
 fn wait_to_take_over(setup: &ZygoteSetup) -> io::Result<(OwnedFd, Vec<ToProcess>, Decoder)> {
     use std::sync::atomic::Ordering;
     let serial = setup.shared.next_serial.fetch_add(1, Ordering::AcqRel);
-    let ctl = sys::socket::connect_abstract(&crate::node::node_address(setup.node), false)?;
+    let ctl = sys::socket::connect_abstract(&setup.node.node_address(), false)?;
     let ospid = sys::process::getpid();
     let pidfd = sys::process::pidfd_open(ospid)?;
     let mut buf = Vec::new();
@@ -691,17 +608,17 @@ fn fork_scheduler(setup: &ZygoteSetup, slot: usize) -> io::Result<(u64, i32, Own
     let serial = setup.shared.next_serial.fetch_add(1, Ordering::AcqRel);
     let pid = Pid::new(setup.node, serial);
     let listener = sys::socket::listen_abstract(&pid.address())?;
-    let ctl = sys::socket::connect_abstract(&crate::node::node_address(setup.node), false)?;
+    let ctl = sys::socket::connect_abstract(&setup.node.node_address(), false)?;
     let reg = crate::wire::envelope::Registration {
         serial,
-        parent: crate::node::control::ZYGOTE_SERIAL,
+        parent: crate::pid::ZYGOTE_SERIAL,
         name: Some(name.clone()),
         link: false,
         monitors: Vec::new(),
         trap_exits: false,
         cpu_limited: false,
         memory_limited: false,
-        reaper: Some(crate::node::control::ZYGOTE_SERIAL),
+        reaper: Some(crate::pid::ZYGOTE_SERIAL),
         scheduler: Some(slot as u32),
     };
     let mut buf = Vec::new();
@@ -724,17 +641,6 @@ fn fork_scheduler(setup: &ZygoteSetup, slot: usize) -> io::Result<(u64, i32, Own
     };
     let ospid = sys::process::fork_child(move || child_main(plan, move |rt| crate::pool::scheduler::run(rt, slot)))?;
     Ok((serial, ospid, ctl_copy))
-}
-
-/// Asks the zygote to start the scheduler pool.
-pub(crate) fn start_pool(rt: &'static Runtime) -> Result<usize, String> {
-    let mut buf = Vec::new();
-    frame::push(&mut buf, Kind::Ctl, &Ask::StartPool).map_err(|e| e.to_string())?;
-    match ask(rt, &buf, &[], || {})? {
-        Response::PoolStarted(n) => Ok(n),
-        Response::Failed(e) | Response::PortFailed { message: e, .. } => Err(e),
-        _ => Err("the zygote answered out of turn".into()),
-    }
 }
 
 /// Reaps the adopted orphans that have ended (the zygote's own children are
@@ -864,100 +770,5 @@ fn run_entry(rt: &'static Runtime, call: Call) -> ExitReason {
     match text::restore::<Entry>(call.entry) {
         Some(entry) => entry(rt, call.func, call.args),
         None => ExitReason::Error("spawn_fn: the entry point is not a function of this executable".into()),
-    }
-}
-
-/// Sends `req` to the zygote with `fds` and waits for the new process's OS pid.
-pub(crate) fn request(rt: &'static Runtime, req: &Request, fds: &[RawFd]) -> Result<i32, String> {
-    let mut buf = Vec::new();
-    frame::push(&mut buf, Kind::Ctl, &Ask::Spawn(Box::new(req.clone()))).map_err(|e| e.to_string())?;
-    match ask(rt, &buf, fds, || {})? {
-        Response::Spawned { ospid } => Ok(ospid),
-        Response::Failed(e) | Response::PortFailed { message: e, .. } => Err(e),
-        Response::SpawnedPort { .. } | Response::PoolStarted(_) => Err("the zygote answered out of turn".into()),
-    }
-}
-
-/// Asks the zygote to start a port with `fds` as its standard streams; gives
-/// its OS pid. The error is the OS error of the start, or why the zygote
-/// could not be asked.
-///
-/// `fds` are dropped as soon as they are on their way: the program must be
-/// the only holder of its pipes' other ends (else no end of output is seen),
-/// and its exit may be handled (by another thread) before the answer comes.
-pub(crate) fn spawn_port(rt: &'static Runtime, req: &PortRequest, fds: Vec<OwnedFd>) -> Result<i32, io::Error> {
-    let mut buf = Vec::new();
-    frame::push(&mut buf, Kind::Ctl, &Ask::SpawnPort(Box::new(req.clone())))
-        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))?;
-    let raw: Vec<RawFd> = fds.iter().map(|f| f.as_raw_fd()).collect();
-    let response = ask(rt, &buf, &raw, move || drop(fds)).map_err(io::Error::other)?;
-    match response {
-        Response::SpawnedPort { ospid } => Ok(ospid),
-        Response::PortFailed { errno: Some(code), .. } => Err(io::Error::from_raw_os_error(code)),
-        Response::PortFailed { message, .. } | Response::Failed(message) => Err(io::Error::other(message)),
-        _ => Err(io::Error::other("the zygote answered out of turn")),
-    }
-}
-
-/// Sends one framed request with descriptors and waits for the answer;
-/// `sent` runs once the request (and its descriptors) is on its way. A broken
-/// connection is made again, and the request sent again if it had not left.
-fn ask(rt: &'static Runtime, buf: &[u8], fds: &[RawFd], sent: impl FnOnce()) -> Result<Response, String> {
-    let mut conn = rt.zygote.lock();
-    let mut last_error = String::new();
-    let mut sent = Some(sent);
-    for _attempt in 0..2 {
-        if sent.is_none() {
-            // The zygote may have acted on it: not twice.
-            break;
-        }
-        if conn.is_none() {
-            match sys::socket::connect_abstract(&zygote_address(rt.pid().node()), false) {
-                Ok(c) => *conn = Some(c),
-                Err(e) => return Err(format!("cannot reach the zygote: {e}")),
-            }
-        }
-        let c = conn.as_ref().expect("BUG: connected above");
-        if let Err(e) = sys::socket::send_with_fds(c, buf, fds) {
-            last_error = e.to_string();
-            *conn = None;
-            continue;
-        }
-        if let Some(sent) = sent.take() {
-            sent();
-        }
-        match read_response(c) {
-            Ok(r) => return Ok(r),
-            Err(e) => {
-                last_error = e.to_string();
-                *conn = None;
-            }
-        }
-    }
-    Err(last_error)
-}
-
-fn read_response(c: &OwnedFd) -> io::Result<Response> {
-    let mut decoder = Decoder::default();
-    let mut buf = [0u8; 4096];
-    let mut fds = Vec::new();
-    loop {
-        let n = sys::socket::recv_with_fds(c, &mut buf, &mut fds)?;
-        if n == 0 {
-            return Err(io::Error::new(
-                io::ErrorKind::UnexpectedEof,
-                "the zygote closed the connection",
-            ));
-        }
-        let mut out = None;
-        decoder
-            .feed(&buf[..n], 1 << 20, |_, body| {
-                out = Some(decode_exact::<Response>(body));
-                false
-            })
-            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
-        if let Some(r) = out {
-            return r.map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e));
-        }
     }
 }

@@ -9,11 +9,13 @@
 //! 2. [`inbox`]: the receive path (why a receiving thread polls its own sockets).
 //! 3. [`outbox`]: the send path (why frames are batched the way they are).
 //! 4. [`spawn`] and [`child`]: forking a process and starting its runtime.
+//! 5. [`zygote`]: asking the zygote for a `spawn_fn` process or a port.
 
 pub(crate) mod child;
 pub(crate) mod inbox;
 pub(crate) mod outbox;
 pub(crate) mod spawn;
+pub(crate) mod zygote;
 
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
@@ -24,7 +26,6 @@ use crate::sync::Mutex;
 use serde::Serialize;
 
 use crate::exit::ExitReason;
-use crate::node::NodeShared;
 use crate::pid::{Overflow, Pid, ProcessState};
 use crate::runtime::inbox::Inbox;
 use crate::runtime::outbox::{BuildError, Outbox, Sent};
@@ -33,7 +34,7 @@ use crate::sys::process::exit_now;
 use crate::sys::shared::{SharedArea, Slot};
 use crate::sys::socket;
 use crate::wire::body;
-use crate::wire::envelope::{NodeReply, ToNode};
+use crate::wire::envelope::{NodeReply, Registration, ToNode};
 use crate::wire::frame::{self, Kind};
 
 /// Settings every process of a node shares (from [`Config`](crate::Config)).
@@ -90,6 +91,30 @@ impl PoolSettings {
     }
 }
 
+/// The node, as its own main thread's runtime reaches it: directly, with no
+/// socket and no thread hand-off. `init()` installs it; the runtime (a lower
+/// layer) never names the node's types.
+pub(crate) trait LocalNode: Sync + std::fmt::Debug {
+    /// A request of the main thread (`from`), answered directly.
+    fn request(&self, from: u64, msg: ToNode) -> Option<NodeReply>;
+    /// Registers a process about to be forked (or asked of the zygote),
+    /// whose control connection is `ctl`; `pidfd_follows`: the spawner
+    /// attaches its pidfd after the fork.
+    fn register(&self, reg: Registration, ctl: OwnedFd, pidfd_follows: bool) -> io::Result<()>;
+    /// Attaches the pidfd of a process registered with `register`.
+    fn attach_pidfd(&self, serial: u64, pidfd: OwnedFd, ospid: i32);
+    /// Forgets a registration whose spawn failed.
+    fn withdraw(&self, serial: u64);
+    /// The node's epoll, nested in the main thread's.
+    fn epoll_fd(&self) -> RawFd;
+    /// The node's events are ready: the main thread handles them itself.
+    fn events_ready(&'static self);
+    /// Whether new processes may start.
+    fn accepting(&self) -> bool;
+    /// Stops every process in order (the main thread's `exit`).
+    fn shutdown(&'static self);
+}
+
 /// The runtime of the current process.
 #[derive(Debug)]
 pub(crate) struct Runtime {
@@ -109,7 +134,7 @@ pub(crate) struct Runtime {
     /// Read end of the node-death pipe that children arm from.
     death: OwnedFd,
     /// The node's state, in the node process only.
-    node: Option<&'static NodeShared>,
+    node: Option<&'static dyn LocalNode>,
     /// Receive path.
     pub(crate) inbox: Inbox,
     /// Send path.
@@ -169,7 +194,7 @@ impl Runtime {
         listener: OwnedFd,
         ctl: OwnedFd,
         death: OwnedFd,
-        node: Option<&'static NodeShared>,
+        node: Option<&'static dyn LocalNode>,
         bound: Option<(usize, Overflow)>,
     ) -> io::Result<Runtime> {
         let outbox = Outbox::new(
@@ -179,12 +204,7 @@ impl Runtime {
             settings.flush_delay,
             settings.max_connections,
         );
-        let inbox = Inbox::new(
-            listener,
-            ctl.as_raw_fd(),
-            node.map(|n| std::os::fd::AsRawFd::as_raw_fd(n.epoll)),
-            bound,
-        );
+        let inbox = Inbox::new(listener, ctl.as_raw_fd(), node.map(|n| n.epoll_fd()), bound);
         shared
             .slot(me.serial())
             .claim(me.serial(), ProcessState::Running as u32, 0);
@@ -287,7 +307,7 @@ impl Runtime {
     }
 
     /// The node's state, when this is the node process.
-    pub(crate) fn node(&self) -> Option<&'static NodeShared> {
+    pub(crate) fn node(&self) -> Option<&'static dyn LocalNode> {
         self.node
     }
 
@@ -358,7 +378,7 @@ impl Runtime {
     /// Sends a control frame to the node as this process (never as an actor).
     pub(crate) fn tell_node_raw(&self, msg: &ToNode) {
         if let Some(node) = self.node {
-            node.local_request(self.me.serial(), msg.clone());
+            node.request(self.me.serial(), msg.clone());
             return;
         }
         let mut buf = self.ctl_write.lock();
@@ -385,7 +405,7 @@ impl Runtime {
             msg = ToNode::for_actor(actor.serial(), &msg);
         }
         if let Some(node) = self.node {
-            return node.local_request(self.me.serial(), msg);
+            return node.request(self.me.serial(), msg);
         }
         self.inbox.await_ref(request);
         self.tell_node_raw(&msg);

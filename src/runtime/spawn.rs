@@ -14,7 +14,6 @@ use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 
 use crate::error::{SpawnError, SpawnErrorKind};
 use crate::exit::ExitReason;
-use crate::node::node_address;
 use crate::pid::Pid;
 use crate::runtime::Runtime;
 use crate::runtime::child::{ChildOptions, ChildPlan, child_main};
@@ -79,11 +78,11 @@ fn prepare(rt: &'static Runtime, spec: &Spec<'_>, reaper: Option<u64>) -> Result
     } else {
         // Announce the process on a connection of its own, before it exists:
         // by the time anyone else can know its Pid, the node can read this.
-        let c = match sys::socket::connect_abstract(&node_address(pid.node()), true) {
+        let c = match sys::socket::connect_abstract(&pid.node().node_address(), true) {
             Ok(c) => c,
             // The node's backlog is full: wait for room.
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                let c = sys::socket::connect_abstract(&node_address(pid.node()), false)?;
+                let c = sys::socket::connect_abstract(&pid.node().node_address(), false)?;
                 sys::socket::set_nonblocking(&c, true)?;
                 c
             }
@@ -106,7 +105,7 @@ fn prepare(rt: &'static Runtime, spec: &Spec<'_>, reaper: Option<u64>) -> Result
 /// Tells the node to forget a registration whose process never started.
 fn withdraw(rt: &'static Runtime, serial: u64, ctl_copy: Option<&OwnedFd>) {
     if let Some(node) = rt.node() {
-        node.control.lock().withdraw(serial);
+        node.withdraw(serial);
     } else if let Some(c) = ctl_copy {
         let mut buf = Vec::new();
         let _ = frame::push(&mut buf, Kind::Ctl, &ToNode::Withdraw { serial });
@@ -133,7 +132,7 @@ pub(crate) fn spawn_closure(
     let ctl_copy = match ctl_node {
         Some(ctl_node) => {
             let node = rt.node().expect("BUG: a node end exists only in the node");
-            node.control.lock().register_local(reg, ctl_node, true)?;
+            node.register(reg, ctl_node, true)?;
             None
         }
         None => Some(ctl_child.try_clone()?),
@@ -171,7 +170,7 @@ pub(crate) fn spawn_closure(
     match ctl_copy {
         None => {
             let node = rt.node().expect("BUG: only the node registers locally");
-            node.control.lock().attach_local_pidfd(serial, pidfd, ospid);
+            node.attach_pidfd(serial, pidfd, ospid);
         }
         Some(ctl) => {
             let msg = ToNode::Pidfd { serial, ospid };
@@ -189,7 +188,7 @@ pub(crate) fn spawn_closure(
 pub(crate) fn spawn_from_zygote(
     rt: &'static Runtime,
     spec: Spec<'_>,
-    call: crate::node::zygote::Call,
+    call: crate::runtime::zygote::Call,
 ) -> Result<Pid, SpawnError> {
     let Prepared {
         pid,
@@ -197,22 +196,22 @@ pub(crate) fn spawn_from_zygote(
         reg,
         ctl_child,
         ctl_node,
-    } = prepare(rt, &spec, Some(crate::node::control::ZYGOTE_SERIAL))?;
+    } = prepare(rt, &spec, Some(crate::pid::ZYGOTE_SERIAL))?;
     let ctl_copy = match ctl_node {
         Some(ctl_node) => {
             let node = rt.node().expect("BUG: a node end exists only in the node");
             // The zygote and the child send the pidfd on the connection itself.
-            node.control.lock().register_local(reg, ctl_node, false)?;
+            node.register(reg, ctl_node, false)?;
             None
         }
         None => Some(ctl_child.try_clone()?),
     };
-    let request = crate::node::zygote::Request {
+    let request = crate::runtime::zygote::Request {
         pid,
         options: spec.options.clone(),
         call,
     };
-    match crate::node::zygote::request(rt, &request, &[listener.as_raw_fd(), ctl_child.as_raw_fd()]) {
+    match crate::runtime::zygote::request(rt, &request, &[listener.as_raw_fd(), ctl_child.as_raw_fd()]) {
         Ok(_ospid) => Ok(pid),
         Err(e) => {
             withdraw(rt, pid.serial(), ctl_copy.as_ref());

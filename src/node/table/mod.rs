@@ -39,12 +39,7 @@ use crate::wire::envelope::{PortInfo, Registration, ToProcess};
 use self::pool::Queued;
 use self::reason::MemoryEnd;
 
-/// Serial of the node's main thread.
-pub(crate) const MAIN_SERIAL: u64 = 1;
-/// Serial of the zygote.
-pub(crate) const ZYGOTE_SERIAL: u64 = 2;
-/// First serial handed out to processes.
-pub(crate) const FIRST_SERIAL: u64 = 3;
+pub(crate) use crate::pid::{FIRST_SERIAL, MAIN_SERIAL, ZYGOTE_SERIAL};
 
 /// What the table asks of the system around it. The node's control side
 /// carries it out on sockets, pidfds and cgroups; the unit tests record it.

@@ -592,7 +592,7 @@ impl Inbox {
                 TOKEN_CTL => self.read_ctl(rt, st),
                 TOKEN_NODE => {
                     if let Some(node) = rt.node() {
-                        crate::node::watcher::process_now(node);
+                        node.events_ready();
                         // A Down for this thread may just have been written.
                         self.read_ctl(rt, st);
                     }
