@@ -85,13 +85,19 @@ impl Input {
         }
     }
 
-    /// The serial this input registers, if it is a registration.
+    /// The serial this input registers, if it is a registration (an actor
+    /// that spawns one registers it in a frame for itself).
     fn registers(&self) -> Option<u64> {
-        match self {
-            Input::Frame {
-                msg: ToNode::Register(reg) | ToNode::Port { reg, .. } | ToNode::SpawnActor { reg, .. },
-                ..
-            } => Some(reg.serial),
+        let Input::Frame { msg, .. } = self else {
+            return None;
+        };
+        match msg {
+            ToNode::Register(reg) | ToNode::Port { reg, .. } | ToNode::SpawnActor { reg, .. } => Some(reg.serial),
+            // One level only: a request for an actor never nests another.
+            ToNode::ForActor { msg, .. } => match decode_exact::<ToNode>(msg).ok()? {
+                ToNode::SpawnActor { reg, .. } => Some(reg.serial),
+                _ => None,
+            },
             _ => None,
         }
     }
@@ -112,6 +118,9 @@ struct CtlConn {
     off: usize,
     /// Registered for writability.
     backlogged: bool,
+    /// Its framing broke: nothing more is read from it (the table closes it
+    /// once the frames before the break are applied).
+    broken: bool,
 }
 
 /// The operating system side of the table: sockets, pidfds, cgroups.
@@ -155,6 +164,7 @@ impl Io {
                 out: Vec::new(),
                 off: 0,
                 backlogged: false,
+                broken: false,
             },
         );
         Ok(conn)
@@ -190,7 +200,7 @@ impl Io {
     /// Reads connection `conn` until it would block, into `queue`.
     fn read(&mut self, conn: u64, queue: &mut VecDeque<Input>) {
         loop {
-            let Some(c) = self.conns.get_mut(&conn) else {
+            let Some(c) = self.conns.get_mut(&conn).filter(|c| !c.broken) else {
                 return;
             };
             let mut fds = Vec::new();
@@ -224,9 +234,10 @@ impl Io {
                 }
             });
             if broken || res.is_err() {
+                // Nothing more is read from it; the frames before the break
+                // are applied (with their descriptors), then it is closed.
+                c.broken = true;
                 queue.push_back(Input::Closed { conn, refused: true });
-                // Nothing more is read from it: the table closes it.
-                self.forget_conn(conn);
                 return;
             }
             // Keep reading until the socket is empty: a read stops early at a
@@ -413,8 +424,11 @@ impl System for Io {
         }
     }
 
-    fn memory_end(&mut self, serial: u64, sigkilled: bool) -> MemoryEnd {
+    fn release_leftovers(&mut self) {
         self.release_memory_leftovers();
+    }
+
+    fn memory_end(&mut self, serial: u64, sigkilled: bool) -> MemoryEnd {
         let Some(cgroups) = &self.memory else {
             return MemoryEnd::DataRlimit;
         };
@@ -728,5 +742,50 @@ impl Control {
     /// The node-wide counters.
     pub(crate) fn counters(&self) -> Counters {
         self.table.counters().clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pid::{MAIN_SERIAL, NodeId, Pid};
+
+    use crate::wire::envelope::Registration;
+
+    fn reg(serial: u64) -> Registration {
+        Registration {
+            serial,
+            parent: MAIN_SERIAL,
+            name: None,
+            link: false,
+            monitors: Vec::new(),
+            trap_exits: false,
+            cpu_limited: false,
+            memory_limited: false,
+            reaper: None,
+            scheduler: None,
+        }
+    }
+
+    #[test]
+    fn an_actors_spawn_inside_a_request_for_an_actor_is_a_registration() {
+        let spawn = ToNode::SpawnActor {
+            reg: reg(9),
+            host: 4,
+            register: None,
+            start: Vec::new(),
+        };
+        let frame = |msg| Input::Frame { conn: 1, msg };
+        assert_eq!(frame(spawn.clone()).registers(), Some(9));
+        assert_eq!(frame(ToNode::for_actor(7, &spawn)).registers(), Some(9));
+        // Nested requests are not looked into (the table refuses them).
+        let nested = ToNode::for_actor(7, &ToNode::for_actor(8, &spawn));
+        assert_eq!(frame(nested).registers(), None);
+        let monitor = ToNode::Monitor {
+            reference: 1,
+            internal: false,
+            target: Pid::new(NodeId::from_bytes([1; 16]), 9),
+        };
+        assert_eq!(frame(ToNode::for_actor(7, &monitor)).registers(), None);
     }
 }

@@ -124,6 +124,7 @@ impl<S: System> Table<S> {
             return;
         };
         self.pending.remove(&serial);
+        self.sys.release_leftovers();
         let memory = p.memory_limited.then(|| {
             let sigkilled = matches!(p.status, Some(WaitStatus::Signaled { signal: SIGKILL, .. }));
             self.sys.memory_end(serial, sigkilled)

@@ -76,6 +76,9 @@ pub(crate) trait System {
     /// What the memory limit of the ended `serial` says of its end (a
     /// `SIGKILL` is looked up in its cgroup); releases its cgroup.
     fn memory_end(&mut self, serial: u64, sigkilled: bool) -> MemoryEnd;
+    /// Removes the memory cgroups of ended processes that the programs they
+    /// started have left since.
+    fn release_leftovers(&mut self);
     /// The OS parent of `ospid`.
     fn parent_of(&self, ospid: i32) -> Option<i32>;
     /// The resident memory of `ospid`.
@@ -288,6 +291,9 @@ pub(crate) struct Table<S> {
     dispatched: HashMap<u64, (u64, u64)>,
     /// The zygote's hot spare, registered and waiting.
     spare: Option<u64>,
+    /// A spare took over from a zygote: the zygote's serial has named more
+    /// than one OS process.
+    zygote_replaced: bool,
     /// Slots whose scheduler is to be replaced, until a new one registers:
     /// slot → whether the one that died had been ready. Asked again of a
     /// zygote that takes over (the one asked may have died first).
@@ -315,6 +321,7 @@ impl<S: System> Table<S> {
             pool,
             dispatched: HashMap::new(),
             spare: None,
+            zygote_replaced: false,
             replacements: HashMap::new(),
         }
     }
@@ -555,6 +562,16 @@ impl<S: System> Table<S> {
         let reaper = self.procs.get(&serial).map(|p| p.reaper);
         let watch = match reaper {
             Some(MAIN_SERIAL) | None => true,
+            // The zygote's serial passes to its spare when it takes over: a
+            // child of the zygote that died is the node's, to reap here.
+            Some(ZYGOTE_SERIAL) => {
+                let zygote = self
+                    .procs
+                    .get(&ZYGOTE_SERIAL)
+                    .filter(|z| !z.exited())
+                    .and_then(|z| z.ospid);
+                zygote.is_none() || (self.zygote_replaced && self.sys.parent_of(ospid) != zygote)
+            }
             Some(reaper) => !self.alive(reaper),
         };
         let Some(p) = self.procs.get_mut(&serial) else {
@@ -563,15 +580,25 @@ impl<S: System> Table<S> {
         if p.pidfd {
             return;
         }
-        p.pidfd = true;
-        p.ospid = Some(ospid);
         let kill_pending = match p.life {
             Life::Starting { kill_pending, .. } => kill_pending,
             // Its parent reported its end first: nothing to watch.
-            Life::Running { .. } | Life::Ended => return,
+            Life::Running { .. } | Life::Ended => {
+                p.pidfd = true;
+                p.ospid = Some(ospid);
+                return;
+            }
         };
-        let watched = watch && self.sys.watch(serial);
-        p.life = Life::Running { watched };
+        if watch && !self.sys.watch(serial) {
+            // Nobody would see its end: as if no pidfd had come (its
+            // connection's end then says it never ran).
+            tracing::warn!(serial, ospid, "cannot watch a pidfd");
+            self.sys.forget(serial);
+            return;
+        }
+        p.pidfd = true;
+        p.ospid = Some(ospid);
+        p.life = Life::Running { watched: watch };
         if kill_pending {
             let _ = self.sys.signal(serial, None, SIGKILL);
         }

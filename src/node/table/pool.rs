@@ -189,6 +189,7 @@ impl<S: System> Table<S> {
         tracing::warn!(ospid = ?p.ospid, "the zygote is gone: its spare takes over");
         p.serial = ZYGOTE_SERIAL;
         p.name = Some("zygote".into());
+        self.zygote_replaced = true;
         if p.pidfd {
             if let Life::Running { watched: true } = p.life {
                 self.sys.unwatch(serial);

@@ -25,7 +25,13 @@ impl<S: System> Table<S> {
                 if !self.knows(*actor) {
                     Some(*actor)
                 } else {
-                    return decode_exact::<ToNode>(msg).ok().and_then(|m| self.awaits(&m));
+                    // One level only: a request for an actor never nests
+                    // another (the table refuses it), and a hostile chain
+                    // must not recurse.
+                    return match decode_exact::<ToNode>(msg) {
+                        Ok(ToNode::ForActor { .. }) | Err(_) => None,
+                        Ok(m) => self.awaits(&m),
+                    };
                 }
             }
             _ => None,

@@ -41,6 +41,8 @@ struct Mock {
     fds: HashMap<u64, usize>,
     /// OS parents.
     parents: HashMap<i32, i32>,
+    /// Watching a pidfd fails.
+    watch_fails: bool,
 }
 
 impl System for Mock {
@@ -61,6 +63,9 @@ impl System for Mock {
         self.effects.push(Effect::KillCgroup(cgroup.into()));
     }
     fn watch(&mut self, serial: u64) -> bool {
+        if self.watch_fails {
+            return false;
+        }
         self.effects.push(Effect::Watch(serial));
         true
     }
@@ -102,6 +107,7 @@ impl System for Mock {
             MemoryEnd::Nothing
         }
     }
+    fn release_leftovers(&mut self) {}
     fn parent_of(&self, ospid: i32) -> Option<i32> {
         self.parents.get(&ospid).copied()
     }
@@ -589,4 +595,51 @@ fn a_spare_that_is_not_the_zygotes_child_is_refused() {
     assert!(!t.knows(8));
     assert_eq!(t.counters().refused, 1);
     assert!(t.sys.effects.contains(&Effect::Close(conn(8))));
+}
+
+#[test]
+fn a_pidfd_that_cannot_be_watched_is_not_kept_and_the_process_never_ran() {
+    let mut t = table();
+    t.sys.watch_fails = true;
+    let mut r = reg(3, MAIN_SERIAL);
+    r.monitors = vec![(5, false)];
+    start(&mut t, r);
+    assert!(!t.sys.pidfds.contains(&3), "a pidfd kept that nobody watches");
+    t.conn_closed(conn(3));
+    finalize_all(&mut t);
+    assert_eq!(downs(&t, MAIN_CONN), vec![(5, pid(3), ExitReason::NoProc)]);
+}
+
+#[test]
+fn a_child_of_a_zygote_that_is_gone_is_watched_even_after_its_spare_took_over() {
+    let mut t = table();
+    // The zygote now running is a spare that took over, OS pid 500.
+    t.add_internal(ZYGOTE_SERIAL, 900, 1, false, "zygote");
+    t.conn_opened(conn(8), None);
+    *t.sys.fds.entry(conn(8)).or_default() += 1;
+    t.sys.parents.insert(500, 1);
+    t.frame(conn(8), ToNode::ZygoteSpare { serial: 8, ospid: 500 });
+    t.sys.statuses.insert(ZYGOTE_SERIAL, signaled(SIGKILL));
+    t.finalize(ZYGOTE_SERIAL);
+    assert!(
+        t.sys
+            .effects
+            .contains(&Effect::Send(conn(8), Box::new(ToProcess::TakeOver)))
+    );
+    let child_of = |t: &mut Table<Mock>, serial: u64, os_parent: i32| {
+        let mut r = reg(serial, MAIN_SERIAL);
+        r.reaper = Some(ZYGOTE_SERIAL);
+        t.conn_opened(conn(serial), None);
+        t.frame(conn(serial), ToNode::Register(r));
+        let ospid = 10_000 + serial as i32;
+        t.sys.parents.insert(ospid, os_parent);
+        *t.sys.fds.entry(conn(serial)).or_default() += 1;
+        t.frame(conn(serial), ToNode::Pidfd { serial, ospid });
+    };
+    // The running zygote reaps its own children and reports them.
+    child_of(&mut t, 3, 500);
+    assert!(!t.sys.effects.contains(&Effect::Watch(3)));
+    // A child of the zygote that died is the node's (its subreaper).
+    child_of(&mut t, 4, 1);
+    assert!(t.sys.effects.contains(&Effect::Watch(4)));
 }
