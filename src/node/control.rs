@@ -753,18 +753,7 @@ mod tests {
     use crate::wire::envelope::Registration;
 
     fn reg(serial: u64) -> Registration {
-        Registration {
-            serial,
-            parent: MAIN_SERIAL,
-            name: None,
-            link: false,
-            monitors: Vec::new(),
-            trap_exits: false,
-            cpu_limited: false,
-            memory_limited: false,
-            reaper: None,
-            scheduler: None,
-        }
+        Registration::plain(serial, MAIN_SERIAL)
     }
 
     #[test]

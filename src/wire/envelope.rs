@@ -44,6 +44,25 @@ pub(crate) struct Registration {
     pub(crate) scheduler: Option<u32>,
 }
 
+#[cfg(test)]
+impl Registration {
+    /// A registration of `serial` by `parent` with no option set.
+    pub(crate) fn plain(serial: u64, parent: u64) -> Registration {
+        Registration {
+            serial,
+            parent,
+            name: None,
+            link: false,
+            monitors: Vec::new(),
+            trap_exits: false,
+            cpu_limited: false,
+            memory_limited: false,
+            reaper: None,
+            scheduler: None,
+        }
+    }
+}
+
 /// What the node keeps about a port.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) struct PortInfo {

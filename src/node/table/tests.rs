@@ -137,18 +137,7 @@ fn table() -> Table<Mock> {
 }
 
 fn reg(serial: u64, parent: u64) -> Registration {
-    Registration {
-        serial,
-        parent,
-        name: None,
-        link: false,
-        monitors: Vec::new(),
-        trap_exits: false,
-        cpu_limited: false,
-        memory_limited: false,
-        reaper: None,
-        scheduler: None,
-    }
+    Registration::plain(serial, parent)
 }
 
 /// The connection of process `serial` in these tests.
