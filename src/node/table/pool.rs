@@ -165,8 +165,10 @@ impl<S: System> Table<S> {
         }
         if self.shutting_down {
             self.kill(serial, ExitReason::Shutdown);
-        } else if !self.zygote_alive() {
-            // The zygote died before its spare was known.
+        } else if !self.knows(ZYGOTE_SERIAL) {
+            // The zygote died, and its end was handled, before its spare was
+            // known. (One that ended and is not finalized yet promotes its
+            // spare when it is.)
             self.promote_spare();
         }
     }
@@ -175,6 +177,11 @@ impl<S: System> Table<S> {
     /// serial and listener), forks a spare of its own, and starts the
     /// replacements of the schedulers that died meanwhile.
     fn promote_spare(&mut self) {
+        if self.knows(ZYGOTE_SERIAL) {
+            // The old zygote's end is not finalized yet: the spare takes its
+            // serial only then, never over its entry.
+            return;
+        }
         let Some(serial) = self.spare.take() else {
             tracing::error!("the zygote is gone and has no spare: no spawn_fn, ports or scheduler replacements");
             return;

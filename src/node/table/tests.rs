@@ -632,3 +632,34 @@ fn a_child_of_a_zygote_that_is_gone_is_watched_even_after_its_spare_took_over() 
     child_of(&mut t, 4, 1);
     assert!(t.sys.effects.contains(&Effect::Watch(4)));
 }
+
+#[test]
+fn a_spare_that_registers_while_the_zygotes_end_waits_takes_over_only_once_it_is_finalized() {
+    let mut t = table();
+    t.add_internal(ZYGOTE_SERIAL, 900, 1, false, "zygote");
+    t.add_internal(50, conn(50), 1, false, "watcher");
+    monitor(&mut t, 50, ZYGOTE_SERIAL, 7);
+    // The zygote ended (its status known), not finalized yet.
+    t.child_exited(ZYGOTE_SERIAL, signaled(SIGKILL));
+    // Its spare registers now.
+    t.conn_opened(conn(8), None);
+    *t.sys.fds.entry(conn(8)).or_default() += 1;
+    t.sys.parents.insert(500, 1);
+    t.frame(conn(8), ToNode::ZygoteSpare { serial: 8, ospid: 500 });
+    assert!(
+        !t.sys
+            .effects
+            .iter()
+            .any(|e| matches!(e, Effect::Send(_, m) if **m == ToProcess::TakeOver))
+    );
+    finalize_all(&mut t);
+    // One Down, for the zygote that died, and the spare took over.
+    assert_eq!(downs(&t, conn(50)), vec![(7, pid(ZYGOTE_SERIAL), ExitReason::Killed)]);
+    assert!(
+        t.sys
+            .effects
+            .contains(&Effect::Send(conn(8), Box::new(ToProcess::TakeOver)))
+    );
+    assert!(t.alive(ZYGOTE_SERIAL));
+    assert!(!t.knows(8));
+}
