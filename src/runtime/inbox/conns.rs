@@ -1,0 +1,244 @@
+//! Data connections into a process: accepted from its listener (same user
+//! only), read in bulk and cut into frames, each sender's older connections
+//! read before its newer ones, and all of a sender read before a signal about
+//! it is queued.
+
+use std::io;
+use std::os::fd::AsRawFd;
+use std::sync::atomic::Ordering;
+
+use super::{CONN, InConn, Inbox, Item, LISTENER_RETRY, SCRATCH, State, push_message};
+use crate::pid::Pid;
+use crate::runtime::Runtime;
+use crate::sys::poll::{Interest, Token};
+use crate::sys::socket;
+use crate::wire::envelope::Hello;
+use crate::wire::frame::{Decoder, Kind};
+use crate::wire::{self, FrameError, decode_exact};
+
+impl Inbox {
+    pub(super) fn accept_all(&self, rt: &Runtime, st: &mut State) {
+        loop {
+            match socket::accept_same_user(&st.listener, rt.uid()) {
+                Ok(Some(Err(cred))) => {
+                    rt.slot().refused.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(uid = cred.uid, pid = cred.pid, "refused a connection from another user");
+                }
+                Ok(Some(Ok(fd))) => {
+                    let token = Token::new(CONN, st.next_conn);
+                    let seq = st.next_conn;
+                    st.next_conn += 1;
+                    if self.epoll().add(fd.as_raw_fd(), token, Interest::Read).is_err() {
+                        continue;
+                    }
+                    st.conns.insert(
+                        token,
+                        InConn {
+                            fd,
+                            sender: None,
+                            decoder: Decoder::default(),
+                            seq,
+                            tenant: None,
+                        },
+                    );
+                }
+                Ok(None) => return,
+                Err(e) if socket::out_of_descriptors(&e) => {
+                    // No descriptor for it: the connection waits in the
+                    // backlog. The listener would report it again at once:
+                    // stop watching it, and look again in a while.
+                    if !st.listener_paused {
+                        st.listener_paused = true;
+                        self.unwatch(self.listener_fd);
+                        tracing::warn!("accept failed, waiting for a free descriptor: {e}");
+                    }
+                    let timer = &self.io().timer;
+                    if !timer.armed() {
+                        let _ = timer.set(LISTENER_RETRY);
+                    }
+                    return;
+                }
+                Err(e) => {
+                    tracing::warn!("accept failed: {e}");
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Reads a data connection until it has nothing more or `budget` bytes
+    /// were read. Returns whether the connection is still open.
+    pub(super) fn read_conn(&self, rt: &Runtime, st: &mut State, token: Token, budget: usize) -> bool {
+        if st.scratch.len() < SCRATCH {
+            st.scratch.resize(SCRATCH, 0);
+        }
+        let mut read_total = 0;
+        loop {
+            let Some(conn) = st.conns.get_mut(&token) else {
+                return false;
+            };
+            let n = match socket::read(&conn.fd, &mut st.scratch) {
+                Ok(0) => {
+                    self.close_conn(st, token);
+                    return false;
+                }
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return true,
+                Err(_) => {
+                    self.close_conn(st, token);
+                    return false;
+                }
+            };
+            read_total += n;
+            match self.decode_conn(rt, st, token, n) {
+                Ok(()) => {}
+                Err(e) => {
+                    let who = st.conns.get(&token).and_then(|c| c.sender);
+                    rt.slot().undecodable.fetch_add(1, Ordering::Relaxed);
+                    if matches!(e, FrameError::TooLarge { .. }) {
+                        rt.slot().refused.fetch_add(1, Ordering::Relaxed);
+                    }
+                    tracing::warn!(from = ?who, "closing a connection that broke the framing: {e}");
+                    self.close_conn(st, token);
+                    return false;
+                }
+            }
+            if n < st.scratch.len() || read_total >= budget {
+                return true;
+            }
+        }
+    }
+
+    /// Decodes `n` fresh bytes of `scratch` (and anything pending) of one
+    /// connection into the queue.
+    pub(super) fn decode_conn(&self, rt: &Runtime, st: &mut State, token: Token, n: usize) -> Result<(), FrameError> {
+        let max = rt.max_frame();
+        let mut input_len = n;
+        loop {
+            let State {
+                conns,
+                scratch,
+                queue,
+                messages,
+                awaited,
+                bound,
+                hosted,
+                ..
+            } = &mut *st;
+            let Some(conn) = conns.get_mut(&token) else {
+                return Ok(());
+            };
+            let mut protocol_error: Option<FrameError> = None;
+            let mut new_sender = None;
+            let mut not_hosted = false;
+            let had_sender = conn.sender.is_some();
+            let sender = &mut conn.sender;
+            let tenant = &mut conn.tenant;
+            let stopped = conn.decoder.feed(&scratch[..input_len], max, |kind, body| {
+                match (kind, sender.is_some()) {
+                    (Kind::Hello, false) => match decode_exact::<Hello>(body) {
+                        Ok(h) => {
+                            if let Some(actor) = h.to {
+                                // Only for an actor hosted here, alive.
+                                if hosted.ended.contains(&actor)
+                                    || rt.shared().slot(actor).host_of(actor) != Some(rt.pid().serial())
+                                {
+                                    not_hosted = true;
+                                    return false;
+                                }
+                            }
+                            *sender = Some(h.from);
+                            *tenant = h.to;
+                            new_sender = Some(h.from);
+                            // Stop: older connections of this sender go first.
+                            false
+                        }
+                        Err(_) => {
+                            protocol_error = Some(FrameError::UnknownKind(Kind::Hello as u8));
+                            false
+                        }
+                    },
+                    (Kind::Msg, true) if let Some((fp, value)) = wire::body::split_message(body) => {
+                        match *tenant {
+                            Some(actor) => hosted.push(
+                                actor,
+                                Item::Msg {
+                                    fp,
+                                    body: value.to_vec(),
+                                },
+                            ),
+                            None => push_message(queue, messages, *bound, rt.slot(), fp, value),
+                        }
+                        true
+                    }
+                    (Kind::Reply, true) if let Some((reference, fp, value)) = wire::body::split_reply(body) => {
+                        if let Some(a) = awaited.get_mut(&reference) {
+                            a.reply = Some((fp, value.to_vec()));
+                        }
+                        true
+                    }
+                    (kind, _) => {
+                        protocol_error = Some(FrameError::UnknownKind(kind as u8));
+                        false
+                    }
+                }
+            })?;
+            if let Some(e) = protocol_error {
+                return Err(e);
+            }
+            if not_hosted {
+                // For an actor that ended (or never was here): its sender
+                // sees the connection closed, as with a process that is gone.
+                self.close_conn(st, token);
+                return Ok(());
+            }
+            if let (Some(from), false) = (new_sender, had_sender) {
+                let seq = conn.seq;
+                self.drain_older(rt, st, from, seq);
+            }
+            if !stopped {
+                return Ok(());
+            }
+            input_len = 0;
+        }
+    }
+
+    /// Reads to the end every connection of `from` accepted before `seq`: a
+    /// sender that reconnects closed its older connection first, and what it
+    /// wrote there comes first.
+    pub(super) fn drain_older(&self, rt: &Runtime, st: &mut State, from: Pid, seq: u64) {
+        let mut older: Vec<(u64, Token)> = st
+            .conns
+            .iter()
+            .filter(|(_, c)| c.sender == Some(from) && c.seq < seq)
+            .map(|(&t, c)| (c.seq, t))
+            .collect();
+        older.sort_unstable();
+        for (_, token) in older {
+            self.read_conn(rt, st, token, usize::MAX);
+        }
+    }
+
+    /// Reads everything `from` has written to this process so far, its
+    /// pending connections included. Used before a signal about `from` is
+    /// queued, so that its messages come first.
+    pub(super) fn drain_sender(&self, rt: &Runtime, st: &mut State, from: Pid) {
+        self.accept_all(rt, st);
+        let mut tokens: Vec<(u64, Token)> = st
+            .conns
+            .iter()
+            .filter(|(_, c)| c.sender.is_none() || c.sender == Some(from))
+            .map(|(&t, c)| (c.seq, t))
+            .collect();
+        tokens.sort_unstable();
+        for (_, token) in tokens {
+            self.read_conn(rt, st, token, usize::MAX);
+        }
+    }
+
+    pub(super) fn close_conn(&self, st: &mut State, token: Token) {
+        if let Some(conn) = st.conns.remove(&token) {
+            self.unwatch(conn.fd.as_raw_fd());
+        }
+    }
+}
