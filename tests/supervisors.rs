@@ -52,6 +52,7 @@ fn main() {
                 the_starter_ending_stops_a_linked_supervisor,
             ),
             ("restarts_are_counted_by_the_node", restarts_are_counted_by_the_node),
+            ("a_zero_restart_period_is_refused", a_zero_restart_period_is_refused),
         ],
         &[],
     )
@@ -513,4 +514,27 @@ fn restarts_are_counted_by_the_node() {
     let killed_before = node().stats().exits.get("killed").copied().unwrap_or(0);
     assert!(killed_before >= 1);
     stop(sup);
+}
+
+/// OTP refuses a restart period that is not a positive integer: with a zero
+/// period no restart would count toward the intensity, and a child that
+/// cannot start would be retried forever. Refused at the start, nested too,
+/// and nothing is left running.
+fn a_zero_restart_period_is_refused() {
+    let zero = Supervisor::new(Strategy::OneForOne)
+        .intensity(3, Duration::ZERO)
+        .child(ChildSpec::new("idle", |ctx: Ctx<()>| {
+            let _ = ctx.recv_timeout(PATIENCE);
+        }));
+    match zero.clone().spawn() {
+        Err(SupervisorError::Invalid(why)) => assert!(why.contains("period is zero"), "{why}"),
+        other => panic!("a zero period was accepted: {other:?}"),
+    }
+    assert!(node().processes().is_empty(), "{:?}", node().processes());
+    let outer = Supervisor::new(Strategy::OneForOne).child(ChildSpec::supervisor("inner", zero));
+    match outer.spawn() {
+        Err(SupervisorError::Failed(_)) | Err(SupervisorError::Start { .. }) => {}
+        other => panic!("a nested zero period was accepted: {other:?}"),
+    }
+    assert!(wait_until(PATIENCE, || node().processes().is_empty()));
 }

@@ -175,6 +175,10 @@ pub enum SupervisorError {
     /// The request did not reach the supervisor or its answer did not come.
     #[error("request to the supervisor failed: {0}")]
     Call(String),
+    /// The specification cannot be started as it is (as OTP's
+    /// `supervisor:check_childspecs` and flag checks refuse it).
+    #[error("invalid supervisor specification: {0}")]
+    Invalid(String),
 }
 
 impl From<SupervisorError> for crate::Error {

@@ -218,7 +218,9 @@ impl Supervisor {
     }
 
     /// At most `restarts` restarts within `period`; one more and the
-    /// supervisor stops its children and exits with `Shutdown`.
+    /// supervisor stops its children and exits with `Shutdown`. The period
+    /// must not be zero (as in OTP): a supervisor with one is refused at
+    /// [`spawn`](Supervisor::spawn), since no restart would ever count.
     pub fn intensity(mut self, restarts: u32, period: Duration) -> Supervisor {
         self.intensity = restarts;
         self.period = period;
@@ -252,6 +254,13 @@ impl Supervisor {
     }
 
     fn start(self, link: bool) -> Result<SupervisorRef, SupervisorError> {
+        if self.period.is_zero() {
+            // Restarts are counted within the period: none would ever count,
+            // and a child that cannot start would be retried forever.
+            return Err(SupervisorError::Invalid(
+                "the restart period is zero: the restart intensity would never be reached".into(),
+            ));
+        }
         let parent = crate::process::self_pid().ok_or(SupervisorError::NotInitialized)?;
         let mut builder = Builder::new().trap_exits(true);
         if let Some(name) = &self.name {
