@@ -359,7 +359,7 @@ impl<M> Ctx<M> {
     /// Messages and signals waiting in the mailbox (read from the sockets so
     /// far).
     pub fn len(&self) -> usize {
-        self.rt.inbox.lock().queue.len()
+        self.rt.inbox.lock().len()
     }
 
     /// Whether nothing waits in the mailbox.
@@ -427,11 +427,7 @@ impl<M> Ctx<M> {
         deadline: Option<Instant>,
     ) -> Result<Down, RecvTimeoutError> {
         self.wait(deadline, |st| {
-            let i = st
-                .queue
-                .iter()
-                .position(|it| matches!(it, Item::Down(d) if d.reference == reference))?;
-            match st.take(i) {
+            match st.take_first(|it| matches!(it, Item::Down(d) if d.reference == reference)) {
                 Some(Item::Down(d)) => Some(d),
                 _ => None,
             }
@@ -523,34 +519,14 @@ impl<M: DeserializeOwned> Ctx<M> {
 pub(crate) fn next_message<M: DeserializeOwned>(
     rt: &Runtime,
     st: &mut State,
-    mut pred: impl FnMut(&M) -> bool,
+    pred: impl FnMut(&M) -> bool,
 ) -> Option<M> {
-    let mut i = 0;
-    while i < st.queue.len() {
-        let Item::Msg { fp, body } = &st.queue[i] else {
-            i += 1;
-            continue;
-        };
-        match decode_message::<M>(*fp, body) {
-            Ok(m) => {
-                if pred(&m) {
-                    st.take(i);
-                    return Some(m);
-                }
-                i += 1;
-            }
-            Err(e) => {
-                st.take(i);
-                count_undecodable(rt, &e);
-            }
-        }
-    }
-    None
+    st.take_message(pred, |e| count_undecodable(rt, &e))
 }
 
 /// Takes the first item, whatever it is.
 fn next_event<M: DeserializeOwned>(rt: &Runtime, st: &mut State) -> Option<Event<M>> {
-    Some(event_of(rt, st.take(0)?))
+    Some(event_of(rt, st.take_first(|_| true)?))
 }
 
 /// The event an item of the mailbox is, as `M`.

@@ -67,12 +67,7 @@ pub(crate) fn demonitor(rt: &Runtime, reference: MonitorRef) {
     rt.tell_node(&ToNode::Demonitor {
         reference: reference.id(),
     });
-    let mut st = rt.inbox.lock();
-    if let Some(i) = st
-        .queue
-        .iter()
-        .position(|it| matches!(it, Item::Down(d) if d.reference == reference))
-    {
-        st.take(i);
-    }
+    rt.inbox
+        .lock()
+        .take_first(|it| matches!(it, Item::Down(d) if d.reference == reference));
 }

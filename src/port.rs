@@ -498,11 +498,7 @@ impl Port {
     fn wait(&self, deadline: Option<Instant>) -> Result<PortOutput, RecvTimeoutError> {
         let serial = self.pid.serial();
         let got = self.rt.inbox.pump(self.rt, deadline, |st| {
-            let i = st
-                .queue
-                .iter()
-                .position(|it| matches!(it, Item::Port { port, .. } if *port == serial))?;
-            match st.take(i) {
+            match st.take_first(|it| matches!(it, Item::Port { port, .. } if *port == serial)) {
                 Some(Item::Port { output, .. }) => Some(output),
                 _ => None,
             }

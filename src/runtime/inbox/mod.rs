@@ -168,7 +168,7 @@ struct InConn {
 #[derive(Debug)]
 pub(crate) struct State {
     /// Messages and signals, in arrival order.
-    pub(crate) queue: VecDeque<Item>,
+    queue: VecDeque<Item>,
     /// Messages (not signals) in `queue`, for the bound.
     messages: usize,
     /// References the runtime waits on.
@@ -672,13 +672,54 @@ fn push_message(
 }
 
 impl State {
+    /// How many messages and signals wait.
+    pub(crate) fn len(&self) -> usize {
+        self.queue.len()
+    }
+
     /// Removes the item at `i`, keeping the message count right.
-    pub(crate) fn take(&mut self, i: usize) -> Option<Item> {
+    fn take(&mut self, i: usize) -> Option<Item> {
         let item = self.queue.remove(i)?;
         if matches!(item, Item::Msg { .. }) {
             self.messages -= 1;
         }
         Some(item)
+    }
+
+    /// Removes the first item that `pick` chooses (a selective receive),
+    /// leaving the others in order.
+    pub(crate) fn take_first(&mut self, pick: impl FnMut(&Item) -> bool) -> Option<Item> {
+        let i = self.queue.iter().position(pick)?;
+        self.take(i)
+    }
+
+    /// Removes the first message that decodes as `M` and that `pred`
+    /// accepts; a message that does not decode as `M` is removed on the way
+    /// and handed to `undecodable`.
+    pub(crate) fn take_message<M: serde::de::DeserializeOwned>(
+        &mut self,
+        mut pred: impl FnMut(&M) -> bool,
+        mut undecodable: impl FnMut(DecodeError),
+    ) -> Option<M> {
+        let mut i = 0;
+        while i < self.queue.len() {
+            let Item::Msg { fp, body } = &self.queue[i] else {
+                i += 1;
+                continue;
+            };
+            match decode_message::<M>(*fp, body) {
+                Ok(m) if pred(&m) => {
+                    self.take(i);
+                    return Some(m);
+                }
+                Ok(_) => i += 1,
+                Err(e) => {
+                    self.take(i);
+                    undecodable(e);
+                }
+            }
+        }
+        None
     }
 }
 
