@@ -40,15 +40,22 @@ pub(crate) struct Spec<'a> {
 struct Prepared {
     pid: Pid,
     listener: OwnedFd,
-    reg: Registration,
     /// The child's control connection.
     ctl_child: OwnedFd,
-    /// In the node: our end of the child's control socket pair.
-    ctl_node: Option<OwnedFd>,
+    /// In a process: our own copy of the child's control connection, to
+    /// hand its pidfd over (or withdraw it) after the fork.
+    ctl_copy: Option<OwnedFd>,
 }
 
-/// `reaper`: the process that will reap it, if not its parent.
-fn prepare(rt: &'static Runtime, spec: &Spec<'_>, reaper: Option<u64>) -> Result<Prepared, SpawnError> {
+/// Registers the process about to start, before it exists. `reaper`: the
+/// process that will reap it, if not its parent; `pidfd_follows`: in the
+/// node, the spawner attaches the pidfd after the fork.
+fn prepare(
+    rt: &'static Runtime,
+    spec: &Spec<'_>,
+    reaper: Option<u64>,
+    pidfd_follows: bool,
+) -> Result<Prepared, SpawnError> {
     if let Some(node) = rt.node()
         && !node.accepting()
     {
@@ -72,9 +79,10 @@ fn prepare(rt: &'static Runtime, spec: &Spec<'_>, reaper: Option<u64>) -> Result
         reaper,
         scheduler: None,
     };
-    let (ctl_child, ctl_node) = if rt.node().is_some() {
-        let (a, b) = sys::socket::socketpair()?;
-        (b, Some(a))
+    let (ctl_child, ctl_copy) = if let Some(node) = rt.node() {
+        let (ours, child) = sys::socket::socketpair()?;
+        node.register(reg, ours, pidfd_follows)?;
+        (child, None)
     } else {
         // Announce the process on a connection of its own, before it exists:
         // by the time anyone else can know its Pid, the node can read this.
@@ -89,16 +97,16 @@ fn prepare(rt: &'static Runtime, spec: &Spec<'_>, reaper: Option<u64>) -> Result
             Err(e) => return Err(e.into()),
         };
         let mut buf = Vec::with_capacity(128);
-        frame::push(&mut buf, Kind::Ctl, &ToNode::Register(reg.clone())).expect("BUG: control frames always encode");
+        frame::push(&mut buf, Kind::Ctl, &ToNode::Register(reg)).expect("BUG: control frames always encode");
         sys::socket::send_all(&c, &buf, None)?;
-        (c, None)
+        let copy = c.try_clone()?;
+        (c, Some(copy))
     };
     Ok(Prepared {
         pid,
         listener,
-        reg,
         ctl_child,
-        ctl_node,
+        ctl_copy,
     })
 }
 
@@ -122,21 +130,10 @@ pub(crate) fn spawn_closure(
     let Prepared {
         pid,
         listener,
-        reg,
         ctl_child,
-        ctl_node,
-    } = prepare(rt, &spec, None)?;
+        ctl_copy,
+    } = prepare(rt, &spec, None, true)?;
     let serial = pid.serial();
-    // In a process, keep our own copy of the child's control connection to
-    // hand its pidfd over after the fork.
-    let ctl_copy = match ctl_node {
-        Some(ctl_node) => {
-            let node = rt.node().expect("BUG: a node end exists only in the node");
-            node.register(reg, ctl_node, true)?;
-            None
-        }
-        None => Some(ctl_child.try_clone()?),
-    };
     let plan = ChildPlan {
         pid,
         shared: rt.shared(),
@@ -190,22 +187,13 @@ pub(crate) fn spawn_from_zygote(
     spec: Spec<'_>,
     call: crate::runtime::zygote::Call,
 ) -> Result<Pid, SpawnError> {
+    // The zygote and the child send the pidfd on the connection itself.
     let Prepared {
         pid,
         listener,
-        reg,
         ctl_child,
-        ctl_node,
-    } = prepare(rt, &spec, Some(crate::pid::ZYGOTE_SERIAL))?;
-    let ctl_copy = match ctl_node {
-        Some(ctl_node) => {
-            let node = rt.node().expect("BUG: a node end exists only in the node");
-            // The zygote and the child send the pidfd on the connection itself.
-            node.register(reg, ctl_node, false)?;
-            None
-        }
-        None => Some(ctl_child.try_clone()?),
-    };
+        ctl_copy,
+    } = prepare(rt, &spec, Some(crate::pid::ZYGOTE_SERIAL), false)?;
     let request = crate::runtime::zygote::Request {
         pid,
         options: spec.options.clone(),
