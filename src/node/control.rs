@@ -20,7 +20,7 @@
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::io;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::OwnedFd;
 use std::time::Instant;
 
 use crate::node::table::reason::MemoryEnd;
@@ -154,7 +154,7 @@ impl Io {
     fn add_conn(&mut self, fd: OwnedFd) -> io::Result<u64> {
         let conn = self.next_token;
         self.next_token += 1;
-        self.epoll.add(fd.as_raw_fd(), Token::new(CONN, conn), Interest::Read)?;
+        self.epoll.add(&fd, Token::new(CONN, conn), Interest::Read)?;
         self.conns.insert(
             conn,
             CtlConn {
@@ -248,7 +248,7 @@ impl Io {
     /// Stops watching a connection and drops it.
     fn forget_conn(&mut self, conn: u64) {
         if let Some(c) = self.conns.remove(&conn) {
-            self.epoll.delete(c.fd.as_raw_fd());
+            self.epoll.delete(&c.fd);
         }
     }
 
@@ -260,7 +260,7 @@ impl Io {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     if !conn.backlogged {
                         conn.backlogged = true;
-                        let _ = epoll.modify(conn.fd.as_raw_fd(), token, Interest::ReadWrite);
+                        let _ = epoll.modify(&conn.fd, token, Interest::ReadWrite);
                     }
                     return;
                 }
@@ -276,7 +276,7 @@ impl Io {
         conn.off = 0;
         if conn.backlogged {
             conn.backlogged = false;
-            let _ = epoll.modify(conn.fd.as_raw_fd(), token, Interest::Read);
+            let _ = epoll.modify(&conn.fd, token, Interest::Read);
         }
     }
 
@@ -308,11 +308,7 @@ impl Io {
             };
             let n = self.next_token;
             self.next_token += 1;
-            if self
-                .epoll
-                .add(fd.as_raw_fd(), Token::new(STRANGER, n), Interest::Read)
-                .is_ok()
-            {
+            if self.epoll.add(&fd, Token::new(STRANGER, n), Interest::Read).is_ok() {
                 tracing::debug!(ospid = child, pgid, "adopted an orphan");
                 self.strangers.insert(n, (fd, child));
             }
@@ -327,7 +323,7 @@ impl Io {
         if let Ok(None) = pidfd_try_wait(fd) {
             return false;
         }
-        self.epoll.delete(fd.as_raw_fd());
+        self.epoll.delete(fd);
         self.strangers.remove(&n);
         self.release_memory_leftovers();
         true
@@ -369,16 +365,14 @@ impl System for Io {
     }
 
     fn watch(&mut self, serial: u64) -> bool {
-        self.pidfds.get(&serial).is_some_and(|fd| {
-            self.epoll
-                .add(fd.as_raw_fd(), Token::new(PIDFD, serial), Interest::Read)
-                .is_ok()
-        })
+        self.pidfds
+            .get(&serial)
+            .is_some_and(|fd| self.epoll.add(fd, Token::new(PIDFD, serial), Interest::Read).is_ok())
     }
 
     fn unwatch(&mut self, serial: u64) {
         if let Some(fd) = self.pidfds.get(&serial) {
-            self.epoll.delete(fd.as_raw_fd());
+            self.epoll.delete(fd);
         }
     }
 

@@ -433,18 +433,14 @@ fn init_node(config: Config) -> Result<Node, InitError> {
     )?;
     let signals = if config.handle_signals {
         let fd = sys::signal::install_shutdown_handler()?;
-        epoll.add(std::os::fd::AsRawFd::as_raw_fd(&fd), TOKEN_SIGNALS, Interest::Read)?;
+        epoll.add(&fd, TOKEN_SIGNALS, Interest::Read)?;
         Some(fd)
     } else {
         None
     };
     let kick = EventFd::new()?;
-    epoll.add(std::os::fd::AsRawFd::as_raw_fd(&kick), TOKEN_KICK, Interest::Read)?;
-    epoll.add(
-        std::os::fd::AsRawFd::as_raw_fd(ctl_listener),
-        TOKEN_CTL_LISTENER,
-        Interest::Read,
-    )?;
+    epoll.add(&kick, TOKEN_KICK, Interest::Read)?;
+    epoll.add(ctl_listener, TOKEN_CTL_LISTENER, Interest::Read)?;
     let node: &'static NodeShared = Box::leak(Box::new(NodeShared {
         id,
         control: Mutex::new(core),

@@ -136,16 +136,16 @@ fn run_with(setup: ZygoteSetup, early: Vec<ToProcess>, mut ctl_decoder: Decoder)
         Ok(e) => e,
         Err(_) => sys::process::exit_now(1),
     };
-    let _ = epoll.add(setup.listener.as_raw_fd(), TOKEN_LISTENER, Interest::Read);
-    let _ = epoll.add(setup.ctl.as_raw_fd(), TOKEN_CTL, Interest::Read);
-    let _ = epoll.add(setup.death_read, TOKEN_DEATH, Interest::Read);
+    let _ = epoll.add(&setup.listener, TOKEN_LISTENER, Interest::Read);
+    let _ = epoll.add(&setup.ctl, TOKEN_CTL, Interest::Read);
+    let _ = epoll.add_raw(setup.death_read, TOKEN_DEATH, Interest::Read);
     // What its children leave behind when they end (a port's descendants
     // that left its process group, a raw fork inside a process) comes back
     // to the zygote, which reaps it.
     let _ = sys::process::set_child_subreaper();
     let sigchld = sys::signal::child_signals().ok();
     if let Some(fd) = &sigchld {
-        let _ = epoll.add(fd.as_raw_fd(), TOKEN_SIGCHLD, Interest::Read);
+        let _ = epoll.add(fd, TOKEN_SIGCHLD, Interest::Read);
     }
     // A threaded node can never fork a clean zygote again: keep a spare, a
     // fork of this one, to take over should this one die.
@@ -183,7 +183,7 @@ fn run_with(setup: ZygoteSetup, early: Vec<ToProcess>, mut ctl_decoder: Decoder)
                         };
                         let token = Token::new(CONN, next);
                         next += 1;
-                        if epoll.add(fd.as_raw_fd(), token, Interest::Read).is_ok() {
+                        if epoll.add(&fd, token, Interest::Read).is_ok() {
                             conns.insert(
                                 token,
                                 Conn {
@@ -201,7 +201,7 @@ fn run_with(setup: ZygoteSetup, early: Vec<ToProcess>, mut ctl_decoder: Decoder)
                 TOKEN_SPARE => {
                     // The spare died: reap it, and fork another.
                     if let Some(fd) = spare.take() {
-                        epoll.delete(fd.as_raw_fd());
+                        epoll.delete(&fd);
                         let _ = sys::process::pidfd_try_wait(&fd);
                     }
                     spare = fork_spare(&setup, &epoll);
@@ -236,7 +236,7 @@ fn run_with(setup: ZygoteSetup, early: Vec<ToProcess>, mut ctl_decoder: Decoder)
                         Err(_) => 0,
                     };
                     if n == 0 {
-                        epoll.delete(conn.fd.as_raw_fd());
+                        epoll.delete(&conn.fd);
                         conns.remove(&t);
                         continue;
                     }
@@ -264,7 +264,7 @@ fn run_with(setup: ZygoteSetup, early: Vec<ToProcess>, mut ctl_decoder: Decoder)
                                         let registered = register_port(&setup, &child, reg, shutdown_ms);
                                         let token = Token::new(CHILD, next);
                                         next += 1;
-                                        let _ = epoll.add(child.pidfd.as_raw_fd(), token, Interest::Read);
+                                        let _ = epoll.add(&child.pidfd, token, Interest::Read);
                                         if let Err(e) = registered {
                                             // Nobody would ever stop it.
                                             eprintln!("converge-zygote: registering a port failed: {e}");
@@ -332,7 +332,7 @@ fn run_with(setup: ZygoteSetup, early: Vec<ToProcess>, mut ctl_decoder: Decoder)
                         }
                     }
                     if !ok {
-                        epoll.delete(conn.fd.as_raw_fd());
+                        epoll.delete(&conn.fd);
                         conns.remove(&t);
                     }
                 }
@@ -357,7 +357,7 @@ fn run_with(setup: ZygoteSetup, early: Vec<ToProcess>, mut ctl_decoder: Decoder)
                             },
                         );
                         let _ = sys::socket::send_all(&setup.ctl, &buf, None);
-                        epoll.delete(child.pidfd.as_raw_fd());
+                        epoll.delete(&child.pidfd);
                         // A scheduler is replaced when the node asks (it
                         // also asks for those this zygote did not start).
                         let Some(child) = children.remove(&t) else { continue };
@@ -393,7 +393,7 @@ fn fork_spare(setup: &ZygoteSetup, epoll: &Epoll) -> Option<OwnedFd> {
     let forked = copy.and_then(|copy| sys::process::fork_child(move || spare_main(copy)));
     match forked.and_then(sys::process::pidfd_open) {
         Ok(fd) => {
-            let _ = epoll.add(fd.as_raw_fd(), TOKEN_SPARE, Interest::Read);
+            let _ = epoll.add(&fd, TOKEN_SPARE, Interest::Read);
             Some(fd)
         }
         Err(e) => {
@@ -431,11 +431,11 @@ fn wait_to_take_over(setup: &ZygoteSetup) -> io::Result<(OwnedFd, Vec<ToProcess>
     let mut buf = Vec::new();
     frame::push(&mut buf, Kind::Ctl, &ToNode::ZygoteSpare { serial, ospid })
         .expect("BUG: control frames always encode");
-    sys::socket::send_with_fds(&ctl, &buf, &[pidfd.as_raw_fd()])?;
+    sys::socket::send_with_fds(&ctl, &buf, &[std::os::fd::AsFd::as_fd(&pidfd)])?;
     drop(pidfd);
     let epoll = Epoll::new()?;
-    epoll.add(ctl.as_raw_fd(), TOKEN_CTL, Interest::Read)?;
-    epoll.add(setup.death_read, TOKEN_DEATH, Interest::Read)?;
+    epoll.add(&ctl, TOKEN_CTL, Interest::Read)?;
+    epoll.add_raw(setup.death_read, TOKEN_DEATH, Interest::Read)?;
     let mut decoder = Decoder::default();
     let mut scratch = vec![0u8; 4096];
     let mut events = Vec::new();
@@ -508,7 +508,7 @@ fn announce(serial: u64, ospid: i32, ctl: OwnedFd) -> io::Result<OwnedFd> {
     let pidfd = sys::process::pidfd_open(ospid)?;
     let mut buf = Vec::new();
     frame::push(&mut buf, Kind::Ctl, &ToNode::Pidfd { serial, ospid }).expect("BUG: control frames always encode");
-    sys::socket::send_with_fds(&ctl, &buf, &[pidfd.as_raw_fd()])?;
+    sys::socket::send_with_fds(&ctl, &buf, &[std::os::fd::AsFd::as_fd(&pidfd)])?;
     Ok(pidfd)
 }
 
@@ -552,7 +552,7 @@ fn watch_child(
     let pidfd = announce(serial, ospid, ctl)?;
     let token = Token::new(CHILD, *next);
     *next += 1;
-    let _ = epoll.add(pidfd.as_raw_fd(), token, Interest::Read);
+    let _ = epoll.add(&pidfd, token, Interest::Read);
     let child = Child {
         serial,
         ospid,
@@ -672,7 +672,7 @@ fn register_port(
     };
     let mut buf = Vec::new();
     frame::push(&mut buf, Kind::Ctl, &msg).expect("BUG: control frames always encode");
-    sys::socket::send_with_fds(&setup.ctl, &buf, &[child.pidfd.as_raw_fd()])
+    sys::socket::send_with_fds(&setup.ctl, &buf, &[std::os::fd::AsFd::as_fd(&child.pidfd)])
 }
 
 /// Starts a port's program in its own process group (and cgroup, if it has

@@ -101,7 +101,7 @@ pub(crate) fn child_main(plan: ChildPlan, body: impl FnOnce(&'static Runtime) ->
             serial: plan.pid.serial(),
             ospid: sys::process::getpid(),
         };
-        let _ = rt.tell_node_with_fds(rt.ctl_fd(), &msg, &[pidfd.as_raw_fd()]);
+        let _ = rt.tell_node_with_fds(rt.ctl_fd(), &msg, &[std::os::fd::AsFd::as_fd(&pidfd)]);
     }
     // The descriptor limit comes last, once the runtime has the descriptors
     // it makes on first use: at the limit it still receives and sends.

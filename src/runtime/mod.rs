@@ -390,7 +390,12 @@ impl Runtime {
     }
 
     /// Sends a control frame with descriptors attached.
-    pub(crate) fn tell_node_with_fds(&self, conn: &OwnedFd, msg: &ToNode, fds: &[RawFd]) -> io::Result<()> {
+    pub(crate) fn tell_node_with_fds(
+        &self,
+        conn: &OwnedFd,
+        msg: &ToNode,
+        fds: &[std::os::fd::BorrowedFd<'_>],
+    ) -> io::Result<()> {
         let mut buf = Vec::with_capacity(64);
         frame::push(&mut buf, Kind::Ctl, msg).expect("BUG: control frames always encode");
         socket::send_with_fds(conn, &buf, fds)

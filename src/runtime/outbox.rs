@@ -288,9 +288,7 @@ impl Outbox {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     if !conn.backlogged {
                         conn.backlogged = true;
-                        let _ = inbox
-                            .epoll()
-                            .add(conn.fd.as_raw_fd(), Token::new(OUT, serial), Interest::Write);
+                        let _ = inbox.epoll().add(&conn.fd, Token::new(OUT, serial), Interest::Write);
                         inbox.need_background();
                     }
                     return true;

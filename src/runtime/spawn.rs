@@ -9,8 +9,7 @@
 //! pidfd of the child; a child spawned from inside a process also sends its
 //! own, so the node learns of it even if its spawner is killed at that moment.
 
-use std::io::Write;
-use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::fd::{OwnedFd, RawFd};
 
 use crate::error::{SpawnError, SpawnErrorKind};
 use crate::exit::ExitReason;
@@ -145,17 +144,7 @@ pub(crate) fn spawn_closure(
         keep_fds: spec.keep_fds.to_vec(),
         announce_pidfd: rt.node().is_none(),
     };
-    // No other thread may hold the stdio locks at the fork, and nothing may sit
-    // in their buffers (the child would print it a second time).
-    let mut out = std::io::stdout().lock();
-    let mut err = std::io::stderr().lock();
-    let _ = out.flush();
-    let _ = err.flush();
-    let forked = sys::process::fork_child(move || {
-        drop(out);
-        drop(err);
-        child_main(plan, body)
-    });
+    let forked = sys::process::fork_child(move || child_main(plan, body));
     let ospid = match forked {
         Ok(ospid) => ospid,
         Err(e) => {
@@ -171,7 +160,7 @@ pub(crate) fn spawn_closure(
         }
         Some(ctl) => {
             let msg = ToNode::Pidfd { serial, ospid };
-            rt.tell_node_with_fds(&ctl, &msg, &[pidfd.as_raw_fd()])?;
+            rt.tell_node_with_fds(&ctl, &msg, &[std::os::fd::AsFd::as_fd(&pidfd)])?;
             // We are its parent: we reap it and report its status.
             rt.inbox.add_child(serial, pidfd)?;
             rt.ensure_background();
@@ -199,7 +188,7 @@ pub(crate) fn spawn_from_zygote(
         options: spec.options.clone(),
         call,
     };
-    match crate::runtime::zygote::request(rt, &request, &[listener.as_raw_fd(), ctl_child.as_raw_fd()]) {
+    match crate::runtime::zygote::request(rt, &request, vec![listener, ctl_child]) {
         Ok(_ospid) => Ok(pid),
         Err(e) => {
             withdraw(rt, pid.serial(), ctl_copy.as_ref());

@@ -3,7 +3,7 @@
 //! node's (`node/zygote.rs`); what travels between them is defined here.
 
 use std::io;
-use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 
 use serde::{Deserialize, Serialize};
 
@@ -98,10 +98,10 @@ pub(crate) enum Response {
 }
 
 /// Sends `req` to the zygote with `fds` and waits for the new process's OS pid.
-pub(crate) fn request(rt: &'static Runtime, req: &Request, fds: &[RawFd]) -> Result<i32, String> {
+pub(crate) fn request(rt: &'static Runtime, req: &Request, fds: Vec<OwnedFd>) -> Result<i32, String> {
     let mut buf = Vec::new();
     frame::push(&mut buf, Kind::Ctl, &Ask::Spawn(Box::new(req.clone()))).map_err(|e| e.to_string())?;
-    match ask(rt, &buf, fds, || {})? {
+    match ask(rt, &buf, fds)? {
         Response::Spawned { ospid } => Ok(ospid),
         Response::Failed(e) | Response::PortFailed { message: e, .. } => Err(e),
         Response::SpawnedPort { .. } | Response::PoolStarted(_) => Err("the zygote answered out of turn".into()),
@@ -119,8 +119,7 @@ pub(crate) fn spawn_port(rt: &'static Runtime, req: &PortRequest, fds: Vec<Owned
     let mut buf = Vec::new();
     frame::push(&mut buf, Kind::Ctl, &Ask::SpawnPort(Box::new(req.clone())))
         .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))?;
-    let raw: Vec<RawFd> = fds.iter().map(|f| f.as_raw_fd()).collect();
-    let response = ask(rt, &buf, &raw, move || drop(fds)).map_err(io::Error::other)?;
+    let response = ask(rt, &buf, fds).map_err(io::Error::other)?;
     match response {
         Response::SpawnedPort { ospid } => Ok(ospid),
         Response::PortFailed { errno: Some(code), .. } => Err(io::Error::from_raw_os_error(code)),
@@ -130,17 +129,17 @@ pub(crate) fn spawn_port(rt: &'static Runtime, req: &PortRequest, fds: Vec<Owned
 }
 
 /// Sends one framed request with descriptors and waits for the answer;
-/// `sent` runs once the request (and its descriptors) is on its way. A broken
+/// `fds` are dropped once the request (and they) are on their way. A broken
 /// connection is made again, and the request sent again if it had not left.
-fn ask(rt: &'static Runtime, buf: &[u8], fds: &[RawFd], sent: impl FnOnce()) -> Result<Response, String> {
+fn ask(rt: &'static Runtime, buf: &[u8], fds: Vec<OwnedFd>) -> Result<Response, String> {
     let mut conn = rt.zygote.lock();
     let mut last_error = String::new();
-    let mut sent = Some(sent);
+    let mut fds = Some(fds);
     for _attempt in 0..2 {
-        if sent.is_none() {
+        let Some(to_send) = &fds else {
             // The zygote may have acted on it: not twice.
             break;
-        }
+        };
         if conn.is_none() {
             match sys::socket::connect_abstract(&rt.pid().node().zygote_address(), false) {
                 Ok(c) => *conn = Some(c),
@@ -148,14 +147,14 @@ fn ask(rt: &'static Runtime, buf: &[u8], fds: &[RawFd], sent: impl FnOnce()) -> 
             }
         }
         let c = conn.as_ref().expect("BUG: connected above");
-        if let Err(e) = sys::socket::send_with_fds(c, buf, fds) {
+        let borrowed: Vec<BorrowedFd<'_>> = to_send.iter().map(AsFd::as_fd).collect();
+        if let Err(e) = sys::socket::send_with_fds(c, buf, &borrowed) {
             last_error = e.to_string();
             *conn = None;
             continue;
         }
-        if let Some(sent) = sent.take() {
-            sent();
-        }
+        // On their way: the zygote holds its own copies now.
+        fds = None;
         match read_response(c) {
             Ok(r) => return Ok(r),
             Err(e) => {
@@ -196,7 +195,7 @@ fn read_response(c: &OwnedFd) -> io::Result<Response> {
 pub(crate) fn start_pool(rt: &'static Runtime) -> Result<usize, String> {
     let mut buf = Vec::new();
     frame::push(&mut buf, Kind::Ctl, &Ask::StartPool).map_err(|e| e.to_string())?;
-    match ask(rt, &buf, &[], || {})? {
+    match ask(rt, &buf, Vec::new())? {
         Response::PoolStarted(n) => Ok(n),
         Response::Failed(e) | Response::PortFailed { message: e, .. } => Err(e),
         _ => Err("the zygote answered out of turn".into()),

@@ -4,9 +4,29 @@
 //! # Contract
 //!
 //! Every other module reaches the operating system through the functions and
-//! types listed here, and none of them names `libc` or `nix`. Each wrapper
-//! returns `io::Result` (through the `syscall!` helper) or a typed value, and
-//! each `unsafe` block states why it is sound in a `// SAFETY:` line.
+//! types listed here, and none of them names `libc` or `rustix`. Each wrapper
+//! returns `io::Result` or a typed value, and each `unsafe` block states why
+//! it is sound in a `// SAFETY:` line.
+//!
+//! # Which calls go through `rustix`, and which are written by hand
+//!
+//! `rustix` (direct system calls, safe wrappers over owned and borrowed
+//! descriptors) covers most of what the runtime needs, including the pidfd
+//! calls that `nix` lacks (`pidfd_open`, `waitid(P_PIDFD)`). Through it:
+//! epoll, eventfd, timerfd and `poll`; `AF_UNIX` sockets, `SO_PEERCRED`,
+//! `sendmsg`/`recvmsg` with `SCM_RIGHTS`; `pidfd_open`, `waitid`, `kill`;
+//! `prctl` (subreaper, thread name), CPU affinity, resource limits; pipes,
+//! `open`, `FIONBIO`; `getrandom`.
+//!
+//! By hand over `libc`, because `rustix` does not offer them (or not safely):
+//! `fork` and the signal mask around it, `_exit`, signal dispositions and
+//! `raise`, `signalfd`, `pidfd_send_signal` (with
+//! `PIDFD_SIGNAL_PROCESS_GROUP`, and real-time signals), the
+//! `PIDFD_GET_INFO` ioctl, `close_range`, `F_SETOWN`/`F_SETSIG`/`O_ASYNC`,
+//! the shared `mmap`, a `pre_exec` hook, the environment of a fresh child
+//! ([`global`], [`text`] hold no system calls).
+//!
+//! # The modules
 //!
 //! 1. [`process`]: fork, `_exit`, pidfds (`pidfd_open`, `pidfd_send_signal`,
 //!    `waitid(P_PIDFD)`, `PIDFD_GET_INFO`), process groups, `prctl`, CPU
@@ -55,12 +75,10 @@ pub(crate) mod text;
 pub(crate) fn random_bytes(buf: &mut [u8]) -> std::io::Result<()> {
     let mut filled = 0;
     while filled < buf.len() {
-        let rest = &mut buf[filled..];
-        let n = syscall!(getrandom(rest.as_mut_ptr().cast(), rest.len(), 0));
-        match n {
-            Ok(n) => filled += n as usize,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
+        match rustix::rand::getrandom(&mut buf[filled..], rustix::rand::GetRandomFlags::empty()) {
+            Ok(n) => filled += n,
+            Err(rustix::io::Errno::INTR) => {}
+            Err(e) => return Err(e.into()),
         }
     }
     Ok(())

@@ -2,8 +2,15 @@
 //! See `epoll(7)`, `eventfd(2)` and `timerfd_create(2)`.
 
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::time::Duration;
+
+use rustix::event::epoll::{self, EventData, EventFlags};
+use rustix::event::{EventfdFlags, Timespec};
+use rustix::io::Errno;
+use rustix::time::{
+    Itimerspec, TimerfdClockId, TimerfdFlags, TimerfdTimerFlags, timerfd_create, timerfd_gettime, timerfd_settime,
+};
 
 /// What a registration waits for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -17,9 +24,9 @@ pub(crate) enum Interest {
 }
 
 impl Interest {
-    fn bits(self) -> u32 {
-        let r = (libc::EPOLLIN | libc::EPOLLRDHUP) as u32;
-        let w = libc::EPOLLOUT as u32;
+    fn flags(self) -> EventFlags {
+        let r = EventFlags::IN | EventFlags::RDHUP;
+        let w = EventFlags::OUT;
         match self {
             Interest::Read => r,
             Interest::Write => w,
@@ -81,67 +88,85 @@ pub(crate) struct Epoll {
 impl Epoll {
     /// Creates an epoll instance (close-on-exec).
     pub(crate) fn new() -> io::Result<Epoll> {
-        let fd = syscall!(epoll_create1(libc::EPOLL_CLOEXEC))?;
-        // SAFETY: a fresh descriptor owned by nobody else.
         Ok(Epoll {
-            fd: unsafe { OwnedFd::from_raw_fd(fd) },
+            fd: epoll::create(epoll::CreateFlags::CLOEXEC)?,
         })
     }
 
-    fn ctl(&self, op: libc::c_int, fd: RawFd, token: Token, interest: Option<Interest>) -> io::Result<()> {
-        let mut ev = libc::epoll_event {
-            events: interest.map_or(0, Interest::bits),
-            u64: token.0,
-        };
-        syscall!(epoll_ctl(self.fd.as_raw_fd(), op, fd, &mut ev)).map(drop)
-    }
-
     /// Registers `fd` under `token`.
-    pub(crate) fn add(&self, fd: RawFd, token: Token, interest: Interest) -> io::Result<()> {
-        self.ctl(libc::EPOLL_CTL_ADD, fd, token, Some(interest))
+    pub(crate) fn add(&self, fd: impl AsFd, token: Token, interest: Interest) -> io::Result<()> {
+        Ok(epoll::add(&self.fd, fd, EventData::new_u64(token.0), interest.flags())?)
     }
 
     /// Changes what `fd` waits for.
-    pub(crate) fn modify(&self, fd: RawFd, token: Token, interest: Interest) -> io::Result<()> {
-        self.ctl(libc::EPOLL_CTL_MOD, fd, token, Some(interest))
+    pub(crate) fn modify(&self, fd: impl AsFd, token: Token, interest: Interest) -> io::Result<()> {
+        Ok(epoll::modify(
+            &self.fd,
+            fd,
+            EventData::new_u64(token.0),
+            interest.flags(),
+        )?)
     }
 
     /// Removes `fd`; a descriptor that is not registered is not an error.
-    pub(crate) fn delete(&self, fd: RawFd) {
-        // ENOENT/EBADF only mean there was nothing to remove.
-        let _ = self.ctl(libc::EPOLL_CTL_DEL, fd, Token(0), None);
+    pub(crate) fn delete(&self, fd: impl AsFd) {
+        // ENOENT only means there was nothing to remove.
+        let _ = epoll::delete(&self.fd, fd);
+    }
+
+    /// [`add`](Self::add) for a descriptor that another structure owns and
+    /// keeps open while it is registered (a listener behind a lock, the
+    /// control connection, the node's epoll), known here by its number.
+    pub(crate) fn add_raw(&self, fd: RawFd, token: Token, interest: Interest) -> io::Result<()> {
+        // SAFETY: epoll_ctl only reads the number for the duration of the
+        // call; a number closed meanwhile is EBADF, never undefined behaviour.
+        self.add(unsafe { BorrowedFd::borrow_raw(fd) }, token, interest)
+    }
+
+    /// [`delete`](Self::delete) for a descriptor known by its number.
+    pub(crate) fn delete_raw(&self, fd: RawFd) {
+        // SAFETY: as in `add_raw`.
+        self.delete(unsafe { BorrowedFd::borrow_raw(fd) })
     }
 
     /// Waits for events up to `timeout` (`None`: forever) and appends them to
     /// `out`. An interrupted wait returns with no events.
     pub(crate) fn wait(&self, out: &mut Vec<Event>, timeout: Option<Duration>) -> io::Result<()> {
         const CAP: usize = 64;
-        let mut raw = [libc::epoll_event { events: 0, u64: 0 }; CAP];
-        let ms = match timeout {
-            None => -1,
-            // Round up so a short timeout does not become a busy loop.
-            Some(d) => d.as_micros().div_ceil(1000).min(i32::MAX as u128) as i32,
-        };
-        let n = match syscall!(epoll_wait(
-            self.fd.as_raw_fd(),
-            raw.as_mut_ptr(),
-            CAP as libc::c_int,
-            ms
-        )) {
-            Ok(n) => n as usize,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => 0,
-            Err(e) => return Err(e),
+        let mut raw = [epoll::Event {
+            flags: EventFlags::empty(),
+            data: EventData::new_u64(0),
+        }; CAP];
+        // Whole milliseconds, rounded up, so a short timeout does not become a
+        // busy loop (and the plain `epoll_pwait` serves it).
+        let timeout = timeout.map(|d| {
+            let ms = d.as_micros().div_ceil(1000).min(i32::MAX as u128) as i64;
+            Timespec {
+                tv_sec: ms / 1000,
+                tv_nsec: (ms % 1000) * 1_000_000,
+            }
+        });
+        let n = match epoll::wait(&self.fd, &mut raw[..], timeout.as_ref()) {
+            Ok(n) => n,
+            Err(Errno::INTR) => 0,
+            Err(e) => return Err(e.into()),
         };
         for ev in &raw[..n] {
-            let bits = ev.events;
-            let hangup = bits & (libc::EPOLLHUP | libc::EPOLLRDHUP | libc::EPOLLERR) as u32 != 0;
+            let bits = ev.flags;
+            let hangup = bits.intersects(EventFlags::HUP | EventFlags::RDHUP | EventFlags::ERR);
             out.push(Event {
-                token: Token(ev.u64),
-                readable: bits & libc::EPOLLIN as u32 != 0 || hangup,
-                writable: bits & libc::EPOLLOUT as u32 != 0,
+                token: Token(ev.data.u64()),
+                readable: bits.contains(EventFlags::IN) || hangup,
+                writable: bits.contains(EventFlags::OUT),
             });
         }
         Ok(())
+    }
+}
+
+impl AsFd for Epoll {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
     }
 }
 
@@ -161,24 +186,27 @@ pub(crate) struct EventFd {
 impl EventFd {
     /// Creates a non-blocking eventfd.
     pub(crate) fn new() -> io::Result<EventFd> {
-        let fd = syscall!(eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK))?;
-        // SAFETY: a fresh descriptor owned by nobody else.
         Ok(EventFd {
-            fd: unsafe { OwnedFd::from_raw_fd(fd) },
+            fd: rustix::event::eventfd(0, EventfdFlags::CLOEXEC | EventfdFlags::NONBLOCK)?,
         })
     }
 
     /// Makes the eventfd readable.
     pub(crate) fn notify(&self) {
-        let one: u64 = 1;
         // EAGAIN means the counter is saturated: it is readable anyway.
-        let _ = syscall!(write(self.fd.as_raw_fd(), (&one as *const u64).cast(), 8));
+        let _ = rustix::io::write(&self.fd, &1u64.to_ne_bytes());
     }
 
     /// Resets the eventfd to not readable.
     pub(crate) fn drain(&self) {
-        let mut v: u64 = 0;
-        let _ = syscall!(read(self.fd.as_raw_fd(), (&mut v as *mut u64).cast(), 8));
+        let mut v = [0u8; 8];
+        let _ = rustix::io::read(&self.fd, &mut v);
+    }
+}
+
+impl AsFd for EventFd {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
     }
 }
 
@@ -195,16 +223,16 @@ pub(crate) struct TimerFd {
     fd: OwnedFd,
 }
 
+const ZERO: Timespec = Timespec { tv_sec: 0, tv_nsec: 0 };
+
 impl TimerFd {
     /// Creates a disarmed timer.
     pub(crate) fn new() -> io::Result<TimerFd> {
-        let fd = syscall!(timerfd_create(
-            libc::CLOCK_MONOTONIC,
-            libc::TFD_CLOEXEC | libc::TFD_NONBLOCK
-        ))?;
-        // SAFETY: a fresh descriptor owned by nobody else.
         Ok(TimerFd {
-            fd: unsafe { OwnedFd::from_raw_fd(fd) },
+            fd: timerfd_create(
+                TimerfdClockId::Monotonic,
+                TimerfdFlags::CLOEXEC | TimerfdFlags::NONBLOCK,
+            )?,
         })
     }
 
@@ -212,38 +240,42 @@ impl TimerFd {
     /// once), replacing any earlier setting.
     pub(crate) fn set(&self, after: Duration) -> io::Result<()> {
         let after = after.max(Duration::from_nanos(1));
-        let spec = libc::itimerspec {
-            it_interval: libc::timespec { tv_sec: 0, tv_nsec: 0 },
-            it_value: libc::timespec {
-                tv_sec: after.as_secs() as libc::time_t,
-                tv_nsec: after.subsec_nanos() as libc::c_long,
+        let spec = Itimerspec {
+            it_interval: ZERO,
+            it_value: Timespec {
+                tv_sec: after.as_secs().min(i64::MAX as u64) as i64,
+                tv_nsec: i64::from(after.subsec_nanos()),
             },
         };
-        syscall!(timerfd_settime(self.fd.as_raw_fd(), 0, &spec, std::ptr::null_mut())).map(drop)
+        timerfd_settime(&self.fd, TimerfdTimerFlags::empty(), &spec)?;
+        Ok(())
     }
 
     /// Whether the timer is set to fire.
     pub(crate) fn armed(&self) -> bool {
-        // SAFETY: an all-zero itimerspec is a valid value for the kernel to
-        // overwrite.
-        let mut spec: libc::itimerspec = unsafe { std::mem::zeroed() };
-        syscall!(timerfd_gettime(self.fd.as_raw_fd(), &mut spec))
-            .is_ok_and(|_| spec.it_value.tv_sec != 0 || spec.it_value.tv_nsec != 0)
+        timerfd_gettime(&self.fd).is_ok_and(|spec| spec.it_value != ZERO)
     }
 
     /// Stops the timer and forgets an expiry not yet read.
     pub(crate) fn disarm(&self) -> io::Result<()> {
-        let spec = libc::itimerspec {
-            it_interval: libc::timespec { tv_sec: 0, tv_nsec: 0 },
-            it_value: libc::timespec { tv_sec: 0, tv_nsec: 0 },
+        let spec = Itimerspec {
+            it_interval: ZERO,
+            it_value: ZERO,
         };
-        syscall!(timerfd_settime(self.fd.as_raw_fd(), 0, &spec, std::ptr::null_mut())).map(drop)
+        timerfd_settime(&self.fd, TimerfdTimerFlags::empty(), &spec)?;
+        Ok(())
     }
 
     /// Consumes an expiry so the timer is no longer readable.
     pub(crate) fn drain(&self) {
-        let mut v: u64 = 0;
-        let _ = syscall!(read(self.fd.as_raw_fd(), (&mut v as *mut u64).cast(), 8));
+        let mut v = [0u8; 8];
+        let _ = rustix::io::read(&self.fd, &mut v);
+    }
+}
+
+impl AsFd for TimerFd {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
     }
 }
 

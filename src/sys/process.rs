@@ -7,8 +7,13 @@
 
 use std::ffi::OsStr;
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicBool, Ordering};
+
+use rustix::event::{PollFd, PollFlags, Timespec};
+use rustix::io::Errno;
+use rustix::process::{Pid, PidfdFlags, Signal, WaitId, WaitIdOptions, waitid};
+use rustix::thread::CpuSet;
 
 /// How a process ended, as the kernel reports it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -54,16 +59,31 @@ const GROUP_SIGNALS: [libc::c_int; 4] = [libc::SIGINT, libc::SIGTERM, libc::SIGH
 /// The child starts with the default disposition for those signals (the
 /// node's handlers are the node's) and with no signal blocked.
 ///
-/// # What the child may do when the parent has threads
+/// # Why this is a safe function
 ///
-/// Only the calling thread exists in the child. A lock that another thread held
-/// at the moment of the fork stays locked forever in the child, so the child
-/// must not touch any state that other threads of the parent may have been
-/// using: it builds fresh runtime state, never the parent's. glibc's `fork`
-/// resets its own allocator and stdio locks, so allocating is safe; Rust's
-/// `stdout`/`stderr` locks are taken by the caller around the fork so that no
-/// other thread holds them at that moment.
+/// `fork` in a process with threads is unsafe in general; three facts make
+/// this call sound for any `child`:
+///
+/// - Only the calling thread exists in the child. To safe code there, every
+///   other thread of the parent looks stopped forever at the instant of the
+///   fork, which is an execution safe Rust already allows: a lock such a
+///   thread held stays held, so the child can deadlock on it (the runtime's
+///   own state is built fresh in the child for that reason) but never sees
+///   memory half-written without a lock, and atomics are whole.
+/// - glibc's `fork` resets its allocator and stdio locks in the child, so
+///   allocating is safe. Rust's own `stdout`/`stderr` locks and buffers are
+///   taken and flushed here, around the fork, so no other thread holds them at
+///   that moment and nothing buffered is printed twice.
+/// - The child never unwinds or returns into the parent's stack frames: a
+///   panic is caught and both ends of `child` are `_exit`.
 pub(crate) fn fork_child(child: impl FnOnce() -> std::convert::Infallible) -> io::Result<i32> {
+    use std::io::Write;
+    // No other thread may hold the stdio locks at the fork, and nothing may sit
+    // in their buffers (the child would print it a second time).
+    let mut out = std::io::stdout().lock();
+    let mut err = std::io::stderr().lock();
+    let _ = out.flush();
+    let _ = err.flush();
     // SAFETY: sigset manipulation on local values, and pthread_sigmask on the
     // calling thread only.
     let old = unsafe {
@@ -76,9 +96,8 @@ pub(crate) fn fork_child(child: impl FnOnce() -> std::convert::Infallible) -> io
         libc::pthread_sigmask(libc::SIG_BLOCK, &set, &mut old);
         old
     };
-    // SAFETY: the child runs only `child`, which builds its own state and never
-    // returns into the parent's stack frames: a panic is caught here and both
-    // paths end in `_exit`. The caller documents the fork-safety rules above.
+    // SAFETY: see "Why this is a safe function" above: the child runs only
+    // `child` and ends in `_exit`; the stdio locks are held by this thread.
     let pid = unsafe { libc::fork() };
     match pid {
         -1 => {
@@ -125,6 +144,8 @@ pub(crate) fn fork_child(child: impl FnOnce() -> std::convert::Infallible) -> io
                     libc::raise(sig);
                 }
             }
+            drop(out);
+            drop(err);
             let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(child));
             // Only a panic can get here: the closure's type says it never returns.
             drop(outcome);
@@ -162,26 +183,19 @@ pub(crate) fn kill_self() -> ! {
 
 /// The OS pid of the calling process.
 pub(crate) fn getpid() -> i32 {
-    // SAFETY: `getpid` cannot fail and takes no arguments.
-    unsafe { libc::getpid() }
+    rustix::process::getpid().as_raw_nonzero().get()
 }
 
 /// The real user id of the calling process.
 pub(crate) fn getuid() -> u32 {
-    // SAFETY: `getuid` cannot fail and takes no arguments.
-    unsafe { libc::getuid() }
+    rustix::process::getuid().as_raw()
 }
 
 /// Opens a pidfd for `pid` (close-on-exec). Race-free only while `pid` cannot be
 /// reaped by anyone else, i.e. for a child that the caller has not waited for.
 pub(crate) fn pidfd_open(pid: i32) -> io::Result<OwnedFd> {
-    // SAFETY: plain system call with integer arguments.
-    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: the kernel returned a fresh descriptor that nothing else owns.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
+    let pid = Pid::from_raw(pid).ok_or_else(|| io::Error::from(io::ErrorKind::InvalidInput))?;
+    Ok(rustix::process::pidfd_open(pid, PidfdFlags::empty())?)
 }
 
 /// Sends `signal` to the process behind `pidfd`. Sending to a process that has
@@ -216,12 +230,9 @@ fn raw_pidfd_signal(pidfd: &OwnedFd, signal: i32, flags: libc::c_uint) -> libc::
 /// Whether the process behind `pidfd` has ended (the pidfd is readable; a
 /// zero-timeout poll).
 pub(crate) fn pidfd_ended(pidfd: &OwnedFd) -> bool {
-    let mut pfd = libc::pollfd {
-        fd: pidfd.as_raw_fd(),
-        events: libc::POLLIN,
-        revents: 0,
-    };
-    syscall!(poll(&mut pfd, 1, 0)).is_ok_and(|n| n == 1) && pfd.revents & libc::POLLIN != 0
+    let mut pfd = [PollFd::new(pidfd, PollFlags::IN)];
+    let zero = Timespec { tv_sec: 0, tv_nsec: 0 };
+    rustix::event::poll(&mut pfd, Some(&zero)).is_ok_and(|n| n == 1) && pfd[0].revents().contains(PollFlags::IN)
 }
 
 /// `PIDFD_SIGNAL_PROCESS_GROUP` (Linux 6.9+).
@@ -258,28 +269,29 @@ pub(crate) fn pidfd_signal_group(pidfd: &OwnedFd, ospid: i32, signal: i32) -> io
 /// Reaps child `pid` if it has exited (`waitid(P_PID, WNOHANG)`); whether it
 /// was reaped.
 pub(crate) fn reap_if_exited(pid: i32) -> bool {
-    // SAFETY: an all-zero siginfo_t is a valid value to pass to waitid.
-    let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
-    let waited = syscall!(waitid(
-        libc::P_PID,
-        pid as libc::id_t,
-        &mut info,
-        libc::WEXITED | libc::WNOHANG
-    ))
-    .is_ok();
-    // SAFETY: `info` was zeroed, then filled by waitid (si_pid stays 0 when
-    // nothing exited).
-    waited && unsafe { info.si_pid() } != 0
+    let Some(pid) = Pid::from_raw(pid) else {
+        return false;
+    };
+    matches!(
+        waitid(WaitId::Pid(pid), WaitIdOptions::EXITED | WaitIdOptions::NOHANG),
+        Ok(Some(_))
+    )
 }
 
 /// Sends `signal` to the process `pid` (a group for `-pid`) with kill(2)
 /// (gone already: `Ok`). The caller read `pid` an instant ago (from a
 /// cgroup's `cgroup.procs`); as with kill(1), it may have been reused since.
 pub(crate) fn kill_pid(pid: i32, signal: i32) -> io::Result<()> {
-    match syscall!(kill(pid, signal)) {
-        Ok(_) => Ok(()),
-        Err(e) if e.raw_os_error() == Some(libc::ESRCH) => Ok(()),
-        Err(e) => Err(e),
+    let sig = Signal::from_named_raw(signal).ok_or_else(|| io::Error::from(io::ErrorKind::InvalidInput))?;
+    let target = Pid::from_raw(pid.abs()).ok_or_else(|| io::Error::from(io::ErrorKind::InvalidInput))?;
+    let sent = if pid < 0 {
+        rustix::process::kill_process_group(target, sig)
+    } else {
+        rustix::process::kill_process(target, sig)
+    };
+    match sent {
+        Ok(()) | Err(Errno::SRCH) => Ok(()),
+        Err(e) => Err(e.into()),
     }
 }
 
@@ -293,38 +305,24 @@ pub(crate) fn kill_group(pgid: i32, signal: i32) -> io::Result<()> {
 ///
 /// `Ok(None)`: still running. `Err` with `ECHILD`: not a child of the caller.
 pub(crate) fn pidfd_try_wait(pidfd: &OwnedFd) -> io::Result<Option<WaitStatus>> {
-    // SAFETY: an all-zero siginfo_t is a valid value to pass to waitid.
-    let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
-    loop {
-        let r = syscall!(waitid(
-            libc::P_PIDFD,
-            pidfd.as_raw_fd() as libc::id_t,
-            &mut info,
-            libc::WEXITED | libc::WNOHANG,
-        ));
-        match r {
-            Ok(_) => break,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(e),
+    let info = loop {
+        match waitid(
+            WaitId::PidFd(pidfd.as_fd()),
+            WaitIdOptions::EXITED | WaitIdOptions::NOHANG,
+        ) {
+            Ok(info) => break info,
+            Err(Errno::INTR) => continue,
+            Err(e) => return Err(e.into()),
         }
-    }
-    // SAFETY: waitid filled `info` for a child event (or left it zeroed).
-    let pid = unsafe { info.si_pid() };
-    if pid == 0 {
-        return Ok(None);
-    }
-    // SAFETY: as above; si_status is valid for SIGCHLD siginfo.
-    let status = unsafe { info.si_status() };
-    Ok(Some(match info.si_code {
-        libc::CLD_EXITED => WaitStatus::Exited(status),
-        libc::CLD_DUMPED => WaitStatus::Signaled {
-            signal: status,
-            core_dumped: true,
+    };
+    Ok(info.map(|info| match (info.exit_status(), info.terminating_signal()) {
+        (Some(code), _) => WaitStatus::Exited(code),
+        (None, Some(signal)) => WaitStatus::Signaled {
+            signal,
+            core_dumped: info.dumped(),
         },
-        _ => WaitStatus::Signaled {
-            signal: status,
-            core_dumped: false,
-        },
+        // Only an exit is waited for: a stop or a continue cannot be reported.
+        (None, None) => unreachable!("BUG: waitid(WEXITED) reported a process that did not end"),
     }))
 }
 
@@ -393,31 +391,32 @@ pub(crate) fn pidfd_exit_info(pidfd: &OwnedFd) -> io::Result<Option<WaitStatus>>
 
 /// Makes the calling process a child subreaper (`PR_SET_CHILD_SUBREAPER`).
 pub(crate) fn set_child_subreaper() -> io::Result<()> {
-    syscall!(prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)).map(drop)
+    Ok(rustix::process::set_child_subreaper(Some(rustix::process::getpid()))?)
 }
 
 /// Sets the calling thread's name as `ps -o comm` and `top` show it
-/// (`PR_SET_NAME`, cut to 15 bytes).
+/// (`PR_SET_NAME`, cut to 15 bytes; a name with a NUL byte is cut there).
 pub(crate) fn set_thread_name(name: &str) -> io::Result<()> {
-    let mut buf = [0u8; 16];
     let bytes = name.as_bytes();
-    let n = bytes.len().min(15);
-    buf[..n].copy_from_slice(&bytes[..n]);
-    syscall!(prctl(libc::PR_SET_NAME, buf.as_ptr() as libc::c_ulong, 0, 0, 0)).map(drop)
+    let n = bytes
+        .iter()
+        .take(15)
+        .position(|&b| b == 0)
+        .unwrap_or(bytes.len().min(15));
+    let name = std::ffi::CString::new(&bytes[..n]).expect("BUG: cut before any NUL byte");
+    Ok(rustix::thread::set_name(&name)?)
 }
 
 /// Restricts the calling process to the given CPUs.
 pub(crate) fn set_affinity(cpus: &[usize]) -> io::Result<()> {
-    // SAFETY: an all-zero cpu_set_t is the empty set.
-    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    let mut set = CpuSet::new();
     for &cpu in cpus {
-        if cpu >= libc::CPU_SETSIZE as usize {
+        if cpu >= CpuSet::MAX_CPU {
             return Err(io::Error::new(io::ErrorKind::InvalidInput, "cpu index out of range"));
         }
-        // SAFETY: `cpu` was checked to be below CPU_SETSIZE.
-        unsafe { libc::CPU_SET(cpu, &mut set) };
+        set.set(cpu);
     }
-    syscall!(sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set)).map(drop)
+    Ok(rustix::thread::sched_setaffinity(None, &set)?)
 }
 
 /// The resource limits the runtime sets.
@@ -432,32 +431,30 @@ pub(crate) enum Resource {
 }
 
 impl Resource {
-    fn raw(self) -> libc::__rlimit_resource_t {
+    fn raw(self) -> rustix::process::Resource {
         match self {
-            Resource::OpenFiles => libc::RLIMIT_NOFILE,
-            Resource::CpuSeconds => libc::RLIMIT_CPU,
-            Resource::DataBytes => libc::RLIMIT_DATA,
+            Resource::OpenFiles => rustix::process::Resource::Nofile,
+            Resource::CpuSeconds => rustix::process::Resource::Cpu,
+            Resource::DataBytes => rustix::process::Resource::Data,
         }
     }
 }
 
-/// Reads the (soft, hard) limit of `resource`.
+/// Reads the (soft, hard) limit of `resource` (`None` in either: unlimited).
 pub(crate) fn get_rlimit(resource: Resource) -> io::Result<(u64, u64)> {
-    let mut lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    syscall!(getrlimit(resource.raw(), &mut lim))?;
-    Ok((lim.rlim_cur, lim.rlim_max))
+    let lim = rustix::process::getrlimit(resource.raw());
+    Ok((lim.current.unwrap_or(u64::MAX), lim.maximum.unwrap_or(u64::MAX)))
 }
 
-/// Sets the (soft, hard) limit of `resource` for the calling process.
+/// Sets the (soft, hard) limit of `resource` for the calling process
+/// (`u64::MAX`: unlimited).
 pub(crate) fn set_rlimit(resource: Resource, soft: u64, hard: u64) -> io::Result<()> {
-    let lim = libc::rlimit {
-        rlim_cur: soft,
-        rlim_max: hard,
+    let limit = |v: u64| (v != u64::MAX).then_some(v);
+    let lim = rustix::process::Rlimit {
+        current: limit(soft),
+        maximum: limit(hard),
     };
-    syscall!(setrlimit(resource.raw(), &lim)).map(drop)
+    Ok(rustix::process::setrlimit(resource.raw(), lim)?)
 }
 
 /// Spawns `cmd` with its process moved into a cgroup before it executes the

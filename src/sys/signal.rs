@@ -7,8 +7,12 @@
 //! end closes: when the node dies, however it dies, every process dies with it
 //! without needing a thread to watch.
 
+use std::ffi::CStr;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+
+use rustix::event::{PollFd, PollFlags, Timespec};
+use rustix::fs::{Mode, OFlags};
 use std::sync::atomic::{AtomicI32, Ordering};
 
 /// `F_SETSIG` (not exported by libc for every target).
@@ -42,12 +46,8 @@ extern "C" fn on_shutdown_signal(signal: libc::c_int) {
 
 /// A pipe with both ends close-on-exec; the read end is non-blocking.
 pub(crate) fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
-    let mut fds = [0 as RawFd; 2];
-    syscall!(pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC))?;
-    // SAFETY: two fresh descriptors owned by nobody else.
-    let (r, w) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
-    let flags = syscall!(fcntl(r.as_raw_fd(), libc::F_GETFL))?;
-    syscall!(fcntl(r.as_raw_fd(), libc::F_SETFL, flags | libc::O_NONBLOCK))?;
+    let (r, w) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)?;
+    rustix::io::ioctl_fionbio(&r, true)?;
     Ok((r, w))
 }
 
@@ -55,10 +55,8 @@ pub(crate) fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
 /// byte. Returns the (non-blocking) read end.
 pub(crate) fn install_shutdown_handler() -> io::Result<OwnedFd> {
     let (r, w) = pipe()?;
-    let flags = syscall!(fcntl(w.as_raw_fd(), libc::F_GETFL))?;
-    syscall!(fcntl(w.as_raw_fd(), libc::F_SETFL, flags | libc::O_NONBLOCK))?;
-    // SAFETY: getpid cannot fail.
-    NODE_PID.store(unsafe { libc::getpid() }, Ordering::Relaxed);
+    rustix::io::ioctl_fionbio(&w, true)?;
+    NODE_PID.store(super::process::getpid(), Ordering::Relaxed);
     // The write end lives for the rest of the process, owned by the handler.
     SHUTDOWN_PIPE.store(std::os::fd::IntoRawFd::into_raw_fd(w), Ordering::Relaxed);
     for sig in [libc::SIGINT, libc::SIGTERM] {
@@ -114,25 +112,17 @@ pub(crate) fn arm_death_signal(read_end: RawFd) -> io::Result<OwnedFd> {
     for i in 0..len {
         path[14 + i] = digits[len - 1 - i];
     }
-    let fd = syscall!(open(
-        path.as_ptr().cast(),
-        libc::O_RDONLY | libc::O_NONBLOCK | libc::O_CLOEXEC
-    ))?;
-    // SAFETY: a fresh descriptor owned by nobody else.
-    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-    // SAFETY: getpid cannot fail.
-    let me = unsafe { libc::getpid() };
+    let path = CStr::from_bytes_until_nul(&path).expect("BUG: the path ends in NUL");
+    let fd = rustix::fs::open(path, OFlags::RDONLY | OFlags::NONBLOCK | OFlags::CLOEXEC, Mode::empty())?;
+    let me = super::process::getpid();
+    // rustix has no F_SETOWN, F_SETSIG or O_ASYNC: plain fcntl(2) with integers.
     syscall!(fcntl(fd.as_raw_fd(), libc::F_SETOWN, me))?;
     syscall!(fcntl(fd.as_raw_fd(), F_SETSIG, libc::SIGKILL))?;
     syscall!(fcntl(fd.as_raw_fd(), libc::F_SETFL, libc::O_ASYNC | libc::O_NONBLOCK))?;
     // The node may have died before the signal was armed: check once by hand.
-    let mut pfd = libc::pollfd {
-        fd: fd.as_raw_fd(),
-        events: libc::POLLIN,
-        revents: 0,
-    };
-    syscall!(poll(&mut pfd, 1, 0))?;
-    if pfd.revents & (libc::POLLHUP | libc::POLLIN) != 0 {
+    let mut pfd = [PollFd::new(&fd, PollFlags::IN)];
+    rustix::event::poll(&mut pfd, Some(&Timespec { tv_sec: 0, tv_nsec: 0 }))?;
+    if pfd[0].revents().intersects(PollFlags::HUP | PollFlags::IN) {
         return Err(io::Error::from(io::ErrorKind::BrokenPipe));
     }
     Ok(fd)
@@ -150,6 +140,7 @@ pub(crate) fn child_signals() -> io::Result<OwnedFd> {
         libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
         set
     };
+    // rustix has no signalfd.
     let fd = syscall!(signalfd(-1, &set, libc::SFD_NONBLOCK | libc::SFD_CLOEXEC))?;
     // SAFETY: a fresh descriptor owned by nobody else.
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
@@ -158,6 +149,5 @@ pub(crate) fn child_signals() -> io::Result<OwnedFd> {
 /// Reads every pending signal from a `signalfd`.
 pub(crate) fn drain_signals(fd: &OwnedFd) {
     let mut buf = [0u8; 128 * 8];
-    // SAFETY: reads into a local buffer of the given length.
-    while unsafe { libc::read(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) } > 0 {}
+    while rustix::io::read(fd, &mut buf).is_ok_and(|n| n > 0) {}
 }

@@ -28,7 +28,7 @@ impl Inbox {
                     let token = Token::new(CONN, st.next_conn);
                     let seq = st.next_conn;
                     st.next_conn += 1;
-                    if self.epoll().add(fd.as_raw_fd(), token, Interest::Read).is_err() {
+                    if self.epoll().add(&fd, token, Interest::Read).is_err() {
                         continue;
                     }
                     st.conns.insert(

@@ -319,8 +319,8 @@ impl Inbox {
             return Ok(outer);
         }
         let outer = Epoll::new()?;
-        outer.add(self.try_io()?.epoll.as_raw_fd(), TOKEN_INNER, Interest::Read)?;
-        outer.add(self.try_io()?.bg_kick.as_raw_fd(), TOKEN_BG_KICK, Interest::Read)?;
+        outer.add(&self.try_io()?.epoll, TOKEN_INNER, Interest::Read)?;
+        outer.add(&self.try_io()?.bg_kick, TOKEN_BG_KICK, Interest::Read)?;
         let _ = self.bg_outer.set(outer);
         Ok(self.bg_outer.get().expect("BUG: just set"))
     }
@@ -337,12 +337,12 @@ impl Inbox {
                 bg_kick: EventFd::new()?,
                 timer: TimerFd::new()?,
             };
-            io.epoll.add(self.listener_fd, TOKEN_LISTENER, Interest::Read)?;
-            io.epoll.add(self.ctl_fd, TOKEN_CTL, Interest::Read)?;
-            io.epoll.add(io.kick.as_raw_fd(), TOKEN_KICK, Interest::Read)?;
-            io.epoll.add(io.timer.as_raw_fd(), TOKEN_TIMER, Interest::Read)?;
+            io.epoll.add_raw(self.listener_fd, TOKEN_LISTENER, Interest::Read)?;
+            io.epoll.add_raw(self.ctl_fd, TOKEN_CTL, Interest::Read)?;
+            io.epoll.add(&io.kick, TOKEN_KICK, Interest::Read)?;
+            io.epoll.add(&io.timer, TOKEN_TIMER, Interest::Read)?;
             if let Some(fd) = self.node_epoll {
-                io.epoll.add(fd, TOKEN_NODE, Interest::Read)?;
+                io.epoll.add_raw(fd, TOKEN_NODE, Interest::Read)?;
             }
             Ok(io)
         })();
@@ -355,7 +355,7 @@ impl Inbox {
     /// never made: then nothing was polled).
     pub(crate) fn unwatch(&self, fd: RawFd) {
         if let Some(io) = self.io.get() {
-            io.epoll.delete(fd);
+            io.epoll.delete_raw(fd);
         }
     }
 
@@ -399,7 +399,7 @@ impl Inbox {
         let mut st = self.state.lock();
         let token = Token::new(CHILD, st.next_conn);
         st.next_conn += 1;
-        self.epoll().add(pidfd.as_raw_fd(), token, Interest::Read)?;
+        self.epoll().add(&pidfd, token, Interest::Read)?;
         st.children.insert(token, (serial, pidfd));
         self.need_background();
         Ok(())
@@ -609,7 +609,7 @@ impl Inbox {
                     if st.listener_paused {
                         // Accept again (the listener reports what waits).
                         st.listener_paused = false;
-                        let _ = self.epoll().add(self.listener_fd, TOKEN_LISTENER, Interest::Read);
+                        let _ = self.epoll().add_raw(self.listener_fd, TOKEN_LISTENER, Interest::Read);
                     }
                     rt.flush_timer_fired();
                 }

@@ -116,10 +116,10 @@ impl Inbox {
         };
         let token = |pipe| Token::new(PORT, serial << 2 | pipe);
         if let Some(fd) = &port.stdout {
-            self.epoll().add(fd.as_raw_fd(), token(PORT_STDOUT), Interest::Read)?;
+            self.epoll().add(fd, token(PORT_STDOUT), Interest::Read)?;
         }
         if let Some(fd) = &port.stderr {
-            self.epoll().add(fd.as_raw_fd(), token(PORT_STDERR), Interest::Read)?;
+            self.epoll().add(fd, token(PORT_STDERR), Interest::Read)?;
         }
         self.need_background();
         Ok(())
@@ -161,7 +161,7 @@ impl Inbox {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     if !port.stdin_waiting {
                         port.stdin_waiting = true;
-                        let _ = self.epoll().add(fd.as_raw_fd(), token, Interest::Write);
+                        let _ = self.epoll().add(fd, token, Interest::Write);
                         self.need_background();
                     }
                     return;
