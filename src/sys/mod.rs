@@ -48,6 +48,7 @@
 #![allow(unsafe_code)] // This module is where the crate's unsafe code lives.
 
 /// Calls a libc function and turns a `-1` result into `io::Error::last_os_error()`.
+/// A call site that passes a pointer says why it is valid in a `// SAFETY:` line.
 macro_rules! syscall {
     ($fn: ident ( $($arg: expr),* $(,)* ) ) => {{
         #[allow(unused_unsafe)] // Some call sites are already inside an unsafe block.

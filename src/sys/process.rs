@@ -488,6 +488,7 @@ pub(crate) fn close_fds_except(keep: &[RawFd]) -> io::Result<()> {
     keep.sort_unstable();
     keep.dedup();
     let mut lo: u32 = 3;
+    // close_range takes integers only (rustix does not offer it).
     for fd in keep {
         if fd > lo {
             syscall!(close_range(lo, fd - 1, 0))?;

@@ -163,6 +163,8 @@ pub(crate) fn map_shared_area() -> io::Result<&'static SharedArea> {
         return Err(io::Error::last_os_error());
     }
     // Keep core dumps of processes small: the area is mostly untouched.
+    // SAFETY: `ptr`..`ptr + size` is the mapping made above; MADV_DONTDUMP
+    // changes no contents.
     let _ = syscall!(madvise(ptr, size, libc::MADV_DONTDUMP));
     // SAFETY: the mapping is page-aligned (more than SharedArea's alignment),
     // `size` bytes long, zero-filled by the kernel, and never unmapped, so a

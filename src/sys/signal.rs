@@ -140,7 +140,8 @@ pub(crate) fn child_signals() -> io::Result<OwnedFd> {
         libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
         set
     };
-    // rustix has no signalfd.
+    // rustix has no signalfd. SAFETY: `set` is a local, initialized sigset
+    // that the kernel only reads during the call.
     let fd = syscall!(signalfd(-1, &set, libc::SFD_NONBLOCK | libc::SFD_CLOEXEC))?;
     // SAFETY: a fresh descriptor owned by nobody else.
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
