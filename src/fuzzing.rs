@@ -86,7 +86,7 @@ pub fn port_output(data: &[u8]) {
     let pieces: Vec<&[u8]> = stream.chunks(usize::from(*chunk).max(1)).collect();
     let last = pieces.len();
     for (i, piece) in pieces.into_iter().chain(std::iter::once(&[][..])).enumerate() {
-        let (events, broken) = crate::runtime::inbox::port_cut(framing, max_packet, &mut partial, piece, i == last);
+        let (events, broken) = crate::wire::port::port_cut(framing, max_packet, &mut partial, piece, i == last);
         for e in events {
             let n = match e {
                 crate::port::PortOutput::Data(d) => d.len(),

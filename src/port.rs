@@ -37,77 +37,7 @@ use crate::wire::envelope::Registration;
 
 pub mod stdio;
 
-/// How a port's output is cut into events (and its input framed).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[non_exhaustive]
-pub enum Framing {
-    /// Chunks as they are read ([`PortOutput::Data`]); input is written as is.
-    Raw,
-    /// Lines ([`PortOutput::Line`]) of at most `max` bytes, without their
-    /// newline; a longer line comes in pieces marked `cut`. Input is written as
-    /// is ([`Port::send_line`] adds the newline).
-    Lines {
-        /// The longest line delivered in one piece.
-        max: usize,
-    },
-    /// Packets ([`PortOutput::Packet`]) with a big-endian length prefix of 1,
-    /// 2 or 4 bytes, both ways: Erlang's `{packet, N}`.
-    Packet(u8),
-}
-
-/// What happens to a port's standard error.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[non_exhaustive]
-pub enum Stderr {
-    /// Delivered as [`PortOutput::Stderr`] chunks.
-    Separate,
-    /// Merged into the standard output stream (and its framing).
-    Merge,
-    /// Logged line by line through `tracing` (at `warn` level).
-    Log,
-}
-
-/// An event from a port.
-#[derive(Debug, Clone, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum PortOutput {
-    /// A chunk of standard output ([`Framing::Raw`]).
-    Data(Vec<u8>),
-    /// A line of standard output, without its newline ([`Framing::Lines`]).
-    /// `cut` is true when the line was longer than the maximum (the rest
-    /// follows) or ended without a newline.
-    Line {
-        /// The bytes of the line.
-        data: Vec<u8>,
-        /// The line did not end here with a newline.
-        cut: bool,
-    },
-    /// A packet of standard output ([`Framing::Packet`]).
-    Packet(Vec<u8>),
-    /// A chunk of standard error ([`Stderr::Separate`]).
-    Stderr(Vec<u8>),
-    /// Standard output broke its framing (a packet over
-    /// [`PortBuilder::max_packet`], or the output ended inside a packet):
-    /// what follows it is not read. The port is ended with
-    /// `ExitReason::Error` of the same text if it still runs; a program that
-    /// had already ended keeps its own reason. The owner counts it in its
-    /// [`ProcessInfo::undecodable`](crate::ProcessInfo::undecodable).
-    Broken(String),
-    /// Standard output reached its end.
-    Eof,
-    /// The program ended (always the last event of a port).
-    Exit(ExitReason),
-}
-
-impl PortOutput {
-    /// The line's text (lossy UTF-8), for [`PortOutput::Line`].
-    pub fn text(&self) -> Option<std::borrow::Cow<'_, str>> {
-        match self {
-            PortOutput::Line { data, .. } => Some(String::from_utf8_lossy(data)),
-            _ => None,
-        }
-    }
-}
+pub use crate::wire::port::{Framing, PortOutput, Stderr};
 
 /// A port could not be started, or written to.
 #[derive(Debug, thiserror::Error)]
@@ -459,7 +389,10 @@ impl Port {
             }
             _ => data,
         };
-        self.rt.inbox.port_write(self.rt, self.pid.serial(), bytes)
+        self.rt
+            .inbox
+            .port_write(self.rt, self.pid.serial(), bytes)
+            .map_err(|_closed| PortError::Closed)
     }
 
     /// Writes `line` and a newline.
@@ -467,7 +400,10 @@ impl Port {
         let mut bytes = Vec::with_capacity(line.len() + 1);
         bytes.extend_from_slice(line.as_bytes());
         bytes.push(b'\n');
-        self.rt.inbox.port_write(self.rt, self.pid.serial(), &bytes)
+        self.rt
+            .inbox
+            .port_write(self.rt, self.pid.serial(), &bytes)
+            .map_err(|_closed| PortError::Closed)
     }
 
     /// Closes the program's standard input (after what was sent is written):

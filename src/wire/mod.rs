@@ -6,6 +6,8 @@
 //!    control protocol between a process and its node.
 //! 3. [`body`]: the layout of a message body (fingerprint, value) and of a
 //!    reply body (reference, fingerprint, value).
+//! 4. [`port`]: a port's standard output cut into records (chunks, lines,
+//!    `{packet, N}` packets), and the types that name those records.
 //!
 //! postcard is not self-describing, so every message frame carries a 64-bit
 //! fingerprint of the Rust type it was encoded from, and a message decodes only
@@ -15,6 +17,7 @@
 pub(crate) mod body;
 pub(crate) mod envelope;
 pub(crate) mod frame;
+pub(crate) mod port;
 
 pub use frame::FrameError;
 

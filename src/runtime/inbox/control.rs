@@ -7,13 +7,13 @@ use std::os::fd::AsRawFd;
 use super::{Inbox, Item, PORT_STDERR, PORT_STDOUT, SCRATCH, State, push_message};
 use crate::link::ExitSignal;
 use crate::monitor::{Down, MonitorRef};
-use crate::port::PortOutput;
 use crate::runtime::Runtime;
 use crate::sys::poll::Token;
 use crate::sys::process::pidfd_try_wait;
 use crate::sys::socket;
 use crate::wire::envelope::{ToNode, ToProcess};
 use crate::wire::frame::Kind;
+use crate::wire::port::PortOutput;
 use crate::wire::{self, decode_exact};
 
 impl Inbox {

@@ -49,8 +49,6 @@ mod ports;
 
 pub(crate) use hosted::Hosted;
 pub(crate) use ports::PortIo;
-#[cfg(any(test, feature = "fuzzing"))]
-pub(crate) use ports::port_cut;
 
 use std::collections::{HashMap, VecDeque};
 use std::io;
@@ -65,12 +63,12 @@ use crate::exit::ExitReason;
 use crate::link::ExitSignal;
 use crate::monitor::Down;
 use crate::pid::{Overflow, Pid};
-use crate::port::PortOutput;
 use crate::runtime::Runtime;
 use crate::sys::poll::{Epoll, Event, EventFd, Interest, TimerFd, Token};
 use crate::sys::shared::Slot;
 use crate::wire::envelope::NodeReply;
 use crate::wire::frame::Decoder;
+use crate::wire::port::PortOutput;
 use crate::wire::{DecodeError, decode_exact};
 
 const TOKEN_LISTENER: Token = Token::single(1);

@@ -10,11 +10,15 @@ use std::sync::atomic::Ordering;
 use super::{Inbox, Item, PORT, PORT_STDERR, PORT_STDIN, PORT_STDOUT, SCRATCH, State};
 use crate::exit::ExitReason;
 use crate::pid::Pid;
-use crate::port::{Framing, PortError, PortOutput, Stderr};
 use crate::runtime::Runtime;
 use crate::sys::poll::{Interest, Token};
 use crate::sys::socket;
 use crate::wire::envelope::ToNode;
+use crate::wire::port::{Framing, PortOutput, Stderr, port_cut};
+
+/// A port's standard input is closed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Closed;
 
 /// The pipes of a port this process owns, and their framing state.
 #[derive(Debug)]
@@ -126,11 +130,12 @@ impl Inbox {
     }
 
     /// Writes to a port's input (or queues, in order, when the pipe is full).
-    pub(crate) fn port_write(&self, rt: &Runtime, serial: u64, bytes: &[u8]) -> Result<(), PortError> {
+    /// `Err(Closed)`: the port's input is closed (or the port is gone).
+    pub(crate) fn port_write(&self, rt: &Runtime, serial: u64, bytes: &[u8]) -> Result<(), Closed> {
         let mut st = self.state.lock();
-        let port = st.ports.get_mut(&serial).ok_or(PortError::Closed)?;
+        let port = st.ports.get_mut(&serial).ok_or(Closed)?;
         if port.stdin.is_none() || port.close_input {
-            return Err(PortError::Closed);
+            return Err(Closed);
         }
         port.stdin_pending.extend_from_slice(bytes);
         self.port_flush_input(rt, &mut st, serial);
@@ -282,97 +287,6 @@ impl Inbox {
             untrappable: false,
         });
     }
-}
-
-/// Cuts fresh standard output of a port into events (`end`: the pipe ended),
-/// `partial` holding what is left of an incomplete line or packet. An error
-/// is a broken framing, after the events cut before it: the output is not
-/// read further.
-pub(crate) fn port_cut(
-    framing: Framing,
-    max_packet: usize,
-    partial: &mut Vec<u8>,
-    data: &[u8],
-    end: bool,
-) -> (Vec<PortOutput>, Result<(), String>) {
-    let mut out = Vec::new();
-    let broken = cut_into(&mut out, framing, max_packet, partial, data, end);
-    (out, broken)
-}
-
-fn cut_into(
-    out: &mut Vec<PortOutput>,
-    framing: Framing,
-    max_packet: usize,
-    partial: &mut Vec<u8>,
-    data: &[u8],
-    end: bool,
-) -> Result<(), String> {
-    match framing {
-        Framing::Raw => {
-            if !data.is_empty() {
-                out.push(PortOutput::Data(data.to_vec()));
-            }
-        }
-        Framing::Lines { max } => {
-            for &b in data {
-                if b == b'\n' {
-                    out.push(PortOutput::Line {
-                        data: std::mem::take(partial),
-                        cut: false,
-                    });
-                } else {
-                    partial.push(b);
-                    if partial.len() >= max {
-                        out.push(PortOutput::Line {
-                            data: std::mem::take(partial),
-                            cut: true,
-                        });
-                    }
-                }
-            }
-            if end && !partial.is_empty() {
-                out.push(PortOutput::Line {
-                    data: std::mem::take(partial),
-                    cut: true,
-                });
-            }
-        }
-        Framing::Packet(size) => {
-            partial.extend_from_slice(data);
-            let n = size as usize;
-            let mut at = 0;
-            while partial.len() - at >= n {
-                let p = &partial[at..];
-                let len = match n {
-                    1 => p[0] as usize,
-                    2 => u16::from_be_bytes([p[0], p[1]]) as usize,
-                    _ => u32::from_be_bytes([p[0], p[1], p[2], p[3]]) as usize,
-                };
-                if len > max_packet {
-                    partial.clear();
-                    return Err(format!(
-                        "port output broke its framing: a packet of {len} bytes is over the limit of {} bytes",
-                        max_packet
-                    ));
-                }
-                if p.len() - n < len {
-                    break;
-                }
-                out.push(PortOutput::Packet(p[n..n + len].to_vec()));
-                at += n + len;
-            }
-            partial.drain(..at);
-            if end && !partial.is_empty() {
-                let left = partial.len();
-                partial.clear();
-                return Err(format!(
-                    "port output broke its framing: it ended inside a packet ({left} bytes)"
-                ));
-            }
-        }
-    }
-    Ok(())
 }
 
 /// Handles fresh standard error of a port, as its mode says.
