@@ -161,7 +161,10 @@ impl<M: Serialize> Mailbox<M> {
         });
         if let Err(e) = self.send(request) {
             rt.inbox.forget_ref(reference);
-            rt.tell_node(&ToNode::Demonitor { reference });
+            rt.tell_node(&ToNode::Demonitor {
+                request: None,
+                reference,
+            });
             return Err(CallError::Send(e.kind().clone()));
         }
         let got = rt.inbox.pump(rt, Some(deadline), |st| {
@@ -174,12 +177,18 @@ impl<M: Serialize> Mailbox<M> {
         rt.inbox.forget_ref(reference);
         match got {
             Some(Ok((fp, body))) => {
-                rt.tell_node(&ToNode::Demonitor { reference });
+                rt.tell_node(&ToNode::Demonitor {
+                    request: None,
+                    reference,
+                });
                 decode_message::<R>(fp, &body).map_err(CallError::Decode)
             }
             Some(Err(reason)) => Err(CallError::Exited(reason)),
             None => {
-                rt.tell_node(&ToNode::Demonitor { reference });
+                rt.tell_node(&ToNode::Demonitor {
+                    request: None,
+                    reference,
+                });
                 Err(CallError::Timeout)
             }
         }
@@ -343,7 +352,17 @@ fn deadline_of(timeout: Duration) -> Option<Instant> {
 
 impl<M> Ctx<M> {
     pub(crate) fn new(rt: &'static Runtime) -> Ctx<M> {
+        rt.inbox.lock().add_view(crate::wire::fingerprint::<M>());
         Ctx { rt, _m: PhantomData }
+    }
+
+    /// Another typed view of this process's mailbox, receiving messages of
+    /// type `N`. Each view takes only its own type: a message of another
+    /// view's type stays queued for that view, and only a message that no
+    /// view of this process can decode is an [`Event::Undecodable`] (to
+    /// whichever view receives events first).
+    pub fn view<N>(&self) -> Ctx<N> {
+        Ctx::new(self.rt)
     }
 
     /// This process's id.
@@ -373,8 +392,15 @@ impl<M> Ctx<M> {
         crate::monitor::monitor(self.rt, target.into())
     }
 
-    /// Removes a monitor; a `Down` already queued for it is removed too.
-    pub fn demonitor(&self, reference: MonitorRef) {
+    /// Removes a monitor: no [`Down`](crate::Down) for it is received after this returns,
+    /// as Erlang's `demonitor(Ref, [flush])` promises (one already on its
+    /// way or queued is removed).
+    ///
+    /// Returns whether the monitor was still in place, as `[flush, info]`
+    /// does: `false` when the monitored process had already ended (its
+    /// `Down` was sent, and is now removed) or `reference` is not a monitor
+    /// of this process.
+    pub fn demonitor(&self, reference: MonitorRef) -> bool {
         crate::monitor::demonitor(self.rt, reference)
     }
 
@@ -524,9 +550,10 @@ pub(crate) fn next_message<M: DeserializeOwned>(
     st.take_message(pred, |e| count_undecodable(rt, &e))
 }
 
-/// Takes the first item, whatever it is.
+/// Takes the first item for a view of `M`: a signal, a message of type `M`,
+/// or one that no view of this process can decode.
 fn next_event<M: DeserializeOwned>(rt: &Runtime, st: &mut State) -> Option<Event<M>> {
-    Some(event_of(rt, st.take_first(|_| true)?))
+    Some(event_of(rt, st.take_event(crate::wire::fingerprint::<M>())?))
 }
 
 /// The event an item of the mailbox is, as `M`.

@@ -8,7 +8,7 @@ use crate::exit::ExitReason;
 use crate::pid::Pid;
 use crate::runtime::Runtime;
 use crate::runtime::inbox::Item;
-use crate::wire::envelope::ToNode;
+use crate::wire::envelope::{NodeReply, ToNode};
 
 /// The reference of one monitor. Each `monitor` call gets its own, and its own
 /// `Down`.
@@ -62,12 +62,18 @@ pub(crate) fn monitor(rt: &Runtime, target: Pid) -> MonitorRef {
     MonitorRef::new(rt.sender().serial(), reference)
 }
 
-/// Removes a monitor, and its `Down` if one is already queued.
-pub(crate) fn demonitor(rt: &Runtime, reference: MonitorRef) {
-    rt.tell_node(&ToNode::Demonitor {
+/// Removes a monitor; no `Down` for it is received after this returns (one
+/// already on its way is removed). Whether the monitor was still in place:
+/// `false` when its `Down` had been sent (and is now removed), or the
+/// reference is not a monitor of this process.
+pub(crate) fn demonitor(rt: &'static Runtime, reference: MonitorRef) -> bool {
+    let answer = rt.ask_node_in_order(|request| ToNode::Demonitor {
+        request: Some(request),
         reference: reference.id(),
     });
+    // Every Down the node sent before its answer is queued now.
     rt.inbox
         .lock()
         .take_first(|it| matches!(it, Item::Down(d) if d.reference == reference));
+    matches!(answer, Some(NodeReply::Demonitored(true)))
 }

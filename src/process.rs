@@ -457,6 +457,7 @@ impl<T, M> Drop for JoinHandle<T, M> {
         if !self.finished {
             self.rt.inbox.forget_ref(self.reference);
             self.rt.tell_node(&ToNode::Demonitor {
+                request: None,
                 reference: self.reference,
             });
         }

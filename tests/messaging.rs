@@ -29,6 +29,14 @@ fn main() {
             ("large_messages_arrive_intact", large_messages_arrive_intact),
             ("oversized_message_is_a_send_error", oversized_message_is_a_send_error),
             ("wrong_type_is_an_event_not_a_value", wrong_type_is_an_event_not_a_value),
+            (
+                "typed_views_keep_each_others_messages",
+                typed_views_keep_each_others_messages,
+            ),
+            (
+                "a_process_receives_through_two_views",
+                a_process_receives_through_two_views,
+            ),
             ("mailboxes_travel_inside_messages", mailboxes_travel_inside_messages),
             ("send_to_a_dead_process_is_dropped", send_to_a_dead_process_is_dropped),
             (
@@ -286,6 +294,61 @@ fn wrong_type_is_an_event_not_a_value() {
     assert!(me.recv_timeout(PATIENCE).unwrap().starts_with("Undecodable(WrongType"));
     assert_eq!(me.recv_timeout(PATIENCE).unwrap(), "Message(\"right\")");
     assert!(util::wait_until(PATIENCE, || node().processes().is_empty()));
+}
+
+/// A type no view in this test binary receives.
+#[derive(Debug, Serialize, Deserialize)]
+struct Stray(u8);
+
+fn typed_views_keep_each_others_messages() {
+    let numbers = node().ctx::<u64>();
+    let texts = node().ctx::<String>();
+    let undecodable = || converge::process_info(node().pid()).unwrap().undecodable;
+    let undecodable_before = undecodable();
+    texts.mailbox().send("first".into()).unwrap();
+    Mailbox::<Stray>::from_pid(numbers.pid()).send(Stray(1)).unwrap();
+    numbers.mailbox().send(7).unwrap();
+    // The number view passes over the text (another view's) and takes its own.
+    assert_eq!(numbers.recv_timeout(PATIENCE).unwrap(), 7);
+    // The text waited for its view.
+    assert_eq!(texts.recv_timeout(PATIENCE).unwrap(), "first");
+    // The stray, which no view decodes, was dropped on the way and counted.
+    assert_eq!(undecodable(), undecodable_before + 1);
+    assert!(matches!(texts.try_recv_event(), Err(TryRecvError::Empty)));
+    // Received as events, a stray is an event once; another view's message
+    // stays for that view.
+    Mailbox::<Stray>::from_pid(numbers.pid()).send(Stray(2)).unwrap();
+    texts.mailbox().send("second".into()).unwrap();
+    numbers.mailbox().send(8).unwrap();
+    let deadline = Instant::now() + PATIENCE;
+    let first = loop {
+        match numbers.try_recv_event() {
+            Err(TryRecvError::Empty) if Instant::now() < deadline => std::thread::yield_now(),
+            other => break other,
+        }
+    };
+    assert!(matches!(first, Ok(Event::Undecodable(_))), "{first:?}");
+    assert!(matches!(numbers.recv_event_timeout(PATIENCE), Ok(Event::Message(8))));
+    assert_eq!(texts.recv_timeout(PATIENCE).unwrap(), "second");
+    assert_eq!(undecodable(), undecodable_before + 2);
+}
+
+fn a_process_receives_through_two_views() {
+    let me = node().ctx::<String>();
+    let back = me.mailbox();
+    let p = converge::spawn(move |numbers: Ctx<u64>| {
+        let texts = numbers.view::<String>();
+        back.send("ready".into()).unwrap();
+        // Both arrive before either view receives.
+        let text = texts.recv_timeout(PATIENCE).unwrap();
+        let number = numbers.recv_timeout(PATIENCE).unwrap();
+        back.send(format!("{text} {number}")).unwrap();
+    })
+    .unwrap();
+    assert_eq!(me.recv_timeout(PATIENCE).unwrap(), "ready");
+    p.send(42).unwrap();
+    Mailbox::<String>::from_pid(p.pid()).send("answer".into()).unwrap();
+    assert_eq!(me.recv_timeout(PATIENCE).unwrap(), "answer 42");
 }
 
 fn mailboxes_travel_inside_messages() {

@@ -15,6 +15,18 @@ fn main() {
                 monitoring_a_dead_process_is_noproc_at_once,
             ),
             ("demonitor_removes_the_down", demonitor_removes_the_down),
+            (
+                "no_down_after_demonitor_on_the_main_thread",
+                no_down_after_demonitor_on_the_main_thread,
+            ),
+            (
+                "no_down_after_demonitor_in_a_process",
+                no_down_after_demonitor_in_a_process,
+            ),
+            (
+                "demonitor_of_many_right_after_a_kill_flushes_them_all",
+                demonitor_of_many_right_after_a_kill_flushes_them_all,
+            ),
             ("monitors_are_one_way", monitors_are_one_way),
             ("processes_monitor_each_other", processes_monitor_each_other),
             (
@@ -66,6 +78,115 @@ fn demonitor_removes_the_down() {
     // r2's Down came after the kill; a Down for r1 would be queued by now.
     let me = node().ctx::<()>();
     assert!(matches!(me.try_recv_event(), Err(converge::TryRecvError::Empty)));
+}
+
+/// Waits (bounded) until the node no longer knows `p`: its `Down`s are sent.
+fn wait_gone(p: converge::Pid) {
+    let deadline = std::time::Instant::now() + PATIENCE;
+    while converge::process_info(p).is_some() {
+        assert!(std::time::Instant::now() < deadline, "{p} never ended");
+        std::thread::yield_now();
+    }
+}
+
+/// After `demonitor` returns, no `Down` for its reference is received:
+/// checked behind a barrier, the `NoProc` of a fresh monitor of a dead
+/// process, which the node sends after anything it sent before.
+fn assert_no_down_after(ctx: &Ctx<()>, r: converge::MonitorRef, dead: converge::Pid) -> Result<(), String> {
+    let barrier = ctx.monitor(dead);
+    ctx.recv_down_timeout(barrier, PATIENCE)
+        .map_err(|e| format!("no barrier Down: {e:?}"))?;
+    match ctx.recv_down_timeout(r, std::time::Duration::ZERO) {
+        Ok(d) => Err(format!("a Down after demonitor returned: {d:?}")),
+        Err(_) => Ok(()),
+    }
+}
+
+/// Erlang's `demonitor(Ref, [flush, info])`: whether the Down was sent
+/// already (the process is gone) or not, none is received after it returns,
+/// and the answer says which.
+fn no_down_after_demonitor_on_the_main_thread() {
+    let me = node().ctx::<()>();
+    let (mut active, mut flushed) = (0, 0);
+    for i in 0..200 {
+        let p = converge::spawn(idle).unwrap();
+        let r = me.monitor(p);
+        p.kill();
+        // Half the time the Down is surely sent (the node forgot the process);
+        // else the demonitor races the exit.
+        if i % 2 == 0 {
+            wait_gone(p.pid());
+        }
+        let was_active = me.demonitor(r);
+        if i % 2 == 0 {
+            assert!(!was_active, "round {i}: the monitor of a process gone was still active");
+        }
+        if was_active {
+            active += 1
+        } else {
+            flushed += 1
+        }
+        assert_no_down_after(&me, r, p.pid()).unwrap();
+    }
+    assert!(flushed >= 100, "{flushed} Downs flushed, {active} monitors removed");
+    // A monitor of a live process is active when removed.
+    let p = converge::spawn(idle).unwrap();
+    let r = me.monitor(p);
+    assert!(me.demonitor(r));
+    assert!(!me.demonitor(r), "a second demonitor finds nothing");
+    p.kill();
+}
+
+fn no_down_after_demonitor_in_a_process() {
+    let me = node().ctx::<String>();
+    let back = me.mailbox();
+    let (_w, rw) = converge::spawn_monitor(move |ctx: Ctx<()>| {
+        for i in 0..100 {
+            let p = converge::spawn(idle).unwrap();
+            let r = ctx.monitor(p);
+            p.kill();
+            if i % 2 == 0 {
+                wait_gone(p.pid());
+            }
+            let was_active = ctx.demonitor(r);
+            if i % 2 == 0 && was_active {
+                back.send(format!("round {i}: still active")).unwrap();
+                return;
+            }
+            if let Err(e) = assert_no_down_after(&ctx, r, p.pid()) {
+                back.send(format!("round {i}: {e}")).unwrap();
+                return;
+            }
+        }
+        back.send("ok".into()).unwrap();
+    })
+    .unwrap();
+    assert_eq!(me.recv_timeout(PATIENCE * 4).unwrap(), "ok");
+    node().ctx::<()>().recv_down_timeout(rw, PATIENCE).unwrap();
+}
+
+/// 100 monitors of processes killed an instant before are removed: no Down
+/// of any of them is received.
+fn demonitor_of_many_right_after_a_kill_flushes_them_all() {
+    let me = node().ctx::<()>();
+    for _round in 0..5 {
+        let procs: Vec<_> = (0..20).map(|_| converge::spawn(idle).unwrap()).collect();
+        let refs: Vec<_> = procs
+            .iter()
+            .flat_map(|&p| (0..5).map(move |_| (p, node().ctx::<()>().monitor(p))))
+            .collect();
+        for p in &procs {
+            p.kill();
+        }
+        for &(_, r) in &refs {
+            me.demonitor(r);
+        }
+        for &(p, r) in &refs {
+            assert_no_down_after(&me, r, p.pid()).unwrap();
+        }
+        // Nothing else is left behind either.
+        assert!(matches!(me.try_recv_event(), Err(converge::TryRecvError::Empty)));
+    }
 }
 
 fn monitors_are_one_way() {

@@ -611,6 +611,16 @@ impl Control {
         reply
     }
 
+    /// [`local_request`](Self::local_request), answered on the main thread's
+    /// control connection after what the node sent it before.
+    pub(crate) fn local_request_in_order(&mut self, from: u64, msg: ToNode) {
+        if let Some(serial) = self.table.awaits(&msg) {
+            self.apply_registration_of(serial, None);
+        }
+        self.table.local_request_in_order(from, msg);
+        self.run();
+    }
+
     /// Registers a runtime-internal process (the main thread, the zygote).
     pub(crate) fn add_internal(
         &mut self,

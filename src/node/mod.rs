@@ -633,6 +633,10 @@ impl LocalNode for NodeShared {
         self.local_request(from, msg)
     }
 
+    fn request_in_order(&self, from: u64, msg: ToNode) {
+        self.control.lock().local_request_in_order(from, msg);
+    }
+
     fn register(&self, reg: Registration, ctl: OwnedFd, pidfd_follows: bool) -> std::io::Result<()> {
         self.control.lock().register_local(reg, ctl, pidfd_follows)
     }

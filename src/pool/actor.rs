@@ -127,9 +127,12 @@ impl<M> ActorCtx<'_, M> {
         crate::monitor::monitor(self.rt, target.into())
     }
 
-    /// Removes a monitor, and its `Down` if it is already queued.
-    pub fn demonitor(&mut self, reference: MonitorRef) {
-        self.rt.tell_node(&ToNode::Demonitor {
+    /// Removes a monitor: no `Down` for it comes after this returns (one
+    /// already on its way is removed). Whether the monitor was still in
+    /// place, as [`Ctx::demonitor`](crate::Ctx::demonitor) says.
+    pub fn demonitor(&mut self, reference: MonitorRef) -> bool {
+        let answer = self.rt.ask_node_in_order(|request| ToNode::Demonitor {
+            request: Some(request),
             reference: reference.id(),
         });
         let mut st = self.rt.inbox.lock();
@@ -137,6 +140,7 @@ impl<M> ActorCtx<'_, M> {
             q.items
                 .retain(|it| !matches!(it, Item::Down(d) if d.reference == reference));
         }
+        matches!(answer, Some(crate::wire::envelope::NodeReply::Demonitored(true)))
     }
 
     /// Links this actor with `target`; fails if `target` does not exist.

@@ -97,6 +97,9 @@ impl PoolSettings {
 pub(crate) trait LocalNode: Sync + std::fmt::Debug {
     /// A request of the main thread (`from`), answered directly.
     fn request(&self, from: u64, msg: ToNode) -> Option<NodeReply>;
+    /// A request of the main thread (`from`), answered on its control
+    /// connection after every frame the node sent it before.
+    fn request_in_order(&self, from: u64, msg: ToNode);
     /// Registers a process about to be forked (or asked of the zygote),
     /// whose control connection is `ctl`; `pidfd_follows`: the spawner
     /// attaches its pidfd after the fork.
@@ -404,16 +407,31 @@ impl Runtime {
     /// Sends a request to the node and waits for its answer (`None` if the
     /// node is gone).
     pub(crate) fn ask_node(&'static self, make: impl FnOnce(u64) -> ToNode) -> Option<NodeReply> {
+        self.ask(make, false)
+    }
+
+    /// [`ask_node`](Self::ask_node), returning only once every control frame
+    /// the node sent this process before its answer is in the queue (in the
+    /// main thread too, whose requests are otherwise answered directly).
+    pub(crate) fn ask_node_in_order(&'static self, make: impl FnOnce(u64) -> ToNode) -> Option<NodeReply> {
+        self.ask(make, true)
+    }
+
+    fn ask(&'static self, make: impl FnOnce(u64) -> ToNode, in_order: bool) -> Option<NodeReply> {
         let request = self.next_ref();
         let mut msg = make(request);
         if let Some(actor) = acting() {
             msg = ToNode::for_actor(actor.serial(), &msg);
         }
-        if let Some(node) = self.node {
-            return node.request(self.me.serial(), msg);
-        }
         self.inbox.await_ref(request);
-        self.tell_node_raw(&msg);
+        match self.node {
+            Some(node) if !in_order => {
+                self.inbox.forget_ref(request);
+                return node.request(self.me.serial(), msg);
+            }
+            Some(node) => node.request_in_order(self.me.serial(), msg),
+            None => self.tell_node_raw(&msg),
+        }
         let reply = self.inbox.pump(self, None, |st| {
             st.awaited.get_mut(&request).and_then(|a| a.node.take())
         });

@@ -121,8 +121,11 @@ pub(crate) enum ToNode {
         /// The monitored process.
         target: Pid,
     },
-    /// Remove a monitor the sender placed.
+    /// Remove a monitor the sender placed. With a request id, answered with
+    /// `Demonitored` after every `Down` the node sent before it.
     Demonitor {
+        /// Where the answer goes, when one is wanted.
+        request: Option<u64>,
         /// The reference given to `Monitor`.
         reference: u64,
     },
@@ -319,4 +322,7 @@ pub(crate) enum NodeReply {
     Pid(Option<Pid>),
     /// The result of `Info`.
     Info(Option<ProcessInfo>),
+    /// The result of `Demonitor`: whether the monitor was still in place
+    /// (no `Down` had been sent for it).
+    Demonitored(bool),
 }

@@ -78,6 +78,15 @@ impl<S: System> Table<S> {
         self.request(from, msg).map(|(_, r)| r)
     }
 
+    /// A request from the node's main thread whose answer must come after
+    /// what the node already sent it: answered on its control connection, as
+    /// a process's request is.
+    pub(crate) fn local_request_in_order(&mut self, from: u64, msg: ToNode) {
+        if let Some((request, reply)) = self.request(from, msg) {
+            self.send_to(from, ToProcess::Reply { request, reply });
+        }
+    }
+
     /// Handles a request from `from`; returns (request id, answer) when the
     /// request expects one.
     fn request(&mut self, from: u64, msg: ToNode) -> Option<(u64, NodeReply)> {
@@ -141,14 +150,17 @@ impl<S: System> Table<S> {
                 }
                 None
             }
-            ToNode::Demonitor { reference } => {
+            ToNode::Demonitor { request, reference } => {
                 let target = self.procs.get_mut(&from).and_then(|p| p.watching.remove(&reference));
+                let mut active = false;
                 if let Some(t) = target
                     && let Some(p) = self.procs.get_mut(&t)
                 {
+                    let before = p.monitors.len();
                     p.monitors.retain(|m| !(m.watcher == from && m.reference == reference));
+                    active = p.monitors.len() < before;
                 }
-                None
+                request.map(|request| (request, NodeReply::Demonitored(active)))
             }
             ToNode::TrapExits { request, on } => {
                 if from != MAIN_SERIAL

@@ -290,7 +290,13 @@ fn demonitor_stops_the_down() {
     let mut t = table();
     start(&mut t, reg(3, MAIN_SERIAL));
     monitor(&mut t, MAIN_SERIAL, 3, 5);
-    t.local_request(MAIN_SERIAL, ToNode::Demonitor { reference: 5 });
+    t.local_request(
+        MAIN_SERIAL,
+        ToNode::Demonitor {
+            request: None,
+            reference: 5,
+        },
+    );
     end(&mut t, 3, signaled(SIGKILL));
     assert!(downs(&t, MAIN_CONN).is_empty());
 }

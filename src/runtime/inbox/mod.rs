@@ -169,6 +169,9 @@ pub(crate) struct State {
     queue: VecDeque<Item>,
     /// Messages (not signals) in `queue`, for the bound.
     messages: usize,
+    /// The type fingerprints of the typed views ([`Ctx`](crate::Ctx)) made
+    /// in this process: a message of one of them waits for its own view.
+    views: Vec<u64>,
     /// References the runtime waits on.
     pub(crate) awaited: HashMap<u64, Awaited>,
     /// The process's listening socket.
@@ -267,6 +270,7 @@ impl Inbox {
             state: Mutex::new(State {
                 queue: VecDeque::new(),
                 messages: 0,
+                views: Vec::new(),
                 awaited: HashMap::new(),
                 listener,
                 conns: HashMap::new(),
@@ -691,16 +695,41 @@ impl State {
         self.take(i)
     }
 
+    /// Notes that a typed view of type fingerprint `fp` exists in this process.
+    pub(crate) fn add_view(&mut self, fp: u64) {
+        if !self.views.contains(&fp) {
+            self.views.push(fp);
+        }
+    }
+
+    /// Whether `item` is a message for a view of another type than `want`.
+    fn for_another_view(&self, item: &Item, want: u64) -> bool {
+        matches!(item, Item::Msg { fp, .. } if *fp != want && self.views.contains(fp))
+    }
+
+    /// Removes the first item for a view of type fingerprint `want`: a
+    /// signal, a message of that type, or a message no view can decode.
+    pub(crate) fn take_event(&mut self, want: u64) -> Option<Item> {
+        let i = self.queue.iter().position(|it| !self.for_another_view(it, want))?;
+        self.take(i)
+    }
+
     /// Removes the first message that decodes as `M` and that `pred`
-    /// accepts; a message that does not decode as `M` is removed on the way
-    /// and handed to `undecodable`.
+    /// accepts. A message of another view's type stays queued for it; one
+    /// that no view can decode is removed on the way and handed to
+    /// `undecodable`.
     pub(crate) fn take_message<M: serde::de::DeserializeOwned>(
         &mut self,
         mut pred: impl FnMut(&M) -> bool,
         mut undecodable: impl FnMut(DecodeError),
     ) -> Option<M> {
+        let want = crate::wire::fingerprint::<M>();
         let mut i = 0;
         while i < self.queue.len() {
+            if self.for_another_view(&self.queue[i], want) {
+                i += 1;
+                continue;
+            }
             let Item::Msg { fp, body } = &self.queue[i] else {
                 i += 1;
                 continue;
