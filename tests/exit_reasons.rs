@@ -35,6 +35,10 @@ fn main() {
             ("orphan_reasons_are_exact", orphan_reasons_are_exact),
             ("spawn_fn_reasons_are_exact", spawn_fn_reasons_are_exact),
             ("cpu_time_limit_is_cpu_limit", cpu_time_limit_is_cpu_limit),
+            (
+                "last_words_that_cannot_be_sent_are_not_normal",
+                last_words_that_cannot_be_sent_are_not_normal,
+            ),
         ],
         &[],
     )
@@ -361,4 +365,38 @@ fn cpu_time_limit_is_cpu_limit() {
         node().ctx::<()>().recv_down_timeout(r, PATIENCE).unwrap().reason,
         ExitReason::CpuLimit
     );
+}
+
+/// Closes every descriptor from 3 up, as daemonizing or hostile code does:
+/// the process's connections to the node are gone.
+fn close_every_descriptor() {
+    // SAFETY: close_range takes integers only; nothing of the test uses a
+    // descriptor of this process after it.
+    let r = unsafe { libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0u32) };
+    assert_eq!(r, 0, "close_range failed");
+}
+
+/// An abnormal end whose last words cannot reach the node still ends
+/// abnormally: the exit code says so (`Code(n)`), never `Normal`.
+fn last_words_that_cannot_be_sent_are_not_normal() {
+    let r = exit_reason(|_: Ctx<()>| -> Result<(), String> {
+        close_every_descriptor();
+        Err("no one hears this".into())
+    });
+    assert_eq!(r, ExitReason::Code(1));
+    let r = exit_reason(|_: Ctx<()>| -> () {
+        close_every_descriptor();
+        panic!("nor this");
+    });
+    assert_eq!(r, ExitReason::Code(101));
+    let r = exit_reason(|_: Ctx<()>| ExitReason::Code(7));
+    assert_eq!(r, ExitReason::Code(7));
+    let r = exit_reason(|_: Ctx<()>| {
+        close_every_descriptor();
+        ExitReason::Code(7)
+    });
+    assert_eq!(r, ExitReason::Code(7));
+    // A normal end needs no words.
+    let r = exit_reason(|_: Ctx<()>| close_every_descriptor());
+    assert_eq!(r, ExitReason::Normal);
 }

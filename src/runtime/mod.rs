@@ -370,8 +370,9 @@ impl Runtime {
         }
     }
 
-    /// Sends a control frame to the node and does not wait for an answer.
-    pub(crate) fn tell_node(&self, msg: &ToNode) {
+    /// Sends a control frame to the node and does not wait for an answer;
+    /// whether it was written.
+    pub(crate) fn tell_node(&self, msg: &ToNode) -> bool {
         if let Some(actor) = acting() {
             return self.tell_node_raw(&ToNode::for_actor(actor.serial(), msg));
         }
@@ -379,16 +380,21 @@ impl Runtime {
     }
 
     /// Sends a control frame to the node as this process (never as an actor).
-    pub(crate) fn tell_node_raw(&self, msg: &ToNode) {
+    /// Whether it was written.
+    pub(crate) fn tell_node_raw(&self, msg: &ToNode) -> bool {
         if let Some(node) = self.node {
             node.request(self.me.serial(), msg.clone());
-            return;
+            return true;
         }
         let mut buf = self.ctl_write.lock();
         buf.clear();
         frame::push(&mut buf, Kind::Ctl, msg).expect("BUG: control frames always encode");
-        if let Err(e) = socket::send_all(&self.ctl, &buf, None) {
-            tracing::debug!("control connection to the node failed: {e}");
+        match socket::send_all(&self.ctl, &buf, None) {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::debug!("control connection to the node failed: {e}");
+                false
+            }
         }
     }
 
@@ -430,7 +436,9 @@ impl Runtime {
                 return node.request(self.me.serial(), msg);
             }
             Some(node) => node.request_in_order(self.me.serial(), msg),
-            None => self.tell_node_raw(&msg),
+            None => {
+                self.tell_node_raw(&msg);
+            }
         }
         let reply = self.inbox.pump(self, None, |st| {
             st.awaited.get_mut(&request).and_then(|a| a.node.take())
@@ -527,9 +535,20 @@ impl Runtime {
         self.outbox.flush_blocking(Instant::now() + self.settings.exit_flush);
         // Exit status 0 without last words already means Normal: the common
         // end costs no message (and wakes no one but the exit watcher).
-        if !reason.is_normal() {
-            self.tell_node(&ToNode::LastWords { reason });
+        if reason.is_normal() {
+            exit_now(0)
         }
-        exit_now(0)
+        // Last words that cannot be written (the process closed its control
+        // connection, or the node is gone) must not read as Normal: the exit
+        // code says "abnormal" at least (`Code(n)` at the node).
+        let fallback = match reason {
+            ExitReason::Code(n) if n != 0 => n,
+            ExitReason::Panic(_) => 101,
+            _ => 1,
+        };
+        if self.tell_node(&ToNode::LastWords { reason }) {
+            exit_now(0)
+        }
+        exit_now(fallback)
     }
 }
