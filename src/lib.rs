@@ -127,7 +127,7 @@ pub use error::{
 };
 pub use exit::{ExitReason, IntoExitReason};
 pub use link::ExitSignal;
-pub use mailbox::{Ctx, Event, Mailbox, ReplyTo};
+pub use mailbox::{Ctx, Event, Mailbox, QueueInfo, ReplyTo, TypeCount};
 pub use monitor::{Down, MonitorRef};
 pub use node::{Config, Node, NodeStats, init};
 

@@ -96,7 +96,7 @@ impl<M: Serialize> Mailbox<M> {
             return Err(TrySendError::Failed(SendError::new(msg, SendErrorKind::NotInitialized)));
         };
         match rt.send_message(self.pid, &msg, try_only) {
-            Ok(Sent::Queued) | Ok(Sent::Dropped) => Ok(()),
+            Ok(Sent::Queued(_)) | Ok(Sent::Dropped) => Ok(()),
             Ok(Sent::Full) => Err(TrySendError::Full(msg)),
             Err(BuildError::TooLarge(size)) => Err(TrySendError::Failed(SendError::new(
                 msg,
@@ -340,6 +340,37 @@ pub struct Ctx<M> {
     _m: PhantomData<fn() -> M>,
 }
 
+/// What waits in a process's queue ([`Ctx::queue_info`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct QueueInfo {
+    /// Messages and signals.
+    pub len: usize,
+    /// Messages among them.
+    pub messages: usize,
+    /// The messages' bytes (their encoded size).
+    pub bytes: usize,
+    /// Signals among them (`Down`s, exit signals, port events).
+    pub signals: usize,
+    /// The messages by type, in order of first arrival.
+    pub by_type: Vec<TypeCount>,
+}
+
+/// Waiting messages of one type.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct TypeCount {
+    /// The type's name, when a view of this process receives it (else the
+    /// message is one no view decodes).
+    pub type_name: Option<&'static str>,
+    /// The type's fingerprint, as the message carries it.
+    pub fingerprint: u64,
+    /// How many.
+    pub count: usize,
+    /// Their bytes.
+    pub bytes: usize,
+}
+
 impl<M> fmt::Debug for Ctx<M> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "Ctx({})", self.rt.pid())
@@ -352,7 +383,9 @@ fn deadline_of(timeout: Duration) -> Option<Instant> {
 
 impl<M> Ctx<M> {
     pub(crate) fn new(rt: &'static Runtime) -> Ctx<M> {
-        rt.inbox.lock().add_view(crate::wire::fingerprint::<M>());
+        rt.inbox
+            .lock()
+            .add_view(crate::wire::fingerprint::<M>(), std::any::type_name::<M>());
         Ctx { rt, _m: PhantomData }
     }
 
@@ -368,6 +401,15 @@ impl<M> Ctx<M> {
     /// This process's id.
     pub fn pid(&self) -> Pid {
         self.rt.pid()
+    }
+
+    /// What waits in this process's queue, by message type: Erlang's
+    /// `process_info(self(), messages)`, summarized for debugging. Reads
+    /// what has arrived first. Another process's count and bytes are in
+    /// [`ProcessInfo`](crate::ProcessInfo).
+    pub fn queue_info(&self) -> QueueInfo {
+        let _ = self.rt.inbox.pump(self.rt, Some(Instant::now()), |_| None::<()>);
+        self.rt.inbox.lock().summary()
     }
 
     /// This process's own mailbox.

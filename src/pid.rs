@@ -145,8 +145,12 @@ pub struct ProcessInfo {
     pub parent: Option<Pid>,
     /// What it is doing.
     pub state: ProcessState,
-    /// Messages and signals waiting in its mailbox.
+    /// Messages and signals waiting for it, as Erlang's
+    /// `message_queue_len`: those in its queue and those sent to it that it
+    /// has not read yet (counted as they are sent and as they are taken).
     pub queue_len: u64,
+    /// The bytes of the messages among them (their encoded size).
+    pub queue_bytes: u64,
     /// Resident memory, in bytes.
     pub memory: Option<u64>,
     /// Messages dropped because its bounded mailbox was full.

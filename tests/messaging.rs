@@ -26,6 +26,14 @@ fn main() {
                 down_comes_after_the_senders_messages,
             ),
             ("queue_length_is_readable", queue_length_is_readable),
+            (
+                "queue_length_counts_what_was_not_read_yet",
+                queue_length_counts_what_was_not_read_yet,
+            ),
+            (
+                "queue_info_shows_waiting_messages_by_type",
+                queue_info_shows_waiting_messages_by_type,
+            ),
             ("large_messages_arrive_intact", large_messages_arrive_intact),
             ("oversized_message_is_a_send_error", oversized_message_is_a_send_error),
             ("wrong_type_is_an_event_not_a_value", wrong_type_is_an_event_not_a_value),
@@ -230,6 +238,86 @@ fn queue_length_is_readable() {
     node().ctx::<()>().recv_down_timeout(r, PATIENCE).unwrap();
 }
 
+/// Erlang's `message_queue_len` of another process: counted as messages are
+/// sent (before the receiver reads them) and as they are taken.
+fn queue_length_counts_what_was_not_read_yet() {
+    let me = node().ctx::<String>();
+    let back = me.mailbox();
+    let (p, r) = converge::spawn_monitor(move |ctx: Ctx<Vec<u8>>| {
+        // Receive nothing until told (the signal is a message of another type).
+        let go = ctx.view::<String>();
+        back.send("ready".into()).unwrap();
+        assert_eq!(go.recv_timeout(PATIENCE).unwrap(), "go");
+        for _ in 0..5 {
+            ctx.recv_timeout(PATIENCE).unwrap();
+        }
+        back.send("took 5".into()).unwrap();
+        let _ = go.recv_timeout(PATIENCE);
+    })
+    .unwrap();
+    assert_eq!(me.recv_timeout(PATIENCE).unwrap(), "ready");
+    for i in 0..5u8 {
+        p.send(vec![i; 100]).unwrap();
+    }
+    let info = converge::process_info(p).unwrap();
+    assert_eq!(info.queue_len, 5, "{info:?}");
+    // Five bodies of a length byte and 100 bytes.
+    assert_eq!(info.queue_bytes, 5 * 101, "{info:?}");
+    Mailbox::<String>::from_pid(p.pid()).send("go".into()).unwrap();
+    assert_eq!(me.recv_timeout(PATIENCE).unwrap(), "took 5");
+    let info = converge::process_info(p).unwrap();
+    assert_eq!((info.queue_len, info.queue_bytes), (0, 0), "{info:?}");
+    Mailbox::<String>::from_pid(p.pid()).send("end".into()).unwrap();
+    node().ctx::<()>().recv_down_timeout(r, PATIENCE).unwrap();
+}
+
+/// Erlang's `process_info(self(), messages)`, summarized: what waits, by type.
+fn queue_info_shows_waiting_messages_by_type() {
+    type Summary = (usize, usize, usize, usize, Vec<(Option<String>, usize, usize)>);
+    let me = node().ctx::<Summary>();
+    let back = me.mailbox();
+    let (p, r) = converge::spawn_monitor(move |ctx: Ctx<u32>| {
+        let _texts = ctx.view::<String>();
+        // A Down waits in the same queue, as a signal.
+        let gone = converge::spawn(|_: Ctx<()>| {}).unwrap();
+        ctx.monitor(gone);
+        back.send((0, 0, 0, 0, Vec::new())).unwrap();
+        let deadline = Instant::now() + PATIENCE;
+        let mut info = ctx.queue_info();
+        while info.len < 6 && Instant::now() < deadline {
+            std::thread::yield_now();
+            info = ctx.queue_info();
+        }
+        let types = info
+            .by_type
+            .iter()
+            .map(|t| (t.type_name.map(String::from), t.count, t.bytes))
+            .collect();
+        back.send((info.len, info.messages, info.signals, info.bytes, types))
+            .unwrap();
+    })
+    .unwrap();
+    me.recv_timeout(PATIENCE).unwrap();
+    for i in 0..3u32 {
+        p.send(i).unwrap();
+    }
+    Mailbox::<String>::from_pid(p.pid()).send("hi".into()).unwrap();
+    Mailbox::<Stray>::from_pid(p.pid()).send(Stray(9)).unwrap();
+    let (len, messages, signals, bytes, types) = me.recv_timeout(PATIENCE).unwrap();
+    assert_eq!((len, messages, signals), (6, 5, 1));
+    // u32s of one byte each, a length byte and "hi", a Stray of one byte.
+    assert_eq!(bytes, 3 + 3 + 1);
+    assert_eq!(
+        types,
+        vec![
+            (Some("u32".to_string()), 3, 3),
+            (Some("alloc::string::String".to_string()), 1, 3),
+            (None, 1, 1),
+        ]
+    );
+    node().ctx::<()>().recv_down_timeout(r, PATIENCE).unwrap();
+}
+
 fn large_messages_arrive_intact() {
     let me = node().ctx::<u64>();
     let back = me.mailbox();
@@ -399,8 +487,10 @@ fn send_never_blocks_on_a_slow_receiver() {
     for _ in 0..200 {
         slow.send(vec![0u8; 64 * 1024]).unwrap();
     }
-    // Every send returned while the receiver read nothing.
-    assert!(converge::process_info(slow).is_some_and(|i| i.queue_len == 0));
+    // Every send returned while the receiver read nothing; all 200 are
+    // counted as waiting for it.
+    let info = converge::process_info(slow).unwrap();
+    assert_eq!(info.queue_len, 200, "{info:?}");
     std::io::Write::write_all(&mut &gate_w, b"g").unwrap();
     assert_eq!(
         node().ctx::<()>().recv_down_timeout(r, PATIENCE).unwrap().reason,

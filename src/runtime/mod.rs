@@ -207,7 +207,13 @@ impl Runtime {
             settings.flush_delay,
             settings.max_connections,
         );
-        let inbox = Inbox::new(listener, ctl.as_raw_fd(), node.map(|n| n.epoll_fd()), bound);
+        let inbox = Inbox::new(
+            listener,
+            ctl.as_raw_fd(),
+            node.map(|n| n.epoll_fd()),
+            bound,
+            shared.slot(me.serial()),
+        );
         shared
             .slot(me.serial())
             .claim(me.serial(), ProcessState::Running as u32, 0);
@@ -454,9 +460,17 @@ impl Runtime {
         msg: &M,
         try_only: bool,
     ) -> Result<Sent, BuildError> {
-        self.send_frame(target, try_only, body::MESSAGE_PREFIX, |buf| {
+        let sent = self.send_frame(target, try_only, body::MESSAGE_PREFIX, |buf| {
             body::push_message(buf, msg).map_err(|e| e.to_string())
-        })
+        });
+        if let Ok(Sent::Queued(bytes)) = sent
+            && target.node() == self.me.node()
+        {
+            // Counted as waiting at the target from now on (see
+            // `ProcessInfo::queue_len`).
+            self.shared.slot(target.serial()).arrivals.count(target.serial(), bytes);
+        }
+        sent
     }
 
     /// Encodes `value` as a reply frame for `reference` at `target`.
@@ -525,7 +539,7 @@ impl Runtime {
             .lock()
             .hosted
             .push(actor, crate::runtime::inbox::Item::Msg { fp, body });
-        Ok(Sent::Queued)
+        Ok(Sent::Queued(payload))
     }
 
     /// Ends this process with `reason`: writes what it still holds, tells the

@@ -49,8 +49,9 @@ const BATCH_BYTES: usize = 64 * 1024;
 /// What happened to a frame handed to [`Outbox::send`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Sent {
-    /// Written to the kernel, or queued in order behind earlier frames.
-    Queued,
+    /// Written to the kernel, or queued in order behind earlier frames; the
+    /// size of what was sent (the limit's measure).
+    Queued(usize),
     /// The target does not exist any more: the frame was dropped.
     Dropped,
     /// `try_send` only: the connection is backlogged, nothing was queued.
@@ -212,7 +213,7 @@ impl Outbox {
         conn.frames += 1;
         conn.last_used = uses;
         if conn.backlogged {
-            return Ok(Sent::Queued);
+            return Ok(Sent::Queued(payload));
         }
         // The clock is read only for the first frame of a batch.
         let quiet = conn.frames == 1 && (conn.last_epoch != epoch || conn.last_write.elapsed() >= self.coalesce);
@@ -224,7 +225,7 @@ impl Outbox {
             drop(guard);
             self.arm_timer(inbox);
         }
-        Ok(Sent::Queued)
+        Ok(Sent::Queued(payload))
     }
 
     /// Opens a connection to `target`, its hello queued; `None` if `target` is

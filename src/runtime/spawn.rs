@@ -65,6 +65,8 @@ fn prepare(
         .next_serial
         .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
     let pid = Pid::new(rt.pid().node(), serial);
+    // Messages sent before the process runs are counted as waiting.
+    rt.shared().slot(serial).arrivals.open(serial);
     let listener = sys::socket::listen_abstract(&pid.address())?;
     let reg = Registration {
         serial,

@@ -19,8 +19,15 @@ pub(crate) const SLOTS: usize = 1 << 16;
 pub(crate) struct Slot {
     /// The serial of the process that owns the slot now (0: free).
     pub(crate) serial: AtomicU64,
-    /// Messages and signals waiting in the mailbox.
+    /// Messages and signals in the process's own queue (read off its
+    /// connections), as it last published.
     pub(crate) queue_len: AtomicU64,
+    /// Bytes of the messages in that queue.
+    pub(crate) queue_bytes: AtomicU64,
+    /// Messages it has read off its connections since it started.
+    pub(crate) read: AtomicU64,
+    /// Their bytes.
+    pub(crate) read_bytes: AtomicU64,
     /// Messages dropped because the mailbox was full.
     pub(crate) dropped: AtomicU64,
     /// Frames that could not be decoded or broke the framing.
@@ -32,6 +39,41 @@ pub(crate) struct Slot {
     /// For an actor: the serial of the scheduler hosting it (0: an OS
     /// process of its own).
     pub(crate) host: AtomicU64,
+    /// What its senders count, on a line of its own.
+    pub(crate) arrivals: Arrivals,
+}
+
+/// Messages sent to a process, counted by their senders as they send them.
+/// A line apart from what the process writes itself, so that a sender's
+/// count does not bounce the line the receiver updates.
+#[repr(C, align(64))]
+#[derive(Debug)]
+pub(crate) struct Arrivals {
+    /// The serial whose messages are counted here (0: none, or an actor).
+    pub(crate) serial: AtomicU64,
+    /// Messages sent to it.
+    pub(crate) sent: AtomicU64,
+    /// Their bytes.
+    pub(crate) sent_bytes: AtomicU64,
+}
+
+impl Arrivals {
+    /// Starts counting for `serial` from zero (its spawner, before anyone
+    /// can send to it).
+    pub(crate) fn open(&self, serial: u64) {
+        self.serial.store(0, Ordering::Relaxed);
+        self.sent.store(0, Ordering::Relaxed);
+        self.sent_bytes.store(0, Ordering::Relaxed);
+        self.serial.store(serial, Ordering::Release);
+    }
+
+    /// Counts a message of `bytes` sent to `serial`, if this is its line.
+    pub(crate) fn count(&self, serial: u64, bytes: usize) {
+        if self.serial.load(Ordering::Relaxed) == serial {
+            self.sent.fetch_add(1, Ordering::Relaxed);
+            self.sent_bytes.fetch_add(bytes as u64, Ordering::Relaxed);
+        }
+    }
 }
 
 impl Slot {
@@ -39,6 +81,16 @@ impl Slot {
     /// (0: an OS process of its own), its counters zeroed. The serial is
     /// written last: whoever sees it sees the rest.
     pub(crate) fn claim(&self, serial: u64, state: u32, host: u64) {
+        // Counts are kept for OS processes (an actor's queue is its
+        // host's), from the spawner's `open` on if it came first.
+        if host != 0 {
+            self.arrivals.serial.store(0, Ordering::Relaxed);
+        } else if self.arrivals.serial.load(Ordering::Acquire) != serial {
+            self.arrivals.open(serial);
+        }
+        self.read.store(0, Ordering::Relaxed);
+        self.read_bytes.store(0, Ordering::Relaxed);
+        self.queue_bytes.store(0, Ordering::Relaxed);
         self.queue_len.store(0, Ordering::Relaxed);
         self.dropped.store(0, Ordering::Relaxed);
         self.undecodable.store(0, Ordering::Relaxed);
@@ -56,6 +108,10 @@ impl Slot {
             .is_ok()
         {
             self.host.store(0, Ordering::Release);
+            let _ = self
+                .arrivals
+                .serial
+                .compare_exchange(serial, 0, Ordering::AcqRel, Ordering::Relaxed);
         }
     }
 

@@ -708,13 +708,18 @@ impl<S: System> Table<S> {
             ProcessState::Starting
         };
         let get = |a: &std::sync::atomic::AtomicU64| if own { a.load(Relaxed) } else { 0 };
+        let counted = slot.arrivals.serial.load(Relaxed) == serial;
+        let sent = |a: &std::sync::atomic::AtomicU64| if counted { a.load(Relaxed) } else { 0 };
         Some(ProcessInfo {
             pid: self.pid(serial),
             os_pid: p.ospid,
             name: p.name.clone(),
             parent: Some(self.pid(p.parent)),
             state,
-            queue_len: get(&slot.queue_len),
+            // Its own queue, and what its senders sent that it has not read
+            // (counted from its spawn on, before it runs too).
+            queue_len: get(&slot.queue_len) + sent(&slot.arrivals.sent).saturating_sub(get(&slot.read)),
+            queue_bytes: get(&slot.queue_bytes) + sent(&slot.arrivals.sent_bytes).saturating_sub(get(&slot.read_bytes)),
             memory: p.ospid.and_then(|o| self.sys.rss(o)),
             dropped: get(&slot.dropped),
             undecodable: get(&slot.undecodable),

@@ -167,7 +167,7 @@ impl Inbox {
                                     body: value.to_vec(),
                                 },
                             ),
-                            None => push_message(queue, messages, *bound, rt.slot(), fp, value),
+                            None => push_message(queue, messages, *bound, rt.slot(), (fp, value), true),
                         }
                         true
                     }

@@ -111,7 +111,7 @@ impl Inbox {
                     let State {
                         queue, messages, bound, ..
                     } = &mut *st;
-                    push_message(queue, messages, *bound, rt.slot(), fp, value);
+                    push_message(queue, messages, *bound, rt.slot(), (fp, value), false);
                 }
             }
             ToProcess::ForActor { actor, msg } => match *msg {

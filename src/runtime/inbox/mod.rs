@@ -167,11 +167,13 @@ struct InConn {
 pub(crate) struct State {
     /// Messages and signals, in arrival order.
     queue: VecDeque<Item>,
-    /// Messages (not signals) in `queue`, for the bound.
-    messages: usize,
+    /// Messages (not signals) in `queue`, for the bound, and their bytes.
+    messages: Messages,
+    /// This process's status slot, where the queue's figures are published.
+    slot: &'static Slot,
     /// The type fingerprints of the typed views ([`Ctx`](crate::Ctx)) made
     /// in this process: a message of one of them waits for its own view.
-    views: Vec<u64>,
+    views: Vec<(u64, &'static str)>,
     /// References the runtime waits on.
     pub(crate) awaited: HashMap<u64, Awaited>,
     /// The process's listening socket.
@@ -259,6 +261,7 @@ impl Inbox {
         ctl_fd: RawFd,
         node_epoll: Option<RawFd>,
         bound: Option<(usize, Overflow)>,
+        slot: &'static Slot,
     ) -> Inbox {
         Inbox {
             io: OnceLock::new(),
@@ -269,7 +272,8 @@ impl Inbox {
             bg_wanted: AtomicBool::new(false),
             state: Mutex::new(State {
                 queue: VecDeque::new(),
-                messages: 0,
+                messages: Messages::default(),
+                slot,
                 views: Vec::new(),
                 awaited: HashMap::new(),
                 listener,
@@ -630,7 +634,7 @@ impl Inbox {
                 _ => {}
             }
         }
-        rt.slot().queue_len.store(st.queue.len() as u64, Ordering::Relaxed);
+        st.publish();
     }
 
     /// Stops the background thread (the node's runtime, at shutdown).
@@ -644,33 +648,59 @@ impl Inbox {
 }
 
 /// Queues a message, applying the mailbox bound.
+///
+/// `counted`: its sender counted it in the slot's arrivals (a message from a
+/// data connection), so it is no longer on its way.
 fn push_message(
     queue: &mut VecDeque<Item>,
-    messages: &mut usize,
+    messages: &mut Messages,
     bound: Option<(usize, Overflow)>,
     slot: &Slot,
-    fp: u64,
-    body: &[u8],
+    (fp, body): (u64, &[u8]),
+    counted: bool,
 ) {
+    if counted {
+        slot.read.fetch_add(1, Ordering::Relaxed);
+        slot.read_bytes.fetch_add(body.len() as u64, Ordering::Relaxed);
+    }
     if let Some((max, policy)) = bound
-        && *messages >= max
+        && messages.n >= max
     {
         slot.dropped.fetch_add(1, Ordering::Relaxed);
         match policy {
             Overflow::DropNewest => return,
             Overflow::DropOldest => {
-                if let Some(i) = queue.iter().position(|it| matches!(it, Item::Msg { .. })) {
-                    queue.remove(i);
-                    *messages -= 1;
+                if let Some(i) = queue.iter().position(|it| matches!(it, Item::Msg { .. }))
+                    && let Some(old) = queue.remove(i)
+                {
+                    messages.remove(&old);
                 }
             }
         }
     }
+    messages.n += 1;
+    messages.bytes += body.len();
     queue.push_back(Item::Msg {
         fp,
         body: body.to_vec(),
     });
-    *messages += 1;
+}
+
+/// The messages in a queue: how many, and their bytes.
+#[derive(Debug, Default, Clone, Copy)]
+struct Messages {
+    n: usize,
+    bytes: usize,
+}
+
+impl Messages {
+    /// Counts `item` out, if it is a message.
+    fn remove(&mut self, item: &Item) {
+        if let Item::Msg { body, .. } = item {
+            self.n -= 1;
+            self.bytes -= body.len();
+        }
+    }
 }
 
 impl State {
@@ -679,12 +709,20 @@ impl State {
         self.queue.len()
     }
 
+    /// Publishes the queue's length and bytes in the process's slot, for
+    /// `process_info`.
+    fn publish(&self) {
+        self.slot.queue_len.store(self.queue.len() as u64, Ordering::Relaxed);
+        self.slot
+            .queue_bytes
+            .store(self.messages.bytes as u64, Ordering::Relaxed);
+    }
+
     /// Removes the item at `i`, keeping the message count right.
     fn take(&mut self, i: usize) -> Option<Item> {
         let item = self.queue.remove(i)?;
-        if matches!(item, Item::Msg { .. }) {
-            self.messages -= 1;
-        }
+        self.messages.remove(&item);
+        self.publish();
         Some(item)
     }
 
@@ -696,15 +734,46 @@ impl State {
     }
 
     /// Notes that a typed view of type fingerprint `fp` exists in this process.
-    pub(crate) fn add_view(&mut self, fp: u64) {
-        if !self.views.contains(&fp) {
-            self.views.push(fp);
+    pub(crate) fn add_view(&mut self, fp: u64, type_name: &'static str) {
+        if !self.views.iter().any(|&(f, _)| f == fp) {
+            self.views.push((fp, type_name));
         }
     }
 
     /// Whether `item` is a message for a view of another type than `want`.
     fn for_another_view(&self, item: &Item, want: u64) -> bool {
-        matches!(item, Item::Msg { fp, .. } if *fp != want && self.views.contains(fp))
+        matches!(item, Item::Msg { fp, .. } if *fp != want && self.views.iter().any(|&(f, _)| f == *fp))
+    }
+
+    /// What the queue holds, by message type.
+    pub(crate) fn summary(&self) -> crate::mailbox::QueueInfo {
+        let mut by_type: Vec<crate::mailbox::TypeCount> = Vec::new();
+        let mut signals = 0;
+        for item in &self.queue {
+            let Item::Msg { fp, body } = item else {
+                signals += 1;
+                continue;
+            };
+            match by_type.iter_mut().find(|t| t.fingerprint == *fp) {
+                Some(t) => {
+                    t.count += 1;
+                    t.bytes += body.len();
+                }
+                None => by_type.push(crate::mailbox::TypeCount {
+                    type_name: self.views.iter().find(|&&(f, _)| f == *fp).map(|&(_, n)| n),
+                    fingerprint: *fp,
+                    count: 1,
+                    bytes: body.len(),
+                }),
+            }
+        }
+        crate::mailbox::QueueInfo {
+            len: self.queue.len(),
+            messages: self.messages.n,
+            bytes: self.messages.bytes,
+            signals,
+            by_type,
+        }
     }
 
     /// Removes the first item for a view of type fingerprint `want`: a
