@@ -434,6 +434,15 @@ impl<M> Ctx<M> {
         crate::monitor::monitor(self.rt, target.into())
     }
 
+    /// Monitors the process registered as `name` now, as Erlang's
+    /// `monitor(process, Name)`: the name is looked up when the monitor is
+    /// placed (a later holder of the name is not watched), and the `Down`
+    /// carries the name. A name nobody holds gives a `Down` with `NoProc` at
+    /// once.
+    pub fn monitor_name(&self, name: &str) -> MonitorRef {
+        crate::monitor::monitor_name(self.rt, name)
+    }
+
     /// Removes a monitor: no [`Down`](crate::Down) for it is received after this returns,
     /// as Erlang's `demonitor(Ref, [flush])` promises (one already on its
     /// way or queued is removed).

@@ -49,6 +49,10 @@ pub struct Down {
     pub pid: Pid,
     /// Why it ended (`NoProc` if it was gone before the monitor was set).
     pub reason: ExitReason,
+    /// The registered name the monitor was placed by
+    /// ([`Ctx::monitor_name`](crate::Ctx::monitor_name)), as Erlang's
+    /// `{Name, Node}`. For a name nobody held, `pid` is no process's.
+    pub name: Option<String>,
 }
 
 /// Places a monitor on `target` from the process of `rt`.
@@ -58,6 +62,16 @@ pub(crate) fn monitor(rt: &Runtime, target: Pid) -> MonitorRef {
         reference,
         internal: false,
         target,
+    });
+    MonitorRef::new(rt.sender().serial(), reference)
+}
+
+/// Places a monitor on the process registered as `name` now.
+pub(crate) fn monitor_name(rt: &Runtime, name: &str) -> MonitorRef {
+    let reference = rt.next_ref();
+    rt.tell_node(&ToNode::MonitorName {
+        reference,
+        name: name.to_string(),
     });
     MonitorRef::new(rt.sender().serial(), reference)
 }

@@ -2,7 +2,7 @@
 
 mod util;
 
-use converge::{Ctx, RegisterError};
+use converge::{Ctx, ExitReason, RegisterError};
 use util::{PATIENCE, node};
 
 fn main() {
@@ -14,6 +14,15 @@ fn main() {
             ("unregister", unregister),
             ("a_process_registers_itself", a_process_registers_itself),
             ("registering_a_dead_process_fails", registering_a_dead_process_fails),
+            ("monitor_by_name_names_the_process", monitor_by_name_names_the_process),
+            (
+                "monitor_of_a_name_nobody_holds_is_noproc_at_once",
+                monitor_of_a_name_nobody_holds_is_noproc_at_once,
+            ),
+            (
+                "monitor_by_name_watches_the_holder_at_the_time",
+                monitor_by_name_watches_the_holder_at_the_time,
+            ),
         ],
         &[],
     )
@@ -85,4 +94,56 @@ fn registering_a_dead_process_fails() {
     let (p, r) = converge::spawn_monitor(|_: Ctx<()>| {}).unwrap();
     node().ctx::<()>().recv_down_timeout(r, PATIENCE).unwrap();
     assert_eq!(converge::register("ghost", p), Err(RegisterError::NoProc(p.pid())));
+}
+
+/// Erlang's `monitor(process, Name)`: the `Down` names the process.
+fn monitor_by_name_names_the_process() {
+    let p = converge::spawn(idle).unwrap();
+    converge::register("watched-by-name", p).unwrap();
+    let me = node().ctx::<()>();
+    let r = me.monitor_name("watched-by-name");
+    p.exit(ExitReason::Exit("done".into()));
+    let down = me.recv_down_timeout(r, PATIENCE).unwrap();
+    assert_eq!(down.pid, p.pid());
+    assert_eq!(down.reason, ExitReason::Exit("done".into()));
+    assert_eq!(down.name.as_deref(), Some("watched-by-name"));
+    // A monitor by pid carries no name.
+    let (_q, rq) = converge::spawn_monitor(|_: Ctx<()>| {}).unwrap();
+    assert_eq!(me.recv_down_timeout(rq, PATIENCE).unwrap().name, None);
+}
+
+fn monitor_of_a_name_nobody_holds_is_noproc_at_once() {
+    let me = node().ctx::<()>();
+    let r = me.monitor_name("nobody-holds-this");
+    let down = me.recv_down_timeout(r, PATIENCE).unwrap();
+    assert_eq!(down.reason, ExitReason::NoProc);
+    assert_eq!(down.name.as_deref(), Some("nobody-holds-this"));
+    // In a process too.
+    let got = converge::spawn_join(|ctx: Ctx<()>| {
+        let r = ctx.monitor_name("nobody-holds-this");
+        ctx.recv_down_timeout(r, PATIENCE)
+            .map(|d| (d.reason, d.name))
+            .map_err(|e| e.to_string())
+    })
+    .unwrap()
+    .join()
+    .unwrap();
+    assert_eq!(got, Ok((ExitReason::NoProc, Some("nobody-holds-this".into()))));
+}
+
+/// The name is resolved when the monitor is placed: its next holder is not
+/// watched.
+fn monitor_by_name_watches_the_holder_at_the_time() {
+    let first = converge::spawn(idle).unwrap();
+    converge::register("held-in-turn", first).unwrap();
+    let me = node().ctx::<()>();
+    let r = me.monitor_name("held-in-turn");
+    converge::unregister("held-in-turn");
+    let second = converge::spawn(idle).unwrap();
+    converge::register("held-in-turn", second).unwrap();
+    second.kill();
+    first.kill();
+    let down = me.recv_down_timeout(r, PATIENCE).unwrap();
+    assert_eq!(down.pid, first.pid());
+    assert_eq!(down.reason, ExitReason::Killed);
 }

@@ -121,6 +121,14 @@ pub(crate) enum ToNode {
         /// The monitored process.
         target: Pid,
     },
+    /// Place a monitor on the process registered as `name` now, which its
+    /// `Down` names; a name nobody holds is a `Down` with `NoProc` at once.
+    MonitorName {
+        /// The sender's reference for it.
+        reference: u64,
+        /// The registered name.
+        name: String,
+    },
     /// Remove a monitor the sender placed. With a request id, answered with
     /// `Demonitored` after every `Down` the node sent before it.
     Demonitor {
@@ -263,6 +271,8 @@ pub(crate) enum ToProcess {
         pid: Pid,
         /// Its exit reason.
         reason: ExitReason,
+        /// The registered name it was monitored by, if it was.
+        name: Option<String>,
     },
     /// An exit signal, delivered as a message because the process traps exits.
     Exit {

@@ -97,7 +97,7 @@ proptest! {
             let bytes = postcard::to_stdvec(&m).unwrap();
             prop_assert_eq!(decode_exact::<ToNode>(&bytes).unwrap(), m);
         }
-        let down = ToProcess::Down { reference, internal: true, pid, reason: ExitReason::Signal { signal: 11, core_dumped: true } };
+        let down = ToProcess::Down { reference, internal: true, pid, reason: ExitReason::Signal { signal: 11, core_dumped: true }, name: Some("n".into()) };
         let bytes = postcard::to_stdvec(&down).unwrap();
         prop_assert_eq!(decode_exact::<ToProcess>(&bytes).unwrap(), down);
         let reply = ToProcess::Reply { request: reference, reply: NodeReply::Pid(Some(pid)) };

@@ -163,6 +163,7 @@ impl<S: System> Table<S> {
                     internal: m.internal,
                     pid,
                     reason: reason.clone(),
+                    name: m.name.clone(),
                 },
             );
         }

@@ -86,7 +86,7 @@ pub(crate) trait System {
 }
 
 /// A monitor placed on a process.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 struct MonitorEntry {
     /// The watcher's reference.
     reference: u64,
@@ -94,6 +94,8 @@ struct MonitorEntry {
     watcher: u64,
     /// For the watcher's runtime (call/join), not its mailbox.
     internal: bool,
+    /// The registered name it was placed by, if it was.
+    name: Option<String>,
 }
 
 /// What a process is to the node.
@@ -502,6 +504,7 @@ impl<S: System> Table<S> {
             p.monitors = monitors
                 .iter()
                 .map(|&(reference, internal)| MonitorEntry {
+                    name: None,
                     reference,
                     watcher: parent,
                     internal,

@@ -281,6 +281,7 @@ impl<S: System> Table<S> {
                     internal: true,
                     pid: self.pid(serial),
                     reason: reason.clone(),
+                    name: None,
                 },
             );
         }

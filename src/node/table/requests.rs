@@ -73,6 +73,36 @@ impl<S: System> Table<S> {
         }
     }
 
+    /// Places monitor `reference` of `from` on `target` (placed by `name`,
+    /// if so); a target that does not exist is a `Down` with `NoProc` at once.
+    fn monitor(&mut self, from: u64, reference: u64, internal: bool, target: crate::pid::Pid, name: Option<String>) {
+        let t = target.serial();
+        if target.node() != self.node || !self.knows(t) {
+            self.send_to(
+                from,
+                ToProcess::Down {
+                    reference,
+                    internal,
+                    pid: target,
+                    reason: ExitReason::NoProc,
+                    name,
+                },
+            );
+            return;
+        }
+        if let Some(p) = self.procs.get_mut(&t) {
+            p.monitors.push(MonitorEntry {
+                reference,
+                watcher: from,
+                internal,
+                name,
+            });
+        }
+        if let Some(p) = self.procs.get_mut(&from) {
+            p.watching.insert(reference, t);
+        }
+    }
+
     /// A request from the node's main thread, answered directly.
     pub(crate) fn local_request(&mut self, from: u64, msg: ToNode) -> Option<NodeReply> {
         self.request(from, msg).map(|(_, r)| r)
@@ -125,29 +155,14 @@ impl<S: System> Table<S> {
                 internal,
                 target,
             } => {
-                let t = target.serial();
-                if target.node() != self.node || !self.knows(t) {
-                    self.send_to(
-                        from,
-                        ToProcess::Down {
-                            reference,
-                            internal,
-                            pid: target,
-                            reason: ExitReason::NoProc,
-                        },
-                    );
-                    return None;
-                }
-                if let Some(p) = self.procs.get_mut(&t) {
-                    p.monitors.push(MonitorEntry {
-                        reference,
-                        watcher: from,
-                        internal,
-                    });
-                }
-                if let Some(p) = self.procs.get_mut(&from) {
-                    p.watching.insert(reference, t);
-                }
+                self.monitor(from, reference, internal, target, None);
+                None
+            }
+            ToNode::MonitorName { reference, name } => {
+                // Resolved here, in one step with the placing: the holder now.
+                let holder = self.names.get(&name).copied().filter(|&s| self.alive(s));
+                let target = self.pid(holder.unwrap_or(0));
+                self.monitor(from, reference, false, target, Some(name));
                 None
             }
             ToNode::Demonitor { request, reference } => {

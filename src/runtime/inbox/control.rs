@@ -68,6 +68,7 @@ impl Inbox {
                 internal,
                 pid,
                 reason,
+                name,
             } => {
                 self.drain_sender(rt, st, pid);
                 let port = st
@@ -93,6 +94,7 @@ impl Inbox {
                         reference: MonitorRef::new(rt.pid().serial(), reference),
                         pid,
                         reason,
+                        name,
                     }));
                 }
                 rt.forget_connection(pid);
@@ -120,6 +122,7 @@ impl Inbox {
                     internal: false,
                     pid,
                     reason,
+                    name,
                 } => {
                     self.drain_sender(rt, st, pid);
                     st.hosted.push(
@@ -128,6 +131,7 @@ impl Inbox {
                             reference: MonitorRef::new(actor, reference),
                             pid,
                             reason,
+                            name,
                         }),
                     );
                     rt.forget_connection(pid);
