@@ -195,7 +195,7 @@ impl PortBuilder {
     }
 
     /// Time between `SIGTERM` and `SIGKILL` when the port is shut down
-    /// (default 5 s).
+    /// (default 5 s; `Duration::MAX`: no `SIGKILL`, wait as long as it takes).
     pub fn shutdown_timeout(mut self, timeout: Duration) -> PortBuilder {
         self.shutdown = timeout;
         self
@@ -249,7 +249,8 @@ impl PortBuilder {
         };
         crate::runtime::zygote::PortRequest {
             reg,
-            shutdown_ms: self.shutdown.as_millis() as u64,
+            // Duration::MAX (wait as long as it takes) saturates.
+            shutdown_ms: u64::try_from(self.shutdown.as_millis()).unwrap_or(u64::MAX),
             program: bytes(self.program.as_os_str()),
             args: self.args.iter().map(|a| bytes(a)).collect(),
             arg0: self.arg0.as_deref().map(bytes),
@@ -454,7 +455,8 @@ impl Port {
 
     /// Stops the program in order: `SIGTERM` to its process group, `SIGKILL`
     /// when its shutdown timeout is up. A program that stops on `SIGTERM`
-    /// ends `Shutdown`; one that exits by itself keeps its own status.
+    /// ends `Shutdown`; one that has to be killed ends `Killed`; one that
+    /// exits by itself keeps its own status.
     pub fn shutdown(&self) {
         crate::mailbox::Mailbox::<()>::from_pid(self.pid).exit(ExitReason::Shutdown);
     }

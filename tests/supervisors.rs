@@ -53,6 +53,19 @@ fn main() {
             ),
             ("restarts_are_counted_by_the_node", restarts_are_counted_by_the_node),
             ("a_zero_restart_period_is_refused", a_zero_restart_period_is_refused),
+            (
+                "a_port_child_killed_at_its_shutdown_time_is_killed",
+                a_port_child_killed_at_its_shutdown_time_is_killed,
+            ),
+            (
+                "a_port_child_s_shutdown_is_the_child_spec_s",
+                a_port_child_s_shutdown_is_the_child_spec_s,
+            ),
+            ("a_named_supervisor_is_registered", a_named_supervisor_is_registered),
+            (
+                "a_terminated_child_stays_stopped_during_failing_restarts",
+                a_terminated_child_stays_stopped_during_failing_restarts,
+            ),
         ],
         &[],
     )
@@ -537,4 +550,133 @@ fn a_zero_restart_period_is_refused() {
         other => panic!("a nested zero period was accepted: {other:?}"),
     }
     assert!(wait_until(PATIENCE, || node().processes().is_empty()));
+}
+
+/// A shell that ignores SIGTERM (as the programs it starts do) and waits.
+fn stubborn_port() -> PortBuilder {
+    PortBuilder::new("sh").args(["-c", "trap '' TERM; sleep 30"])
+}
+
+/// Waits (bounded) until the shell of port `pid` has started its child:
+/// its traps are set by then.
+fn wait_for_shell_child(pid: Pid) {
+    assert!(
+        wait_until(PATIENCE, || {
+            let Some(os) = converge::process_info(pid).and_then(|i| i.os_pid) else {
+                return false;
+            };
+            std::fs::read_to_string(format!("/proc/{os}/task/{os}/children")).is_ok_and(|c| !c.trim().is_empty())
+        }),
+        "the shell of {pid} never started its child"
+    );
+}
+
+/// OTP says `killed` of a child killed at the end of its shutdown time, for
+/// every kind of child: a port child too, in its Down and its `last_exit`.
+fn a_port_child_killed_at_its_shutdown_time_is_killed() {
+    let sup = Supervisor::new(Strategy::OneForOne)
+        .child(ChildSpec::port("stubborn", stubborn_port()).shutdown(Shutdown::Timeout(Duration::from_millis(200))))
+        .spawn()
+        .unwrap();
+    let port = pid_of(&sup, "stubborn");
+    wait_for_shell_child(port);
+    let watch = node().ctx::<()>().monitor(port);
+    sup.terminate_child("stubborn").unwrap();
+    assert_eq!(
+        node().ctx::<()>().recv_down_timeout(watch, PATIENCE).unwrap().reason,
+        ExitReason::Killed
+    );
+    assert_eq!(child(&sup, "stubborn").last_exit, Some(ExitReason::Killed));
+    stop(sup);
+}
+
+/// The child spec's shutdown wins over the port's own shutdown time: a port
+/// given 100 ms of its own waits the spec's 600 ms before it is killed, and
+/// `Infinity` waits for as long as the program takes to stop.
+fn a_port_child_s_shutdown_is_the_child_spec_s() {
+    let quick = stubborn_port().shutdown_timeout(Duration::from_millis(100));
+    // Stops 400 ms after its SIGTERM, with code 0.
+    let slow_to_stop = PortBuilder::new("sh")
+        .args(["-c", "trap 'sleep 0.4; exit 0' TERM; while :; do sleep 0.05; done"])
+        .shutdown_timeout(Duration::from_millis(100));
+    let sup = Supervisor::new(Strategy::OneForOne)
+        .child(ChildSpec::port("timeout", quick).shutdown(Shutdown::Timeout(Duration::from_millis(600))))
+        .child(ChildSpec::port("infinity", slow_to_stop).shutdown(Shutdown::Infinity))
+        .spawn()
+        .unwrap();
+    wait_for_shell_child(pid_of(&sup, "timeout"));
+    wait_for_shell_child(pid_of(&sup, "infinity"));
+    let started = std::time::Instant::now();
+    sup.terminate_child("timeout").unwrap();
+    let waited = started.elapsed();
+    assert!(waited >= Duration::from_millis(600), "killed after {waited:?}");
+    assert_eq!(child(&sup, "timeout").last_exit, Some(ExitReason::Killed));
+    let started = std::time::Instant::now();
+    sup.terminate_child("infinity").unwrap();
+    let waited = started.elapsed();
+    assert!(waited >= Duration::from_millis(400), "stopped after {waited:?}");
+    let last = child(&sup, "infinity").last_exit;
+    assert_ne!(last, Some(ExitReason::Killed), "it was not killed");
+    stop(sup);
+}
+
+/// `Supervisor::name` registers the supervisor, as OTP's
+/// `start_link({local, Name}, ...)`; a name taken refuses the start, and
+/// none of its children starts.
+fn a_named_supervisor_is_registered() {
+    let me = node().ctx::<String>();
+    let back = me.mailbox();
+    let spec = |back: Mailbox<String>| {
+        Supervisor::new(Strategy::OneForOne)
+            .name("the-supervisor")
+            .child(ChildSpec::new("greeter", move |ctx: Ctx<()>| {
+                back.send("started".into()).unwrap();
+                let _ = ctx.recv_timeout(PATIENCE);
+            }))
+    };
+    let sup = spec(back).spawn().unwrap();
+    assert_eq!(me.recv_timeout(PATIENCE).unwrap(), "started");
+    assert_eq!(converge::whereis("the-supervisor"), Some(sup.pid()));
+    match spec(back).spawn() {
+        Err(SupervisorError::NameTaken { name, holder }) => {
+            assert_eq!((name.as_str(), holder), ("the-supervisor", sup.pid()));
+        }
+        other => panic!("a second supervisor took the name: {other:?}"),
+    }
+    assert!(matches!(
+        me.recv_timeout(Duration::from_millis(200)),
+        Err(converge::RecvTimeoutError::Timeout)
+    ));
+    stop(sup);
+    assert!(wait_until(PATIENCE, || converge::whereis("the-supervisor").is_none()));
+}
+
+/// A child that cannot start again is retried, each attempt counted; a
+/// `terminate_child` in the middle of it stops the retries for good.
+fn a_terminated_child_stays_stopped_during_failing_restarts() {
+    // A program that goes away after its first start.
+    let program = std::env::temp_dir().join(format!("converge-sleep-t-{}", std::process::id()));
+    std::fs::copy("/bin/sleep", &program).unwrap();
+    let sup = Supervisor::new(Strategy::OneForOne)
+        .intensity(1_000_000, Duration::from_secs(60))
+        .child(ChildSpec::port("doomed", PortBuilder::new(&program).arg("100")))
+        .spawn()
+        .unwrap();
+    std::fs::remove_file(&program).unwrap();
+    Mailbox::<()>::from_pid(pid_of(&sup, "doomed")).kill();
+    // It is being retried now; stop it.
+    assert!(wait_until(PATIENCE, || child(&sup, "doomed").pid.is_none()));
+    sup.terminate_child("doomed").unwrap();
+    // It stays stopped (watched for a while: the retries came every few ms).
+    let until = std::time::Instant::now() + Duration::from_millis(500);
+    while std::time::Instant::now() < until {
+        let info = child(&sup, "doomed");
+        assert_eq!(
+            (info.state, info.pid),
+            (ChildState::Stopped, None),
+            "restarted after terminate_child"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    stop(sup);
 }

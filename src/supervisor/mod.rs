@@ -175,6 +175,15 @@ pub enum SupervisorError {
     /// The request did not reach the supervisor or its answer did not come.
     #[error("request to the supervisor failed: {0}")]
     Call(String),
+    /// The supervisor's name is registered to another process (as OTP's
+    /// `{error, {already_started, Pid}}`).
+    #[error("the name {name} is registered to {holder}")]
+    NameTaken {
+        /// The name.
+        name: String,
+        /// Its holder.
+        holder: Pid,
+    },
     /// The specification cannot be started as it is (as OTP's
     /// `supervisor:check_childspecs` and flag checks refuse it).
     #[error("invalid supervisor specification: {0}")]
@@ -190,7 +199,7 @@ impl From<SupervisorError> for crate::Error {
 /// What a supervisor is asked.
 #[derive(Debug, Serialize, Deserialize)]
 pub(super) enum Request {
-    Started(ReplyTo<()>),
+    Started(ReplyTo<Result<(), SupervisorError>>),
     StartChild(ChildSpec, ReplyTo<Result<Pid, SupervisorError>>),
     TerminateChild(String, ReplyTo<Result<(), SupervisorError>>),
     RestartChild(String, ReplyTo<Result<Pid, SupervisorError>>),

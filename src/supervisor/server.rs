@@ -64,6 +64,29 @@ impl Running {
     /// The supervisor process: starts the children, then serves.
     pub(super) fn start(ctx: Ctx<Request>, spec: Supervisor, parent: Option<Pid>) -> ExitReason {
         let me = ctx.pid();
+        if let Some(name) = &spec.name
+            && let Err(e) = crate::process::register(name, me)
+        {
+            // Registered before any child starts, as OTP's
+            // `start_link({local, Name}, ...)`: a name held by another
+            // process is an error of the start, and nothing starts.
+            let holder = crate::process::whereis(name).unwrap_or(me);
+            let error = match e {
+                crate::RegisterError::Taken(_) => SupervisorError::NameTaken {
+                    name: name.clone(),
+                    holder,
+                },
+                other => SupervisorError::Invalid(format!("cannot register {name}: {other}")),
+            };
+            if let Some(p) = parent {
+                ctx.unlink(p);
+            }
+            // The starter waits for the answer to its first request.
+            if let Ok(Request::Started(r)) = ctx.recv() {
+                let _ = r.reply(Err(error.clone()));
+            }
+            return ExitReason::Error(error.to_string());
+        }
         let mut parents = vec![crate::node::main_pid(me)];
         parents.extend(parent);
         let mut sup = Running {
@@ -150,7 +173,7 @@ impl Running {
     fn request(&mut self, req: Request) -> Option<ExitReason> {
         match req {
             Request::Started(r) => {
-                let _ = r.reply(());
+                let _ = r.reply(Ok(()));
             }
             Request::StartChild(spec, r) => {
                 let result = if self.children.iter().any(|c| c.spec.id == spec.id) {
@@ -177,6 +200,8 @@ impl Running {
             Request::TerminateChild(id, r) => {
                 let result = match self.find(&id) {
                     Some(at) => {
+                        // A terminated child stays stopped: not retried.
+                        self.retry.retain(|pending| pending != &id);
                         self.stop_child(at);
                         if self.children[at].spec.restart == Restart::Temporary {
                             self.children.remove(at);
@@ -245,9 +270,16 @@ impl Running {
             Start::Closure(start) => start().map_err(|e| e.to_string()),
             Start::Fn(Ok(call)) => Builder::new().spawn_call(call.clone(), true).map_err(|e| e.to_string()),
             Start::Fn(Err(e)) => Err(format!("its arguments did not encode: {e}")),
+            // The child spec's shutdown governs the port's stop, not the
+            // port's own timeout: its SIGTERM waits as long as the spec says.
             Start::Port(port) => port
                 .as_ref()
                 .clone()
+                .shutdown_timeout(match child.spec.shutdown {
+                    Shutdown::Timeout(d) => d,
+                    Shutdown::Infinity => Duration::MAX,
+                    Shutdown::BrutalKill => Duration::ZERO,
+                })
                 .link(true)
                 .spawn()
                 .map(|p| p.pid())
@@ -424,7 +456,10 @@ impl Running {
             None => {
                 tracing::warn!(supervisor = %self.me, child = %self.children[at].spec.id, pid = %pid, "child did not stop in time, killed");
                 target.kill();
-                self.await_exit(pid, watch, None).unwrap_or(ExitReason::Killed)
+                // Killed, as OTP says of a child killed at the end of its
+                // shutdown time, whatever it was asked before.
+                self.await_exit(pid, watch, None);
+                ExitReason::Killed
             }
         };
         self.ctx.demonitor(watch);

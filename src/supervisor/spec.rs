@@ -276,7 +276,8 @@ impl Supervisor {
         let sup = SupervisorRef { pid: mailbox.pid() };
         // It answers once its children have started.
         match mailbox.call(Request::Started, FOREVER) {
-            Ok(()) => Ok(sup),
+            Ok(Ok(())) => Ok(sup),
+            Ok(Err(e)) => Err(e),
             Err(CallError::Exited(reason)) => Err(SupervisorError::Failed(reason)),
             Err(e) => Err(SupervisorError::Call(e.to_string())),
         }

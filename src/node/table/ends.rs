@@ -299,8 +299,10 @@ impl<S: System> Table<S> {
             return;
         };
         // A process already gone did not die of this: its own reason stands
-        // (gone, even if the node has not handled its end yet).
-        if p.kill_reason.is_none() && !p.exited() && !(p.pidfd && self.sys.ended(serial)) {
+        // (gone, even if the node has not handled its end yet). A port asked
+        // to stop (SIGTERM) that has to be killed dies of the kill.
+        let gone = p.exited() || (p.pidfd && self.sys.ended(serial));
+        if (p.kill_reason.is_none() || std::mem::take(&mut p.terminating)) && !gone {
             p.kill_reason = Some(reason.clone());
         }
         if let Some(host) = p.host() {
@@ -337,7 +339,10 @@ impl<S: System> Table<S> {
         let Some(p) = self.procs.get_mut(&serial) else {
             return;
         };
-        if p.kill_reason.is_none() {
+        // Only the first request records its reason (a kill already sent
+        // keeps its own).
+        let asked = p.kill_reason.is_none();
+        if asked {
             p.kill_reason = Some(ExitReason::Shutdown);
         }
         let (Some(port), Some(ospid), true) = (p.port(), p.ospid, p.pidfd) else {
@@ -349,10 +354,14 @@ impl<S: System> Table<S> {
             }
             return;
         };
-        let deadline = Instant::now() + Duration::from_millis(port.shutdown_ms);
+        let shutdown = (port.shutdown_ms != u64::MAX).then(|| Duration::from_millis(port.shutdown_ms));
+        p.terminating = asked;
         let _ = self.sys.signal(serial, Some(ospid), SIGTERM);
-        self.timers.push((deadline, serial));
-        self.timer_armed = true;
+        // An infinite shutdown (`u64::MAX` ms) sets no timer.
+        if let Some(deadline) = shutdown.and_then(|d| Instant::now().checked_add(d)) {
+            self.timers.push((deadline, serial));
+            self.timer_armed = true;
+        }
     }
 
     /// Whether a timer was armed since the last call.
@@ -372,7 +381,8 @@ impl<S: System> Table<S> {
         self.timers.retain(|t| t.0 > now);
         for serial in due {
             if self.alive(serial) {
-                self.kill(serial, ExitReason::Shutdown);
+                // The kill was needed: it is the reason, as in OTP.
+                self.kill(serial, ExitReason::Killed);
             }
         }
     }

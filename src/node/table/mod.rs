@@ -166,6 +166,9 @@ struct Proc {
     last_words: Option<ExitReason>,
     /// The reason the node killed it for.
     kill_reason: Option<ExitReason>,
+    /// A port asked to stop (`SIGTERM` sent, `Shutdown` recorded): a kill
+    /// that follows replaces that reason.
+    terminating: bool,
     /// Its wait status, once known.
     status: Option<WaitStatus>,
     /// An actor's exit reason, once it ended.
@@ -200,6 +203,7 @@ impl Proc {
             trap_exits: false,
             last_words: None,
             kill_reason: None,
+            terminating: false,
             status: None,
             actor_exit: None,
             cpu_limited: false,

@@ -560,7 +560,61 @@ fn the_spawners_end_stops_its_ports_in_order_and_kills_them_at_the_deadline() {
     assert!(t.sys.effects.contains(&Effect::KillCgroup("cg".into())));
     end(&mut t, 4, signaled(SIGKILL));
     assert_eq!(downs(&t, conn(3)), Vec::new(), "its owner is gone");
-    assert_eq!(t.counters().exits.get("shutdown"), Some(&1));
+    // The kill was needed: it is the reason, as in OTP.
+    assert_eq!(t.counters().exits.get("killed"), Some(&1));
+}
+
+/// A port that ends on its SIGTERM is `Shutdown`; one killed at the end of
+/// its time is `Killed`; an infinite time sets no timer.
+#[test]
+fn a_port_asked_to_stop_is_shutdown_unless_it_had_to_be_killed() {
+    let mut t = table();
+    start(&mut t, reg(3, MAIN_SERIAL));
+    for (serial, ospid, shutdown_ms) in [(4u64, 4444, 50u64), (5, 5555, 50), (6, 6666, u64::MAX)] {
+        let mut r = reg(serial, 3);
+        r.reaper = Some(ZYGOTE_SERIAL);
+        r.monitors = vec![(serial * 10, false)];
+        *t.sys.fds.entry(conn(3)).or_default() += 1;
+        t.frame(
+            conn(3),
+            ToNode::Port {
+                reg: r,
+                ospid,
+                port: PortInfo {
+                    shutdown_ms,
+                    cgroup: None,
+                },
+            },
+        );
+        let stop = ToNode::ExitSignal {
+            target: pid(serial),
+            reason: ExitReason::Shutdown,
+            untrappable: false,
+        };
+        t.local_request(MAIN_SERIAL, stop);
+        assert!(t.sys.effects.contains(&Effect::Signal(serial, Some(ospid), SIGTERM)));
+    }
+    // Port 4 stops on its SIGTERM.
+    end(&mut t, 4, signaled(SIGTERM));
+    // Port 5 does not: killed at its deadline.
+    assert!(t.next_timer().is_some(), "a timer for port 5");
+    t.run_timers(Instant::now() + Duration::from_secs(1));
+    assert_eq!(sigkills(&t, 5), 1);
+    end(&mut t, 5, signaled(SIGKILL));
+    // Port 6 waits as long as it takes: no timer; killed by hand at last.
+    assert_eq!(t.next_timer(), None);
+    let kill = ToNode::ExitSignal {
+        target: pid(6),
+        reason: ExitReason::Killed,
+        untrappable: true,
+    };
+    t.local_request(MAIN_SERIAL, kill);
+    end(&mut t, 6, signaled(SIGKILL));
+    let reasons: Vec<ExitReason> = downs(&t, conn(3)).into_iter().map(|(_, _, r)| r).collect();
+    assert_eq!(
+        reasons,
+        vec![ExitReason::Shutdown, ExitReason::Killed, ExitReason::Killed]
+    );
 }
 
 #[test]
