@@ -211,6 +211,13 @@ impl Builder {
     /// error are flushed before the fork. Every descriptor but stdio and those
     /// given to [`keep_fd`](Self::keep_fd) is closed in the child. For a parent
     /// with many threads, [`spawn_fn`](Self::spawn_fn) starts from a clean image.
+    ///
+    /// Each process leads a process group of its own (so that a terminal's
+    /// Ctrl-C reaches the node, not every process). A group leader cannot
+    /// start a session: `setsid()` in a process fails with `EPERM`. To run
+    /// something in a session of its own, start it from the process as a
+    /// child that calls `setsid` (a [`Command`](std::process::Command) with
+    /// a `pre_exec` hook, or a [port](crate::port) whose program calls it).
     pub fn spawn<M, F, R>(&self, f: F) -> Result<Mailbox<M>, SpawnError>
     where
         M: Serialize + DeserializeOwned,

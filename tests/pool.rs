@@ -24,6 +24,11 @@ fn main() {
             .scheduler_class("io", 3)
             .scheduler_init(mark_initialized),
         &[
+            // First: right after init().
+            (
+                "the_pool_is_ready_when_init_returns",
+                the_pool_is_ready_when_init_returns,
+            ),
             ("submit_and_join", submit_and_join),
             ("a_panic_is_the_task_s_error", a_panic_is_the_task_s_error),
             (
@@ -59,6 +64,13 @@ fn main() {
 }
 
 static INITIALIZED: AtomicBool = AtomicBool::new(false);
+
+/// `init()` returns with every configured scheduler ready (2 default, 1
+/// solo, 3 io).
+fn the_pool_is_ready_when_init_returns() {
+    let ready = converge::pool::schedulers();
+    assert_eq!(ready.len(), 6, "{ready:?}");
+}
 
 fn mark_initialized() {
     INITIALIZED.store(true, Ordering::SeqCst);

@@ -23,6 +23,10 @@ fn main() {
             ),
             ("spawn_fn_runs_in_a_clean_image", spawn_fn_runs_in_a_clean_image),
             ("spawn_fn_from_inside_a_process", spawn_fn_from_inside_a_process),
+            (
+                "a_spawn_fn_process_is_named_after_the_program",
+                a_spawn_fn_process_is_named_after_the_program,
+            ),
             ("name_sets_the_process_title", name_sets_the_process_title),
             ("cpus_sets_the_affinity", cpus_sets_the_affinity),
             ("environment_changes", environment_changes),
@@ -124,6 +128,34 @@ fn spawn_fn_runs_in_a_clean_image() {
     assert!(converge::process_info(p).is_none() || util::wait_until(PATIENCE, || converge::process_info(p).is_none()));
     stop_tx.send(()).unwrap();
     busy.join().unwrap();
+}
+
+fn report_comm(_: Ctx<()>, back: converge::Mailbox<String>) {
+    let comm = std::fs::read_to_string("/proc/self/comm").unwrap();
+    back.send(comm.trim_end().to_string()).unwrap();
+}
+
+/// `ps` shows a spawn_fn process as the program and its role, not as the
+/// zygote; `Builder::name` replaces that.
+fn a_spawn_fn_process_is_named_after_the_program() {
+    let me = node().ctx::<String>();
+    let program = std::fs::read_to_string("/proc/self/comm")
+        .unwrap()
+        .trim_end()
+        .to_string();
+    converge::spawn_fn(report_comm, me.mailbox()).unwrap();
+    let comm = me.recv_timeout(PATIENCE).unwrap();
+    assert!(comm.ends_with(":fn"), "{comm}");
+    assert!(
+        program.starts_with(comm.trim_end_matches(":fn")),
+        "{comm} for {program}"
+    );
+    assert!(comm.len() <= 15, "{comm}");
+    converge::Builder::new()
+        .name("worker")
+        .spawn_fn(report_comm, me.mailbox())
+        .unwrap();
+    assert_eq!(me.recv_timeout(PATIENCE).unwrap(), "worker");
 }
 
 fn double(ctx: Ctx<()>, n: u64) -> Result<(), String> {

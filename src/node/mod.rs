@@ -472,10 +472,24 @@ fn init_node(config: Config) -> Result<Node, InitError> {
     if rt.settings().pool.classes.iter().any(|c| c.1 > 0) {
         crate::runtime::zygote::start_pool(rt)
             .map_err(|e| InitError::new(InitErrorKind::Io(std::io::Error::other(e))))?;
+        // `init()` returns with the pool ready: every scheduler has said so
+        // (bounded, for a `scheduler_init` that never returns or crashes).
+        let slots = rt.settings().pool.classes.iter().map(|c| c.1).sum::<usize>();
+        let deadline = std::time::Instant::now() + POOL_READY_WAIT;
+        while shared.schedulers[..slots]
+            .iter()
+            .any(|s| s.serial.load(Ordering::SeqCst) == 0)
+            && std::time::Instant::now() < deadline
+        {
+            std::thread::sleep(std::time::Duration::from_micros(200));
+        }
     }
     tracing::debug!(node = %id, zygote = zygote_ospid, "node started");
     Ok(Node { rt, shared: node })
 }
+
+/// How long `init()` waits for the schedulers to be ready.
+const POOL_READY_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// The node: the process that called [`init()`], and its handle on every
 /// process it runs.

@@ -50,7 +50,30 @@ pub(crate) struct ZygoteSetup {
 
 /// Forks the zygote. Call only while the caller is single-threaded.
 pub(crate) fn start(setup: ZygoteSetup) -> io::Result<i32> {
+    // The node's program name, for the names of the processes the zygote
+    // forks (read before the zygote names itself).
+    let _ = PROGRAM.set(
+        std::fs::read_to_string("/proc/self/comm")
+            .map(|c| c.trim_end().to_string())
+            .unwrap_or_default(),
+    );
     sys::process::fork_child(move || run(setup))
+}
+
+/// The node's program name (its `comm`).
+static PROGRAM: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
+/// The name `ps` shows for a process the zygote forks in `role` unless
+/// `Builder::name` gives one: the program's name and the role, within the
+/// kernel's 15 bytes ("myserver:fn").
+fn role_name(role: &str) -> String {
+    let program = PROGRAM.get().map_or("converge", String::as_str);
+    let room = 15usize.saturating_sub(role.len() + 1);
+    let mut cut = program.len().min(room);
+    while !program.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    format!("{}:{role}", &program[..cut])
 }
 
 const TOKEN_LISTENER: Token = Token::single(1);
@@ -497,7 +520,11 @@ fn fork_one(
         announce_pidfd: false,
     };
     let call = req.call;
-    let ospid = sys::process::fork_child(move || child_main(plan, move |rt| run_entry(rt, call)))?;
+    let ospid = sys::process::fork_child(move || {
+        // Builder::name, applied in child_main, replaces it.
+        let _ = sys::process::set_thread_name(&role_name("fn"));
+        child_main(plan, move |rt| run_entry(rt, call))
+    })?;
     Ok((serial, ospid, ctl_copy))
 }
 

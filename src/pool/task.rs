@@ -448,7 +448,10 @@ fn claim(rt: &'static Runtime, class: usize, task: u64) -> Result<Option<(usize,
     }
 }
 
-/// The ready schedulers: each one's class and process id.
+/// The ready schedulers: each one's class and process id. `init()` returns
+/// once every configured scheduler is ready (it waits up to 10 s for a slow
+/// `Config::scheduler_init`); a scheduler being replaced after a crash is
+/// missing until its successor is ready.
 pub fn schedulers() -> Vec<(String, Pid)> {
     let Some(rt) = runtime::current() else {
         return Vec::new();
