@@ -47,6 +47,7 @@ fn main() {
             ),
             ("a_retryable_task_runs_again", a_retryable_task_runs_again),
             ("cancel_queued_and_running", cancel_queued_and_running),
+            ("a_cancel_never_ends_another_task", a_cancel_never_ends_another_task),
             ("concurrency_limits_hold", concurrency_limits_hold),
             ("idle_schedulers_pull_the_work", idle_schedulers_pull_the_work),
             ("map_keeps_order", map_keeps_order),
@@ -299,6 +300,51 @@ fn cancel_queued_and_running() {
     assert_eq!(pool::submit_to("solo", touch, after.clone()).unwrap().join(), Ok(true));
     assert!(after.exists());
     assert!(!not_run.exists(), "a cancelled task ran");
+}
+
+/// Spins for `micros` microseconds, then squares.
+fn spin_square(args: (u64, u64)) -> u64 {
+    let until = Instant::now() + Duration::from_micros(args.1);
+    while Instant::now() < until {
+        std::hint::spin_loop();
+    }
+    args.0 * args.0
+}
+
+/// A cancel that lands as its task finishes must not end the next task on
+/// the same scheduler: cancels at many moments around the end of a task,
+/// with another task queued right behind it.
+fn a_cancel_never_ends_another_task() {
+    let (mut finished, mut cancelled) = (0, 0);
+    for i in 0..300u64 {
+        let mut first = pool::submit_to("solo", spin_square, (i, 100)).unwrap();
+        let mut second = pool::submit_to("solo", spin_square, (i, 0)).unwrap();
+        // Sweeps the moments from the start to well after the end.
+        let until = Instant::now() + Duration::from_micros((i * 7) % 600);
+        while Instant::now() < until {
+            std::hint::spin_loop();
+        }
+        first.cancel();
+        match first.join_timeout(PATIENCE) {
+            Ok(v) => {
+                assert_eq!(v, i * i);
+                finished += 1;
+            }
+            Err(TaskError::Cancelled) => cancelled += 1,
+            Err(e) => panic!("round {i}: the cancelled task ended with {e:?}"),
+        }
+        assert_eq!(
+            second.join_timeout(PATIENCE),
+            Ok(i * i),
+            "round {i}: the next task paid for the cancel"
+        );
+    }
+    // The sweep saw both sides of the task's end.
+    assert!(
+        finished > 0 && cancelled > 0,
+        "finished {finished}, cancelled {cancelled}"
+    );
+    pool_is_full();
 }
 
 /// The most tasks of `runs` running at the same time.

@@ -282,6 +282,14 @@ fn run_task(rt: &'static Runtime, slot: usize, task: TaskMsg) {
             Some(entry) => entry(task.func, task.args.0),
             None => Outcome::Refused("the task's entry point is not a function of this executable".into()),
         };
+        // Done, unless a canceller marked it first: then it is killing this
+        // scheduler for it, and nothing more may run here (another task
+        // would die of a cancel that was not its own). Its submitter learns
+        // `Cancelled` from this scheduler's end, counted as any death
+        // mid-task is.
+        if me.running.compare_exchange(task.id, 0, SeqCst, SeqCst).is_err() {
+            crate::sys::process::kill_self();
+        }
         let counter = match outcome {
             Outcome::Done(_) => &shared.pool.done,
             _ => &shared.pool.failed,
@@ -289,10 +297,10 @@ fn run_task(rt: &'static Runtime, slot: usize, task: TaskMsg) {
         counter.fetch_add(1, Relaxed);
         outcome
     } else {
+        me.running.store(0, SeqCst);
         shared.pool.dropped.fetch_add(1, Relaxed);
         Outcome::Cancelled
     };
-    me.running.store(0, SeqCst);
     // The submitter may be gone: then nobody needs the answer.
     let _ = task.reply.reply(outcome);
 }

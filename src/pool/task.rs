@@ -242,7 +242,9 @@ impl<R> Task<R> {
     /// Asks for the task to be cancelled. A task that has not started never
     /// will; a running one is stopped by killing its scheduler (which is
     /// replaced at once). `join` then gives [`TaskError::Cancelled`], or the
-    /// value if the task had already finished.
+    /// value if the task had already finished. A cancel never ends another
+    /// task: the scheduler is marked while it runs this task, and one marked
+    /// runs no other before it dies.
     pub fn cancel(&mut self) {
         if self.attempt.is_none() || self.cancelled {
             return;
@@ -266,11 +268,17 @@ impl<R> Task<R> {
                 Err(now) => cur = now,
             }
         }
-        // Running (or finished): stop its scheduler if it still runs it.
+        // Running (or finished): stop its scheduler if it still runs it. The
+        // mark is set only while it runs this task, and a scheduler whose
+        // task is marked runs no other: the kill cannot end another task.
         for slot in self.rt.settings().pool.slots(self.class) {
             let s = &shared.schedulers[slot];
             let serial = s.serial.load(SeqCst);
-            if serial != 0 && s.running.load(SeqCst) == self.id {
+            if serial != 0
+                && s.running
+                    .compare_exchange(self.id, self.id | CANCELLED, SeqCst, SeqCst)
+                    .is_ok()
+            {
                 Mailbox::<SchedMsg>::from_pid(Pid::new(self.rt.pid().node(), serial)).kill();
             }
         }
