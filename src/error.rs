@@ -198,6 +198,17 @@ pub enum SendErrorKind {
     /// `converge::init()` has not been called in this program.
     #[error("converge::init() has not been called")]
     NotInitialized,
+    /// The sending process has no descriptor left for a connection to a new
+    /// peer (`EMFILE`/`ENFILE`), and none of its idle connections could be
+    /// closed to make room. Nothing was sent: close descriptors (or raise
+    /// [`Builder::open_files_limit`](crate::Builder::open_files_limit)) and
+    /// send again.
+    #[error("no descriptor left to connect to the receiver: {0}")]
+    NoDescriptor(String),
+    /// Connecting to the receiver failed for another reason of the system
+    /// (its socket exists but refuses in an unexpected way). Nothing was sent.
+    #[error("connecting to the receiver failed: {0}")]
+    Io(String),
 }
 
 impl<M> SendError<M> {

@@ -76,8 +76,13 @@ impl<M: Serialize> Mailbox<M> {
     /// Sends `msg`. Never blocks: when the receiver is slow the message is
     /// queued in this process, in order, and written in the background.
     ///
-    /// Fails only for what the caller can fix: a message that does not encode,
-    /// or one over the node's size limit ([`Config::max_message_size`](crate::Config::max_message_size)).
+    /// Fails only for what the caller can fix, and then gives the message
+    /// back: a message that does not encode, one over the node's size limit
+    /// ([`Config::max_message_size`](crate::Config::max_message_size)), or
+    /// a first send to a peer when this process has no descriptor left for
+    /// the connection ([`SendErrorKind::NoDescriptor`](crate::SendErrorKind::NoDescriptor);
+    /// an idle connection is closed to make room first). A message to a
+    /// process that is gone is dropped, as Erlang drops it.
     pub fn send(&self, msg: M) -> Result<(), SendError<M>> {
         self.send_inner(msg, false).map_err(|e| match e {
             TrySendError::Full(_) => unreachable!("BUG: only try_send reports a full connection"),
@@ -106,11 +111,15 @@ impl<M: Serialize> Mailbox<M> {
                 },
             ))),
             Err(BuildError::Encode(e)) => Err(TrySendError::Failed(SendError::new(msg, SendErrorKind::Encode(e)))),
-            // The target cannot be reached (descriptor limits, ...): like a
-            // send to a dead process, the message is dropped.
+            // The receiver lives but cannot be reached from here: the caller
+            // gets its message back, never a silent loss.
             Err(BuildError::Io(e)) => {
-                tracing::warn!(to = %self.pid, "message dropped: {e}");
-                Ok(())
+                let kind = if crate::sys::socket::out_of_descriptors(&e) {
+                    SendErrorKind::NoDescriptor(e.to_string())
+                } else {
+                    SendErrorKind::Io(e.to_string())
+                };
+                Err(TrySendError::Failed(SendError::new(msg, kind)))
             }
         }
     }

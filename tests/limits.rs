@@ -30,6 +30,10 @@ fn main() {
                 "a_process_out_of_descriptors_receives_once_one_is_free",
                 a_process_out_of_descriptors_receives_once_one_is_free,
             ),
+            (
+                "a_send_without_a_descriptor_is_an_error_not_a_loss",
+                a_send_without_a_descriptor_is_an_error_not_a_loss,
+            ),
         ],
         &[("rlimit_node", helper_rlimit_node)],
         skip,
@@ -415,6 +419,49 @@ fn a_process_out_of_descriptors_receives_once_one_is_free() {
         spent < Duration::from_millis(150),
         "the process spent {spent:?} of CPU time waiting for a descriptor"
     );
+    assert_eq!(
+        node().ctx::<()>().recv_down_timeout(r, PATIENCE).unwrap().reason,
+        ExitReason::Normal
+    );
+}
+
+/// A first send to a new peer needs a descriptor for the connection. A
+/// process that has none left (and no idle connection to close) gets its
+/// message back with `NoDescriptor`; once a descriptor is free, the same
+/// send goes through. Nothing is dropped while the receiver lives.
+fn a_send_without_a_descriptor_is_an_error_not_a_loss() {
+    let me = node().ctx::<String>();
+    let back = me.mailbox();
+    let told = me.mailbox();
+    let receiver = converge::spawn(move |ctx: Ctx<u32>| {
+        let got = ctx.recv_timeout(PATIENCE);
+        told.send(format!("received {got:?}")).unwrap();
+    })
+    .unwrap();
+    let (_p, r) = Builder::new()
+        .open_files_limit(32)
+        .spawn_monitor(move |_: Ctx<()>| {
+            // No connection of its own yet: none to close to make room.
+            let mut files = Vec::new();
+            while let Ok(f) = std::fs::File::open("/dev/null") {
+                files.push(f);
+            }
+            let failed = match receiver.send(7) {
+                Err(e) => format!("{}", e.kind()),
+                Ok(()) => "sent".into(),
+            };
+            drop(files);
+            let again = receiver.send(7).map_err(|e| e.to_string());
+            back.send(format!("{failed} / {again:?}")).unwrap();
+        })
+        .unwrap();
+    let mut reports = [me.recv_timeout(PATIENCE).unwrap(), me.recv_timeout(PATIENCE).unwrap()];
+    reports.sort();
+    let [report, received] = reports;
+    assert!(report.starts_with("no descriptor left"), "{report}");
+    assert!(report.ends_with("/ Ok(())"), "{report}");
+    // The receiver got the second send, once.
+    assert_eq!(received, "received Ok(7)");
     assert_eq!(
         node().ctx::<()>().recv_down_timeout(r, PATIENCE).unwrap().reason,
         ExitReason::Normal

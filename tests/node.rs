@@ -10,7 +10,8 @@ use converge::{Builder, Ctx, Event, ExitReason, InitErrorKind};
 use util::{HelperProcess, PATIENCE, helper, node, say};
 
 fn main() {
-    util::run(
+    util::run_skipping(
+        converge::Config::new(),
         &[
             ("init_after_threads_is_an_error", init_after_threads_is_an_error),
             ("init_twice_is_an_error", init_twice_is_an_error),
@@ -30,15 +31,99 @@ fn main() {
             ("stats_count_exits_by_kind", stats_count_exits_by_kind),
             ("orphans_of_a_process_are_reaped", orphans_of_a_process_are_reaped),
             ("a_thousand_processes_at_once", a_thousand_processes_at_once),
+            (
+                "init_removes_the_empty_cgroups_of_killed_nodes",
+                init_removes_the_empty_cgroups_of_killed_nodes,
+            ),
         ],
         &[
+            ("cgroup_node", helper_cgroup_node),
+            ("plain_init", helper_plain_init),
             ("threaded_init", threaded_init),
             ("shutdown", helper_shutdown),
             ("return_from_main", helper_return_from_main),
             ("signals", helper_signals),
             ("tree", helper_tree),
         ],
+        skip,
     )
+}
+
+/// Why a test cannot run on this machine, if it cannot.
+fn skip(name: &str) -> Option<String> {
+    match name {
+        "init_removes_the_empty_cgroups_of_killed_nodes" if cgroup_dirs_of(&node().id().to_string()).is_empty() => {
+            Some("the node makes no cgroups here (no writable cgroup v2 with cgroup.kill)".into())
+        }
+        _ => None,
+    }
+}
+
+/// The cgroup directories of node `id` (`converge-<id>`), wherever the
+/// cgroup hierarchies are mounted under `/sys/fs/cgroup`.
+fn cgroup_dirs_of(id: &str) -> Vec<std::path::PathBuf> {
+    fn walk(dir: &std::path::Path, name: &str, depth: usize, found: &mut Vec<std::path::PathBuf>) {
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            return;
+        };
+        for e in entries.flatten() {
+            if !e.file_type().is_ok_and(|t| t.is_dir()) {
+                continue;
+            }
+            if e.file_name().to_str() == Some(name) {
+                found.push(e.path());
+            } else if depth > 0 {
+                walk(&e.path(), name, depth - 1, found);
+            }
+        }
+    }
+    let mut found = Vec::new();
+    walk(
+        std::path::Path::new("/sys/fs/cgroup"),
+        &format!("converge-{id}"),
+        6,
+        &mut found,
+    );
+    found
+}
+
+/// A node, killed by the test.
+fn helper_cgroup_node() {
+    let node = converge::init().unwrap();
+    say("id", node.id().to_string());
+    std::thread::sleep(PATIENCE * 6);
+}
+
+/// A node that starts and ends.
+fn helper_plain_init() {
+    let _node = converge::init().unwrap();
+    say("ready", "");
+}
+
+/// A node killed with `SIGKILL` together with its zygote (which would
+/// otherwise remove the node's cgroups as it goes) leaves empty cgroups
+/// behind; the next node to start beside it removes them.
+fn init_removes_the_empty_cgroups_of_killed_nodes() {
+    let mut h = HelperProcess::start(helper("cgroup_node"));
+    let id = h.expect("id").trim().to_string();
+    let dirs = cgroup_dirs_of(&id);
+    assert!(!dirs.is_empty(), "the node made no cgroup");
+    // Its zygote (and spare) first, so that nothing cleans up after it.
+    let os = h.child.id() as i32;
+    let children = std::fs::read_to_string(format!("/proc/{os}/task/{os}/children")).unwrap();
+    for child in children.split_whitespace() {
+        let child: i32 = child.parse().unwrap();
+        // SAFETY: signalling a process of the helper's.
+        unsafe { libc::kill(child, libc::SIGKILL) };
+    }
+    h.child.kill().unwrap();
+    h.child.wait().unwrap();
+    assert!(dirs.iter().all(|d| d.exists()), "nothing left to remove: {dirs:?}");
+    let mut next = HelperProcess::start(helper("plain_init"));
+    next.expect("ready");
+    next.child.wait().unwrap();
+    let left: Vec<_> = dirs.iter().filter(|d| d.exists()).collect();
+    assert!(left.is_empty(), "left behind: {left:?}");
 }
 
 fn threaded_init() {

@@ -377,6 +377,13 @@ fn init_node(config: Config) -> Result<Node, InitError> {
     }
     // Compute the text ranges once, before any fork, so every process has them.
     let _ = sys::text::in_text(0);
+    if config.port_cgroups || config.memory_cgroups {
+        // What nodes killed before could not remove.
+        let removed = cgroup::remove_stale();
+        if removed > 0 {
+            tracing::debug!(removed, "removed the empty cgroups of nodes gone");
+        }
+    }
     let settings = Settings {
         max_message: config.max_message_size,
         coalesce: config.coalesce_window,

@@ -125,6 +125,44 @@ pub(crate) fn remove(cg: &str) {
     let _ = fs::remove_dir(cg);
 }
 
+/// Removes the empty cgroups that nodes now gone left beside this one (a node
+/// killed with `SIGKILL` cannot remove its own): every `converge-<id>`
+/// directory in this process's cgroup (v2) or memory cgroup (v1) whose node
+/// no longer listens (its abstract socket is not in `/proc/net/unix`). Only
+/// empty cgroups are removed (`rmdir` refuses the others): nothing that runs
+/// is touched.
+pub(crate) fn remove_stale() -> usize {
+    let Ok(listening) = fs::read_to_string("/proc/net/unix") else {
+        return 0;
+    };
+    let mut removed = 0;
+    for dir in [own_v2(), own_dir(Some("memory"))].into_iter().flatten() {
+        let Ok(entries) = fs::read_dir(&dir) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let name = entry.file_name();
+            let Some(hex) = name.to_str().and_then(|n| n.strip_prefix("converge-")) else {
+                continue;
+            };
+            let Some(node) = (hex.len() == 32).then(|| u128::from_str_radix(hex, 16).ok()).flatten() else {
+                continue;
+            };
+            let node = NodeId::from_bytes(node.to_le_bytes());
+            let address = format!("@{}", String::from_utf8_lossy(&node.node_address()));
+            let gone = !listening
+                .lines()
+                .any(|l| l.split_whitespace().last() == Some(address.as_str()));
+            if gone {
+                let path = entry.path();
+                remove(&path.to_string_lossy());
+                removed += usize::from(!path.exists());
+            }
+        }
+    }
+    removed
+}
+
 /// How memory limits are enforced on this node.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum MemoryCgroups {
