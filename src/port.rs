@@ -289,6 +289,7 @@ impl PortBuilder {
             trap_exits: false,
             cpu_limited: false,
             memory_limited: false,
+            leave_strays: false,
             // The zygote started it and reaps it.
             reaper: Some(crate::pid::ZYGOTE_SERIAL),
             scheduler: None,

@@ -177,6 +177,19 @@ impl Builder {
         self
     }
 
+    /// Lets what the process starts by itself (with a raw `fork`, or
+    /// [`std::process::Command`]) outlive the node. By default nothing started
+    /// under a node outlives it: such a *stray* dies with the node, and is
+    /// stopped at the node's shutdown (`SIGTERM`, then `SIGKILL` when the
+    /// shutdown timeout is up) once the process that started it has ended.
+    /// What leaves the process's group (`setsid`) or closes every inherited
+    /// descriptor before the process ends is not reached at the node's
+    /// death; at an orderly shutdown it is.
+    pub fn leave_strays(mut self, on: bool) -> Builder {
+        self.options.leave_strays = on;
+        self
+    }
+
     /// Limits the process's open descriptors (`RLIMIT_NOFILE`): opening more
     /// fails with `EMFILE`, the process goes on.
     pub fn open_files_limit(mut self, n: u64) -> Builder {

@@ -35,8 +35,15 @@ fn main() {
                 "init_removes_the_empty_cgroups_of_killed_nodes",
                 init_removes_the_empty_cgroups_of_killed_nodes,
             ),
+            (
+                "strays_end_with_the_node_s_shutdown",
+                strays_end_with_the_node_s_shutdown,
+            ),
+            ("strays_die_with_a_killed_node", strays_die_with_a_killed_node),
         ],
         &[
+            ("strays_shutdown", helper_strays_shutdown),
+            ("strays_killed", helper_strays_killed),
             ("cgroup_node", helper_cgroup_node),
             ("plain_init", helper_plain_init),
             ("threaded_init", threaded_init),
@@ -506,4 +513,94 @@ fn a_thousand_processes_at_once() {
         }
     }
     assert!(refs.iter().all(|r| downs.contains(r)));
+}
+
+/// Starts `sleep 100` from inside the calling process (not through the
+/// runtime): a stray once the process ends. Its OS pid.
+fn start_sleep() -> i32 {
+    // Left running on purpose: the node reaps it (the test ends it).
+    #[allow(clippy::zombie_processes)]
+    let child = std::process::Command::new("sleep").arg("100").spawn().unwrap();
+    child.id() as i32
+}
+
+/// Spawns a process that starts a stray and returns (with `leave`, one
+/// that lets its strays outlive the node); the stray's OS pid once the
+/// process is gone.
+fn leave_a_stray(node: &converge::Node, leave: bool) -> i32 {
+    let me = node.ctx::<i32>();
+    let back = me.mailbox();
+    let (_p, r) = converge::Builder::new()
+        .leave_strays(leave)
+        .spawn_monitor(move |_: Ctx<()>| back.send(start_sleep()).unwrap())
+        .unwrap();
+    let stray = me.recv_timeout(PATIENCE).unwrap();
+    node.ctx::<()>().recv_down_timeout(r, PATIENCE).unwrap();
+    stray
+}
+
+fn helper_strays_shutdown() {
+    let node = converge::init().unwrap();
+    let stray = leave_a_stray(&node, false);
+    let kept = leave_a_stray(&node, true);
+    say("pids", format!("{stray} {kept}"));
+    node.shutdown(Duration::from_secs(2));
+    say("shut", "");
+}
+
+/// At the node's shutdown, what processes left behind is stopped, except
+/// what a process let outlive the node (`Builder::leave_strays`).
+fn strays_end_with_the_node_s_shutdown() {
+    let mut h = HelperProcess::start(helper("strays_shutdown"));
+    let pids = os_pids(&h.expect("pids"));
+    let (stray, kept) = (pids[0], pids[1]);
+    h.expect("shut");
+    let stray_gone = util::wait_until(PATIENCE, || !util::os_alive(stray));
+    let kept_alive = util::os_alive(kept);
+    // SAFETY: the kept stray is this test's to end.
+    unsafe { libc::kill(kept, libc::SIGKILL) };
+    h.child.wait().unwrap();
+    assert!(stray_gone, "the stray {stray} outlived the shutdown");
+    assert!(kept_alive, "the stray {kept} that was let outlive the node was stopped");
+    assert!(util::wait_until(PATIENCE, || !util::os_alive(kept)));
+}
+
+fn helper_strays_killed() {
+    let node = converge::init().unwrap();
+    // One left behind by a process that ended (adopted by the node) ...
+    let adopted = leave_a_stray(&node, false);
+    assert!(
+        util::wait_until(PATIENCE, || node.stats().strays == 1),
+        "{:?}",
+        node.stats()
+    );
+    // ... and one whose process still runs.
+    let me = node.ctx::<i32>();
+    let back = me.mailbox();
+    converge::spawn(move |ctx: Ctx<()>| {
+        back.send(start_sleep()).unwrap();
+        let _ = ctx.recv_timeout(PATIENCE * 6);
+    })
+    .unwrap();
+    let running = me.recv_timeout(PATIENCE).unwrap();
+    say("pids", format!("{adopted} {running}"));
+    let _ = me.recv_timeout(PATIENCE * 6);
+}
+
+/// A node killed with `SIGKILL` takes with it what its processes started by
+/// themselves: the strays of processes that ended (its zygote kills them)
+/// and the children of those that still run (in their process group).
+fn strays_die_with_a_killed_node() {
+    let mut h = HelperProcess::start(helper("strays_killed"));
+    let pids = os_pids(&h.expect("pids"));
+    assert!(pids.iter().all(|&p| util::os_alive(p)));
+    h.child.kill().unwrap();
+    h.child.wait().unwrap();
+    let gone = all_gone(&pids, Duration::from_secs(2));
+    let survivors: Vec<i32> = pids.iter().copied().filter(|&p| util::os_alive(p)).collect();
+    for &p in &survivors {
+        // SAFETY: ending what the test started.
+        unsafe { libc::kill(p, libc::SIGKILL) };
+    }
+    assert!(gone, "survivors: {survivors:?}");
 }

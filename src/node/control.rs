@@ -145,6 +145,8 @@ pub(crate) struct Io {
     memory_leftovers: Vec<u64>,
     /// Adopted strangers being watched: number → (pidfd, OS pid).
     strangers: HashMap<u64, (OwnedFd, i32)>,
+    /// Strangers adopted since the table last took them (for the zygote).
+    adopted: Vec<(i32, i32)>,
     /// Read buffer.
     scratch: Vec<u8>,
 }
@@ -311,6 +313,7 @@ impl Io {
             if self.epoll.add(&fd, Token::new(STRANGER, n), Interest::Read).is_ok() {
                 tracing::debug!(ospid = child, pgid, "adopted an orphan");
                 self.strangers.insert(n, (fd, child));
+                self.adopted.push((child, pgid));
             }
         }
     }
@@ -478,6 +481,7 @@ impl Control {
             memory,
             memory_leftovers: Vec::new(),
             strangers: HashMap::new(),
+            adopted: Vec::new(),
             scratch: vec![0; 64 * 1024],
         };
         Control {
@@ -701,13 +705,32 @@ impl Control {
         self.table.strangers_to_scan()
     }
 
-    /// Adopts the orphans of the process groups of processes that ended.
+    /// Adopts the orphans of the process groups of processes that ended, and
+    /// tells the zygote of those that die with the node.
     pub(crate) fn scan_strangers(&mut self) {
         let groups = self.table.take_stranger_groups();
         if !groups.is_empty() {
             let known = self.table.ospids();
             self.table.sys.adopt_strangers(&groups, &known);
         }
+        for (ospid, pgid) in std::mem::take(&mut self.table.sys.adopted) {
+            if !self.table.exempt_groups.contains(&pgid) {
+                self.table.tell_zygote(ToProcess::Stray { ospid });
+            }
+        }
+    }
+
+    /// The node's children that no process of the table is, nor the process
+    /// group of one that let its strays outlive the node: pidfds of what
+    /// processes left behind (adopted or not yet), for the shutdown to stop.
+    pub(crate) fn strays(&self) -> Vec<OwnedFd> {
+        let known = self.table.ospids();
+        crate::sys::proc_fs::children_of_self()
+            .into_iter()
+            .filter(|c| !known.contains(c))
+            .filter(|&c| crate::sys::proc_fs::pgid_of(c).is_some_and(|g| !self.table.exempt_groups.contains(&g)))
+            .filter_map(|c| pidfd_open(c).ok())
+            .collect()
     }
 
     /// Adopted stranger `n` exited: reap it.
@@ -746,6 +769,11 @@ impl Control {
     /// The node-wide counters.
     pub(crate) fn counters(&self) -> Counters {
         self.table.counters().clone()
+    }
+
+    /// Adopted strangers still running.
+    pub(crate) fn adopted_strangers(&self) -> usize {
+        self.table.sys.strangers.len()
     }
 }
 

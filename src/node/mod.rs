@@ -333,6 +333,14 @@ impl NodeShared {
                 !c.user_processes().is_empty()
             });
         }
+        // What the processes left behind (strays): asked to stop, and killed
+        // when the shutdown time is up.
+        let strays = core.strays();
+        if !strays.is_empty() {
+            drop(core);
+            stop_strays(&strays, deadline);
+            core = self.control.lock();
+        }
         core.kill_all(true);
         core = self.wait_while(core, Instant::now() + Duration::from_secs(2), |c| {
             c.alive(ZYGOTE_SERIAL)
@@ -351,6 +359,31 @@ impl NodeShared {
             rt.inbox.lock().disconnected = true;
             rt.inbox.stop_background();
         }
+    }
+}
+
+/// Stops the strays behind `pidfds`: `SIGTERM` now, `SIGKILL` at `deadline`
+/// to those left, then reaps them (the node is their parent).
+fn stop_strays(pidfds: &[std::os::fd::OwnedFd], deadline: Instant) {
+    use sys::process::{SIGKILL, SIGTERM, pidfd_ended, pidfd_send_signal, pidfd_try_wait};
+    tracing::info!(strays = pidfds.len(), "stopping what processes left behind");
+    let all_ended = || pidfds.iter().all(pidfd_ended);
+    for fd in pidfds {
+        let _ = pidfd_send_signal(fd, SIGTERM);
+    }
+    while !all_ended() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    for fd in pidfds.iter().filter(|fd| !pidfd_ended(fd)) {
+        let _ = pidfd_send_signal(fd, SIGKILL);
+    }
+    let killed_by = Instant::now() + Duration::from_secs(2);
+    while !all_ended() && Instant::now() < killed_by {
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    for fd in pidfds {
+        // ECHILD: the node's watcher reaped it first.
+        let _ = pidfd_try_wait(fd);
     }
 }
 
@@ -528,6 +561,11 @@ pub struct NodeStats {
     pub refused: u64,
     /// Orphans adopted by the node (as subreaper) and reaped.
     pub strangers_reaped: u64,
+    /// Strays running now: what processes that ended left behind (started
+    /// by themselves), adopted and watched by the node, which stops them at
+    /// its shutdown and whose zygote kills them if it dies (see
+    /// [`Builder::leave_strays`](crate::Builder::leave_strays)).
+    pub strays: usize,
     /// Children restarted by supervisors.
     pub restarts: u64,
 }
@@ -615,6 +653,7 @@ impl Node {
             exits: c.exits.iter().map(|(k, v)| (k.to_string(), *v)).collect(),
             refused: c.refused,
             strangers_reaped: c.strangers_reaped,
+            strays: core.adopted_strangers(),
             restarts: self.rt.shared().restarts.load(Ordering::Relaxed),
         }
     }

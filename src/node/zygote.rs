@@ -186,6 +186,8 @@ fn run_with(setup: ZygoteSetup, early: Vec<ToProcess>, mut ctl_decoder: Decoder)
     let mut next = 0u64;
     let mut events = Vec::new();
     let mut scratch = vec![0u8; 16 * 1024];
+    // What processes left behind and the node adopted: killed if it dies.
+    let mut strays: Vec<OwnedFd> = Vec::new();
     for frame in early {
         if let ToProcess::ReplaceScheduler { slot, was_ready } = frame {
             replace_scheduler(&setup, &epoll, &mut next, &mut pool, &mut children, slot, was_ready);
@@ -218,7 +220,7 @@ fn run_with(setup: ZygoteSetup, early: Vec<ToProcess>, mut ctl_decoder: Decoder)
                         }
                     }
                 }
-                TOKEN_DEATH => guardian(&setup, &children),
+                TOKEN_DEATH => guardian(&setup, &children, &strays),
                 // After the rest: its own children's statuses go out first.
                 TOKEN_SIGCHLD => orphans_may_have_ended = true,
                 TOKEN_SPARE => {
@@ -235,7 +237,7 @@ fn run_with(setup: ZygoteSetup, early: Vec<ToProcess>, mut ctl_decoder: Decoder)
                     // us anyway).
                     let n = match sys::socket::read(&setup.ctl, &mut scratch) {
                         Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-                        Ok(0) | Err(_) => guardian(&setup, &children),
+                        Ok(0) | Err(_) => guardian(&setup, &children, &strays),
                         Ok(n) => n,
                     };
                     let mut frames = Vec::new();
@@ -246,8 +248,12 @@ fn run_with(setup: ZygoteSetup, early: Vec<ToProcess>, mut ctl_decoder: Decoder)
                         true
                     });
                     for frame in frames {
-                        if let Ok(ToProcess::ReplaceScheduler { slot, was_ready }) = frame {
-                            replace_scheduler(&setup, &epoll, &mut next, &mut pool, &mut children, slot, was_ready);
+                        match frame {
+                            Ok(ToProcess::ReplaceScheduler { slot, was_ready }) => {
+                                replace_scheduler(&setup, &epoll, &mut next, &mut pool, &mut children, slot, was_ready);
+                            }
+                            Ok(ToProcess::Stray { ospid }) => keep_stray(&mut strays, ospid),
+                            _ => {}
                         }
                     }
                 }
@@ -645,6 +651,7 @@ fn fork_scheduler(setup: &ZygoteSetup, slot: usize) -> io::Result<(u64, i32, Own
         trap_exits: false,
         cpu_limited: false,
         memory_limited: false,
+        leave_strays: false,
         reaper: Some(crate::pid::ZYGOTE_SERIAL),
         scheduler: Some(slot as u32),
     };
@@ -776,9 +783,26 @@ fn start_port(req: PortRequest, fds: Vec<OwnedFd>, cgroup: Option<String>) -> io
     })
 }
 
+/// Keeps a pidfd of stray `ospid`, which the node adopted, to kill it if the
+/// node dies. The node's child is opened only: a pid the node reaped (and
+/// that was used again) by then has another parent, and is left alone.
+fn keep_stray(strays: &mut Vec<OwnedFd>, ospid: i32) {
+    strays.retain(|fd| !sys::process::pidfd_ended(fd));
+    let Ok(fd) = sys::process::pidfd_open(ospid) else {
+        return;
+    };
+    let node = sys::proc_fs::parent_of(sys::process::getpid());
+    if node.is_some() && sys::proc_fs::parent_of(ospid) == node {
+        strays.push(fd);
+    }
+}
+
 /// The node is gone: kill every port's process group (and the ports'
-/// cgroups), then end.
-fn guardian(setup: &ZygoteSetup, children: &HashMap<Token, Child>) -> ! {
+/// cgroups) and the strays the node had adopted, then end.
+fn guardian(setup: &ZygoteSetup, children: &HashMap<Token, Child>, strays: &[OwnedFd]) -> ! {
+    for fd in strays {
+        let _ = sys::process::pidfd_send_signal(fd, sys::process::SIGKILL);
+    }
     for child in children.values() {
         if let Some(group) = child.port {
             let _ = sys::process::pidfd_signal_group(&child.pidfd, group, sys::process::SIGKILL);

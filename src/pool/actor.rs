@@ -360,6 +360,7 @@ impl ActorSpawn {
                 trap_exits: self.trap_exits,
                 cpu_limited: false,
                 memory_limited: false,
+                leave_strays: false,
                 reaper: None,
                 scheduler: None,
             },

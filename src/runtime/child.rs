@@ -40,6 +40,8 @@ pub(crate) struct ChildOptions {
     pub(crate) open_files: Option<u64>,
     /// Memory limit in bytes (a cgroup's, or `RLIMIT_DATA`).
     pub(crate) memory_bytes: Option<u64>,
+    /// What it starts by itself may outlive the node.
+    pub(crate) leave_strays: bool,
 }
 
 /// Everything a new process needs to start its runtime.
@@ -67,7 +69,7 @@ pub(crate) struct ChildPlan {
 
 /// Runs in the new process; never returns.
 pub(crate) fn child_main(plan: ChildPlan, body: impl FnOnce(&'static Runtime) -> ExitReason) -> Infallible {
-    let armed = match sys::signal::arm_death_signal(plan.death_read) {
+    let armed = match sys::signal::arm_death_signal(plan.death_read, !plan.options.leave_strays) {
         Ok(fd) => fd,
         // The node is already gone: nobody is left to run for.
         Err(_) => sys::process::exit_now(1),

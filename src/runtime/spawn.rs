@@ -77,6 +77,7 @@ fn prepare(
         trap_exits: spec.trap_exits,
         cpu_limited: spec.options.cpu_seconds.is_some(),
         memory_limited: spec.options.memory_bytes.is_some(),
+        leave_strays: spec.options.leave_strays,
         reaper,
         scheduler: None,
     };

@@ -94,8 +94,12 @@ pub(crate) fn die_by_signal(signal: i32) -> ! {
 /// descriptor is this process's own armed description, to be kept open (and
 /// passed on to the process's children).
 ///
+/// `group`: the signal goes to the calling process's whole process group
+/// (it leads one), so what it forks and execs itself dies with the node too,
+/// while the description stays open in one of them.
+///
 /// Fails with `BrokenPipe` if the node is already gone.
-pub(crate) fn arm_death_signal(read_end: RawFd) -> io::Result<OwnedFd> {
+pub(crate) fn arm_death_signal(read_end: RawFd, group: bool) -> io::Result<OwnedFd> {
     // "/proc/self/fd/<n>" and a NUL, built on the stack.
     let mut path = *b"/proc/self/fd/\0\0\0\0\0\0\0\0\0\0\0";
     let mut digits = [0u8; 10];
@@ -115,8 +119,10 @@ pub(crate) fn arm_death_signal(read_end: RawFd) -> io::Result<OwnedFd> {
     let path = CStr::from_bytes_until_nul(&path).expect("BUG: the path ends in NUL");
     let fd = rustix::fs::open(path, OFlags::RDONLY | OFlags::NONBLOCK | OFlags::CLOEXEC, Mode::empty())?;
     let me = super::process::getpid();
+    // A negative owner is a process group.
+    let owner = if group { -me } else { me };
     // rustix has no F_SETOWN, F_SETSIG or O_ASYNC: plain fcntl(2) with integers.
-    syscall!(fcntl(fd.as_raw_fd(), libc::F_SETOWN, me))?;
+    syscall!(fcntl(fd.as_raw_fd(), libc::F_SETOWN, owner))?;
     syscall!(fcntl(fd.as_raw_fd(), F_SETSIG, libc::SIGKILL))?;
     syscall!(fcntl(fd.as_raw_fd(), libc::F_SETFL, libc::O_ASYNC | libc::O_NONBLOCK))?;
     // The node may have died before the signal was armed: check once by hand.

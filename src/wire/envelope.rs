@@ -42,6 +42,8 @@ pub(crate) struct Registration {
     /// A scheduler of the pool (runtime machinery: not listed, not stopped by
     /// a shutdown), in this slot.
     pub(crate) scheduler: Option<u32>,
+    /// What it starts by itself (its process group) may outlive the node.
+    pub(crate) leave_strays: bool,
 }
 
 #[cfg(test)]
@@ -59,6 +61,7 @@ impl Registration {
             memory_limited: false,
             reaper: None,
             scheduler: None,
+            leave_strays: false,
         }
     }
 }
@@ -302,6 +305,12 @@ pub(crate) enum ToProcess {
     TakeOver,
     /// To the zygote: the scheduler `serial` of slot `slot` ended; start
     /// another.
+    /// To the zygote: the node adopted `ospid`, left behind by a process
+    /// that ended; the zygote kills it if the node dies.
+    Stray {
+        /// Its OS pid (the node's child until the node reaps it).
+        ospid: i32,
+    },
     ReplaceScheduler {
         /// The slot.
         slot: u32,

@@ -87,11 +87,14 @@ proptest! {
             ToNode::Register(Registration {
                 serial, parent, name, link: serial % 2 == 0, monitors: vec![(reference, true)],
                 trap_exits: true, cpu_limited: false, memory_limited: true, reaper: Some(parent), scheduler: None,
+                leave_strays: true,
             }),
             ToNode::Monitor { reference, internal: false, target: pid },
             ToNode::ExitSignal { target: pid, reason: ExitReason::Exit(text.clone()), untrappable: false },
             ToNode::LastWords { reason: ExitReason::Panic(text.clone()) },
             ToNode::Whereis { request: reference, name: text.clone() },
+            ToNode::MonitorName { reference, name: text.clone() },
+            ToNode::Demonitor { request: Some(reference), reference },
         ];
         for m in msgs {
             let bytes = postcard::to_stdvec(&m).unwrap();

@@ -233,6 +233,9 @@ impl<S: System> Table<S> {
         // of /proc costs more than the rest of an exit).
         if let Some(pgid) = p.ospid {
             self.stranger_groups.push(pgid);
+            if p.leave_strays {
+                self.exempt_groups.insert(pgid);
+            }
         }
     }
 

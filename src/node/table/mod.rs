@@ -177,6 +177,8 @@ struct Proc {
     cpu_limited: bool,
     /// It has a memory limit: see [`System::memory_end`].
     memory_limited: bool,
+    /// What it starts by itself may outlive the node.
+    leave_strays: bool,
     /// Names registered to it.
     names: Vec<String>,
     /// The process that reaps it: its OS parent (the spawner, or the zygote).
@@ -208,6 +210,7 @@ impl Proc {
             actor_exit: None,
             cpu_limited: false,
             memory_limited: false,
+            leave_strays: false,
             names: Vec::new(),
             reaper: parent,
         }
@@ -284,6 +287,9 @@ pub(crate) struct Table<S> {
     timer_armed: bool,
     /// Process groups of ended processes, to scan for orphans.
     stranger_groups: Vec<i32>,
+    /// Process groups whose leaders chose to let what they start outlive the
+    /// node (`Builder::leave_strays`): their strays are reaped, not killed.
+    pub(crate) exempt_groups: std::collections::HashSet<i32>,
     /// Shutdown in progress.
     shutting_down: bool,
     /// Counters.
@@ -321,6 +327,7 @@ impl<S: System> Table<S> {
             timers: Vec::new(),
             timer_armed: false,
             stranger_groups: Vec::new(),
+            exempt_groups: std::collections::HashSet::new(),
             shutting_down: false,
             counters: Counters::default(),
             queues: pool.classes.iter().map(|_| VecDeque::new()).collect(),
@@ -458,6 +465,7 @@ impl<S: System> Table<S> {
         p.trap_exits = reg.trap_exits;
         p.cpu_limited = reg.cpu_limited;
         p.memory_limited = reg.memory_limited;
+        p.leave_strays = reg.leave_strays;
         let early = self.early_status.remove(&serial);
         p.status = early;
         self.insert_child(p, &reg.monitors, reg.link, parent_alive);
@@ -674,6 +682,11 @@ impl<S: System> Table<S> {
     /// The OS pids of every process in the table.
     pub(crate) fn ospids(&self) -> HashSet<i32> {
         self.procs.values().filter_map(|p| p.ospid).collect()
+    }
+
+    /// Queues a control frame for the zygote.
+    pub(crate) fn tell_zygote(&mut self, msg: ToProcess) {
+        self.send_to(ZYGOTE_SERIAL, msg);
     }
 
     /// Takes the process groups of ended processes, to scan for orphans.

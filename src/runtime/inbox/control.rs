@@ -155,7 +155,7 @@ impl Inbox {
             },
             ToProcess::KillActor { actor, reason } => st.hosted.kills.push((actor, reason)),
             // For the zygote and its spare only.
-            ToProcess::TakeOver | ToProcess::ReplaceScheduler { .. } => {}
+            ToProcess::TakeOver | ToProcess::ReplaceScheduler { .. } | ToProcess::Stray { .. } => {}
         }
     }
 
