@@ -308,6 +308,12 @@ fn shutdown_policies() {
         )
         .spawn()
         .unwrap();
+    // The trapping children trap before they are asked to stop (else the
+    // Shutdown ends them at once, as it should).
+    for id in ["cleans_up", "too_slow"] {
+        let pid = pid_of(&sup, id);
+        assert!(wait_until(PATIENCE, || converge::process_info(pid).is_some_and(|i| i.trap_exits)));
+    }
     // Stopping a child is not a crash: nothing is restarted.
     for (id, expected) in [
         ("plain", ExitReason::Shutdown),
