@@ -20,9 +20,19 @@ fn main() {
     let mut c = common::criterion();
 
     spawn_down(&mut c, &node, "spawn_down");
+    // Both ends pinned, the floor's and converge's alike: on one core, and
+    // on two. Unpinned, a round trip is bimodal (the two ends land on one
+    // core or on two, and the floor and converge may land differently): for
+    // information only.
+    rtt(&mut c, &node, "rtt_16_samecore", 16, Some((0, 0)));
+    rtt(&mut c, &node, "rtt_1k_samecore", 1024, Some((0, 0)));
+    if cpus() > 1 {
+        rtt(&mut c, &node, "rtt_16_crosscore", 16, Some((0, 1)));
+        rtt(&mut c, &node, "rtt_1k_crosscore", 1024, Some((0, 1)));
+    }
     rtt(&mut c, &node, "rtt_16", 16, None);
     rtt(&mut c, &node, "rtt_1k", 1024, None);
-    rtt(&mut c, &node, "rtt_16_samecore", 16, Some(0));
+    send_dead(&mut c, &node);
     throughput(&mut c, &node);
     kill_down(&mut c, &node);
     uss(&node);
@@ -62,23 +72,25 @@ fn echo(ctx: Ctx<(Bytes, Mailbox<Bytes>)>) {
     }
 }
 
-/// Round trips of `size` bytes with an echo process.
-fn rtt(c: &mut criterion::Criterion, node: &Node, name: &str, size: usize, pin: Option<usize>) {
-    if let Some(cpu) = pin {
-        common::pin(cpu);
+/// Round trips of `size` bytes with an echo process; `pins`: the caller's
+/// CPU and the echo's.
+fn rtt(c: &mut criterion::Criterion, node: &Node, name: &str, size: usize, pins: Option<(usize, usize)>) {
+    if let Some((me, _)) = pins {
+        common::pin(me);
     }
-    let raw = floor::Echo::start(pin);
+    let raw = floor::Echo::start(pins.map(|p| p.1));
     let mut b = Builder::new();
-    if let Some(cpu) = pin {
-        b = b.cpus(&[cpu]);
+    if let Some((_, echo_cpu)) = pins {
+        b = b.cpus(&[echo_cpu]);
     }
     let e = b.spawn(echo).unwrap();
     let me = node.ctx::<Bytes>();
     let back = me.mailbox();
     let payload = Bytes::from(vec![7u8; size]);
-    common::compare(
+    common::compare_as(
         c,
         name,
+        if pins.is_some() { "ratio" } else { "info" },
         |iters| raw.round_trips(iters, size),
         |iters| {
             let t = Instant::now();
@@ -92,9 +104,44 @@ fn rtt(c: &mut criterion::Criterion, node: &Node, name: &str, size: usize, pin: 
     );
     e.kill();
     drop(raw);
-    if pin.is_some() {
+    if pins.is_some() {
         common::unpin();
     }
+}
+
+/// CPUs this process may run on.
+fn cpus() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+/// A send to a process known to be gone, against a send to a live one (the
+/// floor here is converge's own live send): a dead target must cost no more.
+fn send_dead(c: &mut criterion::Criterion, node: &Node) {
+    let sink = converge::spawn(|ctx: Ctx<u64>| while ctx.recv().is_ok() {}).unwrap();
+    let (dead, r) = converge::spawn_monitor(|_: Ctx<u64>| {}).unwrap();
+    node.ctx::<()>().recv_down(r).unwrap();
+    dead.send(0).unwrap();
+    common::compare(
+        c,
+        "send_dead",
+        |iters| {
+            let t = Instant::now();
+            for i in 0..iters {
+                sink.send(i).unwrap();
+            }
+            let spent = t.elapsed();
+            converge::flush();
+            spent
+        },
+        |iters| {
+            let t = Instant::now();
+            for i in 0..iters {
+                dead.send(i).unwrap();
+            }
+            t.elapsed()
+        },
+    );
+    sink.kill();
 }
 
 /// A process that counts messages and answers when it has the number asked.

@@ -18,7 +18,7 @@ pub fn ci() -> bool {
 pub fn criterion() -> Criterion {
     let c = Criterion::default().configure_from_args();
     if ci() {
-        c.sample_size(10)
+        c.sample_size(20)
             .warm_up_time(Duration::from_millis(200))
             .measurement_time(Duration::from_secs(1))
     } else {
@@ -51,10 +51,36 @@ impl Pairs {
         (median(&self.floor), median(&self.converge))
     }
 
-    /// Adds `ratio NAME: X.XX (floor F, converge C)` to the closing lines.
+    /// The ratio of each sample pair (converge over the floor measured right
+    /// before it), sorted: a pair shares the machine's state of the moment,
+    /// so the ratio moves less than either time.
+    fn ratios(&self) -> Vec<f64> {
+        let mut r: Vec<f64> = self.converge.iter().zip(&self.floor).map(|(c, f)| c / f).collect();
+        r.sort_by(|a, b| a.partial_cmp(b).unwrap());
+        r
+    }
+
+    /// Adds `ratio NAME: X.XX [Q1-Q3] (floor F, converge C)` to the closing
+    /// lines: the median of the pairs' ratios, their middle half, and the
+    /// median times.
     pub fn report(&self, name: &str) {
+        self.report_as(name, "ratio");
+    }
+
+    /// As [`report`](Self::report), under another first word (`info` for a
+    /// figure that has no target).
+    pub fn report_as(&self, name: &str, word: &str) {
         let (f, c) = self.medians();
-        let line = format!("ratio {name}: {:.2} (floor {}, converge {})", c / f, human(f), human(c));
+        let r = self.ratios();
+        let line = format!(
+            "{word} {name}: {:.2} [{:.2}-{:.2}] (floor {}, converge {}, {} pairs)",
+            quantile(&r, 0.5),
+            quantile(&r, 0.25),
+            quantile(&r, 0.75),
+            human(f),
+            human(c),
+            r.len()
+        );
         RESULTS.lock().unwrap().push(line);
     }
 }
@@ -62,10 +88,16 @@ impl Pairs {
 fn median(v: &[f64]) -> f64 {
     let mut v = v.to_vec();
     v.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    if v.is_empty() {
+    quantile(&v, 0.5)
+}
+
+/// The `q` quantile of sorted values (nearest rank).
+fn quantile(sorted: &[f64], q: f64) -> f64 {
+    if sorted.is_empty() {
         return f64::NAN;
     }
-    v[v.len() / 2]
+    let i = ((sorted.len() - 1) as f64 * q).round() as usize;
+    sorted[i]
 }
 
 /// A time per operation, in the unit that reads best.
@@ -84,6 +116,17 @@ pub fn human(secs: f64) -> String {
 pub fn compare(
     c: &mut Criterion,
     name: &str,
+    floor: impl FnMut(u64) -> Duration,
+    converge: impl FnMut(u64) -> Duration,
+) {
+    compare_as(c, name, "ratio", floor, converge);
+}
+
+/// [`compare`], reported under `word` (`info`: a figure without a target).
+pub fn compare_as(
+    c: &mut Criterion,
+    name: &str,
+    word: &str,
     mut floor: impl FnMut(u64) -> Duration,
     mut converge: impl FnMut(u64) -> Duration,
 ) {
@@ -96,7 +139,7 @@ pub fn compare(
             v
         })
     });
-    pairs.report(name);
+    pairs.report_as(name, word);
 }
 
 /// Prints the closing lines.

@@ -23,7 +23,7 @@
 //! When the kernel buffer is full the bytes stay queued here, in order, and the
 //! connection is polled for writability: `send` never blocks.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::time::{Duration, Instant};
@@ -125,6 +125,28 @@ struct Conns {
     map: HashMap<(u64, u64), OutConn, BuildHasherDefault<SerialHasher>>,
     /// Sends so far (the clock of least-recently-used closing).
     uses: u64,
+    /// Targets found gone (their listener refused a connection), newest
+    /// last, at most `DEAD_KEPT`: a send to one is dropped at once, with no
+    /// new connection tried. Serials are never used again.
+    dead: HashSet<u64, BuildHasherDefault<SerialHasher>>,
+    dead_order: std::collections::VecDeque<u64>,
+}
+
+/// How many gone targets a process remembers.
+const DEAD_KEPT: usize = 4096;
+
+impl Conns {
+    /// Notes that `serial` is gone.
+    fn note_dead(&mut self, serial: u64) {
+        if self.dead.insert(serial) {
+            self.dead_order.push_back(serial);
+            if self.dead_order.len() > DEAD_KEPT
+                && let Some(old) = self.dead_order.pop_front()
+            {
+                self.dead.remove(&old);
+            }
+        }
+    }
 }
 
 /// The send side of a process.
@@ -187,11 +209,17 @@ impl Outbox {
         conns.uses += 1;
         let uses = conns.uses;
         if !conns.map.contains_key(&key) {
+            if conns.dead.contains(&serial) {
+                return Ok(Sent::Dropped);
+            }
             match self.connect(conns, inbox, me, epoch, target)? {
                 Some(conn) => {
                     conns.map.insert(key, conn);
                 }
-                None => return Ok(Sent::Dropped),
+                None => {
+                    conns.note_dead(serial);
+                    return Ok(Sent::Dropped);
+                }
             }
         }
         let conn = conns.map.get_mut(&key).expect("BUG: connection present");
