@@ -21,7 +21,11 @@ fn main() {
         .expect("init() first, before criterion starts threads");
     let mut c = common::criterion();
     port_spawn(&mut c);
-    port_rtt(&mut c);
+    // Both ends on one core (the caller and the program alike, floor and
+    // converge); unpinned, for information only (bimodal: the ends land on
+    // one core or two).
+    port_rtt(&mut c, Some(0));
+    port_rtt(&mut c, None);
     c.final_summary();
     common::print_results();
     node.shutdown(Duration::from_secs(5));
@@ -61,24 +65,39 @@ fn port_spawn(c: &mut criterion::Criterion) {
 }
 
 /// A line echoed by a `cat` port, against a bare round trip through `cat` over
-/// two pipes.
-fn port_rtt(c: &mut criterion::Criterion) {
-    let mut bare = Command::new("cat")
+/// two pipes; `pin`: the caller and both programs on this CPU (`taskset`).
+fn port_rtt(c: &mut criterion::Criterion, pin: Option<usize>) {
+    let cpu = pin.map(|p| p.to_string());
+    let program = |cmd: &mut Vec<String>| {
+        if let Some(cpu) = &cpu {
+            cmd.extend(["taskset".into(), "-c".into(), cpu.clone()]);
+        }
+        cmd.push("cat".into());
+    };
+    let mut argv = Vec::new();
+    program(&mut argv);
+    if let Some(p) = pin {
+        common::pin(p);
+    }
+    let mut bare = Command::new(&argv[0])
+        .args(&argv[1..])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
     let mut bare_in = bare.stdin.take().unwrap();
     let mut bare_out = BufReader::new(bare.stdout.take().unwrap());
-    let port = PortBuilder::new("cat")
+    let port = PortBuilder::new(&argv[0])
+        .args(&argv[1..])
         .framing(Framing::Lines { max: 4096 })
         .spawn()
         .unwrap();
     let line = b"a line of forty bytes, more or less....\n";
     let mut back = String::new();
-    common::compare(
+    common::compare_as(
         c,
-        "port_rtt",
+        if pin.is_some() { "port_rtt_samecore" } else { "port_rtt" },
+        if pin.is_some() { "ratio" } else { "info" },
         |iters| {
             let t = Instant::now();
             for _ in 0..iters {
@@ -104,4 +123,7 @@ fn port_rtt(c: &mut criterion::Criterion) {
     bare.wait().unwrap();
     port.close_input();
     while !matches!(port.recv(), Ok(PortOutput::Exit(_)) | Err(_)) {}
+    if pin.is_some() {
+        common::unpin();
+    }
 }
