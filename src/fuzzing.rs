@@ -126,3 +126,9 @@ pub fn packet_reader(data: &[u8]) {
         assert!(total <= stream.len(), "more bytes out than in");
     }
 }
+
+/// A node id for the distribution fuzz targets (a node makes its own at
+/// `init()`; nothing else builds one).
+pub fn node_id(n: u128) -> crate::NodeId {
+    crate::NodeId::from_bytes(n.to_le_bytes())
+}

@@ -1,0 +1,29 @@
+//! Distribution (feature `dist`): nodes on several machines.
+//!
+//! This module holds the first layer of distribution, the session between
+//! two nodes, as a sans-I/O state machine that any byte stream can carry:
+//!
+//! 1. [`Secret`]: the cluster's shared secret, read from a file or bytes.
+//! 2. [`Handshake`]: Noise `NNpsk0` (`snow`): both ends prove they hold the
+//!    secret, agree on fresh keys (forward secrecy), and exchange a
+//!    [`Hello`] that carries the protocol version, checked here, and the
+//!    node's id and name.
+//! 3. [`Session`]: frames sealed into records of at most 64 KiB, each with
+//!    its own nonce (a replayed, reordered or altered record is refused), on
+//!    numbered channels. A frame over 64 KiB is cut into fragments; the
+//!    fragments of different channels may interleave, so one large message
+//!    never holds up the small ones of other senders. The size of a frame
+//!    is checked against the limit before anything is allocated for it.
+//!
+//! What sits on top (membership with SWIM, remote sends, links and monitors)
+//! builds on these.
+//!
+//! On the wire, every handshake message and every record is a 2-byte
+//! big-endian length followed by that many bytes of Noise message.
+
+mod session;
+
+pub use session::{DistError, Handshake, Hello, PROTOCOL_VERSION, Secret, Session, Step};
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,590 @@
+//! The session between two nodes: the shared secret, the Noise `NNpsk0`
+//! handshake with the protocol version and the nodes' identities, and the
+//! record layer that carries frames on numbered channels.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::io::{Read, Write};
+use std::path::Path;
+
+use blake2::{Blake2s256, Digest};
+use serde::{Deserialize, Serialize};
+
+use crate::pid::NodeId;
+
+/// The version of the distribution protocol, checked in the handshake.
+pub const PROTOCOL_VERSION: u16 = 1;
+
+/// The Noise protocol: a pre-shared key mixed in at the first message,
+/// ephemeral keys on both sides (forward secrecy), ChaCha20-Poly1305.
+const PATTERN: &str = "Noise_NNpsk0_25519_ChaChaPoly_BLAKE2s";
+/// Bound into the handshake hash: a session of another protocol that
+/// happened to share the secret does not verify.
+const PROLOGUE: &[u8] = b"converge distribution v1";
+/// Largest Noise message (`snow::constants::MAXMSGLEN`).
+const MAX_RECORD: usize = 65535;
+/// The authentication tag of a sealed record.
+const TAG: usize = 16;
+/// Largest handshake message accepted (they are under 200 bytes).
+const MAX_HANDSHAKE_MESSAGE: usize = 1024;
+/// A record's fragment header: channel (u32), kind (u8), and for the first
+/// fragment of a frame its total length (u32), all big-endian.
+const FIRST_HEADER: usize = 9;
+const NEXT_HEADER: usize = 5;
+const FIRST: u8 = 1;
+const NEXT: u8 = 2;
+/// Most frames being reassembled at once, across channels.
+const MAX_OPEN_CHANNELS: usize = 1024;
+
+/// A distribution session could not be set up, or broke.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum DistError {
+    /// The secret is too short to be one (at least 16 bytes).
+    #[error("a cluster secret needs at least 16 bytes, this one has {0}")]
+    ShortSecret(usize),
+    /// The secret file could not be read, or others may read it.
+    #[error("secret file {path}: {why}")]
+    SecretFile {
+        /// The file.
+        path: String,
+        /// What is wrong with it.
+        why: String,
+    },
+    /// The peer does not hold the cluster secret, or what it sent was
+    /// altered, replayed or reordered: nothing of it is trusted.
+    #[error("the peer failed authentication (another secret, or an altered, replayed or reordered message)")]
+    Authentication,
+    /// The peer speaks another version of the protocol.
+    #[error("the peer speaks distribution protocol {theirs}, this node {ours}")]
+    Version {
+        /// This node's version.
+        ours: u16,
+        /// The peer's.
+        theirs: u16,
+    },
+    /// A frame over the size limit was announced; it was refused before
+    /// anything was allocated for it.
+    #[error("the peer announced a frame of {size} bytes, over the limit of {limit} bytes")]
+    FrameTooLarge {
+        /// The size announced.
+        size: u64,
+        /// The limit.
+        limit: usize,
+    },
+    /// The peer broke the protocol.
+    #[error("the peer broke the protocol: {0}")]
+    Malformed(String),
+    /// The connection ended, or its I/O failed.
+    #[error("the connection failed: {0}")]
+    Io(String),
+}
+
+/// The cluster's shared secret: every node of a cluster holds the same one,
+/// and a peer that does not is refused at its first message.
+#[derive(Clone)]
+pub struct Secret([u8; 32]);
+
+impl Secret {
+    /// A secret from bytes (at least 16; a passphrase or random bytes),
+    /// stretched to the 32-byte key Noise takes with BLAKE2s.
+    pub fn from_bytes(secret: &[u8]) -> Result<Secret, DistError> {
+        if secret.len() < 16 {
+            return Err(DistError::ShortSecret(secret.len()));
+        }
+        let mut h = Blake2s256::new();
+        h.update(b"converge cluster secret\0");
+        h.update(secret);
+        Ok(Secret(h.finalize().into()))
+    }
+
+    /// A secret from a file, its content less one trailing newline. The file
+    /// must not be readable or writable by other users (as `ssh` refuses a
+    /// private key that is).
+    pub fn from_file(path: impl AsRef<Path>) -> Result<Secret, DistError> {
+        use std::os::unix::fs::PermissionsExt;
+        let path = path.as_ref();
+        let err = |why: String| DistError::SecretFile {
+            path: path.display().to_string(),
+            why,
+        };
+        let meta = std::fs::metadata(path).map_err(|e| err(e.to_string()))?;
+        if meta.permissions().mode() & 0o077 != 0 {
+            return Err(err(format!(
+                "other users may read or write it (mode {:o}); chmod 600 it",
+                meta.permissions().mode() & 0o777
+            )));
+        }
+        let mut bytes = std::fs::read(path).map_err(|e| err(e.to_string()))?;
+        if bytes.last() == Some(&b'\n') {
+            bytes.pop();
+        }
+        Secret::from_bytes(&bytes)
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(..)")
+    }
+}
+
+/// What each end of a session says of itself in the handshake.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Hello {
+    /// Its protocol version ([`PROTOCOL_VERSION`]).
+    pub version: u16,
+    /// Its node's id: fresh at every start, so a restarted node is a new
+    /// incarnation.
+    pub node: NodeId,
+    /// Its node's name (`alpha`, or `alpha@host`).
+    pub name: String,
+}
+
+impl Hello {
+    /// This node's hello, at the current protocol version.
+    pub fn new(node: NodeId, name: impl Into<String>) -> Hello {
+        Hello {
+            version: PROTOCOL_VERSION,
+            node,
+            name: name.into(),
+        }
+    }
+}
+
+/// What a handshake step asks of its driver.
+#[derive(Debug)]
+pub enum Step {
+    /// More bytes from the peer are needed.
+    Pending,
+    /// The handshake is done: send `send` (if any), then use the session.
+    Done {
+        /// The session.
+        session: Box<Session>,
+        /// The peer's hello (its version already checked).
+        peer: Hello,
+        /// The last handshake message, for the peer.
+        send: Option<Vec<u8>>,
+    },
+    /// The peer is authenticated but speaks another version: send `send` (so
+    /// that it learns why), then close.
+    Refused {
+        /// The answer, for the peer.
+        send: Vec<u8>,
+        /// Why.
+        error: DistError,
+    },
+}
+
+/// One end of the handshake. The driver moves bytes: it sends what
+/// [`Handshake::initiate`] returns, feeds what arrives to
+/// [`Handshake::feed`] and acts on the [`Step`]. It also enforces a
+/// deadline on the whole handshake: a peer that stops halfway is dropped.
+pub struct Handshake {
+    /// `None` once the handshake ended (done, refused or failed).
+    state: Option<snow::HandshakeState>,
+    initiator: bool,
+    ours: Hello,
+    records: Records,
+    max_frame: usize,
+}
+
+impl fmt::Debug for Handshake {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Handshake")
+            .field("initiator", &self.initiator)
+            .field("ours", &self.ours)
+            .finish()
+    }
+}
+
+fn noise_builder(secret: &Secret) -> snow::Builder<'_> {
+    let params = PATTERN.parse().expect("BUG: the pattern is a valid Noise name");
+    snow::Builder::new(params)
+        .psk(0, &secret.0)
+        .expect("BUG: location 0 is NNpsk0's")
+        .prologue(PROLOGUE)
+        .expect("BUG: a prologue is set once")
+}
+
+impl Handshake {
+    /// The connecting end: its first message (to send) and the handshake.
+    /// `max_frame`: the largest frame the session will accept.
+    pub fn initiate(secret: &Secret, ours: Hello, max_frame: usize) -> (Handshake, Vec<u8>) {
+        let state = noise_builder(secret)
+            .build_initiator()
+            .expect("BUG: the builder is complete");
+        let mut hs = Handshake {
+            state: Some(state),
+            initiator: true,
+            ours,
+            records: Records::new(MAX_HANDSHAKE_MESSAGE),
+            max_frame,
+        };
+        let first = hs.write(&encode_hello(&hs.ours));
+        (hs, first)
+    }
+
+    /// The accepting end.
+    pub fn respond(secret: &Secret, ours: Hello, max_frame: usize) -> Handshake {
+        Handshake {
+            state: Some(
+                noise_builder(secret)
+                    .build_responder()
+                    .expect("BUG: the builder is complete"),
+            ),
+            initiator: false,
+            ours,
+            records: Records::new(MAX_HANDSHAKE_MESSAGE),
+            max_frame,
+        }
+    }
+
+    /// Feeds bytes from the peer. An error, or a step other than
+    /// [`Step::Pending`], ends the handshake (on an error: close the
+    /// connection, count it).
+    pub fn feed(&mut self, bytes: &[u8]) -> Result<Step, DistError> {
+        let result = self.step(bytes);
+        if !matches!(result, Ok(Step::Pending)) {
+            self.state = None;
+        }
+        result
+    }
+
+    fn step(&mut self, bytes: &[u8]) -> Result<Step, DistError> {
+        if self.state.is_none() {
+            return Err(DistError::Malformed("bytes after the handshake ended".into()));
+        }
+        self.records.push(bytes)?;
+        let Some(message) = self.records.next_record() else {
+            return Ok(Step::Pending);
+        };
+        if !self.records.is_empty() {
+            return Err(DistError::Malformed("bytes after a handshake message".into()));
+        }
+        let state = self.state.as_mut().expect("BUG: checked above");
+        let mut payload = [0u8; MAX_HANDSHAKE_MESSAGE];
+        let n = state
+            .read_message(&message, &mut payload)
+            .map_err(|_| DistError::Authentication)?;
+        let peer = decode_hello(&payload[..n])?;
+        let send = if self.initiator {
+            None
+        } else {
+            Some(self.write(&encode_hello(&self.ours)))
+        };
+        if peer.version != self.ours.version {
+            let error = DistError::Version {
+                ours: self.ours.version,
+                theirs: peer.version,
+            };
+            return match send {
+                Some(send) => Ok(Step::Refused { send, error }),
+                None => Err(error),
+            };
+        }
+        let state = self.state.take().expect("BUG: checked above");
+        if !state.is_handshake_finished() {
+            return Err(DistError::Malformed("the handshake did not finish".into()));
+        }
+        let transport = state
+            .into_transport_mode()
+            .map_err(|e| DistError::Malformed(e.to_string()))?;
+        let session = Box::new(Session {
+            transport,
+            records: Records::new(MAX_RECORD),
+            partial: HashMap::new(),
+            max_frame: self.max_frame,
+            plain: vec![0u8; MAX_RECORD],
+        });
+        Ok(Step::Done { session, peer, send })
+    }
+
+    /// Runs the handshake over a blocking stream (its read timeout is the
+    /// deadline of each step). The initiator sends `first` (from
+    /// [`initiate`](Self::initiate)) itself.
+    pub fn run<S: Read + Write>(mut self, stream: &mut S, first: Option<&[u8]>) -> Result<(Session, Hello), DistError> {
+        let io = |e: std::io::Error| DistError::Io(e.to_string());
+        if let Some(first) = first {
+            stream.write_all(first).map_err(io)?;
+        }
+        let mut buf = [0u8; 512];
+        loop {
+            let n = stream.read(&mut buf).map_err(io)?;
+            if n == 0 {
+                return Err(DistError::Io(
+                    "the peer closed the connection during the handshake".into(),
+                ));
+            }
+            match self.feed(&buf[..n])? {
+                Step::Pending => {}
+                Step::Done { session, peer, send } => {
+                    if let Some(send) = send {
+                        stream.write_all(&send).map_err(io)?;
+                    }
+                    return Ok((*session, peer));
+                }
+                Step::Refused { send, error } => {
+                    let _ = stream.write_all(&send);
+                    return Err(error);
+                }
+            }
+        }
+    }
+
+    /// Writes the next handshake message around `payload`, framed.
+    fn write(&mut self, payload: &[u8]) -> Vec<u8> {
+        let mut message = [0u8; MAX_HANDSHAKE_MESSAGE];
+        let n = self
+            .state
+            .as_mut()
+            .expect("BUG: written only while the handshake runs")
+            .write_message(payload, &mut message)
+            .expect("BUG: a hello fits a handshake message");
+        let mut out = Vec::with_capacity(n + 2);
+        out.extend_from_slice(&(n as u16).to_be_bytes());
+        out.extend_from_slice(&message[..n]);
+        out
+    }
+}
+
+/// Most bytes of a hello's name.
+const MAX_NAME: usize = 255;
+
+fn encode_hello(hello: &Hello) -> Vec<u8> {
+    postcard::to_stdvec(hello).expect("BUG: a hello always encodes")
+}
+
+fn decode_hello(bytes: &[u8]) -> Result<Hello, DistError> {
+    // The version first, alone: a peer of another version may have changed
+    // what follows it.
+    let (version, _) = postcard::take_from_bytes::<u16>(bytes)
+        .map_err(|e| DistError::Malformed(format!("a hello without a version: {e}")))?;
+    if version != PROTOCOL_VERSION {
+        // Only its version is read: the caller refuses it.
+        return Ok(Hello {
+            version,
+            node: NodeId::from_bytes([0; 16]),
+            name: String::new(),
+        });
+    }
+    let hello: Hello = crate::wire::decode_exact(bytes).map_err(|e| DistError::Malformed(format!("a hello: {e}")))?;
+    if hello.name.len() > MAX_NAME {
+        return Err(DistError::Malformed(format!(
+            "a node name of {} bytes",
+            hello.name.len()
+        )));
+    }
+    Ok(hello)
+}
+
+/// An established session: seals frames into records and opens the
+/// records of the peer back into frames.
+pub struct Session {
+    transport: snow::TransportState,
+    records: Records,
+    /// Frames being reassembled, by channel.
+    partial: HashMap<u32, Partial>,
+    max_frame: usize,
+    /// Decryption buffer.
+    plain: Vec<u8>,
+}
+
+impl fmt::Debug for Session {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Session")
+            .field("partial", &self.partial.len())
+            .field("max_frame", &self.max_frame)
+            .finish()
+    }
+}
+
+/// A frame being reassembled.
+#[derive(Debug)]
+struct Partial {
+    total: usize,
+    data: Vec<u8>,
+}
+
+impl Session {
+    /// Appends to `out` the records of all of `frame` on `channel`.
+    pub fn seal(&mut self, channel: u32, frame: &[u8], out: &mut Vec<u8>) -> Result<(), DistError> {
+        let mut sent = 0;
+        while !self.seal_next(channel, frame, &mut sent, out)? {}
+        Ok(())
+    }
+
+    /// Appends to `out` one record: the next fragment of `frame` on
+    /// `channel`, from `*sent` bytes on (start at 0). Returns whether the
+    /// frame is complete. Fragments of frames on other channels may be sealed
+    /// in between: that is how a large frame lets small ones pass.
+    pub fn seal_next(
+        &mut self,
+        channel: u32,
+        frame: &[u8],
+        sent: &mut usize,
+        out: &mut Vec<u8>,
+    ) -> Result<bool, DistError> {
+        if frame.len() > self.max_frame || frame.len() > u32::MAX as usize {
+            return Err(DistError::FrameTooLarge {
+                size: frame.len() as u64,
+                limit: self.max_frame,
+            });
+        }
+        let mut plain = Vec::with_capacity(MAX_RECORD - TAG);
+        plain.extend_from_slice(&channel.to_be_bytes());
+        if *sent == 0 {
+            plain.push(FIRST);
+            plain.extend_from_slice(&(frame.len() as u32).to_be_bytes());
+        } else {
+            plain.push(NEXT);
+        }
+        let room = MAX_RECORD - TAG - plain.len();
+        let piece = &frame[*sent..(*sent + room).min(frame.len())];
+        plain.extend_from_slice(piece);
+        *sent += piece.len();
+        let at = out.len();
+        out.resize(at + 2 + MAX_RECORD, 0);
+        let n = self
+            .transport
+            .write_message(&plain, &mut out[at + 2..])
+            .map_err(|e| DistError::Malformed(format!("sealing failed: {e}")))?;
+        out[at..at + 2].copy_from_slice(&(n as u16).to_be_bytes());
+        out.truncate(at + 2 + n);
+        Ok(*sent == frame.len())
+    }
+
+    /// Feeds bytes from the peer; appends every frame they complete, with its
+    /// channel, to `frames`. An error ends the session: nothing after it is
+    /// trusted.
+    pub fn open(&mut self, bytes: &[u8], frames: &mut Vec<(u32, Vec<u8>)>) -> Result<(), DistError> {
+        self.records.push(bytes)?;
+        while let Some(record) = self.records.next_record() {
+            let n = self
+                .transport
+                .read_message(&record, &mut self.plain)
+                .map_err(|_| DistError::Authentication)?;
+            self.fragment(n, frames)?;
+        }
+        Ok(())
+    }
+
+    /// Takes the fragment in `self.plain[..n]`.
+    fn fragment(&mut self, n: usize, frames: &mut Vec<(u32, Vec<u8>)>) -> Result<(), DistError> {
+        let plain = &self.plain[..n];
+        if plain.len() < NEXT_HEADER {
+            return Err(DistError::Malformed("a record shorter than its header".into()));
+        }
+        let channel = u32::from_be_bytes(plain[..4].try_into().expect("4 bytes"));
+        let (data, partial) = match plain[4] {
+            FIRST => {
+                if plain.len() < FIRST_HEADER {
+                    return Err(DistError::Malformed("a first fragment shorter than its header".into()));
+                }
+                if self.partial.contains_key(&channel) {
+                    return Err(DistError::Malformed(format!(
+                        "a new frame on channel {channel} before the last one ended"
+                    )));
+                }
+                let total = u32::from_be_bytes(plain[5..9].try_into().expect("4 bytes")) as usize;
+                if total > self.max_frame {
+                    return Err(DistError::FrameTooLarge {
+                        size: total as u64,
+                        limit: self.max_frame,
+                    });
+                }
+                if self.partial.len() >= MAX_OPEN_CHANNELS {
+                    return Err(DistError::Malformed(format!(
+                        "more than {MAX_OPEN_CHANNELS} frames open at once"
+                    )));
+                }
+                // Grows as the data comes, not by what the header says.
+                let partial = self.partial.entry(channel).or_insert(Partial {
+                    total,
+                    data: Vec::new(),
+                });
+                (&plain[FIRST_HEADER..], partial)
+            }
+            NEXT => match self.partial.get_mut(&channel) {
+                Some(p) => (&plain[NEXT_HEADER..], p),
+                None => {
+                    return Err(DistError::Malformed(format!(
+                        "a fragment on channel {channel} with no frame begun"
+                    )));
+                }
+            },
+            kind => return Err(DistError::Malformed(format!("a fragment of kind {kind}"))),
+        };
+        if partial.data.len() + data.len() > partial.total {
+            return Err(DistError::Malformed(format!(
+                "channel {channel}: more bytes than its frame's length"
+            )));
+        }
+        partial.data.extend_from_slice(data);
+        if partial.data.len() == partial.total {
+            let done = self.partial.remove(&channel).expect("BUG: present");
+            frames.push((channel, done.data));
+        }
+        Ok(())
+    }
+}
+
+/// Length-prefixed records arriving in pieces.
+#[derive(Debug)]
+struct Records {
+    buf: Vec<u8>,
+    at: usize,
+    max: usize,
+}
+
+impl Records {
+    fn new(max: usize) -> Records {
+        Records {
+            buf: Vec::new(),
+            at: 0,
+            max,
+        }
+    }
+
+    fn push(&mut self, bytes: &[u8]) -> Result<(), DistError> {
+        if self.at > 0 && self.at == self.buf.len() {
+            self.buf.clear();
+            self.at = 0;
+        }
+        self.buf.extend_from_slice(bytes);
+        // The length of the next record is checked as soon as it is known.
+        if let Some(len) = self.peek_len()
+            && len > self.max
+        {
+            return Err(DistError::Malformed(format!(
+                "a message of {len} bytes, over the limit of {} bytes",
+                self.max
+            )));
+        }
+        Ok(())
+    }
+
+    fn peek_len(&self) -> Option<usize> {
+        let b = self.buf.get(self.at..self.at + 2)?;
+        Some(u16::from_be_bytes([b[0], b[1]]) as usize)
+    }
+
+    fn is_empty(&self) -> bool {
+        self.at == self.buf.len()
+    }
+
+    fn next_record(&mut self) -> Option<Vec<u8>> {
+        let len = self.peek_len()?;
+        let start = self.at + 2;
+        let record = self.buf.get(start..start + len)?.to_vec();
+        self.at = start + len;
+        if self.at == self.buf.len() {
+            self.buf.clear();
+            self.at = 0;
+        } else if self.at > 1 << 20 {
+            self.buf.drain(..self.at);
+            self.at = 0;
+        }
+        Some(record)
+    }
+}
