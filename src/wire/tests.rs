@@ -6,6 +6,7 @@ use proptest::prelude::*;
 
 use super::envelope::{Hello, NodeReply, Registration, ToNode, ToProcess};
 use super::frame::{self, Decoder, Kind};
+use super::port::{Framing, PortOutput, port_cut};
 use super::*;
 use crate::exit::ExitReason;
 use crate::pid::{NodeId, Pid};
@@ -147,11 +148,7 @@ fn fingerprints_tell_types_apart() {
 }
 
 /// Cuts `stream` as port output, fed in pieces at `cuts`, then its end.
-fn cut_port_output(
-    framing: crate::wire::port::Framing,
-    stream: &[u8],
-    cuts: &[usize],
-) -> Result<Vec<crate::wire::port::PortOutput>, String> {
+fn cut_port_output(framing: Framing, stream: &[u8], cuts: &[usize]) -> Result<Vec<PortOutput>, String> {
     let mut points: Vec<usize> = cuts.iter().map(|c| c % (stream.len() + 1)).collect();
     points.sort_unstable();
     points.push(stream.len());
@@ -159,12 +156,12 @@ fn cut_port_output(
     let mut out = Vec::new();
     let mut at = 0;
     for p in points {
-        let (events, broken) = crate::wire::port::port_cut(framing, 4096, &mut partial, &stream[at..p], false);
+        let (events, broken) = port_cut(framing, 4096, &mut partial, &stream[at..p], false);
         out.extend(events);
         broken?;
         at = p;
     }
-    let (events, broken) = crate::wire::port::port_cut(framing, 4096, &mut partial, &[], true);
+    let (events, broken) = port_cut(framing, 4096, &mut partial, &[], true);
     out.extend(events);
     broken?;
     Ok(out)
@@ -177,13 +174,7 @@ fn an_announced_port_packet_reserves_nothing() {
     let mut partial = Vec::new();
     let mut data = (60u32 << 20).to_be_bytes().to_vec();
     data.extend_from_slice(&[7; 10]);
-    let (out, broken) = crate::wire::port::port_cut(
-        crate::wire::port::Framing::Packet(4),
-        64 << 20,
-        &mut partial,
-        &data,
-        false,
-    );
+    let (out, broken) = port_cut(Framing::Packet(4), 64 << 20, &mut partial, &data, false);
     assert!(out.is_empty() && broken.is_ok());
     assert_eq!(partial.len(), 14);
     assert!(partial.capacity() < 4096, "held {} bytes", partial.capacity());
@@ -198,19 +189,10 @@ fn packets_before_a_broken_prefix_are_kept() {
     data.extend((65u32 << 20).to_be_bytes());
     data.extend_from_slice(b"rest");
     let mut partial = Vec::new();
-    let (out, broken) = crate::wire::port::port_cut(
-        crate::wire::port::Framing::Packet(4),
-        64 << 20,
-        &mut partial,
-        &data,
-        false,
-    );
+    let (out, broken) = port_cut(Framing::Packet(4), 64 << 20, &mut partial, &data, false);
     assert_eq!(
         out,
-        [
-            crate::wire::port::PortOutput::Packet(b"one".to_vec()),
-            crate::wire::port::PortOutput::Packet(b"two".to_vec())
-        ]
+        [PortOutput::Packet(b"one".to_vec()), PortOutput::Packet(b"two".to_vec())]
     );
     let e = broken.unwrap_err();
     assert!(e.contains("over the limit"), "{e}");
@@ -228,8 +210,8 @@ proptest! {
         for p in &packets {
             stream.extend(crate::port::stdio::frame(size, p).unwrap());
         }
-        let got = cut_port_output(crate::wire::port::Framing::Packet(size), &stream, &cuts).unwrap();
-        let want: Vec<crate::wire::port::PortOutput> = packets.into_iter().map(crate::wire::port::PortOutput::Packet).collect();
+        let got = cut_port_output(Framing::Packet(size), &stream, &cuts).unwrap();
+        let want: Vec<PortOutput> = packets.into_iter().map(PortOutput::Packet).collect();
         prop_assert_eq!(got, want);
     }
 
@@ -239,11 +221,11 @@ proptest! {
         max in 1usize..40,
         cuts in proptest::collection::vec(any::<usize>(), 0..20),
     ) {
-        let got = cut_port_output(crate::wire::port::Framing::Lines { max }, &stream, &cuts).unwrap();
+        let got = cut_port_output(Framing::Lines { max }, &stream, &cuts).unwrap();
         // The lines, with the newlines that ended them, are the stream.
         let mut again = Vec::new();
         for e in got {
-            let crate::wire::port::PortOutput::Line { data, cut } = e else { panic!("not a line") };
+            let PortOutput::Line { data, cut } = e else { panic!("not a line") };
             prop_assert!(data.len() <= max);
             again.extend(&data);
             if !cut {
@@ -260,18 +242,18 @@ proptest! {
         cuts in proptest::collection::vec(any::<usize>(), 0..20),
     ) {
         let framing = match mode {
-            0 => crate::wire::port::Framing::Raw,
-            1 => crate::wire::port::Framing::Lines { max: 16 },
-            2 => crate::wire::port::Framing::Packet(1),
-            3 => crate::wire::port::Framing::Packet(2),
-            _ => crate::wire::port::Framing::Packet(4),
+            0 => Framing::Raw,
+            1 => Framing::Lines { max: 16 },
+            2 => Framing::Packet(1),
+            3 => Framing::Packet(2),
+            _ => Framing::Packet(4),
         };
         if let Ok(events) = cut_port_output(framing, &stream, &cuts) {
             let total: usize = events
                 .iter()
                 .map(|e| match e {
-                    crate::wire::port::PortOutput::Data(d) | crate::wire::port::PortOutput::Packet(d) => d.len(),
-                    crate::wire::port::PortOutput::Line { data, .. } => data.len(),
+                    PortOutput::Data(d) | PortOutput::Packet(d) => d.len(),
+                    PortOutput::Line { data, .. } => data.len(),
                     _ => 0,
                 })
                 .sum();
