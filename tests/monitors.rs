@@ -27,6 +27,10 @@ fn main() {
                 "demonitor_of_many_right_after_a_kill_flushes_them_all",
                 demonitor_of_many_right_after_a_kill_flushes_them_all,
             ),
+            (
+                "demonitor_right_after_spawn_monitor_in_a_process",
+                demonitor_right_after_spawn_monitor_in_a_process,
+            ),
             ("monitors_are_one_way", monitors_are_one_way),
             ("processes_monitor_each_other", processes_monitor_each_other),
             (
@@ -187,6 +191,29 @@ fn demonitor_of_many_right_after_a_kill_flushes_them_all() {
         // Nothing else is left behind either.
         assert!(matches!(me.try_recv_event(), Err(converge::TryRecvError::Empty)));
     }
+}
+
+/// In a process, `spawn_monitor` registers the child (and its monitor) on a
+/// connection of its own, and `demonitor` goes on the process's control
+/// connection: the demonitor must still find the monitor, and no `Down`
+/// come after it.
+fn demonitor_right_after_spawn_monitor_in_a_process() {
+    let me = node().ctx::<String>();
+    let back = me.mailbox();
+    let (_w, rw) = converge::spawn_monitor(move |ctx: Ctx<()>| {
+        for i in 0..100 {
+            let (p, r) = converge::spawn_monitor(|_: Ctx<()>| {}).unwrap();
+            ctx.demonitor(r);
+            if let Err(e) = assert_no_down_after(&ctx, r, p.pid()) {
+                back.send(format!("round {i}: {e}")).unwrap();
+                return;
+            }
+        }
+        back.send("ok".into()).unwrap();
+    })
+    .unwrap();
+    assert_eq!(me.recv_timeout(PATIENCE * 4).unwrap(), "ok");
+    node().ctx::<()>().recv_down_timeout(rw, PATIENCE).unwrap();
 }
 
 fn monitors_are_one_way() {

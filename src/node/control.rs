@@ -87,6 +87,20 @@ impl Input {
 
     /// The serial this input registers, if it is a registration (an actor
     /// that spawns one registers it in a frame for itself).
+    /// Whether this is the registration of a child of `parent` that places
+    /// its monitor `reference`.
+    fn places_monitor(&self, parent: u64, reference: u64) -> bool {
+        let Input::Frame { msg, .. } = self else {
+            return false;
+        };
+        match msg {
+            ToNode::Register(reg) | ToNode::Port { reg, .. } => {
+                reg.parent == parent && reg.monitors.iter().any(|&(r, _)| r == reference)
+            }
+            _ => false,
+        }
+    }
+
     fn registers(&self) -> Option<u64> {
         let Input::Frame { msg, .. } = self else {
             return None;
@@ -552,6 +566,16 @@ impl Control {
                 if let Some(serial) = self.table.awaits(&msg) {
                     self.apply_registration_of(serial, Some(conn));
                 }
+                // A demonitor of a monitor placed by a spawn whose
+                // registration (which carries the monitor) travels on another
+                // connection: that registration first.
+                if let ToNode::Demonitor { reference, .. } = &msg
+                    && let Some(from) = self.table.owner(conn)
+                    && !self.table.watches(from, *reference)
+                {
+                    let reference = *reference;
+                    self.apply_registration_where(Some(conn), false, |i| i.places_monitor(from, reference));
+                }
                 self.table.frame(conn, msg);
             }
             Input::Closed { conn, refused: false } => self.table.conn_closed(conn),
@@ -565,8 +589,16 @@ impl Control {
     /// an actor, registered on its spawner's), other than `except`, and
     /// applies that registration and what came before it on its connection.
     fn apply_registration_of(&mut self, serial: u64, except: Option<u64>) {
-        self.accept_all();
         let actor = self.table.shared().slot(serial).host_of(serial).is_some();
+        self.apply_registration_where(except, actor, |i| i.registers() == Some(serial));
+    }
+
+    /// Reads the connections that may carry registrations (every one with
+    /// `all`) other than `except`, and applies the first input that `pick`
+    /// chooses with what came before it on its connection.
+    fn apply_registration_where(&mut self, except: Option<u64>, all: bool, pick: impl Fn(&Input) -> bool) {
+        self.accept_all();
+        let actor = all;
         let mut conns: Vec<u64> = self
             .table
             .sys
@@ -579,11 +611,7 @@ impl Control {
         for c in conns {
             self.table.sys.read(c, &mut self.queue);
         }
-        let Some(at) = self
-            .queue
-            .iter()
-            .position(|i| i.registers() == Some(serial) && i.conn() != except)
-        else {
+        let Some(at) = self.queue.iter().position(|i| pick(i) && i.conn() != except) else {
             return;
         };
         let conn = self.queue[at].conn();

@@ -244,7 +244,8 @@ impl<R> Task<R> {
     /// replaced at once). `join` then gives [`TaskError::Cancelled`], or the
     /// value if the task had already finished. A cancel never ends another
     /// task: the scheduler is marked while it runs this task, and one marked
-    /// runs no other before it dies.
+    /// runs no other before it dies. The actors that scheduler hosts end
+    /// with it (`Killed`), as when a scheduler crashes.
     pub fn cancel(&mut self) {
         if self.attempt.is_none() || self.cancelled {
             return;

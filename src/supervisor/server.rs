@@ -456,10 +456,10 @@ impl Running {
             None => {
                 tracing::warn!(supervisor = %self.me, child = %self.children[at].spec.id, pid = %pid, "child did not stop in time, killed");
                 target.kill();
-                // Killed, as OTP says of a child killed at the end of its
-                // shutdown time, whatever it was asked before.
-                self.await_exit(pid, watch, None);
-                ExitReason::Killed
+                // Killed (the node says so of a child the kill ended, whatever
+                // it was asked before), or its own reason if it ended just
+                // before the kill landed.
+                self.await_exit(pid, watch, None).unwrap_or(ExitReason::Killed)
             }
         };
         self.ctx.demonitor(watch);

@@ -342,6 +342,10 @@ impl<S: System> Table<S> {
         let Some(p) = self.procs.get_mut(&serial) else {
             return;
         };
+        if p.terminating {
+            // Asked already: its SIGTERM is sent and its deadline set.
+            return;
+        }
         // Only the first request records its reason (a kill already sent
         // keeps its own).
         let asked = p.kill_reason.is_none();

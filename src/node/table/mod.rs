@@ -356,6 +356,13 @@ impl<S: System> Table<S> {
         self.owners.get(&conn).copied().flatten()
     }
 
+    /// Whether `serial` has monitor `reference` in place.
+    pub(crate) fn watches(&self, serial: u64, reference: u64) -> bool {
+        self.procs
+            .get(&serial)
+            .is_some_and(|p| p.watching.contains_key(&reference))
+    }
+
     /// The control connection of `serial`, while it is open.
     pub(crate) fn conn_of(&self, serial: u64) -> Option<u64> {
         self.procs.get(&serial).and_then(|p| p.ctl)
