@@ -543,9 +543,15 @@ fn helper_strays_shutdown() {
     let node = converge::init().unwrap();
     let stray = leave_a_stray(&node, false);
     let kept = leave_a_stray(&node, true);
-    say("pids", format!("{stray} {kept}"));
+    // The application's own child, started by the node's main thread: not a
+    // stray, the application waits for it.
+    let mut own = std::process::Command::new("sleep").arg("100").spawn().unwrap();
+    say("pids", format!("{stray} {kept} {}", own.id()));
     node.shutdown(Duration::from_secs(2));
     say("shut", "");
+    let _ = own.kill();
+    assert!(own.wait().is_ok(), "the application's child was reaped by the node");
+    say("own", "waited");
 }
 
 /// At the node's shutdown, what processes left behind is stopped, except
@@ -553,15 +559,18 @@ fn helper_strays_shutdown() {
 fn strays_end_with_the_node_s_shutdown() {
     let mut h = HelperProcess::start(helper("strays_shutdown"));
     let pids = os_pids(&h.expect("pids"));
-    let (stray, kept) = (pids[0], pids[1]);
+    let (stray, kept, own) = (pids[0], pids[1], pids[2]);
     h.expect("shut");
     let stray_gone = util::wait_until(PATIENCE, || !util::os_alive(stray));
     let kept_alive = util::os_alive(kept);
+    let own_alive_after_shutdown = util::os_alive(own);
+    h.expect("own");
     // SAFETY: the kept stray is this test's to end.
     unsafe { libc::kill(kept, libc::SIGKILL) };
     h.child.wait().unwrap();
     assert!(stray_gone, "the stray {stray} outlived the shutdown");
     assert!(kept_alive, "the stray {kept} that was let outlive the node was stopped");
+    assert!(own_alive_after_shutdown, "the application's own child {own} was stopped");
     assert!(util::wait_until(PATIENCE, || !util::os_alive(kept)));
 }
 

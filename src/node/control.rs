@@ -157,8 +157,9 @@ pub(crate) struct Io {
     /// Memory cgroups of ended processes that still hold processes they
     /// started: removed once those are gone.
     memory_leftovers: Vec<u64>,
-    /// Adopted strangers being watched: number → (pidfd, OS pid).
-    strangers: HashMap<u64, (OwnedFd, i32)>,
+    /// Adopted strangers being watched: number → (pidfd, OS pid, process
+    /// group when adopted).
+    strangers: HashMap<u64, (OwnedFd, i32, i32)>,
     /// Strangers adopted since the table last took them (for the zygote).
     adopted: Vec<(i32, i32)>,
     /// Read buffer.
@@ -326,7 +327,7 @@ impl Io {
             self.next_token += 1;
             if self.epoll.add(&fd, Token::new(STRANGER, n), Interest::Read).is_ok() {
                 tracing::debug!(ospid = child, pgid, "adopted an orphan");
-                self.strangers.insert(n, (fd, child));
+                self.strangers.insert(n, (fd, child, pgid));
                 self.adopted.push((child, pgid));
             }
         }
@@ -334,7 +335,7 @@ impl Io {
 
     /// The pidfd of adopted stranger `n` is readable: reaps it; true if it was.
     fn reap_stranger(&mut self, n: u64) -> bool {
-        let Some((fd, _)) = self.strangers.get(&n) else {
+        let Some((fd, ..)) = self.strangers.get(&n) else {
             return false;
         };
         if let Ok(None) = pidfd_try_wait(fd) {
@@ -748,16 +749,18 @@ impl Control {
         }
     }
 
-    /// The node's children that no process of the table is, nor the process
-    /// group of one that let its strays outlive the node: pidfds of what
-    /// processes left behind (adopted or not yet), for the shutdown to stop.
-    pub(crate) fn strays(&self) -> Vec<OwnedFd> {
-        let known = self.table.ospids();
-        crate::sys::proc_fs::children_of_self()
-            .into_iter()
-            .filter(|c| !known.contains(c))
-            .filter(|&c| crate::sys::proc_fs::pgid_of(c).is_some_and(|g| !self.table.exempt_groups.contains(&g)))
-            .filter_map(|c| pidfd_open(c).ok())
+    /// Pidfds of the strays to stop at the shutdown: what ended processes
+    /// left behind (adopted now, if not yet), less the groups that chose to
+    /// outlive the node. Children the node's own threads started (in the
+    /// node's group) are not strays: they are the application's.
+    pub(crate) fn strays(&mut self) -> Vec<OwnedFd> {
+        self.scan_strangers();
+        self.table
+            .sys
+            .strangers
+            .values()
+            .filter(|(_, _, pgid)| !self.table.exempt_groups.contains(pgid))
+            .filter_map(|(fd, ..)| fd.try_clone().ok())
             .collect()
     }
 
