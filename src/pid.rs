@@ -146,8 +146,10 @@ pub struct ProcessInfo {
     /// What it is doing.
     pub state: ProcessState,
     /// Messages and signals waiting for it, as Erlang's
-    /// `message_queue_len`: those in its queue and those sent to it that it
-    /// has not read yet (counted as they are sent and as they are taken).
+    /// `message_queue_len`: those in its queue and those written to its
+    /// connections that it has not read yet (counted as senders write them
+    /// and as it takes them; a message a sender still holds, because this
+    /// process reads slowly, counts once it is written).
     pub queue_len: u64,
     /// The bytes of the messages among them (their encoded size).
     pub queue_bytes: u64,

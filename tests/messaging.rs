@@ -259,6 +259,8 @@ fn queue_length_counts_what_was_not_read_yet() {
     for i in 0..5u8 {
         p.send(vec![i; 100]).unwrap();
     }
+    // Written to its connection (not held back to be batched).
+    converge::flush();
     let info = converge::process_info(p).unwrap();
     assert_eq!(info.queue_len, 5, "{info:?}");
     // Five bodies of a length byte and 100 bytes.
@@ -487,10 +489,10 @@ fn send_never_blocks_on_a_slow_receiver() {
     for _ in 0..200 {
         slow.send(vec![0u8; 64 * 1024]).unwrap();
     }
-    // Every send returned while the receiver read nothing; all 200 are
-    // counted as waiting for it.
+    // Every send returned while the receiver read nothing. What reached its
+    // socket counts as waiting for it; the rest waits in this process.
     let info = converge::process_info(slow).unwrap();
-    assert_eq!(info.queue_len, 200, "{info:?}");
+    assert!((1..200).contains(&info.queue_len), "{info:?}");
     std::io::Write::write_all(&mut &gate_w, b"g").unwrap();
     assert_eq!(
         node().ctx::<()>().recv_down_timeout(r, PATIENCE).unwrap().reason,

@@ -570,7 +570,10 @@ fn strays_end_with_the_node_s_shutdown() {
     h.child.wait().unwrap();
     assert!(stray_gone, "the stray {stray} outlived the shutdown");
     assert!(kept_alive, "the stray {kept} that was let outlive the node was stopped");
-    assert!(own_alive_after_shutdown, "the application's own child {own} was stopped");
+    assert!(
+        own_alive_after_shutdown,
+        "the application's own child {own} was stopped"
+    );
     assert!(util::wait_until(PATIENCE, || !util::os_alive(kept)));
 }
 

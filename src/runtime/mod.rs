@@ -460,17 +460,9 @@ impl Runtime {
         msg: &M,
         try_only: bool,
     ) -> Result<Sent, BuildError> {
-        let sent = self.send_frame(target, try_only, body::MESSAGE_PREFIX, |buf| {
+        self.send_frame(target, try_only, body::MESSAGE_PREFIX, |buf| {
             body::push_message(buf, msg).map_err(|e| e.to_string())
-        });
-        if let Ok(Sent::Queued(bytes)) = sent
-            && target.node() == self.me.node()
-        {
-            // Counted as waiting at the target from now on (see
-            // `ProcessInfo::queue_len`).
-            self.shared.slot(target.serial()).arrivals.count(target.serial(), bytes);
-        }
-        sent
+        })
     }
 
     /// Encodes `value` as a reply frame for `reference` at `target`.

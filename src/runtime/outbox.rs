@@ -88,6 +88,11 @@ struct OutConn {
     backlogged: bool,
     /// Last use (a count of sends), for least-recently-used closing.
     last_used: u64,
+    /// The message frames in `buf` not yet written whole: where each ends,
+    /// and its size. A message counts as waiting at its receiver
+    /// (`ProcessInfo::queue_len`) once it is written to the receiver's
+    /// socket: one this process never gets to write is not counted.
+    marks: std::collections::VecDeque<(usize, usize)>,
 }
 
 impl OutConn {
@@ -240,6 +245,9 @@ impl Outbox {
         }
         conn.frames += 1;
         conn.last_used = uses;
+        if overhead == crate::wire::body::MESSAGE_PREFIX {
+            conn.marks.push_back((conn.buf.len(), payload));
+        }
         if conn.backlogged {
             return Ok(Sent::Queued(payload));
         }
@@ -305,6 +313,7 @@ impl Outbox {
             last_epoch: epoch.wrapping_sub(1),
             backlogged: false,
             last_used: conns.uses,
+            marks: std::collections::VecDeque::new(),
         }))
     }
 
@@ -313,7 +322,10 @@ impl Outbox {
     fn write(&self, conn: &mut OutConn, inbox: &Inbox, serial: u64, epoch: u64) -> bool {
         while conn.pending() > 0 {
             match socket::send(&conn.fd, &conn.buf[conn.off..]) {
-                Ok(n) => conn.off += n,
+                Ok(n) => {
+                    conn.off += n;
+                    self.count_written(conn, serial);
+                }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     if !conn.backlogged {
                         conn.backlogged = true;
@@ -338,6 +350,22 @@ impl Outbox {
             inbox.unwatch(conn.fd.as_raw_fd());
         }
         true
+    }
+
+    /// Counts the messages now written whole to `serial`'s socket as
+    /// waiting there.
+    fn count_written(&self, conn: &mut OutConn, serial: u64) {
+        let (mut n, mut bytes) = (0, 0);
+        while let Some(&(end, size)) = conn.marks.front()
+            && end <= conn.off
+        {
+            conn.marks.pop_front();
+            n += 1;
+            bytes += size;
+        }
+        if n > 0 {
+            self.shared.slot(serial).arrivals.count(serial, n, bytes);
+        }
     }
 
     fn arm_timer(&self, inbox: &Inbox) {

@@ -67,10 +67,11 @@ impl Arrivals {
         self.serial.store(serial, Ordering::Release);
     }
 
-    /// Counts a message of `bytes` sent to `serial`, if this is its line.
-    pub(crate) fn count(&self, serial: u64, bytes: usize) {
+    /// Counts `n` messages of `bytes` in all written to `serial`'s
+    /// connections, if this is its line.
+    pub(crate) fn count(&self, serial: u64, n: u64, bytes: usize) {
         if self.serial.load(Ordering::Relaxed) == serial {
-            self.sent.fetch_add(1, Ordering::Relaxed);
+            self.sent.fetch_add(n, Ordering::Relaxed);
             self.sent_bytes.fetch_add(bytes as u64, Ordering::Relaxed);
         }
     }
