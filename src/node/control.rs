@@ -349,6 +349,10 @@ impl Io {
 }
 
 impl System for Io {
+    fn strays(&self) -> Vec<(i32, i32)> {
+        self.strangers.values().map(|&(_, ospid, pgid)| (ospid, pgid)).collect()
+    }
+
     fn send(&mut self, conn: u64, msg: &ToProcess) {
         let Some(c) = self.conns.get_mut(&conn) else {
             return;
@@ -738,7 +742,8 @@ impl Control {
     /// tells the zygote of those that die with the node.
     pub(crate) fn scan_strangers(&mut self) {
         let groups = self.table.take_stranger_groups();
-        if !groups.is_empty() {
+        let groups_scanned = !groups.is_empty();
+        if groups_scanned {
             let known = self.table.ospids();
             self.table.sys.adopt_strangers(&groups, &known);
         }
@@ -746,6 +751,20 @@ impl Control {
             if !self.table.exempt_groups.contains(&pgid) {
                 self.table.tell_zygote(ToProcess::Stray { ospid });
             }
+        }
+        // A group that let its strays outlive the node is forgotten once it
+        // has no member among the node's children (its leader ended, and a
+        // member's own children come to the node when it ends): its id may
+        // be used again by a process whose strays must not be spared.
+        if !self.table.exempt_groups.is_empty() && groups_scanned {
+            let live: HashSet<i32> = crate::sys::proc_fs::children_of_self()
+                .into_iter()
+                .filter_map(crate::sys::proc_fs::pgid_of)
+                .collect();
+            let leaders = self.table.ospids();
+            self.table
+                .exempt_groups
+                .retain(|g| live.contains(g) || leaders.contains(g));
         }
     }
 

@@ -83,6 +83,10 @@ pub(crate) trait System {
     fn parent_of(&self, ospid: i32) -> Option<i32>;
     /// The resident memory of `ospid`.
     fn rss(&self, ospid: i32) -> Option<u64>;
+    /// The strays the node watches: (OS pid, process group when adopted).
+    fn strays(&self) -> Vec<(i32, i32)> {
+        Vec::new()
+    }
 }
 
 /// A monitor placed on a process.

@@ -210,6 +210,13 @@ impl<S: System> Table<S> {
         }
         self.procs.insert(ZYGOTE_SERIAL, p);
         self.send_to(ZYGOTE_SERIAL, ToProcess::TakeOver);
+        // The new zygote kills the strays if the node dies, as the old one
+        // would have.
+        for (ospid, pgid) in self.sys.strays() {
+            if !self.exempt_groups.contains(&pgid) {
+                self.send_to(ZYGOTE_SERIAL, ToProcess::Stray { ospid });
+            }
+        }
         let mut asked: Vec<(u32, bool)> = self.replacements.iter().map(|(&s, &r)| (s, r)).collect();
         asked.sort_unstable();
         for (slot, was_ready) in asked {

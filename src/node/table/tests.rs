@@ -43,9 +43,14 @@ struct Mock {
     parents: HashMap<i32, i32>,
     /// Watching a pidfd fails.
     watch_fails: bool,
+    /// Strays watched: (OS pid, group).
+    strays: Vec<(i32, i32)>,
 }
 
 impl System for Mock {
+    fn strays(&self) -> Vec<(i32, i32)> {
+        self.strays.clone()
+    }
     fn send(&mut self, conn: u64, msg: &ToProcess) {
         self.effects.push(Effect::Send(conn, Box::new(msg.clone())));
     }
@@ -668,6 +673,9 @@ fn a_child_of_a_zygote_that_is_gone_is_watched_even_after_its_spare_took_over() 
     *t.sys.fds.entry(conn(8)).or_default() += 1;
     t.sys.parents.insert(500, 1);
     t.frame(conn(8), ToNode::ZygoteSpare { serial: 8, ospid: 500 });
+    // Strays the node watches: one of a group that chose to outlive it.
+    t.sys.strays = vec![(700, 70), (710, 71)];
+    t.exempt_groups.insert(71);
     t.sys.statuses.insert(ZYGOTE_SERIAL, signaled(SIGKILL));
     t.finalize(ZYGOTE_SERIAL);
     assert!(
@@ -675,6 +683,20 @@ fn a_child_of_a_zygote_that_is_gone_is_watched_even_after_its_spare_took_over() 
             .effects
             .contains(&Effect::Send(conn(8), Box::new(ToProcess::TakeOver)))
     );
+    // The new zygote learns the strays to kill if the node dies.
+    let told: Vec<i32> = t
+        .sys
+        .effects
+        .iter()
+        .filter_map(|e| match e {
+            Effect::Send(c, m) if *c == conn(8) => match **m {
+                ToProcess::Stray { ospid } => Some(ospid),
+                _ => None,
+            },
+            _ => None,
+        })
+        .collect();
+    assert_eq!(told, vec![700]);
     let child_of = |t: &mut Table<Mock>, serial: u64, os_parent: i32| {
         let mut r = reg(serial, MAIN_SERIAL);
         r.reaper = Some(ZYGOTE_SERIAL);
