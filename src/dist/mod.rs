@@ -15,6 +15,11 @@
 //!    never holds up the small ones of other senders. The size of a frame
 //!    is checked against the limit before anything is allocated for it.
 //!
+//! 4. Over TCP: [`connect`] and [`Acceptor`] run the handshake within a
+//!    deadline; the acceptor counts the peers that fail it and closes an
+//!    address that keeps failing unread for a while; [`keep_session`] settles
+//!    two connections made at once between two nodes by their ids.
+//!
 //! What sits on top (membership with SWIM, remote sends, links and monitors)
 //! builds on these.
 //!
@@ -22,8 +27,10 @@
 //! big-endian length followed by that many bytes of Noise message.
 
 mod session;
+mod tcp;
 
 pub use session::{DistError, Handshake, Hello, PROTOCOL_VERSION, Secret, Session, Step};
+pub use tcp::{Acceptor, FAILURE_WINDOW, HANDSHAKE_TIMEOUT, MAX_FAILURES, connect, keep_session};
 
 #[cfg(test)]
 mod tests;

@@ -318,3 +318,72 @@ proptest! {
         prop_assert!(frames.is_empty());
     }
 }
+
+/// An acceptor on loopback: a good peer gets its session; a peer with
+/// another secret, one sending garbage and one announcing a huge message are
+/// refused and counted; past `MAX_FAILURES` an address is closed unread; a
+/// silent peer is dropped at the handshake deadline.
+#[test]
+fn an_acceptor_counts_and_throttles_failed_peers() {
+    use std::io::Write;
+    use std::net::{TcpListener, TcpStream};
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let mut acceptor =
+        Acceptor::new(listener, secret(), hello(2, "server"), MB).handshake_timeout(Duration::from_millis(300));
+    let addr = acceptor.local_addr().unwrap();
+    let server = std::thread::spawn(move || {
+        let mut outcomes = Vec::new();
+        for _ in 0..8 {
+            outcomes.push(acceptor.accept().map(|(_, peer, _)| peer.name).map_err(|(_, e)| e));
+        }
+        (outcomes, acceptor.refused())
+    });
+    let t = Duration::from_secs(2);
+    // 1: a good client.
+    let (mut session, peer, _stream) = connect(addr, &secret(), hello(1, "good"), MB, t).unwrap();
+    assert_eq!(peer.name, "server");
+    session.seal(1, b"hello", &mut Vec::new()).unwrap();
+    // 2: another secret.
+    let other = Secret::from_bytes(b"not the cluster's secret at all").unwrap();
+    assert!(connect(addr, &other, hello(3, "intruder"), MB, t).is_err());
+    // 3: garbage of a plausible length.
+    let mut s = TcpStream::connect(addr).unwrap();
+    let mut garbage = 48u16.to_be_bytes().to_vec();
+    garbage.extend([0x5A; 48]);
+    s.write_all(&garbage).unwrap();
+    // 4: a huge length: refused from its two bytes.
+    let mut s2 = TcpStream::connect(addr).unwrap();
+    s2.write_all(&u16::MAX.to_be_bytes()).unwrap();
+    // 5: silent, dropped at the deadline.
+    let _silent = TcpStream::connect(addr).unwrap();
+    // 6: another secret again: the fifth failure from this address.
+    assert!(connect(addr, &other, hello(3, "intruder"), MB, t).is_err());
+    // 7 and 8: now closed unread, even with the right secret.
+    let started = Instant::now();
+    assert!(connect(addr, &secret(), hello(4, "late"), MB, t).is_err());
+    assert!(connect(addr, &secret(), hello(4, "late"), MB, t).is_err());
+    assert!(started.elapsed() < Duration::from_secs(1), "not closed at once");
+    let (outcomes, refused) = server.join().unwrap();
+    drop((s, s2));
+    assert_eq!(outcomes[0].as_deref(), Ok("good"));
+    assert_eq!(outcomes[1], Err(DistError::Authentication));
+    assert_eq!(outcomes[2], Err(DistError::Authentication));
+    assert!(matches!(outcomes[3], Err(DistError::Malformed(_))), "{:?}", outcomes[3]);
+    assert!(matches!(outcomes[4], Err(DistError::Io(_))), "{:?}", outcomes[4]);
+    assert_eq!(outcomes[5], Err(DistError::Authentication));
+    for late in &outcomes[6..] {
+        assert!(
+            matches!(late, Err(DistError::Malformed(m)) if m.contains("closed unread")),
+            "{late:?}"
+        );
+    }
+    assert_eq!(refused, 7);
+}
+
+#[test]
+fn simultaneous_connects_keep_one_session_on_both_ends() {
+    let (a, b) = (NodeId::from_bytes([1; 16]), NodeId::from_bytes([2; 16]));
+    // The session a initiated is kept by both; the other by neither.
+    assert!(keep_session(a, b, true) && keep_session(b, a, false));
+    assert!(!keep_session(a, b, false) && !keep_session(b, a, true));
+}
