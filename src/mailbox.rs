@@ -101,7 +101,7 @@ impl<M: Serialize> Mailbox<M> {
             return Err(TrySendError::Failed(SendError::new(msg, SendErrorKind::NotInitialized)));
         };
         match rt.send_message(self.pid, &msg, try_only) {
-            Ok(Sent::Queued(_)) | Ok(Sent::Dropped) => Ok(()),
+            Ok(Sent::Queued) | Ok(Sent::Dropped) => Ok(()),
             Ok(Sent::Full) => Err(TrySendError::Full(msg)),
             Err(BuildError::TooLarge(size)) => Err(TrySendError::Failed(SendError::new(
                 msg,

@@ -531,7 +531,7 @@ impl Runtime {
             .lock()
             .hosted
             .push(actor, crate::runtime::inbox::Item::Msg { fp, body });
-        Ok(Sent::Queued(payload))
+        Ok(Sent::Queued)
     }
 
     /// Ends this process with `reason`: writes what it still holds, tells the

@@ -49,9 +49,8 @@ const BATCH_BYTES: usize = 64 * 1024;
 /// What happened to a frame handed to [`Outbox::send`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Sent {
-    /// Written to the kernel, or queued in order behind earlier frames; the
-    /// size of what was sent (the limit's measure).
-    Queued(usize),
+    /// Written to the kernel, or queued in order behind earlier frames.
+    Queued,
     /// The target does not exist any more: the frame was dropped.
     Dropped,
     /// `try_send` only: the connection is backlogged, nothing was queued.
@@ -249,7 +248,7 @@ impl Outbox {
             conn.marks.push_back((conn.buf.len(), payload));
         }
         if conn.backlogged {
-            return Ok(Sent::Queued(payload));
+            return Ok(Sent::Queued);
         }
         // The clock is read only for the first frame of a batch.
         let quiet = conn.frames == 1 && (conn.last_epoch != epoch || conn.last_write.elapsed() >= self.coalesce);
@@ -261,7 +260,7 @@ impl Outbox {
             drop(guard);
             self.arm_timer(inbox);
         }
-        Ok(Sent::Queued(payload))
+        Ok(Sent::Queued)
     }
 
     /// Opens a connection to `target`, its hello queued; `None` if `target` is
