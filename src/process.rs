@@ -178,13 +178,13 @@ impl Builder {
     }
 
     /// Lets what the process starts by itself (with a raw `fork`, or
-    /// [`std::process::Command`]) outlive the node. By default nothing started
-    /// under a node outlives it: such a *stray* dies with the node, and is
-    /// stopped at the node's shutdown (`SIGTERM`, then `SIGKILL` when the
-    /// shutdown timeout is up) once the process that started it has ended.
-    /// What leaves the process's group (`setsid`) or closes every inherited
-    /// descriptor before the process ends is not reached at the node's
-    /// death; at an orderly shutdown it is.
+    /// [`std::process::Command`]) outlive the node. By default what the
+    /// process leaves behind when it ends, a *stray*, is adopted by the node,
+    /// killed if the node dies, and stopped at the node's shutdown
+    /// (`SIGTERM`, then `SIGKILL` when the shutdown timeout is up). While the
+    /// process runs, the node's death signal is armed for its whole process
+    /// group, which usually takes its children with it (not yet a
+    /// guarantee).
     pub fn leave_strays(mut self, on: bool) -> Builder {
         self.options.leave_strays = on;
         self

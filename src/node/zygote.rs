@@ -220,7 +220,7 @@ fn run_with(setup: ZygoteSetup, early: Vec<ToProcess>, mut ctl_decoder: Decoder)
                         }
                     }
                 }
-                TOKEN_DEATH => guardian(&setup, &children, &strays),
+                TOKEN_DEATH => guardian(&setup, &children, &strays, &mut ctl_decoder),
                 // After the rest: its own children's statuses go out first.
                 TOKEN_SIGCHLD => orphans_may_have_ended = true,
                 TOKEN_SPARE => {
@@ -237,7 +237,7 @@ fn run_with(setup: ZygoteSetup, early: Vec<ToProcess>, mut ctl_decoder: Decoder)
                     // us anyway).
                     let n = match sys::socket::read(&setup.ctl, &mut scratch) {
                         Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-                        Ok(0) | Err(_) => guardian(&setup, &children, &strays),
+                        Ok(0) | Err(_) => guardian(&setup, &children, &strays, &mut ctl_decoder),
                         Ok(n) => n,
                     };
                     let mut frames = Vec::new();
@@ -797,10 +797,36 @@ fn keep_stray(strays: &mut Vec<OwnedFd>, ospid: i32) {
     }
 }
 
+/// The strays the node told of just before it died, still unread on the
+/// control connection. Their parent is no longer the node (they were
+/// reparented at its death), so it cannot be checked: an instant after the
+/// node's death their pids are still theirs.
+fn strays_told_last(setup: &ZygoteSetup, ctl: &mut Decoder) -> Vec<OwnedFd> {
+    let mut ospids = Vec::new();
+    let mut buf = [0u8; 4096];
+    while let Ok(n) = sys::socket::read(&setup.ctl, &mut buf) {
+        if n == 0 {
+            break;
+        }
+        let _ = ctl.feed(&buf[..n], 1 << 20, |kind, body| {
+            if kind == Kind::Ctl
+                && let Ok(ToProcess::Stray { ospid }) = decode_exact::<ToProcess>(body)
+            {
+                ospids.push(ospid);
+            }
+            true
+        });
+    }
+    ospids
+        .into_iter()
+        .filter_map(|p| sys::process::pidfd_open(p).ok())
+        .collect()
+}
+
 /// The node is gone: kill every port's process group (and the ports'
 /// cgroups) and the strays the node had adopted, then end.
-fn guardian(setup: &ZygoteSetup, children: &HashMap<Token, Child>, strays: &[OwnedFd]) -> ! {
-    for fd in strays {
+fn guardian(setup: &ZygoteSetup, children: &HashMap<Token, Child>, strays: &[OwnedFd], ctl: &mut Decoder) -> ! {
+    for fd in strays.iter().chain(&strays_told_last(setup, ctl)) {
         let _ = sys::process::pidfd_send_signal(fd, sys::process::SIGKILL);
     }
     for child in children.values() {
