@@ -106,6 +106,7 @@ mod exit;
 #[cfg(feature = "fuzzing")]
 #[doc(hidden)]
 pub mod fuzzing;
+pub mod job;
 mod link;
 mod mailbox;
 mod monitor;

@@ -417,3 +417,12 @@ pub fn say(key: &str, value: impl std::fmt::Display) {
     let _ = writeln!(out, "{key} {value}");
     let _ = out.flush();
 }
+
+/// A fresh directory of this test process under the system's temporary
+/// directory (the caller removes it).
+pub fn temp_dir(name: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("converge-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("a temporary directory");
+    dir
+}
