@@ -558,7 +558,7 @@ fn resume_from_a_checkpoint_reruns_nothing_recorded() {
     // From the file, as after a crash of the driver.
     let checkpoint = Checkpoint::load(&file).unwrap();
     assert_eq!(checkpoint.round(), 3);
-    assert_eq!(checkpoint, first.checkpoint);
+    assert_eq!(checkpoint, first.checkpoint());
     let mut job = doubling();
     job.input("log", &log.to_string_lossy().into_owned());
     let r = job.resume(checkpoint).unwrap().run();
@@ -580,12 +580,12 @@ fn resume_from_a_checkpoint_reruns_nothing_recorded() {
     // A converged job resumed runs nothing.
     let mut job = doubling();
     job.input("log", &log.to_string_lossy().into_owned());
-    let again = job.resume(r.checkpoint.clone()).unwrap().run();
+    let again = job.resume(r.checkpoint()).unwrap().run();
     assert_eq!(again.rounds, 0);
     assert!(again.outcome.is_converged());
     // Of another job: refused.
     assert!(matches!(
-        Job::new("other").resume(r.checkpoint),
+        Job::new("other").resume(r.checkpoint()),
         Err(JobError::Mismatch(_))
     ));
     std::fs::remove_dir_all(dir).unwrap();
@@ -647,7 +647,7 @@ fn a_partial_job_continues_when_its_dependency_recovers() {
         other => panic!("{other:?}"),
     }
     std::fs::write(&flag, b"").unwrap();
-    let r = job().resume(r.checkpoint).unwrap().run();
+    let r = job().resume(r.checkpoint()).unwrap().run();
     assert!(r.outcome.is_converged(), "{:?}", r.outcome);
     assert_eq!(r.context.get::<u64>("answer"), Some(42));
     std::fs::remove_dir_all(dir).unwrap();

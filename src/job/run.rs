@@ -9,15 +9,18 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
-use super::agent::{Agent, Effect, Effects, Input, Kind};
+use super::agent::{Agent, AgentFn, Effect, Effects, Input, Kind};
 use super::context::{Change, Confidence, Context, Fact, FactRef, Join, KeyOps, KeySpec, KeyState, Source, Value};
 use super::hash;
 use super::tool::{Ask, Breaker, Broker, Tool, ToolFailure};
 use super::trace::{AgentRecord, AgentResult, MergeRecord, RoundRecord, Trace};
-use crate::exit::ExitReason;
+use std::panic::AssertUnwindSafe;
+
+use crate::exit::{ExitReason, panic_message};
 use crate::mailbox::{Ctx, Mailbox};
 use crate::pool::{self, Task, TaskError};
 use crate::port::{Framing, Port, PortBuilder, PortOutput, Stderr};
+use crate::sys::text::{self, FnAddr};
 
 /// Why an agent failed. A failed agent never fails the job: the job is
 /// `Partial` when the agent was required, and converges at a lower tier
@@ -597,7 +600,7 @@ impl Mark {
 
 /// The end of a job: its outcome, the context as of the last merge, the
 /// trace and a checkpoint to continue from.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct JobResult {
     /// How it ended.
     pub outcome: Outcome,
@@ -605,15 +608,37 @@ pub struct JobResult {
     pub context: Context,
     /// The rounds.
     pub trace: Trace,
-    /// The state to resume from (see [`Job::resume`]).
-    pub checkpoint: Checkpoint,
     /// Rounds run by this run.
     pub rounds: u32,
+    /// The rest of the state (its context is in `context`).
+    state: State,
+    job: String,
     divergence: Option<ReplayDivergence>,
-    shows: BTreeMap<String, fn(&[u8]) -> String>,
+    shows: Arc<Def>,
+}
+
+impl fmt::Debug for JobResult {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("JobResult")
+            .field("outcome", &self.outcome)
+            .field("rounds", &self.rounds)
+            .field("context", &self.context)
+            .finish_non_exhaustive()
+    }
 }
 
 impl JobResult {
+    /// The state to resume from (see [`Job::resume`]).
+    pub fn checkpoint(&self) -> Checkpoint {
+        let mut state = self.state.clone();
+        state.context = self.context.clone();
+        Checkpoint {
+            job: self.job.clone(),
+            state,
+            trace: self.trace.clone(),
+        }
+    }
+
     /// Why the facts of `key` are there: each fact, the agent and round
     /// that put it, and, indented below, the facts that agent had read,
     /// back to the inputs.
@@ -627,7 +652,7 @@ impl JobResult {
     fn explain_into(&self, key: &str, only: Option<u64>, depth: usize, seen: &mut Vec<FactRef>, out: &mut String) {
         use std::fmt::Write as _;
         let pad = "  ".repeat(depth);
-        let show = self.shows.get(key).copied();
+        let show = self.shows.keys.get(key).map(|s| s.ops.show);
         let shown = |v: &[u8]| show.map_or_else(|| format!("{} bytes", v.len()), |s| s(v));
         let mut facts: Vec<&Fact> = self.context.facts(key).iter().collect();
         if let Some(r) = self.context.resolution(key)
@@ -679,6 +704,8 @@ struct Def {
     name: String,
     keys: BTreeMap<String, KeySpec>,
     agents: Vec<Agent>,
+    /// The agents' fingerprints.
+    fingerprints: Vec<u64>,
     budget: Budget,
     events: Option<Mailbox<RoundRecord>>,
     checkpoint_to: Option<PathBuf>,
@@ -716,6 +743,9 @@ enum Handle {
     Task(Task<Result<Effects, String>>),
     Port(Port),
     Ended(Result<Effects, AgentFailure>),
+    /// A function agent run in a batch with others; its input is kept to
+    /// run it alone if the batch fails as a whole.
+    Batched(AgentFn, Input),
 }
 
 struct Running {
@@ -731,6 +761,23 @@ struct Launched {
     version: u64,
     injected: Vec<MergeRecord>,
     runs: Vec<Running>,
+    /// Batches of function agents: the task and the runs it holds.
+    batches: Vec<(Task<Vec<BatchResult>>, Vec<usize>)>,
+}
+
+/// An agent's result from a batch: `Err` is its panic's message.
+type BatchResult = Result<Result<Effects, String>, String>;
+
+/// Runs the agents of a batch one after the other, each one's panic its own
+/// (the same message as a panic in a task of its own).
+fn run_batch(agents: Vec<(FnAddr, Input)>) -> Vec<BatchResult> {
+    agents
+        .into_iter()
+        .map(|(f, input)| match text::restore::<AgentFn>(f) {
+            None => Ok(Err("the agent is not a function of this executable".into())),
+            Some(f) => std::panic::catch_unwind(AssertUnwindSafe(|| f(input))).map_err(|p| panic_message(&*p)),
+        })
+        .collect()
 }
 
 impl JobRun {
@@ -750,6 +797,7 @@ impl JobRun {
             def: Arc::new(Def {
                 name: job.name,
                 keys: job.keys,
+                fingerprints: job.agents.iter().map(Agent::fingerprint).collect(),
                 agents: job.agents,
                 budget: job.budget,
                 events: job.events,
@@ -829,16 +877,19 @@ impl JobRun {
         self.into_result()
     }
 
-    fn into_result(self) -> JobResult {
-        let checkpoint = self.checkpoint();
+    fn into_result(mut self) -> JobResult {
+        self.state.breakers = std::mem::take(&mut self.broker.breakers);
+        self.state.tool_calls = self.broker.used;
+        let context = std::mem::take(&mut self.state.context);
         JobResult {
             outcome: self.outcome.expect("BUG: a result is taken once the job ended"),
-            context: self.state.context,
+            context,
             trace: self.trace,
-            checkpoint,
             rounds: self.rounds,
+            state: self.state,
+            job: self.def.name.clone(),
             divergence: self.divergence,
-            shows: self.def.keys.iter().map(|(k, s)| (k.clone(), s.ops.show)).collect(),
+            shows: self.def,
         }
     }
 
@@ -1002,16 +1053,18 @@ impl JobRun {
             return Err(self.partial(Stop::ToolCalls));
         }
         let version = self.state.context.version;
-        let runs = eligible
+        let mut runs: Vec<Running> = eligible
             .into_iter()
             .filter(|i| self.def.agents[*i].tier == tier)
             .map(|i| self.start_agent(i, round))
             .collect();
+        let batches = batch(&mut runs);
         Ok(Launched {
             tier,
             version,
             injected,
             runs,
+            batches,
         })
     }
 
@@ -1050,10 +1103,7 @@ impl JobRun {
         };
         let input_hash = hash::short(&postcard::to_stdvec(&input).expect("BUG: an input always encodes"));
         let handle = match &a.kind {
-            Kind::Function(f) => match pool::submit(*f, input) {
-                Ok(t) => Handle::Task(t),
-                Err(e) => Handle::Ended(Err(AgentFailure::Exit(ExitReason::Error(e.to_string())))),
-            },
+            Kind::Function(f) => Handle::Batched(*f, input),
             Kind::Program { program, args } => match self.start_program(program, args, &input) {
                 Ok(p) => Handle::Port(p),
                 Err(e) => Handle::Ended(Err(e)),
@@ -1250,10 +1300,48 @@ impl JobRun {
         let deadline = self.deadline();
         let until = deadline.map_or(timeout_at, |d| d.min(timeout_at));
         let mut deadline_hit = false;
+        let mut runs = launched.runs;
+        for (mut task, members) in launched.batches {
+            let wait = until.saturating_duration_since(Instant::now());
+            match task.join_timeout(wait) {
+                Ok(results) if results.len() == members.len() => {
+                    for (i, r) in members.into_iter().zip(results) {
+                        runs[i].handle = Handle::Ended(match r {
+                            Ok(Ok(effects)) => Ok(effects),
+                            Ok(Err(text)) => Err(AgentFailure::Exit(ExitReason::Error(text))),
+                            Err(panic) => Err(AgentFailure::Exit(ExitReason::Panic(panic))),
+                        });
+                    }
+                }
+                outcome => {
+                    // The batch failed as a whole (a crash, a timeout): each
+                    // of its agents runs again alone, so that the failure is
+                    // the one agent's that caused it.
+                    if matches!(outcome, Err(TaskError::Timeout)) {
+                        task.cancel();
+                    }
+                    if deadline.is_some_and(|d| Instant::now() >= d) {
+                        deadline_hit = true;
+                    }
+                    for i in members {
+                        submit_alone(&mut runs[i]);
+                    }
+                }
+            }
+        }
+        let until = if runs.iter().any(|r| matches!(r.handle, Handle::Task(_))) {
+            // Agents run alone after their batch failed have a timeout of
+            // their own.
+            let again = Instant::now() + self.def.budget.agent_timeout;
+            deadline.map_or(again, |d| d.min(again))
+        } else {
+            until
+        };
         let mut results = Vec::new();
-        for r in launched.runs {
+        for r in runs {
             let result = match r.handle {
                 Handle::Ended(e) => e,
+                Handle::Batched(..) => unreachable!("BUG: every batched agent was submitted"),
                 Handle::Task(mut t) => {
                     let wait = until.saturating_duration_since(Instant::now());
                     match t.join_timeout(wait) {
@@ -1306,7 +1394,7 @@ impl JobRun {
                 Err(f) => {
                     record.agents.push(AgentRecord {
                         agent: name.clone(),
-                        fingerprint: agent.fingerprint(),
+                        fingerprint: self.def.fingerprints[i],
                         input,
                         result: AgentResult::Failed(f.clone()),
                     });
@@ -1316,7 +1404,7 @@ impl JobRun {
                 Ok(effects) => {
                     record.agents.push(AgentRecord {
                         agent: name.clone(),
-                        fingerprint: agent.fingerprint(),
+                        fingerprint: self.def.fingerprints[i],
                         input,
                         result: AgentResult::Effects {
                             count: effects.items.len() as u32,
@@ -1493,6 +1581,57 @@ impl JobRun {
             });
         }
     }
+}
+
+/// Submits the function agents of a round: one batch per scheduler of the
+/// default class (contiguous runs in agent order), each agent alone when
+/// there are no more agents than schedulers.
+fn batch(runs: &mut [Running]) -> Vec<(Task<Vec<BatchResult>>, Vec<usize>)> {
+    let members: Vec<usize> = (0..runs.len())
+        .filter(|i| matches!(runs[*i].handle, Handle::Batched(..)))
+        .collect();
+    let schedulers = pool::schedulers()
+        .iter()
+        .filter(|(class, _)| class == pool::DEFAULT_CLASS)
+        .count()
+        .max(1);
+    if members.len() <= schedulers {
+        for i in members {
+            submit_alone(&mut runs[i]);
+        }
+        return Vec::new();
+    }
+    let mut batches = Vec::new();
+    let per = members.len().div_ceil(schedulers);
+    for chunk in members.chunks(per) {
+        let agents = chunk
+            .iter()
+            .map(|i| match &runs[*i].handle {
+                Handle::Batched(f, input) => (text::erase(*f), input.clone()),
+                _ => unreachable!("BUG: only batched runs are chunked"),
+            })
+            .collect();
+        match pool::submit(run_batch, agents) {
+            Ok(task) => batches.push((task, chunk.to_vec())),
+            Err(_) => {
+                for i in chunk {
+                    submit_alone(&mut runs[*i]);
+                }
+            }
+        }
+    }
+    batches
+}
+
+/// Submits a batched agent as a task of its own.
+fn submit_alone(run: &mut Running) {
+    let Handle::Batched(f, input) = std::mem::replace(&mut run.handle, Handle::Ended(Ok(Effects::new()))) else {
+        return;
+    };
+    run.handle = match pool::submit(f, input) {
+        Ok(t) => Handle::Task(t),
+        Err(e) => Handle::Ended(Err(AgentFailure::Exit(ExitReason::Error(e.to_string())))),
+    };
 }
 
 /// Runs many jobs at once: each round, the agents of every job that has
