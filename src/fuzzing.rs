@@ -132,3 +132,33 @@ pub fn packet_reader(data: &[u8]) {
 pub fn node_id(n: u128) -> crate::NodeId {
     crate::NodeId::from_bytes(n.to_le_bytes())
 }
+
+fn no_tool(_: u64) -> Result<u64, String> {
+    Err("not called".into())
+}
+
+/// The decoders of convergent jobs: traces and checkpoints (round trips),
+/// and the effect lines a program agent writes, each line parsed against a
+/// small job: whatever parses holds values of the keys' types, in their
+/// canonical encoding.
+pub fn job_records(data: &[u8]) {
+    use crate::job::{Checkpoint, Effect, Job, Tool, Trace};
+    round_trip::<Trace>(data);
+    round_trip::<Checkpoint>(data);
+    let mut job = Job::new("fuzz");
+    job.union::<String>("names");
+    job.max::<u64>("score");
+    job.single::<Vec<(String, bool)>>("pairs");
+    job.tool(Tool::function("tool", no_tool));
+    let run = job.start().expect("a job without agents starts without a node");
+    for line in String::from_utf8_lossy(data).lines() {
+        if let Ok(effect) = run.effect_from_json(line) {
+            match effect {
+                Effect::Put { key, value, .. } | Effect::Resolve { key, value, .. } => {
+                    run.check(&key, &value).expect("a parsed value is canonical");
+                }
+                Effect::Call { tool, answer, .. } => assert!(tool == "tool" && !answer.is_empty()),
+            }
+        }
+    }
+}

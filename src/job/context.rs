@@ -103,9 +103,9 @@ pub struct FactRef {
 /// Where a fact came from.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Source {
-    /// The agent that put it (`input` for the job's inputs, `inject` for a
-    /// fact injected into a running job, `tool:NAME` for a tool's answer
-    /// asked for by an agent, named in `via`).
+    /// The agent that put it: `input` for the job's inputs, `inject` for a
+    /// fact injected into a running job, `AGENT via tool:NAME` for the
+    /// answer of a tool an agent called.
     pub agent: String,
     /// The round it was merged in (0 for the inputs).
     pub round: u32,

@@ -58,6 +58,9 @@ mod run;
 mod tool;
 mod trace;
 
+#[cfg(test)]
+mod tests;
+
 pub use agent::{Agent, AgentFn, Effect, Effects, Input};
 pub use context::{Change, Confidence, Context, Fact, FactRef, Join, KeyState, Resolution, Rule, Source, Value};
 pub use run::{

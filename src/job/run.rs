@@ -833,7 +833,7 @@ impl JobRun {
         Ok(())
     }
 
-    fn check(&self, key: &str, value: &[u8]) -> Result<(), String> {
+    pub(crate) fn check(&self, key: &str, value: &[u8]) -> Result<(), String> {
         let spec = self.def.keys.get(key).ok_or_else(|| format!("undeclared key {key}"))?;
         (spec.ops.check)(value).map_err(|e| format!("key {key} holds {}: {e}", spec.type_name))
     }
@@ -1197,7 +1197,7 @@ impl JobRun {
         Ok(effects)
     }
 
-    fn effect_from_json(&self, line: &str) -> Result<Effect, String> {
+    pub(crate) fn effect_from_json(&self, line: &str) -> Result<Effect, String> {
         let v: serde_json::Value = serde_json::from_str(line).map_err(|e| e.to_string())?;
         let field = |name: &str| v.get(name).and_then(|x| x.as_str()).map(str::to_owned);
         let value_of = |key: &str, field: &str| -> Result<Vec<u8>, String> {
@@ -1465,12 +1465,9 @@ impl JobRun {
                                     value: a.clone(),
                                     confidence: Confidence::CERTAIN,
                                     source: Source {
-                                        agent: format!("tool:{tool}"),
+                                        agent: format!("{name} via tool:{tool}"),
                                         round,
-                                        read: vec![FactRef {
-                                            key: format!("{name}'s request"),
-                                            value: call.request,
-                                        }],
+                                        read: read.clone(),
                                     },
                                     added: 0,
                                 };
