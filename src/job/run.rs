@@ -402,7 +402,9 @@ impl Job {
         self
     }
 
-    /// How long one agent may run (default 30 s).
+    /// How long one agent may run (default 30 s). Function agents go to the
+    /// pool in one batch per scheduler; a batch that runs past this time is
+    /// stopped and its agents run again alone, each with this time.
     pub fn agent_timeout(&mut self, timeout: Duration) -> &mut Job {
         self.budget.agent_timeout = timeout;
         self
