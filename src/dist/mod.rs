@@ -20,15 +20,24 @@
 //!    address that keeps failing unread for a while; [`keep_session`] settles
 //!    two connections made at once between two nodes by their ids.
 //!
-//! What sits on top (membership with SWIM, remote sends, links and monitors)
-//! builds on these.
+//! 5. [`Membership`]: who is in the cluster, with SWIM (`foca`) over UDP
+//!    packets sealed with a MAC keyed by the secret (a timestamp within
+//!    [`CLOCK_WINDOW`] and a memory of recent MACs refuse replays), driven
+//!    by the node's loop: packets in, timers due, sealed packets and
+//!    [`MemberEvent`]s out.
+//!
+//! What sits on top (remote sends, links and monitors) builds on these.
 //!
 //! On the wire, every handshake message and every record is a 2-byte
 //! big-endian length followed by that many bytes of Noise message.
 
+mod membership;
 mod session;
 mod tcp;
 
+pub use membership::{
+    CLOCK_WINDOW, Member, MemberEvent, Membership, MembershipConfig, MembershipStats, PacketError, PacketKey, Replays,
+};
 pub use session::{DistError, Handshake, Hello, PROTOCOL_VERSION, Secret, Session, Step};
 pub use tcp::{Acceptor, FAILURE_WINDOW, HANDSHAKE_TIMEOUT, MAX_FAILURES, connect, keep_session};
 

@@ -98,6 +98,16 @@ impl Secret {
         Ok(Secret(h.finalize().into()))
     }
 
+    /// A key for one purpose (`label`), derived from the secret.
+    pub(crate) fn derive(&self, label: &[u8]) -> [u8; 32] {
+        let mut h = Blake2s256::new();
+        h.update(b"converge derived key\0");
+        h.update(label);
+        h.update(b"\0");
+        h.update(self.0);
+        h.finalize().into()
+    }
+
     /// A secret from a file, its content less one trailing newline. The file
     /// must not be readable or writable by other users (as `ssh` refuses a
     /// private key that is).
