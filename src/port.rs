@@ -448,6 +448,16 @@ impl Port {
         }
     }
 
+    /// Sends `signal` to the program's process group (as a shell forwards
+    /// Ctrl-C to a job). The port ends with the program's own status: for
+    /// one that dies of the signal, `Signal { signal, .. }`. Call it while
+    /// the port runs (before its `Exit` is received): its group id is its
+    /// process id, which the system may give to another process once the
+    /// port has ended.
+    pub fn signal(&self, signal: i32) -> Result<(), PortError> {
+        crate::sys::process::kill_group(self.ospid, signal).map_err(PortError::Io)
+    }
+
     /// Kills the program and its process group at once (`SIGKILL`); the port
     /// ends `Killed`.
     pub fn kill(&self) {

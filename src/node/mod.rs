@@ -288,7 +288,12 @@ pub(crate) struct NodeShared {
 impl NodeShared {
     /// A request from the node's main thread.
     pub(crate) fn local_request(&self, from: u64, msg: ToNode) -> Option<NodeReply> {
-        self.control.lock().local_request(from, msg)
+        let mut core = self.control.lock();
+        let reply = core.local_request(from, msg);
+        // A port asked to stop arms the timer of its kill: the watcher must
+        // wake for it.
+        watcher::release(self, core);
+        reply
     }
 
     /// Whether new processes may start.
@@ -694,7 +699,9 @@ impl LocalNode for NodeShared {
     }
 
     fn request_in_order(&self, from: u64, msg: ToNode) {
-        self.control.lock().local_request_in_order(from, msg);
+        let mut core = self.control.lock();
+        core.local_request_in_order(from, msg);
+        watcher::release(self, core);
     }
 
     fn register(&self, reg: Registration, ctl: OwnedFd, pidfd_follows: bool) -> std::io::Result<()> {
@@ -702,7 +709,9 @@ impl LocalNode for NodeShared {
     }
 
     fn attach_pidfd(&self, serial: u64, pidfd: OwnedFd, ospid: i32) {
-        self.control.lock().attach_local_pidfd(serial, pidfd, ospid);
+        let mut core = self.control.lock();
+        core.attach_local_pidfd(serial, pidfd, ospid);
+        watcher::release(self, core);
     }
 
     fn withdraw(&self, serial: u64) {

@@ -81,7 +81,13 @@ pub(crate) fn process(node: &'static NodeShared, core: &mut Control, events: &[E
     for ev in events {
         match ev.token {
             TOKEN_CTL_LISTENER => core.accept_all(),
-            TOKEN_KICK => node.kick.drain(),
+            TOKEN_KICK => {
+                node.kick.drain();
+                // The kick was meant for the watcher: if another thread took
+                // it, the watcher may still sleep without a timeout, so the
+                // next release kicks again.
+                core.watcher_will_wake = false;
+            }
             TOKEN_SIGNALS => {
                 let mut buf = [0u8; 16];
                 let n = node
@@ -121,8 +127,15 @@ pub(crate) fn process_now(node: &'static NodeShared) {
         return;
     }
     process(node, &mut core, &events);
-    // Work left for later (statuses to retry, orphans to look for) is the
-    // watcher's: make sure it is not asleep without a timeout.
+    release(node, core);
+    node.changed.notify_all();
+}
+
+/// Releases the process table after the main thread changed it: work left
+/// for later (statuses to retry, orphans to look for, a port's kill at the
+/// end of its shutdown time) is the watcher's, so make sure it is not
+/// asleep without a timeout.
+pub(crate) fn release(node: &NodeShared, mut core: crate::sync::MutexGuard<'_, Control>) {
     let kick =
         (core.has_pending() || core.strangers_to_scan() > 0 || core.next_timer().is_some()) && !core.watcher_will_wake;
     if kick {
@@ -132,7 +145,6 @@ pub(crate) fn process_now(node: &'static NodeShared) {
     if kick {
         node.kick.notify();
     }
-    node.changed.notify_all();
 }
 
 /// `SIGINT` or `SIGTERM` reached the node: shut down in order, then end the
