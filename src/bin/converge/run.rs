@@ -1,0 +1,225 @@
+//! `converge run`: one program as a port, its input passed through, its
+//! output and errors streamed apart, signals forwarded to its process group,
+//! and the exit status a shell or `timeout` would give.
+
+use std::ffi::OsString;
+use std::io::{Read, Write};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use clap::Args;
+use converge::port::{Framing, Port, PortBuilder, PortOutput, Stderr};
+use converge::{Config, ExitReason, RecvTimeoutError};
+use signal_hook::consts::signal::{SIGINT, SIGTERM};
+
+/// The status when the program timed out (as `timeout`'s).
+const TIMED_OUT: u8 = 124;
+/// The status for a program that cannot be executed (a shell's).
+const NOT_EXECUTABLE: u8 = 126;
+/// The status for a program that is not found (a shell's).
+const NOT_FOUND: u8 = 127;
+
+/// `converge run [--timeout D] [--kill-after D] [--workdir D] [--env K=V] -- program args`.
+#[derive(Args, Debug)]
+pub(crate) struct RunArgs {
+    /// Stop the program after this long (`10`, `1.5s`, `2m`, `1h`, `1d`):
+    /// `SIGTERM` to its process group, then `SIGKILL` after --kill-after;
+    /// the status is then 124 (137 when it had to be killed).
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    timeout: Option<Duration>,
+    /// How long a program stopped (on timeout) has between `SIGTERM` and
+    /// `SIGKILL`.
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration, default_value = "5s")]
+    kill_after: Duration,
+    /// The program's working directory.
+    #[arg(long, value_name = "DIR")]
+    workdir: Option<PathBuf>,
+    /// Sets a variable in the program's environment (repeatable).
+    #[arg(long = "env", value_name = "KEY=VALUE", value_parser = parse_env)]
+    env: Vec<(OsString, OsString)>,
+    /// The program and its arguments.
+    #[arg(required = true, trailing_var_arg = true, value_name = "PROGRAM")]
+    command: Vec<OsString>,
+}
+
+/// A duration as `timeout` reads one: a number (fractions allowed) with an
+/// optional unit, `s` (default), `m`, `h` or `d`.
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    let (num, unit) = match s.char_indices().last() {
+        Some((i, c)) if c.is_ascii_alphabetic() => (&s[..i], c),
+        _ => (s, 's'),
+    };
+    let scale = match unit {
+        's' => 1.0,
+        'm' => 60.0,
+        'h' => 3600.0,
+        'd' => 86400.0,
+        _ => return Err(format!("invalid time unit in {s:?} (s, m, h or d)")),
+    };
+    let n: f64 = num.parse().map_err(|_| format!("invalid time interval {s:?}"))?;
+    if !n.is_finite() || n < 0.0 {
+        return Err(format!("invalid time interval {s:?}"));
+    }
+    Duration::try_from_secs_f64(n * scale).map_err(|_| format!("invalid time interval {s:?}"))
+}
+
+fn parse_env(s: &str) -> Result<(OsString, OsString), String> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.is_empty() => Ok((k.into(), v.into())),
+        _ => Err(format!("{s:?} is not KEY=VALUE")),
+    }
+}
+
+/// Why a program cannot start, as a shell says it, with its status.
+fn resolve(program: &Path) -> Result<PathBuf, (u8, String)> {
+    let shown = program.display();
+    let found = if program.as_os_str().as_encoded_bytes().contains(&b'/') {
+        program.exists().then(|| program.to_path_buf())
+    } else {
+        std::env::var_os("PATH").and_then(|paths| {
+            std::env::split_paths(&paths)
+                .map(|dir| dir.join(program))
+                .find(|p| {
+                    p.metadata()
+                        .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+                })
+                .or_else(|| {
+                    std::env::split_paths(&paths)
+                        .map(|dir| dir.join(program))
+                        .find(|p| p.is_file())
+                })
+        })
+    };
+    let Some(path) = found else {
+        return Err((NOT_FOUND, format!("{shown}: command not found")));
+    };
+    let meta = path.metadata().map_err(|e| (NOT_FOUND, format!("{shown}: {e}")))?;
+    if meta.is_dir() {
+        return Err((NOT_EXECUTABLE, format!("{shown}: Is a directory")));
+    }
+    if meta.permissions().mode() & 0o111 == 0 {
+        return Err((NOT_EXECUTABLE, format!("{shown}: Permission denied")));
+    }
+    Ok(path)
+}
+
+/// The status a shell gives for a program that ended so.
+fn status(reason: &ExitReason) -> u8 {
+    match reason {
+        ExitReason::Normal => 0,
+        ExitReason::Code(c) => *c as u8,
+        ExitReason::Signal { signal, .. } => 128 + *signal as u8,
+        ExitReason::Killed => 128 + 9,
+        ExitReason::Shutdown => 128 + SIGTERM as u8,
+        _ => crate::FAILED,
+    }
+}
+
+pub(crate) fn run(args: RunArgs) -> Result<ExitCode, String> {
+    let (program, rest) = args.command.split_first().expect("BUG: clap requires a program");
+    let path = match resolve(Path::new(program)) {
+        Ok(p) => p,
+        Err((code, why)) => {
+            eprintln!("converge run: {why}");
+            return Ok(ExitCode::from(code));
+        }
+    };
+    // Signals are forwarded to the program, not handled by the node, and
+    // there is no pool to start.
+    let node = Config::new()
+        .handle_signals(false)
+        .schedulers(0)
+        .init()
+        .map_err(|e| format!("starting the node: {e}"))?;
+    let mut builder = PortBuilder::new(&path)
+        .arg0(program)
+        .args(rest)
+        .framing(Framing::Raw)
+        .stderr(Stderr::Separate)
+        .shutdown_timeout(args.kill_after);
+    if let Some(dir) = &args.workdir {
+        builder = builder.current_dir(dir);
+    }
+    for (k, v) in &args.env {
+        builder = builder.env(k, v);
+    }
+    let port = Arc::new(builder.spawn().map_err(|e| e.to_string())?);
+    let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM]).map_err(|e| e.to_string())?;
+    let forward = signals.handle();
+    {
+        let port = Arc::clone(&port);
+        std::thread::spawn(move || {
+            for signal in signals.forever() {
+                let _ = port.signal(signal);
+            }
+        });
+    }
+    {
+        let port = Arc::clone(&port);
+        std::thread::spawn(move || pass_input(&port));
+    }
+    let code = wait(&port, args.timeout)?;
+    forward.close();
+    drop(port);
+    node.shutdown(Duration::from_secs(1));
+    Ok(ExitCode::from(code))
+}
+
+/// Standard input to the program, then end of file.
+fn pass_input(port: &Port) {
+    let mut stdin = std::io::stdin().lock();
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        match stdin.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => {
+                if port.send(&buf[..n]).is_err() {
+                    return;
+                }
+            }
+        }
+    }
+    port.close_input();
+}
+
+/// Streams the program's output until it ends; its status.
+fn wait(port: &Port, timeout: Option<Duration>) -> Result<u8, String> {
+    let deadline = timeout.map(|t| Instant::now() + t);
+    let mut timed_out = false;
+    let mut out = std::io::stdout();
+    let mut err = std::io::stderr();
+    loop {
+        let wait = match deadline {
+            Some(d) if !timed_out => d.saturating_duration_since(Instant::now()),
+            _ => Duration::from_secs(3600),
+        };
+        match port.recv_timeout(wait) {
+            Ok(PortOutput::Data(bytes)) => {
+                // A closed standard output (`| head`) is not the program's
+                // business: it gets SIGPIPE or EPIPE on its own writes.
+                let _ = out.write_all(&bytes).and_then(|()| out.flush());
+            }
+            Ok(PortOutput::Stderr(bytes)) => {
+                let _ = err.write_all(&bytes).and_then(|()| err.flush());
+            }
+            Ok(PortOutput::Exit(reason)) => {
+                return Ok(match (timed_out, &reason) {
+                    (true, ExitReason::Killed) => 128 + 9,
+                    (true, _) => TIMED_OUT,
+                    (false, r) => status(r),
+                });
+            }
+            Ok(_) => {}
+            Err(RecvTimeoutError::Timeout) => {
+                if deadline.is_some_and(|d| Instant::now() >= d) && !timed_out {
+                    timed_out = true;
+                    port.shutdown();
+                }
+            }
+            Err(RecvTimeoutError::Disconnected) => return Err("the node stopped".into()),
+        }
+    }
+}
