@@ -115,8 +115,12 @@ fn init_removes_the_empty_cgroups_of_killed_nodes() {
     let id = h.expect("id").trim().to_string();
     let dirs = cgroup_dirs_of(&id);
     assert!(!dirs.is_empty(), "the node made no cgroup");
-    // Its zygote (and spare) first, so that nothing cleans up after it.
+    // The node is stopped first, so that it cannot see its zygote die and
+    // clean up; then its zygote (and spare), so that they cannot see the
+    // node die; then the node.
     let os = h.child.id() as i32;
+    // SAFETY: signalling the helper's process.
+    unsafe { libc::kill(os, libc::SIGSTOP) };
     let children = std::fs::read_to_string(format!("/proc/{os}/task/{os}/children")).unwrap();
     for child in children.split_whitespace() {
         let child: i32 = child.parse().unwrap();
