@@ -2,9 +2,11 @@
 //! the exit statuses and flags that `timeout`, GNU parallel and supervisord
 //! users know.
 
+mod parallel;
 mod run;
 
 use std::process::ExitCode;
+use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 
@@ -29,6 +31,31 @@ enum Command {
     /// 124 when it timed out; 126 not executable; 127 not found; 125 when
     /// converge failed).
     Run(run::RunArgs),
+    /// Run a command for each argument, N at a time, as GNU parallel does
+    /// (its job log, --resume, --retries, --timeout, --halt and exit
+    /// statuses: the number of failed jobs, 255 for a usage error).
+    Parallel(parallel::ParallelArgs),
+}
+
+/// A duration as `timeout` reads one: a number (fractions allowed) with an
+/// optional unit, `s` (default), `m`, `h` or `d`.
+pub(crate) fn parse_duration(s: &str) -> Result<Duration, String> {
+    let (num, unit) = match s.char_indices().last() {
+        Some((i, c)) if c.is_ascii_alphabetic() => (&s[..i], c),
+        _ => (s, 's'),
+    };
+    let scale = match unit {
+        's' => 1.0,
+        'm' => 60.0,
+        'h' => 3600.0,
+        'd' => 86400.0,
+        _ => return Err(format!("invalid time unit in {s:?} (s, m, h or d)")),
+    };
+    let n: f64 = num.parse().map_err(|_| format!("invalid time interval {s:?}"))?;
+    if !n.is_finite() || n < 0.0 {
+        return Err(format!("invalid time interval {s:?}"));
+    }
+    Duration::try_from_secs_f64(n * scale).map_err(|_| format!("invalid time interval {s:?}"))
 }
 
 fn main() -> ExitCode {
@@ -41,6 +68,8 @@ fn main() -> ExitCode {
                 // Usage errors of `run` are converge's failures (125), as
                 // `timeout` reports its own.
                 _ if std::env::args().nth(1).as_deref() == Some("run") => ExitCode::from(FAILED),
+                // GNU parallel's usage errors exit 255.
+                _ if std::env::args().nth(1).as_deref() == Some("parallel") => ExitCode::from(parallel::USAGE),
                 _ => ExitCode::from(2),
             };
         }
@@ -51,6 +80,13 @@ fn main() -> ExitCode {
             Err(e) => {
                 eprintln!("converge run: {e}");
                 ExitCode::from(FAILED)
+            }
+        },
+        Command::Parallel(args) => match parallel::run(args) {
+            Ok(code) => code,
+            Err(e) => {
+                eprintln!("converge parallel: {e}");
+                ExitCode::from(parallel::USAGE)
             }
         },
     }

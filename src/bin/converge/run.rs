@@ -28,11 +28,11 @@ pub(crate) struct RunArgs {
     /// Stop the program after this long (`10`, `1.5s`, `2m`, `1h`, `1d`):
     /// `SIGTERM` to its process group, then `SIGKILL` after --kill-after;
     /// the status is then 124 (137 when it had to be killed).
-    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    #[arg(long, value_name = "DURATION", value_parser = crate::parse_duration)]
     timeout: Option<Duration>,
     /// How long a program stopped (on timeout) has between `SIGTERM` and
     /// `SIGKILL`.
-    #[arg(long, value_name = "DURATION", value_parser = parse_duration, default_value = "5s")]
+    #[arg(long, value_name = "DURATION", value_parser = crate::parse_duration, default_value = "5s")]
     kill_after: Duration,
     /// The program's working directory.
     #[arg(long, value_name = "DIR")]
@@ -43,27 +43,6 @@ pub(crate) struct RunArgs {
     /// The program and its arguments.
     #[arg(required = true, trailing_var_arg = true, value_name = "PROGRAM")]
     command: Vec<OsString>,
-}
-
-/// A duration as `timeout` reads one: a number (fractions allowed) with an
-/// optional unit, `s` (default), `m`, `h` or `d`.
-fn parse_duration(s: &str) -> Result<Duration, String> {
-    let (num, unit) = match s.char_indices().last() {
-        Some((i, c)) if c.is_ascii_alphabetic() => (&s[..i], c),
-        _ => (s, 's'),
-    };
-    let scale = match unit {
-        's' => 1.0,
-        'm' => 60.0,
-        'h' => 3600.0,
-        'd' => 86400.0,
-        _ => return Err(format!("invalid time unit in {s:?} (s, m, h or d)")),
-    };
-    let n: f64 = num.parse().map_err(|_| format!("invalid time interval {s:?}"))?;
-    if !n.is_finite() || n < 0.0 {
-        return Err(format!("invalid time interval {s:?}"));
-    }
-    Duration::try_from_secs_f64(n * scale).map_err(|_| format!("invalid time interval {s:?}"))
 }
 
 fn parse_env(s: &str) -> Result<(OsString, OsString), String> {
