@@ -4,6 +4,7 @@
 
 mod parallel;
 mod run;
+mod supervise;
 
 use std::process::ExitCode;
 use std::time::Duration;
@@ -35,6 +36,10 @@ enum Command {
     /// (its job log, --resume, --retries, --timeout, --halt and exit
     /// statuses: the number of failed jobs, 255 for a usage error).
     Parallel(parallel::ParallelArgs),
+    /// Keep a server running: restarts with backoff, start failures within
+    /// --startsecs, a restart limit past which it gives up with the
+    /// server's last status (as supervisord's FATAL).
+    Supervise(supervise::SuperviseArgs),
 }
 
 /// A duration as `timeout` reads one: a number (fractions allowed) with an
@@ -80,6 +85,13 @@ fn main() -> ExitCode {
             Err(e) => {
                 eprintln!("converge run: {e}");
                 ExitCode::from(FAILED)
+            }
+        },
+        Command::Supervise(args) => match supervise::run(args) {
+            Ok(code) => code,
+            Err(e) => {
+                eprintln!("converge supervise: {e}");
+                ExitCode::FAILURE
             }
         },
         Command::Parallel(args) => match parallel::run(args) {

@@ -45,7 +45,7 @@ pub(crate) struct RunArgs {
     command: Vec<OsString>,
 }
 
-fn parse_env(s: &str) -> Result<(OsString, OsString), String> {
+pub(crate) fn parse_env(s: &str) -> Result<(OsString, OsString), String> {
     match s.split_once('=') {
         Some((k, v)) if !k.is_empty() => Ok((k.into(), v.into())),
         _ => Err(format!("{s:?} is not KEY=VALUE")),
@@ -53,7 +53,7 @@ fn parse_env(s: &str) -> Result<(OsString, OsString), String> {
 }
 
 /// Why a program cannot start, as a shell says it, with its status.
-fn resolve(program: &Path) -> Result<PathBuf, (u8, String)> {
+pub(crate) fn resolve(program: &Path) -> Result<PathBuf, (u8, String)> {
     let shown = program.display();
     let found = if program.as_os_str().as_encoded_bytes().contains(&b'/') {
         program.exists().then(|| program.to_path_buf())
@@ -86,7 +86,7 @@ fn resolve(program: &Path) -> Result<PathBuf, (u8, String)> {
 }
 
 /// The status a shell gives for a program that ended so.
-fn status(reason: &ExitReason) -> u8 {
+pub(crate) fn status(reason: &ExitReason) -> u8 {
     match reason {
         ExitReason::Normal => 0,
         ExitReason::Code(c) => *c as u8,
