@@ -34,6 +34,17 @@ impl Drop for Scratch {
     }
 }
 
+/// Kills process `0` if the test fails while it may still run.
+struct KillOnPanic(u32);
+
+impl Drop for KillOnPanic {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            let _ = Command::new("kill").args(["-KILL", &self.0.to_string()]).status();
+        }
+    }
+}
+
 /// The tool under test: `converge parallel` or GNU `parallel`.
 #[derive(Clone, Copy, Debug, PartialEq)]
 enum Tool {
@@ -331,7 +342,7 @@ fn a_timeout_uses_the_kill_sequence_on_the_whole_group() {
             tool,
             &dir.0,
             &[
-                "-j3",
+                "-j5",
                 "--timeout",
                 "0.5",
                 "--joblog",
@@ -341,12 +352,16 @@ fn a_timeout_uses_the_kill_sequence_on_the_whole_group() {
                 "sleep 20",
                 "trap '' TERM; sleep 20",
                 "sleep 0.1",
+                "trap 'exit 3' TERM; sleep 20 & wait",
+                "trap 'exit 0' TERM; sleep 20 & wait",
             ],
             None,
         );
         assert!(t.elapsed() < Duration::from_secs(10), "{tool:?}: {:?}", t.elapsed());
-        assert_eq!(code(&o), 2, "{tool:?}");
-        // Stopped by TERM: Exitval -1, Signal 15; it outlived the TERMs: 9.
+        assert_eq!(code(&o), 4, "{tool:?}");
+        // Stopped by TERM: Exitval -1, Signal 15; it outlived the TERMs: 9;
+        // it exited on the TERM with a code of its own: that code; with 0:
+        // -1 and no signal.
         assert_eq!(
             rows(&dir.read("log")),
             [
@@ -361,19 +376,39 @@ fn a_timeout_uses_the_kill_sequence_on_the_whole_group() {
                     "eval 'trap '\"'\"''\"'\"' TERM; sleep 20'"
                 ]),
                 row(&["3", ":", "0", "0", "0", "0", "eval 'sleep 0.1'"]),
+                row(&[
+                    "4",
+                    ":",
+                    "0",
+                    "0",
+                    "3",
+                    "0",
+                    "eval 'trap '\"'\"'exit 3'\"'\"' TERM; sleep 20 & wait'"
+                ]),
+                row(&[
+                    "5",
+                    ":",
+                    "0",
+                    "0",
+                    "-1",
+                    "0",
+                    "eval 'trap '\"'\"'exit 0'\"'\"' TERM; sleep 20 & wait'"
+                ]),
             ],
             "{tool:?}"
         );
     }
     // The job's whole group is stopped, its background children too (one
     // that ignores TERM is there for the KILL); the TERM comes three times
-    // before the KILL.
+    // before the KILL (waits long enough for a loaded machine).
     let o = run_in(
         Tool::Converge,
         &dir.0,
         &[
             "--timeout",
             "0.3",
+            "--termseq",
+            "TERM,400,TERM,400,TERM,400,KILL,25",
             "echo {} >/dev/null; (trap '' TERM; exec sleep 31.5) & trap 'echo TERM >> terms' TERM; while :; do sleep 0.05; done",
             ":::",
             "1",
@@ -539,6 +574,14 @@ fn halt_stops_as_gnu_parallel_does() {
             a.extend(args);
             assert_eq!(code(&go(&a)), status, "{tool:?} {args:?}");
         }
+        // The share is of all jobs, standard input's too (read first).
+        let o = run_in(
+            tool,
+            &dir.0,
+            &["-j1", "--halt", "now,fail=50%", "exit {}"],
+            Some("1\n0\n0\n0\n"),
+        );
+        assert_eq!(code(&o), 25, "{tool:?}");
         // success=1: stop at the first that passes, status 0.
         let o = go(&[
             "-j1",
@@ -559,13 +602,13 @@ fn halt_stops_as_gnu_parallel_does() {
             "now,fail=1",
             "eval {}",
             ":::",
-            "sleep 30",
+            "sleep 30.5",
             "sleep 0.2; exit 4",
         ]);
         assert_eq!(code(&o), 4, "{tool:?}");
         assert!(t.elapsed() < Duration::from_secs(10), "{tool:?}");
     }
-    assert!(no_process_with("sleep 30"));
+    assert!(no_process_with("sleep 30.5"));
 }
 
 #[test]
@@ -656,6 +699,7 @@ fn line_buffer_prints_lines_as_they_come() {
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
+    let _guard = KillOnPanic(child.id());
     let t = Instant::now();
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
     assert_eq!(lines.next().unwrap().unwrap(), "j\tfirst");
@@ -731,6 +775,7 @@ fn ctrl_c_reaches_every_job_and_no_more_start() {
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
+    let _guard = KillOnPanic(child.id());
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
     let mut started: Vec<String> = (0..2).map(|_| lines.next().unwrap().unwrap()).collect();
     started.sort();
@@ -765,6 +810,7 @@ fn a_reader_that_goes_away_ends_it_quietly() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
+    let _guard = KillOnPanic(child.id());
     let mut input = child.stdin.take().unwrap();
     let feeder = std::thread::spawn(move || {
         for i in 0..100_000 {

@@ -75,6 +75,17 @@ fn starts(log: &str) -> Vec<f64> {
 
 const STAMP: &str = "date +%s.%N >> starts";
 
+/// Kills process `0` if the test fails while it may still run.
+struct KillOnPanic(u32);
+
+impl Drop for KillOnPanic {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            let _ = Command::new("kill").args(["-KILL", &self.0.to_string()]).status();
+        }
+    }
+}
+
 /// Runs supervisord (in the foreground, with its own configuration in
 /// `dir`) with one program until its log has `until`; its log.
 fn supervisord(dir: &Path, program: &str, until: &str) -> Option<String> {
@@ -90,7 +101,7 @@ fn supervisord(dir: &Path, program: &str, until: &str) -> Option<String> {
     // supervisord's configuration expands `%(name)s`: a `%` is written `%%`.
     let program = program.replace('%', "%%");
     let conf = format!(
-        "[supervisord]\nnodaemon=true\nuser=root\nlogfile={d}/supervisord.log\npidfile={d}/supervisord.pid\n\
+        "[supervisord]\nnodaemon=true\nlogfile={d}/supervisord.log\npidfile={d}/supervisord.pid\n\
          childlogdir={d}\n\n[program:p]\ndirectory={d}\n{program}\n"
     );
     std::fs::write(dir.join("supervisord.conf"), conf).unwrap();
@@ -102,6 +113,7 @@ fn supervisord(dir: &Path, program: &str, until: &str) -> Option<String> {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
+    let _guard = KillOnPanic(child.id());
     let deadline = Instant::now() + Duration::from_secs(30);
     let log = loop {
         let log = std::fs::read_to_string(dir.join("supervisord.log")).unwrap_or_default();
@@ -212,6 +224,7 @@ fn a_stop_reaches_the_whole_group_then_kills() {
             .stderr(Stdio::null())
             .spawn()
             .unwrap();
+        let _guard = KillOnPanic(child.id());
         let mut line = String::new();
         BufReader::new(child.stdout.as_mut().unwrap())
             .read_line(&mut line)
@@ -241,12 +254,13 @@ fn a_stop_reaches_the_whole_group_then_kills() {
 #[test]
 fn sighup_restarts_the_server() {
     let dir = Scratch::new("hup");
-    let body = format!("cd {}; {STAMP}; echo up; sleep 30 & wait", dir.0.display());
+    let body = format!("cd {}; {STAMP}; echo up; sleep 35.5 & wait", dir.0.display());
     let mut child = supervise(&["--", "sh", "-c", &body])
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
+    let _guard = KillOnPanic(child.id());
     let mut out = BufReader::new(child.stdout.take().unwrap());
     let mut line = String::new();
     out.read_line(&mut line).unwrap();
@@ -254,9 +268,12 @@ fn sighup_restarts_the_server() {
         .args(["-HUP", &child.id().to_string()])
         .status()
         .unwrap();
+    let t = Instant::now();
     line.clear();
     out.read_line(&mut line).unwrap();
     assert_eq!(line, "up\n");
+    // At once, not when the server would have ended by itself.
+    assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
     assert_eq!(starts(&dir.read("starts")).len(), 2);
     Command::new("kill")
         .args(["-TERM", &child.id().to_string()])

@@ -13,7 +13,7 @@ use clap::{Parser, Subcommand};
 
 /// Exit status of `converge run` when converge itself failed (a bad flag
 /// value, no node), as `timeout` uses 125.
-const FAILED: u8 = 125;
+pub(crate) const FAILED: u8 = 125;
 
 #[derive(Parser)]
 #[command(

@@ -53,10 +53,22 @@ pub(crate) fn parse_env(s: &str) -> Result<(OsString, OsString), String> {
 }
 
 /// Why a program cannot start, as a shell says it, with its status.
-pub(crate) fn resolve(program: &Path) -> Result<PathBuf, (u8, String)> {
+/// A path with a `/` is taken from `workdir` (where the program runs) when
+/// one is given, and made absolute.
+pub(crate) fn resolve(program: &Path, workdir: Option<&Path>) -> Result<PathBuf, (u8, String)> {
     let shown = program.display();
+    if let Some(dir) = workdir
+        && !dir.is_dir()
+    {
+        return Err((crate::FAILED, format!("{}: not a directory", dir.display())));
+    }
     let found = if program.as_os_str().as_encoded_bytes().contains(&b'/') {
-        program.exists().then(|| program.to_path_buf())
+        let at = match workdir {
+            Some(dir) if program.is_relative() => dir.join(program),
+            _ => program.to_path_buf(),
+        };
+        let at = std::path::absolute(&at).unwrap_or(at);
+        at.exists().then_some(at)
     } else {
         std::env::var_os("PATH").and_then(|paths| {
             std::env::split_paths(&paths)
@@ -99,7 +111,7 @@ pub(crate) fn status(reason: &ExitReason) -> u8 {
 
 pub(crate) fn run(args: RunArgs) -> Result<ExitCode, String> {
     let (program, rest) = args.command.split_first().expect("BUG: clap requires a program");
-    let path = match resolve(Path::new(program)) {
+    let path = match resolve(Path::new(program), args.workdir.as_deref()) {
         Ok(p) => p,
         Err((code, why)) => {
             eprintln!("converge run: {why}");

@@ -109,11 +109,13 @@ enum Woken {
     /// SIGTERM or SIGINT: stop; SIGHUP: restart now.
     Signal(i32),
     TimeUp,
+    /// The node stopped under us.
+    NodeGone,
 }
 
 pub(crate) fn run(args: SuperviseArgs) -> Result<ExitCode, String> {
     let (program, rest) = args.command.split_first().expect("BUG: clap requires a server");
-    let path = match resolve(Path::new(program)) {
+    let path = match resolve(Path::new(program), args.workdir.as_deref()) {
         Ok(p) => p,
         Err((code, why)) => {
             log(&why);
@@ -153,28 +155,44 @@ pub(crate) fn run(args: SuperviseArgs) -> Result<ExitCode, String> {
     let mut start_failures = 0u32;
     let mut restarts: VecDeque<Instant> = VecDeque::new();
     let code = 'supervise: loop {
-        let port = builder.spawn().map_err(|e| e.to_string())?;
-        port.close_input();
         let started = Instant::now();
-        log(&format!("started {shown} (os pid {})", port.os_pid()));
+        let spawned = builder.spawn();
+        // A start that fails (the program being replaced, no memory) is a
+        // start failure, as supervisord counts one.
+        let reason = match &spawned {
+            Ok(port) => {
+                port.close_input();
+                log(&format!("started {shown} (os pid {})", port.os_pid()));
+                None
+            }
+            Err(e) => {
+                log(&format!("starting {shown} failed: {e}"));
+                Some(ExitReason::Error(e.to_string()))
+            }
+        };
         // The server's output passes through until it ends or we are told
         // to stop.
         let mut stopping: Option<i32> = None;
-        let reason = loop {
-            match wait(&ctx, None) {
-                Woken::Exited(reason) => break reason,
-                Woken::Signal(SIGHUP) => {
-                    log("SIGHUP: restarting the server");
-                    port.shutdown();
-                    stopping.get_or_insert(SIGHUP);
+        let reason = match (reason, spawned) {
+            (Some(failed), _) => failed,
+            (None, Err(_)) => unreachable!("BUG: a failed spawn has a reason"),
+            (None, Ok(port)) => loop {
+                match wait(&ctx, None) {
+                    Woken::NodeGone => break 'supervise 1,
+                    Woken::Exited(reason) => break reason,
+                    Woken::Signal(SIGHUP) => {
+                        log("SIGHUP: restarting the server");
+                        port.shutdown();
+                        stopping.get_or_insert(SIGHUP);
+                    }
+                    Woken::Signal(signal) => {
+                        log(&format!("signal {signal}: stopping the server"));
+                        port.shutdown();
+                        stopping = Some(signal);
+                    }
+                    Woken::TimeUp => {}
                 }
-                Woken::Signal(signal) => {
-                    log(&format!("signal {signal}: stopping the server"));
-                    port.shutdown();
-                    stopping = Some(signal);
-                }
-                Woken::TimeUp => {}
-            }
+            },
         };
         let ran = started.elapsed();
         log(&format!(
@@ -249,6 +267,7 @@ pub(crate) fn run(args: SuperviseArgs) -> Result<ExitCode, String> {
                     break 'supervise 0;
                 }
                 Woken::Exited(_) => {}
+                Woken::NodeGone => break 'supervise 1,
             }
         }
         backoff = (backoff * 2).min(MAX_BACKOFF);
@@ -283,7 +302,7 @@ fn wait(ctx: &converge::Ctx<i32>, until: Option<Instant>) -> Woken {
                     return Woken::TimeUp;
                 }
             }
-            Err(RecvTimeoutError::Disconnected) => return Woken::Exited(ExitReason::NoConnection),
+            Err(RecvTimeoutError::Disconnected) => return Woken::NodeGone,
         }
     }
 }

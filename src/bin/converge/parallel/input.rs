@@ -41,6 +41,20 @@ impl Source {
         }
     }
 
+    /// Every line read now, so that the number of jobs is known (`--halt`
+    /// with a percentage needs it, as GNU parallel reads its input first).
+    pub(crate) fn read_all(self) -> Result<Source, String> {
+        match self {
+            Source::Lines { lines, .. } => {
+                let all = lines
+                    .collect::<std::io::Result<Vec<String>>>()
+                    .map_err(|e| format!("reading the arguments: {e}"))?;
+                Source::lists(vec![all])
+            }
+            lists => Ok(lists),
+        }
+    }
+
     /// How many jobs there are, when known before reading them all.
     pub(crate) fn total(&self) -> Option<u64> {
         match self {

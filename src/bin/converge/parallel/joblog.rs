@@ -72,7 +72,7 @@ impl JobLog {
 }
 
 /// What an earlier run's log says: the sequence numbers it has a row for,
-/// and those whose last row failed.
+/// and those with no row that passed (GNU parallel's "failed").
 #[derive(Debug, Default)]
 pub(crate) struct Done {
     pub(crate) seen: HashSet<u64>,
@@ -86,7 +86,8 @@ pub(crate) fn read(path: &Path) -> Result<Done, String> {
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Done::default()),
         Err(e) => return Err(format!("{}: {e}", path.display())),
     };
-    let mut last: HashMap<u64, bool> = HashMap::new();
+    // Whether any row of the job passed.
+    let mut passed: HashMap<u64, bool> = HashMap::new();
     for (n, line) in text.lines().enumerate() {
         if line.is_empty() || (n == 0 && line.starts_with("Seq\t")) {
             continue;
@@ -104,11 +105,11 @@ pub(crate) fn read(path: &Path) -> Result<Done, String> {
         let Some((seq, exitval, signal)) = parsed else {
             return Err(format!("{}:{}: not a job log row: {line:?}", path.display(), n + 1));
         };
-        last.insert(seq, exitval != 0 || signal != 0);
+        *passed.entry(seq).or_default() |= exitval == 0 && signal == 0;
     }
     Ok(Done {
-        seen: last.keys().copied().collect(),
-        failed: last.iter().filter(|(_, f)| **f).map(|(s, _)| *s).collect(),
+        seen: passed.keys().copied().collect(),
+        failed: passed.iter().filter(|(_, p)| !**p).map(|(s, _)| *s).collect(),
     })
 }
 
@@ -133,13 +134,16 @@ mod tests {
     }
 
     #[test]
-    fn the_last_row_of_a_job_decides() {
+    fn a_job_with_a_row_that_passed_is_done() {
         let dir = std::env::temp_dir().join(format!("converge-joblog-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("log");
         std::fs::write(
             &path,
-            format!("{HEADER}\n1\t:\t1.000\t     0.1\t0\t0\t1\t0\tx\n2\t:\t1.0\t0.1\t0\t0\t0\t0\ty\n1\t:\t2.0\t0.1\t0\t0\t0\t0\tx\n3\t:\t1.0\t0.1\t0\t0\t-1\t15\tz\n"),
+            format!(
+                "{HEADER}\n1\t:\t1.000\t     0.1\t0\t0\t1\t0\tx\n2\t:\t1.0\t0.1\t0\t0\t0\t0\ty\n1\t:\t2.0\t0.1\t0\t0\t0\t0\tx\n\
+                 3\t:\t1.0\t0.1\t0\t0\t-1\t15\tz\n2\t:\t3.0\t0.1\t0\t0\t2\t0\ty\n"
+            ),
         )
         .unwrap();
         let done = read(&path).unwrap();

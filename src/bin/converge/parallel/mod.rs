@@ -16,7 +16,7 @@ use std::time::{Duration, Instant, SystemTime};
 use clap::{Args, ValueEnum};
 use converge::port::{Framing, Port, PortBuilder, PortOutput, Stderr};
 use converge::{Config, Ctx, Event, ExitReason, Pid, RecvTimeoutError};
-use signal_hook::consts::signal::{SIGINT, SIGKILL, SIGTERM};
+use signal_hook::consts::signal::{SIGHUP, SIGINT, SIGKILL, SIGTERM};
 
 use self::input::{Job, Source, Template};
 use self::joblog::{JobLog, Row};
@@ -170,7 +170,7 @@ fn parse_jobs(s: &str) -> Result<usize, String> {
         }
         (cores as f64 * p / 100.0) as usize
     } else if let Some(more) = s.strip_prefix('+') {
-        cores + more.parse::<usize>().map_err(|_| bad())?
+        cores.saturating_add(more.parse::<usize>().map_err(|_| bad())?)
     } else if let Some(less) = s.strip_prefix('-') {
         cores.saturating_sub(less.parse::<usize>().map_err(|_| bad())?)
     } else {
@@ -312,7 +312,7 @@ impl Ending {
     }
 }
 
-fn ending(reason: &ExitReason, timed_out: bool, last_signal: i32) -> Ending {
+fn ending(reason: &ExitReason, timed_out: bool) -> Ending {
     let (exitval, signal, lost) = match reason {
         ExitReason::Normal => (0, 0, false),
         ExitReason::Code(c) => (i64::from(*c), 0, false),
@@ -322,16 +322,9 @@ fn ending(reason: &ExitReason, timed_out: bool, last_signal: i32) -> Ending {
         ExitReason::NoConnection => (-1, 0, true),
         _ => (-1, 0, false),
     };
-    if timed_out {
-        // GNU parallel's row for a job it stopped: -1 and the signal it died of.
-        let signal = if signal != 0 { signal } else { last_signal };
-        return Ending {
-            exitval: -1,
-            signal,
-            timed_out,
-            lost,
-        };
-    }
+    // GNU parallel's row for a job it stopped: Exitval -1 unless the job
+    // exited with a code of its own, and the signal it died of.
+    let exitval = if timed_out && exitval == 0 { -1 } else { exitval };
     Ending {
         exitval,
         signal,
@@ -363,7 +356,6 @@ struct Running {
     deadline: Option<Instant>,
     /// The next step of the kill sequence and when it is due.
     kill: Option<(usize, Instant)>,
-    last_signal: i32,
     timed_out: bool,
 }
 
@@ -407,19 +399,24 @@ struct Printer {
 
 impl Printer {
     fn emit(&mut self, stream: usize, tag: Option<&str>, bytes: &[u8]) {
+        self.emit_part(stream, tag, &mut true, bytes);
+    }
+
+    /// Writes a piece of a stream; `at_start` says whether it starts a line
+    /// (for the tag) and is kept for the next piece.
+    fn emit_part(&mut self, stream: usize, tag: Option<&str>, at_start: &mut bool, bytes: &[u8]) {
         if bytes.is_empty() || (stream == 0 && self.stdout_gone) {
             return;
         }
         let tag = if self.tag { tag } else { None };
-        let write = |bytes: &[u8]| -> std::io::Result<()> {
-            let mut at_start = true;
+        let mut write = |bytes: &[u8]| -> std::io::Result<()> {
             if stream == 0 {
                 let mut out = std::io::stdout().lock();
-                write_tagged(&mut out, tag, &mut at_start, bytes)?;
+                write_tagged(&mut out, tag, at_start, bytes)?;
                 out.flush()
             } else {
                 let mut err = std::io::stderr().lock();
-                write_tagged(&mut err, tag, &mut at_start, bytes)?;
+                write_tagged(&mut err, tag, at_start, bytes)?;
                 err.flush()
             }
         };
@@ -464,19 +461,12 @@ impl Printer {
             return;
         }
         for (stream, spool) in [&mut f.out.stdout, &mut f.out.stderr].into_iter().enumerate() {
-            let mut chunks = Vec::new();
+            // Chunk by chunk from the spool: never the whole output in memory.
+            let mut at_start = true;
             let _ = spool.drain(|b| {
-                chunks.push(b.to_vec());
+                self.emit_part(stream, Some(&tag), &mut at_start, b);
                 Ok(())
             });
-            // Tags need whole lines: the chunks go out as one piece.
-            if self.tag {
-                self.emit(stream, Some(&tag), &chunks.concat());
-            } else {
-                for c in chunks {
-                    self.emit(stream, None, &c);
-                }
-            }
         }
     }
 }
@@ -487,6 +477,12 @@ pub(crate) fn run(args: ParallelArgs) -> Result<ExitCode, String> {
     let source = match lists {
         Some(lists) => Source::lists(lists)?,
         None => Source::lines(std::io::stdin().lock()),
+    };
+    let source = match args.halt {
+        Some(Halt {
+            limit: Limit::Share(_), ..
+        }) => source.read_all()?,
+        _ => source,
     };
     if args.dry_run {
         return Ok(dry_run(&args, &template, source));
@@ -514,7 +510,7 @@ pub(crate) fn run(args: ParallelArgs) -> Result<ExitCode, String> {
         .init()
         .map_err(|e| format!("starting the node: {e}"))?;
     // Ctrl-C and SIGTERM come to the loop as messages.
-    let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM]).map_err(|e| e.to_string())?;
+    let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGHUP]).map_err(|e| e.to_string())?;
     let stop_forwarding = signals.handle();
     let me = node.mailbox::<i32>();
     std::thread::spawn(move || {
@@ -730,7 +726,6 @@ impl Engine<'_> {
             lines: Default::default(),
             deadline: self.args.timeout.map(|t| started + t),
             kill: None,
-            last_signal: 0,
             timed_out: false,
         });
         Ok(())
@@ -779,7 +774,7 @@ impl Engine<'_> {
 
     fn ended(&mut self, mut r: Running, reason: &ExitReason) -> Result<(), String> {
         self.free_slots.insert(r.slot);
-        let end = ending(reason, r.timed_out, r.last_signal);
+        let end = ending(reason, r.timed_out);
         let retry = end.failed()
             && r.attempt < self.args.retries
             && !self.stop_starting
@@ -869,12 +864,12 @@ impl Engine<'_> {
             {
                 let tag = next.job.args.join(" ");
                 for (stream, spool) in [&mut next.out.stdout, &mut next.out.stderr].into_iter().enumerate() {
-                    let mut bytes = Vec::new();
+                    let mut at_start = true;
+                    let printer = &mut self.printer;
                     let _ = spool.drain(|b| {
-                        bytes.extend_from_slice(b);
+                        printer.emit_part(stream, Some(&tag), &mut at_start, b);
                         Ok(())
                     });
-                    self.printer.emit(stream, Some(&tag), &bytes);
                 }
             }
         }
@@ -993,14 +988,12 @@ impl Engine<'_> {
                 match seq.get(step) {
                     Some((signal, wait)) => {
                         let _ = r.port.signal(*signal);
-                        r.last_signal = *signal;
                         r.kill = Some((step + 1, now + *wait));
                     }
                     None => {
                         // Past the sequence: the whole cgroup too, and no
                         // more steps.
                         r.port.kill();
-                        r.last_signal = SIGKILL;
                         r.kill = Some((step + 1, now + Duration::from_secs(3600)));
                     }
                 }
@@ -1009,9 +1002,18 @@ impl Engine<'_> {
     }
 
     /// Ctrl-C or SIGTERM: passed to every running job's process group, and
-    /// no more jobs start; a second one kills them.
+    /// no more jobs start; a second one kills them. SIGHUP: no more jobs
+    /// start.
     fn interrupt(&mut self, signal: i32) {
         self.stop_starting = true;
+        if signal == SIGHUP {
+            // As GNU parallel: the running jobs finish, no new one starts.
+            eprintln!(
+                "converge parallel: SIGHUP: starting no more jobs; waiting for {} to finish",
+                self.running.len()
+            );
+            return;
+        }
         let second = self.interrupted.is_some();
         self.interrupted = Some(signal);
         for r in &self.running {

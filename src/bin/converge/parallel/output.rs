@@ -52,15 +52,32 @@ impl Spool {
 }
 
 /// A file in the temporary directory that has no name: it goes away with
-/// its last descriptor, whatever happens to this process.
+/// its last descriptor, whatever happens to this process. Where the file
+/// system cannot make one (`O_TMPFILE`), a file made and removed at once.
 fn spool_file() -> io::Result<File> {
     use std::os::unix::fs::OpenOptionsExt;
-    std::fs::OpenOptions::new()
+    let dir = std::env::temp_dir();
+    let unnamed = std::fs::OpenOptions::new()
         .read(true)
         .write(true)
         .custom_flags(libc::O_TMPFILE)
         .mode(0o600)
-        .open(std::env::temp_dir())
+        .open(&dir);
+    if let Ok(f) = unnamed {
+        return Ok(f);
+    }
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let path = dir.join(format!(".converge-spool-{}-{n}", std::process::id()));
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&path)
+        .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", path.display())))?;
+    std::fs::remove_file(&path)?;
+    Ok(f)
 }
 
 /// Writes `bytes` to `out`, each line after `tag` when there is one;
