@@ -302,6 +302,15 @@ fn the_job_log_and_the_exit_status() {
             ],
             "{tool:?}"
         );
+        // With -k the rows come in order too.
+        run_in(
+            tool,
+            &dir.0,
+            &["-k", "-j3", "--joblog", "log", "sleep", ":::", "0.6", "0.1", "0.3"],
+            None,
+        );
+        let seqs: Vec<String> = dir.read("log").lines().skip(1).map(|l| l[..1].to_string()).collect();
+        assert_eq!(seqs, ["1", "2", "3"], "{tool:?}");
         // Receive counts standard output only.
         run_in(
             tool,

@@ -633,6 +633,12 @@ impl Engine<'_> {
         loop {
             self.start_jobs()?;
             if self.running.is_empty() {
+                // With -k, what waits behind a job that never finished (a
+                // `--halt now` killed it) still goes out, in order.
+                for (_, mut f) in std::mem::take(&mut self.finished) {
+                    self.log_row(&f.row)?;
+                    self.print_finished(&mut f);
+                }
                 return Ok(());
             }
             let now = Instant::now();
@@ -821,8 +827,9 @@ impl Engine<'_> {
             signal: end.signal,
             command: r.command.clone(),
         };
-        if let Some(log) = &mut self.log {
-            log.write(&row).map_err(|e| format!("writing the job log: {e}"))?;
+        // With -k, rows are written in order too, as each job is printed.
+        if !self.args.keep_order {
+            self.log_row(&row)?;
         }
         self.completed += 1;
         if end.failed() {
@@ -841,21 +848,29 @@ impl Engine<'_> {
             out: r.out,
         };
         self.finished.insert(r.order, finished);
-        self.print_ready();
+        self.print_ready()?;
         self.check_halt(&end);
         Ok(())
     }
 
+    fn log_row(&mut self, row: &Row) -> Result<(), String> {
+        match &mut self.log {
+            Some(log) => log.write(row).map_err(|e| format!("writing the job log: {e}")),
+            None => Ok(()),
+        }
+    }
+
     /// Prints the finished jobs whose turn it is (every one without `-k`).
-    fn print_ready(&mut self) {
+    fn print_ready(&mut self) -> Result<(), String> {
         if !self.args.keep_order {
             let all = std::mem::take(&mut self.finished);
             for (_, mut f) in all {
                 self.print_finished(&mut f);
             }
-            return;
+            return Ok(());
         }
         while let Some(mut f) = self.finished.remove(&self.print_order) {
+            self.log_row(&f.row)?;
             self.print_finished(&mut f);
             self.print_order += 1;
             // The next job in order prints as it goes from now on.
@@ -873,6 +888,7 @@ impl Engine<'_> {
                 }
             }
         }
+        Ok(())
     }
 
     fn print_finished(&mut self, f: &mut Finished) {
