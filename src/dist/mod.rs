@@ -26,15 +26,25 @@
 //!    by the node's loop: packets in, timers due, sealed packets and
 //!    [`MemberEvent`]s out.
 //!
-//! What sits on top (remote sends, links and monitors) builds on these.
+//! 6. [`Cluster`]: a node in a cluster, on these: membership, sessions
+//!    opened on first use (one per pair of nodes, the simultaneous ones
+//!    settled), ticks (a session silent for `ticks_down` ticks is lost),
+//!    [`NodeEvent`]s, `whereis` on another node, and sends from the node's
+//!    main program to the processes of other nodes.
+//!
+//! What sits on top next (sends from every process, links and monitors
+//! across nodes, remote spawn) builds on these.
 //!
 //! On the wire, every handshake message and every record is a 2-byte
 //! big-endian length followed by that many bytes of Noise message.
 
+mod cluster;
 mod membership;
 mod session;
 mod tcp;
 
+pub(crate) use cluster::route;
+pub use cluster::{Cluster, ClusterConfig, ClusterStats, NodeDownReason, NodeEvent, NodeInfo};
 pub use membership::{
     CLOCK_WINDOW, Member, MemberEvent, Membership, MembershipConfig, MembershipStats, PacketError, PacketKey, Replays,
 };

@@ -485,7 +485,24 @@ impl Runtime {
         build: impl FnOnce(&mut Vec<u8>) -> Result<(), String>,
     ) -> Result<Sent, BuildError> {
         if target.node() != self.me.node() {
-            // Another node: only reachable with the `dist` feature.
+            // Another node: through this program's cluster node, if it runs
+            // one (feature `dist`); otherwise dropped, as for a node that is
+            // down.
+            #[cfg(feature = "dist")]
+            {
+                let mut frame = Vec::new();
+                build(&mut frame).map_err(BuildError::Encode)?;
+                let body = frame.get(crate::wire::frame::HEADER..).unwrap_or_default();
+                let kind = if overhead == body::REPLY_PREFIX {
+                    crate::wire::frame::Kind::Reply
+                } else {
+                    crate::wire::frame::Kind::Msg
+                };
+                if body.len().saturating_sub(overhead) > self.settings().max_message {
+                    return Err(BuildError::TooLarge(body.len() - overhead));
+                }
+                crate::dist::route(self.sender(), target, kind, body);
+            }
             return Ok(Sent::Dropped);
         }
         // Only a scheduler reads the target's slot (written by the target as
@@ -503,6 +520,28 @@ impl Runtime {
             self.ensure_background();
         }
         sent
+    }
+
+    /// Sends a frame encoded on another node (its body: fingerprint and
+    /// payload, or reference, fingerprint and payload) to `target` here.
+    #[cfg(feature = "dist")]
+    pub(crate) fn send_encoded(
+        &'static self,
+        target: Pid,
+        kind: crate::wire::frame::Kind,
+        body: &[u8],
+    ) -> Result<Sent, BuildError> {
+        let overhead = if kind == crate::wire::frame::Kind::Reply {
+            body::REPLY_PREFIX
+        } else {
+            body::MESSAGE_PREFIX
+        };
+        self.send_frame(target, false, overhead, |buf| {
+            let start = crate::wire::frame::begin(buf, kind);
+            buf.extend_from_slice(body);
+            crate::wire::frame::finish(buf, start);
+            Ok(())
+        })
     }
 
     /// A message for an actor this process hosts: straight into its queue,

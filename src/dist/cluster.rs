@@ -1,0 +1,833 @@
+//! A node in a cluster: membership over UDP, sessions over TCP opened on
+//! first use, ticks on every session, node events, and messages to the
+//! processes of other nodes.
+//!
+//! [`Cluster::start`] runs in the node's own process (its main program).
+//! Threads of the node carry it: one for membership (its UDP socket and
+//! timers), one accepting sessions, a reader and a writer per session, and
+//! one for ticks. A send to a process of another node, made by the node's
+//! main program, is sealed on the session to that node (opened first if
+//! there is none) and delivered there by its node, in order per sender.
+
+use std::collections::{HashMap, VecDeque};
+use std::io::{Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+
+use super::membership::{Member, MemberEvent, Membership, MembershipConfig};
+use super::session::{DistError, Hello, Secret, Session};
+use super::tcp::{Acceptor, HANDSHAKE_TIMEOUT, connect, keep_session};
+use crate::mailbox::Mailbox;
+use crate::pid::{NodeId, Pid};
+use crate::sync::{Condvar, Mutex};
+use crate::wire::frame::Kind;
+
+/// Options of a node in a cluster.
+#[derive(Debug, Clone)]
+pub struct ClusterConfig {
+    /// The node's name in the cluster (`alpha`, or `alpha@host`).
+    pub name: String,
+    /// Where it listens: TCP for sessions, UDP for membership, same port
+    /// (port 0: one the system picks, free for both).
+    pub listen: SocketAddr,
+    /// Every session and packet is authenticated with it.
+    pub secret: Secret,
+    /// Ticks on an idle session (default 250 ms).
+    pub tick: Duration,
+    /// Silent ticks after which a session is lost (default 4: about 1 s).
+    pub ticks_down: u32,
+    /// Bytes queued for one peer past which its session is torn down
+    /// (default 64 MiB).
+    pub max_queued: usize,
+    /// The largest frame accepted (default 64 MiB).
+    pub max_frame: usize,
+    /// Membership's timings.
+    pub membership: MembershipConfig,
+}
+
+impl ClusterConfig {
+    /// A node named `name` listening on `listen`, with `secret`.
+    pub fn new(name: impl Into<String>, listen: SocketAddr, secret: Secret) -> ClusterConfig {
+        ClusterConfig {
+            name: name.into(),
+            listen,
+            secret,
+            tick: Duration::from_millis(250),
+            ticks_down: 4,
+            max_queued: 64 << 20,
+            max_frame: 64 << 20,
+            membership: MembershipConfig::default(),
+        }
+    }
+}
+
+/// Why a node is down for this one.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub enum NodeDownReason {
+    /// It left the cluster.
+    Left,
+    /// Membership declared it down (it stopped answering probes).
+    Unreachable,
+    /// The session to it broke or went silent (no tick): `NoConnection`.
+    NoConnection,
+    /// Its session was torn down: more bytes queued for it than allowed.
+    Backlogged,
+    /// No member of that name is known.
+    Unknown,
+}
+
+/// A change of another node, as this node sees it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub enum NodeEvent {
+    /// The node joined (or came back as a new incarnation).
+    NodeUp {
+        /// Its name.
+        node: String,
+        /// Its incarnation.
+        id: NodeId,
+    },
+    /// The node is down, or this node lost its session to it.
+    NodeDown {
+        /// Its name.
+        node: String,
+        /// Why.
+        reason: NodeDownReason,
+    },
+}
+
+/// Another node as this one knows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct NodeInfo {
+    /// Its name.
+    pub name: String,
+    /// Its incarnation.
+    pub id: NodeId,
+    /// Where its sessions are accepted.
+    pub addr: SocketAddr,
+    /// Whether a session to it is open.
+    pub connected: bool,
+}
+
+/// What a cluster node counted.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ClusterStats {
+    /// Sessions opened (both ways).
+    pub sessions: u64,
+    /// Sessions lost: broken, silent, or torn down.
+    pub lost: u64,
+    /// Sessions torn down because too many bytes were queued for the peer.
+    pub backlogged: u64,
+    /// Connections refused at the handshake.
+    pub refused: u64,
+    /// Messages sent to other nodes.
+    pub sent: u64,
+    /// Messages delivered here from other nodes.
+    pub delivered: u64,
+    /// Frames for a process of an earlier incarnation of this node, or of
+    /// no node known: dropped.
+    pub stale: u64,
+}
+
+/// What travels on a session, after its handshake.
+#[derive(Debug, Serialize, Deserialize)]
+enum Wire {
+    /// Nothing to say: the peer is alive.
+    Tick,
+    /// A frame for a process of the receiving node.
+    Deliver { to: Pid, kind: u8, body: Vec<u8> },
+    /// Which process has `name` there?
+    Whereis { request: u64, name: String },
+    /// The answer.
+    Found { request: u64, pid: Option<Pid> },
+}
+
+/// Channel of ticks and requests; a sender's messages use its own.
+const CONTROL: u32 = 0;
+
+/// The frames waiting for a peer's writer, per channel (one frame of a
+/// channel at a time, so that a channel's frames stay whole and in order).
+#[derive(Default)]
+struct Outgoing {
+    channels: HashMap<u32, VecDeque<Vec<u8>>>,
+    /// Channels with frames, in turn.
+    turn: VecDeque<u32>,
+    bytes: usize,
+    closed: bool,
+}
+
+/// A frame for a channel, waiting for its session.
+type Queued = (u32, Vec<u8>);
+
+struct Peer {
+    name: String,
+    id: NodeId,
+    stream: TcpStream,
+    session: Arc<Mutex<Session>>,
+    out: Arc<(Mutex<Outgoing>, Condvar)>,
+    last_heard: Arc<Mutex<Instant>>,
+    initiated: bool,
+    /// Distinguishes this session from a later one to the same node.
+    serial: u64,
+}
+
+struct Inner {
+    me: Hello,
+    config: ClusterConfig,
+    addr: SocketAddr,
+    membership: Mutex<Membership>,
+    udp: UdpSocket,
+    peers: Mutex<HashMap<NodeId, Peer>>,
+    /// Frames for nodes whose session is being opened.
+    pending: Mutex<HashMap<NodeId, Vec<Queued>>>,
+    watchers: Mutex<Vec<(Option<String>, Mailbox<NodeEvent>)>>,
+    requests: Mutex<HashMap<u64, Option<Option<Pid>>>>,
+    answered: Condvar,
+    answered_lock: Mutex<()>,
+    next: AtomicU64,
+    stats: Mutex<ClusterStats>,
+    stopped: AtomicBool,
+}
+
+/// This node's place in a cluster. Dropping it leaves the cluster.
+pub struct Cluster {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Cluster {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Cluster")
+            .field("name", &self.inner.me.name)
+            .field("addr", &self.inner.addr)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The cluster of this OS process, where sends to other nodes go.
+static ROUTE: std::sync::OnceLock<(u32, std::sync::Weak<Inner>)> = std::sync::OnceLock::new();
+
+/// Hands a frame for a process of another node to this process's cluster;
+/// false when there is none (the frame is dropped, as a send to a node not
+/// connected is).
+pub(crate) fn route(from: Pid, to: Pid, kind: Kind, body: &[u8]) -> bool {
+    let Some((os, inner)) = ROUTE.get() else {
+        return false;
+    };
+    // A process forked from the node has a copy of the pointer, not the
+    // threads behind it.
+    if *os != std::process::id() {
+        return false;
+    }
+    let Some(inner) = inner.upgrade() else {
+        return false;
+    };
+    let wire = Wire::Deliver {
+        to,
+        kind: kind as u8,
+        body: body.to_vec(),
+    };
+    // A sender's frames keep their order on a channel of their own.
+    let channel = 1 + (from.serial() % u64::from(u32::MAX - 1)) as u32;
+    inner.send_to_node(to.node(), channel, &wire);
+    inner.stats.lock().sent += 1;
+    true
+}
+
+impl Cluster {
+    /// Starts this node's membership and session listener (in the node's
+    /// main program, after `converge::init`). The node is alone until it
+    /// [`join`](Cluster::join)s.
+    pub fn start(node: &crate::Node, config: ClusterConfig) -> Result<Cluster, DistError> {
+        let io = |e: std::io::Error| DistError::Io(e.to_string());
+        let (listener, udp) = bind_both(config.listen).map_err(io)?;
+        let addr = listener.local_addr().map_err(io)?;
+        let me = Hello::new(node.id(), config.name.clone());
+        let member = Member::new(node.id(), &config.name, addr, addr);
+        let membership = Membership::new(member, &config.secret, config.membership);
+        udp.set_read_timeout(Some(Duration::from_millis(50))).map_err(io)?;
+        let inner = Arc::new(Inner {
+            me: me.clone(),
+            config: config.clone(),
+            addr,
+            membership: Mutex::new(membership),
+            udp,
+            peers: Mutex::new(HashMap::new()),
+            pending: Mutex::new(HashMap::new()),
+            watchers: Mutex::new(Vec::new()),
+            requests: Mutex::new(HashMap::new()),
+            answered: Condvar::new(),
+            answered_lock: Mutex::new(()),
+            next: AtomicU64::new(1),
+            stats: Mutex::new(ClusterStats::default()),
+            stopped: AtomicBool::new(false),
+        });
+        if ROUTE.set((std::process::id(), Arc::downgrade(&inner))).is_err() {
+            return Err(DistError::Io("this program already runs a cluster node".into()));
+        }
+        let acceptor = Acceptor::new(listener, config.secret.clone(), me, config.max_frame);
+        spawn("converge-dist-accept", {
+            let inner = Arc::clone(&inner);
+            move || accept_loop(&inner, acceptor)
+        });
+        spawn("converge-dist-gossip", {
+            let inner = Arc::clone(&inner);
+            move || gossip_loop(&inner)
+        });
+        spawn("converge-dist-ticks", {
+            let inner = Arc::clone(&inner);
+            move || tick_loop(&inner)
+        });
+        Ok(Cluster { inner })
+    }
+
+    /// Where this node listens.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.inner.addr
+    }
+
+    /// This node's name.
+    pub fn name(&self) -> &str {
+        &self.inner.me.name
+    }
+
+    /// Joins the cluster through any member's address.
+    pub fn join(&self, seed: SocketAddr) {
+        let mut m = self.inner.membership.lock();
+        m.join(seed, Instant::now());
+        self.inner.flush_packets(&mut m);
+    }
+
+    /// The other nodes, as membership knows them.
+    pub fn nodes(&self) -> Vec<NodeInfo> {
+        // Membership first: the gossip thread takes the peers' lock under
+        // membership's.
+        let members = self.inner.membership.lock().members();
+        let peers = self.inner.peers.lock();
+        let mut nodes: Vec<NodeInfo> = members
+            .into_iter()
+            .map(|m| NodeInfo {
+                connected: peers.contains_key(&m.node),
+                name: m.name,
+                id: m.node,
+                addr: m.sessions,
+            })
+            .collect();
+        nodes.sort_by(|a, b| a.name.cmp(&b.name));
+        nodes
+    }
+
+    /// Sends every change of other nodes to `to`.
+    pub fn monitor_nodes(&self, to: Mailbox<NodeEvent>) {
+        self.inner.watchers.lock().push((None, to));
+    }
+
+    /// Sends `NodeDown` to `to` when the node `name` goes down or its session
+    /// is lost; at once when no member has that name.
+    pub fn monitor_node(&self, name: &str, to: Mailbox<NodeEvent>) {
+        if !self.nodes().iter().any(|n| n.name == name) {
+            let _ = to.send(NodeEvent::NodeDown {
+                node: name.to_string(),
+                reason: NodeDownReason::Unknown,
+            });
+            return;
+        }
+        self.inner.watchers.lock().push((Some(name.to_string()), to));
+    }
+
+    /// The process registered as `name` on the node `node` (asked there).
+    pub fn whereis(&self, node: &str, name: &str, timeout: Duration) -> Option<Pid> {
+        let target = self.nodes().into_iter().find(|n| n.name == node)?;
+        let request = self.inner.next.fetch_add(1, Ordering::Relaxed);
+        self.inner.requests.lock().insert(request, None);
+        self.inner.send_to_node(
+            target.id,
+            CONTROL,
+            &Wire::Whereis {
+                request,
+                name: name.to_string(),
+            },
+        );
+        let deadline = Instant::now() + timeout;
+        let mut guard = self.inner.answered_lock.lock();
+        loop {
+            let answer = self.inner.requests.lock().get(&request).cloned().flatten();
+            if let Some(answer) = answer {
+                self.inner.requests.lock().remove(&request);
+                return answer;
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                self.inner.requests.lock().remove(&request);
+                return None;
+            }
+            guard = self
+                .inner
+                .answered
+                .wait_for(guard, left.min(Duration::from_millis(50)))
+                .0;
+        }
+    }
+
+    /// What this node counted.
+    pub fn stats(&self) -> ClusterStats {
+        let mut s = *self.inner.stats.lock();
+        s.refused += self.inner.membership.lock().stats().refused;
+        s
+    }
+
+    /// Leaves the cluster: the others see this node down at once, and every
+    /// session closes.
+    pub fn leave(self) {
+        drop(self);
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        let inner = &self.inner;
+        {
+            let mut m = inner.membership.lock();
+            m.leave(Instant::now());
+            inner.flush_packets(&mut m);
+        }
+        inner.stopped.store(true, Ordering::Release);
+        let peers: Vec<NodeId> = inner.peers.lock().keys().copied().collect();
+        for id in peers {
+            inner.lose(id, None, NodeDownReason::Left);
+        }
+        // Wakes the acceptor out of accept().
+        let _ = TcpStream::connect_timeout(&inner.addr, Duration::from_millis(100));
+    }
+}
+
+fn spawn(name: &str, f: impl FnOnce() + Send + 'static) {
+    std::thread::Builder::new()
+        .name(name.into())
+        .spawn(f)
+        .expect("BUG: a cluster thread starts");
+}
+
+/// A TCP listener and a UDP socket on the same port.
+fn bind_both(addr: SocketAddr) -> std::io::Result<(TcpListener, UdpSocket)> {
+    let mut last = None;
+    for _ in 0..16 {
+        let listener = TcpListener::bind(addr)?;
+        let at = listener.local_addr()?;
+        match UdpSocket::bind(at) {
+            Ok(udp) => return Ok((listener, udp)),
+            // The port the system picked for TCP is taken for UDP: another.
+            Err(e) if addr.port() == 0 => last = Some(e),
+            Err(e) => return Err(e),
+        }
+    }
+    Err(last.unwrap_or_else(|| std::io::Error::other("no free port")))
+}
+
+impl Inner {
+    fn flush_packets(&self, m: &mut Membership) {
+        for (to, packet) in m.take_packets() {
+            let _ = self.udp.send_to(&packet, to);
+        }
+        let events = m.take_events();
+        for e in events {
+            match e {
+                MemberEvent::Up(member) => self.notify(NodeEvent::NodeUp {
+                    node: member.name,
+                    id: member.node,
+                }),
+                MemberEvent::Down(member) => {
+                    let reason = NodeDownReason::Unreachable;
+                    if self.peers.lock().contains_key(&member.node) {
+                        self.lose(member.node, None, reason);
+                    } else {
+                        self.notify(NodeEvent::NodeDown {
+                            node: member.name,
+                            reason,
+                        });
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+
+    fn notify(&self, event: NodeEvent) {
+        let mut watchers = self.watchers.lock();
+        let name = match &event {
+            NodeEvent::NodeUp { node, .. } | NodeEvent::NodeDown { node, .. } => node.clone(),
+        };
+        let down = matches!(event, NodeEvent::NodeDown { .. });
+        watchers.retain(|(only, to)| match only {
+            None => to.send(event.clone()).is_ok(),
+            // A node monitor fires once, on NodeDown.
+            Some(n) if *n == name && down => {
+                let _ = to.send(event.clone());
+                false
+            }
+            Some(_) => true,
+        });
+    }
+
+    /// Queues `wire` for `node`, opening a session first if there is none.
+    fn send_to_node(self: &Arc<Self>, node: NodeId, channel: u32, wire: &Wire) {
+        let frame = postcard::to_stdvec(wire).expect("BUG: wire frames always encode");
+        if let Some(peer) = self.peers.lock().get(&node) {
+            self.enqueue(peer, channel, frame);
+            return;
+        }
+        let first = {
+            let mut pending = self.pending.lock();
+            let list = pending.entry(node).or_default();
+            list.push((channel, frame));
+            list.len() == 1
+        };
+        if !first {
+            return;
+        }
+        let addr = self
+            .membership
+            .lock()
+            .members()
+            .into_iter()
+            .find(|m| m.node == node)
+            .map(|m| m.sessions);
+        let Some(addr) = addr else {
+            self.pending.lock().remove(&node);
+            self.stats.lock().stale += 1;
+            return;
+        };
+        let inner = Arc::clone(self);
+        spawn("converge-dist-connect", move || {
+            match connect(
+                addr,
+                &inner.config.secret,
+                inner.me.clone(),
+                inner.config.max_frame,
+                HANDSHAKE_TIMEOUT,
+            ) {
+                Ok((session, hello, stream)) if hello.node == node => inner.add_peer(session, hello, stream, true),
+                Ok(_) | Err(_) => {
+                    // Nobody there, or another incarnation: what waited is
+                    // dropped, as for a node that is down.
+                    let n = inner.pending.lock().remove(&node).map_or(0, |l| l.len());
+                    inner.stats.lock().stale += n as u64;
+                }
+            }
+        });
+    }
+
+    fn enqueue(&self, peer: &Peer, channel: u32, frame: Vec<u8>) {
+        let (lock, wake) = &*peer.out;
+        let mut out = lock.lock();
+        if out.closed {
+            return;
+        }
+        out.bytes += frame.len();
+        if out.bytes > self.config.max_queued {
+            // Torn down: its reader sees the end and reports the loss (as
+            // `Backlogged`); the queue is not kept.
+            out.closed = true;
+            drop(out);
+            wake.notify_one();
+            self.stats.lock().backlogged += 1;
+            let _ = peer.stream.shutdown(Shutdown::Both);
+            tracing::warn!(peer = %peer.name, "too many bytes queued: session torn down");
+            return;
+        }
+        let queue = out.channels.entry(channel).or_default();
+        if queue.is_empty() {
+            out.turn.push_back(channel);
+        }
+        out.channels.get_mut(&channel).expect("BUG: just made").push_back(frame);
+        drop(out);
+        wake.notify_one();
+    }
+
+    /// A session is up: keeps it (or the one already there, by the rule for
+    /// connections made at once), starts its reader and writer, and sends
+    /// what waited for it.
+    fn add_peer(self: &Arc<Self>, session: Session, hello: Hello, stream: TcpStream, initiated: bool) {
+        let serial = self.next.fetch_add(1, Ordering::Relaxed);
+        let mut peers = self.peers.lock();
+        if let Some(old) = peers.get(&hello.node) {
+            if old.initiated == initiated || !keep_session(self.me.node, hello.node, initiated) {
+                let _ = stream.shutdown(Shutdown::Both);
+                return;
+            }
+            let old = peers.remove(&hello.node).expect("BUG: present");
+            close(&old);
+        }
+        let reader = match stream.try_clone() {
+            Ok(s) => s,
+            Err(_) => return,
+        };
+        let peer = Peer {
+            name: hello.name.clone(),
+            id: hello.node,
+            stream,
+            session: Arc::new(Mutex::new(session)),
+            out: Arc::new((Mutex::new(Outgoing::default()), Condvar::new())),
+            last_heard: Arc::new(Mutex::new(Instant::now())),
+            initiated,
+            serial,
+        };
+        let writer = (
+            peer.stream.try_clone(),
+            Arc::clone(&peer.session),
+            Arc::clone(&peer.out),
+        );
+        let heard = Arc::clone(&peer.last_heard);
+        let session = Arc::clone(&peer.session);
+        if let Some(waiting) = self.pending.lock().remove(&hello.node) {
+            for (channel, frame) in waiting {
+                self.enqueue(&peer, channel, frame);
+            }
+        }
+        peers.insert(hello.node, peer);
+        drop(peers);
+        self.stats.lock().sessions += 1;
+        tracing::info!(peer = %hello.name, initiated, "session open");
+        if let (Ok(stream), session_w, out) = writer {
+            let inner = Arc::clone(self);
+            let node = hello.node;
+            spawn("converge-dist-write", move || {
+                if write_loop(stream, &session_w, &out).is_err() {
+                    inner.lose(node, Some(serial), NodeDownReason::NoConnection);
+                }
+            });
+        }
+        let inner = Arc::clone(self);
+        spawn("converge-dist-read", move || {
+            let why = read_loop(&inner, reader, &session, &heard, hello.node);
+            inner.lose(hello.node, Some(serial), why);
+        });
+    }
+
+    /// The session to `node` is gone (only that one, when `serial` says
+    /// which): every watcher hears of it.
+    fn lose(&self, node: NodeId, serial: Option<u64>, reason: NodeDownReason) {
+        let removed = {
+            let mut peers = self.peers.lock();
+            match peers.get(&node) {
+                Some(p) if serial.is_none_or(|s| s == p.serial) => peers.remove(&node),
+                _ => None,
+            }
+        };
+        let Some(peer) = removed else {
+            return;
+        };
+        close(&peer);
+        let reason = {
+            let out = peer.out.0.lock();
+            if out.bytes > self.config.max_queued {
+                NodeDownReason::Backlogged
+            } else {
+                reason
+            }
+        };
+        if reason != NodeDownReason::Left {
+            self.stats.lock().lost += 1;
+        }
+        tracing::info!(peer = %peer.name, ?reason, "session lost");
+        self.notify(NodeEvent::NodeDown {
+            node: peer.name,
+            reason,
+        });
+    }
+
+    /// A frame from `node`.
+    fn handle(&self, node: NodeId, frame: &[u8]) -> Result<(), DistError> {
+        let wire: Wire =
+            postcard::from_bytes(frame).map_err(|e| DistError::Malformed(format!("an undecodable frame: {e}")))?;
+        match wire {
+            Wire::Tick => {}
+            Wire::Deliver { to, kind, body } => {
+                let rt = crate::runtime::current();
+                let kind = match kind {
+                    2 => Kind::Msg,
+                    3 => Kind::Reply,
+                    k => return Err(DistError::Malformed(format!("a frame of kind {k} for a process"))),
+                };
+                match rt {
+                    Some(rt) if to.node() == self.me.node => {
+                        let _ = rt.send_encoded(to, kind, &body);
+                        self.stats.lock().delivered += 1;
+                    }
+                    // An earlier incarnation's process: never a new one's.
+                    _ => self.stats.lock().stale += 1,
+                }
+            }
+            Wire::Whereis { request, name } => {
+                let pid = crate::process::whereis(&name);
+                let peer = self.peers.lock();
+                if let Some(p) = peer.get(&node) {
+                    let frame = postcard::to_stdvec(&Wire::Found { request, pid }).expect("BUG: encodes");
+                    self.enqueue(p, CONTROL, frame);
+                }
+            }
+            Wire::Found { request, pid } => {
+                if let Some(slot) = self.requests.lock().get_mut(&request) {
+                    *slot = Some(pid);
+                }
+                let _g = self.answered_lock.lock();
+                self.answered.notify_all();
+            }
+        }
+        Ok(())
+    }
+}
+
+fn close(peer: &Peer) {
+    let (lock, wake) = &*peer.out;
+    lock.lock().closed = true;
+    wake.notify_all();
+    let _ = peer.stream.shutdown(Shutdown::Both);
+}
+
+/// Seals the queued frames, a record at a time, taking channels in turn:
+/// a large frame never holds up the small frames of other channels.
+fn write_loop(
+    mut stream: TcpStream,
+    session: &Mutex<Session>,
+    out: &(Mutex<Outgoing>, Condvar),
+) -> Result<(), DistError> {
+    let (lock, wake) = out;
+    // The frame being sent on each channel, and how much of it is sent.
+    let mut sending: HashMap<u32, (Vec<u8>, usize)> = HashMap::new();
+    let mut records = Vec::new();
+    loop {
+        let channel = {
+            let mut o = lock.lock();
+            loop {
+                if o.closed {
+                    return Ok(());
+                }
+                if let Some(c) = o.turn.pop_front() {
+                    break c;
+                }
+                o = wake.wait(o);
+            }
+        };
+        let entry = match sending.remove(&channel) {
+            Some(e) => e,
+            None => {
+                let mut o = lock.lock();
+                let frame = o
+                    .channels
+                    .get_mut(&channel)
+                    .and_then(VecDeque::pop_front)
+                    .unwrap_or_default();
+                o.bytes = o.bytes.saturating_sub(frame.len());
+                (frame, 0)
+            }
+        };
+        let (frame, mut sent) = entry;
+        records.clear();
+        let done = session.lock().seal_next(channel, &frame, &mut sent, &mut records)?;
+        stream.write_all(&records).map_err(|e| DistError::Io(e.to_string()))?;
+        let mut o = lock.lock();
+        if done {
+            let more = o.channels.get(&channel).is_some_and(|q| !q.is_empty());
+            if more {
+                o.turn.push_back(channel);
+            } else {
+                o.channels.remove(&channel);
+            }
+        } else {
+            sending.insert(channel, (frame, sent));
+            o.turn.push_back(channel);
+        }
+    }
+}
+
+/// Reads records until the session breaks; why it ended.
+fn read_loop(
+    inner: &Inner,
+    mut stream: TcpStream,
+    session: &Mutex<Session>,
+    heard: &Mutex<Instant>,
+    node: NodeId,
+) -> NodeDownReason {
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut frames: Vec<(u32, Vec<u8>)> = Vec::new();
+    loop {
+        let n = match stream.read(&mut buf) {
+            Ok(0) | Err(_) => return NodeDownReason::NoConnection,
+            Ok(n) => n,
+        };
+        *heard.lock() = Instant::now();
+        frames.clear();
+        if let Err(e) = session.lock().open(&buf[..n], &mut frames) {
+            tracing::warn!(error = %e, "a session broke");
+            return NodeDownReason::NoConnection;
+        }
+        for (_, frame) in frames.drain(..) {
+            if let Err(e) = inner.handle(node, &frame) {
+                tracing::warn!(error = %e, "a peer sent a bad frame: session closed");
+                return NodeDownReason::NoConnection;
+            }
+        }
+    }
+}
+
+fn accept_loop(inner: &Arc<Inner>, mut acceptor: Acceptor) {
+    loop {
+        if inner.stopped.load(Ordering::Acquire) {
+            return;
+        }
+        match acceptor.accept() {
+            Ok((session, hello, stream)) => {
+                if inner.stopped.load(Ordering::Acquire) {
+                    return;
+                }
+                inner.add_peer(session, hello, stream, false);
+            }
+            Err(_) => inner.stats.lock().refused += 1,
+        }
+    }
+}
+
+fn gossip_loop(inner: &Inner) {
+    let mut buf = vec![0u8; 64 * 1024];
+    while !inner.stopped.load(Ordering::Acquire) {
+        let got = inner.udp.recv_from(&mut buf);
+        let mut m = inner.membership.lock();
+        let now = Instant::now();
+        if let Ok((n, _)) = got {
+            let _ = m.handle_packet(&buf[..n], now);
+        }
+        m.handle_timers(now);
+        inner.flush_packets(&mut m);
+    }
+}
+
+fn tick_loop(inner: &Arc<Inner>) {
+    let tick = inner.config.tick;
+    let silent = tick * inner.config.ticks_down;
+    let frame = postcard::to_stdvec(&Wire::Tick).expect("BUG: a tick encodes");
+    while !inner.stopped.load(Ordering::Acquire) {
+        std::thread::sleep(tick);
+        let now = Instant::now();
+        let mut lost = Vec::new();
+        {
+            let peers = inner.peers.lock();
+            for peer in peers.values() {
+                if now.duration_since(*peer.last_heard.lock()) > silent {
+                    lost.push((peer.id, peer.serial));
+                } else {
+                    inner.enqueue(peer, CONTROL, frame.clone());
+                }
+            }
+        }
+        for (id, serial) in lost {
+            inner.lose(id, Some(serial), NodeDownReason::NoConnection);
+        }
+    }
+}

@@ -1,0 +1,278 @@
+//! Distribution (feature `dist`): nodes as separate OS processes on
+//! loopback, each a cluster node driven by commands on its standard input.
+
+mod util;
+
+use std::collections::{HashMap, VecDeque};
+use std::io::Write;
+use std::net::SocketAddr;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use converge::dist::{Cluster, ClusterConfig, NodeEvent, Secret};
+use converge::{Config, Ctx, Mailbox};
+use util::{HelperProcess, helper, say};
+
+fn main() {
+    util::run(
+        &[
+            ("nodes_join_through_any_member", nodes_join_through_any_member),
+            (
+                "messages_reach_a_process_of_another_node_in_order",
+                messages_reach_a_process_of_another_node_in_order,
+            ),
+            ("a_killed_node_is_down_within_2s", a_killed_node_is_down_within_2s),
+            ("a_node_that_leaves_is_down_at_once", a_node_that_leaves_is_down_at_once),
+            ("a_wrong_secret_is_refused", a_wrong_secret_is_refused),
+            (
+                "whereis_on_another_node_and_a_name_that_is_not_there",
+                whereis_on_another_node_and_a_name_that_is_not_there,
+            ),
+            (
+                "monitor_node_of_an_unknown_node_is_down_at_once",
+                monitor_node_of_an_unknown_node_is_down_at_once,
+            ),
+        ],
+        &[("node", helper_node)],
+    )
+}
+
+const SECRET: &str = "a cluster secret for the tests of converge";
+
+/// A node of the cluster, in its own OS process: it prints its address,
+/// node events and what its `echo` process gets, and obeys commands.
+fn helper_node() {
+    let name = std::env::var("NODE_NAME").unwrap();
+    let secret = Secret::from_bytes(std::env::var("NODE_SECRET").unwrap().as_bytes()).unwrap();
+    let node = Config::new().schedulers(1).init().unwrap();
+    let cluster = Cluster::start(&node, ClusterConfig::new(name, "127.0.0.1:0".parse().unwrap(), secret)).unwrap();
+    let echo = converge::spawn(|ctx: Ctx<u64>| {
+        while let Ok(n) = ctx.recv() {
+            say("got", n);
+        }
+    })
+    .unwrap();
+    converge::register("echo", echo.pid()).unwrap();
+    let watcher = converge::spawn(|ctx: Ctx<NodeEvent>| {
+        while let Ok(e) = ctx.recv() {
+            match e {
+                NodeEvent::NodeUp { node, .. } => say("up", node),
+                NodeEvent::NodeDown { node, reason } => say("down", format!("{node} {reason:?}")),
+                _ => {}
+            }
+        }
+    })
+    .unwrap();
+    cluster.monitor_nodes(watcher);
+    say("addr", cluster.local_addr());
+    let stdin = std::io::stdin();
+    let mut line = String::new();
+    while {
+        line.clear();
+        stdin.read_line(&mut line).unwrap_or(0) > 0
+    } {
+        let words: Vec<&str> = line.split_whitespace().collect();
+        match words.as_slice() {
+            ["join", addr] => cluster.join(addr.parse().unwrap()),
+            ["wait-member", name] => {
+                let deadline = Instant::now() + Duration::from_secs(5);
+                while !cluster.nodes().iter().any(|n| n.name == *name) && Instant::now() < deadline {
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                let found = cluster.nodes().iter().any(|n| n.name == *name);
+                say("member", format!("{name} {found}"));
+            }
+            ["whereis", node, name] => {
+                let pid = cluster.whereis(node, name, Duration::from_secs(2));
+                say("whereis", format!("{pid:?}"));
+            }
+            ["send", node, n] => {
+                let pid = cluster
+                    .whereis(node, "echo", Duration::from_secs(2))
+                    .expect("echo is registered there");
+                let to = Mailbox::<u64>::from_pid(pid);
+                for i in 0..n.parse::<u64>().unwrap() {
+                    to.send(i).unwrap();
+                }
+                say("sent", n);
+            }
+            ["monitor", name] => {
+                let one = converge::spawn(|ctx: Ctx<NodeEvent>| {
+                    if let Ok(NodeEvent::NodeDown { node, reason }) = ctx.recv() {
+                        say("monitor-down", format!("{node} {reason:?}"));
+                    }
+                })
+                .unwrap();
+                cluster.monitor_node(name, one);
+                say("monitoring", name);
+            }
+            ["stats"] => {
+                let s = cluster.stats();
+                say(
+                    "stats",
+                    format!("refused={} stale={} lost={}", s.refused, s.stale, s.lost),
+                );
+            }
+            ["leave"] => break,
+            _ => say("unknown", line.trim()),
+        }
+    }
+    drop(cluster);
+    node.shutdown(Duration::from_secs(2));
+}
+
+/// A node process and the pipe of its commands.
+struct TestNode {
+    process: HelperProcess,
+    stdin: std::process::ChildStdin,
+    addr: SocketAddr,
+    /// Lines read while waiting for others, by their first word.
+    backlog: HashMap<String, VecDeque<String>>,
+}
+
+impl TestNode {
+    fn start(name: &str) -> TestNode {
+        TestNode::start_with(name, SECRET)
+    }
+
+    fn start_with(name: &str, secret: &str) -> TestNode {
+        let mut cmd = helper("node");
+        cmd.env("NODE_NAME", name)
+            .env("NODE_SECRET", secret)
+            .stdin(Stdio::piped());
+        let mut process = HelperProcess::start(cmd);
+        let stdin = process.child.stdin.take().unwrap();
+        let addr = process.expect("addr").parse().unwrap();
+        TestNode {
+            process,
+            stdin,
+            addr,
+            backlog: HashMap::new(),
+        }
+    }
+
+    fn tell(&mut self, command: &str) {
+        writeln!(self.stdin, "{command}").unwrap();
+        self.stdin.flush().unwrap();
+    }
+
+    /// The next line of `key` (read before, or now).
+    fn expect(&mut self, key: &str) -> String {
+        if let Some(rest) = self.backlog.get_mut(key).and_then(VecDeque::pop_front) {
+            return rest;
+        }
+        loop {
+            let (k, rest) = self
+                .process
+                .next_line()
+                .unwrap_or_else(|| panic!("the node ended before printing {key:?}; saw {:?}", self.process.seen));
+            if k == key {
+                return rest;
+            }
+            self.backlog.entry(k).or_default().push_back(rest);
+        }
+    }
+
+    /// Joins through `seed` and waits until it sees `other` as a member.
+    fn join(&mut self, seed: SocketAddr, other: &str) {
+        self.tell(&format!("join {seed}"));
+        self.tell(&format!("wait-member {other}"));
+        assert_eq!(self.expect("member"), format!("{other} true"));
+    }
+}
+
+fn nodes_join_through_any_member() {
+    let mut a = TestNode::start("alpha");
+    let mut b = TestNode::start("beta");
+    let mut c = TestNode::start("gamma");
+    b.join(a.addr, "alpha");
+    // gamma joins through beta and learns of alpha from the cluster.
+    c.join(b.addr, "beta");
+    c.tell("wait-member alpha");
+    assert_eq!(c.expect("member"), "alpha true");
+    a.tell("wait-member gamma");
+    assert_eq!(a.expect("member"), "gamma true");
+    let mut ups = vec![a.expect("up"), a.expect("up")];
+    ups.sort();
+    assert_eq!(ups, ["beta", "gamma"]);
+}
+
+fn messages_reach_a_process_of_another_node_in_order() {
+    let mut a = TestNode::start("alpha");
+    let mut b = TestNode::start("beta");
+    b.join(a.addr, "alpha");
+    b.tell("send alpha 500");
+    assert_eq!(b.expect("sent"), "500");
+    // In order, none lost, none twice.
+    for i in 0..500u64 {
+        assert_eq!(a.expect("got"), i.to_string());
+    }
+    a.tell("stats");
+    assert!(a.expect("stats").contains("stale=0"));
+}
+
+fn a_killed_node_is_down_within_2s() {
+    let mut a = TestNode::start("alpha");
+    let mut b = TestNode::start("beta");
+    b.join(a.addr, "alpha");
+    // A session between them: the loss shows through ticks as well.
+    b.tell("send alpha 1");
+    assert_eq!(a.expect("got"), "0");
+    a.tell("monitor beta");
+    assert_eq!(a.expect("monitoring"), "beta");
+    let t = Instant::now();
+    b.process.child.kill().unwrap();
+    b.process.child.wait().unwrap();
+    let down = a.expect("monitor-down");
+    assert!(t.elapsed() < Duration::from_secs(2), "{:?}", t.elapsed());
+    assert!(down.starts_with("beta "), "{down}");
+    assert!(a.expect("down").starts_with("beta "));
+}
+
+fn a_node_that_leaves_is_down_at_once() {
+    let mut a = TestNode::start("alpha");
+    let mut b = TestNode::start("beta");
+    b.join(a.addr, "alpha");
+    assert_eq!(a.expect("up"), "beta");
+    let t = Instant::now();
+    b.tell("leave");
+    let down = a.expect("down");
+    assert!(t.elapsed() < Duration::from_millis(1500), "{:?}", t.elapsed());
+    assert!(down.starts_with("beta "), "{down}");
+    assert!(b.process.wait(Duration::from_secs(10)).is_some_and(|s| s.success()));
+}
+
+fn a_wrong_secret_is_refused() {
+    let mut a = TestNode::start("alpha");
+    let mut intruder = TestNode::start_with("intruder", "not the secret of this cluster at all");
+    intruder.tell(&format!("join {}", a.addr));
+    intruder.tell("wait-member alpha");
+    assert_eq!(intruder.expect("member"), "alpha false");
+    a.tell("stats");
+    let stats = a.expect("stats");
+    assert!(!stats.contains("refused=0"), "{stats}");
+    // A member with the secret still joins.
+    let mut b = TestNode::start("beta");
+    b.join(a.addr, "alpha");
+    a.tell("wait-member intruder");
+    assert_eq!(a.expect("member"), "intruder false");
+}
+
+fn whereis_on_another_node_and_a_name_that_is_not_there() {
+    let a = TestNode::start("alpha");
+    let mut b = TestNode::start("beta");
+    b.join(a.addr, "alpha");
+    b.tell("whereis alpha echo");
+    assert!(b.expect("whereis").starts_with("Some("));
+    b.tell("whereis alpha nobody");
+    assert_eq!(b.expect("whereis"), "None");
+    b.tell("whereis nowhere echo");
+    assert_eq!(b.expect("whereis"), "None");
+}
+
+fn monitor_node_of_an_unknown_node_is_down_at_once() {
+    let mut a = TestNode::start("alpha");
+    a.tell("monitor nowhere");
+    assert_eq!(a.expect("monitoring"), "nowhere");
+    assert_eq!(a.expect("monitor-down"), "nowhere Unknown");
+}
