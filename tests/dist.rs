@@ -21,6 +21,10 @@ fn main() {
                 "messages_reach_a_process_of_another_node_in_order",
                 messages_reach_a_process_of_another_node_in_order,
             ),
+            (
+                "messages_from_any_process_of_a_node_keep_their_order",
+                messages_from_any_process_of_a_node_keep_their_order,
+            ),
             ("a_killed_node_is_down_within_2s", a_killed_node_is_down_within_2s),
             ("a_node_that_leaves_is_down_at_once", a_node_that_leaves_is_down_at_once),
             ("a_wrong_secret_is_refused", a_wrong_secret_is_refused),
@@ -95,6 +99,21 @@ fn helper_node() {
                     to.send(i).unwrap();
                 }
                 say("sent", n);
+            }
+            ["relay", node, n] => {
+                // From a process of this node, not its main program.
+                let pid = cluster
+                    .whereis(node, "echo", Duration::from_secs(2))
+                    .expect("echo is registered there");
+                let n: u64 = n.parse().unwrap();
+                converge::spawn(move |_: Ctx<()>| {
+                    let to = Mailbox::<u64>::from_pid(pid);
+                    for i in 0..n {
+                        to.send(i).unwrap();
+                    }
+                })
+                .unwrap();
+                say("relayed", n);
             }
             ["monitor", name] => {
                 let one = converge::spawn(|ctx: Ctx<NodeEvent>| {
@@ -209,6 +228,17 @@ fn messages_reach_a_process_of_another_node_in_order() {
     }
     a.tell("stats");
     assert!(a.expect("stats").contains("stale=0"));
+}
+
+fn messages_from_any_process_of_a_node_keep_their_order() {
+    let mut a = TestNode::start("alpha");
+    let mut b = TestNode::start("beta");
+    b.join(a.addr, "alpha");
+    b.tell("relay alpha 300");
+    assert_eq!(b.expect("relayed"), "300");
+    for i in 0..300u64 {
+        assert_eq!(a.expect("got"), i.to_string());
+    }
 }
 
 fn a_killed_node_is_down_within_2s() {

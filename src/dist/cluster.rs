@@ -210,13 +210,17 @@ impl std::fmt::Debug for Cluster {
     }
 }
 
+/// The largest frame a process other than the node's main program sends to
+/// another node: it travels to its node as a control frame first.
+pub(crate) const MAX_RELAYED: usize = (1 << 24) - 4096;
+
 /// The cluster of this OS process, where sends to other nodes go.
 static ROUTE: std::sync::OnceLock<(u32, std::sync::Weak<Inner>)> = std::sync::OnceLock::new();
 
 /// Hands a frame for a process of another node to this process's cluster;
 /// false when there is none (the frame is dropped, as a send to a node not
 /// connected is).
-pub(crate) fn route(from: Pid, to: Pid, kind: Kind, body: &[u8]) -> bool {
+pub(crate) fn route(from: Pid, to: Pid, kind: u8, body: &[u8]) -> bool {
     let Some((os, inner)) = ROUTE.get() else {
         return false;
     };
@@ -230,7 +234,7 @@ pub(crate) fn route(from: Pid, to: Pid, kind: Kind, body: &[u8]) -> bool {
     };
     let wire = Wire::Deliver {
         to,
-        kind: kind as u8,
+        kind,
         body: body.to_vec(),
     };
     // A sender's frames keep their order on a channel of their own.

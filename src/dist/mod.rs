@@ -43,8 +43,8 @@ mod membership;
 mod session;
 mod tcp;
 
-pub(crate) use cluster::route;
 pub use cluster::{Cluster, ClusterConfig, ClusterStats, NodeDownReason, NodeEvent, NodeInfo};
+pub(crate) use cluster::{MAX_RELAYED, route};
 pub use membership::{
     CLOCK_WINDOW, Member, MemberEvent, Membership, MembershipConfig, MembershipStats, PacketError, PacketKey, Replays,
 };

@@ -466,6 +466,13 @@ impl System for Io {
     fn rss(&self, ospid: i32) -> Option<u64> {
         crate::sys::proc_fs::rss_bytes(ospid)
     }
+
+    fn remote(&mut self, from: crate::pid::Pid, to: crate::pid::Pid, kind: u8, body: &[u8]) {
+        #[cfg(feature = "dist")]
+        crate::dist::route(from, to, kind, body);
+        #[cfg(not(feature = "dist"))]
+        let _ = (from, to, kind, body);
+    }
 }
 
 /// The process table with its I/O.

@@ -497,11 +497,25 @@ impl Runtime {
                     crate::wire::frame::Kind::Reply
                 } else {
                     crate::wire::frame::Kind::Msg
-                };
+                } as u8;
                 if body.len().saturating_sub(overhead) > self.settings().max_message {
                     return Err(BuildError::TooLarge(body.len() - overhead));
                 }
-                crate::dist::route(self.sender(), target, kind, body);
+                if self.node.is_some() {
+                    // The node's own program: straight to its cluster.
+                    crate::dist::route(self.sender(), target, kind, body);
+                } else {
+                    // Another process: through its node, whose table knows
+                    // who it is, on the control connection (in order).
+                    if body.len() > crate::dist::MAX_RELAYED {
+                        return Err(BuildError::TooLarge(body.len() - overhead));
+                    }
+                    self.tell_node(&crate::wire::envelope::ToNode::Remote {
+                        to: target,
+                        kind,
+                        body: body.to_vec(),
+                    });
+                }
             }
             return Ok(Sent::Dropped);
         }

@@ -249,6 +249,16 @@ pub(crate) enum ToNode {
         /// this frame, so that no frame nests without bound.
         msg: Vec<u8>,
     },
+    /// A frame for a process of another node, sent by the sender (feature
+    /// `dist`: the node passes it to its cluster, on the sender's channel).
+    Remote {
+        /// The process it is for.
+        to: Pid,
+        /// The frame's kind (a message or a reply).
+        kind: u8,
+        /// The frame's body.
+        body: Vec<u8>,
+    },
 }
 
 impl ToNode {

@@ -87,6 +87,9 @@ pub(crate) trait System {
     fn strays(&self) -> Vec<(i32, i32)> {
         Vec::new()
     }
+    /// Passes a frame that process `from` sent to a process of another
+    /// node to the node's cluster (feature `dist`); dropped without one.
+    fn remote(&mut self, _from: crate::pid::Pid, _to: crate::pid::Pid, _kind: u8, _body: &[u8]) {}
 }
 
 /// A monitor placed on a process.

@@ -126,6 +126,12 @@ impl<S: System> Table<S> {
                 self.withdraw(serial);
                 None
             }
+            ToNode::Remote { to, kind, body } => {
+                // The sender is the connection's owner: no process sends as
+                // another.
+                self.sys.remote(crate::pid::Pid::new(self.node, from), to, kind, &body);
+                None
+            }
             ToNode::Link { request, target } => {
                 let target = target.serial();
                 if target == from {
