@@ -14,7 +14,8 @@ use converge::{Config, Ctx, Mailbox};
 use util::{HelperProcess, helper, say};
 
 fn main() {
-    util::run(
+    util::run_skipping(
+        converge::Config::new(),
         &[
             ("nodes_join_through_any_member", nodes_join_through_any_member),
             (
@@ -33,12 +34,40 @@ fn main() {
                 whereis_on_another_node_and_a_name_that_is_not_there,
             ),
             (
+                "a_partition_is_seen_within_2s_and_heals",
+                a_partition_is_seen_within_2s_and_heals,
+            ),
+            (
                 "monitor_node_of_an_unknown_node_is_down_at_once",
                 monitor_node_of_an_unknown_node_is_down_at_once,
             ),
         ],
         &[("node", helper_node)],
+        |name| {
+            if name.contains("partition") {
+                netns_unavailable()
+            } else {
+                None
+            }
+        },
     )
+}
+
+/// Why network namespaces cannot be made here, if they cannot.
+fn netns_unavailable() -> Option<String> {
+    let probe = format!("cvprobe{}", std::process::id());
+    let made = std::process::Command::new("ip")
+        .args(["netns", "add", &probe])
+        .stderr(Stdio::null())
+        .status();
+    match made {
+        Ok(s) if s.success() => {
+            let _ = std::process::Command::new("ip").args(["netns", "del", &probe]).status();
+            None
+        }
+        Ok(_) => Some("cannot make a network namespace (needs root)".into()),
+        Err(e) => Some(format!("no `ip` command to make network namespaces: {e}")),
+    }
 }
 
 const SECRET: &str = "a cluster secret for the tests of converge";
@@ -49,7 +78,8 @@ fn helper_node() {
     let name = std::env::var("NODE_NAME").unwrap();
     let secret = Secret::from_bytes(std::env::var("NODE_SECRET").unwrap().as_bytes()).unwrap();
     let node = Config::new().schedulers(1).init().unwrap();
-    let cluster = Cluster::start(&node, ClusterConfig::new(name, "127.0.0.1:0".parse().unwrap(), secret)).unwrap();
+    let listen = std::env::var("NODE_LISTEN").unwrap_or_else(|_| "127.0.0.1:0".into());
+    let cluster = Cluster::start(&node, ClusterConfig::new(name, listen.parse().unwrap(), secret)).unwrap();
     let echo = converge::spawn(|ctx: Ctx<u64>| {
         while let Ok(n) = ctx.recv() {
             say("got", n);
@@ -156,9 +186,25 @@ impl TestNode {
 
     fn start_with(name: &str, secret: &str) -> TestNode {
         let mut cmd = helper("node");
-        cmd.env("NODE_NAME", name)
-            .env("NODE_SECRET", secret)
-            .stdin(Stdio::piped());
+        cmd.env("NODE_NAME", name).env("NODE_SECRET", secret);
+        TestNode::spawn(cmd)
+    }
+
+    /// A node in the network namespace `ns`, listening on `ip`.
+    fn start_in(ns: &str, ip: &str, name: &str) -> TestNode {
+        let mut cmd = std::process::Command::new("ip");
+        cmd.args(["netns", "exec", ns])
+            .arg(std::env::current_exe().unwrap())
+            .env(util::HELPER, "node")
+            .env("NODE_NAME", name)
+            .env("NODE_SECRET", SECRET)
+            .env("NODE_LISTEN", format!("{ip}:0"))
+            .stdout(Stdio::piped());
+        TestNode::spawn(cmd)
+    }
+
+    fn spawn(mut cmd: std::process::Command) -> TestNode {
+        cmd.stdin(Stdio::piped());
         let mut process = HelperProcess::start(cmd);
         let stdin = process.child.stdin.take().unwrap();
         let addr = process.expect("addr").parse().unwrap();
@@ -298,6 +344,110 @@ fn whereis_on_another_node_and_a_name_that_is_not_there() {
     assert_eq!(b.expect("whereis"), "None");
     b.tell("whereis nowhere echo");
     assert_eq!(b.expect("whereis"), "None");
+}
+
+/// Two network namespaces joined by a veth pair, removed at the end.
+struct Net {
+    names: [String; 2],
+    links: [String; 2],
+}
+
+impl Net {
+    const IPS: [&str; 2] = ["10.231.7.1", "10.231.7.2"];
+
+    fn new() -> Net {
+        let id = std::process::id() % 100_000;
+        let names = [format!("cvA{id}"), format!("cvB{id}")];
+        let links = [format!("cva{id}"), format!("cvb{id}")];
+        let net = Net { names, links };
+        let ip = |args: &[&str]| {
+            let s = std::process::Command::new("ip").args(args).status().unwrap();
+            assert!(s.success(), "ip {args:?}");
+        };
+        for n in &net.names {
+            ip(&["netns", "add", n]);
+        }
+        ip(&[
+            "link",
+            "add",
+            &net.links[0],
+            "type",
+            "veth",
+            "peer",
+            "name",
+            &net.links[1],
+        ]);
+        for i in 0..2 {
+            let (ns, link) = (&net.names[i], &net.links[i]);
+            ip(&["link", "set", link, "netns", ns]);
+            ip(&["-n", ns, "addr", "add", &format!("{}/24", Net::IPS[i]), "dev", link]);
+            ip(&["-n", ns, "link", "set", link, "up"]);
+            ip(&["-n", ns, "link", "set", "lo", "up"]);
+        }
+        net
+    }
+
+    /// Sets the second namespace's end of the link down or up.
+    fn link(&self, up: bool) {
+        let s = std::process::Command::new("ip")
+            .args([
+                "-n",
+                &self.names[1],
+                "link",
+                "set",
+                &self.links[1],
+                if up { "up" } else { "down" },
+            ])
+            .status()
+            .unwrap();
+        assert!(s.success());
+    }
+}
+
+impl Drop for Net {
+    fn drop(&mut self) {
+        for n in &self.names {
+            let _ = std::process::Command::new("ip").args(["netns", "del", n]).status();
+        }
+    }
+}
+
+fn a_partition_is_seen_within_2s_and_heals() {
+    let net = Net::new();
+    let mut a = TestNode::start_in(&net.names[0], Net::IPS[0], "alpha");
+    let mut b = TestNode::start_in(&net.names[1], Net::IPS[1], "beta");
+    b.join(a.addr, "alpha");
+    b.tell("send alpha 3");
+    for i in 0..3u64 {
+        assert_eq!(a.expect("got"), i.to_string());
+    }
+    a.tell("monitor beta");
+    assert_eq!(a.expect("monitoring"), "beta");
+    b.tell("monitor alpha");
+    assert_eq!(b.expect("monitoring"), "alpha");
+    // Cut: each side sees the other down, through its session's ticks or
+    // membership, whichever first.
+    let t = Instant::now();
+    net.link(false);
+    let down_a = a.expect("monitor-down");
+    let down_b = b.expect("monitor-down");
+    assert!(t.elapsed() < Duration::from_millis(2500), "{:?}", t.elapsed());
+    assert!(down_a.starts_with("beta "), "{down_a}");
+    assert!(down_b.starts_with("alpha "), "{down_b}");
+    // Healed: back in one cluster, and messages flow on a new session.
+    net.link(true);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        b.tell("wait-member alpha");
+        if b.expect("member") == "alpha true" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the partition never healed");
+    }
+    b.tell("send alpha 2");
+    for i in 0..2u64 {
+        assert_eq!(a.expect("got"), i.to_string());
+    }
 }
 
 fn monitor_node_of_an_unknown_node_is_down_at_once() {

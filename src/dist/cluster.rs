@@ -194,6 +194,10 @@ struct Inner {
     next: AtomicU64,
     stats: Mutex<ClusterStats>,
     stopped: AtomicBool,
+    /// Gossip addresses of the seeds joined through and of every member
+    /// seen: a node left alone (a partition) announces itself to them until
+    /// it is back in the cluster.
+    known: Mutex<Vec<SocketAddr>>,
 }
 
 /// This node's place in a cluster. Dropping it leaves the cluster.
@@ -271,6 +275,7 @@ impl Cluster {
             next: AtomicU64::new(1),
             stats: Mutex::new(ClusterStats::default()),
             stopped: AtomicBool::new(false),
+            known: Mutex::new(Vec::new()),
         });
         if ROUTE.set((std::process::id(), Arc::downgrade(&inner))).is_err() {
             return Err(DistError::Io("this program already runs a cluster node".into()));
@@ -303,6 +308,12 @@ impl Cluster {
 
     /// Joins the cluster through any member's address.
     pub fn join(&self, seed: SocketAddr) {
+        {
+            let mut known = self.inner.known.lock();
+            if !known.contains(&seed) {
+                known.push(seed);
+            }
+        }
         let mut m = self.inner.membership.lock();
         m.join(seed, Instant::now());
         self.inner.flush_packets(&mut m);
@@ -442,10 +453,18 @@ impl Inner {
         let events = m.take_events();
         for e in events {
             match e {
-                MemberEvent::Up(member) => self.notify(NodeEvent::NodeUp {
-                    node: member.name,
-                    id: member.node,
-                }),
+                MemberEvent::Up(member) => {
+                    {
+                        let mut known = self.known.lock();
+                        if !known.contains(&member.gossip) {
+                            known.push(member.gossip);
+                        }
+                    }
+                    self.notify(NodeEvent::NodeUp {
+                        node: member.name,
+                        id: member.node,
+                    })
+                }
                 MemberEvent::Down(member) => {
                     let reason = NodeDownReason::Unreachable;
                     if self.peers.lock().contains_key(&member.node) {
@@ -798,8 +817,12 @@ fn accept_loop(inner: &Arc<Inner>, mut acceptor: Acceptor) {
     }
 }
 
+/// How often a node alone announces itself to the addresses it knows.
+const REJOIN: Duration = Duration::from_secs(1);
+
 fn gossip_loop(inner: &Inner) {
     let mut buf = vec![0u8; 64 * 1024];
+    let mut last_announce = Instant::now();
     while !inner.stopped.load(Ordering::Acquire) {
         let got = inner.udp.recv_from(&mut buf);
         let mut m = inner.membership.lock();
@@ -808,6 +831,14 @@ fn gossip_loop(inner: &Inner) {
             let _ = m.handle_packet(&buf[..n], now);
         }
         m.handle_timers(now);
+        // Alone after a partition (or before the seed was up): back in
+        // through any address known.
+        if m.members().is_empty() && now.duration_since(last_announce) >= REJOIN {
+            last_announce = now;
+            for addr in inner.known.lock().clone() {
+                m.join(addr, now);
+            }
+        }
         inner.flush_packets(&mut m);
     }
 }
