@@ -10,7 +10,7 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use converge::dist::{Cluster, ClusterConfig, NodeEvent, Secret};
-use converge::{Config, Ctx, Mailbox};
+use converge::{Config, Ctx, Event, ExitReason, Mailbox, Pid};
 use util::{HelperProcess, helper, say};
 
 fn main() {
@@ -25,6 +25,14 @@ fn main() {
             (
                 "messages_from_any_process_of_a_node_keep_their_order",
                 messages_from_any_process_of_a_node_keep_their_order,
+            ),
+            (
+                "a_remote_monitor_gets_the_reason_after_every_message",
+                a_remote_monitor_gets_the_reason_after_every_message,
+            ),
+            (
+                "a_remote_monitor_of_a_killed_node_is_noconnection",
+                a_remote_monitor_of_a_killed_node_is_noconnection,
             ),
             ("a_killed_node_is_down_within_2s", a_killed_node_is_down_within_2s),
             ("a_node_that_leaves_is_down_at_once", a_node_that_leaves_is_down_at_once),
@@ -75,6 +83,11 @@ const SECRET: &str = "a cluster secret for the tests of converge";
 /// A node of the cluster, in its own OS process: it prints its address,
 /// node events and what its `echo` process gets, and obeys commands.
 fn helper_node() {
+    // Warnings (a refused peer, a broken session) on standard error.
+    let _ = tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_max_level(tracing::Level::WARN)
+        .try_init();
     let name = std::env::var("NODE_NAME").unwrap();
     let secret = Secret::from_bytes(std::env::var("NODE_SECRET").unwrap().as_bytes()).unwrap();
     let node = Config::new().schedulers(1).init().unwrap();
@@ -87,6 +100,17 @@ fn helper_node() {
     })
     .unwrap();
     converge::register("echo", echo.pid()).unwrap();
+    // Sends `n` numbers to the pid it is given, then ends with `code`.
+    let burst = converge::spawn(|ctx: Ctx<(Pid, u64, i32)>| {
+        let (to, n, code) = ctx.recv().unwrap();
+        let to = Mailbox::<u64>::from_pid(to);
+        for i in 0..n {
+            to.send(i).unwrap();
+        }
+        ExitReason::Code(code)
+    })
+    .unwrap();
+    converge::register("burst", burst.pid()).unwrap();
     let watcher = converge::spawn(|ctx: Ctx<NodeEvent>| {
         while let Ok(e) = ctx.recv() {
             match e {
@@ -144,6 +168,55 @@ fn helper_node() {
                 })
                 .unwrap();
                 say("relayed", n);
+            }
+            ["watch-burst", node, n, code] => {
+                // A process here monitors `burst` there, which sends it `n`
+                // numbers and ends: all of them come before the Down.
+                let burst = cluster
+                    .whereis(node, "burst", Duration::from_secs(2))
+                    .expect("burst is registered there");
+                let (n, code): (u64, i32) = (n.parse().unwrap(), code.parse().unwrap());
+                converge::spawn(move |ctx: Ctx<u64>| {
+                    ctx.monitor(burst);
+                    Mailbox::<(Pid, u64, i32)>::from_pid(burst)
+                        .send((ctx.pid(), n, code))
+                        .unwrap();
+                    let mut got = 0u64;
+                    let mut in_order = true;
+                    loop {
+                        match ctx.recv_event() {
+                            Ok(Event::Message(i)) => {
+                                in_order &= i == got;
+                                got += 1;
+                            }
+                            Ok(Event::Down(d)) => {
+                                say("watched", format!("{got} {in_order} {:?}", d.reason));
+                                break;
+                            }
+                            Ok(_) => {}
+                            Err(_) => return,
+                        }
+                    }
+                    // It is gone: a new monitor is NoProc at once.
+                    let again = ctx.monitor(burst);
+                    if let Ok(d) = ctx.recv_down(again) {
+                        say("watched-again", format!("{:?}", d.reason));
+                    }
+                })
+                .unwrap();
+            }
+            ["watch-echo", node] => {
+                let echo = cluster
+                    .whereis(node, "echo", Duration::from_secs(2))
+                    .expect("echo is registered there");
+                converge::spawn(move |ctx: Ctx<u64>| {
+                    let watch = ctx.monitor(echo);
+                    say("watching", "echo");
+                    if let Ok(d) = ctx.recv_down(watch) {
+                        say("echo-down", format!("{:?}", d.reason));
+                    }
+                })
+                .unwrap();
             }
             ["monitor", name] => {
                 let one = converge::spawn(|ctx: Ctx<NodeEvent>| {
@@ -285,6 +358,33 @@ fn messages_from_any_process_of_a_node_keep_their_order() {
     for i in 0..300u64 {
         assert_eq!(a.expect("got"), i.to_string());
     }
+}
+
+fn a_remote_monitor_gets_the_reason_after_every_message() {
+    let a = TestNode::start("alpha");
+    let mut b = TestNode::start("beta");
+    b.join(a.addr, "alpha");
+    b.tell("watch-burst alpha 2000 7");
+    // Every number, in order, then the Down with the exit code; then a
+    // monitor of the process gone is NoProc.
+    assert_eq!(b.expect("watched"), "2000 true Code(7)");
+    assert_eq!(b.expect("watched-again"), "NoProc");
+}
+
+fn a_remote_monitor_of_a_killed_node_is_noconnection() {
+    let mut a = TestNode::start("alpha");
+    let mut b = TestNode::start("beta");
+    b.join(a.addr, "alpha");
+    b.tell("watch-echo alpha");
+    assert_eq!(b.expect("watching"), "echo");
+    // The monitor has reached alpha (a message sent after it, answered).
+    b.tell("send alpha 1");
+    assert_eq!(a.expect("got"), "0");
+    let t = Instant::now();
+    a.process.child.kill().unwrap();
+    a.process.child.wait().unwrap();
+    assert_eq!(b.expect("echo-down"), "NoConnection");
+    assert!(t.elapsed() < Duration::from_secs(2), "{:?}", t.elapsed());
 }
 
 fn a_killed_node_is_down_within_2s() {

@@ -21,9 +21,11 @@ use serde::{Deserialize, Serialize};
 use super::membership::{Member, MemberEvent, Membership, MembershipConfig};
 use super::session::{DistError, Hello, Secret, Session};
 use super::tcp::{Acceptor, HANDSHAKE_TIMEOUT, connect, keep_session};
+use crate::exit::ExitReason;
 use crate::mailbox::Mailbox;
 use crate::pid::{NodeId, Pid};
 use crate::sync::{Condvar, Mutex};
+use crate::wire::envelope::ToNode;
 use crate::wire::frame::Kind;
 
 /// Options of a node in a cluster.
@@ -141,8 +143,29 @@ pub struct ClusterStats {
 enum Wire {
     /// Nothing to say: the peer is alive.
     Tick,
-    /// A frame for a process of the receiving node.
-    Deliver { to: Pid, kind: u8, body: Vec<u8> },
+    /// A frame from `from` for a process of the receiving node.
+    Deliver {
+        from: Pid,
+        to: Pid,
+        kind: u8,
+        body: Vec<u8>,
+    },
+    /// `watcher` monitors `target`, of the receiving node.
+    Monitor {
+        watcher: Pid,
+        reference: u64,
+        internal: bool,
+        target: Pid,
+    },
+    /// `pid`, watched by `watcher` of the receiving node, ended (sent on
+    /// `pid`'s channel: after every frame it sent).
+    Down {
+        watcher: Pid,
+        reference: u64,
+        internal: bool,
+        pid: Pid,
+        reason: ExitReason,
+    },
     /// Which process has `name` there?
     Whereis { request: u64, name: String },
     /// The answer.
@@ -198,6 +221,11 @@ struct Inner {
     /// seen: a node left alone (a partition) announces itself to them until
     /// it is back in the cluster.
     known: Mutex<Vec<SocketAddr>>,
+    /// Monitors placed from here on processes of other nodes, by node.
+    remote_monitors: Mutex<HashMap<NodeId, Vec<RemoteMonitor>>>,
+    /// Requests for the node's table, made in order by a thread of their
+    /// own (the table may be the caller, holding its lock).
+    injector: Mutex<std::sync::mpsc::Sender<ToNode>>,
 }
 
 /// This node's place in a cluster. Dropping it leaves the cluster.
@@ -237,15 +265,100 @@ pub(crate) fn route(from: Pid, to: Pid, kind: u8, body: &[u8]) -> bool {
         return false;
     };
     let wire = Wire::Deliver {
+        from,
         to,
         kind,
         body: body.to_vec(),
     };
-    // A sender's frames keep their order on a channel of their own.
-    let channel = 1 + (from.serial() % u64::from(u32::MAX - 1)) as u32;
-    inner.send_to_node(to.node(), channel, &wire);
+    inner.send_to_node(to.node(), channel_of(from), &wire);
     inner.stats.lock().sent += 1;
     true
+}
+
+/// A sender's frames keep their order on a channel of their own (and the
+/// `Down` about it comes on that channel, after them).
+fn channel_of(sender: Pid) -> u32 {
+    1 + (sender.serial() % u64::from(u32::MAX - 1)) as u32
+}
+
+/// This process's cluster, if it runs one.
+fn this_cluster() -> Option<Arc<Inner>> {
+    let (os, inner) = ROUTE.get()?;
+    if *os != std::process::id() {
+        return None;
+    }
+    inner.upgrade()
+}
+
+/// Places monitor `reference` of `watcher` on `target`, a process of another
+/// node: false when this process runs no cluster (the table then says
+/// `NoProc`). A node that is not there gives `NoConnection` at once.
+pub(crate) fn remote_monitor(watcher: Pid, reference: u64, internal: bool, target: Pid) -> bool {
+    let Some(inner) = this_cluster() else {
+        return false;
+    };
+    let node = target.node();
+    let known =
+        inner.peers.lock().contains_key(&node) || inner.membership.lock().members().iter().any(|m| m.node == node);
+    if !known {
+        inner.inject(ToNode::RemoteDown {
+            watcher: watcher.serial(),
+            reference,
+            internal,
+            pid: target,
+            reason: ExitReason::NoConnection,
+        });
+        return true;
+    }
+    inner
+        .remote_monitors
+        .lock()
+        .entry(node)
+        .or_default()
+        .push(RemoteMonitor {
+            watcher,
+            reference,
+            internal,
+            target,
+        });
+    inner.send_to_node(
+        node,
+        channel_of(watcher),
+        &Wire::Monitor {
+            watcher,
+            reference,
+            internal,
+            target,
+        },
+    );
+    true
+}
+
+/// Sends the `Down` of a monitor that `watcher`, of another node, placed on
+/// `pid` here.
+pub(crate) fn remote_down(watcher: Pid, reference: u64, internal: bool, pid: Pid, reason: ExitReason) {
+    if let Some(inner) = this_cluster() {
+        inner.send_to_node(
+            watcher.node(),
+            channel_of(pid),
+            &Wire::Down {
+                watcher,
+                reference,
+                internal,
+                pid,
+                reason,
+            },
+        );
+    }
+}
+
+/// A monitor placed from here on a process of another node.
+#[derive(Debug, Clone)]
+struct RemoteMonitor {
+    watcher: Pid,
+    reference: u64,
+    internal: bool,
+    target: Pid,
 }
 
 impl Cluster {
@@ -259,6 +372,7 @@ impl Cluster {
         let me = Hello::new(node.id(), config.name.clone());
         let member = Member::new(node.id(), &config.name, addr, addr);
         let membership = Membership::new(member, &config.secret, config.membership);
+        let (inject_tx, inject_rx) = std::sync::mpsc::channel::<ToNode>();
         udp.set_read_timeout(Some(Duration::from_millis(50))).map_err(io)?;
         let inner = Arc::new(Inner {
             me: me.clone(),
@@ -276,6 +390,16 @@ impl Cluster {
             stats: Mutex::new(ClusterStats::default()),
             stopped: AtomicBool::new(false),
             known: Mutex::new(Vec::new()),
+            remote_monitors: Mutex::new(HashMap::new()),
+            injector: Mutex::new(inject_tx),
+        });
+        spawn("converge-dist-inject", move || {
+            // As the node's main program: the table takes these from it only.
+            if let Some(rt) = crate::runtime::current() {
+                for msg in inject_rx {
+                    rt.tell_node_raw(&msg);
+                }
+            }
         });
         if ROUTE.set((std::process::id(), Arc::downgrade(&inner))).is_err() {
             return Err(DistError::Io("this program already runs a cluster node".into()));
@@ -398,7 +522,8 @@ impl Cluster {
     }
 
     /// Leaves the cluster: the others see this node down at once, and every
-    /// session closes.
+    /// session closes. (The port stays bound, refusing sessions, until the
+    /// program ends; a program runs one cluster node in its life.)
     pub fn leave(self) {
         drop(self);
     }
@@ -417,8 +542,6 @@ impl Drop for Cluster {
         for id in peers {
             inner.lose(id, None, NodeDownReason::Left);
         }
-        // Wakes the acceptor out of accept().
-        let _ = TcpStream::connect_timeout(&inner.addr, Duration::from_millis(100));
     }
 }
 
@@ -479,6 +602,10 @@ impl Inner {
                 _ => {}
             }
         }
+    }
+
+    fn inject(&self, msg: ToNode) {
+        let _ = self.injector.lock().send(msg);
     }
 
     fn notify(&self, event: NodeEvent) {
@@ -658,6 +785,16 @@ impl Inner {
         if reason != NodeDownReason::Left {
             self.stats.lock().lost += 1;
         }
+        // Every monitor across the lost session: `NoConnection`.
+        for m in self.remote_monitors.lock().remove(&node).unwrap_or_default() {
+            self.inject(ToNode::RemoteDown {
+                watcher: m.watcher.serial(),
+                reference: m.reference,
+                internal: m.internal,
+                pid: m.target,
+                reason: ExitReason::NoConnection,
+            });
+        }
         tracing::info!(peer = %peer.name, ?reason, "session lost");
         self.notify(NodeEvent::NodeDown {
             node: peer.name,
@@ -671,7 +808,7 @@ impl Inner {
             postcard::from_bytes(frame).map_err(|e| DistError::Malformed(format!("an undecodable frame: {e}")))?;
         match wire {
             Wire::Tick => {}
-            Wire::Deliver { to, kind, body } => {
+            Wire::Deliver { from, to, kind, body } => {
                 let rt = crate::runtime::current();
                 let kind = match kind {
                     2 => Kind::Msg,
@@ -679,12 +816,62 @@ impl Inner {
                     k => return Err(DistError::Malformed(format!("a frame of kind {k} for a process"))),
                 };
                 match rt {
-                    Some(rt) if to.node() == self.me.node => {
-                        let _ = rt.send_encoded(to, kind, &body);
+                    Some(rt) if to.node() == self.me.node && from.node() == node => {
+                        let _ = rt.send_encoded(from, to, kind, &body);
                         self.stats.lock().delivered += 1;
                     }
                     // An earlier incarnation's process: never a new one's.
                     _ => self.stats.lock().stale += 1,
+                }
+            }
+            Wire::Monitor {
+                watcher,
+                reference,
+                internal,
+                target,
+            } => {
+                if watcher.node() != node {
+                    return Err(DistError::Malformed("a monitor for a process of another node".into()));
+                }
+                if target.node() == self.me.node {
+                    self.inject(ToNode::MonitorFor {
+                        watcher,
+                        reference,
+                        internal,
+                        target,
+                    });
+                } else {
+                    // An earlier incarnation's process: gone.
+                    remote_down(watcher, reference, internal, target, ExitReason::NoProc);
+                }
+            }
+            Wire::Down {
+                watcher,
+                reference,
+                internal,
+                pid,
+                reason,
+            } => {
+                if pid.node() != node || watcher.node() != self.me.node {
+                    return Err(DistError::Malformed("a Down about a process of another node".into()));
+                }
+                let placed = {
+                    let mut monitors = self.remote_monitors.lock();
+                    let list = monitors.entry(node).or_default();
+                    let before = list.len();
+                    list.retain(|m| !(m.watcher == watcher && m.reference == reference));
+                    list.len() < before
+                };
+                if placed && let Some(rt) = crate::runtime::current() {
+                    // What `pid` sent here is written before its Down.
+                    rt.close_remote_sender(pid, Instant::now() + Duration::from_secs(1));
+                    self.inject(ToNode::RemoteDown {
+                        watcher: watcher.serial(),
+                        reference,
+                        internal,
+                        pid,
+                        reason,
+                    });
                 }
             }
             Wire::Whereis { request, name } => {
@@ -742,11 +929,11 @@ fn write_loop(
             Some(e) => e,
             None => {
                 let mut o = lock.lock();
-                let frame = o
-                    .channels
-                    .get_mut(&channel)
-                    .and_then(VecDeque::pop_front)
-                    .unwrap_or_default();
+                // A channel may be in turn twice (queued to again while its
+                // last frame was going out): nothing left is no frame.
+                let Some(frame) = o.channels.get_mut(&channel).and_then(VecDeque::pop_front) else {
+                    continue;
+                };
                 o.bytes = o.bytes.saturating_sub(frame.len());
                 (frame, 0)
             }
@@ -812,6 +999,7 @@ fn accept_loop(inner: &Arc<Inner>, mut acceptor: Acceptor) {
                 }
                 inner.add_peer(session, hello, stream, false);
             }
+            Err(_) if inner.stopped.load(Ordering::Acquire) => return,
             Err(_) => inner.stats.lock().refused += 1,
         }
     }

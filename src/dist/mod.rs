@@ -44,7 +44,7 @@ mod session;
 mod tcp;
 
 pub use cluster::{Cluster, ClusterConfig, ClusterStats, NodeDownReason, NodeEvent, NodeInfo};
-pub(crate) use cluster::{MAX_RELAYED, route};
+pub(crate) use cluster::{MAX_RELAYED, remote_down, remote_monitor, route};
 pub use membership::{
     CLOCK_WINDOW, Member, MemberEvent, Membership, MembershipConfig, MembershipStats, PacketError, PacketKey, Replays,
 };

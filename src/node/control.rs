@@ -473,6 +473,29 @@ impl System for Io {
         #[cfg(not(feature = "dist"))]
         let _ = (from, to, kind, body);
     }
+
+    #[cfg(feature = "dist")]
+    fn remote_monitor(
+        &mut self,
+        watcher: crate::pid::Pid,
+        reference: u64,
+        internal: bool,
+        target: crate::pid::Pid,
+    ) -> bool {
+        crate::dist::remote_monitor(watcher, reference, internal, target)
+    }
+
+    #[cfg(feature = "dist")]
+    fn remote_down(
+        &mut self,
+        watcher: crate::pid::Pid,
+        reference: u64,
+        internal: bool,
+        pid: crate::pid::Pid,
+        reason: crate::exit::ExitReason,
+    ) {
+        crate::dist::remote_down(watcher, reference, internal, pid, reason);
+    }
 }
 
 /// The process table with its I/O.

@@ -538,9 +538,12 @@ impl Runtime {
 
     /// Sends a frame encoded on another node (its body: fingerprint and
     /// payload, or reference, fingerprint and payload) to `target` here.
+    /// Its connection to the target says it comes from `from` (of the other
+    /// node), so that a `Down` about `from` finds the frames it sent first.
     #[cfg(feature = "dist")]
     pub(crate) fn send_encoded(
         &'static self,
+        from: Pid,
         target: Pid,
         kind: crate::wire::frame::Kind,
         body: &[u8],
@@ -550,12 +553,28 @@ impl Runtime {
         } else {
             body::MESSAGE_PREFIX
         };
-        self.send_frame(target, false, overhead, |buf| {
-            let start = crate::wire::frame::begin(buf, kind);
-            buf.extend_from_slice(body);
-            crate::wire::frame::finish(buf, start);
-            Ok(())
-        })
+        let epoch = self.epoch.load(Ordering::Relaxed);
+        let sent = self
+            .outbox
+            .send(&self.inbox, from, epoch, target, false, overhead, |buf| {
+                let start = crate::wire::frame::begin(buf, kind);
+                buf.extend_from_slice(body);
+                crate::wire::frame::finish(buf, start);
+                Ok(())
+            });
+        if self.inbox.background_wanted() {
+            self.ensure_background();
+        }
+        sent
+    }
+
+    /// Writes what `from` (of another node) was sent here with, waiting for
+    /// room up to `deadline`, and closes its connections: it ended.
+    #[cfg(feature = "dist")]
+    pub(crate) fn close_remote_sender(&'static self, from: Pid, deadline: std::time::Instant) {
+        // Any target of this node gives the same key for `from`.
+        let key = crate::runtime::outbox::sender_key(from, self.me);
+        self.outbox.close_sender(&self.inbox, key, deadline);
     }
 
     /// A message for an actor this process hosts: straight into its queue,

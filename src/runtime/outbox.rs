@@ -153,6 +153,20 @@ impl Conns {
     }
 }
 
+/// The key of sender `me` among the connections of this process: its serial
+/// for a process of this node; for one of another node (frames a cluster
+/// node delivers on its behalf), a hash of its node and serial with the top
+/// bit set, which no serial here has.
+pub(crate) fn sender_key(me: Pid, target: Pid) -> u64 {
+    if me.node() == target.node() {
+        return me.serial();
+    }
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    me.hash(&mut h);
+    h.finish() | 1 << 63
+}
+
 /// The send side of a process.
 #[derive(Debug)]
 pub(crate) struct Outbox {
@@ -207,7 +221,7 @@ impl Outbox {
         build: impl FnOnce(&mut Vec<u8>) -> Result<(), String>,
     ) -> Result<Sent, BuildError> {
         let serial = target.serial();
-        let key = (me.serial(), serial);
+        let key = (sender_key(me, target), serial);
         let mut guard = self.conns.lock();
         let conns = &mut *guard;
         conns.uses += 1;

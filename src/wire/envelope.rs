@@ -249,6 +249,32 @@ pub(crate) enum ToNode {
         /// this frame, so that no frame nests without bound.
         msg: Vec<u8>,
     },
+    /// A monitor that a process of another node places on `target` here
+    /// (from the node's own cluster only).
+    MonitorFor {
+        /// The watcher, on another node.
+        watcher: Pid,
+        /// Its reference.
+        reference: u64,
+        /// For the watcher's runtime (call/join), not its mailbox.
+        internal: bool,
+        /// The process watched.
+        target: Pid,
+    },
+    /// The `Down` of a monitor placed on a process of another node, for the
+    /// watcher `watcher` here (from the node's own cluster only).
+    RemoteDown {
+        /// The watcher's serial.
+        watcher: u64,
+        /// Its reference.
+        reference: u64,
+        /// For the watcher's runtime (call/join), not its mailbox.
+        internal: bool,
+        /// The process that ended.
+        pid: Pid,
+        /// Why.
+        reason: ExitReason,
+    },
     /// A frame for a process of another node, sent by the sender (feature
     /// `dist`: the node passes it to its cluster, on the sender's channel).
     Remote {

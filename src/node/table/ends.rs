@@ -153,6 +153,13 @@ impl<S: System> Table<S> {
             }
         }
         for m in &p.monitors {
+            if let Some(watcher) = m.remote {
+                // On another node: its `Down` goes after what this process
+                // sent there.
+                self.sys
+                    .remote_down(watcher, m.reference, m.internal, pid, reason.clone());
+                continue;
+            }
             if let Some(w) = self.procs.get_mut(&m.watcher) {
                 w.watching.remove(&m.reference);
             }

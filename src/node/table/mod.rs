@@ -41,6 +41,10 @@ use self::reason::MemoryEnd;
 
 pub(crate) use crate::pid::{FIRST_SERIAL, MAIN_SERIAL, ZYGOTE_SERIAL};
 
+/// The watcher of a monitor placed by a process of another node: no process
+/// here.
+pub(crate) const REMOTE_WATCHER: u64 = u64::MAX;
+
 /// What the table asks of the system around it. The node's control side
 /// carries it out on sockets, pidfds and cgroups; the unit tests record it.
 pub(crate) trait System {
@@ -90,6 +94,28 @@ pub(crate) trait System {
     /// Passes a frame that process `from` sent to a process of another
     /// node to the node's cluster (feature `dist`); dropped without one.
     fn remote(&mut self, _from: crate::pid::Pid, _to: crate::pid::Pid, _kind: u8, _body: &[u8]) {}
+    /// Places monitor `reference` of `watcher` (here) on `target` (on
+    /// another node) through the node's cluster; false without one.
+    fn remote_monitor(
+        &mut self,
+        _watcher: crate::pid::Pid,
+        _reference: u64,
+        _internal: bool,
+        _target: crate::pid::Pid,
+    ) -> bool {
+        false
+    }
+    /// Sends the `Down` of a monitor that `watcher`, on another node, placed
+    /// here.
+    fn remote_down(
+        &mut self,
+        _watcher: crate::pid::Pid,
+        _reference: u64,
+        _internal: bool,
+        _pid: crate::pid::Pid,
+        _reason: ExitReason,
+    ) {
+    }
 }
 
 /// A monitor placed on a process.
@@ -101,6 +127,8 @@ struct MonitorEntry {
     watcher: u64,
     /// For the watcher's runtime (call/join), not its mailbox.
     internal: bool,
+    /// A watcher on another node (then `watcher` is [`REMOTE_WATCHER`]).
+    remote: Option<crate::pid::Pid>,
     /// The registered name it was placed by, if it was.
     name: Option<String>,
 }
@@ -534,6 +562,7 @@ impl<S: System> Table<S> {
                     reference,
                     watcher: parent,
                     internal,
+                    remote: None,
                 })
                 .collect();
             if link {

@@ -4,7 +4,7 @@ use crate::exit::ExitReason;
 use crate::wire::decode_exact;
 use crate::wire::envelope::{NodeReply, ToNode, ToProcess};
 
-use super::{MAIN_SERIAL, MonitorEntry, System, Table};
+use super::{MAIN_SERIAL, MonitorEntry, REMOTE_WATCHER, System, Table};
 
 impl<S: System> Table<S> {
     /// The serial that `msg` refers to and that the table does
@@ -77,6 +77,14 @@ impl<S: System> Table<S> {
     /// if so); a target that does not exist is a `Down` with `NoProc` at once.
     fn monitor(&mut self, from: u64, reference: u64, internal: bool, target: crate::pid::Pid, name: Option<String>) {
         let t = target.serial();
+        // A process of another node: through the cluster, which sends the
+        // `Down` when it comes (or `NoConnection`).
+        if target.node() != self.node
+            && name.is_none()
+            && self.sys.remote_monitor(self.pid(from), reference, internal, target)
+        {
+            return;
+        }
         if target.node() != self.node || !self.knows(t) {
             self.send_to(
                 from,
@@ -96,6 +104,7 @@ impl<S: System> Table<S> {
                 watcher: from,
                 internal,
                 name,
+                remote: None,
             });
         }
         if let Some(p) = self.procs.get_mut(&from) {
@@ -124,6 +133,51 @@ impl<S: System> Table<S> {
             ToNode::Register(_) | ToNode::Pidfd { .. } | ToNode::Port { .. } | ToNode::ZygoteSpare { .. } => None,
             ToNode::Withdraw { serial } => {
                 self.withdraw(serial);
+                None
+            }
+            ToNode::MonitorFor {
+                watcher,
+                reference,
+                internal,
+                target,
+            } if from == MAIN_SERIAL => {
+                let t = target.serial();
+                let here = target.node() == self.node && self.alive(t);
+                match self.procs.get_mut(&t) {
+                    Some(p) if here => p.monitors.push(MonitorEntry {
+                        reference,
+                        watcher: REMOTE_WATCHER,
+                        internal,
+                        name: None,
+                        remote: Some(watcher),
+                    }),
+                    _ => self
+                        .sys
+                        .remote_down(watcher, reference, internal, target, ExitReason::NoProc),
+                }
+                None
+            }
+            ToNode::RemoteDown {
+                watcher,
+                reference,
+                internal,
+                pid,
+                reason,
+            } if from == MAIN_SERIAL => {
+                self.send_to(
+                    watcher,
+                    ToProcess::Down {
+                        reference,
+                        internal,
+                        pid,
+                        reason,
+                        name: None,
+                    },
+                );
+                None
+            }
+            ToNode::MonitorFor { .. } | ToNode::RemoteDown { .. } => {
+                tracing::warn!(from, "a cluster's request from a process: refused");
                 None
             }
             ToNode::Remote { to, kind, body } => {
