@@ -188,3 +188,10 @@ pub fn membership_packet(data: &[u8]) {
     );
     let _ = m.handle_packet(&sealed, std::time::Instant::now());
 }
+
+/// A frame of a cluster session (after its record layer): refused or
+/// decoded, never a panic, and what decodes encodes back the same.
+#[cfg(feature = "dist")]
+pub fn cluster_frame(data: &[u8]) {
+    crate::dist::fuzz_frame(data);
+}

@@ -172,6 +172,17 @@ enum Wire {
     Found { request: u64, pid: Option<Pid> },
 }
 
+/// A frame from a peer, decoded as the session's reader decodes it: what
+/// decodes encodes back to the same value (fuzzing entry).
+#[cfg(feature = "fuzzing")]
+pub(crate) fn fuzz_frame(data: &[u8]) {
+    if let Ok(wire) = postcard::from_bytes::<Wire>(data) {
+        let again = postcard::to_stdvec(&wire).expect("BUG: a decoded frame encodes");
+        let back: Wire = postcard::from_bytes(&again).expect("BUG: an encoded frame decodes");
+        assert_eq!(format!("{back:?}"), format!("{wire:?}"));
+    }
+}
+
 /// Channel of ticks and requests; a sender's messages use its own.
 const CONTROL: u32 = 0;
 

@@ -43,6 +43,8 @@ mod membership;
 mod session;
 mod tcp;
 
+#[cfg(feature = "fuzzing")]
+pub(crate) use cluster::fuzz_frame;
 pub use cluster::{Cluster, ClusterConfig, ClusterStats, NodeDownReason, NodeEvent, NodeInfo};
 pub(crate) use cluster::{MAX_RELAYED, remote_down, remote_monitor, route};
 pub use membership::{

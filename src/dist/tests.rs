@@ -387,3 +387,16 @@ fn simultaneous_connects_keep_one_session_on_both_ends() {
     assert!(keep_session(a, b, true) && keep_session(b, a, false));
     assert!(!keep_session(a, b, false) && !keep_session(b, a, true));
 }
+
+#[cfg(feature = "fuzzing")]
+#[test]
+fn the_cluster_frame_fuzz_entry_takes_any_bytes() {
+    // Garbage, a tick, a huge length prefix for a body, and every prefix
+    // of a real frame.
+    let real = postcard::to_stdvec(&(2u8, vec![7u8; 40])).unwrap();
+    let mut inputs: Vec<Vec<u8>> = vec![vec![], vec![0], vec![0xff; 64], vec![1, 0xff, 0xff, 0xff, 0xff, 0x0f]];
+    inputs.extend((0..real.len()).map(|n| real[..n].to_vec()));
+    for data in inputs {
+        crate::fuzzing::cluster_frame(&data);
+    }
+}
