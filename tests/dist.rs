@@ -46,6 +46,19 @@ fn main() {
                 a_partition_is_seen_within_2s_and_heals,
             ),
             (
+                "hostile_bytes_are_refused_and_disturb_nothing",
+                hostile_bytes_are_refused_and_disturb_nothing,
+            ),
+            (
+                "a_stopped_node_is_down_within_2s_and_comes_back_as_a_new_session",
+                a_stopped_node_is_down_within_2s_and_comes_back_as_a_new_session,
+            ),
+            (
+                "a_restarted_node_never_gets_frames_for_its_old_pids",
+                a_restarted_node_never_gets_frames_for_its_old_pids,
+            ),
+            ("sixteen_nodes_form_one_cluster", sixteen_nodes_form_one_cluster),
+            (
                 "monitor_node_of_an_unknown_node_is_down_at_once",
                 monitor_node_of_an_unknown_node_is_down_at_once,
             ),
@@ -125,6 +138,7 @@ fn helper_node() {
     say("addr", cluster.local_addr());
     let stdin = std::io::stdin();
     let mut line = String::new();
+    let mut saved: Option<Pid> = None;
     while {
         line.clear();
         stdin.read_line(&mut line).unwrap_or(0) > 0
@@ -145,9 +159,10 @@ fn helper_node() {
                 say("whereis", format!("{pid:?}"));
             }
             ["send", node, n] => {
-                let pid = cluster
-                    .whereis(node, "echo", Duration::from_secs(2))
-                    .expect("echo is registered there");
+                let Some(pid) = cluster.whereis(node, "echo", Duration::from_secs(2)) else {
+                    say("sent", "none: no echo there");
+                    continue;
+                };
                 let to = Mailbox::<u64>::from_pid(pid);
                 for i in 0..n.parse::<u64>().unwrap() {
                     to.send(i).unwrap();
@@ -228,6 +243,18 @@ fn helper_node() {
                 cluster.monitor_node(name, one);
                 say("monitoring", name);
             }
+            ["save", node] => {
+                saved = cluster.whereis(node, "echo", Duration::from_secs(2));
+                say("saved", format!("{}", saved.is_some()));
+            }
+            ["send-saved", n] => {
+                let to = Mailbox::<u64>::from_pid(saved.expect("a saved pid"));
+                for i in 0..n.parse::<u64>().unwrap() {
+                    to.send(1000 + i).unwrap();
+                }
+                say("sent-saved", n);
+            }
+            ["count-members"] => say("members", cluster.nodes().len()),
             ["stats"] => {
                 let s = cluster.stats();
                 say(
@@ -255,6 +282,15 @@ struct TestNode {
 impl TestNode {
     fn start(name: &str) -> TestNode {
         TestNode::start_with(name, SECRET)
+    }
+
+    /// A node listening on `listen`.
+    fn start_at(name: &str, listen: SocketAddr) -> TestNode {
+        let mut cmd = helper("node");
+        cmd.env("NODE_NAME", name)
+            .env("NODE_SECRET", SECRET)
+            .env("NODE_LISTEN", listen.to_string());
+        TestNode::spawn(cmd)
     }
 
     fn start_with(name: &str, secret: &str) -> TestNode {
@@ -547,6 +583,148 @@ fn a_partition_is_seen_within_2s_and_heals() {
     b.tell("send alpha 2");
     for i in 0..2u64 {
         assert_eq!(a.expect("got"), i.to_string());
+    }
+}
+
+fn hostile_bytes_are_refused_and_disturb_nothing() {
+    let mut a = TestNode::start("alpha");
+    let mut b = TestNode::start("beta");
+    b.join(a.addr, "alpha");
+    // Garbage, a huge length prefix, and a handshake cut short, on the
+    // session port; garbage on the membership port.
+    for bytes in [
+        &b"GET / HTTP/1.1\r\n\r\n"[..],
+        &[0xff, 0xff, 0xff, 0xff, 0xff],
+        &[0, 48, 1, 2, 3],
+    ] {
+        let mut s = std::net::TcpStream::connect(a.addr).unwrap();
+        s.write_all(bytes).unwrap();
+        let _ = s.shutdown(std::net::Shutdown::Write);
+        let mut rest = Vec::new();
+        let _ = std::io::Read::read_to_end(&mut s, &mut rest);
+    }
+    let udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    for _ in 0..5 {
+        udp.send_to(&[0x43, 1, 0, 0, 0, 0], a.addr).unwrap();
+    }
+    // Counted, and the cluster goes on.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        a.tell("stats");
+        let stats = a.expect("stats");
+        let refused: u64 = stats
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix("refused="))
+            .unwrap()
+            .parse()
+            .unwrap();
+        if refused >= 8 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{stats}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    b.tell("send alpha 10");
+    for i in 0..10u64 {
+        assert_eq!(a.expect("got"), i.to_string());
+    }
+}
+
+fn a_stopped_node_is_down_within_2s_and_comes_back_as_a_new_session() {
+    let mut a = TestNode::start("alpha");
+    let mut b = TestNode::start("beta");
+    b.join(a.addr, "alpha");
+    b.tell("send alpha 1");
+    assert_eq!(a.expect("got"), "0");
+    a.tell("monitor beta");
+    assert_eq!(a.expect("monitoring"), "beta");
+    let pid = b.process.child.id().to_string();
+    let t = Instant::now();
+    std::process::Command::new("kill")
+        .args(["-STOP", &pid])
+        .status()
+        .unwrap();
+    let down = a.expect("monitor-down");
+    let took = t.elapsed();
+    std::process::Command::new("kill")
+        .args(["-CONT", &pid])
+        .status()
+        .unwrap();
+    assert!(took < Duration::from_secs(2), "{took:?}");
+    assert!(down.starts_with("beta "), "{down}");
+    // Back: messages flow again, on a new session.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        b.tell("wait-member alpha");
+        if b.expect("member") == "alpha true" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "beta never came back");
+    }
+    b.tell("send alpha 3");
+    for i in 0..3u64 {
+        assert_eq!(a.expect("got"), i.to_string());
+    }
+}
+
+fn a_restarted_node_never_gets_frames_for_its_old_pids() {
+    let mut a = TestNode::start("alpha");
+    let mut b = TestNode::start("beta");
+    b.join(a.addr, "alpha");
+    b.tell("save alpha");
+    assert_eq!(b.expect("saved"), "true");
+    // alpha restarts on the same address: a new incarnation.
+    let addr = a.addr;
+    a.process.child.kill().unwrap();
+    a.process.child.wait().unwrap();
+    drop(a);
+    let mut again = TestNode::start_at("alpha", addr);
+    again.tell(&format!("join {}", b.addr));
+    // Until beta knows the new alpha (the old one may be listed a moment
+    // longer).
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        b.tell("whereis alpha echo");
+        if b.expect("whereis").starts_with("Some(") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "alpha never came back");
+    }
+    // Frames for the old echo: dropped and counted; the new echo gets only
+    // what is sent to it.
+    b.tell("send-saved 5");
+    assert_eq!(b.expect("sent-saved"), "5");
+    b.tell("send alpha 2");
+    assert_eq!(b.expect("sent"), "2");
+    assert_eq!(again.expect("got"), "0");
+    assert_eq!(again.expect("got"), "1");
+    b.tell("stats");
+    let stats = b.expect("stats");
+    assert!(!stats.contains("stale=0"), "{stats}");
+}
+
+fn sixteen_nodes_form_one_cluster() {
+    let mut first = TestNode::start("n00");
+    let mut rest: Vec<TestNode> = (1..16).map(|i| TestNode::start(&format!("n{i:02}"))).collect();
+    for n in &mut rest {
+        n.tell(&format!("join {}", first.addr));
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    for n in rest.iter_mut().chain(std::iter::once(&mut first)) {
+        loop {
+            n.tell("count-members");
+            if n.expect("members") == "15" {
+                break;
+            }
+            assert!(Instant::now() < deadline, "the cluster never formed");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+    // The last node reaches the first through a session of its own.
+    let last = rest.last_mut().unwrap();
+    last.tell("send n00 5");
+    for i in 0..5u64 {
+        assert_eq!(first.expect("got"), i.to_string());
     }
 }
 

@@ -493,11 +493,11 @@ impl Cluster {
 
     /// The process registered as `name` on the node `node` (asked there).
     pub fn whereis(&self, node: &str, name: &str, timeout: Duration) -> Option<Pid> {
-        let target = self.nodes().into_iter().find(|n| n.name == node)?;
+        let target = self.inner.member_named(node)?;
         let request = self.inner.next.fetch_add(1, Ordering::Relaxed);
         self.inner.requests.lock().insert(request, None);
         self.inner.send_to_node(
-            target.id,
+            target.node,
             CONTROL,
             &Wire::Whereis {
                 request,
@@ -613,6 +613,17 @@ impl Inner {
                 _ => {}
             }
         }
+    }
+
+    /// The member of that name; the latest incarnation if membership still
+    /// lists an earlier one (a node restarted moments ago).
+    fn member_named(&self, name: &str) -> Option<Member> {
+        self.membership
+            .lock()
+            .members()
+            .into_iter()
+            .filter(|m| m.name == name)
+            .max_by_key(|m| (m.started, m.rejoins))
     }
 
     fn inject(&self, msg: ToNode) {
