@@ -59,6 +59,10 @@ fn main() {
             ),
             ("sixteen_nodes_form_one_cluster", sixteen_nodes_form_one_cluster),
             (
+                "remote_spawn_starts_registered_functions_only",
+                remote_spawn_starts_registered_functions_only,
+            ),
+            (
                 "monitor_node_of_an_unknown_node_is_down_at_once",
                 monitor_node_of_an_unknown_node_is_down_at_once,
             ),
@@ -101,6 +105,7 @@ fn helper_node() {
         .with_writer(std::io::stderr)
         .with_max_level(tracing::Level::WARN)
         .try_init();
+    converge::dist::spawnable("counter", counter);
     let name = std::env::var("NODE_NAME").unwrap();
     let secret = Secret::from_bytes(std::env::var("NODE_SECRET").unwrap().as_bytes()).unwrap();
     let node = Config::new().schedulers(1).init().unwrap();
@@ -139,6 +144,7 @@ fn helper_node() {
     let stdin = std::io::stdin();
     let mut line = String::new();
     let mut saved: Option<Pid> = None;
+    let mut spawned: Option<Pid> = None;
     while {
         line.clear();
         stdin.read_line(&mut line).unwrap_or(0) > 0
@@ -255,6 +261,27 @@ fn helper_node() {
                 say("sent-saved", n);
             }
             ["count-members"] => say("members", cluster.nodes().len()),
+            ["spawn-on", node, name, arg] => {
+                let arg: u64 = arg.parse().unwrap();
+                match cluster.spawn_on(node, name, &arg, Duration::from_secs(2)) {
+                    Ok(pid) => {
+                        spawned = Some(pid);
+                        say("spawned", "ok");
+                    }
+                    Err(e) => say("spawned", format!("err {e}")),
+                }
+            }
+            ["spawn-on-text", node, name, text] => match cluster.spawn_on(node, name, text, Duration::from_secs(2)) {
+                Ok(_) => say("spawned", "ok"),
+                Err(e) => say("spawned", format!("err {e}")),
+            },
+            ["send-spawned", n] => {
+                let to = Mailbox::<u64>::from_pid(spawned.expect("a spawned pid"));
+                for i in 0..n.parse::<u64>().unwrap() {
+                    to.send(i).unwrap();
+                }
+                say("sent-spawned", n);
+            }
             ["stats"] => {
                 let s = cluster.stats();
                 say(
@@ -268,6 +295,13 @@ fn helper_node() {
     }
     drop(cluster);
     node.shutdown(Duration::from_secs(2));
+}
+
+/// What another node may start here: counts from `start`.
+fn counter(ctx: Ctx<u64>, start: u64) {
+    while let Ok(n) = ctx.recv() {
+        say("counted", start + n);
+    }
 }
 
 /// A node process and the pipe of its commands.
@@ -726,6 +760,30 @@ fn sixteen_nodes_form_one_cluster() {
     for i in 0..5u64 {
         assert_eq!(first.expect("got"), i.to_string());
     }
+}
+
+fn remote_spawn_starts_registered_functions_only() {
+    let mut a = TestNode::start("alpha");
+    let mut b = TestNode::start("beta");
+    b.join(a.addr, "alpha");
+    b.tell("spawn-on alpha counter 100");
+    assert_eq!(b.expect("spawned"), "ok");
+    b.tell("send-spawned 3");
+    for i in 100..103u64 {
+        assert_eq!(a.expect("counted"), i.to_string());
+    }
+    // Nothing else can be started; arguments of another type are refused;
+    // a node not there does not answer.
+    b.tell("spawn-on alpha sh 1");
+    assert_eq!(b.expect("spawned"), "err nothing named \"sh\" may be started there");
+    b.tell("spawn-on-text alpha counter hello");
+    let bad = b.expect("spawned");
+    assert!(
+        bad.starts_with("err the arguments of \"counter\" do not decode"),
+        "{bad}"
+    );
+    b.tell("spawn-on nowhere counter 1");
+    assert_eq!(b.expect("spawned"), "err no answer from the node: nowhere");
 }
 
 fn monitor_node_of_an_unknown_node_is_down_at_once() {

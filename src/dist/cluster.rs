@@ -20,6 +20,7 @@ use serde::{Deserialize, Serialize};
 
 use super::membership::{Member, MemberEvent, Membership, MembershipConfig};
 use super::session::{DistError, Hello, Secret, Session};
+use super::spawn::SpawnRefused;
 use super::tcp::{Acceptor, HANDSHAKE_TIMEOUT, connect, keep_session};
 use crate::exit::ExitReason;
 use crate::mailbox::Mailbox;
@@ -170,6 +171,13 @@ enum Wire {
     Whereis { request: u64, name: String },
     /// The answer.
     Found { request: u64, pid: Option<Pid> },
+    /// Start the function registered as `name` there, with `args`.
+    Spawn { request: u64, name: String, args: Vec<u8> },
+    /// The answer.
+    Spawned {
+        request: u64,
+        result: Result<Pid, SpawnRefused>,
+    },
 }
 
 /// A frame from a peer, decoded as the session's reader decodes it: what
@@ -181,6 +189,13 @@ pub(crate) fn fuzz_frame(data: &[u8]) {
         let back: Wire = postcard::from_bytes(&again).expect("BUG: an encoded frame decodes");
         assert_eq!(format!("{back:?}"), format!("{wire:?}"));
     }
+}
+
+/// What another node answered.
+#[derive(Debug, Clone)]
+enum Answer {
+    Found(Option<Pid>),
+    Spawned(Result<Pid, SpawnRefused>),
 }
 
 /// Channel of ticks and requests; a sender's messages use its own.
@@ -222,7 +237,7 @@ struct Inner {
     /// Frames for nodes whose session is being opened.
     pending: Mutex<HashMap<NodeId, Vec<Queued>>>,
     watchers: Mutex<Vec<(Option<String>, Mailbox<NodeEvent>)>>,
-    requests: Mutex<HashMap<u64, Option<Option<Pid>>>>,
+    requests: Mutex<HashMap<u64, Option<Answer>>>,
     answered: Condvar,
     answered_lock: Mutex<()>,
     next: AtomicU64,
@@ -493,24 +508,51 @@ impl Cluster {
 
     /// The process registered as `name` on the node `node` (asked there).
     pub fn whereis(&self, node: &str, name: &str, timeout: Duration) -> Option<Pid> {
+        let name = name.to_string();
+        match self.ask(node, timeout, |request| Wire::Whereis { request, name }) {
+            Some(Answer::Found(pid)) => pid,
+            _ => None,
+        }
+    }
+
+    /// Starts the function registered as `name` on the node `node` (see
+    /// [`spawnable`](super::spawnable)) with `args`: its process there. Only
+    /// registered functions can be started; `args` are checked there.
+    pub fn spawn_on<A: Serialize>(
+        &self,
+        node: &str,
+        name: &str,
+        args: &A,
+        timeout: Duration,
+    ) -> Result<Pid, SpawnRefused> {
+        let args = postcard::to_stdvec(args).map_err(|e| SpawnRefused::BadArguments {
+            name: name.to_string(),
+            why: e.to_string(),
+        })?;
+        let owned = name.to_string();
+        match self.ask(node, timeout, |request| Wire::Spawn {
+            request,
+            name: owned,
+            args,
+        }) {
+            Some(Answer::Spawned(result)) => result,
+            _ => Err(SpawnRefused::NoConnection(node.to_string())),
+        }
+    }
+
+    /// Sends the request `make` builds to `node` and waits for its answer.
+    fn ask(&self, node: &str, timeout: Duration, make: impl FnOnce(u64) -> Wire) -> Option<Answer> {
         let target = self.inner.member_named(node)?;
         let request = self.inner.next.fetch_add(1, Ordering::Relaxed);
         self.inner.requests.lock().insert(request, None);
-        self.inner.send_to_node(
-            target.node,
-            CONTROL,
-            &Wire::Whereis {
-                request,
-                name: name.to_string(),
-            },
-        );
+        self.inner.send_to_node(target.node, CONTROL, &make(request));
         let deadline = Instant::now() + timeout;
         let mut guard = self.inner.answered_lock.lock();
         loop {
             let answer = self.inner.requests.lock().get(&request).cloned().flatten();
             if let Some(answer) = answer {
                 self.inner.requests.lock().remove(&request);
-                return answer;
+                return Some(answer);
             }
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
@@ -624,6 +666,14 @@ impl Inner {
             .into_iter()
             .filter(|m| m.name == name)
             .max_by_key(|m| (m.started, m.rejoins))
+    }
+
+    fn answer(&self, request: u64, answer: Answer) {
+        if let Some(slot) = self.requests.lock().get_mut(&request) {
+            *slot = Some(answer);
+        }
+        let _g = self.answered_lock.lock();
+        self.answered.notify_all();
     }
 
     fn inject(&self, msg: ToNode) {
@@ -904,12 +954,17 @@ impl Inner {
                     self.enqueue(p, CONTROL, frame);
                 }
             }
-            Wire::Found { request, pid } => {
-                if let Some(slot) = self.requests.lock().get_mut(&request) {
-                    *slot = Some(pid);
+            Wire::Found { request, pid } => self.answer(request, Answer::Found(pid)),
+            Wire::Spawned { request, result } => self.answer(request, Answer::Spawned(result)),
+            Wire::Spawn { request, name, args } => {
+                let result = super::spawn::start(&name, &args);
+                if let Err(e) = &result {
+                    tracing::warn!(%name, error = %e, "a node's spawn request refused");
                 }
-                let _g = self.answered_lock.lock();
-                self.answered.notify_all();
+                let frame = postcard::to_stdvec(&Wire::Spawned { request, result }).expect("BUG: encodes");
+                if let Some(p) = self.peers.lock().get(&node) {
+                    self.enqueue(p, CONTROL, frame);
+                }
             }
         }
         Ok(())

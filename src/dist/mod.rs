@@ -41,6 +41,7 @@
 mod cluster;
 mod membership;
 mod session;
+mod spawn;
 mod tcp;
 
 #[cfg(feature = "fuzzing")]
@@ -51,6 +52,7 @@ pub use membership::{
     CLOCK_WINDOW, Member, MemberEvent, Membership, MembershipConfig, MembershipStats, PacketError, PacketKey, Replays,
 };
 pub use session::{DistError, Handshake, Hello, PROTOCOL_VERSION, Secret, Session, Step};
+pub use spawn::{SpawnRefused, spawnable};
 pub use tcp::{Acceptor, FAILURE_WINDOW, HANDSHAKE_TIMEOUT, MAX_FAILURES, connect, keep_session};
 
 #[cfg(test)]
