@@ -63,6 +63,14 @@ fn main() {
                 remote_spawn_starts_registered_functions_only,
             ),
             (
+                "links_across_nodes_carry_exit_signals_both_ways",
+                links_across_nodes_carry_exit_signals_both_ways,
+            ),
+            (
+                "a_link_across_a_lost_session_is_noconnection",
+                a_link_across_a_lost_session_is_noconnection,
+            ),
+            (
                 "monitor_node_of_an_unknown_node_is_down_at_once",
                 monitor_node_of_an_unknown_node_is_down_at_once,
             ),
@@ -129,6 +137,18 @@ fn helper_node() {
     })
     .unwrap();
     converge::register("burst", burst.pid()).unwrap();
+    // Traps exits and reports each exit signal it gets.
+    let linker = converge::spawn(|ctx: Ctx<()>| {
+        ctx.trap_exits(true);
+        say("linker", "ready");
+        while let Ok(e) = ctx.recv_event() {
+            if let Event::Exit(x) = e {
+                say("linker-exit", format!("{:?}", x.reason));
+            }
+        }
+    })
+    .unwrap();
+    converge::register("linker", linker.pid()).unwrap();
     let watcher = converge::spawn(|ctx: Ctx<NodeEvent>| {
         while let Ok(e) = ctx.recv() {
             match e {
@@ -223,6 +243,65 @@ fn helper_node() {
                     if let Ok(d) = ctx.recv_down(again) {
                         say("watched-again", format!("{:?}", d.reason));
                     }
+                })
+                .unwrap();
+            }
+            ["link-burst", node, n, code] => {
+                // Linked (trapping exits) with `burst` there, which sends `n`
+                // numbers and ends: all of them come before the exit signal.
+                let burst = cluster
+                    .whereis(node, "burst", Duration::from_secs(2))
+                    .expect("burst is registered there");
+                let (n, code): (u64, i32) = (n.parse().unwrap(), code.parse().unwrap());
+                converge::spawn(move |ctx: Ctx<u64>| {
+                    ctx.trap_exits(true);
+                    ctx.link(burst).unwrap();
+                    Mailbox::<(Pid, u64, i32)>::from_pid(burst)
+                        .send((ctx.pid(), n, code))
+                        .unwrap();
+                    let (mut got, mut in_order) = (0u64, true);
+                    while let Ok(e) = ctx.recv_event() {
+                        match e {
+                            Event::Message(i) => {
+                                in_order &= i == got;
+                                got += 1;
+                            }
+                            Event::Exit(x) => {
+                                say("link-exit", format!("{got} {in_order} {:?}", x.reason));
+                                return;
+                            }
+                            _ => {}
+                        }
+                    }
+                })
+                .unwrap();
+            }
+            ["link-echo", node] => {
+                let echo = cluster
+                    .whereis(node, "echo", Duration::from_secs(2))
+                    .expect("echo is registered there");
+                converge::spawn(move |ctx: Ctx<u64>| {
+                    ctx.trap_exits(true);
+                    ctx.link(echo).unwrap();
+                    say("linked", "echo");
+                    while let Ok(e) = ctx.recv_event() {
+                        if let Event::Exit(x) = e {
+                            say("echo-exit", format!("{:?}", x.reason));
+                            return;
+                        }
+                    }
+                })
+                .unwrap();
+            }
+            ["link-and-end", node, code] => {
+                // Links with `linker` there, then ends with `code`.
+                let linker = cluster
+                    .whereis(node, "linker", Duration::from_secs(2))
+                    .expect("linker is registered there");
+                let code: i32 = code.parse().unwrap();
+                converge::spawn(move |ctx: Ctx<()>| {
+                    ctx.link(linker).unwrap();
+                    ExitReason::Code(code)
                 })
                 .unwrap();
             }
@@ -784,6 +863,32 @@ fn remote_spawn_starts_registered_functions_only() {
     );
     b.tell("spawn-on nowhere counter 1");
     assert_eq!(b.expect("spawned"), "err no answer from the node: nowhere");
+}
+
+fn links_across_nodes_carry_exit_signals_both_ways() {
+    let mut a = TestNode::start("alpha");
+    let mut b = TestNode::start("beta");
+    assert_eq!(a.expect("linker"), "ready");
+    b.join(a.addr, "alpha");
+    // There to here: the reason, after every message.
+    b.tell("link-burst alpha 1000 9");
+    assert_eq!(b.expect("link-exit"), "1000 true Code(9)");
+    // Here to there.
+    b.tell("link-and-end alpha 4");
+    assert_eq!(a.expect("linker-exit"), "Code(4)");
+}
+
+fn a_link_across_a_lost_session_is_noconnection() {
+    let mut a = TestNode::start("alpha");
+    let mut b = TestNode::start("beta");
+    b.join(a.addr, "alpha");
+    b.tell("link-echo alpha");
+    assert_eq!(b.expect("linked"), "echo");
+    b.tell("send alpha 1");
+    assert_eq!(a.expect("got"), "0");
+    a.process.child.kill().unwrap();
+    a.process.child.wait().unwrap();
+    assert_eq!(b.expect("echo-exit"), "NoConnection");
 }
 
 fn monitor_node_of_an_unknown_node_is_down_at_once() {

@@ -167,6 +167,13 @@ enum Wire {
         pid: Pid,
         reason: ExitReason,
     },
+    /// `from` links with `to`, of the receiving node.
+    Link { from: Pid, to: Pid },
+    /// The link of `from` with `to` is gone.
+    Unlink { from: Pid, to: Pid },
+    /// `from` ended: the exit signal for `to`, linked with it (on `from`'s
+    /// channel: after every frame it sent).
+    Exit { to: Pid, from: Pid, reason: ExitReason },
     /// Which process has `name` there?
     Whereis { request: u64, name: String },
     /// The answer.
@@ -249,6 +256,9 @@ struct Inner {
     known: Mutex<Vec<SocketAddr>>,
     /// Monitors placed from here on processes of other nodes, by node.
     remote_monitors: Mutex<HashMap<NodeId, Vec<RemoteMonitor>>>,
+    /// Links between processes here and processes of other nodes (here,
+    /// there), by the other node.
+    links: Mutex<HashMap<NodeId, std::collections::HashSet<(Pid, Pid)>>>,
     /// Requests for the node's table, made in order by a thread of their
     /// own (the table may be the caller, holding its lock).
     injector: Mutex<std::sync::mpsc::Sender<ToNode>>,
@@ -360,6 +370,49 @@ pub(crate) fn remote_monitor(watcher: Pid, reference: u64, internal: bool, targe
     true
 }
 
+/// Links `from` (here) with `target` (of another node): false when this
+/// process runs no cluster. A node not there gives `NoConnection` at once.
+pub(crate) fn remote_link(from: Pid, target: Pid) -> bool {
+    let Some(inner) = this_cluster() else {
+        return false;
+    };
+    let node = target.node();
+    let known =
+        inner.peers.lock().contains_key(&node) || inner.membership.lock().members().iter().any(|m| m.node == node);
+    if !known {
+        inner.inject(ToNode::RemoteExit {
+            target: from.serial(),
+            from: target,
+            reason: ExitReason::NoConnection,
+        });
+        return true;
+    }
+    inner.links.lock().entry(node).or_default().insert((from, target));
+    inner.send_to_node(node, channel_of(from), &Wire::Link { from, to: target });
+    true
+}
+
+/// Removes the link between `from` (here) and `target` (of another node).
+pub(crate) fn remote_unlink(from: Pid, target: Pid) {
+    if let Some(inner) = this_cluster() {
+        if let Some(set) = inner.links.lock().get_mut(&target.node()) {
+            set.remove(&(from, target));
+        }
+        inner.send_to_node(target.node(), channel_of(from), &Wire::Unlink { from, to: target });
+    }
+}
+
+/// Sends the exit signal of `from` (here, ended) to `to`, linked with it on
+/// another node.
+pub(crate) fn remote_exit(to: Pid, from: Pid, reason: ExitReason) {
+    if let Some(inner) = this_cluster() {
+        if let Some(set) = inner.links.lock().get_mut(&to.node()) {
+            set.remove(&(from, to));
+        }
+        inner.send_to_node(to.node(), channel_of(from), &Wire::Exit { to, from, reason });
+    }
+}
+
 /// Sends the `Down` of a monitor that `watcher`, of another node, placed on
 /// `pid` here.
 pub(crate) fn remote_down(watcher: Pid, reference: u64, internal: bool, pid: Pid, reason: ExitReason) {
@@ -417,6 +470,7 @@ impl Cluster {
             stopped: AtomicBool::new(false),
             known: Mutex::new(Vec::new()),
             remote_monitors: Mutex::new(HashMap::new()),
+            links: Mutex::new(HashMap::new()),
             injector: Mutex::new(inject_tx),
         });
         spawn("converge-dist-inject", move || {
@@ -857,6 +911,14 @@ impl Inner {
         if reason != NodeDownReason::Left {
             self.stats.lock().lost += 1;
         }
+        // Every link across the lost session: `NoConnection`.
+        for (here, there) in self.links.lock().remove(&node).unwrap_or_default() {
+            self.inject(ToNode::RemoteExit {
+                target: here.serial(),
+                from: there,
+                reason: ExitReason::NoConnection,
+            });
+        }
         // Every monitor across the lost session: `NoConnection`.
         for m in self.remote_monitors.lock().remove(&node).unwrap_or_default() {
             self.inject(ToNode::RemoteDown {
@@ -942,6 +1004,54 @@ impl Inner {
                         reference,
                         internal,
                         pid,
+                        reason,
+                    });
+                }
+            }
+            Wire::Link { from, to } => {
+                if from.node() != node {
+                    return Err(DistError::Malformed("a link from a process of another node".into()));
+                }
+                if to.node() == self.me.node {
+                    self.links.lock().entry(node).or_default().insert((to, from));
+                    self.inject(ToNode::LinkFor {
+                        remote: from,
+                        target: to,
+                    });
+                } else {
+                    // An earlier incarnation's process: gone.
+                    remote_exit(from, to, ExitReason::NoProc);
+                }
+            }
+            Wire::Unlink { from, to } => {
+                if from.node() != node {
+                    return Err(DistError::Malformed("an unlink from a process of another node".into()));
+                }
+                if let Some(set) = self.links.lock().get_mut(&node) {
+                    set.remove(&(to, from));
+                }
+                self.inject(ToNode::UnlinkFor {
+                    remote: from,
+                    target: to,
+                });
+            }
+            Wire::Exit { to, from, reason } => {
+                if from.node() != node || to.node() != self.me.node {
+                    return Err(DistError::Malformed(
+                        "an exit signal about a process of another node".into(),
+                    ));
+                }
+                let linked = self
+                    .links
+                    .lock()
+                    .get_mut(&node)
+                    .is_some_and(|set| set.remove(&(to, from)));
+                if linked && let Some(rt) = crate::runtime::current() {
+                    // What `from` sent here is written before its exit signal.
+                    rt.close_remote_sender(from, Instant::now() + Duration::from_secs(1));
+                    self.inject(ToNode::RemoteExit {
+                        target: to.serial(),
+                        from,
                         reason,
                     });
                 }

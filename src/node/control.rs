@@ -475,6 +475,21 @@ impl System for Io {
     }
 
     #[cfg(feature = "dist")]
+    fn remote_link(&mut self, from: crate::pid::Pid, target: crate::pid::Pid) -> bool {
+        crate::dist::remote_link(from, target)
+    }
+
+    #[cfg(feature = "dist")]
+    fn remote_unlink(&mut self, from: crate::pid::Pid, target: crate::pid::Pid) {
+        crate::dist::remote_unlink(from, target);
+    }
+
+    #[cfg(feature = "dist")]
+    fn remote_exit(&mut self, to: crate::pid::Pid, from: crate::pid::Pid, reason: crate::exit::ExitReason) {
+        crate::dist::remote_exit(to, from, reason);
+    }
+
+    #[cfg(feature = "dist")]
     fn remote_monitor(
         &mut self,
         watcher: crate::pid::Pid,

@@ -275,6 +275,32 @@ pub(crate) enum ToNode {
         /// Why.
         reason: ExitReason,
     },
+    /// A link between `target` here and `remote` on another node (from the
+    /// node's own cluster only).
+    LinkFor {
+        /// The process on the other node.
+        remote: Pid,
+        /// The process here.
+        target: Pid,
+    },
+    /// The link between `target` here and `remote` is gone (from the
+    /// node's own cluster only).
+    UnlinkFor {
+        /// The process on the other node.
+        remote: Pid,
+        /// The process here.
+        target: Pid,
+    },
+    /// An exit signal from `from`, of another node, linked to `target` here
+    /// (from the node's own cluster only).
+    RemoteExit {
+        /// The linked process here.
+        target: u64,
+        /// The process that ended (or `NoConnection`: whose node was lost).
+        from: Pid,
+        /// Why.
+        reason: ExitReason,
+    },
     /// A frame for a process of another node, sent by the sender (feature
     /// `dist`: the node passes it to its cluster, on the sender's channel).
     Remote {

@@ -181,6 +181,9 @@ impl<S: System> Table<S> {
                     .retain(|m| !(m.watcher == serial && m.reference == *reference));
             }
         }
+        for &r in &p.remote_links {
+            self.sys.remote_exit(r, pid, reason.clone());
+        }
         for &l in &p.links {
             let Some(o) = self.procs.get_mut(&l) else {
                 continue;

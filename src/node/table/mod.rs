@@ -105,6 +105,15 @@ pub(crate) trait System {
     ) -> bool {
         false
     }
+    /// Links `from` (here) with `target` (on another node) through the
+    /// node's cluster; false without one.
+    fn remote_link(&mut self, _from: crate::pid::Pid, _target: crate::pid::Pid) -> bool {
+        false
+    }
+    /// Removes the link between `from` (here) and `target` (on another node).
+    fn remote_unlink(&mut self, _from: crate::pid::Pid, _target: crate::pid::Pid) {}
+    /// Sends the exit signal of `from` (here) to `to`, linked on another node.
+    fn remote_exit(&mut self, _to: crate::pid::Pid, _from: crate::pid::Pid, _reason: ExitReason) {}
     /// Sends the `Down` of a monitor that `watcher`, on another node, placed
     /// here.
     fn remote_down(
@@ -191,6 +200,8 @@ struct Proc {
     ctl: Option<u64>,
     /// Linked processes.
     links: BTreeSet<u64>,
+    /// Linked processes of other nodes.
+    remote_links: HashSet<Pid>,
     /// Monitors placed on it, in order.
     monitors: Vec<MonitorEntry>,
     /// Monitors it placed: reference → target.
@@ -235,6 +246,7 @@ impl Proc {
             name: None,
             ctl: None,
             links: BTreeSet::new(),
+            remote_links: HashSet::new(),
             monitors: Vec::new(),
             watching: HashMap::new(),
             trap_exits: false,

@@ -15,7 +15,7 @@ impl<S: System> Table<S> {
         let serial = match msg {
             ToNode::Register(reg) => Some(reg.parent),
             ToNode::SpawnActor { host, .. } => Some(*host),
-            ToNode::Link { target, .. } => Some(target.serial()),
+            ToNode::Link { target, .. } => ours(target),
             ToNode::Monitor { target, .. } | ToNode::ExitSignal { target, .. } => ours(target),
             ToNode::RegisterName { pid, .. } | ToNode::Info { pid, .. } => ours(pid),
             // A parent's report of its child's status: the child's
@@ -176,6 +176,45 @@ impl<S: System> Table<S> {
                 );
                 None
             }
+            ToNode::LinkFor { remote, target } if from == MAIN_SERIAL => {
+                let t = target.serial();
+                let here = target.node() == self.node && self.alive(t);
+                match self.procs.get_mut(&t) {
+                    Some(p) if here => {
+                        p.remote_links.insert(remote);
+                    }
+                    _ => self.sys.remote_exit(remote, target, ExitReason::NoProc),
+                }
+                None
+            }
+            ToNode::UnlinkFor { remote, target } if from == MAIN_SERIAL => {
+                if let Some(p) = self.procs.get_mut(&target.serial()) {
+                    p.remote_links.remove(&remote);
+                }
+                None
+            }
+            ToNode::RemoteExit {
+                target,
+                from: remote,
+                reason,
+            } if from == MAIN_SERIAL => {
+                let p = self.procs.get_mut(&target)?;
+                // Unlinked since: nothing.
+                if !p.remote_links.remove(&remote) {
+                    return None;
+                }
+                let (trap, internal) = (p.trap_exits, p.internal());
+                if trap {
+                    self.send_to(target, ToProcess::Exit { from: remote, reason });
+                } else if !reason.is_normal() && !internal {
+                    self.kill(target, reason);
+                }
+                None
+            }
+            ToNode::LinkFor { .. } | ToNode::UnlinkFor { .. } | ToNode::RemoteExit { .. } => {
+                tracing::warn!(from, "a cluster's request from a process: refused");
+                None
+            }
             ToNode::MonitorFor { .. } | ToNode::RemoteDown { .. } => {
                 tracing::warn!(from, "a cluster's request from a process: refused");
                 None
@@ -184,6 +223,25 @@ impl<S: System> Table<S> {
                 // The sender is the connection's owner: no process sends as
                 // another.
                 self.sys.remote(crate::pid::Pid::new(self.node, from), to, kind, &body);
+                None
+            }
+            ToNode::Link { request, target } if target.node() != self.node => {
+                // A process of another node: through the cluster, which
+                // passes exit signals both ways (and `NoConnection`).
+                if !self.sys.remote_link(self.pid(from), target) {
+                    return Some((request, NodeReply::NoProc));
+                }
+                if let Some(p) = self.procs.get_mut(&from) {
+                    p.remote_links.insert(target);
+                }
+                Some((request, NodeReply::Done))
+            }
+            ToNode::Unlink { target } if target.node() != self.node => {
+                if let Some(p) = self.procs.get_mut(&from)
+                    && p.remote_links.remove(&target)
+                {
+                    self.sys.remote_unlink(self.pid(from), target);
+                }
                 None
             }
             ToNode::Link { request, target } => {
