@@ -67,6 +67,10 @@ fn main() {
                 links_across_nodes_carry_exit_signals_both_ways,
             ),
             (
+                "exit_signals_and_kills_reach_processes_of_other_nodes",
+                exit_signals_and_kills_reach_processes_of_other_nodes,
+            ),
+            (
                 "a_link_across_a_lost_session_is_noconnection",
                 a_link_across_a_lost_session_is_noconnection,
             ),
@@ -304,6 +308,27 @@ fn helper_node() {
                     ExitReason::Code(code)
                 })
                 .unwrap();
+            }
+            ["kill-echo", node] => {
+                // Monitors `echo` there, then kills it from here.
+                let echo = cluster
+                    .whereis(node, "echo", Duration::from_secs(2))
+                    .expect("echo is registered there");
+                converge::spawn(move |ctx: Ctx<()>| {
+                    let watch = ctx.monitor(echo);
+                    Mailbox::<u64>::from_pid(echo).kill();
+                    if let Ok(d) = ctx.recv_down(watch) {
+                        say("killed-echo", format!("{:?}", d.reason));
+                    }
+                })
+                .unwrap();
+            }
+            ["exit-linker", node] => {
+                let linker = cluster
+                    .whereis(node, "linker", Duration::from_secs(2))
+                    .expect("linker is registered there");
+                Mailbox::<()>::from_pid(linker).exit(ExitReason::Error("told to".into()));
+                say("exited", "linker");
             }
             ["watch-echo", node] => {
                 let echo = cluster
@@ -876,6 +901,20 @@ fn links_across_nodes_carry_exit_signals_both_ways() {
     // Here to there.
     b.tell("link-and-end alpha 4");
     assert_eq!(a.expect("linker-exit"), "Code(4)");
+}
+
+fn exit_signals_and_kills_reach_processes_of_other_nodes() {
+    let mut a = TestNode::start("alpha");
+    let mut b = TestNode::start("beta");
+    assert_eq!(a.expect("linker"), "ready");
+    b.join(a.addr, "alpha");
+    // A trappable signal to a process that traps: a message there.
+    b.tell("exit-linker alpha");
+    assert_eq!(b.expect("exited"), "linker");
+    assert_eq!(a.expect("linker-exit"), "Error(\"told to\")");
+    // A kill, from a process that monitors its target: Down Killed.
+    b.tell("kill-echo alpha");
+    assert_eq!(b.expect("killed-echo"), "Killed");
 }
 
 fn a_link_across_a_lost_session_is_noconnection() {

@@ -174,6 +174,14 @@ enum Wire {
     /// `from` ended: the exit signal for `to`, linked with it (on `from`'s
     /// channel: after every frame it sent).
     Exit { to: Pid, from: Pid, reason: ExitReason },
+    /// An exit signal (`exit`, `kill`) from `from` to `to` (on `from`'s
+    /// channel: after every frame it sent).
+    Signal {
+        from: Pid,
+        to: Pid,
+        reason: ExitReason,
+        untrappable: bool,
+    },
     /// Which process has `name` there?
     Whereis { request: u64, name: String },
     /// The answer.
@@ -390,6 +398,24 @@ pub(crate) fn remote_link(from: Pid, target: Pid) -> bool {
     inner.links.lock().entry(node).or_default().insert((from, target));
     inner.send_to_node(node, channel_of(from), &Wire::Link { from, to: target });
     true
+}
+
+/// Sends an exit signal (`exit`, `kill`) from `from` (here) to `target` (of
+/// another node); dropped when the node is not there, as a signal to a
+/// process gone is.
+pub(crate) fn remote_exit_signal(from: Pid, target: Pid, reason: ExitReason, untrappable: bool) {
+    if let Some(inner) = this_cluster() {
+        inner.send_to_node(
+            target.node(),
+            channel_of(from),
+            &Wire::Signal {
+                from,
+                to: target,
+                reason,
+                untrappable,
+            },
+        );
+    }
 }
 
 /// Removes the link between `from` (here) and `target` (of another node).
@@ -1006,6 +1032,28 @@ impl Inner {
                         pid,
                         reason,
                     });
+                }
+            }
+            Wire::Signal {
+                from,
+                to,
+                reason,
+                untrappable,
+            } => {
+                if from.node() != node {
+                    return Err(DistError::Malformed(
+                        "an exit signal from a process of another node".into(),
+                    ));
+                }
+                if to.node() == self.me.node {
+                    self.inject(ToNode::ExitSignalFor {
+                        from,
+                        target: to,
+                        reason,
+                        untrappable,
+                    });
+                } else {
+                    self.stats.lock().stale += 1;
                 }
             }
             Wire::Link { from, to } => {

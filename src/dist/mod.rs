@@ -47,7 +47,9 @@ mod tcp;
 #[cfg(feature = "fuzzing")]
 pub(crate) use cluster::fuzz_frame;
 pub use cluster::{Cluster, ClusterConfig, ClusterStats, NodeDownReason, NodeEvent, NodeInfo};
-pub(crate) use cluster::{MAX_RELAYED, remote_down, remote_exit, remote_link, remote_monitor, remote_unlink, route};
+pub(crate) use cluster::{
+    MAX_RELAYED, remote_down, remote_exit, remote_exit_signal, remote_link, remote_monitor, remote_unlink, route,
+};
 pub use membership::{
     CLOCK_WINDOW, Member, MemberEvent, Membership, MembershipConfig, MembershipStats, PacketError, PacketKey, Replays,
 };

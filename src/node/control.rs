@@ -475,6 +475,17 @@ impl System for Io {
     }
 
     #[cfg(feature = "dist")]
+    fn remote_exit_signal(
+        &mut self,
+        from: crate::pid::Pid,
+        target: crate::pid::Pid,
+        reason: crate::exit::ExitReason,
+        untrappable: bool,
+    ) {
+        crate::dist::remote_exit_signal(from, target, reason, untrappable);
+    }
+
+    #[cfg(feature = "dist")]
     fn remote_link(&mut self, from: crate::pid::Pid, target: crate::pid::Pid) -> bool {
         crate::dist::remote_link(from, target)
     }

@@ -301,6 +301,18 @@ pub(crate) enum ToNode {
         /// Why.
         reason: ExitReason,
     },
+    /// An exit signal (`exit`, `kill`) that `from`, of another node, sends
+    /// to `target` here (from the node's own cluster only).
+    ExitSignalFor {
+        /// The sender, on another node.
+        from: Pid,
+        /// The process here.
+        target: Pid,
+        /// The reason.
+        reason: ExitReason,
+        /// A kill, which no process traps.
+        untrappable: bool,
+    },
     /// A frame for a process of another node, sent by the sender (feature
     /// `dist`: the node passes it to its cluster, on the sender's channel).
     Remote {

@@ -263,13 +263,25 @@ impl<S: System> Table<S> {
 
     /// An exit signal from `from` to `target`.
     pub(super) fn exit_signal(&mut self, from: u64, target: u64, reason: ExitReason, untrappable: bool) {
+        let from_pid = self.pid(from);
+        self.exit_signal_from(from_pid, target, reason, untrappable);
+    }
+
+    /// An exit signal from `from_pid` (here, or of another node) to `target`.
+    pub(super) fn exit_signal_from(
+        &mut self,
+        from_pid: crate::pid::Pid,
+        target: u64,
+        reason: ExitReason,
+        untrappable: bool,
+    ) {
         let Some(p) = self.procs.get(&target) else {
             return;
         };
         if p.exited() {
             return;
         }
-        let from_pid = self.pid(from);
+        let own = from_pid == self.pid(target);
         if target == MAIN_SERIAL || (p.internal() && !untrappable) {
             // The node's main thread always traps exits; the runtime's own
             // processes ignore trappable ones.
@@ -284,7 +296,7 @@ impl<S: System> Table<S> {
             // to stop (SIGTERM to its group), the rest kills it.
             if reason == ExitReason::Shutdown {
                 self.terminate_port(target);
-            } else if !reason.is_normal() || from == target {
+            } else if !reason.is_normal() || own {
                 self.kill(target, reason);
             }
             return;
@@ -293,7 +305,7 @@ impl<S: System> Table<S> {
             self.kill(target, ExitReason::Killed);
         } else if p.trap_exits {
             self.send_to(target, ToProcess::Exit { from: from_pid, reason });
-        } else if reason.is_normal() && from != target {
+        } else if reason.is_normal() && !own {
             // A normal exit signal does nothing to a process that does not trap.
         } else {
             self.kill(target, reason);

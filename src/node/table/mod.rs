@@ -112,6 +112,16 @@ pub(crate) trait System {
     }
     /// Removes the link between `from` (here) and `target` (on another node).
     fn remote_unlink(&mut self, _from: crate::pid::Pid, _target: crate::pid::Pid) {}
+    /// Sends an exit signal (`exit`, `kill`) from `from` (here) to `target`
+    /// (on another node).
+    fn remote_exit_signal(
+        &mut self,
+        _from: crate::pid::Pid,
+        _target: crate::pid::Pid,
+        _reason: ExitReason,
+        _untrappable: bool,
+    ) {
+    }
     /// Sends the exit signal of `from` (here) to `to`, linked on another node.
     fn remote_exit(&mut self, _to: crate::pid::Pid, _from: crate::pid::Pid, _reason: ExitReason) {}
     /// Sends the `Down` of a monitor that `watcher`, on another node, placed

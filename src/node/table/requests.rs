@@ -211,7 +211,21 @@ impl<S: System> Table<S> {
                 }
                 None
             }
-            ToNode::LinkFor { .. } | ToNode::UnlinkFor { .. } | ToNode::RemoteExit { .. } => {
+            ToNode::ExitSignalFor {
+                from: sender,
+                target,
+                reason,
+                untrappable,
+            } if from == MAIN_SERIAL => {
+                if target.node() == self.node {
+                    self.exit_signal_from(sender, target.serial(), reason, untrappable);
+                }
+                None
+            }
+            ToNode::LinkFor { .. }
+            | ToNode::UnlinkFor { .. }
+            | ToNode::RemoteExit { .. }
+            | ToNode::ExitSignalFor { .. } => {
                 tracing::warn!(from, "a cluster's request from a process: refused");
                 None
             }
@@ -310,6 +324,9 @@ impl<S: System> Table<S> {
             } => {
                 if target.node() == self.node {
                     self.exit_signal(from, target.serial(), reason, untrappable);
+                } else {
+                    // To a process of another node: through the cluster.
+                    self.sys.remote_exit_signal(self.pid(from), target, reason, untrappable);
                 }
                 None
             }
