@@ -72,9 +72,11 @@ impl ClusterConfig {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[non_exhaustive]
 pub enum NodeDownReason {
-    /// It left the cluster.
+    /// This node left the cluster (what its own watchers hear of every
+    /// other node).
     Left,
-    /// Membership declared it down (it stopped answering probes).
+    /// Membership declared it down: it stopped answering probes, or left
+    /// the cluster (seen at once).
     Unreachable,
     /// The session to it broke or went silent (no tick): `NoConnection`.
     NoConnection,
