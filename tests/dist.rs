@@ -4,14 +4,14 @@
 mod util;
 
 use std::collections::{HashMap, VecDeque};
-use std::io::Write;
+use std::io::{BufRead, BufReader, Write};
 use std::net::SocketAddr;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use converge::dist::{Cluster, ClusterConfig, NodeEvent, Secret};
 use converge::{Config, Ctx, Event, ExitReason, Mailbox, Pid};
-use util::{HelperProcess, helper, say};
+use util::{helper, say};
 
 fn main() {
     util::run_skipping(
@@ -408,13 +408,28 @@ fn counter(ctx: Ctx<u64>, start: u64) {
     }
 }
 
+/// The longest a test waits for a line from a node.
+const EXPECT: Duration = Duration::from_secs(30);
+
 /// A node process and the pipe of its commands.
 struct TestNode {
-    process: HelperProcess,
+    child: std::process::Child,
+    /// Its output's lines, as they come (read by a thread of their own, so
+    /// that a wait for one is bounded).
+    lines: std::sync::mpsc::Receiver<(String, String)>,
     stdin: std::process::ChildStdin,
     addr: SocketAddr,
     /// Lines read while waiting for others, by their first word.
     backlog: HashMap<String, VecDeque<String>>,
+}
+
+impl Drop for TestNode {
+    fn drop(&mut self) {
+        if self.child.try_wait().ok().flatten().is_none() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
 }
 
 impl TestNode {
@@ -451,16 +466,29 @@ impl TestNode {
     }
 
     fn spawn(mut cmd: std::process::Command) -> TestNode {
-        cmd.stdin(Stdio::piped());
-        let mut process = HelperProcess::start(cmd);
-        let stdin = process.child.stdin.take().unwrap();
-        let addr = process.expect("addr").parse().unwrap();
-        TestNode {
-            process,
+        cmd.stdin(Stdio::piped()).stdout(Stdio::piped());
+        let mut child = cmd.spawn().unwrap();
+        let stdin = child.stdin.take().unwrap();
+        let out = BufReader::new(child.stdout.take().unwrap());
+        let (tx, lines) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in out.lines().map_while(Result::ok) {
+                let (k, rest) = line.split_once(' ').unwrap_or((&line, ""));
+                if tx.send((k.to_string(), rest.to_string())).is_err() {
+                    return;
+                }
+            }
+        });
+        let mut node = TestNode {
+            child,
+            lines,
             stdin,
-            addr,
+            addr: "0.0.0.0:0".parse().unwrap(),
             backlog: HashMap::new(),
-        }
+        };
+        // What its processes print before it (`linker ready`) is kept.
+        node.addr = node.expect("addr").parse().unwrap();
+        node
     }
 
     fn tell(&mut self, command: &str) {
@@ -474,10 +502,13 @@ impl TestNode {
             return rest;
         }
         loop {
-            let (k, rest) = self
-                .process
-                .next_line()
-                .unwrap_or_else(|| panic!("the node ended before printing {key:?}; saw {:?}", self.process.seen));
+            let (k, rest) = match self.lines.recv_timeout(EXPECT) {
+                Ok(line) => line,
+                Err(e) => panic!(
+                    "no {key:?} from the node within {EXPECT:?} ({e}); unread: {:?}",
+                    self.backlog
+                ),
+            };
             if k == key {
                 return rest;
             }
@@ -553,10 +584,11 @@ fn a_remote_monitor_of_a_killed_node_is_noconnection() {
     assert_eq!(b.expect("watching"), "echo");
     // The monitor has reached alpha (a message sent after it, answered).
     b.tell("send alpha 1");
+    assert_eq!(b.expect("sent"), "1");
     assert_eq!(a.expect("got"), "0");
     let t = Instant::now();
-    a.process.child.kill().unwrap();
-    a.process.child.wait().unwrap();
+    a.child.kill().unwrap();
+    a.child.wait().unwrap();
     assert_eq!(b.expect("echo-down"), "NoConnection");
     assert!(t.elapsed() < Duration::from_secs(2), "{:?}", t.elapsed());
 }
@@ -567,12 +599,13 @@ fn a_killed_node_is_down_within_2s() {
     b.join(a.addr, "alpha");
     // A session between them: the loss shows through ticks as well.
     b.tell("send alpha 1");
+    assert_eq!(b.expect("sent"), "1");
     assert_eq!(a.expect("got"), "0");
     a.tell("monitor beta");
     assert_eq!(a.expect("monitoring"), "beta");
     let t = Instant::now();
-    b.process.child.kill().unwrap();
-    b.process.child.wait().unwrap();
+    b.child.kill().unwrap();
+    b.child.wait().unwrap();
     let down = a.expect("monitor-down");
     assert!(t.elapsed() < Duration::from_secs(2), "{:?}", t.elapsed());
     assert!(down.starts_with("beta "), "{down}");
@@ -589,7 +622,15 @@ fn a_node_that_leaves_is_down_at_once() {
     let down = a.expect("down");
     assert!(t.elapsed() < Duration::from_millis(1500), "{:?}", t.elapsed());
     assert!(down.starts_with("beta "), "{down}");
-    assert!(b.process.wait(Duration::from_secs(10)).is_some_and(|s| s.success()));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(s) = b.child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(Instant::now() < deadline, "beta did not end after leaving");
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    assert!(status.success());
 }
 
 fn a_wrong_secret_is_refused() {
@@ -692,6 +733,7 @@ fn a_partition_is_seen_within_2s_and_heals() {
     let mut b = TestNode::start_in(&net.names[1], Net::IPS[1], "beta");
     b.join(a.addr, "alpha");
     b.tell("send alpha 3");
+    assert_eq!(b.expect("sent"), "3");
     for i in 0..3u64 {
         assert_eq!(a.expect("got"), i.to_string());
     }
@@ -712,13 +754,14 @@ fn a_partition_is_seen_within_2s_and_heals() {
     net.link(true);
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
-        b.tell("wait-member alpha");
-        if b.expect("member") == "alpha true" {
+        b.tell("whereis alpha echo");
+        if b.expect("whereis").starts_with("Some(") {
             break;
         }
         assert!(Instant::now() < deadline, "the partition never healed");
     }
     b.tell("send alpha 2");
+    assert_eq!(b.expect("sent"), "2");
     for i in 0..2u64 {
         assert_eq!(a.expect("got"), i.to_string());
     }
@@ -763,6 +806,7 @@ fn hostile_bytes_are_refused_and_disturb_nothing() {
         std::thread::sleep(Duration::from_millis(20));
     }
     b.tell("send alpha 10");
+    assert_eq!(b.expect("sent"), "10");
     for i in 0..10u64 {
         assert_eq!(a.expect("got"), i.to_string());
     }
@@ -773,10 +817,11 @@ fn a_stopped_node_is_down_within_2s_and_comes_back_as_a_new_session() {
     let mut b = TestNode::start("beta");
     b.join(a.addr, "alpha");
     b.tell("send alpha 1");
+    assert_eq!(b.expect("sent"), "1");
     assert_eq!(a.expect("got"), "0");
     a.tell("monitor beta");
     assert_eq!(a.expect("monitoring"), "beta");
-    let pid = b.process.child.id().to_string();
+    let pid = b.child.id().to_string();
     let t = Instant::now();
     std::process::Command::new("kill")
         .args(["-STOP", &pid])
@@ -793,13 +838,14 @@ fn a_stopped_node_is_down_within_2s_and_comes_back_as_a_new_session() {
     // Back: messages flow again, on a new session.
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
-        b.tell("wait-member alpha");
-        if b.expect("member") == "alpha true" {
+        b.tell("whereis alpha echo");
+        if b.expect("whereis").starts_with("Some(") {
             break;
         }
         assert!(Instant::now() < deadline, "beta never came back");
     }
     b.tell("send alpha 3");
+    assert_eq!(b.expect("sent"), "3");
     for i in 0..3u64 {
         assert_eq!(a.expect("got"), i.to_string());
     }
@@ -813,8 +859,8 @@ fn a_restarted_node_never_gets_frames_for_its_old_pids() {
     assert_eq!(b.expect("saved"), "true");
     // alpha restarts on the same address: a new incarnation.
     let addr = a.addr;
-    a.process.child.kill().unwrap();
-    a.process.child.wait().unwrap();
+    a.child.kill().unwrap();
+    a.child.wait().unwrap();
     drop(a);
     let mut again = TestNode::start_at("alpha", addr);
     again.tell(&format!("join {}", b.addr));
@@ -861,6 +907,7 @@ fn sixteen_nodes_form_one_cluster() {
     // The last node reaches the first through a session of its own.
     let last = rest.last_mut().unwrap();
     last.tell("send n00 5");
+    assert_eq!(last.expect("sent"), "5");
     for i in 0..5u64 {
         assert_eq!(first.expect("got"), i.to_string());
     }
@@ -924,9 +971,10 @@ fn a_link_across_a_lost_session_is_noconnection() {
     b.tell("link-echo alpha");
     assert_eq!(b.expect("linked"), "echo");
     b.tell("send alpha 1");
+    assert_eq!(b.expect("sent"), "1");
     assert_eq!(a.expect("got"), "0");
-    a.process.child.kill().unwrap();
-    a.process.child.wait().unwrap();
+    a.child.kill().unwrap();
+    a.child.wait().unwrap();
     assert_eq!(b.expect("echo-exit"), "NoConnection");
 }
 
