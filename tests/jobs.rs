@@ -386,8 +386,11 @@ fn a_flaky_tool_trips_the_breaker_and_recovers() {
         .position(|(_, c)| c.result.is_ok())
         .expect("the tool recovered");
     assert!(calls[first_ok..].iter().filter(|(_, c)| c.result.is_ok()).count() >= 10);
+    // Each answer is in the context (the last ones may have failed: the
+    // tool fails at random).
     let answers = r.context.values::<u64>("answers");
-    assert!(answers.contains(&300), "{answers:?}");
+    let ok = calls.iter().filter(|(_, c)| c.result.is_ok()).count();
+    assert_eq!(answers.len(), ok, "{answers:?}");
     // Every call, failures included, is recorded, and the agent saw them.
     assert_eq!(calls.len(), 30);
 }
