@@ -344,9 +344,7 @@ pub(crate) fn remote_monitor(watcher: Pid, reference: u64, internal: bool, targe
         return false;
     };
     let node = target.node();
-    let known =
-        inner.peers.lock().contains_key(&node) || inner.membership.lock().members().iter().any(|m| m.node == node);
-    if !known {
+    if !inner.knows(node) {
         inner.inject(ToNode::RemoteDown {
             watcher: watcher.serial(),
             reference,
@@ -387,9 +385,7 @@ pub(crate) fn remote_link(from: Pid, target: Pid) -> bool {
         return false;
     };
     let node = target.node();
-    let known =
-        inner.peers.lock().contains_key(&node) || inner.membership.lock().members().iter().any(|m| m.node == node);
-    if !known {
+    if !inner.knows(node) {
         inner.inject(ToNode::RemoteExit {
             target: from.serial(),
             from: target,
@@ -756,6 +752,11 @@ impl Inner {
         }
         let _g = self.answered_lock.lock();
         self.answered.notify_all();
+    }
+
+    /// Whether `node` is a member, or has a session with this one.
+    fn knows(&self, node: NodeId) -> bool {
+        self.peers.lock().contains_key(&node) || self.membership.lock().members().iter().any(|m| m.node == node)
     }
 
     fn inject(&self, msg: ToNode) {

@@ -63,6 +63,58 @@ pub(crate) fn parse_duration(s: &str) -> Result<Duration, String> {
     Duration::try_from_secs_f64(n * scale).map_err(|_| format!("invalid time interval {s:?}"))
 }
 
+/// The node of one command: signals are the command's to handle (the node
+/// does not stop on them) and there is no scheduler pool to start.
+pub(crate) fn embedded_node() -> Result<converge::Node, String> {
+    converge::Config::new()
+        .handle_signals(false)
+        .schedulers(0)
+        .init()
+        .map_err(|e| format!("starting the node: {e}"))
+}
+
+/// Delivers `signals` to the node's main program as `i32` messages, so that
+/// its event loop sees them among the ports' events; the handle stops it.
+pub(crate) fn signals_as_messages(
+    node: &converge::Node,
+    signals: &[i32],
+) -> Result<signal_hook::iterator::Handle, String> {
+    let mut signals = signal_hook::iterator::Signals::new(signals).map_err(|e| e.to_string())?;
+    let handle = signals.handle();
+    let me = node.mailbox::<i32>();
+    std::thread::spawn(move || {
+        for signal in signals.forever() {
+            if me.send(signal).is_err() {
+                return;
+            }
+        }
+    });
+    Ok(handle)
+}
+
+/// A port of `program` with its arguments, raw output, standard error
+/// apart, in `workdir` with `env` added.
+pub(crate) fn program_port(
+    path: &std::path::Path,
+    command: &[std::ffi::OsString],
+    workdir: Option<&std::path::Path>,
+    env: &[(std::ffi::OsString, std::ffi::OsString)],
+) -> converge::port::PortBuilder {
+    let (program, rest) = command.split_first().expect("BUG: clap requires a program");
+    let mut builder = converge::port::PortBuilder::new(path)
+        .arg0(program)
+        .args(rest)
+        .framing(converge::port::Framing::Raw)
+        .stderr(converge::port::Stderr::Separate);
+    if let Some(dir) = workdir {
+        builder = builder.current_dir(dir);
+    }
+    for (k, v) in env {
+        builder = builder.env(k, v);
+    }
+    builder
+}
+
 fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,

@@ -11,8 +11,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use clap::Args;
-use converge::port::{Framing, Port, PortBuilder, PortOutput, Stderr};
-use converge::{Config, ExitReason, RecvTimeoutError};
+use converge::port::{Port, PortOutput};
+use converge::{ExitReason, RecvTimeoutError};
 use signal_hook::consts::signal::{SIGINT, SIGTERM};
 
 /// The status when the program timed out (as `timeout`'s).
@@ -110,7 +110,7 @@ pub(crate) fn status(reason: &ExitReason) -> u8 {
 }
 
 pub(crate) fn run(args: RunArgs) -> Result<ExitCode, String> {
-    let (program, rest) = args.command.split_first().expect("BUG: clap requires a program");
+    let program = args.command.first().expect("BUG: clap requires a program");
     let path = match resolve(Path::new(program), args.workdir.as_deref()) {
         Ok(p) => p,
         Err((code, why)) => {
@@ -120,23 +120,9 @@ pub(crate) fn run(args: RunArgs) -> Result<ExitCode, String> {
     };
     // Signals are forwarded to the program, not handled by the node, and
     // there is no pool to start.
-    let node = Config::new()
-        .handle_signals(false)
-        .schedulers(0)
-        .init()
-        .map_err(|e| format!("starting the node: {e}"))?;
-    let mut builder = PortBuilder::new(&path)
-        .arg0(program)
-        .args(rest)
-        .framing(Framing::Raw)
-        .stderr(Stderr::Separate)
-        .shutdown_timeout(args.kill_after);
-    if let Some(dir) = &args.workdir {
-        builder = builder.current_dir(dir);
-    }
-    for (k, v) in &args.env {
-        builder = builder.env(k, v);
-    }
+    let node = crate::embedded_node()?;
+    let builder =
+        crate::program_port(&path, &args.command, args.workdir.as_deref(), &args.env).shutdown_timeout(args.kill_after);
     let port = Arc::new(builder.spawn().map_err(|e| e.to_string())?);
     let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM]).map_err(|e| e.to_string())?;
     let forward = signals.handle();

@@ -14,8 +14,8 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use clap::{Args, ValueEnum};
-use converge::port::{Framing, PortBuilder, PortOutput, Stderr};
-use converge::{Config, Event, ExitReason, RecvTimeoutError};
+use converge::port::PortOutput;
+use converge::{Event, ExitReason, RecvTimeoutError};
 use signal_hook::consts::signal::{SIGHUP, SIGINT, SIGTERM};
 
 use crate::run::{resolve, status};
@@ -114,7 +114,7 @@ enum Woken {
 }
 
 pub(crate) fn run(args: SuperviseArgs) -> Result<ExitCode, String> {
-    let (program, rest) = args.command.split_first().expect("BUG: clap requires a server");
+    let program = args.command.first().expect("BUG: clap requires a server");
     let path = match resolve(Path::new(program), args.workdir.as_deref()) {
         Ok(p) => p,
         Err((code, why)) => {
@@ -122,34 +122,11 @@ pub(crate) fn run(args: SuperviseArgs) -> Result<ExitCode, String> {
             return Ok(ExitCode::from(code));
         }
     };
-    let node = Config::new()
-        .handle_signals(false)
-        .schedulers(0)
-        .init()
-        .map_err(|e| format!("starting the node: {e}"))?;
-    let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGHUP]).map_err(|e| e.to_string())?;
-    let stop_forwarding = signals.handle();
-    let me = node.mailbox::<i32>();
-    std::thread::spawn(move || {
-        for signal in signals.forever() {
-            if me.send(signal).is_err() {
-                return;
-            }
-        }
-    });
+    let node = crate::embedded_node()?;
+    let stop_forwarding = crate::signals_as_messages(&node, &[SIGINT, SIGTERM, SIGHUP])?;
     let ctx = node.ctx::<i32>();
-    let mut builder = PortBuilder::new(&path)
-        .arg0(program)
-        .args(rest)
-        .framing(Framing::Raw)
-        .stderr(Stderr::Separate)
+    let builder = crate::program_port(&path, &args.command, args.workdir.as_deref(), &args.env)
         .shutdown_timeout(args.stop_timeout);
-    if let Some(dir) = &args.workdir {
-        builder = builder.current_dir(dir);
-    }
-    for (k, v) in &args.env {
-        builder = builder.env(k, v);
-    }
     let shown = PathBuf::from(program).display().to_string();
     let mut backoff = FIRST_BACKOFF;
     let mut start_failures = 0u32;

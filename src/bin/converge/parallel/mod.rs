@@ -15,7 +15,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use clap::{Args, ValueEnum};
 use converge::port::{Framing, Port, PortBuilder, PortOutput, Stderr};
-use converge::{Config, Ctx, Event, ExitReason, Pid, RecvTimeoutError};
+use converge::{Ctx, Event, ExitReason, Pid, RecvTimeoutError};
 use signal_hook::consts::signal::{SIGHUP, SIGINT, SIGKILL, SIGTERM};
 
 use self::input::{Job, Source, Template};
@@ -504,22 +504,9 @@ pub(crate) fn run(args: ParallelArgs) -> Result<ExitCode, String> {
         ),
         None => None,
     };
-    let node = Config::new()
-        .handle_signals(false)
-        .schedulers(0)
-        .init()
-        .map_err(|e| format!("starting the node: {e}"))?;
-    // Ctrl-C and SIGTERM come to the loop as messages.
-    let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGHUP]).map_err(|e| e.to_string())?;
-    let stop_forwarding = signals.handle();
-    let me = node.mailbox::<i32>();
-    std::thread::spawn(move || {
-        for signal in signals.forever() {
-            if me.send(signal).is_err() {
-                return;
-            }
-        }
-    });
+    let node = crate::embedded_node()?;
+    // Ctrl-C, SIGTERM and SIGHUP come to the loop as messages.
+    let stop_forwarding = crate::signals_as_messages(&node, &[SIGINT, SIGTERM, SIGHUP])?;
     let show_bar = !args.no_bar && (args.bar || std::io::stderr().is_terminal());
     let bar = show_bar.then(|| {
         let bar = match source.total() {
