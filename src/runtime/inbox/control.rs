@@ -80,6 +80,7 @@ impl Inbox {
                     // Everything the program wrote comes first.
                     self.read_port(rt, st, serial, PORT_STDOUT, true);
                     self.read_port(rt, st, serial, PORT_STDERR, true);
+                    self.end_port_framing(rt, st, serial);
                     self.forget_port(st, serial);
                     st.queue.push_back(Item::Port {
                         port: serial,

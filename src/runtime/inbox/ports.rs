@@ -252,6 +252,23 @@ impl Inbox {
         }
     }
 
+    /// The program of port `serial` ended and what its pipes held is read:
+    /// the part of a line or packet its framing still holds is its last
+    /// output, even when the end of a pipe is not seen yet (another process
+    /// forked at that moment holds a copy of its write end for a while).
+    pub(super) fn end_port_framing(&self, rt: &Runtime, st: &mut State, serial: u64) {
+        let State { ports, queue, .. } = &mut *st;
+        let Some(port) = ports.get_mut(&serial) else {
+            return;
+        };
+        if port.stdout.is_some() && !port.broken {
+            self.port_stdout(rt, port, queue, serial, &[], true);
+        }
+        if port.stderr.is_some() {
+            port_stderr(port, queue, serial, &[], true);
+        }
+    }
+
     /// Queues the events fresh standard output of port `serial` makes (`end`:
     /// the pipe ended), and what follows if it broke its framing.
     fn port_stdout(
