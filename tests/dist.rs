@@ -516,6 +516,27 @@ impl TestNode {
         }
     }
 
+    /// `alpha` and `beta`, beta joined through alpha.
+    fn pair() -> (TestNode, TestNode) {
+        let a = TestNode::start("alpha");
+        let mut b = TestNode::start("beta");
+        b.join(a.addr, "alpha");
+        (a, b)
+    }
+
+    /// Waits (20 s at most) until `node` answers where its `echo` is: after a
+    /// stop, a partition or a restart, a session can be had again.
+    fn reach_echo_of(&mut self, node: &str, why: &str) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            self.tell(&format!("whereis {node} echo"));
+            if self.expect("whereis").starts_with("Some(") {
+                return;
+            }
+            assert!(Instant::now() < deadline, "{why}");
+        }
+    }
+
     /// Joins through `seed` and waits until it sees `other` as a member.
     fn join(&mut self, seed: SocketAddr, other: &str) {
         self.tell(&format!("join {seed}"));
@@ -541,9 +562,7 @@ fn nodes_join_through_any_member() {
 }
 
 fn messages_reach_a_process_of_another_node_in_order() {
-    let mut a = TestNode::start("alpha");
-    let mut b = TestNode::start("beta");
-    b.join(a.addr, "alpha");
+    let (mut a, mut b) = TestNode::pair();
     b.tell("send alpha 500");
     assert_eq!(b.expect("sent"), "500");
     // In order, none lost, none twice.
@@ -555,9 +574,7 @@ fn messages_reach_a_process_of_another_node_in_order() {
 }
 
 fn messages_from_any_process_of_a_node_keep_their_order() {
-    let mut a = TestNode::start("alpha");
-    let mut b = TestNode::start("beta");
-    b.join(a.addr, "alpha");
+    let (mut a, mut b) = TestNode::pair();
     b.tell("relay alpha 300");
     assert_eq!(b.expect("relayed"), "300");
     for i in 0..300u64 {
@@ -566,9 +583,7 @@ fn messages_from_any_process_of_a_node_keep_their_order() {
 }
 
 fn a_remote_monitor_gets_the_reason_after_every_message() {
-    let a = TestNode::start("alpha");
-    let mut b = TestNode::start("beta");
-    b.join(a.addr, "alpha");
+    let (_a, mut b) = TestNode::pair();
     b.tell("watch-burst alpha 2000 7");
     // Every number, in order, then the Down with the exit code; then a
     // monitor of the process gone is NoProc.
@@ -577,9 +592,7 @@ fn a_remote_monitor_gets_the_reason_after_every_message() {
 }
 
 fn a_remote_monitor_of_a_killed_node_is_noconnection() {
-    let mut a = TestNode::start("alpha");
-    let mut b = TestNode::start("beta");
-    b.join(a.addr, "alpha");
+    let (mut a, mut b) = TestNode::pair();
     b.tell("watch-echo alpha");
     assert_eq!(b.expect("watching"), "echo");
     // The monitor has reached alpha (a message sent after it, answered).
@@ -594,9 +607,7 @@ fn a_remote_monitor_of_a_killed_node_is_noconnection() {
 }
 
 fn a_killed_node_is_down_within_2s() {
-    let mut a = TestNode::start("alpha");
-    let mut b = TestNode::start("beta");
-    b.join(a.addr, "alpha");
+    let (mut a, mut b) = TestNode::pair();
     // A session between them: the loss shows through ticks as well.
     b.tell("send alpha 1");
     assert_eq!(b.expect("sent"), "1");
@@ -613,9 +624,7 @@ fn a_killed_node_is_down_within_2s() {
 }
 
 fn a_node_that_leaves_is_down_at_once() {
-    let mut a = TestNode::start("alpha");
-    let mut b = TestNode::start("beta");
-    b.join(a.addr, "alpha");
+    let (mut a, mut b) = TestNode::pair();
     assert_eq!(a.expect("up"), "beta");
     let t = Instant::now();
     b.tell("leave");
@@ -650,9 +659,7 @@ fn a_wrong_secret_is_refused() {
 }
 
 fn whereis_on_another_node_and_a_name_that_is_not_there() {
-    let a = TestNode::start("alpha");
-    let mut b = TestNode::start("beta");
-    b.join(a.addr, "alpha");
+    let (_a, mut b) = TestNode::pair();
     b.tell("whereis alpha echo");
     assert!(b.expect("whereis").starts_with("Some("));
     b.tell("whereis alpha nobody");
@@ -752,14 +759,7 @@ fn a_partition_is_seen_within_2s_and_heals() {
     assert!(down_b.starts_with("alpha "), "{down_b}");
     // Healed: back in one cluster, and messages flow on a new session.
     net.link(true);
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        b.tell("whereis alpha echo");
-        if b.expect("whereis").starts_with("Some(") {
-            break;
-        }
-        assert!(Instant::now() < deadline, "the partition never healed");
-    }
+    b.reach_echo_of("alpha", "the partition never healed");
     b.tell("send alpha 2");
     assert_eq!(b.expect("sent"), "2");
     for i in 0..2u64 {
@@ -768,9 +768,7 @@ fn a_partition_is_seen_within_2s_and_heals() {
 }
 
 fn hostile_bytes_are_refused_and_disturb_nothing() {
-    let mut a = TestNode::start("alpha");
-    let mut b = TestNode::start("beta");
-    b.join(a.addr, "alpha");
+    let (mut a, mut b) = TestNode::pair();
     // Garbage, a huge length prefix, and a handshake cut short, on the
     // session port; garbage on the membership port.
     for bytes in [
@@ -813,9 +811,7 @@ fn hostile_bytes_are_refused_and_disturb_nothing() {
 }
 
 fn a_stopped_node_is_down_within_2s_and_comes_back_as_a_new_session() {
-    let mut a = TestNode::start("alpha");
-    let mut b = TestNode::start("beta");
-    b.join(a.addr, "alpha");
+    let (mut a, mut b) = TestNode::pair();
     b.tell("send alpha 1");
     assert_eq!(b.expect("sent"), "1");
     assert_eq!(a.expect("got"), "0");
@@ -836,14 +832,7 @@ fn a_stopped_node_is_down_within_2s_and_comes_back_as_a_new_session() {
     assert!(took < Duration::from_secs(2), "{took:?}");
     assert!(down.starts_with("beta "), "{down}");
     // Back: messages flow again, on a new session.
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        b.tell("whereis alpha echo");
-        if b.expect("whereis").starts_with("Some(") {
-            break;
-        }
-        assert!(Instant::now() < deadline, "beta never came back");
-    }
+    b.reach_echo_of("alpha", "beta never came back");
     b.tell("send alpha 3");
     assert_eq!(b.expect("sent"), "3");
     for i in 0..3u64 {
@@ -852,9 +841,7 @@ fn a_stopped_node_is_down_within_2s_and_comes_back_as_a_new_session() {
 }
 
 fn a_restarted_node_never_gets_frames_for_its_old_pids() {
-    let mut a = TestNode::start("alpha");
-    let mut b = TestNode::start("beta");
-    b.join(a.addr, "alpha");
+    let (mut a, mut b) = TestNode::pair();
     b.tell("save alpha");
     assert_eq!(b.expect("saved"), "true");
     // alpha restarts on the same address: a new incarnation.
@@ -866,14 +853,7 @@ fn a_restarted_node_never_gets_frames_for_its_old_pids() {
     again.tell(&format!("join {}", b.addr));
     // Until beta knows the new alpha (the old one may be listed a moment
     // longer).
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        b.tell("whereis alpha echo");
-        if b.expect("whereis").starts_with("Some(") {
-            break;
-        }
-        assert!(Instant::now() < deadline, "alpha never came back");
-    }
+    b.reach_echo_of("alpha", "alpha never came back");
     // Frames for the old echo: dropped and counted; the new echo gets only
     // what is sent to it.
     b.tell("send-saved 5");
@@ -914,9 +894,7 @@ fn sixteen_nodes_form_one_cluster() {
 }
 
 fn remote_spawn_starts_registered_functions_only() {
-    let mut a = TestNode::start("alpha");
-    let mut b = TestNode::start("beta");
-    b.join(a.addr, "alpha");
+    let (mut a, mut b) = TestNode::pair();
     b.tell("spawn-on alpha counter 100");
     assert_eq!(b.expect("spawned"), "ok");
     b.tell("send-spawned 3");
@@ -938,10 +916,8 @@ fn remote_spawn_starts_registered_functions_only() {
 }
 
 fn links_across_nodes_carry_exit_signals_both_ways() {
-    let mut a = TestNode::start("alpha");
-    let mut b = TestNode::start("beta");
+    let (mut a, mut b) = TestNode::pair();
     assert_eq!(a.expect("linker"), "ready");
-    b.join(a.addr, "alpha");
     // There to here: the reason, after every message.
     b.tell("link-burst alpha 1000 9");
     assert_eq!(b.expect("link-exit"), "1000 true Code(9)");
@@ -951,10 +927,8 @@ fn links_across_nodes_carry_exit_signals_both_ways() {
 }
 
 fn exit_signals_and_kills_reach_processes_of_other_nodes() {
-    let mut a = TestNode::start("alpha");
-    let mut b = TestNode::start("beta");
+    let (mut a, mut b) = TestNode::pair();
     assert_eq!(a.expect("linker"), "ready");
-    b.join(a.addr, "alpha");
     // A trappable signal to a process that traps: a message there.
     b.tell("exit-linker alpha");
     assert_eq!(b.expect("exited"), "linker");
@@ -965,9 +939,7 @@ fn exit_signals_and_kills_reach_processes_of_other_nodes() {
 }
 
 fn a_link_across_a_lost_session_is_noconnection() {
-    let mut a = TestNode::start("alpha");
-    let mut b = TestNode::start("beta");
-    b.join(a.addr, "alpha");
+    let (mut a, mut b) = TestNode::pair();
     b.tell("link-echo alpha");
     assert_eq!(b.expect("linked"), "echo");
     b.tell("send alpha 1");

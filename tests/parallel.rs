@@ -797,15 +797,8 @@ fn ctrl_c_reaches_every_job_and_no_more_start() {
     let mut got: Vec<String> = lines.map(Result::unwrap).collect();
     got.sort();
     assert_eq!(got, ["got 1", "got 2"]);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let status = loop {
-        if let Some(s) = child.try_wait().unwrap() {
-            break s;
-        }
-        assert!(Instant::now() < deadline, "converge parallel did not end");
-        std::thread::sleep(Duration::from_millis(10));
-    };
-    assert_eq!(status.code(), Some(130));
+    let o = wait_bounded(child, Duration::from_secs(10));
+    assert_eq!(o.status.code(), Some(130));
     assert!(no_process_with("sleep 33.5"));
 }
 

@@ -362,19 +362,6 @@ impl HelperProcess {
         }
     }
 
-    /// Reads the next line, as its first word and the rest; `None` at the
-    /// end of the output.
-    pub fn next_line(&mut self) -> Option<(String, String)> {
-        let mut line = String::new();
-        if self.lines.read_line(&mut line).unwrap_or(0) == 0 {
-            return None;
-        }
-        let line = line.trim_end();
-        let (k, rest) = line.split_once(' ').unwrap_or((line, ""));
-        self.seen.entry(k.to_string()).or_default().push(rest.to_string());
-        Some((k.to_string(), rest.to_string()))
-    }
-
     /// Reads what is left of the output.
     pub fn rest(&mut self) -> Vec<String> {
         let mut out = Vec::new();
