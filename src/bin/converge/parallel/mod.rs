@@ -624,7 +624,7 @@ impl Engine<'_> {
                 // `--halt now` killed it) still goes out, in order.
                 for (_, mut f) in std::mem::take(&mut self.finished) {
                     self.log_row(&f.row)?;
-                    self.print_finished(&mut f);
+                    self.printer.job(&mut f);
                 }
                 return Ok(());
             }
@@ -852,13 +852,13 @@ impl Engine<'_> {
         if !self.args.keep_order {
             let all = std::mem::take(&mut self.finished);
             for (_, mut f) in all {
-                self.print_finished(&mut f);
+                self.printer.job(&mut f);
             }
             return Ok(());
         }
         while let Some(mut f) = self.finished.remove(&self.print_order) {
             self.log_row(&f.row)?;
-            self.print_finished(&mut f);
+            self.printer.job(&mut f);
             self.print_order += 1;
             // The next job in order prints as it goes from now on.
             if self.printer.line_buffer
@@ -876,10 +876,6 @@ impl Engine<'_> {
             }
         }
         Ok(())
-    }
-
-    fn print_finished(&mut self, f: &mut Finished) {
-        self.printer.job(f);
     }
 
     /// GNU parallel's `--halt`: after the job that ended with `end`.
