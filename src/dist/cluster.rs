@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
-use super::membership::{Member, MemberEvent, Membership, MembershipConfig};
+use super::membership::{Load, Member, MemberEvent, Membership, MembershipConfig};
 use super::session::{DistError, Hello, Secret, Session};
 use super::spawn::SpawnRefused;
 use super::tcp::{Acceptor, HANDSHAKE_TIMEOUT, connect, keep_session};
@@ -118,6 +118,9 @@ pub struct NodeInfo {
     pub addr: SocketAddr,
     /// Whether a session to it is open.
     pub connected: bool,
+    /// The load it last advertised (see [`Cluster::advertise_load`]), if
+    /// heard yet.
+    pub load: Option<Load>,
 }
 
 /// What a cluster node counted.
@@ -272,6 +275,8 @@ struct Inner {
     /// Requests for the node's table, made in order by a thread of their
     /// own (the table may be the caller, holding its lock).
     injector: Mutex<std::sync::mpsc::Sender<ToNode>>,
+    /// The load this node advertises, and when it last did.
+    load: Mutex<Option<(Load, Instant)>>,
 }
 
 /// This node's place in a cluster. Dropping it leaves the cluster.
@@ -496,6 +501,7 @@ impl Cluster {
             remote_monitors: Mutex::new(HashMap::new()),
             links: Mutex::new(HashMap::new()),
             injector: Mutex::new(inject_tx),
+            load: Mutex::new(None),
         });
         spawn("converge-dist-inject", move || {
             // As the node's main program: the table takes these from it only.
@@ -551,12 +557,14 @@ impl Cluster {
     pub fn nodes(&self) -> Vec<NodeInfo> {
         // Membership first: the gossip thread takes the peers' lock under
         // membership's.
-        let members = self.inner.membership.lock().members();
+        let membership = self.inner.membership.lock();
+        let members = membership.members();
         let peers = self.inner.peers.lock();
         let mut nodes: Vec<NodeInfo> = members
             .into_iter()
             .map(|m| NodeInfo {
                 connected: peers.contains_key(&m.node),
+                load: membership.load_of(m.node),
                 name: m.name,
                 id: m.node,
                 addr: m.sessions,
@@ -564,6 +572,23 @@ impl Cluster {
             .collect();
         nodes.sort_by(|a, b| a.name.cmp(&b.name));
         nodes
+    }
+
+    /// Tells the cluster what this node has room for: other nodes see it in
+    /// [`nodes`](Cluster::nodes) within a few gossip rounds (a change goes
+    /// out at once, and the latest is repeated every second so that nodes
+    /// that join later hear it too).
+    pub fn advertise_load(&self, load: Load) {
+        let mut current = self.inner.load.lock();
+        if current.is_some_and(|(l, _)| l == load) {
+            return;
+        }
+        let now = Instant::now();
+        *current = Some((load, now));
+        drop(current);
+        let mut m = self.inner.membership.lock();
+        m.advertise(load, now);
+        self.inner.flush_packets(&mut m);
     }
 
     /// Sends every change of other nodes to `to`.
@@ -1245,6 +1270,8 @@ fn accept_loop(inner: &Arc<Inner>, mut acceptor: Acceptor) {
 
 /// How often a node alone announces itself to the addresses it knows.
 const REJOIN: Duration = Duration::from_secs(1);
+/// How often a node repeats its load to the cluster.
+const LOAD_AGAIN: Duration = Duration::from_secs(1);
 
 fn gossip_loop(inner: &Inner) {
     let mut buf = vec![0u8; 64 * 1024];
@@ -1257,6 +1284,19 @@ fn gossip_loop(inner: &Inner) {
             let _ = m.handle_packet(&buf[..n], now);
         }
         m.handle_timers(now);
+        let again = {
+            let mut load = inner.load.lock();
+            match load.as_mut() {
+                Some((l, at)) if now.duration_since(*at) >= LOAD_AGAIN => {
+                    *at = now;
+                    Some(*l)
+                }
+                _ => None,
+            }
+        };
+        if let Some(l) = again {
+            m.advertise(l, now);
+        }
         // Alone after a partition (or before the seed was up): back in
         // through any address known.
         if m.members().is_empty() && now.duration_since(last_announce) >= REJOIN {

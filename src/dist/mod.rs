@@ -51,7 +51,8 @@ pub(crate) use cluster::{
     MAX_RELAYED, remote_down, remote_exit, remote_exit_signal, remote_link, remote_monitor, remote_unlink, route,
 };
 pub use membership::{
-    CLOCK_WINDOW, Member, MemberEvent, Membership, MembershipConfig, MembershipStats, PacketError, PacketKey, Replays,
+    CLOCK_WINDOW, Load, LoadNoteError, Member, MemberEvent, Membership, MembershipConfig, MembershipStats, PacketError,
+    PacketKey, Replays,
 };
 pub use session::{DistError, Handshake, Hello, PROTOCOL_VERSION, Secret, Session, Step};
 pub use spawn::{SpawnRefused, spawnable};

@@ -6,7 +6,7 @@
 //! arrives and calls it when its next timer is due; it gives back sealed
 //! packets to send and [`MemberEvent`]s. Nothing here spawns a thread.
 
-use std::collections::{BTreeMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::fmt;
 use std::net::SocketAddr;
 use std::num::{NonZeroU32, NonZeroUsize};
@@ -15,7 +15,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use blake2::Blake2sMac;
 use blake2::digest::consts::U16;
 use blake2::digest::{KeyInit, Mac};
-use foca::{Foca, NoCustomBroadcast, Notification, PostcardCodec, Timer};
+use foca::{BroadcastHandler, Foca, Invalidates, Notification, PostcardCodec, Timer};
 use rand::SeedableRng;
 use rand::rngs::SmallRng;
 use serde::{Deserialize, Serialize};
@@ -326,9 +326,98 @@ impl foca::Runtime<Member> for Outputs {
     }
 }
 
+/// What a node has room for, as it advertises it to the cluster through
+/// membership: where work goes when it may go anywhere.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct Load {
+    /// How much work it takes at once (slots, schedulers).
+    pub slots: u32,
+    /// Of those, how many are in use.
+    pub busy: u32,
+    /// Work waiting there for a slot.
+    pub queued: u32,
+}
+
+impl Load {
+    /// `busy` of `slots` in use, `queued` waiting.
+    pub fn new(slots: u32, busy: u32, queued: u32) -> Load {
+        Load { slots, busy, queued }
+    }
+
+    /// Slots free (none while work waits).
+    pub fn free(&self) -> u32 {
+        if self.queued > 0 {
+            0
+        } else {
+            self.slots.saturating_sub(self.busy)
+        }
+    }
+}
+
+/// A node's load as gossip carries it: the latest version wins.
+#[derive(Debug, Serialize, Deserialize)]
+struct LoadNote {
+    node: NodeId,
+    version: u64,
+    load: Load,
+}
+
+/// Which note a disseminated one stands for.
+struct LoadKey {
+    node: NodeId,
+    version: u64,
+}
+
+impl Invalidates for LoadKey {
+    fn invalidates(&self, other: &LoadKey) -> bool {
+        self.node == other.node && self.version >= other.version
+    }
+}
+
+/// A load note that does not decode.
+#[derive(Debug, thiserror::Error)]
+#[error("undecodable load note: {0}")]
+pub struct LoadNoteError(String);
+
+/// The loads heard of, latest version per node (shared with the
+/// [`Membership`] that reads them: foca owns its handler).
+#[derive(Default, Clone)]
+struct Loads {
+    known: std::sync::Arc<crate::sync::Mutex<HashMap<NodeId, (u64, Load)>>>,
+}
+
+/// Nodes whose load is remembered (notes come only from holders of the
+/// secret; this bounds what a confused one can make a node keep).
+const MAX_LOADS: usize = 4096;
+
+impl BroadcastHandler<Member> for Loads {
+    type Key = LoadKey;
+    type Error = LoadNoteError;
+
+    fn receive_item(&mut self, data: &[u8], _sender: Option<&Member>) -> Result<Option<LoadKey>, LoadNoteError> {
+        let note: LoadNote = postcard::from_bytes(data).map_err(|e| LoadNoteError(e.to_string()))?;
+        let mut known = self.known.lock();
+        match known.get(&note.node) {
+            Some((version, _)) if *version >= note.version => return Ok(None),
+            Some(_) => {}
+            None if known.len() >= MAX_LOADS => return Ok(None),
+            None => {}
+        }
+        known.insert(note.node, (note.version, note.load));
+        Ok(Some(LoadKey {
+            node: note.node,
+            version: note.version,
+        }))
+    }
+}
+
 /// One node's view of the cluster, driven by its loop.
 pub struct Membership {
-    foca: Foca<Member, PostcardCodec, SmallRng, NoCustomBroadcast>,
+    foca: Foca<Member, PostcardCodec, SmallRng, Loads>,
+    /// The version of this node's last load note.
+    load_version: u64,
+    loads: Loads,
     key: PacketKey,
     replays: Replays,
     out: Outputs,
@@ -350,15 +439,19 @@ impl fmt::Debug for Membership {
 impl Membership {
     /// This node's membership, alone until it joins.
     pub fn new(me: Member, secret: &Secret, config: MembershipConfig) -> Membership {
+        let loads = Loads::default();
         let mut seed = [0u8; 8];
         rustix::rand::getrandom(&mut seed, rustix::rand::GetRandomFlags::empty()).expect("BUG: getrandom works");
         Membership {
-            foca: Foca::new(
+            foca: Foca::with_custom_broadcast(
                 me,
                 config.foca(16),
                 SmallRng::seed_from_u64(u64::from_le_bytes(seed)),
                 PostcardCodec,
+                loads.clone(),
             ),
+            load_version: 0,
+            loads,
             key: PacketKey::new(secret),
             replays: Replays::default(),
             out: Outputs::default(),
@@ -430,12 +523,39 @@ impl Membership {
 
     /// The changes seen since the last call.
     pub fn take_events(&mut self) -> Vec<MemberEvent> {
-        std::mem::take(&mut self.out.events)
+        let events = std::mem::take(&mut self.out.events);
+        for e in &events {
+            if let MemberEvent::Down(m) = e {
+                self.loads.known.lock().remove(&m.node);
+            }
+        }
+        events
     }
 
     /// The live members (this node not included).
     pub fn members(&self) -> Vec<Member> {
         self.foca.iter_members().map(|m| m.id().clone()).collect()
+    }
+
+    /// Tells the cluster this node's load: the note goes out with the next
+    /// packets and spreads by gossip, the latest replacing earlier ones.
+    pub fn advertise(&mut self, load: Load, now: Instant) {
+        self.load_version += 1;
+        let note = LoadNote {
+            node: self.foca.identity().node,
+            version: self.load_version,
+            load,
+        };
+        let bytes = postcard::to_stdvec(&note).expect("BUG: a load note encodes");
+        if self.foca.add_broadcast(&bytes).is_ok() {
+            let _ = self.foca.broadcast(&mut self.out);
+        }
+        self.settle(now);
+    }
+
+    /// The load a node last advertised, if heard (this node's own too).
+    pub fn load_of(&self, node: NodeId) -> Option<Load> {
+        self.loads.known.lock().get(&node).map(|(_, load)| *load)
     }
 
     /// What was accepted and refused.

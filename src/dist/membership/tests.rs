@@ -271,3 +271,38 @@ fn the_fuzz_entry_takes_any_bytes() {
         crate::fuzzing::membership_packet(data);
     }
 }
+
+#[test]
+fn loads_spread_by_gossip_the_latest_winning_and_go_with_their_node() {
+    let mut peers = cluster(4, &secret());
+    let n0 = peers[0].m.me().node;
+    let now = Instant::now();
+    peers[0].m.advertise(Load::new(4, 1, 0), now);
+    assert_eq!(peers[0].m.load_of(n0), Some(Load::new(4, 1, 0)));
+    assert!(pump(&mut peers, Duration::from_secs(5), &none, &mut |ps| {
+        ps.iter().all(|p| p.m.load_of(n0) == Some(Load::new(4, 1, 0)))
+    }));
+    // A newer note replaces it everywhere; an older one heard late does not.
+    peers[0].m.advertise(Load::new(4, 4, 7), Instant::now());
+    assert!(pump(&mut peers, Duration::from_secs(5), &none, &mut |ps| {
+        ps.iter().all(|p| p.m.load_of(n0) == Some(Load::new(4, 4, 7)))
+    }));
+    assert_eq!(Load::new(4, 4, 7).free(), 0);
+    assert_eq!(Load::new(4, 1, 0).free(), 3);
+    let stale = postcard::to_stdvec(&LoadNote {
+        node: n0,
+        version: 1,
+        load: Load::new(1, 0, 0),
+    })
+    .unwrap();
+    let mut handler = peers[1].m.loads.clone();
+    assert!(handler.receive_item(&stale, None).unwrap().is_none());
+    assert!(handler.receive_item(b"\xff\xff\xff", None).is_err());
+    assert_eq!(peers[1].m.load_of(n0), Some(Load::new(4, 4, 7)));
+    // A node that leaves takes its load with it.
+    peers[0].m.leave(Instant::now());
+    assert!(pump(&mut peers, Duration::from_secs(5), &none, &mut |ps| {
+        ps[1..].iter().all(|p| p.m.load_of(n0).is_none())
+    }));
+    assert!(peers.iter().all(|p| p.m.stats().refused == 0));
+}
