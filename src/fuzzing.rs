@@ -195,3 +195,22 @@ pub fn membership_packet(data: &[u8]) {
 pub fn cluster_frame(data: &[u8]) {
     crate::dist::fuzz_frame(data);
 }
+
+/// A frame of the local protocol between the `converge` command and a node
+/// daemon, as either side reads it: a clear error for anything that is not
+/// a frame, nothing reserved from a length prefix past the limit, and what
+/// decodes encodes back the same.
+#[cfg(feature = "cli")]
+pub fn daemon_frame(data: &[u8]) {
+    use crate::daemon::{Reply, Request, read_frame, write_frame};
+    if let Ok(request) = read_frame::<Request>(&mut &data[..]) {
+        let mut again = Vec::new();
+        write_frame(&mut again, &request).expect("BUG: a decoded request encodes");
+        assert_eq!(read_frame::<Request>(&mut &again[..]).ok(), Some(request));
+    }
+    if let Ok(reply) = read_frame::<Reply>(&mut &data[..]) {
+        let mut again = Vec::new();
+        write_frame(&mut again, &reply).expect("BUG: a decoded reply encodes");
+        assert_eq!(read_frame::<Reply>(&mut &again[..]).ok(), Some(reply));
+    }
+}

@@ -99,6 +99,8 @@
 #![deny(unsafe_code)]
 #![warn(missing_docs, missing_debug_implementations, unreachable_pub)]
 
+#[cfg(feature = "cli")]
+pub mod daemon;
 #[cfg(feature = "dist")]
 pub mod dist;
 mod error;

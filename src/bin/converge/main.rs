@@ -2,6 +2,8 @@
 //! the exit statuses and flags that `timeout`, GNU parallel and supervisord
 //! users know.
 
+mod client;
+mod node;
 mod parallel;
 mod run;
 mod supervise;
@@ -40,6 +42,15 @@ enum Command {
     /// --startsecs, a restart limit past which it gives up with the
     /// server's last status (as supervisord's FATAL).
     Supervise(supervise::SuperviseArgs),
+    /// Run a node daemon: `run`, `nodes` and `ps` of this user talk to it,
+    /// and with --listen it is a member of a cluster, where programs run on
+    /// whichever node has room.
+    Node(node::NodeArgs),
+    /// The nodes of the cluster, with their slots and load.
+    Nodes(client::NodesArgs),
+    /// The programs the cluster's nodes run for their clients, and those
+    /// that ended lately.
+    Ps(client::PsArgs),
 }
 
 /// A duration as `timeout` reads one: a number (fractions allowed) with an
@@ -146,6 +157,21 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+        Command::Node(args) => match node::run(args) {
+            Ok(code) => code,
+            Err(e) => {
+                eprintln!("converge node: {e}");
+                ExitCode::FAILURE
+            }
+        },
+        Command::Nodes(args) => client::nodes(args).unwrap_or_else(|(code, e)| {
+            eprintln!("converge nodes: {e}");
+            ExitCode::from(code)
+        }),
+        Command::Ps(args) => client::ps(args).unwrap_or_else(|(code, e)| {
+            eprintln!("converge ps: {e}");
+            ExitCode::from(code)
+        }),
         Command::Parallel(args) => match parallel::run(args) {
             Ok(code) => code,
             Err(e) => {

@@ -2,7 +2,9 @@
 //! output and errors streamed apart, signals forwarded to its process group,
 //! and the exit status a shell or `timeout` would give.
 
-use std::ffi::OsString;
+use std::ffi::{OsStr, OsString};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::net::UnixStream;
 use std::io::{Read, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -11,6 +13,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use clap::Args;
+use converge::daemon::{FrameError, Placement, Reply, Request, RunSpec, read_frame, write_frame};
 use converge::port::{Port, PortOutput};
 use converge::{ExitReason, RecvTimeoutError};
 use signal_hook::consts::signal::{SIGINT, SIGTERM};
@@ -40,6 +43,18 @@ pub(crate) struct RunArgs {
     /// Sets a variable in the program's environment (repeatable).
     #[arg(long = "env", value_name = "KEY=VALUE", value_parser = parse_env)]
     env: Vec<(OsString, OsString)>,
+    /// Run it on this node of the cluster (needs a running `converge node`).
+    #[arg(long, value_name = "NODE", conflicts_with = "anywhere")]
+    on: Option<String>,
+    /// Run it on the least loaded node with a free slot (this one when it
+    /// is alone, or when no node daemon runs).
+    #[arg(long)]
+    anywhere: bool,
+    /// The node daemon to ask (default: the only one running for this user;
+    /// also CONVERGE_NODE). Without a daemon the program runs on a node
+    /// started for this call.
+    #[arg(long, value_name = "NAME")]
+    node: Option<String>,
     /// The program and its arguments.
     #[arg(required = true, trailing_var_arg = true, value_name = "PROGRAM")]
     command: Vec<OsString>,
@@ -54,8 +69,18 @@ pub(crate) fn parse_env(s: &str) -> Result<(OsString, OsString), String> {
 
 /// Why a program cannot start, as a shell says it, with its status.
 /// A path with a `/` is taken from `workdir` (where the program runs) when
-/// one is given, and made absolute.
+/// one is given, and made absolute; a bare name is looked up in this
+/// program's `PATH`.
 pub(crate) fn resolve(program: &Path, workdir: Option<&Path>) -> Result<PathBuf, (u8, String)> {
+    resolve_in(program, workdir, std::env::var_os("PATH").as_deref())
+}
+
+/// [`resolve`] with the `PATH` of the environment the program runs in.
+pub(crate) fn resolve_in(
+    program: &Path,
+    workdir: Option<&Path>,
+    path_var: Option<&std::ffi::OsStr>,
+) -> Result<PathBuf, (u8, String)> {
     let shown = program.display();
     if let Some(dir) = workdir
         && !dir.is_dir()
@@ -70,15 +95,15 @@ pub(crate) fn resolve(program: &Path, workdir: Option<&Path>) -> Result<PathBuf,
         let at = std::path::absolute(&at).unwrap_or(at);
         at.exists().then_some(at)
     } else {
-        std::env::var_os("PATH").and_then(|paths| {
-            std::env::split_paths(&paths)
+        path_var.and_then(|paths| {
+            std::env::split_paths(paths)
                 .map(|dir| dir.join(program))
                 .find(|p| {
                     p.metadata()
                         .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
                 })
                 .or_else(|| {
-                    std::env::split_paths(&paths)
+                    std::env::split_paths(paths)
                         .map(|dir| dir.join(program))
                         .find(|p| p.is_file())
                 })
@@ -110,6 +135,11 @@ pub(crate) fn status(reason: &ExitReason) -> u8 {
 }
 
 pub(crate) fn run(args: RunArgs) -> Result<ExitCode, String> {
+    match crate::client::find(args.node.as_deref())? {
+        Some((name, stream)) => return via_daemon(&name, stream, &args).map(ExitCode::from),
+        None if args.on.is_some() => return Err("--on needs a running node daemon (`converge node`)".into()),
+        None => {}
+    }
     let program = args.command.first().expect("BUG: clap requires a program");
     let path = match resolve(Path::new(program), args.workdir.as_deref()) {
         Ok(p) => p,
@@ -182,13 +212,7 @@ fn wait(port: &Port, timeout: Option<Duration>) -> Result<u8, String> {
             Ok(PortOutput::Stderr(bytes)) => {
                 let _ = err.write_all(&bytes).and_then(|()| err.flush());
             }
-            Ok(PortOutput::Exit(reason)) => {
-                return Ok(match (timed_out, &reason) {
-                    (true, ExitReason::Killed) => 128 + 9,
-                    (true, _) => TIMED_OUT,
-                    (false, r) => status(r),
-                });
-            }
+            Ok(PortOutput::Exit(reason)) => return code_of(&reason, timed_out),
             Ok(_) => {}
             Err(RecvTimeoutError::Timeout) => {
                 if deadline.is_some_and(|d| Instant::now() >= d) && !timed_out {
@@ -199,4 +223,100 @@ fn wait(port: &Port, timeout: Option<Duration>) -> Result<u8, String> {
             Err(RecvTimeoutError::Disconnected) => return Err("the node stopped".into()),
         }
     }
+}
+
+/// The status for a program that ended so.
+fn code_of(reason: &ExitReason, timed_out: bool) -> Result<u8, String> {
+    Ok(match (timed_out, reason) {
+        (true, ExitReason::Killed) => 128 + 9,
+        (true, _) => TIMED_OUT,
+        (false, ExitReason::NoConnection) => {
+            return Err("the node running the program was lost (NoConnection)".into());
+        }
+        (false, r) => status(r),
+    })
+}
+
+/// Runs the program through the node daemon `name`: placed by it, its
+/// output streamed back, this command's input and signals passed on.
+fn via_daemon(name: &str, mut stream: UnixStream, args: &RunArgs) -> Result<u8, String> {
+    let bytes = |s: &OsStr| s.as_bytes().to_vec();
+    let (program, rest) = args.command.split_first().expect("BUG: clap requires a program");
+    let placement = match (&args.on, args.anywhere) {
+        (Some(node), _) => Placement::On(node.clone()),
+        (None, true) => Placement::Anywhere,
+        (None, false) => Placement::Here,
+    };
+    let cwd = std::env::current_dir().map_err(|e| format!("the working directory: {e}"))?;
+    let spec = RunSpec {
+        placement,
+        program: bytes(program),
+        args: rest.iter().map(|a| bytes(a)).collect(),
+        env_base: std::env::vars_os().map(|(k, v)| (bytes(&k), bytes(&v))).collect(),
+        env: args.env.iter().map(|(k, v)| (bytes(k), bytes(v))).collect(),
+        workdir: args.workdir.as_deref().map(|w| bytes(w.as_os_str())),
+        cwd: bytes(cwd.as_os_str()),
+        timeout_ms: args.timeout.map(|t| u64::try_from(t.as_millis()).unwrap_or(u64::MAX)),
+        kill_after_ms: u64::try_from(args.kill_after.as_millis()).unwrap_or(u64::MAX),
+    };
+    let lost = |e: FrameError| format!("node {name}: {e}");
+    write_frame(&mut stream, &Request::Run(spec)).map_err(|e| format!("node {name}: {e}"))?;
+    match read_frame::<Reply>(&mut stream).map_err(lost)? {
+        Reply::Started { .. } => {}
+        Reply::Failed { code, why } => {
+            eprintln!("converge run: {why}");
+            return Ok(code);
+        }
+        other => return Err(format!("node {name}: unexpected answer {other:?}")),
+    }
+    let writer = Arc::new(std::sync::Mutex::new(stream.try_clone().map_err(|e| e.to_string())?));
+    let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM]).map_err(|e| e.to_string())?;
+    let forward = signals.handle();
+    {
+        let writer = Arc::clone(&writer);
+        std::thread::spawn(move || {
+            for signal in signals.forever() {
+                let _ = write_frame(&mut *writer.lock().unwrap(), &Request::Signal(signal));
+            }
+        });
+    }
+    {
+        let writer = Arc::clone(&writer);
+        std::thread::spawn(move || {
+            let mut stdin = std::io::stdin().lock();
+            let mut buf = vec![0u8; 64 * 1024];
+            loop {
+                let request = match stdin.read(&mut buf) {
+                    Ok(0) | Err(_) => Request::InputEnd,
+                    Ok(n) => Request::Input(buf[..n].to_vec()),
+                };
+                let end = request == Request::InputEnd;
+                if write_frame(&mut *writer.lock().unwrap(), &request).is_err() || end {
+                    return;
+                }
+            }
+        });
+    }
+    let mut out = std::io::stdout();
+    let mut err = std::io::stderr();
+    let code = loop {
+        match read_frame::<Reply>(&mut stream) {
+            Ok(Reply::Stdout(b)) => {
+                let _ = out.write_all(&b).and_then(|()| out.flush());
+            }
+            Ok(Reply::Stderr(b)) => {
+                let _ = err.write_all(&b).and_then(|()| err.flush());
+            }
+            Ok(Reply::Exit { reason, timed_out }) => break code_of(&reason, timed_out),
+            Ok(Reply::Failed { code, why }) => {
+                eprintln!("converge run: {why}");
+                break Ok(code);
+            }
+            Ok(_) => {}
+            Err(FrameError::Closed) => break Err(format!("node {name} stopped")),
+            Err(e) => break Err(lost(e)),
+        }
+    };
+    forward.close();
+    code
 }

@@ -1,0 +1,252 @@
+//! Finding this user's node daemon, and the commands that only ask one:
+//! `converge nodes` and `converge ps`.
+
+use std::io::Write;
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::Args;
+use converge::daemon::{NodeRow, ProcessRow, Reply, Request, State, read_frame, write_frame};
+
+/// Where this user's daemons keep their sockets: `CONVERGE_RUNTIME_DIR`,
+/// else `$XDG_RUNTIME_DIR/converge`, else `/tmp/converge-UID`.
+pub(crate) fn runtime_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("CONVERGE_RUNTIME_DIR") {
+        return PathBuf::from(dir);
+    }
+    if let Some(dir) = std::env::var_os("XDG_RUNTIME_DIR") {
+        return Path::new(&dir).join("converge");
+    }
+    std::env::temp_dir().join(format!("converge-{}", rustix::process::geteuid().as_raw()))
+}
+
+/// Makes `dir` (mode 0700) if it is missing, and checks that it is this
+/// user's and no one else's: the sockets in it are the only door to the
+/// daemons.
+pub(crate) fn private_dir(dir: &Path) -> Result<(), String> {
+    match std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir) {
+        Ok(()) => {}
+        Err(e) => return Err(format!("{}: {e}", dir.display())),
+    }
+    let meta = std::fs::symlink_metadata(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    if !meta.is_dir() {
+        return Err(format!("{}: not a directory", dir.display()));
+    }
+    if meta.uid() != rustix::process::geteuid().as_raw() {
+        return Err(format!("{}: owned by another user", dir.display()));
+    }
+    if meta.permissions().mode() & 0o077 != 0 {
+        return Err(format!(
+            "{}: others may use it (mode {:o}); it must be 0700",
+            dir.display(),
+            meta.permissions().mode() & 0o777
+        ));
+    }
+    Ok(())
+}
+
+/// The socket of the daemon of node `name`.
+pub(crate) fn socket_path(name: &str) -> PathBuf {
+    runtime_dir().join(format!("{name}.sock"))
+}
+
+/// The daemon to ask: the one named by `--node` or `CONVERGE_NODE`, else
+/// the only one running for this user; `None` when none runs.
+pub(crate) fn find(named: Option<&str>) -> Result<Option<(String, UnixStream)>, String> {
+    let named = named
+        .map(str::to_owned)
+        .or_else(|| std::env::var("CONVERGE_NODE").ok().filter(|n| !n.is_empty()));
+    if let Some(name) = named {
+        let path = socket_path(&name);
+        return match UnixStream::connect(&path) {
+            Ok(s) => Ok(Some((name, s))),
+            Err(e) => Err(format!("no node named {name:?} runs here ({}: {e})", path.display())),
+        };
+    }
+    let dir = runtime_dir();
+    let Ok(entries) = std::fs::read_dir(&dir) else {
+        return Ok(None);
+    };
+    let mut running = Vec::new();
+    for entry in entries.flatten() {
+        let path = entry.path();
+        let Some(name) = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .and_then(|n| n.strip_suffix(".sock"))
+        else {
+            continue;
+        };
+        // A socket left by a daemon that was killed refuses: not running.
+        if let Ok(s) = UnixStream::connect(&path) {
+            running.push((name.to_owned(), s));
+        }
+    }
+    running.sort_by(|a, b| a.0.cmp(&b.0));
+    match running.len() {
+        0 => Ok(None),
+        1 => Ok(running.pop()),
+        _ => Err(format!(
+            "several nodes run ({}): choose one with --node NAME or CONVERGE_NODE",
+            running.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>().join(", ")
+        )),
+    }
+}
+
+/// The status of `nodes` and `ps` when the node to ask is not clear (a
+/// usage error).
+pub(crate) const USAGE: u8 = 2;
+
+/// Asks the daemon one question and reads its one answer; the status and
+/// the reason when it cannot.
+fn ask(named: Option<&str>, request: &Request) -> Result<Reply, (u8, String)> {
+    let Some((name, mut stream)) = find(named).map_err(|e| (USAGE, e))? else {
+        return Err((1, "no node runs for this user (start one with `converge node`)".into()));
+    };
+    write_frame(&mut stream, request).map_err(|e| (1, format!("node {name}: {e}")))?;
+    read_frame(&mut stream).map_err(|e| (1, format!("node {name}: {e}")))
+}
+
+/// `converge nodes [--node NAME] [--json]`.
+#[derive(Args, Debug)]
+pub(crate) struct NodesArgs {
+    /// The node to ask (default: the only one running; also CONVERGE_NODE).
+    #[arg(long, value_name = "NAME")]
+    node: Option<String>,
+    /// One JSON object per node, a line each.
+    #[arg(long)]
+    json: bool,
+}
+
+/// `converge ps [--node NAME] [--json]`.
+#[derive(Args, Debug)]
+pub(crate) struct PsArgs {
+    /// The node to ask (default: the only one running; also CONVERGE_NODE).
+    #[arg(long, value_name = "NAME")]
+    node: Option<String>,
+    /// One JSON object per process, a line each.
+    #[arg(long)]
+    json: bool,
+}
+
+fn opt(n: Option<u32>) -> String {
+    n.map_or_else(|| "-".into(), |n| n.to_string())
+}
+
+pub(crate) fn nodes(args: NodesArgs) -> Result<ExitCode, (u8, String)> {
+    let rows = match ask(args.node.as_deref(), &Request::Nodes)? {
+        Reply::Nodes(rows) => rows,
+        other => return Err((1, format!("unexpected answer {other:?}"))),
+    };
+    let mut out = std::io::stdout().lock();
+    let r = if args.json {
+        rows.iter().try_for_each(|row| writeln!(out, "{}", node_json(row)))
+    } else {
+        writeln!(out, "{:<16} {:<22} {:>5} {:>5} {:>6}  STATE", "NODE", "ADDRESS", "SLOTS", "BUSY", "QUEUED").and_then(
+            |()| {
+                rows.iter().try_for_each(|r| {
+                    let state = if r.here {
+                        "this node"
+                    } else if r.connected {
+                        "connected"
+                    } else {
+                        "member"
+                    };
+                    writeln!(
+                        out,
+                        "{:<16} {:<22} {:>5} {:>5} {:>6}  {state}",
+                        r.name,
+                        r.addr.as_deref().unwrap_or("-"),
+                        opt(r.slots),
+                        opt(r.busy),
+                        opt(r.queued)
+                    )
+                })
+            },
+        )
+    };
+    quiet_pipe(r)
+}
+
+fn node_json(r: &NodeRow) -> serde_json::Value {
+    serde_json::json!({
+        "name": r.name,
+        "addr": r.addr,
+        "here": r.here,
+        "connected": r.connected,
+        "slots": r.slots,
+        "busy": r.busy,
+        "queued": r.queued,
+    })
+}
+
+pub(crate) fn ps(args: PsArgs) -> Result<ExitCode, (u8, String)> {
+    let rows = match ask(args.node.as_deref(), &Request::Ps)? {
+        Reply::Ps(rows) => rows,
+        other => return Err((1, format!("unexpected answer {other:?}"))),
+    };
+    let mut out = std::io::stdout().lock();
+    let r = if args.json {
+        rows.iter().try_for_each(|row| writeln!(out, "{}", process_json(row)))
+    } else {
+        writeln!(
+            out,
+            "{:<12} {:<14} {:>8} {:<5} {:<11} {:>9} {:>8}  {:<14} COMMAND",
+            "NODE", "PID", "OS PID", "KIND", "STATE", "UPTIME", "RESTARTS", "LAST EXIT"
+        )
+        .and_then(|()| {
+            rows.iter().try_for_each(|r| {
+                writeln!(
+                    out,
+                    "{:<12} {:<14} {:>8} {:<5} {:<11} {:>9} {:>8}  {:<14} {}",
+                    r.node,
+                    r.pid,
+                    r.os_pid,
+                    r.kind,
+                    r.state.name(),
+                    uptime(r.uptime_ms),
+                    r.restarts,
+                    r.last_exit.as_ref().map_or_else(|| "-".into(), |e| e.to_string()),
+                    r.command
+                )
+            })
+        })
+    };
+    quiet_pipe(r)
+}
+
+fn uptime(ms: u64) -> String {
+    let s = ms / 1000;
+    match s {
+        0..60 => format!("{}.{}s", s, (ms % 1000) / 100),
+        60..3600 => format!("{}m{:02}s", s / 60, s % 60),
+        _ => format!("{}h{:02}m", s / 3600, (s % 3600) / 60),
+    }
+}
+
+fn process_json(r: &ProcessRow) -> serde_json::Value {
+    serde_json::json!({
+        "node": r.node,
+        "owner": r.owner,
+        "pid": r.pid,
+        "os_pid": r.os_pid,
+        "kind": r.kind,
+        "command": r.command,
+        "state": r.state.name(),
+        "interrupted": r.state == State::Interrupted,
+        "uptime_ms": r.uptime_ms,
+        "restarts": r.restarts,
+        "last_exit": r.last_exit.as_ref().map(|e| e.to_string()),
+    })
+}
+
+/// A reader that went away (`| head`) is not an error.
+fn quiet_pipe(r: std::io::Result<()>) -> Result<ExitCode, (u8, String)> {
+    match r.and_then(|()| std::io::stdout().flush()) {
+        Ok(()) => Ok(ExitCode::SUCCESS),
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(ExitCode::from(141)),
+        Err(e) => Err((1, e.to_string())),
+    }
+}
