@@ -119,10 +119,9 @@ impl State {
     pub fn of(reason: &ExitReason) -> State {
         match reason {
             ExitReason::Normal => State::Exited,
-            ExitReason::Killed
-            | ExitReason::Signal { .. }
-            | ExitReason::NoConnection
-            | ExitReason::Shutdown => State::Interrupted,
+            ExitReason::Killed | ExitReason::Signal { .. } | ExitReason::NoConnection | ExitReason::Shutdown => {
+                State::Interrupted
+            }
             _ => State::Failed,
         }
     }
@@ -220,7 +219,10 @@ pub enum FrameError {
 pub fn write_frame<T: Serialize>(to: &mut impl Write, value: &T) -> io::Result<()> {
     let body = postcard::to_stdvec(value).map_err(io::Error::other)?;
     if body.len() > MAX_FRAME {
-        return Err(io::Error::other(format!("a frame of {} bytes is over the limit", body.len())));
+        return Err(io::Error::other(format!(
+            "a frame of {} bytes is over the limit",
+            body.len()
+        )));
     }
     let mut frame = Vec::with_capacity(4 + body.len());
     frame.extend_from_slice(&(body.len() as u32).to_be_bytes());
@@ -289,9 +291,15 @@ mod tests {
         // Cut inside a frame; garbage; trailing bytes.
         assert!(matches!(read_frame::<Request>(&mut &buf[..6]), Err(FrameError::Io(_))));
         let mut junk = &[0, 0, 0, 2, 0xff, 0xff][..];
-        assert!(matches!(read_frame::<Request>(&mut junk), Err(FrameError::Undecodable(_))));
+        assert!(matches!(
+            read_frame::<Request>(&mut junk),
+            Err(FrameError::Undecodable(_))
+        ));
         let mut long = &[0, 0, 0, 3, 2, 0, 0][..];
-        assert!(matches!(read_frame::<Request>(&mut long), Err(FrameError::Undecodable(_))));
+        assert!(matches!(
+            read_frame::<Request>(&mut long),
+            Err(FrameError::Undecodable(_))
+        ));
     }
 
     #[cfg(feature = "fuzzing")]
@@ -299,7 +307,14 @@ mod tests {
     fn the_fuzz_entry_takes_any_bytes() {
         let mut real = Vec::new();
         write_frame(&mut real, &Reply::Stdout(vec![7; 40])).unwrap();
-        write_frame(&mut real, &Reply::Exit { reason: ExitReason::Killed, timed_out: true }).unwrap();
+        write_frame(
+            &mut real,
+            &Reply::Exit {
+                reason: ExitReason::Killed,
+                timed_out: true,
+            },
+        )
+        .unwrap();
         let mut inputs: Vec<Vec<u8>> = vec![vec![], vec![0xff; 64], vec![0, 0, 0, 1, 9]];
         inputs.extend((0..real.len()).map(|n| real[..n].to_vec()));
         for data in inputs {

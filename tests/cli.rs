@@ -1,15 +1,24 @@
 //! The `converge` command (feature `cli`). `converge run` promises the exit
 //! statuses of coreutils `timeout` and of a shell: each case runs the real
-//! `timeout` beside it and expects the same status.
+//! `timeout` beside it and expects the same status. Then node daemons
+//! (`converge node`), alone and in a cluster on loopback: runs through them,
+//! on other nodes and anywhere, `nodes`, `ps`, and nodes lost under runs.
 
-use std::io::Write;
+use std::io::{BufRead, Write};
 use std::os::unix::fs::PermissionsExt;
-use std::path::PathBuf;
-use std::process::{Command, Output, Stdio};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+/// The command, with no node daemon to find (the runs of these cases are
+/// on a node of their own, unless a case starts daemons in its own
+/// directory).
 fn converge() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_converge"))
+    let mut c = Command::new(env!("CARGO_BIN_EXE_converge"));
+    let none = std::env::temp_dir().join(format!("converge-cli-nodaemon-{}", std::process::id()));
+    c.env("CONVERGE_RUNTIME_DIR", none).env_remove("CONVERGE_NODE");
+    c
 }
 
 fn run(args: &[&str]) -> Output {
@@ -214,4 +223,480 @@ fn help_and_version_exit_0() {
     assert!(String::from_utf8_lossy(&o.stdout).contains("--timeout"));
     let o = converge().arg("--version").output().unwrap();
     assert_eq!(o.status.code(), Some(0));
+}
+
+/// Polls `f` every 10 ms until it holds or `limit` passes.
+fn wait_until(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + limit;
+    loop {
+        if f() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+fn os_alive(pid: i32) -> bool {
+    // A zombie is dead: only its parent has not looked yet.
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
+        s.rsplit(')')
+            .next()
+            .is_some_and(|rest| !rest.trim_start().starts_with('Z'))
+    })
+}
+
+/// A directory of daemons for one case, and the daemons started in it:
+/// stopped (TERM, then KILL) and checked gone when the case ends.
+struct Cluster {
+    dir: PathBuf,
+    secret: PathBuf,
+    nodes: Vec<(String, Child)>,
+}
+
+impl Cluster {
+    fn new(case: &str) -> Cluster {
+        let dir = std::env::temp_dir().join(format!("converge-cli-{}-{case}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)).unwrap();
+        let secret = dir.join("secret");
+        std::fs::write(&secret, "a secret for the tests of the command").unwrap();
+        std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o600)).unwrap();
+        Cluster {
+            dir,
+            secret,
+            nodes: Vec::new(),
+        }
+    }
+
+    /// The command, finding the daemons of this case.
+    fn cmd(&self) -> Command {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_converge"));
+        c.env("CONVERGE_RUNTIME_DIR", &self.dir).env_remove("CONVERGE_NODE");
+        c
+    }
+
+    /// Starts node `name` with `args`, and waits for its socket.
+    fn start(&mut self, name: &str, args: &[&str], env: &[(&str, &str)]) {
+        let mut c = self.cmd();
+        c.args(["node", "--name", name])
+            .args(args)
+            .envs(env.iter().copied())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        let child = c.spawn().unwrap();
+        self.nodes.push((name.to_owned(), child));
+        let socket = self.dir.join(format!("{name}.sock"));
+        assert!(
+            wait_until(Duration::from_secs(10), || UnixStream::connect(&socket).is_ok()),
+            "node {name} did not start"
+        );
+    }
+
+    /// Starts node `name` listening on loopback, joined to `seed`'s address.
+    fn start_member(&mut self, name: &str, seed: Option<&str>, extra: &[&str], env: &[(&str, &str)]) {
+        let secret = self.secret.to_string_lossy().into_owned();
+        let mut args = vec!["--listen", "127.0.0.1:0", "--secret-file", &secret];
+        let addr;
+        if let Some(seed) = seed {
+            addr = self.addr_of(seed);
+            args.extend(["--join", &addr]);
+        }
+        args.extend(extra);
+        self.start(name, &args, env);
+    }
+
+    /// Where node `name` listens, as it says.
+    fn addr_of(&self, name: &str) -> String {
+        let rows = self.json(&["nodes", "--node", name, "--json"]);
+        let here = rows.iter().find(|r| r["here"] == true).unwrap();
+        here["addr"].as_str().unwrap().to_owned()
+    }
+
+    /// The JSON lines a command prints.
+    fn json(&self, args: &[&str]) -> Vec<serde_json::Value> {
+        let o = self.cmd().args(args).stdin(Stdio::null()).output().unwrap();
+        assert_eq!(
+            o.status.code(),
+            Some(0),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        String::from_utf8_lossy(&o.stdout)
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    }
+
+    fn child(&mut self, name: &str) -> &mut Child {
+        &mut self.nodes.iter_mut().find(|(n, _)| n == name).unwrap().1
+    }
+
+    /// SIGKILL to node `name` (its zygote is left to see it die).
+    fn kill(&self, name: &str) {
+        let pid = self.nodes.iter().find(|(n, _)| n == name).unwrap().1.id();
+        Command::new("kill").args(["-KILL", &pid.to_string()]).status().unwrap();
+    }
+
+    /// Waits until node `asked` knows `of` and its load.
+    fn knows(&self, asked: &str, of: &str) -> bool {
+        wait_until(Duration::from_secs(10), || {
+            self.json(&["nodes", "--node", asked, "--json"])
+                .iter()
+                .any(|r| r["name"] == of && r["slots"].is_u64())
+        })
+    }
+
+    /// `ps` of node `asked`, as JSON rows.
+    fn ps(&self, asked: &str) -> Vec<serde_json::Value> {
+        self.json(&["ps", "--node", asked, "--json"])
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for (_, child) in &mut self.nodes {
+            let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
+        }
+        for (name, child) in &mut self.nodes {
+            let deadline = Instant::now() + Duration::from_secs(15);
+            while child.try_wait().unwrap().is_none() {
+                if Instant::now() >= deadline {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    if !std::thread::panicking() {
+                        panic!("node {name} did not stop on TERM");
+                    }
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn out(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn err(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+#[test]
+fn a_node_daemon_runs_programs_for_its_clients_and_lists_them() {
+    let mut c = Cluster::new("alone");
+    c.start("solo", &["--slots", "3"], &[]);
+    // The socket is the user's only, in a directory that is the user's only.
+    let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&c.dir.join("solo.sock")), 0o600);
+    let run = |args: &[&str], input: &str| {
+        let mut child = c
+            .cmd()
+            .env("A", "1")
+            .arg("run")
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        child.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
+        child.wait_with_output().unwrap()
+    };
+    let o = run(&["--", "sh", "-c", "echo out; echo err >&2; exit 3"], "");
+    assert_eq!((code(&o), out(&o), err(&o)), (3, "out\n".into(), "err\n".into()));
+    // Input passes through; the client's environment and directory are the
+    // program's; --env adds to it.
+    let o = run(&["--env", "B=2", "--", "sh", "-c", "cat; echo $A$B; pwd"], "line\n");
+    let here = std::env::current_dir().unwrap();
+    assert_eq!(out(&o), format!("line\n12\n{}\n", here.display()));
+    // The statuses are a shell's and `timeout`'s, as without a daemon.
+    assert_eq!(code(&run(&["--", "sh", "-c", "kill -KILL $$"], "")), 137);
+    assert_eq!(code(&run(&["--timeout", "0.2", "--", "sleep", "10"], "")), 124);
+    let o = run(&["--", "no-such-program-here"], "");
+    assert_eq!(code(&o), 127, "{}", err(&o));
+    let o = run(&["--", c.dir.to_str().unwrap()], "");
+    assert_eq!(code(&o), 126, "{}", err(&o));
+    // `ps` lists each run with its state; interrupted apart from failed.
+    let rows = c.ps("solo");
+    let states: Vec<(&str, &str)> = rows
+        .iter()
+        .map(|r| (r["command"].as_str().unwrap(), r["state"].as_str().unwrap()))
+        .collect();
+    assert_eq!(
+        states,
+        [
+            ("sh -c echo out; echo err >&2; exit 3", "failed"),
+            ("sh -c cat; echo $A$B; pwd", "exited"),
+            ("sh -c kill -KILL $$", "interrupted"),
+            ("sleep 10", "interrupted"),
+        ]
+    );
+    assert!(
+        rows.iter()
+            .all(|r| r["node"] == "solo" && r["os_pid"].as_i64().unwrap() > 0)
+    );
+    assert_eq!(rows[2]["last_exit"], "killed");
+    let nodes = c.json(&["nodes", "--json"]);
+    assert_eq!(nodes.len(), 1);
+    assert_eq!(
+        (nodes[0]["name"].as_str(), nodes[0]["slots"].as_u64()),
+        (Some("solo"), Some(3))
+    );
+    assert_eq!(nodes[0]["busy"], 0);
+    // TERM stops it: status 0, socket gone.
+    let child = c.child("solo");
+    Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(wait_until(Duration::from_secs(10), || child
+        .try_wait()
+        .unwrap()
+        .is_some()));
+    assert_eq!(child.wait().unwrap().code(), Some(0));
+    assert!(!c.dir.join("solo.sock").exists());
+}
+
+#[test]
+fn clients_pick_their_node_or_say_why_they_cannot() {
+    let mut c = Cluster::new("pick");
+    // No daemon: `run` starts a node of its own, `nodes` and `ps` cannot.
+    let o = c.cmd().args(["run", "--", "echo", "embedded"]).output().unwrap();
+    assert_eq!((code(&o), out(&o)), (0, "embedded\n".into()));
+    let o = c.cmd().args(["nodes"]).output().unwrap();
+    assert_eq!(code(&o), 1);
+    assert!(err(&o).contains("no node runs"), "{}", err(&o));
+    let o = c.cmd().args(["run", "--on", "b", "--", "true"]).output().unwrap();
+    assert_eq!(code(&o), 125);
+    c.start("a", &[], &[]);
+    c.start("b", &[], &[]);
+    // Two: a usage error, in each subcommand's own status.
+    let o = c.cmd().args(["ps"]).output().unwrap();
+    assert_eq!(code(&o), 2);
+    assert!(err(&o).contains("several nodes run (a, b)"), "{}", err(&o));
+    let o = c.cmd().args(["run", "--", "true"]).output().unwrap();
+    assert_eq!(code(&o), 125, "{}", err(&o));
+    // Named by flag or by the environment.
+    let o = c.cmd().args(["run", "--node", "b", "--", "true"]).output().unwrap();
+    assert_eq!(code(&o), 0);
+    let o = c
+        .cmd()
+        .env("CONVERGE_NODE", "a")
+        .args(["run", "--", "true"])
+        .output()
+        .unwrap();
+    assert_eq!(code(&o), 0);
+    assert_eq!(c.ps("a").len(), 1);
+    assert_eq!(c.ps("b").len(), 1);
+    let o = c.cmd().args(["ps", "--node", "nope"]).output().unwrap();
+    assert_eq!(code(&o), 2);
+    // A second daemon of the same name is refused; so is a directory that
+    // others may enter.
+    let o = c.cmd().args(["node", "--name", "a"]).output().unwrap();
+    assert_eq!(code(&o), 1);
+    assert!(err(&o).contains("already runs"), "{}", err(&o));
+    let open = c.dir.join("open");
+    std::fs::create_dir_all(&open).unwrap();
+    std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let o = c
+        .cmd()
+        .env("CONVERGE_RUNTIME_DIR", &open)
+        .args(["node", "--name", "z"])
+        .output()
+        .unwrap();
+    assert_eq!(code(&o), 1);
+    assert!(err(&o).contains("it must be 0700"), "{}", err(&o));
+    // Bad flags: usage errors.
+    let o = c.cmd().args(["node", "--listen", "127.0.0.1:0"]).output().unwrap();
+    assert!(err(&o).contains("--secret-file"), "{}", err(&o));
+    assert_ne!(code(&o), 0);
+    let o = c.cmd().args(["node", "--slots", "0"]).output().unwrap();
+    assert_eq!(code(&o), 2);
+}
+
+#[test]
+fn programs_run_on_the_node_named_or_wherever_there_is_room() {
+    let mut c = Cluster::new("place");
+    c.start_member("alpha", None, &["--slots", "1"], &[("WHERE", "alpha")]);
+    c.start_member("beta", Some("alpha"), &["--slots", "8"], &[("WHERE", "beta")]);
+    assert!(c.knows("alpha", "beta") && c.knows("beta", "alpha"));
+    let run = |args: &[&str]| {
+        c.cmd()
+            .env("CONVERGE_NODE", "alpha")
+            .env("WHERE", "client")
+            .arg("run")
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+    };
+    // Here, the client's environment; there, that node's, with --env.
+    assert_eq!(out(&run(&["--", "sh", "-c", "echo $WHERE"])), "client\n");
+    let o = run(&[
+        "--on",
+        "beta",
+        "--env",
+        "X=1",
+        "--",
+        "sh",
+        "-c",
+        "echo $WHERE$X; echo e >&2; exit 4",
+    ]);
+    assert_eq!((code(&o), out(&o), err(&o)), (4, "beta1\n".into(), "e\n".into()));
+    // Beta has 8 free slots, alpha 1.
+    assert_eq!(out(&run(&["--anywhere", "--", "sh", "-c", "echo $WHERE"])), "beta\n");
+    // A local program is sent to the other node by its content hash.
+    let tool = script("tool.sh", "echo tool \"$@\" on $WHERE; exit 5");
+    let o = run(&["--on", "beta", "--", &tool, "a b"]);
+    assert_eq!((code(&o), out(&o)), (5, "tool a b on beta\n".into()), "{}", err(&o));
+    let cached: Vec<_> = std::fs::read_dir(c.dir.join("beta.cache")).unwrap().collect();
+    assert_eq!(cached.len(), 1);
+    // Again: from the cache (same output), and a changed file is new.
+    assert_eq!(out(&run(&["--on", "beta", "--", &tool, "x"])), "tool x on beta\n");
+    std::fs::write(&tool, "#!/bin/sh\necho changed\n").unwrap();
+    assert_eq!(out(&run(&["--on", "beta", "--", &tool])), "changed\n");
+    assert_eq!(std::fs::read_dir(c.dir.join("beta.cache")).unwrap().count(), 2);
+    // Input goes there; a timeout there is 124; a missing program 127.
+    let mut child = c
+        .cmd()
+        .env("CONVERGE_NODE", "alpha")
+        .args(["run", "--on", "beta", "--", "cat"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(b"to beta\n").unwrap();
+    let o = child.wait_with_output().unwrap();
+    assert_eq!((code(&o), out(&o)), (0, "to beta\n".into()));
+    assert_eq!(
+        code(&run(&["--on", "beta", "--timeout", "0.3", "--", "sleep", "10"])),
+        124
+    );
+    assert_eq!(code(&run(&["--on", "beta", "--", "no-such-program-there"])), 127);
+    let o = run(&["--on", "gamma", "--", "true"]);
+    assert_eq!(code(&o), 125);
+    assert!(err(&o).contains("no node named \"gamma\""), "{}", err(&o));
+    // The owner lists them, with the node each ran on.
+    let rows = c.ps("alpha");
+    let nodes: Vec<&str> = rows.iter().map(|r| r["node"].as_str().unwrap()).collect();
+    assert_eq!(nodes.iter().filter(|n| **n == "beta").count(), 8, "{rows:?}");
+    assert!(rows.iter().all(|r| r["owner"] == "alpha"));
+    // Beta owns none, but lists the cluster's.
+    assert_eq!(c.ps("beta").len(), rows.len());
+}
+
+#[test]
+fn a_lost_node_ends_its_runs_and_theirs_end_with_their_owner() {
+    let c = &mut Cluster::new("lost");
+    c.start_member("alpha", None, &[], &[]);
+    c.start_member("beta", Some("alpha"), &[], &[]);
+    c.start_member("gamma", Some("alpha"), &[], &[]);
+    assert!(c.knows("alpha", "beta") && c.knows("alpha", "gamma") && c.knows("gamma", "beta"));
+    let background = |owner: &str, on: &str| {
+        let mut child = c
+            .cmd()
+            .env("CONVERGE_NODE", owner)
+            .args(["run", "--on", on, "--", "sh", "-c", "echo started; exec sleep 60"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        std::io::BufReader::new(child.stdout.as_mut().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        assert_eq!(line, "started\n");
+        child
+    };
+    let os_pid = |owner: &str| {
+        let rows = c.ps(owner);
+        let row = rows.iter().find(|r| r["state"] == "running").unwrap();
+        row["os_pid"].as_i64().unwrap() as i32
+    };
+    // Beta dies under alpha's run: the client exits 125 at once (the
+    // session broke), and beta's zygote takes the program down.
+    let mut client = background("alpha", "beta");
+    let program = os_pid("alpha");
+    assert!(os_alive(program));
+    c.kill("beta");
+    let t = Instant::now();
+    assert!(wait_until(Duration::from_secs(2), || client
+        .try_wait()
+        .unwrap()
+        .is_some()));
+    let o = client.wait_with_output().unwrap();
+    assert_eq!(code(&o), 125);
+    assert!(err(&o).contains("NoConnection"), "{}", err(&o));
+    assert!(t.elapsed() < Duration::from_secs(2));
+    assert!(wait_until(Duration::from_secs(2), || !os_alive(program)));
+    let rows = c.ps("alpha");
+    assert_eq!(rows.last().unwrap()["state"], "interrupted");
+    assert_eq!(rows.last().unwrap()["last_exit"], "connection to node lost");
+    // Gamma's run on alpha ends when gamma, its owner, is killed.
+    let mut client = background("gamma", "alpha");
+    let program = os_pid("gamma");
+    c.kill("gamma");
+    assert!(
+        wait_until(Duration::from_secs(3), || !os_alive(program)),
+        "the program outlived its owner"
+    );
+    assert!(wait_until(Duration::from_secs(2), || client
+        .try_wait()
+        .unwrap()
+        .is_some()));
+    assert_eq!(code(&client.wait_with_output().unwrap()), 125);
+    // Alpha took note: nothing runs there.
+    assert!(wait_until(Duration::from_secs(5), || c
+        .json(&["nodes", "--node", "alpha", "--json"])
+        .iter()
+        .any(|r| r["here"] == true && r["busy"] == 0)));
+}
+
+#[test]
+fn signals_reach_a_program_run_through_a_daemon_and_on_another_node() {
+    let mut c = Cluster::new("signals");
+    c.start_member("alpha", None, &[], &[]);
+    c.start_member("beta", Some("alpha"), &[], &[]);
+    assert!(c.knows("alpha", "beta"));
+    for on in ["alpha", "beta"] {
+        let mut child = c
+            .cmd()
+            .env("CONVERGE_NODE", "alpha")
+            .args([
+                "run",
+                "--on",
+                on,
+                "--",
+                "sh",
+                "-c",
+                "trap 'echo got INT; exit 7' INT; echo ready; while :; do sleep 0.05; done",
+            ])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut reader = std::io::BufReader::new(child.stdout.take().unwrap());
+        let mut line = String::new();
+        reader.read_line(&mut line).unwrap();
+        assert_eq!(line, "ready\n");
+        Command::new("kill")
+            .args(["-INT", &child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(
+            wait_until(Duration::from_secs(10), || child.try_wait().unwrap().is_some()),
+            "on {on}"
+        );
+        let mut rest = String::new();
+        std::io::Read::read_to_string(&mut reader, &mut rest).unwrap();
+        assert_eq!(rest, "got INT\n", "on {on}");
+        assert_eq!(child.wait().unwrap().code(), Some(7), "on {on}");
+    }
 }

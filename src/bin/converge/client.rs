@@ -144,28 +144,31 @@ pub(crate) fn nodes(args: NodesArgs) -> Result<ExitCode, (u8, String)> {
     let r = if args.json {
         rows.iter().try_for_each(|row| writeln!(out, "{}", node_json(row)))
     } else {
-        writeln!(out, "{:<16} {:<22} {:>5} {:>5} {:>6}  STATE", "NODE", "ADDRESS", "SLOTS", "BUSY", "QUEUED").and_then(
-            |()| {
-                rows.iter().try_for_each(|r| {
-                    let state = if r.here {
-                        "this node"
-                    } else if r.connected {
-                        "connected"
-                    } else {
-                        "member"
-                    };
-                    writeln!(
-                        out,
-                        "{:<16} {:<22} {:>5} {:>5} {:>6}  {state}",
-                        r.name,
-                        r.addr.as_deref().unwrap_or("-"),
-                        opt(r.slots),
-                        opt(r.busy),
-                        opt(r.queued)
-                    )
-                })
-            },
+        writeln!(
+            out,
+            "{:<16} {:<22} {:>5} {:>5} {:>6}  STATE",
+            "NODE", "ADDRESS", "SLOTS", "BUSY", "QUEUED"
         )
+        .and_then(|()| {
+            rows.iter().try_for_each(|r| {
+                let state = if r.here {
+                    "this node"
+                } else if r.connected {
+                    "connected"
+                } else {
+                    "member"
+                };
+                writeln!(
+                    out,
+                    "{:<16} {:<22} {:>5} {:>5} {:>6}  {state}",
+                    r.name,
+                    r.addr.as_deref().unwrap_or("-"),
+                    opt(r.slots),
+                    opt(r.busy),
+                    opt(r.queued)
+                )
+            })
+        })
     };
     quiet_pipe(r)
 }

@@ -301,7 +301,7 @@ pub(crate) fn run(args: NodeArgs) -> Result<ExitCode, String> {
 fn signals(daemon: &Daemon) -> Result<signal_hook::iterator::Handle, String> {
     let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGHUP]).map_err(|e| e.to_string())?;
     let handle = signals.handle();
-    let me = daemon.me.clone();
+    let me = daemon.me;
     std::thread::spawn(move || {
         for signal in signals.forever() {
             if me.send(ToDaemon::Signal(signal)).is_err() {
@@ -500,7 +500,7 @@ impl Daemon {
             if let Some(pid) = cluster.whereis(&node.name, DAEMON, Duration::from_secs(1)) {
                 let ask = ToDaemon::PsAsk {
                     id,
-                    reply: self.me.clone(),
+                    reply: self.me,
                 };
                 if Mailbox::<ToDaemon>::from_pid(pid).send(ask).is_ok() {
                     asked += 1;
@@ -786,7 +786,12 @@ fn run_for(daemon: &Daemon, spec: RunSpec, mut stream: UnixStream) {
 
 /// Starts a run where it is placed: the node's name, its process, and how
 /// to reach it; or the status and reason it could not start.
-fn start(daemon: &Daemon, id: u64, spec: &RunSpec, rx: &mpsc::Receiver<Relay>) -> Result<(String, Pid, Running), (u8, String)> {
+fn start(
+    daemon: &Daemon,
+    id: u64,
+    spec: &RunSpec,
+    rx: &mpsc::Receiver<Relay>,
+) -> Result<(String, Pid, Running), (u8, String)> {
     let target = daemon.place(&spec.placement).map_err(|why| (crate::FAILED, why))?;
     match target {
         None => {
@@ -809,7 +814,10 @@ fn start(daemon: &Daemon, id: u64, spec: &RunSpec, rx: &mpsc::Receiver<Relay>) -
             }
             daemon.add_job(id, &daemon.name, command_line(spec));
             daemon.pending.lock().unwrap().insert(id, builder);
-            daemon.me.send(ToDaemon::Start { id }).map_err(|e| (crate::FAILED, e.to_string()))?;
+            daemon
+                .me
+                .send(ToDaemon::Start { id })
+                .map_err(|e| (crate::FAILED, e.to_string()))?;
             match rx.recv() {
                 Ok(Relay::Started { port: Some(port), pid }) => Ok((daemon.name.clone(), pid, Running::Here(port))),
                 Ok(Relay::NotRun(code, why)) => Err((code, why)),
@@ -823,7 +831,7 @@ fn start(daemon: &Daemon, id: u64, spec: &RunSpec, rx: &mpsc::Receiver<Relay>) -
             let program = ship(daemon, &cluster, &node, spec)?;
             let run = RemoteRun {
                 id,
-                owner: daemon.me.clone(),
+                owner: daemon.me,
                 program,
                 args: spec.args.clone(),
                 env: spec.env.clone(),
@@ -863,7 +871,11 @@ fn ship(daemon: &Daemon, cluster: &Cluster, node: &str, spec: &RunSpec) -> Resul
     if meta.len() > MAX_SHIPPED as u64 {
         return Err((
             crate::FAILED,
-            format!("{}: {} bytes, too large to send to another node", path.display(), meta.len()),
+            format!(
+                "{}: {} bytes, too large to send to another node",
+                path.display(),
+                meta.len()
+            ),
         ));
     }
     let bytes = std::fs::read(&path).map_err(|e| (crate::FAILED, format!("{}: {e}", path.display())))?;
@@ -885,7 +897,9 @@ fn hex(hash: &[u8; 32]) -> String {
 /// match their hash), found if not.
 fn cached(name: &[u8], hash: &[u8; 32], bytes: Option<&[u8]>) -> Result<PathBuf, (u8, String)> {
     let shown = String::from_utf8_lossy(name).into_owned();
-    let dir = CACHE.get().ok_or_else(|| (crate::FAILED, "this node has no program cache".to_string()))?;
+    let dir = CACHE
+        .get()
+        .ok_or_else(|| (crate::FAILED, "this node has no program cache".to_string()))?;
     let path = dir.join(hex(hash));
     if let Some(bytes) = bytes {
         let got: [u8; 32] = Blake2s256::digest(bytes).into();
@@ -919,7 +933,7 @@ fn cached(name: &[u8], hash: &[u8; 32], bytes: Option<&[u8]>) -> Result<PathBuf,
 /// with the owner's daemon: the program ends when the owner or the session
 /// to it is gone.
 fn runner(ctx: Ctx<RunIn>, run: RemoteRun) {
-    let owner = run.owner.clone();
+    let owner = run.owner;
     ctx.trap_exits(true);
     if ctx.link(owner.pid()).is_err() {
         return;
@@ -946,7 +960,11 @@ fn runner(ctx: Ctx<RunIn>, run: RemoteRun) {
         .chain(&run.args)
         .map(|a| os(a).to_owned())
         .collect();
-    let env: Vec<_> = run.env.iter().map(|(k, v)| (os(k).to_owned(), os(v).to_owned())).collect();
+    let env: Vec<_> = run
+        .env
+        .iter()
+        .map(|(k, v)| (os(k).to_owned(), os(v).to_owned()))
+        .collect();
     let port = match crate::program_port(&path, &command, workdir.as_deref(), &env)
         .shutdown_timeout(Duration::from_millis(run.kill_after_ms))
         .spawn()
