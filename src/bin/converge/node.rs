@@ -498,10 +498,7 @@ impl Daemon {
         let mut asked = 0;
         for node in cluster.nodes() {
             if let Some(pid) = cluster.whereis(&node.name, DAEMON, Duration::from_secs(1)) {
-                let ask = ToDaemon::PsAsk {
-                    id,
-                    reply: self.me,
-                };
+                let ask = ToDaemon::PsAsk { id, reply: self.me };
                 if Mailbox::<ToDaemon>::from_pid(pid).send(ask).is_ok() {
                     asked += 1;
                 }
