@@ -33,9 +33,14 @@ pub enum Placement {
     Here,
     /// On the named node of the cluster.
     On(String),
-    /// On the least loaded node with a free slot (the daemon's own when
-    /// none has one).
-    Anywhere,
+    /// On the node with most free slots, not one of `avoid` while another
+    /// will do (where a job already failed). When none has a free slot:
+    /// the daemon's own node, or, with [`RunSpec::wait_for_slot`], the
+    /// first node to have one.
+    Anywhere {
+        /// Nodes to pass over.
+        avoid: Vec<String>,
+    },
 }
 
 /// A program to run, as the client resolved it.
@@ -61,6 +66,12 @@ pub struct RunSpec {
     pub timeout_ms: Option<u64>,
     /// Between the `SIGTERM` of a stop and its `SIGKILL`, in milliseconds.
     pub kill_after_ms: u64,
+    /// Whether a program named by a path is sent to another node (by
+    /// content hash) rather than taken from that node's file system.
+    pub ship: bool,
+    /// Whether the run waits, queued at the daemon, for a node with a free
+    /// slot ([`Placement::Anywhere`] only).
+    pub wait_for_slot: bool,
 }
 
 /// What a client asks.
@@ -278,6 +289,8 @@ mod tests {
             cwd: b"/".to_vec(),
             timeout_ms: Some(5),
             kill_after_ms: 10,
+            ship: true,
+            wait_for_slot: false,
         });
         write_frame(&mut buf, &req).unwrap();
         write_frame(&mut buf, &Request::InputEnd).unwrap();

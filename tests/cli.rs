@@ -700,3 +700,139 @@ fn signals_reach_a_program_run_through_a_daemon_and_on_another_node() {
         assert_eq!(child.wait().unwrap().code(), Some(7), "on {on}");
     }
 }
+
+/// The rows of a GNU parallel job log: (Seq, Host, Exitval, Signal).
+fn joblog_rows(path: &Path) -> Vec<(u64, String, i64, i32)> {
+    let text = std::fs::read_to_string(path).unwrap();
+    let mut lines = text.lines();
+    assert_eq!(
+        lines.next(),
+        Some("Seq\tHost\tStarttime\tJobRuntime\tSend\tReceive\tExitval\tSignal\tCommand")
+    );
+    let mut rows: Vec<_> = lines
+        .map(|l| {
+            let f: Vec<&str> = l.split('\t').collect();
+            (
+                f[0].parse().unwrap(),
+                f[1].to_owned(),
+                f[6].parse().unwrap(),
+                f[7].parse().unwrap(),
+            )
+        })
+        .collect();
+    rows.sort();
+    rows
+}
+
+#[test]
+fn parallel_places_jobs_on_the_cluster_and_a_retry_goes_elsewhere() {
+    let mut c = Cluster::new("pplace");
+    c.start_member("alpha", None, &["--slots", "1"], &[("WHERE", "alpha")]);
+    c.start_member("beta", Some("alpha"), &["--slots", "2"], &[("WHERE", "beta")]);
+    c.start_member("gamma", Some("alpha"), &["--slots", "2"], &[("WHERE", "gamma")]);
+    assert!(c.knows("alpha", "beta") && c.knows("alpha", "gamma"));
+    let log = c.dir.join("jobs.tsv");
+    // Five slots, ten jobs: every node takes some; the log says where
+    // (`:` for the node asked), and each job's output is whole.
+    let o = c
+        .cmd()
+        .env("CONVERGE_NODE", "alpha")
+        .env("WHERE", "here")
+        .args(["parallel", "--anywhere", "-k", "--joblog", log.to_str().unwrap()])
+        .args(["sleep 0.2; echo {} on $WHERE", ":::"])
+        .args((1..=10).map(|n| n.to_string()))
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(code(&o), 0, "{}", err(&o));
+    let lines: Vec<String> = out(&o).lines().map(str::to_owned).collect();
+    assert_eq!(lines.len(), 10);
+    let rows = joblog_rows(&log);
+    for (n, line) in lines.iter().enumerate() {
+        let (seq, host, exitval, _) = &rows[n];
+        assert_eq!((*seq, *exitval), (n as u64 + 1, 0));
+        let want = if host == ":" { "here" } else { host.as_str() };
+        assert_eq!(*line, format!("{} on {want}", n + 1));
+    }
+    for host in [":", "beta", "gamma"] {
+        assert!(rows.iter().any(|r| r.1 == host), "no job on {host}: {rows:?}");
+    }
+    // A job that fails on the first node it gets is retried on another: the
+    // busiest free node first (beta, gamma: 2 slots), then the other.
+    std::fs::remove_file(&log).unwrap();
+    let o = c
+        .cmd()
+        .env("CONVERGE_NODE", "alpha")
+        .args([
+            "parallel",
+            "--anywhere",
+            "--retries",
+            "3",
+            "--joblog",
+            log.to_str().unwrap(),
+        ])
+        .args(["[ $WHERE = gamma ] && echo {} ok on $WHERE || exit 3", ":::", "x"])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!((code(&o), out(&o)), (0, "x ok on gamma\n".into()), "{}", err(&o));
+    assert_eq!(joblog_rows(&log), [(1, "gamma".to_owned(), 0, 0)]);
+}
+
+#[test]
+fn parallel_reruns_the_jobs_of_a_node_lost_under_it() {
+    let c = &mut Cluster::new("plost");
+    c.start_member("alpha", None, &["--slots", "1"], &[]);
+    c.start_member("beta", Some("alpha"), &["--slots", "3"], &[]);
+    c.start_member("gamma", Some("alpha"), &["--slots", "2"], &[]);
+    assert!(c.knows("alpha", "beta") && c.knows("alpha", "gamma"));
+    let log = c.dir.join("jobs.tsv");
+    let mut parallel = c
+        .cmd()
+        .env("CONVERGE_NODE", "alpha")
+        .args(["parallel", "--anywhere", "--retries", "2", "--retry-on", "lost"])
+        .args(["--joblog", log.to_str().unwrap(), "sleep 1.5; echo {}", ":::"])
+        .args((1..=6).map(|n| n.to_string()))
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Beta has the most room: it takes jobs first. Kill it under them.
+    assert!(
+        wait_until(Duration::from_secs(10), || c
+            .ps("alpha")
+            .iter()
+            .any(|r| r["node"] == "beta" && r["state"] == "running")),
+        "no job went to beta"
+    );
+    let on_beta: Vec<i32> = c
+        .ps("alpha")
+        .iter()
+        .filter(|r| r["node"] == "beta" && r["state"] == "running")
+        .map(|r| r["os_pid"].as_i64().unwrap() as i32)
+        .collect();
+    c.kill("beta");
+    assert!(wait_until(Duration::from_secs(30), || parallel
+        .try_wait()
+        .unwrap()
+        .is_some()));
+    let o = parallel.wait_with_output().unwrap();
+    assert_eq!(code(&o), 0, "{}", err(&o));
+    let mut lines: Vec<u32> = out(&o).lines().map(|l| l.parse().unwrap()).collect();
+    lines.sort();
+    assert_eq!(lines, [1, 2, 3, 4, 5, 6], "each job's output once");
+    let rows = joblog_rows(&log);
+    assert_eq!(rows.len(), 6, "{rows:?}");
+    assert!(rows.iter().all(|r| r.1 != "beta" && r.2 == 0 && r.3 == 0), "{rows:?}");
+    // What ran on beta went with it.
+    assert!(wait_until(Duration::from_secs(2), || on_beta
+        .iter()
+        .all(|&p| !os_alive(p))));
+    let interrupted = c
+        .ps("alpha")
+        .iter()
+        .filter(|r| r["last_exit"] == "connection to node lost")
+        .count();
+    assert!(interrupted >= 1);
+}

@@ -86,16 +86,20 @@ pub(crate) fn embedded_node() -> Result<converge::Node, String> {
 
 /// Delivers `signals` to the node's main program as `i32` messages, so that
 /// its event loop sees them among the ports' events; the handle stops it.
-pub(crate) fn signals_as_messages(
+pub(crate) fn signals_as_messages<M>(
     node: &converge::Node,
     signals: &[i32],
-) -> Result<signal_hook::iterator::Handle, String> {
+    wrap: fn(i32) -> M,
+) -> Result<signal_hook::iterator::Handle, String>
+where
+    M: serde::Serialize + serde::de::DeserializeOwned + 'static,
+{
     let mut signals = signal_hook::iterator::Signals::new(signals).map_err(|e| e.to_string())?;
     let handle = signals.handle();
-    let me = node.mailbox::<i32>();
+    let me = node.mailbox::<M>();
     std::thread::spawn(move || {
         for signal in signals.forever() {
-            if me.send(signal).is_err() {
+            if me.send(wrap(signal)).is_err() {
                 return;
             }
         }

@@ -176,7 +176,13 @@ struct Daemon {
     jobs: Mutex<Jobs>,
     /// Runs started here for other nodes (their runners), and local runs.
     hosted: Mutex<HashSet<Pid>>,
-    local_busy: AtomicU64,
+    /// Runs this node owns, by the node they were placed on (counted from
+    /// placement to their end: advertised loads lag behind).
+    placed: Mutex<HashMap<String, u32>>,
+    /// Notified when a run ends: queued runs look for a slot again.
+    capacity: std::sync::Condvar,
+    /// Runs waiting here for a slot anywhere.
+    queued: AtomicU64,
     /// Programs already in another node's cache: (incarnation, hash).
     shipped: Mutex<HashSet<(converge::NodeId, [u8; 32])>>,
 }
@@ -274,7 +280,9 @@ pub(crate) fn run(args: NodeArgs) -> Result<ExitCode, String> {
         pending: Mutex::new(HashMap::new()),
         jobs: Mutex::new(Jobs::default()),
         hosted: Mutex::new(HashSet::new()),
-        local_busy: AtomicU64::new(0),
+        placed: Mutex::new(HashMap::new()),
+        capacity: std::sync::Condvar::new(),
+        queued: AtomicU64::new(0),
         shipped: Mutex::new(HashSet::new()),
     });
     daemon.advertise();
@@ -332,8 +340,6 @@ fn main_loop(daemon: &Daemon, ctx: &Ctx<ToDaemon>) -> i32 {
                     Ok(port) => {
                         ports.insert(port.pid(), id);
                         daemon.began(id, Some(port.pid()), port.os_pid());
-                        daemon.local_busy.fetch_add(1, Ordering::Relaxed);
-                        daemon.advertise();
                         daemon.relay(
                             id,
                             Relay::Started {
@@ -375,9 +381,7 @@ fn main_loop(daemon: &Daemon, ctx: &Ctx<ToDaemon>) -> i32 {
                     PortOutput::Stderr(bytes) => daemon.relay(id, Relay::Out { stderr: true, bytes }),
                     PortOutput::Exit(reason) => {
                         ports.remove(&port);
-                        daemon.local_busy.fetch_sub(1, Ordering::Relaxed);
                         daemon.ended(id, reason);
-                        daemon.advertise();
                     }
                     _ => {}
                 }
@@ -410,13 +414,20 @@ impl Daemon {
     }
 
     fn busy(&self) -> u32 {
-        let n = self.local_busy.load(Ordering::Relaxed) + self.hosted.lock().unwrap().len() as u64;
-        u32::try_from(n).unwrap_or(u32::MAX)
+        let mine = self.placed.lock().unwrap().get(&self.name).copied().unwrap_or(0);
+        self.busy_with(mine)
+    }
+
+    /// Busy slots here with `mine` runs of this node's own running here.
+    fn busy_with(&self, mine: u32) -> u32 {
+        let hosted = u32::try_from(self.hosted.lock().unwrap().len()).unwrap_or(u32::MAX);
+        mine.saturating_add(hosted)
     }
 
     fn advertise(&self) {
         if let Some(cluster) = self.cluster() {
-            cluster.advertise_load(Load::new(self.slots, self.busy(), 0));
+            let queued = u32::try_from(self.queued.load(Ordering::Relaxed)).unwrap_or(u32::MAX);
+            cluster.advertise_load(Load::new(self.slots, self.busy(), queued));
         }
     }
 
@@ -543,35 +554,91 @@ impl Daemon {
         rows
     }
 
-    /// The node a run goes to: `None` for this one.
-    fn place(&self, placement: &Placement) -> Result<Option<String>, String> {
-        match placement {
-            Placement::Here => Ok(None),
-            Placement::On(name) if *name == self.name => Ok(None),
+    /// Chooses the node of a run (`None` for this one) and counts the run
+    /// there until [`release`](Daemon::release). A run that may go anywhere
+    /// goes to the node with most free slots (this one on a tie), passing
+    /// over those it should avoid while another will do; with none free it
+    /// runs here, or waits for a slot when it is to.
+    fn reserve(&self, spec: &RunSpec) -> Result<Option<String>, String> {
+        let target = match &spec.placement {
+            Placement::Here => None,
+            Placement::On(name) if *name == self.name => None,
             Placement::On(name) => {
                 let Some(cluster) = self.cluster() else {
                     return Err(format!("no node named {name:?}: node {} is in no cluster", self.name));
                 };
-                if cluster.nodes().iter().any(|n| n.name == *name) {
-                    Ok(Some(name.clone()))
-                } else {
-                    Err(format!("no node named {name:?} in the cluster"))
+                if !cluster.nodes().iter().any(|n| n.name == *name) {
+                    return Err(format!("no node named {name:?} in the cluster"));
+                }
+                Some(name.clone())
+            }
+            Placement::Anywhere { avoid } => return Ok(self.reserve_anywhere(avoid, spec.wait_for_slot)),
+        };
+        let name = target.clone().unwrap_or_else(|| self.name.clone());
+        *self.placed.lock().unwrap().entry(name).or_default() += 1;
+        self.advertise();
+        Ok(target)
+    }
+
+    fn reserve_anywhere(&self, avoid: &[String], wait: bool) -> Option<String> {
+        let mut queued = false;
+        let mut placed = self.placed.lock().unwrap();
+        let chosen = loop {
+            // (free slots, whether it is this node, name)
+            let here = placed.get(&self.name).copied().unwrap_or(0);
+            let mut candidates = vec![(self.slots.saturating_sub(self.busy_with(here)), true, self.name.clone())];
+            if let Some(cluster) = self.cluster() {
+                candidates.extend(cluster.nodes().into_iter().filter_map(|n| {
+                    let load = n.load?;
+                    let mine = placed.get(&n.name).copied().unwrap_or(0);
+                    Some((load.slots.saturating_sub(load.busy.max(mine)), false, n.name))
+                }));
+            }
+            if candidates.iter().any(|c| !avoid.contains(&c.2)) {
+                candidates.retain(|c| !avoid.contains(&c.2));
+            }
+            let best = candidates
+                .into_iter()
+                .max_by(|a, b| (a.0, a.1).cmp(&(b.0, b.1)).then_with(|| b.2.cmp(&a.2)));
+            match best {
+                Some((free, _, name)) if free > 0 => break name,
+                _ if !wait => break self.name.clone(),
+                _ => {}
+            }
+            if !queued {
+                queued = true;
+                self.queued.fetch_add(1, Ordering::Relaxed);
+                drop(placed);
+                self.advertise();
+                placed = self.placed.lock().unwrap();
+            }
+            // Woken by a run's end here; loads heard by gossip are looked
+            // at again after a while.
+            placed = self.capacity.wait_timeout(placed, Duration::from_millis(50)).unwrap().0;
+        };
+        *placed.entry(chosen.clone()).or_default() += 1;
+        drop(placed);
+        if queued {
+            self.queued.fetch_sub(1, Ordering::Relaxed);
+        }
+        self.advertise();
+        (chosen != self.name).then_some(chosen)
+    }
+
+    /// A run placed on `node` (`None`: this one) ended.
+    fn release(&self, node: Option<&str>) {
+        let name = node.unwrap_or(&self.name);
+        {
+            let mut placed = self.placed.lock().unwrap();
+            if let Some(n) = placed.get_mut(name) {
+                *n = n.saturating_sub(1);
+                if *n == 0 {
+                    placed.remove(name);
                 }
             }
-            Placement::Anywhere => {
-                let mine = self.slots.saturating_sub(self.busy());
-                let best = self.cluster().and_then(|c| {
-                    c.nodes()
-                        .into_iter()
-                        .filter_map(|n| Some((n.load?.free(), n.name)))
-                        .max_by(|a, b| a.0.cmp(&b.0).then_with(|| b.1.cmp(&a.1)))
-                });
-                Ok(match best {
-                    Some((free, name)) if free > mine => Some(name),
-                    _ => None,
-                })
-            }
         }
+        self.capacity.notify_all();
+        self.advertise();
     }
 
     fn add_job(&self, id: u64, node: &str, command: String) {
@@ -706,8 +773,21 @@ impl Running {
 fn run_for(daemon: &Daemon, spec: RunSpec, mut stream: UnixStream) {
     let id = daemon.next.fetch_add(1, Ordering::Relaxed);
     let (tx, rx) = mpsc::channel();
+    let target = match daemon.reserve(&spec) {
+        Ok(target) => target,
+        Err(why) => {
+            let _ = write_frame(
+                &mut stream,
+                &Reply::Failed {
+                    code: crate::FAILED,
+                    why,
+                },
+            );
+            return;
+        }
+    };
     daemon.routes.lock().unwrap().insert(id, tx);
-    let result = start(daemon, id, &spec, &rx);
+    let result = start(daemon, id, &spec, target.clone(), &rx);
     let running = match result {
         Ok((node, pid, running)) => {
             let started = Reply::Started {
@@ -721,6 +801,7 @@ fn run_for(daemon: &Daemon, spec: RunSpec, mut stream: UnixStream) {
         }
         Err((code, why)) => {
             daemon.routes.lock().unwrap().remove(&id);
+            daemon.release(target.as_deref());
             let _ = write_frame(&mut stream, &Reply::Failed { code, why });
             return;
         }
@@ -778,6 +859,7 @@ fn run_for(daemon: &Daemon, spec: RunSpec, mut stream: UnixStream) {
         }
     }
     daemon.routes.lock().unwrap().remove(&id);
+    daemon.release(target.as_deref());
     let _ = stream.shutdown(std::net::Shutdown::Both);
 }
 
@@ -787,9 +869,9 @@ fn start(
     daemon: &Daemon,
     id: u64,
     spec: &RunSpec,
+    target: Option<String>,
     rx: &mpsc::Receiver<Relay>,
 ) -> Result<(String, Pid, Running), (u8, String)> {
-    let target = daemon.place(&spec.placement).map_err(|why| (crate::FAILED, why))?;
     match target {
         None => {
             let workdir = spec.workdir.as_deref().map(|w| Path::new(os(w)));
@@ -859,7 +941,7 @@ fn start(
 /// content hash (its bytes only if that node has not been sent it); a bare
 /// name is looked up there.
 fn ship(daemon: &Daemon, cluster: &Cluster, node: &str, spec: &RunSpec) -> Result<Program, (u8, String)> {
-    if !spec.program.contains(&b'/') {
+    if !spec.ship || !spec.program.contains(&b'/') {
         return Ok(Program::Named(spec.program.clone()));
     }
     let cwd = Path::new(os(&spec.cwd));

@@ -244,7 +244,7 @@ fn via_daemon(name: &str, mut stream: UnixStream, args: &RunArgs) -> Result<u8, 
     let (program, rest) = args.command.split_first().expect("BUG: clap requires a program");
     let placement = match (&args.on, args.anywhere) {
         (Some(node), _) => Placement::On(node.clone()),
-        (None, true) => Placement::Anywhere,
+        (None, true) => Placement::Anywhere { avoid: Vec::new() },
         (None, false) => Placement::Here,
     };
     let cwd = std::env::current_dir().map_err(|e| format!("the working directory: {e}"))?;
@@ -258,6 +258,8 @@ fn via_daemon(name: &str, mut stream: UnixStream, args: &RunArgs) -> Result<u8, 
         cwd: bytes(cwd.as_os_str()),
         timeout_ms: args.timeout.map(|t| u64::try_from(t.as_millis()).unwrap_or(u64::MAX)),
         kill_after_ms: u64::try_from(args.kill_after.as_millis()).unwrap_or(u64::MAX),
+        ship: true,
+        wait_for_slot: false,
     };
     let lost = |e: FrameError| format!("node {name}: {e}");
     write_frame(&mut stream, &Request::Run(spec)).map_err(|e| format!("node {name}: {e}"))?;

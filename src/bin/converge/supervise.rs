@@ -123,7 +123,7 @@ pub(crate) fn run(args: SuperviseArgs) -> Result<ExitCode, String> {
         }
     };
     let node = crate::embedded_node()?;
-    let stop_forwarding = crate::signals_as_messages(&node, &[SIGINT, SIGTERM, SIGHUP])?;
+    let stop_forwarding = crate::signals_as_messages(&node, &[SIGINT, SIGTERM, SIGHUP], |s| s)?;
     let ctx = node.ctx::<i32>();
     let builder = crate::program_port(&path, &args.command, args.workdir.as_deref(), &args.env)
         .shutdown_timeout(args.stop_timeout);

@@ -14,8 +14,9 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant, SystemTime};
 
 use clap::{Args, ValueEnum};
+use converge::daemon::{Placement, Reply, Request, RunSpec, read_frame, write_frame};
 use converge::port::{Framing, Port, PortBuilder, PortOutput, Stderr};
-use converge::{Ctx, Event, ExitReason, Pid, RecvTimeoutError};
+use converge::{Ctx, Event, ExitReason, Mailbox, Pid, RecvTimeoutError};
 use signal_hook::consts::signal::{SIGHUP, SIGINT, SIGKILL, SIGTERM};
 
 use self::input::{Job, Source, Template};
@@ -24,6 +25,9 @@ use self::output::{JobOutput, JsonText, LineStream, write_tagged};
 
 /// The exit status of a usage error, as GNU parallel's.
 pub(crate) const USAGE: u8 = 255;
+/// Jobs handed to the node daemon at once with --anywhere (it queues those
+/// for which no node has a free slot).
+const ANYWHERE_JOBS: usize = 256;
 
 const EXAMPLES: &str = "Examples:
   converge parallel gzip ::: *.log
@@ -36,9 +40,20 @@ const EXAMPLES: &str = "Examples:
 #[derive(Args, Debug)]
 #[command(after_help = EXAMPLES)]
 pub(crate) struct ParallelArgs {
-    /// Jobs run at once: N, N% of the cores, +N or -N cores (0: no limit).
-    #[arg(short = 'j', long = "jobs", value_name = "N", value_parser = parse_jobs, default_value = "100%")]
-    jobs: usize,
+    /// Jobs run at once: N, N% of the cores, +N or -N cores (0: no limit;
+    /// default: 100%, or with --anywhere as many as the cluster has slots).
+    #[arg(short = 'j', long = "jobs", value_name = "N", value_parser = parse_jobs)]
+    jobs: Option<usize>,
+    /// Runs the jobs on the nodes of the cluster, each where there is a
+    /// free slot (through the node daemon, `converge node`; a retry goes to
+    /// a node where the job has not failed). Without a daemon the jobs run
+    /// here.
+    #[arg(long)]
+    anywhere: bool,
+    /// The node daemon to ask (default: the only one running for this user;
+    /// also CONVERGE_NODE).
+    #[arg(long, value_name = "NAME", requires = "anywhere")]
+    node: Option<String>,
     /// Attempts in all for a job that fails (only the last attempt's output
     /// and log row are kept).
     #[arg(long, value_name = "K", default_value_t = 1)]
@@ -339,6 +354,67 @@ struct Pending {
     /// Its place in the output order, once it has one.
     order: Option<u64>,
     attempt: u32,
+    /// Nodes where it failed (a retry goes elsewhere when it can).
+    failed_on: Vec<String>,
+}
+
+/// What the loop receives: signals, and what the node daemon says of jobs
+/// run through it.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+enum Msg {
+    Signal(i32),
+    Daemon {
+        key: u64,
+        reply: Reply,
+    },
+    /// The connection of job `key` to the daemon broke.
+    Lost {
+        key: u64,
+    },
+}
+
+/// A running job: a port of this command's node, or a run of the node
+/// daemon (on whichever node it placed it).
+enum Handle {
+    Port(Port),
+    Daemon {
+        key: u64,
+        stream: std::os::unix::net::UnixStream,
+        /// The node it runs on, once it started.
+        node: Option<String>,
+    },
+}
+
+impl Handle {
+    fn signal(&self, signal: i32) {
+        match self {
+            Handle::Port(p) => {
+                let _ = p.signal(signal);
+            }
+            Handle::Daemon { stream, .. } => {
+                let _ = write_frame(&mut &*stream, &Request::Signal(signal));
+            }
+        }
+    }
+
+    /// Kills the job's group (and cgroup); for a daemon's run, the daemon
+    /// does that when its client's side of the connection closes.
+    fn kill(&self) {
+        match self {
+            Handle::Port(p) => p.kill(),
+            Handle::Daemon { stream, .. } => {
+                let _ = stream.shutdown(std::net::Shutdown::Write);
+            }
+        }
+    }
+
+    fn is_port(&self, pid: Pid) -> bool {
+        matches!(self, Handle::Port(p) if p.pid() == pid)
+    }
+
+    fn is_key(&self, k: u64) -> bool {
+        matches!(self, Handle::Daemon { key, .. } if *key == k)
+    }
 }
 
 struct Running {
@@ -346,7 +422,8 @@ struct Running {
     order: u64,
     attempt: u32,
     slot: usize,
-    port: Port,
+    handle: Handle,
+    failed_on: Vec<String>,
     command: String,
     start: SystemTime,
     started: Instant,
@@ -504,9 +581,18 @@ pub(crate) fn run(args: ParallelArgs) -> Result<ExitCode, String> {
         ),
         None => None,
     };
+    // With --anywhere, through the node daemon when one runs.
+    let daemon = if args.anywhere {
+        crate::client::find(args.node.as_deref())?.map(|(name, _)| name)
+    } else {
+        None
+    };
+    let jobs = args
+        .jobs
+        .unwrap_or(if daemon.is_some() { ANYWHERE_JOBS } else { cores() });
     let node = crate::embedded_node()?;
     // Ctrl-C, SIGTERM and SIGHUP come to the loop as messages.
-    let stop_forwarding = crate::signals_as_messages(&node, &[SIGINT, SIGTERM, SIGHUP])?;
+    let stop_forwarding = crate::signals_as_messages(&node, &[SIGINT, SIGTERM, SIGHUP], Msg::Signal)?;
     let show_bar = !args.no_bar && (args.bar || std::io::stderr().is_terminal());
     let bar = show_bar.then(|| {
         let bar = match source.total() {
@@ -524,7 +610,9 @@ pub(crate) fn run(args: ParallelArgs) -> Result<ExitCode, String> {
         .filter(|s| !s.is_empty())
         .unwrap_or_else(|| "/bin/sh".into());
     let mut engine = Engine {
-        ctx: node.ctx::<i32>(),
+        ctx: node.ctx::<Msg>(),
+        daemon,
+        next_key: 0,
         template,
         source,
         shell: shell.into(),
@@ -534,7 +622,7 @@ pub(crate) fn run(args: ParallelArgs) -> Result<ExitCode, String> {
         queue: VecDeque::new(),
         source_done: false,
         running: Vec::new(),
-        free_slots: (1..=args.jobs.min(4096)).collect(),
+        free_slots: (1..=if jobs == 0 { 4096 } else { jobs.min(4096) }).collect(),
         next_order: 0,
         print_order: 0,
         finished: BTreeMap::new(),
@@ -568,7 +656,11 @@ pub(crate) fn run(args: ParallelArgs) -> Result<ExitCode, String> {
 
 fn dry_run(args: &ParallelArgs, template: &Template, mut source: Source) -> ExitCode {
     let mut out = std::io::stdout().lock();
-    let slots = args.jobs.min(4096);
+    // -j 0: no limit (as many slots as a run would have).
+    let slots = match args.jobs.unwrap_or_else(cores) {
+        0 => 4096,
+        n => n.min(4096),
+    };
     let mut n = 0usize;
     while let Some(job) = source.next_job() {
         match job {
@@ -589,7 +681,10 @@ fn dry_run(args: &ParallelArgs, template: &Template, mut source: Source) -> Exit
 
 struct Engine<'a> {
     args: &'a ParallelArgs,
-    ctx: Ctx<i32>,
+    ctx: Ctx<Msg>,
+    /// The node daemon the jobs run through (--anywhere).
+    daemon: Option<String>,
+    next_key: u64,
     template: Template,
     source: Source,
     shell: PathBuf,
@@ -639,8 +734,20 @@ impl Engine<'_> {
                 .min();
             let wait = due.map_or(Duration::from_secs(3600), |d| d.saturating_duration_since(now));
             match self.ctx.recv_event_timeout(wait) {
-                Ok(Event::Port { port, output }) => self.port_event(port, output)?,
-                Ok(Event::Message(signal)) => self.interrupt(signal),
+                Ok(Event::Port { port, output }) => {
+                    if let Some(i) = self.running.iter().position(|r| r.handle.is_port(port)) {
+                        self.output(i, output)?;
+                    }
+                }
+                Ok(Event::Message(Msg::Signal(signal))) => self.interrupt(signal),
+                Ok(Event::Message(Msg::Daemon { key, reply })) => self.daemon_reply(key, reply)?,
+                Ok(Event::Message(Msg::Lost { key })) => self.daemon_reply(
+                    key,
+                    Reply::Exit {
+                        reason: ExitReason::NoConnection,
+                        timed_out: false,
+                    },
+                )?,
                 Ok(_) => {}
                 Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) => return Err("the node stopped".into()),
@@ -667,6 +774,7 @@ impl Engine<'_> {
                         job,
                         order: None,
                         attempt: 1,
+                        failed_on: Vec::new(),
                     }));
                 }
             }
@@ -692,16 +800,27 @@ impl Engine<'_> {
             self.next_order += 1;
             self.next_order - 1
         });
-        let port = PortBuilder::new(&self.shell)
-            .args(["-c", &command])
-            .framing(Framing::Raw)
-            .stderr(Stderr::Separate)
-            .env("PARALLEL_SEQ", p.job.seq.to_string())
-            .env("PARALLEL_JOBSLOT", slot.to_string())
-            .name(format!("job {}", p.job.seq))
-            .spawn()
-            .map_err(|e| format!("starting job {}: {e}", p.job.seq))?;
-        port.close_input();
+        let handle = match self.daemon.clone() {
+            Some(daemon) => self.through_daemon(&daemon, &p, slot, &command)?,
+            None => {
+                let port = PortBuilder::new(&self.shell)
+                    .args(["-c", &command])
+                    .framing(Framing::Raw)
+                    .stderr(Stderr::Separate)
+                    .env("PARALLEL_SEQ", p.job.seq.to_string())
+                    .env("PARALLEL_JOBSLOT", slot.to_string())
+                    .name(format!("job {}", p.job.seq))
+                    .spawn()
+                    .map_err(|e| format!("starting job {}: {e}", p.job.seq))?;
+                port.close_input();
+                Handle::Port(port)
+            }
+        };
+        // A daemon's run has its deadline from its start there.
+        let deadline = match handle {
+            Handle::Port(_) => self.args.timeout.map(|t| Instant::now() + t),
+            Handle::Daemon { .. } => None,
+        };
         if p.attempt == 1 {
             self.started += 1;
         }
@@ -711,13 +830,14 @@ impl Engine<'_> {
             order,
             attempt: p.attempt,
             slot,
-            port,
+            handle,
+            failed_on: p.failed_on,
             command,
             start: SystemTime::now(),
             started,
             out: JobOutput::default(),
             lines: Default::default(),
-            deadline: self.args.timeout.map(|t| started + t),
+            deadline,
             kill: None,
             timed_out: false,
         });
@@ -729,10 +849,95 @@ impl Engine<'_> {
         !self.args.keep_order || order == self.print_order
     }
 
-    fn port_event(&mut self, port: Pid, output: PortOutput) -> Result<(), String> {
-        let Some(i) = self.running.iter().position(|r| r.port.pid() == port) else {
+    /// Asks the node daemon to run a job wherever there is room: a
+    /// connection of its own, whose replies a thread passes to the loop.
+    fn through_daemon(&mut self, daemon: &str, p: &Pending, slot: usize, command: &str) -> Result<Handle, String> {
+        use std::os::unix::ffi::OsStrExt;
+        let bytes = |s: &std::ffi::OsStr| s.as_bytes().to_vec();
+        let mut stream = std::os::unix::net::UnixStream::connect(crate::client::socket_path(daemon))
+            .map_err(|e| format!("node {daemon}: {e}"))?;
+        let mut env_base: Vec<(Vec<u8>, Vec<u8>)> = std::env::vars_os().map(|(k, v)| (bytes(&k), bytes(&v))).collect();
+        let cwd = std::env::current_dir().map_err(|e| e.to_string())?;
+        let ours = [
+            (b"PARALLEL_SEQ".to_vec(), p.job.seq.to_string().into_bytes()),
+            (b"PARALLEL_JOBSLOT".to_vec(), slot.to_string().into_bytes()),
+        ];
+        env_base.extend(ours.iter().cloned());
+        let spec = RunSpec {
+            placement: Placement::Anywhere {
+                avoid: p.failed_on.clone(),
+            },
+            program: bytes(self.shell.as_os_str()),
+            args: vec![b"-c".to_vec(), command.as_bytes().to_vec()],
+            env_base,
+            env: ours.to_vec(),
+            workdir: None,
+            cwd: bytes(cwd.as_os_str()),
+            timeout_ms: None,
+            kill_after_ms: 0,
+            ship: false,
+            wait_for_slot: true,
+        };
+        write_frame(&mut stream, &Request::Run(spec)).map_err(|e| format!("node {daemon}: {e}"))?;
+        write_frame(&mut stream, &Request::InputEnd).map_err(|e| format!("node {daemon}: {e}"))?;
+        self.next_key += 1;
+        let key = self.next_key;
+        let mut from = stream.try_clone().map_err(|e| e.to_string())?;
+        let to: Mailbox<Msg> = self.ctx.mailbox();
+        std::thread::spawn(move || {
+            loop {
+                match read_frame::<Reply>(&mut from) {
+                    Ok(reply) => {
+                        let last = matches!(reply, Reply::Exit { .. } | Reply::Failed { .. });
+                        if to.send(Msg::Daemon { key, reply }).is_err() || last {
+                            return;
+                        }
+                    }
+                    Err(_) => {
+                        let _ = to.send(Msg::Lost { key });
+                        return;
+                    }
+                }
+            }
+        });
+        Ok(Handle::Daemon {
+            key,
+            stream,
+            node: None,
+        })
+    }
+
+    /// What the daemon says of the job `key`.
+    fn daemon_reply(&mut self, key: u64, reply: Reply) -> Result<(), String> {
+        let Some(i) = self.running.iter().position(|r| r.handle.is_key(key)) else {
             return Ok(());
         };
+        match reply {
+            Reply::Started { node, .. } => {
+                let r = &mut self.running[i];
+                if let Handle::Daemon { node: at, .. } = &mut r.handle {
+                    *at = Some(node);
+                }
+                // Its time runs from its start there, not from its wait for
+                // a slot.
+                r.start = SystemTime::now();
+                r.started = Instant::now();
+                r.deadline = self.args.timeout.map(|t| r.started + t);
+                Ok(())
+            }
+            Reply::Stdout(bytes) => self.output(i, PortOutput::Data(bytes)),
+            Reply::Stderr(bytes) => self.output(i, PortOutput::Stderr(bytes)),
+            Reply::Exit { reason, .. } => self.output(i, PortOutput::Exit(reason)),
+            Reply::Failed { code, why } => {
+                eprintln!("converge parallel: job {}: {why}", self.running[i].job.seq);
+                self.output(i, PortOutput::Exit(ExitReason::Code(i32::from(code))))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Output or the end of the running job `i`.
+    fn output(&mut self, i: usize, output: PortOutput) -> Result<(), String> {
         let stream = match output {
             PortOutput::Data(bytes) => Some((0, bytes)),
             PortOutput::Stderr(bytes) => Some((1, bytes)),
@@ -776,13 +981,22 @@ impl Engine<'_> {
                 RetryOn::Lost => end.lost,
                 RetryOn::Exit => !end.lost,
             };
+        let host = match &r.handle {
+            Handle::Daemon { node: Some(node), .. } if Some(node) != self.daemon.as_ref() => node.clone(),
+            _ => ":".to_owned(),
+        };
         if retry {
             // The failed attempt leaves nothing behind but its lines already
             // printed (`--line-buffer`).
+            let mut failed_on = std::mem::take(&mut r.failed_on);
+            if let Handle::Daemon { node: Some(node), .. } = &r.handle {
+                failed_on.push(node.clone());
+            }
             self.queue.push_front(Pending {
                 job: r.job,
                 order: Some(r.order),
                 attempt: r.attempt + 1,
+                failed_on,
             });
             return Ok(());
         }
@@ -802,7 +1016,7 @@ impl Engine<'_> {
         }
         let row = Row {
             seq: r.job.seq,
-            host: ":".into(),
+            host,
             start: r
                 .start
                 .duration_since(SystemTime::UNIX_EPOCH)
@@ -932,7 +1146,7 @@ impl Engine<'_> {
     fn kill_running(&mut self) {
         let deadline = Instant::now() + self.termseq.0.iter().map(|(_, d)| *d).sum::<Duration>();
         for r in &self.running {
-            let _ = r.port.signal(self.termseq.0.first().map_or(SIGTERM, |s| s.0));
+            r.handle.signal(self.termseq.0.first().map_or(SIGTERM, |s| s.0));
         }
         // The rest of the sequence, for those that are still there.
         let mut step = 0;
@@ -944,13 +1158,13 @@ impl Engine<'_> {
                 match self.termseq.0.get(step) {
                     Some((signal, wait)) => {
                         for r in &self.running {
-                            let _ = r.port.signal(*signal);
+                            r.handle.signal(*signal);
                         }
                         step_at = now + *wait;
                     }
                     None => {
                         for r in &self.running {
-                            r.port.kill();
+                            r.handle.kill();
                         }
                         step_at = now + Duration::from_secs(5);
                     }
@@ -959,12 +1173,21 @@ impl Engine<'_> {
             let wait = step_at
                 .saturating_duration_since(now)
                 .min(deadline.saturating_duration_since(now).max(Duration::from_millis(25)));
-            if let Ok(Event::Port {
-                port,
-                output: PortOutput::Exit(_),
-            }) = self.ctx.recv_event_timeout(wait)
-                && let Some(i) = self.running.iter().position(|r| r.port.pid() == port)
-            {
+            let gone = match self.ctx.recv_event_timeout(wait) {
+                Ok(Event::Port {
+                    port,
+                    output: PortOutput::Exit(_),
+                }) => self.running.iter().position(|r| r.handle.is_port(port)),
+                Ok(Event::Message(
+                    Msg::Daemon {
+                        key,
+                        reply: Reply::Exit { .. } | Reply::Failed { .. },
+                    }
+                    | Msg::Lost { key },
+                )) => self.running.iter().position(|r| r.handle.is_key(key)),
+                _ => None,
+            };
+            if let Some(i) = gone {
                 let r = self.running.swap_remove(i);
                 self.free_slots.insert(r.slot);
             }
@@ -986,13 +1209,13 @@ impl Engine<'_> {
                 }
                 match seq.get(step) {
                     Some((signal, wait)) => {
-                        let _ = r.port.signal(*signal);
+                        r.handle.signal(*signal);
                         r.kill = Some((step + 1, now + *wait));
                     }
                     None => {
                         // Past the sequence: the whole cgroup too, and no
                         // more steps.
-                        r.port.kill();
+                        r.handle.kill();
                         r.kill = Some((step + 1, now + Duration::from_secs(3600)));
                     }
                 }
@@ -1017,9 +1240,9 @@ impl Engine<'_> {
         self.interrupted = Some(signal);
         for r in &self.running {
             if second {
-                r.port.kill();
+                r.handle.kill();
             } else {
-                let _ = r.port.signal(signal);
+                r.handle.signal(signal);
             }
         }
     }
