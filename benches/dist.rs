@@ -1,8 +1,17 @@
-//! Distribution (feature `dist`): a 16-byte round trip between the main
-//! program of one node and a process of another node on loopback (`ratio
-//! remote_rtt_16`), against a bare TCP ping-pong between two processes in
-//! the same run; and the time from `SIGKILL` of a node to `NodeDown` at a
-//! node monitoring it (`info nodedown_kill_ms`).
+//! Distribution (feature `dist`), each against its floor in the same run:
+//!
+//! - `ratio remote_rtt_16`: a 16-byte round trip between the main program of
+//!   one node and a process of another node on loopback, against a bare TCP
+//!   ping-pong between two processes;
+//! - `ratio remote_throughput_64`: 64-byte messages streamed to a process of
+//!   another node until it acknowledges the count, against 64-byte frames
+//!   streamed in batches over TCP to a sink that acknowledges the count;
+//! - `info nodedown_kill_ms`: `SIGKILL` of a node to `NodeDown` at a node
+//!   monitoring it (target 100);
+//! - `info nodedown_silent_ms`: `SIGSTOP` of a node to `NodeDown` (target
+//!   2000: its ticks stop);
+//! - `info join_ms`: a new node joins a cluster of 4 until it receives its
+//!   first message from a member (target 100).
 //!
 //! Run with `cargo bench --features dist --bench dist` (`CI=1` for a short
 //! run). Each node is its own OS process: this binary, run again.
@@ -16,9 +25,20 @@ use std::time::{Duration, Instant};
 
 use converge::dist::{Cluster, ClusterConfig, NodeEvent, Secret};
 use converge::{Config, Ctx, Mailbox, Pid};
+use serde::{Deserialize, Serialize};
 
 const SECRET: &[u8] = b"the secret of the benches of converge";
 const ROLE: &str = "CONVERGE_BENCH_ROLE";
+const NAME: &str = "CONVERGE_BENCH_NAME";
+const SEED: &str = "CONVERGE_BENCH_SEED";
+
+/// What the sink of the throughput figure takes.
+#[derive(Serialize, Deserialize)]
+enum SinkMsg {
+    Data(Vec<u8>),
+    /// Answer the count so far to this process (as a 16-byte message).
+    Ack(Pid),
+}
 
 fn secret() -> Secret {
     Secret::from_bytes(SECRET).expect("a long enough secret")
@@ -28,11 +48,30 @@ fn secret() -> Secret {
 /// names; prints its address, and ends when its input closes.
 fn other_node() {
     let node = Config::new().schedulers(0).init().expect("init");
+    let name = std::env::var(NAME).unwrap_or_else(|_| "beta".into());
     let cluster = Cluster::start(
         &node,
-        ClusterConfig::new("beta", "127.0.0.1:0".parse().unwrap(), secret()),
+        ClusterConfig::new(name, "127.0.0.1:0".parse().unwrap(), secret()),
     )
     .expect("a cluster node");
+    if let Ok(seed) = std::env::var(SEED) {
+        cluster.join(seed.parse().expect("an address"));
+    }
+    let sink = converge::spawn(|ctx: Ctx<SinkMsg>| {
+        let mut count = 0u64;
+        while let Ok(msg) = ctx.recv() {
+            match msg {
+                SinkMsg::Data(_) => count += 1,
+                SinkMsg::Ack(to) => {
+                    let mut answer = [0u8; 16];
+                    answer[..8].copy_from_slice(&count.to_le_bytes());
+                    let _ = Mailbox::<[u8; 16]>::from_pid(to).send(answer);
+                }
+            }
+        }
+    })
+    .expect("spawn");
+    converge::register("sink", sink.pid()).expect("register");
     let echo = converge::spawn(|ctx: Ctx<([u8; 16], Pid)>| {
         while let Ok((payload, to)) = ctx.recv() {
             let _ = Mailbox::<[u8; 16]>::from_pid(to).send(payload);
@@ -46,6 +85,60 @@ fn other_node() {
     let _ = std::io::stdin().read_to_string(&mut rest);
     drop(cluster);
     node.shutdown(Duration::from_secs(1));
+}
+
+/// A node that joins the cluster through `SEED` and prints how long it took
+/// until its first message from a member arrived (milliseconds).
+fn joiner() {
+    let node = Config::new().schedulers(0).init().expect("init");
+    let name = std::env::var(NAME).expect("a name");
+    let cluster = Cluster::start(
+        &node,
+        ClusterConfig::new(name, "127.0.0.1:0".parse().unwrap(), secret()),
+    )
+    .expect("a cluster node");
+    let ctx = node.ctx::<[u8; 16]>();
+    ctx.register("inbox").expect("register");
+    println!("{}", cluster.local_addr());
+    let _ = std::io::stdout().flush();
+    let t = Instant::now();
+    cluster.join(std::env::var(SEED).expect("a seed").parse().expect("an address"));
+    let first = ctx.recv_timeout(Duration::from_secs(30));
+    println!("{}", t.elapsed().as_secs_f64() * 1e3);
+    let _ = std::io::stdout().flush();
+    assert!(first.is_ok(), "no message came");
+    let mut rest = String::new();
+    let _ = std::io::stdin().read_to_string(&mut rest);
+    drop(cluster);
+    node.shutdown(Duration::from_secs(1));
+}
+
+/// The floor of the stream: reads an 8-byte count, then that many 64-byte
+/// frames in bulk, then answers one byte; until its peer closes.
+fn tcp_sink() {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    println!("{}", listener.local_addr().expect("addr"));
+    let _ = std::io::stdout().flush();
+    let (mut s, _) = listener.accept().expect("accept");
+    s.set_nodelay(true).expect("nodelay");
+    let mut buf = vec![0u8; 65536];
+    loop {
+        let mut count = [0u8; 8];
+        if s.read_exact(&mut count).is_err() {
+            return;
+        }
+        let mut left = u64::from_le_bytes(count) * 64;
+        while left > 0 {
+            let want = buf.len().min(left as usize);
+            match s.read(&mut buf[..want]) {
+                Ok(0) | Err(_) => return,
+                Ok(n) => left -= n as u64,
+            }
+        }
+        if s.write_all(b"k").is_err() {
+            return;
+        }
+    }
 }
 
 /// The floor's other end: a TCP echo of 16-byte messages.
@@ -65,14 +158,22 @@ fn tcp_echo() {
 
 /// This binary again, as `role`; its first line.
 fn start(role: &str) -> (Child, String) {
+    start_with(role, &[])
+}
+
+/// This binary again, as `role` with `env`; its first line.
+fn start_with(role: &str, env: &[(&str, &str)]) -> (Child, String) {
     let mut child = Command::new(std::env::current_exe().expect("current_exe"))
         .env(ROLE, role)
+        .envs(env.iter().copied())
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .spawn()
         .expect("start a process of the bench");
     let mut line = String::new();
-    BufReader::new(child.stdout.take().expect("stdout"))
+    // Borrowed: a later line is read from it again (nothing past the first
+    // line is written before this one is read).
+    BufReader::new(child.stdout.as_mut().expect("stdout"))
         .read_line(&mut line)
         .expect("its first line");
     (child, line.trim().to_string())
@@ -82,6 +183,8 @@ fn main() {
     match std::env::var(ROLE).as_deref() {
         Ok("node") => return other_node(),
         Ok("tcp") => return tcp_echo(),
+        Ok("tcpsink") => return tcp_sink(),
+        Ok("joiner") => return joiner(),
         _ => {}
     }
     let node = Config::new()
@@ -140,6 +243,49 @@ fn main() {
     drop(tcp.stdin.take());
     let _ = tcp.wait();
 
+    // 64-byte messages streamed one way until the count is acknowledged.
+    let sink = loop {
+        if let Some(pid) = cluster.whereis("beta", "sink", Duration::from_secs(1)) {
+            break Mailbox::<SinkMsg>::from_pid(pid);
+        }
+    };
+    let (mut tcp_sink, sink_addr) = start("tcpsink");
+    let mut stream = TcpStream::connect(sink_addr.as_str()).expect("connect");
+    stream.set_nodelay(true).expect("nodelay");
+    let mut sent = 0u64;
+    common::compare(
+        &mut c,
+        "remote_throughput_64",
+        |iters| {
+            let batch = vec![5u8; 64 * 64];
+            let t = Instant::now();
+            stream.write_all(&iters.to_le_bytes()).expect("write");
+            let mut left = iters;
+            while left > 0 {
+                let n = left.min(64);
+                stream.write_all(&batch[..n as usize * 64]).expect("write");
+                left -= n;
+            }
+            let mut k = [0u8; 1];
+            stream.read_exact(&mut k).expect("the ack");
+            t.elapsed()
+        },
+        |iters| {
+            let t = Instant::now();
+            for _ in 0..iters {
+                sink.send(SinkMsg::Data(vec![5u8; 64])).expect("send");
+            }
+            sink.send(SinkMsg::Ack(me)).expect("send");
+            sent += iters;
+            let back = ctx.recv().expect("the ack");
+            assert_eq!(u64::from_le_bytes(back[..8].try_into().unwrap()), sent);
+            t.elapsed()
+        },
+    );
+    drop(stream);
+    drop(tcp_sink.stdin.take());
+    let _ = tcp_sink.wait();
+
     // SIGKILL of a node to NodeDown here, a few times.
     let mut times = Vec::new();
     drop(beta.stdin.take());
@@ -165,15 +311,98 @@ fn main() {
         times.push(t.elapsed().as_secs_f64() * 1e3);
         let _ = other.wait();
     }
+    summary("nodedown_kill_ms", times);
+
+    // SIGSTOP of a node to NodeDown here: its ticks stop.
+    let mut times = Vec::new();
+    for _ in 0..if common::ci() { 3 } else { 10 } {
+        let (mut other, addr) = start("node");
+        cluster.join(addr.parse().expect("an address"));
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while cluster.whereis("beta", "echo", Duration::from_secs(1)).is_none() {
+            assert!(Instant::now() < deadline, "the other node never joined");
+        }
+        let down = node.ctx::<NodeEvent>();
+        cluster.monitor_node("beta", node.mailbox::<NodeEvent>());
+        let t = Instant::now();
+        Command::new("kill")
+            .args(["-STOP", &other.id().to_string()])
+            .status()
+            .expect("kill -STOP");
+        loop {
+            match down.recv_timeout(Duration::from_secs(10)) {
+                Ok(NodeEvent::NodeDown { .. }) => break,
+                Ok(_) => {}
+                Err(e) => panic!("no NodeDown: {e}"),
+            }
+        }
+        times.push(t.elapsed().as_secs_f64() * 1e3);
+        other.kill().expect("kill");
+        let _ = other.wait();
+        // Until membership has let it go too: the next one is "beta" again.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while cluster.nodes().iter().any(|n| n.name == "beta") && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+    summary("nodedown_silent_ms", times);
+
+    // A new node joins a cluster of 4 (this one and three others) and gets
+    // its first message from this one.
+    let seed = cluster.local_addr().to_string();
+    let members: Vec<Child> = (1..=3)
+        .map(|n| start_with("node", &[(NAME, &format!("member{n}")), (SEED, &seed)]).0)
+        .collect();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while cluster.nodes().len() < 3 {
+        assert!(Instant::now() < deadline, "the cluster of 4 did not form");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let events = node.ctx::<NodeEvent>();
+    cluster.monitor_nodes(node.mailbox::<NodeEvent>());
+    let mut times = Vec::new();
+    for n in 0..if common::ci() { 3 } else { 10 } {
+        let name = format!("joiner{n}");
+        let (mut joiner, _) = start_with("joiner", &[(NAME, &name), (SEED, &seed)]);
+        loop {
+            match events.recv_timeout(Duration::from_secs(10)) {
+                Ok(NodeEvent::NodeUp { node, .. }) if node == name => break,
+                Ok(_) => {}
+                Err(e) => panic!("{name} never came up: {e}"),
+            }
+        }
+        let inbox = loop {
+            if let Some(pid) = cluster.whereis(&name, "inbox", Duration::from_secs(1)) {
+                break Mailbox::<[u8; 16]>::from_pid(pid);
+            }
+        };
+        inbox.send([1u8; 16]).expect("send");
+        let mut line = String::new();
+        BufReader::new(joiner.stdout.as_mut().expect("stdout"))
+            .read_line(&mut line)
+            .expect("its time");
+        times.push(line.trim().parse::<f64>().expect("milliseconds"));
+        drop(joiner.stdin.take());
+        let _ = joiner.wait();
+    }
+    summary("join_ms", times);
+    for mut m in members {
+        drop(m.stdin.take());
+        let _ = m.wait();
+    }
+    common::print_results();
+    drop(cluster);
+    node.shutdown(Duration::from_secs(1));
+}
+
+/// Adds `info NAME: median (of n, min, max)` to the closing lines.
+fn summary(name: &str, mut times: Vec<f64>) {
     times.sort_by(f64::total_cmp);
-    println!(
-        "info nodedown_kill_ms: {:.1} (median of {}, min {:.1}, max {:.1})",
+    common::RESULTS.lock().unwrap().push(format!(
+        "info {name}: {:.1} (median of {}, min {:.1}, max {:.1})",
         times[times.len() / 2],
         times.len(),
         times[0],
         times[times.len() - 1]
-    );
-    common::print_results();
-    drop(cluster);
-    node.shutdown(Duration::from_secs(1));
+    ));
 }
