@@ -159,8 +159,11 @@ pub(crate) fn run(rt: &'static Runtime, slot: usize) -> ExitReason {
     tracing::debug!(slot, pid = %rt.pid(), "scheduler ready");
     rt.host_actors();
     let mut host = Host::new(rt, slot);
-    // Say it is idle (for tasks) at the top of the loop.
-    let mut announce = true;
+    // The claim this scheduler holds and gives back at the top of the loop
+    // (the id of the task it ran, or STEPPING). Only its own: a claim taken
+    // since it became ready (a task on its way) stays until that task ran,
+    // so that no second task is handed to it meanwhile.
+    let mut release: Option<u64> = None;
     // A claim of this scheduler, and since when it has stood unanswered.
     let mut claim_seen = (0u64, Instant::now());
     let mut idle_told = Instant::now();
@@ -170,13 +173,15 @@ pub(crate) fn run(rt: &'static Runtime, slot: usize) -> ExitReason {
         *idle_told = Instant::now();
         rt.tell_node_raw(&ToNode::Idle { slot: slot as u32 });
     };
+    if shared.pool.queued[class].load(SeqCst) > 0 && me.busy.load(SeqCst) == 0 {
+        tell_idle(&mut idle_told);
+    }
     loop {
         let queued = || shared.pool.queued[class].load(SeqCst) > 0;
-        if announce {
+        if let Some(held) = release.take() {
             // Free for a claim; ask for a queued task if any waits.
-            announce = false;
-            me.busy.store(0, SeqCst);
-            if queued() {
+            let _ = me.busy.compare_exchange(held, 0, SeqCst, SeqCst);
+            if queued() && me.busy.load(SeqCst) == 0 {
                 tell_idle(&mut idle_told);
             }
         } else {
@@ -246,7 +251,7 @@ pub(crate) fn run(rt: &'static Runtime, slot: usize) -> ExitReason {
         let stepping =
             !work.kills.is_empty() || !work.steps.is_empty() || matches!(work.sched, Some(SchedMsg::Start(_)));
         if stepping && me.busy.compare_exchange(0, STEPPING, SeqCst, SeqCst).is_ok() {
-            announce = true;
+            release = Some(STEPPING);
         }
         for (actor, reason) in work.kills {
             host.end(actor, reason);
@@ -257,8 +262,14 @@ pub(crate) fn run(rt: &'static Runtime, slot: usize) -> ExitReason {
         }
         match work.sched {
             Some(SchedMsg::Run(task)) => {
+                let id = task.id;
                 run_task(rt, slot, task);
-                announce = true;
+                // Its claim, or STEPPING when actors stepped in the same
+                // round (the task's claim then was never placed).
+                release = Some(match release {
+                    Some(STEPPING) if me.busy.load(SeqCst) == STEPPING => STEPPING,
+                    _ => id,
+                });
             }
             Some(SchedMsg::Start(start)) => {
                 host.watch();
