@@ -27,6 +27,10 @@ fn main() {
                 messages_from_any_process_of_a_node_keep_their_order,
             ),
             (
+                "a_64_mib_message_does_not_hold_up_small_ones_nor_ticks",
+                a_64_mib_message_does_not_hold_up_small_ones_nor_ticks,
+            ),
+            (
                 "a_remote_monitor_gets_the_reason_after_every_message",
                 a_remote_monitor_gets_the_reason_after_every_message,
             ),
@@ -130,6 +134,18 @@ fn helper_node() {
     })
     .unwrap();
     converge::register("echo", echo.pid()).unwrap();
+    // Says the length and a checksum of each large message (as a "got" line:
+    // its place among the small ones shows).
+    let big = converge::spawn(|ctx: Ctx<Vec<u8>>| {
+        while let Ok(v) = ctx.recv() {
+            let sum = v
+                .iter()
+                .fold(0u64, |s, b| s.wrapping_mul(31).wrapping_add(u64::from(*b)));
+            say("got", format!("big:{}:{sum}", v.len()));
+        }
+    })
+    .unwrap();
+    converge::register("bigsink", big.pid()).unwrap();
     // Sends `n` numbers to the pid it is given, then ends with `code`.
     let burst = converge::spawn(|ctx: Ctx<(Pid, u64, i32)>| {
         let (to, n, code) = ctx.recv().unwrap();
@@ -198,6 +214,19 @@ fn helper_node() {
                     to.send(i).unwrap();
                 }
                 say("sent", n);
+            }
+            ["big", node, n] => {
+                // From a thread of the main program (the only sender of
+                // messages over 16 MiB), while the loop goes on.
+                let pid = cluster
+                    .whereis(node, "bigsink", Duration::from_secs(2))
+                    .expect("bigsink is registered there");
+                let v: Vec<u8> = (0..n.parse::<usize>().unwrap()).map(|i| (i % 251) as u8).collect();
+                let sum = v
+                    .iter()
+                    .fold(0u64, |s, b| s.wrapping_mul(31).wrapping_add(u64::from(*b)));
+                say("big-sum", sum);
+                std::thread::spawn(move || Mailbox::<Vec<u8>>::from_pid(pid).send(v).unwrap());
             }
             ["relay", node, n] => {
                 // From a process of this node, not its main program.
@@ -390,7 +419,10 @@ fn helper_node() {
                 let s = cluster.stats();
                 say(
                     "stats",
-                    format!("refused={} stale={} lost={}", s.refused, s.stale, s.lost),
+                    format!(
+                        "refused={} stale={} lost={} backlogged={}",
+                        s.refused, s.stale, s.lost, s.backlogged
+                    ),
                 );
             }
             ["leave"] => break,
@@ -571,6 +603,41 @@ fn messages_reach_a_process_of_another_node_in_order() {
     }
     a.tell("stats");
     assert!(a.expect("stats").contains("stale=0"));
+}
+
+fn a_64_mib_message_does_not_hold_up_small_ones_nor_ticks() {
+    let (mut a, mut b) = TestNode::pair();
+    // The largest message a node takes by default, then small messages from
+    // a process of the same node: they pass it, in order.
+    let len = (64 << 20) - 64;
+    b.tell(&format!("big alpha {len}"));
+    let sum = b.expect("big-sum");
+    b.tell("relay alpha 200");
+    assert_eq!(b.expect("relayed"), "200");
+    let mut small = 0u64;
+    let mut big_at = None;
+    for at in 0..201 {
+        let got = a.expect("got");
+        if let Some(rest) = got.strip_prefix("big:") {
+            assert_eq!(rest, format!("{len}:{sum}"));
+            assert!(big_at.is_none(), "the large message came twice");
+            big_at = Some(at);
+        } else {
+            assert_eq!(got, small.to_string());
+            small += 1;
+        }
+    }
+    assert_eq!(small, 200);
+    assert!(
+        big_at.is_some_and(|at| at > 0),
+        "no small message passed the large one: {big_at:?}"
+    );
+    // The session held all along: nothing lost, nothing torn down.
+    for node in [&mut a, &mut b] {
+        node.tell("stats");
+        let stats = node.expect("stats");
+        assert!(stats.contains("lost=0") && stats.contains("backlogged=0"), "{stats}");
+    }
 }
 
 fn messages_from_any_process_of_a_node_keep_their_order() {

@@ -44,9 +44,10 @@ pub struct ClusterConfig {
     /// Silent ticks after which a session is lost (default 4: about 1 s).
     pub ticks_down: u32,
     /// Bytes queued for one peer past which its session is torn down
-    /// (default 64 MiB).
+    /// (default 256 MiB: a few of the largest messages).
     pub max_queued: usize,
-    /// The largest frame accepted (default 64 MiB).
+    /// The largest frame accepted (default 64 MiB and 64 KiB: a message of
+    /// a node's default largest size, with its envelope).
     pub max_frame: usize,
     /// Membership's timings.
     pub membership: MembershipConfig,
@@ -61,8 +62,8 @@ impl ClusterConfig {
             secret,
             tick: Duration::from_millis(250),
             ticks_down: 4,
-            max_queued: 64 << 20,
-            max_frame: 64 << 20,
+            max_queued: 256 << 20,
+            max_frame: (64 << 20) + (64 << 10),
             membership: MembershipConfig::default(),
         }
     }
