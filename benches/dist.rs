@@ -277,7 +277,7 @@ fn main() {
             }
             sink.send(SinkMsg::Ack(me)).expect("send");
             sent += iters;
-            let back = ctx.recv().expect("the ack");
+            let back = ctx.recv_timeout(Duration::from_secs(30)).expect("the ack");
             assert_eq!(u64::from_le_bytes(back[..8].try_into().unwrap()), sent);
             t.elapsed()
         },

@@ -15,6 +15,10 @@ fn main() {
             ("messages_arrive_in_order", messages_arrive_in_order),
             ("every_sender_keeps_its_order", every_sender_keeps_its_order),
             (
+                "sends_from_threads_of_one_program_all_go_out",
+                sends_from_threads_of_one_program_all_go_out,
+            ),
+            (
                 "selective_receive_leaves_the_rest_in_order",
                 selective_receive_leaves_the_rest_in_order,
             ),
@@ -113,6 +117,59 @@ fn every_sender_keeps_its_order() {
         let seq: Vec<u32> = got.iter().filter(|m| m.0 == s).map(|m| m.1).collect();
         assert_eq!(seq, (0..2000).collect::<Vec<_>>(), "sender {s}");
     }
+}
+
+#[derive(Serialize, Deserialize)]
+enum Count {
+    One,
+    Ask(Mailbox<u64>),
+}
+
+/// Threads of the main program send on and on (coalesced, written when a
+/// batch fills or by the flush timer): after they stop, with the main thread
+/// not pumping, the last frames still go out. A timer setting lost between
+/// a sender and the timer's flush once left them unsent for good.
+fn sends_from_threads_of_one_program_all_go_out() {
+    let me = node().ctx::<u64>();
+    let back = me.mailbox();
+    let counter = converge::spawn(|ctx: Ctx<Count>| {
+        let mut n = 0u64;
+        while let Ok(m) = ctx.recv() {
+            match m {
+                Count::One => n += 1,
+                Count::Ask(to) => to.send(n).unwrap(),
+            }
+        }
+    })
+    .unwrap();
+    let per_thread = 100_000u64;
+    let threads: Vec<_> = (0..2)
+        .map(|_| {
+            std::thread::spawn(move || {
+                for _ in 0..per_thread {
+                    counter.send(Count::One).unwrap();
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    let sent = 2 * per_thread;
+    // The main thread does not pump meanwhile: only the timer flushes
+    // (within its delay, far less than this).
+    std::thread::sleep(Duration::from_millis(200));
+    // Asked by another process: this one's pumping would flush.
+    converge::spawn(move |ctx: Ctx<u64>| {
+        counter.send(Count::Ask(ctx.mailbox())).unwrap();
+        back.send(ctx.recv().unwrap()).unwrap();
+    })
+    .unwrap();
+    let n = me.recv_timeout(PATIENCE).unwrap();
+    assert_eq!(n, sent, "what the senders sent arrived");
+    let watch = me.monitor(counter);
+    counter.kill();
+    me.recv_down_timeout(watch, PATIENCE).unwrap();
 }
 
 fn selective_receive_leaves_the_rest_in_order() {

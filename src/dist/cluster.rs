@@ -1177,7 +1177,9 @@ fn write_loop(
     let mut sending: HashMap<u32, (Vec<u8>, usize)> = HashMap::new();
     let mut records = Vec::new();
     loop {
-        let channel = {
+        // Waits for a turn, then seals what is queued (up to a batch) and
+        // writes it at once: one write for many small messages.
+        let mut channel = {
             let mut o = lock.lock();
             loop {
                 if o.closed {
@@ -1189,6 +1191,35 @@ fn write_loop(
                 o = wake.wait(o);
             }
         };
+        records.clear();
+        loop {
+            seal_turn(channel, session, lock, &mut sending, &mut records)?;
+            if records.len() >= WRITE_BATCH {
+                break;
+            }
+            let next = lock.lock().turn.pop_front();
+            match next {
+                Some(c) => channel = c,
+                None => break,
+            }
+        }
+        stream.write_all(&records).map_err(|e| DistError::Io(e.to_string()))?;
+    }
+}
+
+/// Bytes of records sealed before they are written.
+const WRITE_BATCH: usize = 64 * 1024;
+
+/// Seals the next record of `channel`'s turn into `records`, and puts the
+/// channel back in turn if it has more.
+fn seal_turn(
+    channel: u32,
+    session: &Mutex<Session>,
+    lock: &Mutex<Outgoing>,
+    sending: &mut HashMap<u32, (Vec<u8>, usize)>,
+    records: &mut Vec<u8>,
+) -> Result<(), DistError> {
+    {
         let entry = match sending.remove(&channel) {
             Some(e) => e,
             None => {
@@ -1196,16 +1227,14 @@ fn write_loop(
                 // A channel may be in turn twice (queued to again while its
                 // last frame was going out): nothing left is no frame.
                 let Some(frame) = o.channels.get_mut(&channel).and_then(VecDeque::pop_front) else {
-                    continue;
+                    return Ok(());
                 };
                 o.bytes = o.bytes.saturating_sub(frame.len());
                 (frame, 0)
             }
         };
         let (frame, mut sent) = entry;
-        records.clear();
-        let done = session.lock().seal_next(channel, &frame, &mut sent, &mut records)?;
-        stream.write_all(&records).map_err(|e| DistError::Io(e.to_string()))?;
+        let done = session.lock().seal_next(channel, &frame, &mut sent, records)?;
         let mut o = lock.lock();
         if done {
             let more = o.channels.get(&channel).is_some_and(|q| !q.is_empty());
@@ -1219,6 +1248,7 @@ fn write_loop(
             o.turn.push_back(channel);
         }
     }
+    Ok(())
 }
 
 /// Reads records until the session breaks; why it ended.
@@ -1242,11 +1272,17 @@ fn read_loop(
             tracing::warn!(error = %e, "a session broke");
             return NodeDownReason::NoConnection;
         }
+        let delivered = !frames.is_empty();
         for (_, frame) in frames.drain(..) {
             if let Err(e) = inner.handle(node, &frame) {
                 tracing::warn!(error = %e, "a peer sent a bad frame: session closed");
                 return NodeDownReason::NoConnection;
             }
+        }
+        // What this read delivered goes out now, not at the next timer:
+        // many messages come in one read.
+        if delivered && let Some(rt) = crate::runtime::current() {
+            rt.flush();
         }
     }
 }

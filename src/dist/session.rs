@@ -441,7 +441,12 @@ impl Session {
                 limit: self.max_frame,
             });
         }
-        let mut plain = Vec::with_capacity(MAX_RECORD - TAG);
+        let header = if *sent == 0 { 4 + 1 + 4 } else { 4 + 1 };
+        let room = MAX_RECORD - TAG - header;
+        let piece = &frame[*sent..(*sent + room).min(frame.len())];
+        // As large as this record, not the largest one: a small message
+        // costs a small record.
+        let mut plain = Vec::with_capacity(header + piece.len());
         plain.extend_from_slice(&channel.to_be_bytes());
         if *sent == 0 {
             plain.push(FIRST);
@@ -449,12 +454,10 @@ impl Session {
         } else {
             plain.push(NEXT);
         }
-        let room = MAX_RECORD - TAG - plain.len();
-        let piece = &frame[*sent..(*sent + room).min(frame.len())];
         plain.extend_from_slice(piece);
         *sent += piece.len();
         let at = out.len();
-        out.resize(at + 2 + MAX_RECORD, 0);
+        out.resize(at + 2 + plain.len() + TAG, 0);
         let n = self
             .transport
             .write_message(&plain, &mut out[at + 2..])

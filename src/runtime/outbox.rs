@@ -390,12 +390,18 @@ impl Outbox {
 
     /// Writes every connection's pending frames that the kernel takes now.
     pub(crate) fn flush(&self, inbox: &Inbox, epoch: u64) {
-        if self.timer_armed.swap(false, Ordering::AcqRel) {
+        if self.timer_armed.load(Ordering::Acquire) {
             // Disarming also forgets an expiry not read yet, so the timer
-            // never stays readable with nothing to flush.
+            // never stays readable with nothing to flush. Disarmed first,
+            // then marked so: a sender that arms it in between finds it
+            // marked and leaves it, and its frame (queued before it armed)
+            // is written below. The other way round, its fresh setting was
+            // disarmed under a mark that stayed, and no timer ever came
+            // again for what was coalesced later.
             if let Some(timer) = inbox.timer_if_any() {
                 let _ = timer.disarm();
             }
+            self.timer_armed.store(false, Ordering::Release);
         }
         let mut conns = self.conns.lock();
         conns.map.retain(|&(_, serial), conn| {
