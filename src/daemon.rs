@@ -72,19 +72,36 @@ pub struct RunSpec {
     /// Whether the run waits, queued at the daemon, for a node with a free
     /// slot ([`Placement::Anywhere`] only).
     pub wait_for_slot: bool,
+    /// What the run is part of, for `ps`: runs of one group are one row
+    /// there (the latest, with its restarts and the exit before it).
+    pub label: Option<Label>,
+}
+
+/// What a run is part of (a supervised server's successive runs).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Label {
+    /// What started it (`supervise`).
+    pub kind: String,
+    /// The group its runs share.
+    pub group: u64,
+    /// Runs of the group before this one.
+    pub restarts: u32,
 }
 
 /// What a client asks.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Request {
     /// Run a program (the connection is then that run's).
-    Run(RunSpec),
+    Run(Box<RunSpec>),
     /// Bytes of the run's standard input.
     Input(Vec<u8>),
     /// The end of the run's standard input.
     InputEnd,
     /// A signal for the program's process group.
     Signal(i32),
+    /// Stop the program in order: `SIGTERM` to its group, `SIGKILL` after
+    /// the run's `kill_after_ms`.
+    Stop,
     /// The nodes of the cluster, with their slots and load.
     Nodes,
     /// The processes the daemons of the cluster run for their clients.
@@ -279,7 +296,7 @@ mod tests {
     #[test]
     fn frames_round_trip_and_bad_ones_are_refused_before_allocation() {
         let mut buf = Vec::new();
-        let req = Request::Run(RunSpec {
+        let req = Request::Run(Box::new(RunSpec {
             placement: Placement::On("beta".into()),
             program: b"./x".to_vec(),
             args: vec![b"a b".to_vec()],
@@ -291,7 +308,8 @@ mod tests {
             kill_after_ms: 10,
             ship: true,
             wait_for_slot: false,
-        });
+            label: None,
+        }));
         write_frame(&mut buf, &req).unwrap();
         write_frame(&mut buf, &Request::InputEnd).unwrap();
         let mut r = &buf[..];

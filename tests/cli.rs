@@ -836,3 +836,72 @@ fn parallel_reruns_the_jobs_of_a_node_lost_under_it() {
         .count();
     assert!(interrupted >= 1);
 }
+
+#[test]
+fn a_server_supervised_through_a_daemon_is_one_row_and_moves_when_its_node_is_lost() {
+    let c = &mut Cluster::new("supervise");
+    c.start_member("alpha", None, &["--slots", "1"], &[]);
+    c.start_member("beta", Some("alpha"), &["--slots", "4"], &[("WHERE", "beta")]);
+    assert!(c.knows("alpha", "beta"));
+    let mut sup = c
+        .cmd()
+        .env("CONVERGE_NODE", "alpha")
+        .env("WHERE", "client")
+        .args([
+            "supervise",
+            "--anywhere",
+            "--",
+            "sh",
+            "-c",
+            "echo up on $WHERE; exec sleep 60",
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufReader::new(sup.stdout.take().unwrap()).lines();
+    // Beta has the room; the client's environment is not beta's.
+    assert_eq!(lines.next().unwrap().unwrap(), "up on beta");
+    let row = |c: &Cluster| {
+        let rows = c.ps("alpha");
+        let mine: Vec<_> = rows.into_iter().filter(|r| r["kind"] == "supervise").collect();
+        assert_eq!(mine.len(), 1, "one row for the server: {mine:?}");
+        mine.into_iter().next().unwrap()
+    };
+    let first = row(c);
+    assert_eq!(
+        (first["node"].as_str(), first["state"].as_str()),
+        (Some("beta"), Some("running"))
+    );
+    assert_eq!(first["restarts"], 0);
+    // Its node is lost: it runs again on the one left, one restart later,
+    // with the reason.
+    c.kill("beta");
+    assert_eq!(lines.next().unwrap().unwrap(), "up on client");
+    let second = row(c);
+    assert_eq!(
+        (second["node"].as_str(), second["state"].as_str()),
+        (Some("alpha"), Some("running"))
+    );
+    assert_eq!(second["restarts"], 1);
+    assert_eq!(second["last_exit"], "connection to node lost");
+    let program = second["os_pid"].as_i64().unwrap() as i32;
+    assert!(os_alive(program));
+    // TERM stops it there: status 0, and the row says it was interrupted.
+    Command::new("kill")
+        .args(["-TERM", &sup.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(wait_until(Duration::from_secs(15), || sup
+        .try_wait()
+        .unwrap()
+        .is_some()));
+    assert_eq!(sup.wait().unwrap().code(), Some(0));
+    assert!(wait_until(Duration::from_secs(2), || !os_alive(program)));
+    let last = row(c);
+    assert_eq!(
+        (last["state"].as_str(), last["last_exit"].as_str()),
+        (Some("interrupted"), Some("shutdown"))
+    );
+}

@@ -196,14 +196,14 @@ pub(crate) fn ps(args: PsArgs) -> Result<ExitCode, (u8, String)> {
     } else {
         writeln!(
             out,
-            "{:<12} {:<14} {:>8} {:<5} {:<11} {:>9} {:>8}  {:<14} COMMAND",
+            "{:<12} {:<14} {:>8} {:<9} {:<11} {:>9} {:>8}  {:<14} COMMAND",
             "NODE", "PID", "OS PID", "KIND", "STATE", "UPTIME", "RESTARTS", "LAST EXIT"
         )
         .and_then(|()| {
             rows.iter().try_for_each(|r| {
                 writeln!(
                     out,
-                    "{:<12} {:<14} {:>8} {:<5} {:<11} {:>9} {:>8}  {:<14} {}",
+                    "{:<12} {:<14} {:>8} {:<9} {:<11} {:>9} {:>8}  {:<14} {}",
                     r.node,
                     r.pid,
                     r.os_pid,

@@ -155,6 +155,10 @@ struct Job {
     command: String,
     started: Instant,
     ended: Option<(Instant, ExitReason)>,
+    /// What it is part of (`run` alone).
+    label: Option<converge::daemon::Label>,
+    /// How the run of its group before it ended.
+    before: Option<ExitReason>,
 }
 
 #[derive(Default)]
@@ -458,6 +462,7 @@ impl Daemon {
         let mut jobs = self.jobs.lock().unwrap();
         if let Some(mut job) = jobs.running.remove(&id) {
             job.ended = Some((Instant::now(), ExitReason::Code(i32::from(code))));
+            job.before = None;
             jobs.history.push_back(job);
             if jobs.history.len() > HISTORY {
                 jobs.history.pop_front();
@@ -479,18 +484,18 @@ impl Daemon {
             .map(|job| {
                 let (end, state, last) = match &job.ended {
                     Some((at, reason)) => (*at, State::of(reason), Some(reason.clone())),
-                    None => (now, State::Running, None),
+                    None => (now, State::Running, job.before.clone()),
                 };
                 ProcessRow {
                     node: job.node.clone(),
                     owner: self.name.clone(),
                     pid: job.pid.map_or_else(|| "-".into(), |p| p.to_string()),
                     os_pid: job.os_pid,
-                    kind: "run".into(),
+                    kind: job.label.as_ref().map_or_else(|| "run".into(), |l| l.kind.clone()),
                     command: job.command.clone(),
                     state,
                     uptime_ms: end.duration_since(job.started).as_millis() as u64,
-                    restarts: 0,
+                    restarts: job.label.as_ref().map_or(0, |l| l.restarts),
                     last_exit: last,
                 }
             })
@@ -641,16 +646,31 @@ impl Daemon {
         self.advertise();
     }
 
-    fn add_job(&self, id: u64, node: &str, command: String) {
-        self.jobs.lock().unwrap().running.insert(
+    fn add_job(&self, id: u64, node: &str, spec: &RunSpec) {
+        let mut jobs = self.jobs.lock().unwrap();
+        // A group's runs are one row: the latest, with how the one before
+        // it ended.
+        let mut before = None;
+        if let Some(label) = &spec.label {
+            jobs.history.retain(|j| match (&j.label, &j.ended) {
+                (Some(l), Some((_, reason))) if l.group == label.group => {
+                    before = Some(reason.clone());
+                    false
+                }
+                _ => true,
+            });
+        }
+        jobs.running.insert(
             id,
             Job {
                 node: node.to_owned(),
                 pid: None,
                 os_pid: 0,
-                command,
+                command: command_line(spec),
                 started: Instant::now(),
                 ended: None,
+                label: spec.label.clone(),
+                before,
             },
         );
     }
@@ -692,7 +712,7 @@ fn serve(daemon: &Daemon, mut stream: UnixStream) {
         Request::Nodes => write_frame(&mut stream, &Reply::Nodes(daemon.node_rows())),
         Request::Ps => write_frame(&mut stream, &Reply::Ps(daemon.ps())),
         Request::Run(spec) => {
-            run_for(daemon, spec, stream);
+            run_for(daemon, *spec, stream);
             Ok(())
         }
         other => write_frame(
@@ -745,6 +765,7 @@ impl Running {
             (Running::There(r), Request::Signal(n)) => {
                 let _ = r.send(RunIn::Signal(n));
             }
+            (running, Request::Stop) => running.stop(),
             _ => {}
         }
     }
@@ -891,7 +912,7 @@ fn start(
             for (k, v) in spec.env_base.iter().chain(&spec.env) {
                 builder = builder.env(os(k), os(v));
             }
-            daemon.add_job(id, &daemon.name, command_line(spec));
+            daemon.add_job(id, &daemon.name, spec);
             daemon.pending.lock().unwrap().insert(id, builder);
             daemon
                 .me
@@ -917,7 +938,7 @@ fn start(
                 workdir: spec.workdir.clone(),
                 kill_after_ms: spec.kill_after_ms,
             };
-            daemon.add_job(id, &node, command_line(spec));
+            daemon.add_job(id, &node, spec);
             let pid = match cluster.spawn_on(&node, RUNNER, &run, ASK) {
                 Ok(pid) => pid,
                 Err(e) => {

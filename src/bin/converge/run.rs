@@ -260,9 +260,10 @@ fn via_daemon(name: &str, mut stream: UnixStream, args: &RunArgs) -> Result<u8, 
         kill_after_ms: u64::try_from(args.kill_after.as_millis()).unwrap_or(u64::MAX),
         ship: true,
         wait_for_slot: false,
+        label: None,
     };
     let lost = |e: FrameError| format!("node {name}: {e}");
-    write_frame(&mut stream, &Request::Run(spec)).map_err(|e| format!("node {name}: {e}"))?;
+    write_frame(&mut stream, &Request::Run(Box::new(spec))).map_err(|e| format!("node {name}: {e}"))?;
     match read_frame::<Reply>(&mut stream).map_err(lost)? {
         Reply::Started { .. } => {}
         Reply::Failed { code, why } => {

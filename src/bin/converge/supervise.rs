@@ -14,8 +14,9 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use clap::{Args, ValueEnum};
-use converge::port::PortOutput;
-use converge::{Event, ExitReason, RecvTimeoutError};
+use converge::daemon::{Label, Placement, Reply, Request, RunSpec, read_frame, write_frame};
+use converge::port::{Port, PortOutput};
+use converge::{Event, ExitReason, Mailbox, RecvTimeoutError};
 use signal_hook::consts::signal::{SIGHUP, SIGINT, SIGTERM};
 
 use crate::run::{resolve, status};
@@ -23,7 +24,8 @@ use crate::run::{resolve, status};
 const EXAMPLES: &str = "Examples:
   converge supervise -- ./server --port 8080
   converge supervise --restart transient --startsecs 5 --max-restarts 5/60s -- worker
-  converge supervise --stop-timeout 30s --env RUST_LOG=info -- ./server";
+  converge supervise --stop-timeout 30s --env RUST_LOG=info -- ./server
+  converge supervise --anywhere -- ./server   # on the cluster, moved when its node is lost";
 
 /// The first wait before a restart, and the longest.
 const FIRST_BACKOFF: Duration = Duration::from_millis(100);
@@ -59,9 +61,72 @@ pub(crate) struct SuperviseArgs {
     /// Sets a variable in the server's environment (repeatable).
     #[arg(long = "env", value_name = "KEY=VALUE", value_parser = crate::run::parse_env)]
     env: Vec<(OsString, OsString)>,
+    /// Run the server on this node of the cluster (needs a running
+    /// `converge node`).
+    #[arg(long, value_name = "NODE", conflicts_with = "anywhere")]
+    on: Option<String>,
+    /// Run the server on the node with most free slots, and after its node
+    /// is lost, on another.
+    #[arg(long)]
+    anywhere: bool,
+    /// The node daemon to ask (default: the only one running for this user;
+    /// also CONVERGE_NODE). Through a daemon the server is listed by
+    /// `converge ps` with its restarts; without one it runs on a node
+    /// started for this command.
+    #[arg(long, value_name = "NAME")]
+    node: Option<String>,
     /// The server and its arguments.
     #[arg(required = true, trailing_var_arg = true, value_name = "SERVER")]
     command: Vec<OsString>,
+}
+
+/// What the loop receives: signals, and what the node daemon says of the
+/// server's run `instance`.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+enum Msg {
+    Signal(i32),
+    Daemon {
+        instance: u64,
+        reply: Reply,
+    },
+    /// The connection of run `instance` to the daemon broke.
+    Lost {
+        instance: u64,
+    },
+}
+
+/// One run of the server: a port of this command's node, or a run of the
+/// node daemon.
+enum Instance {
+    Port(Port),
+    Daemon(std::os::unix::net::UnixStream),
+}
+
+impl Instance {
+    /// TERM to its group, KILL after the stop timeout.
+    fn stop(&self) {
+        match self {
+            Instance::Port(p) => p.shutdown(),
+            Instance::Daemon(stream) => {
+                let _ = write_frame(&mut &*stream, &Request::Stop);
+            }
+        }
+    }
+}
+
+/// Where the server runs: ports here, or runs of a node daemon.
+enum Backend {
+    Here(converge::port::PortBuilder),
+    Daemon {
+        name: String,
+        spec: RunSpec,
+        group: u64,
+        instance: u64,
+        /// The node its last run was lost with.
+        lost_on: Option<String>,
+        /// The node its current run is on.
+        on: Option<String>,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -115,36 +180,57 @@ enum Woken {
 
 pub(crate) fn run(args: SuperviseArgs) -> Result<ExitCode, String> {
     let program = args.command.first().expect("BUG: clap requires a server");
-    let path = match resolve(Path::new(program), args.workdir.as_deref()) {
-        Ok(p) => p,
-        Err((code, why)) => {
-            log(&why);
-            return Ok(ExitCode::from(code));
+    let daemon = crate::client::find(args.node.as_deref())?.map(|(name, _)| name);
+    if daemon.is_none() && args.on.is_some() {
+        return Err("--on needs a running node daemon (`converge node`)".into());
+    }
+    let mut backend = match daemon {
+        Some(name) => Backend::Daemon {
+            spec: daemon_spec(&args)?,
+            name,
+            group: rand_group(),
+            instance: 0,
+            lost_on: None,
+            on: None,
+        },
+        None => {
+            let path = match resolve(Path::new(program), args.workdir.as_deref()) {
+                Ok(p) => p,
+                Err((code, why)) => {
+                    log(&why);
+                    return Ok(ExitCode::from(code));
+                }
+            };
+            Backend::Here(
+                crate::program_port(&path, &args.command, args.workdir.as_deref(), &args.env)
+                    .shutdown_timeout(args.stop_timeout),
+            )
         }
     };
     let node = crate::embedded_node()?;
-    let stop_forwarding = crate::signals_as_messages(&node, &[SIGINT, SIGTERM, SIGHUP], |s| s)?;
-    let ctx = node.ctx::<i32>();
-    let builder = crate::program_port(&path, &args.command, args.workdir.as_deref(), &args.env)
-        .shutdown_timeout(args.stop_timeout);
+    let stop_forwarding = crate::signals_as_messages(&node, &[SIGINT, SIGTERM, SIGHUP], Msg::Signal)?;
+    let ctx = node.ctx::<Msg>();
     let shown = PathBuf::from(program).display().to_string();
     let mut backoff = FIRST_BACKOFF;
     let mut start_failures = 0u32;
     let mut restarts: VecDeque<Instant> = VecDeque::new();
+    let mut runs = 0u32;
     let code = 'supervise: loop {
         let started = Instant::now();
-        let spawned = builder.spawn();
-        // A start that fails (the program being replaced, no memory) is a
-        // start failure, as supervisord counts one.
+        let spawned = start(&mut backend, &ctx, runs, &shown);
+        runs += 1;
+        // A start that fails (the program being replaced, no memory, no
+        // node) is a start failure, as supervisord counts one; a program
+        // that is not there or cannot run is FATAL at once.
         let reason = match &spawned {
-            Ok(port) => {
-                port.close_input();
-                log(&format!("started {shown} (os pid {})", port.os_pid()));
-                None
+            Ok(_) => None,
+            Err(Failure::Fatal(code, why)) => {
+                log(&format!("FATAL: {why}"));
+                break 'supervise *code;
             }
-            Err(e) => {
+            Err(Failure::Start(e)) => {
                 log(&format!("starting {shown} failed: {e}"));
-                Some(ExitReason::Error(e.to_string()))
+                Some(ExitReason::Error(e.clone()))
             }
         };
         // The server's output passes through until it ends or we are told
@@ -153,24 +239,28 @@ pub(crate) fn run(args: SuperviseArgs) -> Result<ExitCode, String> {
         let reason = match (reason, spawned) {
             (Some(failed), _) => failed,
             (None, Err(_)) => unreachable!("BUG: a failed spawn has a reason"),
-            (None, Ok(port)) => loop {
-                match wait(&ctx, None) {
+            (None, Ok(instance)) => loop {
+                match wait(&ctx, &mut backend, None) {
                     Woken::NodeGone => break 'supervise 1,
                     Woken::Exited(reason) => break reason,
                     Woken::Signal(SIGHUP) => {
                         log("SIGHUP: restarting the server");
-                        port.shutdown();
+                        instance.stop();
                         stopping.get_or_insert(SIGHUP);
                     }
                     Woken::Signal(signal) => {
                         log(&format!("signal {signal}: stopping the server"));
-                        port.shutdown();
+                        instance.stop();
                         stopping = Some(signal);
                     }
                     Woken::TimeUp => {}
                 }
             },
         };
+        if let (ExitReason::NoConnection, Backend::Daemon { lost_on, on, .. }) = (&reason, &mut backend) {
+            // Placed elsewhere next time, when it may go anywhere.
+            *lost_on = on.take();
+        }
         let ran = started.elapsed();
         log(&format!(
             "{shown} ended: {} after {:.3} s",
@@ -236,7 +326,7 @@ pub(crate) fn run(args: SuperviseArgs) -> Result<ExitCode, String> {
         // The backoff, during which a stop still stops.
         let until = Instant::now() + backoff;
         loop {
-            match wait(&ctx, Some(until)) {
+            match wait(&ctx, &mut backend, Some(until)) {
                 Woken::TimeUp => break,
                 Woken::Signal(SIGHUP) => break,
                 Woken::Signal(signal) => {
@@ -254,8 +344,121 @@ pub(crate) fn run(args: SuperviseArgs) -> Result<ExitCode, String> {
     Ok(ExitCode::from(code))
 }
 
+/// How a start failed.
+enum Failure {
+    /// Retried as a start failure.
+    Start(String),
+    /// Given up at once with this status (a program that is not there or
+    /// cannot run).
+    Fatal(u8, String),
+}
+
+/// A group id for the server's runs, unique enough on this host.
+fn rand_group() -> u64 {
+    let mut b = [0u8; 8];
+    let _ = rustix::rand::getrandom(&mut b, rustix::rand::GetRandomFlags::empty());
+    u64::from_le_bytes(b)
+}
+
+/// The run the daemon is asked for each start.
+fn daemon_spec(args: &SuperviseArgs) -> Result<RunSpec, String> {
+    use std::os::unix::ffi::OsStrExt;
+    let bytes = |s: &std::ffi::OsStr| s.as_bytes().to_vec();
+    let (program, rest) = args.command.split_first().expect("BUG: clap requires a server");
+    let cwd = std::env::current_dir().map_err(|e| format!("the working directory: {e}"))?;
+    Ok(RunSpec {
+        placement: match (&args.on, args.anywhere) {
+            (Some(node), _) => Placement::On(node.clone()),
+            (None, true) => Placement::Anywhere { avoid: Vec::new() },
+            (None, false) => Placement::Here,
+        },
+        program: bytes(program),
+        args: rest.iter().map(|a| bytes(a)).collect(),
+        env_base: std::env::vars_os().map(|(k, v)| (bytes(&k), bytes(&v))).collect(),
+        env: args.env.iter().map(|(k, v)| (bytes(k), bytes(v))).collect(),
+        workdir: args.workdir.as_deref().map(|w| bytes(w.as_os_str())),
+        cwd: bytes(cwd.as_os_str()),
+        timeout_ms: None,
+        kill_after_ms: u64::try_from(args.stop_timeout.as_millis()).unwrap_or(u64::MAX),
+        ship: true,
+        wait_for_slot: false,
+        label: None,
+    })
+}
+
+/// Starts a run of the server.
+fn start(backend: &mut Backend, ctx: &converge::Ctx<Msg>, runs: u32, shown: &str) -> Result<Instance, Failure> {
+    match backend {
+        Backend::Here(builder) => {
+            let port = builder.spawn().map_err(|e| Failure::Start(e.to_string()))?;
+            port.close_input();
+            log(&format!("started {shown} (os pid {})", port.os_pid()));
+            Ok(Instance::Port(port))
+        }
+        Backend::Daemon {
+            name,
+            spec,
+            group,
+            instance,
+            lost_on,
+            on,
+        } => {
+            let mut spec = spec.clone();
+            spec.label = Some(Label {
+                kind: "supervise".into(),
+                group: *group,
+                restarts: runs,
+            });
+            if let (Placement::Anywhere { avoid }, Some(lost)) = (&mut spec.placement, lost_on.as_ref()) {
+                avoid.push(lost.clone());
+            }
+            let failed = |e: std::io::Error| Failure::Start(format!("node {name}: {e}"));
+            let mut stream =
+                std::os::unix::net::UnixStream::connect(crate::client::socket_path(name)).map_err(failed)?;
+            write_frame(&mut stream, &Request::Run(Box::new(spec))).map_err(failed)?;
+            write_frame(&mut stream, &Request::InputEnd).map_err(failed)?;
+            // The first answer: started, or why not.
+            match read_frame::<Reply>(&mut stream) {
+                Ok(Reply::Started { node, pid }) => {
+                    log(&format!("started {shown} on node {node} ({pid})"));
+                    *on = Some(node);
+                }
+                Ok(Reply::Failed { code, why }) if code == 126 || code == 127 => return Err(Failure::Fatal(code, why)),
+                Ok(Reply::Failed { why, .. }) => return Err(Failure::Start(why)),
+                Ok(other) => return Err(Failure::Start(format!("node {name}: unexpected answer {other:?}"))),
+                Err(e) => return Err(Failure::Start(format!("node {name}: {e}"))),
+            }
+            *instance += 1;
+            let this = *instance;
+            let mut from = stream.try_clone().map_err(failed)?;
+            let to: Mailbox<Msg> = ctx.mailbox();
+            std::thread::spawn(move || {
+                loop {
+                    match read_frame::<Reply>(&mut from) {
+                        Ok(reply) => {
+                            let last = matches!(reply, Reply::Exit { .. } | Reply::Failed { .. });
+                            if to.send(Msg::Daemon { instance: this, reply }).is_err() || last {
+                                return;
+                            }
+                        }
+                        Err(_) => {
+                            let _ = to.send(Msg::Lost { instance: this });
+                            return;
+                        }
+                    }
+                }
+            });
+            Ok(Instance::Daemon(stream))
+        }
+    }
+}
+
 /// Passes the server's output through until its end, a signal, or `until`.
-fn wait(ctx: &converge::Ctx<i32>, until: Option<Instant>) -> Woken {
+fn wait(ctx: &converge::Ctx<Msg>, backend: &mut Backend, until: Option<Instant>) -> Woken {
+    let current = match backend {
+        Backend::Daemon { instance, .. } => *instance,
+        Backend::Here(_) => 0,
+    };
     loop {
         let timeout = until.map_or(Duration::from_secs(3600), |u| {
             u.saturating_duration_since(Instant::now())
@@ -272,7 +475,25 @@ fn wait(ctx: &converge::Ctx<i32>, until: Option<Instant>) -> Woken {
                 PortOutput::Exit(reason) => return Woken::Exited(reason),
                 _ => {}
             },
-            Ok(Event::Message(signal)) => return Woken::Signal(signal),
+            Ok(Event::Message(Msg::Signal(signal))) => return Woken::Signal(signal),
+            Ok(Event::Message(Msg::Daemon { instance, reply })) if instance == current => match reply {
+                Reply::Stdout(bytes) => {
+                    let mut out = std::io::stdout().lock();
+                    let _ = out.write_all(&bytes).and_then(|()| out.flush());
+                }
+                Reply::Stderr(bytes) => {
+                    let _ = std::io::stderr().write_all(&bytes);
+                }
+                Reply::Exit { reason, .. } => return Woken::Exited(reason),
+                Reply::Failed { code, why } => {
+                    log(&why);
+                    return Woken::Exited(ExitReason::Code(i32::from(code)));
+                }
+                _ => {}
+            },
+            Ok(Event::Message(Msg::Lost { instance })) if instance == current => {
+                return Woken::Exited(ExitReason::NoConnection);
+            }
             Ok(_) => {}
             Err(RecvTimeoutError::Timeout) => {
                 if until.is_some_and(|u| Instant::now() >= u) {

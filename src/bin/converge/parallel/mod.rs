@@ -877,8 +877,9 @@ impl Engine<'_> {
             kill_after_ms: 0,
             ship: false,
             wait_for_slot: true,
+            label: None,
         };
-        write_frame(&mut stream, &Request::Run(spec)).map_err(|e| format!("node {daemon}: {e}"))?;
+        write_frame(&mut stream, &Request::Run(Box::new(spec))).map_err(|e| format!("node {daemon}: {e}"))?;
         write_frame(&mut stream, &Request::InputEnd).map_err(|e| format!("node {daemon}: {e}"))?;
         self.next_key += 1;
         let key = self.next_key;
