@@ -223,6 +223,17 @@ fn help_and_version_exit_0() {
     assert!(String::from_utf8_lossy(&o.stdout).contains("--timeout"));
     let o = converge().arg("--version").output().unwrap();
     assert_eq!(o.status.code(), Some(0));
+    // Every subcommand has examples in its help; an unknown one is a usage
+    // error (2).
+    for sub in ["run", "parallel", "supervise", "node", "nodes", "ps"] {
+        let o = converge().args([sub, "--help"]).output().unwrap();
+        assert_eq!(o.status.code(), Some(0), "{sub}");
+        assert!(String::from_utf8_lossy(&o.stdout).contains("Examples:"), "{sub}");
+    }
+    assert_eq!(
+        converge().arg("no-such-command").output().unwrap().status.code(),
+        Some(2)
+    );
 }
 
 /// Polls `f` every 10 ms until it holds or `limit` passes.

@@ -111,6 +111,7 @@ fn ask(named: Option<&str>, request: &Request) -> Result<Reply, (u8, String)> {
 
 /// `converge nodes [--node NAME] [--json]`.
 #[derive(Args, Debug)]
+#[command(after_help = "Examples:\n  converge nodes\n  converge nodes --node alpha --json | jq .busy")]
 pub(crate) struct NodesArgs {
     /// The node to ask (default: the only one running; also CONVERGE_NODE).
     #[arg(long, value_name = "NAME")]
@@ -122,6 +123,9 @@ pub(crate) struct NodesArgs {
 
 /// `converge ps [--node NAME] [--json]`.
 #[derive(Args, Debug)]
+#[command(
+    after_help = "Examples:\n  converge ps\n  converge ps --json | jq 'select(.interrupted)'\n  CONVERGE_NODE=alpha converge ps"
+)]
 pub(crate) struct PsArgs {
     /// The node to ask (default: the only one running; also CONVERGE_NODE).
     #[arg(long, value_name = "NAME")]

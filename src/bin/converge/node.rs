@@ -47,7 +47,14 @@ const MAX_SHIPPED: usize = 32 << 20;
 const ASK: Duration = Duration::from_secs(5);
 
 /// `converge node [--name N] [--listen ADDR] [--join ADDR] [--secret-file F] [--slots N]`.
+const EXAMPLES: &str = "Examples:
+  converge node --name laptop
+  converge node --name alpha --listen 10.0.0.1:7373 --secret-file /etc/converge/secret
+  converge node --name beta --listen 10.0.0.2:7373 --join 10.0.0.1:7373 \\
+      --secret-file /etc/converge/secret --slots 8 --log-json";
+
 #[derive(Args, Debug)]
+#[command(after_help = EXAMPLES)]
 pub(crate) struct NodeArgs {
     /// The node's name, unique in its cluster and among this user's nodes
     /// on this host (default: the host's name).

@@ -26,7 +26,14 @@ const NOT_EXECUTABLE: u8 = 126;
 const NOT_FOUND: u8 = 127;
 
 /// `converge run [--timeout D] [--kill-after D] [--workdir D] [--env K=V] -- program args`.
+const EXAMPLES: &str = "Examples:
+  converge run --timeout 30s -- ./check.sh
+  converge run --on beta -- ./build.sh release     # sent to beta by content hash
+  converge run --anywhere --env RUST_LOG=info -- ./job
+  tar cf - src | converge run --on beta -- tar xf - -C /tmp/copy";
+
 #[derive(Args, Debug)]
+#[command(after_help = EXAMPLES)]
 pub(crate) struct RunArgs {
     /// Stop the program after this long (`10`, `1.5s`, `2m`, `1h`, `1d`):
     /// `SIGTERM` to its process group, then `SIGKILL` after --kill-after;
