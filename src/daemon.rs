@@ -11,8 +11,10 @@
 //! standard input as [`Request::Input`] chunks and [`Request::InputEnd`],
 //! and the signals it receives as [`Request::Signal`]; the daemon answers
 //! [`Reply::Started`], the program's output as [`Reply::Stdout`] and
-//! [`Reply::Stderr`] chunks as they come, and one [`Reply::Exit`] (or one
-//! [`Reply::Failed`] when it could not start). A client that goes away
+//! [`Reply::Stderr`] chunks as they come, and one [`Reply::Exit`], or one
+//! [`Reply::Failed`] when it could not start (before [`Reply::Started`],
+//! or after it for a run on another node, whose program is looked up
+//! there). A client that goes away
 //! before the end stops its program, as a shell's job ends with its
 //! terminal.
 

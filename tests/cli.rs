@@ -523,6 +523,19 @@ fn clients_pick_their_node_or_say_why_they_cannot() {
         .unwrap();
     assert_eq!(code(&o), 1);
     assert!(err(&o).contains("it must be 0700"), "{}", err(&o));
+    // Nor does a client trust a socket there: it would send its
+    // environment and input to whoever made it.
+    let o = c
+        .cmd()
+        .env("CONVERGE_RUNTIME_DIR", &open)
+        .args(["ps"])
+        .output()
+        .unwrap();
+    assert_eq!(code(&o), 2);
+    assert!(err(&o).contains("refusing to talk to a node"), "{}", err(&o));
+    let o = c.cmd().args(["run", "--node", "../a", "--", "true"]).output().unwrap();
+    assert_eq!(code(&o), 125);
+    assert!(err(&o).contains("not a node name"), "{}", err(&o));
     // Bad flags: usage errors.
     let o = c.cmd().args(["node", "--listen", "127.0.0.1:0"]).output().unwrap();
     assert!(err(&o).contains("--secret-file"), "{}", err(&o));

@@ -52,6 +52,42 @@ pub(crate) fn socket_path(name: &str) -> PathBuf {
     runtime_dir().join(format!("{name}.sock"))
 }
 
+/// Whether `name` can be a node's name (and so a file name of its own in
+/// the runtime directory).
+pub(crate) fn valid_name(name: &str) -> bool {
+    !name.is_empty() && !name.contains('/') && !name.starts_with('.')
+}
+
+/// Whether the runtime directory is this user's only, without making it.
+fn dir_is_private(dir: &Path) -> Result<(), String> {
+    let meta = std::fs::symlink_metadata(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    if !meta.is_dir() || meta.uid() != rustix::process::geteuid().as_raw() || meta.permissions().mode() & 0o077 != 0 {
+        return Err(format!(
+            "{}: not a directory of this user's only (mode 0700): refusing to talk to a node through it",
+            dir.display()
+        ));
+    }
+    Ok(())
+}
+
+/// Connects to the daemon of node `name`, and checks that it runs as this
+/// user (a socket in a directory others could write is not trusted, nor a
+/// daemon of another user): the client sends it its environment and input.
+pub(crate) fn connect(name: &str) -> Result<UnixStream, String> {
+    if !valid_name(name) {
+        return Err(format!("{name:?} is not a node name"));
+    }
+    dir_is_private(&runtime_dir())?;
+    let path = socket_path(name);
+    let stream = UnixStream::connect(&path)
+        .map_err(|e| format!("no node named {name:?} runs here ({}: {e})", path.display()))?;
+    match rustix::net::sockopt::socket_peercred(&stream) {
+        Ok(cred) if cred.uid == rustix::process::geteuid() => Ok(stream),
+        Ok(_) => Err(format!("{}: the node there runs as another user", path.display())),
+        Err(e) => Err(format!("{}: {e}", path.display())),
+    }
+}
+
 /// The daemon to ask: the one named by `--node` or `CONVERGE_NODE`, else
 /// the only one running for this user; `None` when none runs.
 pub(crate) fn find(named: Option<&str>) -> Result<Option<(String, UnixStream)>, String> {
@@ -59,16 +95,13 @@ pub(crate) fn find(named: Option<&str>) -> Result<Option<(String, UnixStream)>, 
         .map(str::to_owned)
         .or_else(|| std::env::var("CONVERGE_NODE").ok().filter(|n| !n.is_empty()));
     if let Some(name) = named {
-        let path = socket_path(&name);
-        return match UnixStream::connect(&path) {
-            Ok(s) => Ok(Some((name, s))),
-            Err(e) => Err(format!("no node named {name:?} runs here ({}: {e})", path.display())),
-        };
+        return connect(&name).map(|s| Some((name, s)));
     }
     let dir = runtime_dir();
     let Ok(entries) = std::fs::read_dir(&dir) else {
         return Ok(None);
     };
+    dir_is_private(&dir)?;
     let mut running = Vec::new();
     for entry in entries.flatten() {
         let path = entry.path();
@@ -80,8 +113,8 @@ pub(crate) fn find(named: Option<&str>) -> Result<Option<(String, UnixStream)>, 
             continue;
         };
         // A socket left by a daemon that was killed refuses: not running.
-        if let Ok(s) = UnixStream::connect(&path) {
-            running.push((name.to_owned(), s));
+        if UnixStream::connect(&path).is_ok() {
+            running.push((name.to_owned(), connect(name)?));
         }
     }
     running.sort_by(|a, b| a.0.cmp(&b.0));
@@ -98,6 +131,35 @@ pub(crate) fn find(named: Option<&str>) -> Result<Option<(String, UnixStream)>, 
 /// The status of `nodes` and `ps` when the node to ask is not clear (a
 /// usage error).
 pub(crate) const USAGE: u8 = 2;
+
+/// Passes the daemon's replies about a run on `from` to `to` (as `wrap`
+/// makes them), from a thread of their own, until the run's last one; `lost`
+/// when the connection breaks first.
+pub(crate) fn forward_replies<M>(
+    mut from: UnixStream,
+    to: converge::Mailbox<M>,
+    wrap: impl Fn(Reply) -> M + Send + 'static,
+    lost: M,
+) where
+    M: serde::Serialize + serde::de::DeserializeOwned + Send + 'static,
+{
+    std::thread::spawn(move || {
+        loop {
+            match read_frame::<Reply>(&mut from) {
+                Ok(reply) => {
+                    let last = matches!(reply, Reply::Exit { .. } | Reply::Failed { .. });
+                    if to.send(wrap(reply)).is_err() || last {
+                        return;
+                    }
+                }
+                Err(_) => {
+                    let _ = to.send(lost);
+                    return;
+                }
+            }
+        }
+    });
+}
 
 /// Asks the daemon one question and reads its one answer; the status and
 /// the reason when it cannot.

@@ -93,8 +93,8 @@ enum ToDaemon {
     Hosting { pid: Pid },
     /// A signal for the daemon itself.
     Signal(i32),
-    /// The program of `id` started there with this OS pid.
-    Began { id: u64, os_pid: i32 },
+    /// The program of `id` started there with this OS pid, run by `runner`.
+    Began { id: u64, runner: Pid, os_pid: i32 },
     /// Output of `id`.
     Output { id: u64, stderr: bool, bytes: Vec<u8> },
     /// `id` ended.
@@ -174,6 +174,16 @@ struct Jobs {
     history: VecDeque<Job>,
 }
 
+impl Jobs {
+    /// Keeps an ended run for `ps` (the last [`HISTORY`] of them).
+    fn keep(&mut self, job: Job) {
+        self.history.push_back(job);
+        if self.history.len() > HISTORY {
+            self.history.pop_front();
+        }
+    }
+}
+
 /// The daemon's state, shared by its threads.
 struct Daemon {
     name: String,
@@ -227,7 +237,7 @@ fn init_logs(json: bool) {
 
 pub(crate) fn run(args: NodeArgs) -> Result<ExitCode, String> {
     let name = args.name.clone().unwrap_or_else(host_name);
-    if name.is_empty() || name.contains('/') || name.starts_with('.') {
+    if !crate::client::valid_name(&name) {
         return Err(format!("{name:?} is not a node name"));
     }
     if args.listen.is_none() && !args.join.is_empty() {
@@ -246,9 +256,12 @@ pub(crate) fn run(args: NodeArgs) -> Result<ExitCode, String> {
     }
     // Left by a daemon that was killed.
     let _ = std::fs::remove_file(&socket);
+    // Programs shipped here belong to this incarnation (the senders keep
+    // track per incarnation): a fresh cache, removed at the end.
     let cache = dir.join(format!("{name}.cache"));
+    let _ = std::fs::remove_dir_all(&cache);
     crate::client::private_dir(&cache)?;
-    let _ = CACHE.set(cache);
+    let _ = CACHE.set(cache.clone());
     init_logs(args.log_json);
 
     let node = converge::Config::new()
@@ -297,7 +310,8 @@ pub(crate) fn run(args: NodeArgs) -> Result<ExitCode, String> {
         shipped: Mutex::new(HashSet::new()),
     });
     daemon.advertise();
-    let signals = signals(&daemon)?;
+    // SIGINT, SIGTERM and SIGHUP stop the daemon (its programs with it).
+    let signals = crate::signals_as_messages(&node, &[SIGINT, SIGTERM, SIGHUP], ToDaemon::Signal)?;
     {
         let daemon = Arc::clone(&daemon);
         std::thread::Builder::new()
@@ -310,25 +324,11 @@ pub(crate) fn run(args: NodeArgs) -> Result<ExitCode, String> {
     signals.close();
     tracing::info!(node = %name, signal = stopped_by, "stopping");
     let _ = std::fs::remove_file(&socket);
+    let _ = std::fs::remove_dir_all(&cache);
     // The others see this node leave at once, not after its silence.
     drop(daemon.cluster.lock().unwrap().take());
     node.shutdown(Duration::from_secs(10));
     Ok(ExitCode::SUCCESS)
-}
-
-/// SIGINT, SIGTERM and SIGHUP stop the daemon (its programs with it).
-fn signals(daemon: &Daemon) -> Result<signal_hook::iterator::Handle, String> {
-    let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGHUP]).map_err(|e| e.to_string())?;
-    let handle = signals.handle();
-    let me = daemon.me;
-    std::thread::spawn(move || {
-        for signal in signals.forever() {
-            if me.send(ToDaemon::Signal(signal)).is_err() {
-                return;
-            }
-        }
-    });
-    Ok(handle)
 }
 
 /// Takes the main program's events until a signal stops the daemon; the
@@ -370,11 +370,12 @@ fn main_loop(daemon: &Daemon, ctx: &Ctx<ToDaemon>) -> i32 {
                 daemon.hosted.lock().unwrap().insert(pid);
                 daemon.advertise();
             }
-            Event::Message(ToDaemon::Began { id, os_pid }) => {
-                if let Some(job) = daemon.jobs.lock().unwrap().running.get_mut(&id) {
-                    job.os_pid = os_pid;
-                }
+            // A run given up on here (its start timed out, its client
+            // went): nothing may run for it there.
+            Event::Message(ToDaemon::Began { id, runner, os_pid }) if !daemon.began(id, None, os_pid) => {
+                let _ = Mailbox::<RunIn>::from_pid(runner).send(RunIn::Kill);
             }
+            Event::Message(ToDaemon::Began { .. }) => {}
             Event::Message(ToDaemon::Output { id, stderr, bytes }) => daemon.relay(id, Relay::Out { stderr, bytes }),
             Event::Message(ToDaemon::Ended { id, reason }) => daemon.ended(id, reason),
             Event::Message(ToDaemon::NotRun { id, code, why }) => daemon.not_run(id, code, why),
@@ -442,10 +443,19 @@ impl Daemon {
         }
     }
 
-    fn began(&self, id: u64, pid: Option<Pid>, os_pid: i32) {
-        if let Some(job) = self.jobs.lock().unwrap().running.get_mut(&id) {
-            job.pid = pid.or(job.pid);
-            job.os_pid = os_pid;
+    /// Notes where run `id` runs; false when it is not running here (any
+    /// more).
+    fn began(&self, id: u64, pid: Option<Pid>, os_pid: i32) -> bool {
+        match self.jobs.lock().unwrap().running.get_mut(&id) {
+            Some(job) => {
+                job.pid = pid.or(job.pid);
+                // The runner's own word may come first.
+                if os_pid != 0 {
+                    job.os_pid = os_pid;
+                }
+                true
+            }
+            None => false,
         }
     }
 
@@ -457,10 +467,7 @@ impl Daemon {
         };
         tracing::info!(run = id, node = %job.node, command = %job.command, reason = %reason, "ended");
         job.ended = Some((Instant::now(), reason.clone()));
-        jobs.history.push_back(job);
-        if jobs.history.len() > HISTORY {
-            jobs.history.pop_front();
-        }
+        jobs.keep(job);
         drop(jobs);
         self.relay(id, Relay::Ended(reason));
     }
@@ -470,10 +477,7 @@ impl Daemon {
         if let Some(mut job) = jobs.running.remove(&id) {
             job.ended = Some((Instant::now(), ExitReason::Code(i32::from(code))));
             job.before = None;
-            jobs.history.push_back(job);
-            if jobs.history.len() > HISTORY {
-                jobs.history.pop_front();
-            }
+            jobs.keep(job);
         }
         drop(jobs);
         self.relay(id, Relay::NotRun(code, why));
@@ -550,7 +554,7 @@ impl Daemon {
             connected: true,
             slots: Some(self.slots),
             busy: Some(self.busy()),
-            queued: Some(0),
+            queued: Some(u32::try_from(self.queued.load(Ordering::Relaxed)).unwrap_or(u32::MAX)),
         }];
         if let Some(cluster) = self.cluster() {
             rows.extend(cluster.nodes().into_iter().map(|n| NodeRow {
@@ -571,7 +575,7 @@ impl Daemon {
     /// goes to the node with most free slots (this one on a tie), passing
     /// over those it should avoid while another will do; with none free it
     /// runs here, or waits for a slot when it is to.
-    fn reserve(&self, spec: &RunSpec) -> Result<Option<String>, String> {
+    fn reserve(&self, spec: &RunSpec, client: &UnixStream) -> Result<Option<String>, String> {
         let target = match &spec.placement {
             Placement::Here => None,
             Placement::On(name) if *name == self.name => None,
@@ -584,7 +588,11 @@ impl Daemon {
                 }
                 Some(name.clone())
             }
-            Placement::Anywhere { avoid } => return Ok(self.reserve_anywhere(avoid, spec.wait_for_slot)),
+            Placement::Anywhere { avoid } => {
+                return self
+                    .reserve_anywhere(avoid, spec.wait_for_slot, client)
+                    .ok_or_else(|| "the client went away while its run waited for a slot".to_string());
+            }
         };
         let name = target.clone().unwrap_or_else(|| self.name.clone());
         *self.placed.lock().unwrap().entry(name).or_default() += 1;
@@ -592,7 +600,8 @@ impl Daemon {
         Ok(target)
     }
 
-    fn reserve_anywhere(&self, avoid: &[String], wait: bool) -> Option<String> {
+    /// `None` when the client went away while its run waited.
+    fn reserve_anywhere(&self, avoid: &[String], wait: bool, client: &UnixStream) -> Option<Option<String>> {
         let mut queued = false;
         let mut placed = self.placed.lock().unwrap();
         let chosen = loop {
@@ -613,8 +622,9 @@ impl Daemon {
                 .into_iter()
                 .max_by(|a, b| (a.0, a.1).cmp(&(b.0, b.1)).then_with(|| b.2.cmp(&a.2)));
             match best {
-                Some((free, _, name)) if free > 0 => break name,
-                _ if !wait => break self.name.clone(),
+                Some((free, _, name)) if free > 0 => break Some(name),
+                _ if !wait => break Some(self.name.clone()),
+                _ if hung_up(client) => break None,
                 _ => {}
             }
             if !queued {
@@ -628,13 +638,15 @@ impl Daemon {
             // at again after a while.
             placed = self.capacity.wait_timeout(placed, Duration::from_millis(50)).unwrap().0;
         };
-        *placed.entry(chosen.clone()).or_default() += 1;
+        if let Some(chosen) = &chosen {
+            *placed.entry(chosen.clone()).or_default() += 1;
+        }
         drop(placed);
         if queued {
             self.queued.fetch_sub(1, Ordering::Relaxed);
         }
         self.advertise();
-        (chosen != self.name).then_some(chosen)
+        chosen.map(|c| (c != self.name).then_some(c))
     }
 
     /// A run placed on `node` (`None`: this one) ended.
@@ -703,6 +715,17 @@ fn accept(daemon: &Arc<Daemon>, listener: &UnixListener) {
             .name("converge-node-client".into())
             .spawn(move || serve(&daemon, stream));
     }
+}
+
+/// Whether the client closed its side (it went away, or gave the run up).
+fn hung_up(client: &UnixStream) -> bool {
+    use rustix::event::{PollFd, PollFlags, Timespec};
+    let mut fds = [PollFd::new(client, PollFlags::RDHUP)];
+    let now = Timespec { tv_sec: 0, tv_nsec: 0 };
+    rustix::event::poll(&mut fds, Some(&now)).is_ok()
+        && fds[0]
+            .revents()
+            .intersects(PollFlags::RDHUP | PollFlags::HUP | PollFlags::ERR)
 }
 
 /// One client connection.
@@ -801,7 +824,7 @@ impl Running {
 fn run_for(daemon: &Daemon, spec: RunSpec, mut stream: UnixStream) {
     let id = daemon.next.fetch_add(1, Ordering::Relaxed);
     let (tx, rx) = mpsc::channel();
-    let target = match daemon.reserve(&spec) {
+    let target = match daemon.reserve(&spec, &stream) {
         Ok(target) => target,
         Err(why) => {
             let _ = write_frame(
@@ -946,7 +969,13 @@ fn start(
                 kill_after_ms: spec.kill_after_ms,
             };
             daemon.add_job(id, &node, spec);
-            let pid = match cluster.spawn_on(&node, RUNNER, &run, ASK) {
+            // Time for the program's bytes too, at a slow link's pace.
+            let shipped = match &run.program {
+                Program::Shipped { bytes: Some(b), .. } => b.len() as u64,
+                _ => 0,
+            };
+            let ask = ASK + Duration::from_secs(shipped >> 20);
+            let pid = match cluster.spawn_on(&node, RUNNER, &run, ask) {
                 Ok(pid) => pid,
                 Err(e) => {
                     daemon.not_run(id, crate::FAILED, e.to_string());
@@ -1081,6 +1110,7 @@ fn runner(ctx: Ctx<RunIn>, run: RemoteRun) {
     };
     let _ = owner.send(ToDaemon::Began {
         id: run.id,
+        runner: ctx.pid(),
         os_pid: port.os_pid(),
     });
     while let Ok(event) = ctx.recv_event() {

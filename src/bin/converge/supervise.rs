@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use clap::{Args, ValueEnum};
 use converge::daemon::{Label, Placement, Reply, Request, RunSpec, read_frame, write_frame};
 use converge::port::{Port, PortOutput};
-use converge::{Event, ExitReason, Mailbox, RecvTimeoutError};
+use converge::{Event, ExitReason, RecvTimeoutError};
 use signal_hook::consts::signal::{SIGHUP, SIGINT, SIGTERM};
 
 use crate::run::{resolve, status};
@@ -176,6 +176,9 @@ enum Woken {
     TimeUp,
     /// The node stopped under us.
     NodeGone,
+    /// The program is not there, or cannot run, where it was placed: this
+    /// status, at once.
+    NotRunnable(u8),
 }
 
 pub(crate) fn run(args: SuperviseArgs) -> Result<ExitCode, String> {
@@ -243,6 +246,7 @@ pub(crate) fn run(args: SuperviseArgs) -> Result<ExitCode, String> {
                 match wait(&ctx, &mut backend, None) {
                     Woken::NodeGone => break 'supervise 1,
                     Woken::Exited(reason) => break reason,
+                    Woken::NotRunnable(code) => break 'supervise code,
                     Woken::Signal(SIGHUP) => {
                         log("SIGHUP: restarting the server");
                         instance.stop();
@@ -333,7 +337,7 @@ pub(crate) fn run(args: SuperviseArgs) -> Result<ExitCode, String> {
                     log(&format!("signal {signal}: not restarting"));
                     break 'supervise 0;
                 }
-                Woken::Exited(_) => {}
+                Woken::Exited(_) | Woken::NotRunnable(_) => {}
                 Woken::NodeGone => break 'supervise 1,
             }
         }
@@ -413,8 +417,7 @@ fn start(backend: &mut Backend, ctx: &converge::Ctx<Msg>, runs: u32, shown: &str
                 avoid.push(lost.clone());
             }
             let failed = |e: std::io::Error| Failure::Start(format!("node {name}: {e}"));
-            let mut stream =
-                std::os::unix::net::UnixStream::connect(crate::client::socket_path(name)).map_err(failed)?;
+            let mut stream = crate::client::connect(name).map_err(Failure::Start)?;
             write_frame(&mut stream, &Request::Run(Box::new(spec))).map_err(failed)?;
             write_frame(&mut stream, &Request::InputEnd).map_err(failed)?;
             // The first answer: started, or why not.
@@ -430,24 +433,13 @@ fn start(backend: &mut Backend, ctx: &converge::Ctx<Msg>, runs: u32, shown: &str
             }
             *instance += 1;
             let this = *instance;
-            let mut from = stream.try_clone().map_err(failed)?;
-            let to: Mailbox<Msg> = ctx.mailbox();
-            std::thread::spawn(move || {
-                loop {
-                    match read_frame::<Reply>(&mut from) {
-                        Ok(reply) => {
-                            let last = matches!(reply, Reply::Exit { .. } | Reply::Failed { .. });
-                            if to.send(Msg::Daemon { instance: this, reply }).is_err() || last {
-                                return;
-                            }
-                        }
-                        Err(_) => {
-                            let _ = to.send(Msg::Lost { instance: this });
-                            return;
-                        }
-                    }
-                }
-            });
+            let from = stream.try_clone().map_err(failed)?;
+            crate::client::forward_replies(
+                from,
+                ctx.mailbox(),
+                move |reply| Msg::Daemon { instance: this, reply },
+                Msg::Lost { instance: this },
+            );
             Ok(Instance::Daemon(stream))
         }
     }
@@ -485,6 +477,12 @@ fn wait(ctx: &converge::Ctx<Msg>, backend: &mut Backend, until: Option<Instant>)
                     let _ = std::io::stderr().write_all(&bytes);
                 }
                 Reply::Exit { reason, .. } => return Woken::Exited(reason),
+                // A program missing on another node is found there: given
+                // up on at once, as at home.
+                Reply::Failed { code, why } if code == 126 || code == 127 => {
+                    log(&format!("FATAL: {why}"));
+                    return Woken::NotRunnable(code);
+                }
                 Reply::Failed { code, why } => {
                     log(&why);
                     return Woken::Exited(ExitReason::Code(i32::from(code)));

@@ -14,9 +14,9 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant, SystemTime};
 
 use clap::{Args, ValueEnum};
-use converge::daemon::{Placement, Reply, Request, RunSpec, read_frame, write_frame};
+use converge::daemon::{Placement, Reply, Request, RunSpec, write_frame};
 use converge::port::{Framing, Port, PortBuilder, PortOutput, Stderr};
-use converge::{Ctx, Event, ExitReason, Mailbox, Pid, RecvTimeoutError};
+use converge::{Ctx, Event, ExitReason, Pid, RecvTimeoutError};
 use signal_hook::consts::signal::{SIGHUP, SIGINT, SIGKILL, SIGTERM};
 
 use self::input::{Job, Source, Template};
@@ -41,7 +41,8 @@ const EXAMPLES: &str = "Examples:
 #[command(after_help = EXAMPLES)]
 pub(crate) struct ParallelArgs {
     /// Jobs run at once: N, N% of the cores, +N or -N cores (0: no limit;
-    /// default: 100%, or with --anywhere as many as the cluster has slots).
+    /// default: 100%; with --anywhere 256 handed to the node daemon at once,
+    /// which runs each where a slot is free and queues the rest).
     #[arg(short = 'j', long = "jobs", value_name = "N", value_parser = parse_jobs)]
     jobs: Option<usize>,
     /// Runs the jobs on the nodes of the cluster, each where there is a
@@ -854,8 +855,7 @@ impl Engine<'_> {
     fn through_daemon(&mut self, daemon: &str, p: &Pending, slot: usize, command: &str) -> Result<Handle, String> {
         use std::os::unix::ffi::OsStrExt;
         let bytes = |s: &std::ffi::OsStr| s.as_bytes().to_vec();
-        let mut stream = std::os::unix::net::UnixStream::connect(crate::client::socket_path(daemon))
-            .map_err(|e| format!("node {daemon}: {e}"))?;
+        let mut stream = crate::client::connect(daemon)?;
         let mut env_base: Vec<(Vec<u8>, Vec<u8>)> = std::env::vars_os().map(|(k, v)| (bytes(&k), bytes(&v))).collect();
         let cwd = std::env::current_dir().map_err(|e| e.to_string())?;
         let ours = [
@@ -883,24 +883,13 @@ impl Engine<'_> {
         write_frame(&mut stream, &Request::InputEnd).map_err(|e| format!("node {daemon}: {e}"))?;
         self.next_key += 1;
         let key = self.next_key;
-        let mut from = stream.try_clone().map_err(|e| e.to_string())?;
-        let to: Mailbox<Msg> = self.ctx.mailbox();
-        std::thread::spawn(move || {
-            loop {
-                match read_frame::<Reply>(&mut from) {
-                    Ok(reply) => {
-                        let last = matches!(reply, Reply::Exit { .. } | Reply::Failed { .. });
-                        if to.send(Msg::Daemon { key, reply }).is_err() || last {
-                            return;
-                        }
-                    }
-                    Err(_) => {
-                        let _ = to.send(Msg::Lost { key });
-                        return;
-                    }
-                }
-            }
-        });
+        let from = stream.try_clone().map_err(|e| e.to_string())?;
+        crate::client::forward_replies(
+            from,
+            self.ctx.mailbox(),
+            move |reply| Msg::Daemon { key, reply },
+            Msg::Lost { key },
+        );
         Ok(Handle::Daemon {
             key,
             stream,
@@ -1145,6 +1134,7 @@ impl Engine<'_> {
     /// Stops every running job with the kill sequence, without a row or its
     /// output: `--halt now`.
     fn kill_running(&mut self) {
+        self.drop_unstarted();
         let deadline = Instant::now() + self.termseq.0.iter().map(|(_, d)| *d).sum::<Duration>();
         for r in &self.running {
             r.handle.signal(self.termseq.0.first().map_or(SIGTERM, |s| s.0));
@@ -1239,12 +1229,26 @@ impl Engine<'_> {
         }
         let second = self.interrupted.is_some();
         self.interrupted = Some(signal);
+        self.drop_unstarted();
         for r in &self.running {
             if second {
                 r.handle.kill();
             } else {
                 r.handle.signal(signal);
             }
+        }
+    }
+
+    /// Jobs still waiting at the node daemon for a slot never start: their
+    /// connections close, and the daemon gives them up.
+    fn drop_unstarted(&mut self) {
+        let (waiting, started): (Vec<Running>, Vec<Running>) = std::mem::take(&mut self.running)
+            .into_iter()
+            .partition(|r| matches!(r.handle, Handle::Daemon { node: None, .. }));
+        self.running = started;
+        for r in waiting {
+            r.handle.kill();
+            self.free_slots.insert(r.slot);
         }
     }
 
