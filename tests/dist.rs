@@ -31,6 +31,10 @@ fn main() {
                 a_64_mib_message_does_not_hold_up_small_ones_nor_ticks,
             ),
             (
+                "pool_tasks_run_on_another_node_by_name",
+                pool_tasks_run_on_another_node_by_name,
+            ),
+            (
                 "a_remote_monitor_gets_the_reason_after_every_message",
                 a_remote_monitor_gets_the_reason_after_every_message,
             ),
@@ -122,6 +126,8 @@ fn helper_node() {
         .with_max_level(tracing::Level::WARN)
         .try_init();
     converge::dist::spawnable("counter", counter);
+    converge::dist::task("square", square);
+    converge::dist::task("lost", lost);
     let name = std::env::var("NODE_NAME").unwrap();
     let secret = Secret::from_bytes(std::env::var("NODE_SECRET").unwrap().as_bytes()).unwrap();
     let node = Config::new().schedulers(1).init().unwrap();
@@ -394,6 +400,10 @@ fn helper_node() {
                 say("sent-saved", n);
             }
             ["count-members"] => say("members", cluster.nodes().len()),
+            ["task-on", node, name, arg] => {
+                let r = cluster.run_task::<u64, u64>(node, name, &arg.parse().unwrap(), Duration::from_secs(5));
+                say("task", format!("{r:?}"));
+            }
             ["spawn-on", node, name, arg] => {
                 let arg: u64 = arg.parse().unwrap();
                 match cluster.spawn_on(node, name, &arg, Duration::from_secs(2)) {
@@ -434,6 +444,16 @@ fn helper_node() {
 }
 
 /// What another node may start here: counts from `start`.
+/// A task other nodes may run here.
+fn square(n: u64) -> u64 {
+    n * n
+}
+
+/// A task that panics.
+fn lost(n: u64) -> u64 {
+    panic!("lost at {n}")
+}
+
 fn counter(ctx: Ctx<u64>, start: u64) {
     while let Ok(n) = ctx.recv() {
         say("counted", start + n);
@@ -980,6 +1000,19 @@ fn remote_spawn_starts_registered_functions_only() {
     );
     b.tell("spawn-on nowhere counter 1");
     assert_eq!(b.expect("spawned"), "err no answer from the node: nowhere");
+}
+
+fn pool_tasks_run_on_another_node_by_name() {
+    let (mut a, _b) = TestNode::pair();
+    a.tell("task-on beta square 7");
+    assert_eq!(a.expect("task"), "Ok(49)");
+    // Only what is registered there; a panic there comes back as one.
+    a.tell("task-on beta rm 1");
+    assert_eq!(a.expect("task"), "Err(NotRegistered(\"rm\"))");
+    a.tell("task-on beta lost 3");
+    assert_eq!(a.expect("task"), "Err(Panicked(\"lost at 3\"))");
+    a.tell("task-on nowhere square 1");
+    assert_eq!(a.expect("task"), "Err(NoConnection(\"nowhere\"))");
 }
 
 fn links_across_nodes_carry_exit_signals_both_ways() {

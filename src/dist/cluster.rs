@@ -16,11 +16,12 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use super::membership::{Load, Member, MemberEvent, Membership, MembershipConfig};
 use super::session::{DistError, Hello, Secret, Session};
-use super::spawn::SpawnRefused;
+use super::spawn::{RemoteTaskError, SpawnRefused};
 use super::tcp::{Acceptor, HANDSHAKE_TIMEOUT, connect, keep_session};
 use crate::exit::ExitReason;
 use crate::mailbox::Mailbox;
@@ -199,6 +200,19 @@ enum Wire {
         request: u64,
         result: Result<Pid, SpawnRefused>,
     },
+    /// Run the task registered as `name` there on its pool, with `args`,
+    /// within `timeout_ms`.
+    Task {
+        request: u64,
+        name: String,
+        args: Vec<u8>,
+        timeout_ms: u64,
+    },
+    /// Its value, or why none.
+    TaskDone {
+        request: u64,
+        result: Result<Vec<u8>, RemoteTaskError>,
+    },
 }
 
 /// A frame from a peer, decoded as the session's reader decodes it: what
@@ -217,6 +231,7 @@ pub(crate) fn fuzz_frame(data: &[u8]) {
 enum Answer {
     Found(Option<Pid>),
     Spawned(Result<Pid, SpawnRefused>),
+    TaskDone(Result<Vec<u8>, RemoteTaskError>),
 }
 
 /// Channel of ticks and requests; a sender's messages use its own.
@@ -641,6 +656,42 @@ impl Cluster {
         }) {
             Some(Answer::Spawned(result)) => result,
             _ => Err(SpawnRefused::NoConnection(node.to_string())),
+        }
+    }
+
+    /// Runs the task registered as `name` on the node `node` (see
+    /// [`task`](super::task)) on that node's scheduler pool with `args`:
+    /// its value. Only registered tasks can be run; `args` are checked
+    /// there. `timeout` bounds the task's run there and the wait here; a
+    /// task past it is cancelled there.
+    pub fn run_task<A: Serialize, R: DeserializeOwned>(
+        &self,
+        node: &str,
+        name: &str,
+        args: &A,
+        timeout: Duration,
+    ) -> Result<R, RemoteTaskError> {
+        let bad = |why: String| RemoteTaskError::BadArguments {
+            name: name.to_string(),
+            why,
+        };
+        let args = postcard::to_stdvec(args).map_err(|e| bad(e.to_string()))?;
+        let owned = name.to_string();
+        let timeout_ms = u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX);
+        // The answer has a moment more than the task to come back.
+        match self.ask(node, timeout + Duration::from_secs(2), |request| Wire::Task {
+            request,
+            name: owned,
+            args,
+            timeout_ms,
+        }) {
+            Some(Answer::TaskDone(Ok(value))) => match postcard::take_from_bytes(&value) {
+                Ok((value, [])) => Ok(value),
+                Ok((_, rest)) => Err(bad(format!("{} bytes past the value", rest.len()))),
+                Err(e) => Err(bad(e.to_string())),
+            },
+            Some(Answer::TaskDone(Err(e))) => Err(e),
+            _ => Err(RemoteTaskError::NoConnection(node.to_string())),
         }
     }
 
@@ -1143,6 +1194,33 @@ impl Inner {
             }
             Wire::Found { request, pid } => self.answer(request, Answer::Found(pid)),
             Wire::Spawned { request, result } => self.answer(request, Answer::Spawned(result)),
+            Wire::TaskDone { request, result } => self.answer(request, Answer::TaskDone(result)),
+            Wire::Task {
+                request,
+                name,
+                args,
+                timeout_ms,
+            } => {
+                // On the pool, from a thread of its own: the session's
+                // reader goes on meanwhile.
+                let spawned = std::thread::Builder::new()
+                    .name("converge-dist-task".into())
+                    .spawn(move || {
+                        let result = super::spawn::run_task(&name, &args, Duration::from_millis(timeout_ms));
+                        if let Err(e) = &result {
+                            tracing::debug!(%name, error = %e, "a node's task gave no value");
+                        }
+                        let frame = postcard::to_stdvec(&Wire::TaskDone { request, result }).expect("BUG: encodes");
+                        if let Some(inner) = this_cluster()
+                            && let Some(p) = inner.peers.lock().get(&node)
+                        {
+                            inner.enqueue(p, CONTROL, frame);
+                        }
+                    });
+                if spawned.is_err() {
+                    tracing::warn!("a node's task could not be started: no thread");
+                }
+            }
             Wire::Spawn { request, name, args } => {
                 let result = super::spawn::start(&name, &args);
                 if let Err(e) = &result {

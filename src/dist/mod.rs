@@ -55,7 +55,7 @@ pub use membership::{
     PacketKey, Replays,
 };
 pub use session::{DistError, Handshake, Hello, PROTOCOL_VERSION, Secret, Session, Step};
-pub use spawn::{SpawnRefused, spawnable};
+pub use spawn::{RemoteTaskError, SpawnRefused, spawnable, task};
 pub use tcp::{Acceptor, FAILURE_WINDOW, HANDSHAKE_TIMEOUT, MAX_FAILURES, connect, keep_session};
 
 #[cfg(test)]
