@@ -400,6 +400,14 @@ fn helper_node() {
                 say("sent-saved", n);
             }
             ["count-members"] => say("members", cluster.nodes().len()),
+            ["load-of", node] => {
+                let load = cluster
+                    .nodes()
+                    .into_iter()
+                    .find(|n| n.name == *node)
+                    .and_then(|n| n.load);
+                say("load", format!("{load:?}"));
+            }
             ["task-on", node, name, arg] => {
                 let r = cluster.run_task::<u64, u64>(node, name, &arg.parse().unwrap(), Duration::from_secs(5));
                 say("task", format!("{r:?}"));
@@ -1004,6 +1012,17 @@ fn remote_spawn_starts_registered_functions_only() {
 
 fn pool_tasks_run_on_another_node_by_name() {
     let (mut a, _b) = TestNode::pair();
+    // Its pool is its load, as it advertises it: one scheduler, idle.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        a.tell("load-of beta");
+        let load = a.expect("load");
+        if load == "Some(Load { slots: 1, busy: 0, queued: 0 })" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "beta's load: {load}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
     a.tell("task-on beta square 7");
     assert_eq!(a.expect("task"), "Ok(49)");
     // Only what is registered there; a panic there comes back as one.

@@ -293,6 +293,9 @@ struct Inner {
     injector: Mutex<std::sync::mpsc::Sender<ToNode>>,
     /// The load this node advertises, and when it last did.
     load: Mutex<Option<(Load, Instant)>>,
+    /// Whether the program set it ([`Cluster::advertise_load`]); if not,
+    /// the node's scheduler pool is its load.
+    explicit_load: AtomicBool,
 }
 
 /// This node's place in a cluster. Dropping it leaves the cluster.
@@ -518,6 +521,7 @@ impl Cluster {
             links: Mutex::new(HashMap::new()),
             injector: Mutex::new(inject_tx),
             load: Mutex::new(None),
+            explicit_load: AtomicBool::new(false),
         });
         spawn("converge-dist-inject", move || {
             // As the node's main program: the table takes these from it only.
@@ -593,8 +597,11 @@ impl Cluster {
     /// Tells the cluster what this node has room for: other nodes see it in
     /// [`nodes`](Cluster::nodes) within a few gossip rounds (a change goes
     /// out at once, and the latest is repeated every second so that nodes
-    /// that join later hear it too).
+    /// that join later hear it too). Until a program calls it, a node
+    /// advertises its scheduler pool: its schedulers as slots, the tasks
+    /// running as busy and those waiting as queued.
     pub fn advertise_load(&self, load: Load) {
+        self.inner.explicit_load.store(true, Ordering::Release);
         let mut current = self.inner.load.lock();
         if current.is_some_and(|(l, _)| l == load) {
             return;
@@ -1388,6 +1395,18 @@ const REJOIN: Duration = Duration::from_secs(1);
 /// How often a node repeats its load to the cluster.
 const LOAD_AGAIN: Duration = Duration::from_secs(1);
 
+/// The node's scheduler pool as a load: schedulers, tasks running, tasks
+/// waiting.
+fn pool_load() -> Load {
+    let progress = crate::pool::progress();
+    let n = |v: u64| u32::try_from(v).unwrap_or(u32::MAX);
+    Load::new(
+        u32::try_from(crate::pool::schedulers().len()).unwrap_or(u32::MAX),
+        n(progress.running),
+        n(progress.queued),
+    )
+}
+
 fn gossip_loop(inner: &Inner) {
     let mut buf = vec![0u8; 64 * 1024];
     let mut last_announce = Instant::now();
@@ -1400,9 +1419,19 @@ fn gossip_loop(inner: &Inner) {
         }
         m.handle_timers(now);
         let again = {
+            let pool = (!inner.explicit_load.load(Ordering::Acquire)).then(pool_load);
             let mut load = inner.load.lock();
-            match load.as_mut() {
-                Some((l, at)) if now.duration_since(*at) >= LOAD_AGAIN => {
+            match (load.as_mut(), pool) {
+                // The pool's load: out as soon as it changes.
+                (Some((l, at)), Some(p)) if p != *l || now.duration_since(*at) >= LOAD_AGAIN => {
+                    (*l, *at) = (p, now);
+                    Some(p)
+                }
+                (None, Some(p)) => {
+                    *load = Some((p, now));
+                    Some(p)
+                }
+                (Some((l, at)), None) if now.duration_since(*at) >= LOAD_AGAIN => {
                     *at = now;
                     Some(*l)
                 }
