@@ -286,65 +286,25 @@ fn main() {
     drop(tcp_sink.stdin.take());
     let _ = tcp_sink.wait();
 
-    // SIGKILL of a node to NodeDown here, a few times.
-    let mut times = Vec::new();
+    // SIGKILL of a node to NodeDown here, a few times; then SIGSTOP (its
+    // ticks stop).
     drop(beta.stdin.take());
     let _ = beta.wait();
-    for _ in 0..if common::ci() { 3 } else { 10 } {
-        let (mut other, addr) = start("node");
-        cluster.join(addr.parse().expect("an address"));
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while cluster.whereis("beta", "echo", Duration::from_secs(1)).is_none() {
-            assert!(Instant::now() < deadline, "the other node never joined");
-        }
-        let down = node.ctx::<NodeEvent>();
-        cluster.monitor_node("beta", node.mailbox::<NodeEvent>());
-        let t = Instant::now();
-        other.kill().expect("kill");
-        loop {
-            match down.recv_timeout(Duration::from_secs(10)) {
-                Ok(NodeEvent::NodeDown { .. }) => break,
-                Ok(_) => {}
-                Err(e) => panic!("no NodeDown: {e}"),
-            }
-        }
-        times.push(t.elapsed().as_secs_f64() * 1e3);
-        let _ = other.wait();
-    }
+    let rounds = if common::ci() { 3 } else { 10 };
+    let times = (0..rounds)
+        .map(|_| nodedown_ms(&node, &cluster, |other| other.kill().expect("kill")))
+        .collect();
     summary("nodedown_kill_ms", times);
-
-    // SIGSTOP of a node to NodeDown here: its ticks stop.
-    let mut times = Vec::new();
-    for _ in 0..if common::ci() { 3 } else { 10 } {
-        let (mut other, addr) = start("node");
-        cluster.join(addr.parse().expect("an address"));
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while cluster.whereis("beta", "echo", Duration::from_secs(1)).is_none() {
-            assert!(Instant::now() < deadline, "the other node never joined");
-        }
-        let down = node.ctx::<NodeEvent>();
-        cluster.monitor_node("beta", node.mailbox::<NodeEvent>());
-        let t = Instant::now();
-        Command::new("kill")
-            .args(["-STOP", &other.id().to_string()])
-            .status()
-            .expect("kill -STOP");
-        loop {
-            match down.recv_timeout(Duration::from_secs(10)) {
-                Ok(NodeEvent::NodeDown { .. }) => break,
-                Ok(_) => {}
-                Err(e) => panic!("no NodeDown: {e}"),
-            }
-        }
-        times.push(t.elapsed().as_secs_f64() * 1e3);
-        other.kill().expect("kill");
-        let _ = other.wait();
-        // Until membership has let it go too: the next one is "beta" again.
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while cluster.nodes().iter().any(|n| n.name == "beta") && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
+    let times = (0..rounds)
+        .map(|_| {
+            nodedown_ms(&node, &cluster, |other| {
+                Command::new("kill")
+                    .args(["-STOP", &other.id().to_string()])
+                    .status()
+                    .expect("kill -STOP");
+            })
+        })
+        .collect();
     summary("nodedown_silent_ms", times);
 
     // A new node joins a cluster of 4 (this one and three others) and gets
@@ -405,4 +365,35 @@ fn summary(name: &str, mut times: Vec<f64>) {
         times[0],
         times[times.len() - 1]
     ));
+}
+
+/// Starts another node `beta`, joins it, does `to` to it, and measures the
+/// time until its `NodeDown` here (ms); then it is killed for good and let
+/// go by membership (the next one is "beta" again).
+fn nodedown_ms(node: &converge::Node, cluster: &Cluster, to: impl FnOnce(&mut Child)) -> f64 {
+    let (mut other, addr) = start("node");
+    cluster.join(addr.parse().expect("an address"));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while cluster.whereis("beta", "echo", Duration::from_secs(1)).is_none() {
+        assert!(Instant::now() < deadline, "the other node never joined");
+    }
+    let down = node.ctx::<NodeEvent>();
+    cluster.monitor_node("beta", node.mailbox::<NodeEvent>());
+    let t = Instant::now();
+    to(&mut other);
+    loop {
+        match down.recv_timeout(Duration::from_secs(10)) {
+            Ok(NodeEvent::NodeDown { .. }) => break,
+            Ok(_) => {}
+            Err(e) => panic!("no NodeDown: {e}"),
+        }
+    }
+    let ms = t.elapsed().as_secs_f64() * 1e3;
+    let _ = other.kill();
+    let _ = other.wait();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while cluster.nodes().iter().any(|n| n.name == "beta") && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    ms
 }

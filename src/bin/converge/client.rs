@@ -132,6 +132,44 @@ pub(crate) fn find(named: Option<&str>) -> Result<Option<(String, UnixStream)>, 
 /// usage error).
 pub(crate) const USAGE: u8 = 2;
 
+/// Where a program runs: the daemon to ask and the node it places the
+/// program on (`run` and `supervise`).
+#[derive(Args, Debug)]
+pub(crate) struct Where {
+    /// Run it on this node of the cluster (needs a running `converge node`).
+    #[arg(long, value_name = "NODE", conflicts_with = "anywhere")]
+    pub(crate) on: Option<String>,
+    /// Run it on the node with most free slots (this one when it is alone,
+    /// or when no node daemon runs); a supervised server runs on another
+    /// after its node is lost.
+    #[arg(long)]
+    pub(crate) anywhere: bool,
+    /// The node daemon to ask (default: the only one running for this user;
+    /// also CONVERGE_NODE). Without one, the program runs on a node started
+    /// for this command.
+    #[arg(long, value_name = "NAME")]
+    pub(crate) node: Option<String>,
+}
+
+impl Where {
+    /// The daemon to go through, if one runs (`--on` needs one).
+    pub(crate) fn daemon(&self) -> Result<Option<(String, UnixStream)>, String> {
+        match find(self.node.as_deref())? {
+            None if self.on.is_some() => Err("--on needs a running node daemon (`converge node`)".into()),
+            found => Ok(found),
+        }
+    }
+
+    /// Where the daemon places the program.
+    pub(crate) fn placement(&self) -> converge::daemon::Placement {
+        match (&self.on, self.anywhere) {
+            (Some(node), _) => converge::daemon::Placement::On(node.clone()),
+            (None, true) => converge::daemon::Placement::Anywhere { avoid: Vec::new() },
+            (None, false) => converge::daemon::Placement::Here,
+        }
+    }
+}
+
 /// Passes the daemon's replies about a run on `from` to `to` (as `wrap`
 /// makes them), from a thread of their own, until the run's last one; `lost`
 /// when the connection breaks first.

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use clap::Args;
-use converge::daemon::{FrameError, Placement, Reply, Request, RunSpec, read_frame, write_frame};
+use converge::daemon::{FrameError, Reply, Request, RunSpec, read_frame, write_frame};
 use converge::port::{Port, PortOutput};
 use converge::{ExitReason, RecvTimeoutError};
 use signal_hook::consts::signal::{SIGINT, SIGTERM};
@@ -50,18 +50,8 @@ pub(crate) struct RunArgs {
     /// Sets a variable in the program's environment (repeatable).
     #[arg(long = "env", value_name = "KEY=VALUE", value_parser = parse_env)]
     env: Vec<(OsString, OsString)>,
-    /// Run it on this node of the cluster (needs a running `converge node`).
-    #[arg(long, value_name = "NODE", conflicts_with = "anywhere")]
-    on: Option<String>,
-    /// Run it on the least loaded node with a free slot (this one when it
-    /// is alone, or when no node daemon runs).
-    #[arg(long)]
-    anywhere: bool,
-    /// The node daemon to ask (default: the only one running for this user;
-    /// also CONVERGE_NODE). Without a daemon the program runs on a node
-    /// started for this call.
-    #[arg(long, value_name = "NAME")]
-    node: Option<String>,
+    #[command(flatten)]
+    place: crate::client::Where,
     /// The program and its arguments.
     #[arg(required = true, trailing_var_arg = true, value_name = "PROGRAM")]
     command: Vec<OsString>,
@@ -142,10 +132,8 @@ pub(crate) fn status(reason: &ExitReason) -> u8 {
 }
 
 pub(crate) fn run(args: RunArgs) -> Result<ExitCode, String> {
-    match crate::client::find(args.node.as_deref())? {
-        Some((name, stream)) => return via_daemon(&name, stream, &args).map(ExitCode::from),
-        None if args.on.is_some() => return Err("--on needs a running node daemon (`converge node`)".into()),
-        None => {}
+    if let Some((name, stream)) = args.place.daemon()? {
+        return via_daemon(&name, stream, &args).map(ExitCode::from);
     }
     let program = args.command.first().expect("BUG: clap requires a program");
     let path = match resolve(Path::new(program), args.workdir.as_deref()) {
@@ -249,11 +237,7 @@ fn code_of(reason: &ExitReason, timed_out: bool) -> Result<u8, String> {
 fn via_daemon(name: &str, mut stream: UnixStream, args: &RunArgs) -> Result<u8, String> {
     let bytes = |s: &OsStr| s.as_bytes().to_vec();
     let (program, rest) = args.command.split_first().expect("BUG: clap requires a program");
-    let placement = match (&args.on, args.anywhere) {
-        (Some(node), _) => Placement::On(node.clone()),
-        (None, true) => Placement::Anywhere { avoid: Vec::new() },
-        (None, false) => Placement::Here,
-    };
+    let placement = args.place.placement();
     let cwd = std::env::current_dir().map_err(|e| format!("the working directory: {e}"))?;
     let spec = RunSpec {
         placement,

@@ -61,20 +61,8 @@ pub(crate) struct SuperviseArgs {
     /// Sets a variable in the server's environment (repeatable).
     #[arg(long = "env", value_name = "KEY=VALUE", value_parser = crate::run::parse_env)]
     env: Vec<(OsString, OsString)>,
-    /// Run the server on this node of the cluster (needs a running
-    /// `converge node`).
-    #[arg(long, value_name = "NODE", conflicts_with = "anywhere")]
-    on: Option<String>,
-    /// Run the server on the node with most free slots, and after its node
-    /// is lost, on another.
-    #[arg(long)]
-    anywhere: bool,
-    /// The node daemon to ask (default: the only one running for this user;
-    /// also CONVERGE_NODE). Through a daemon the server is listed by
-    /// `converge ps` with its restarts; without one it runs on a node
-    /// started for this command.
-    #[arg(long, value_name = "NAME")]
-    node: Option<String>,
+    #[command(flatten)]
+    place: crate::client::Where,
     /// The server and its arguments.
     #[arg(required = true, trailing_var_arg = true, value_name = "SERVER")]
     command: Vec<OsString>,
@@ -183,10 +171,7 @@ enum Woken {
 
 pub(crate) fn run(args: SuperviseArgs) -> Result<ExitCode, String> {
     let program = args.command.first().expect("BUG: clap requires a server");
-    let daemon = crate::client::find(args.node.as_deref())?.map(|(name, _)| name);
-    if daemon.is_none() && args.on.is_some() {
-        return Err("--on needs a running node daemon (`converge node`)".into());
-    }
+    let daemon = args.place.daemon()?.map(|(name, _)| name);
     let mut backend = match daemon {
         Some(name) => Backend::Daemon {
             spec: daemon_spec(&args)?,
@@ -371,11 +356,7 @@ fn daemon_spec(args: &SuperviseArgs) -> Result<RunSpec, String> {
     let (program, rest) = args.command.split_first().expect("BUG: clap requires a server");
     let cwd = std::env::current_dir().map_err(|e| format!("the working directory: {e}"))?;
     Ok(RunSpec {
-        placement: match (&args.on, args.anywhere) {
-            (Some(node), _) => Placement::On(node.clone()),
-            (None, true) => Placement::Anywhere { avoid: Vec::new() },
-            (None, false) => Placement::Here,
-        },
+        placement: args.place.placement(),
         program: bytes(program),
         args: rest.iter().map(|a| bytes(a)).collect(),
         env_base: std::env::vars_os().map(|(k, v)| (bytes(&k), bytes(&v))).collect(),
