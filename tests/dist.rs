@@ -35,6 +35,10 @@ fn main() {
                 pool_tasks_run_on_another_node_by_name,
             ),
             (
+                "simultaneous_connects_with_messages_in_flight_lose_nothing",
+                simultaneous_connects_with_messages_in_flight_lose_nothing,
+            ),
+            (
                 "a_remote_monitor_gets_the_reason_after_every_message",
                 a_remote_monitor_gets_the_reason_after_every_message,
             ),
@@ -140,6 +144,12 @@ fn helper_node() {
     })
     .unwrap();
     converge::register("echo", echo.pid()).unwrap();
+    // Its pid, for a node to send to before any session between them.
+    let encoded = postcard::to_stdvec(&echo.pid()).unwrap();
+    say(
+        "echo-pid",
+        encoded.iter().map(|b| format!("{b:02x}")).collect::<String>(),
+    );
     // Says the length and a checksum of each large message (as a "got" line:
     // its place among the small ones shows).
     let big = converge::spawn(|ctx: Ctx<Vec<u8>>| {
@@ -407,6 +417,17 @@ fn helper_node() {
                     .find(|n| n.name == *node)
                     .and_then(|n| n.load);
                 say("load", format!("{load:?}"));
+            }
+            ["send-to", pid, n] => {
+                let bytes: Vec<u8> = (0..pid.len())
+                    .step_by(2)
+                    .map(|i| u8::from_str_radix(&pid[i..i + 2], 16).unwrap())
+                    .collect();
+                let to = Mailbox::<u64>::from_pid(postcard::from_bytes::<Pid>(&bytes).unwrap());
+                for i in 0..n.parse::<u64>().unwrap() {
+                    to.send(i).unwrap();
+                }
+                say("sent-to", n);
             }
             ["task-on", node, name, arg] => {
                 let r = cluster.run_task::<u64, u64>(node, name, &arg.parse().unwrap(), Duration::from_secs(5));
@@ -1008,6 +1029,28 @@ fn remote_spawn_starts_registered_functions_only() {
     );
     b.tell("spawn-on nowhere counter 1");
     assert_eq!(b.expect("spawned"), "err no answer from the node: nowhere");
+}
+
+fn simultaneous_connects_with_messages_in_flight_lose_nothing() {
+    for _ in 0..3 {
+        let mut a = TestNode::start("alpha");
+        let mut b = TestNode::start("beta");
+        let (pa, pb) = (a.expect("echo-pid"), b.expect("echo-pid"));
+        // Members of one cluster, with no session yet: both send at once,
+        // each opening one; the two settle on one, and what was queued
+        // meanwhile goes through it.
+        b.join(a.addr, "alpha");
+        a.tell(&format!("send-to {pb} 300"));
+        b.tell(&format!("send-to {pa} 300"));
+        for node in [&mut a, &mut b] {
+            for i in 0..300u64 {
+                assert_eq!(node.expect("got"), i.to_string());
+            }
+            node.tell("stats");
+            let stats = node.expect("stats");
+            assert!(stats.contains("stale=0") && stats.contains("lost=0"), "{stats}");
+        }
+    }
 }
 
 fn pool_tasks_run_on_another_node_by_name() {

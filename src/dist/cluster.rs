@@ -272,6 +272,9 @@ struct Inner {
     peers: Mutex<HashMap<NodeId, Peer>>,
     /// Frames for nodes whose session is being opened.
     pending: Mutex<HashMap<NodeId, Vec<Queued>>>,
+    /// Nodes a session to which is being opened (by this node, or by them
+    /// when asked to connect back).
+    connecting: Mutex<std::collections::HashSet<NodeId>>,
     watchers: Mutex<Vec<(Option<String>, Mailbox<NodeEvent>)>>,
     requests: Mutex<HashMap<u64, Option<Answer>>>,
     answered: Condvar,
@@ -509,6 +512,7 @@ impl Cluster {
             udp,
             peers: Mutex::new(HashMap::new()),
             pending: Mutex::new(HashMap::new()),
+            connecting: Mutex::new(std::collections::HashSet::new()),
             watchers: Mutex::new(Vec::new()),
             requests: Mutex::new(HashMap::new()),
             answered: Condvar::new(),
@@ -871,13 +875,9 @@ impl Inner {
             self.enqueue(peer, channel, frame);
             return;
         }
-        let first = {
-            let mut pending = self.pending.lock();
-            let list = pending.entry(node).or_default();
-            list.push((channel, frame));
-            list.len() == 1
-        };
-        if !first {
+        self.pending.lock().entry(node).or_default().push((channel, frame));
+        if !self.connecting.lock().insert(node) {
+            // Being opened: what waits goes out when it is.
             return;
         }
         let addr = self
@@ -888,28 +888,73 @@ impl Inner {
             .find(|m| m.node == node)
             .map(|m| m.sessions);
         let Some(addr) = addr else {
-            self.pending.lock().remove(&node);
-            self.stats.lock().stale += 1;
+            self.give_up(node);
             return;
         };
+        self.open(node, addr);
+    }
+
+    /// Opens the session to `node` at `addr`: itself when this node has the
+    /// smaller id, or else by asking it to connect back. Two nodes that
+    /// connect to each other at once then never have two sessions, one of
+    /// which would be closed with what was sent on it.
+    fn open(self: &Arc<Self>, node: NodeId, addr: SocketAddr) {
         let inner = Arc::clone(self);
         spawn("converge-dist-connect", move || {
-            match connect(
-                addr,
-                &inner.config.secret,
-                inner.me.clone(),
-                inner.config.max_frame,
-                HANDSHAKE_TIMEOUT,
-            ) {
-                Ok((session, hello, stream)) if hello.node == node => inner.add_peer(session, hello, stream, true),
-                Ok(_) | Err(_) => {
-                    // Nobody there, or another incarnation: what waited is
-                    // dropped, as for a node that is down.
-                    let n = inner.pending.lock().remove(&node).map_or(0, |l| l.len());
-                    inner.stats.lock().stale += n as u64;
+            let opener = keep_session(inner.me.node, node, true);
+            let mut hello = inner.me.clone();
+            if !opener {
+                hello.callback = Some(inner.addr.port());
+            }
+            let ask = hello.clone();
+            let cfg = &inner.config;
+            match connect(addr, &cfg.secret, hello, cfg.max_frame, HANDSHAKE_TIMEOUT) {
+                Ok((session, hello, stream)) if hello.node == node && opener => {
+                    inner.add_peer(session, hello, stream, true);
                 }
+                Ok((_, hello, stream)) if hello.node == node => {
+                    // Asked: the session comes from there.
+                    let _ = stream.shutdown(Shutdown::Both);
+                    let deadline = Instant::now() + HANDSHAKE_TIMEOUT * 2;
+                    let mut asked = Instant::now();
+                    while !inner.peers.lock().contains_key(&node) {
+                        if Instant::now() >= deadline || inner.stopped.load(Ordering::Acquire) {
+                            inner.give_up(node);
+                            return;
+                        }
+                        if asked.elapsed() >= ASK_AGAIN {
+                            // Again: it may still hold a session lost here
+                            // (until its ticks tell it so), and not come.
+                            asked = Instant::now();
+                            let again = connect(addr, &cfg.secret, ask.clone(), cfg.max_frame, HANDSHAKE_TIMEOUT);
+                            if let Ok((_, _, s)) = again {
+                                let _ = s.shutdown(Shutdown::Both);
+                            }
+                        }
+                        std::thread::sleep(Duration::from_millis(2));
+                    }
+                }
+                // Nobody there, or another incarnation.
+                Ok(_) | Err(_) => inner.give_up(node),
             }
         });
+    }
+
+    /// No session to `node` could be had: what waited for one is dropped,
+    /// as for a node that is down.
+    fn give_up(&self, node: NodeId) {
+        self.connecting.lock().remove(&node);
+        let n = self.pending.lock().remove(&node).map_or(0, |l| l.len());
+        self.stats.lock().stale += n as u64;
+    }
+
+    /// `node` asks this one to open the session to it, at `addr` (unless
+    /// one is open, or being opened: it may have crossed the request).
+    fn connect_back(self: &Arc<Self>, node: NodeId, addr: SocketAddr) {
+        if self.peers.lock().contains_key(&node) || !self.connecting.lock().insert(node) {
+            return;
+        }
+        self.open(node, addr);
     }
 
     fn enqueue(&self, peer: &Peer, channel: u32, frame: Vec<u8>) {
@@ -980,6 +1025,7 @@ impl Inner {
             }
         }
         peers.insert(hello.node, peer);
+        self.connecting.lock().remove(&hello.node);
         drop(peers);
         self.stats.lock().sessions += 1;
         tracing::info!(peer = %hello.name, initiated, "session open");
@@ -1346,10 +1392,16 @@ fn read_loop(
 ) -> NodeDownReason {
     let mut buf = vec![0u8; 64 * 1024];
     let mut frames: Vec<(u32, Vec<u8>)> = Vec::new();
+    // First what came with the handshake's last message (none read yet).
+    let mut first = true;
     loop {
-        let n = match stream.read(&mut buf) {
-            Ok(0) | Err(_) => return NodeDownReason::NoConnection,
-            Ok(n) => n,
+        let n = if std::mem::take(&mut first) {
+            0
+        } else {
+            match stream.read(&mut buf) {
+                Ok(0) | Err(_) => return NodeDownReason::NoConnection,
+                Ok(n) => n,
+            }
         };
         *heard.lock() = Instant::now();
         frames.clear();
@@ -1382,7 +1434,28 @@ fn accept_loop(inner: &Arc<Inner>, mut acceptor: Acceptor) {
                 if inner.stopped.load(Ordering::Acquire) {
                     return;
                 }
-                inner.add_peer(session, hello, stream, false);
+                match (hello.callback, stream.peer_addr()) {
+                    // Only to ask for a session from here: to where the
+                    // node says it accepts them (membership's word for a
+                    // member that listens on a given address, else the
+                    // address it came from).
+                    (Some(port), Ok(from)) => {
+                        let _ = stream.shutdown(Shutdown::Both);
+                        let listed = inner
+                            .membership
+                            .lock()
+                            .members()
+                            .into_iter()
+                            .find(|m| m.node == hello.node && !m.sessions.ip().is_unspecified())
+                            .map(|m| m.sessions);
+                        let addr = listed.unwrap_or_else(|| SocketAddr::new(from.ip(), port));
+                        inner.connect_back(hello.node, addr);
+                    }
+                    (Some(_), Err(_)) => {
+                        let _ = stream.shutdown(Shutdown::Both);
+                    }
+                    (None, _) => inner.add_peer(session, hello, stream, false),
+                }
             }
             Err(_) if inner.stopped.load(Ordering::Acquire) => return,
             Err(_) => inner.stats.lock().refused += 1,
@@ -1392,6 +1465,8 @@ fn accept_loop(inner: &Arc<Inner>, mut acceptor: Acceptor) {
 
 /// How often a node alone announces itself to the addresses it knows.
 const REJOIN: Duration = Duration::from_secs(1);
+/// How often a node that asked another to connect back asks again.
+const ASK_AGAIN: Duration = Duration::from_secs(1);
 /// How often a node repeats its load to the cluster.
 const LOAD_AGAIN: Duration = Duration::from_secs(1);
 

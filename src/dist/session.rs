@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 use crate::pid::NodeId;
 
 /// The version of the distribution protocol, checked in the handshake.
-pub const PROTOCOL_VERSION: u16 = 1;
+pub const PROTOCOL_VERSION: u16 = 2;
 
 /// The Noise protocol: a pre-shared key mixed in at the first message,
 /// ephemeral keys on both sides (forward secrecy), ChaCha20-Poly1305.
@@ -149,6 +149,12 @@ pub struct Hello {
     pub node: NodeId,
     /// Its node's name (`alpha`, or `alpha@host`).
     pub name: String,
+    /// Set when the node connects only to ask the other to connect back, to
+    /// this port at the address the connection came from: of two nodes, only
+    /// the one with the smaller id opens the session that carries messages,
+    /// so two that connect at once never replace a session with what was
+    /// sent on it.
+    pub callback: Option<u16>,
 }
 
 impl Hello {
@@ -158,6 +164,7 @@ impl Hello {
             version: PROTOCOL_VERSION,
             node,
             name: name.into(),
+            callback: None,
         }
     }
 }
@@ -269,7 +276,11 @@ impl Handshake {
         let Some(message) = self.records.next_record() else {
             return Ok(Step::Pending);
         };
-        if !self.records.is_empty() {
+        // Past the last handshake message, the responder (done first) may
+        // already send records: the initiator's session takes them. Nothing
+        // may follow the responder's only message.
+        let rest = self.records.take_rest();
+        if !rest.is_empty() && !self.initiator {
             return Err(DistError::Malformed("bytes after a handshake message".into()));
         }
         let state = self.state.as_mut().expect("BUG: checked above");
@@ -300,9 +311,11 @@ impl Handshake {
         let transport = state
             .into_transport_mode()
             .map_err(|e| DistError::Malformed(e.to_string()))?;
+        let mut records = Records::new(MAX_RECORD);
+        records.push(&rest)?;
         let session = Box::new(Session {
             transport,
-            records: Records::new(MAX_RECORD),
+            records,
             partial: HashMap::new(),
             max_frame: self.max_frame,
             plain: vec![0u8; MAX_RECORD],
@@ -376,6 +389,7 @@ fn decode_hello(bytes: &[u8]) -> Result<Hello, DistError> {
             version,
             node: NodeId::from_bytes([0; 16]),
             name: String::new(),
+            callback: None,
         });
     }
     let hello: Hello = crate::wire::decode_exact(bytes).map_err(|e| DistError::Malformed(format!("a hello: {e}")))?;
@@ -577,13 +591,17 @@ impl Records {
         Ok(())
     }
 
+    /// The bytes past the records taken so far.
+    fn take_rest(&mut self) -> Vec<u8> {
+        let rest = self.buf.split_off(self.at);
+        self.buf.clear();
+        self.at = 0;
+        rest
+    }
+
     fn peek_len(&self) -> Option<usize> {
         let b = self.buf.get(self.at..self.at + 2)?;
         Some(u16::from_be_bytes([b[0], b[1]]) as usize)
-    }
-
-    fn is_empty(&self) -> bool {
-        self.at == self.buf.len()
     }
 
     fn next_record(&mut self) -> Option<Vec<u8>> {

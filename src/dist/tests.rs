@@ -400,3 +400,26 @@ fn the_cluster_frame_fuzz_entry_takes_any_bytes() {
         crate::fuzzing::cluster_frame(&data);
     }
 }
+
+#[test]
+fn records_right_behind_the_last_handshake_message_reach_the_initiator() {
+    // The responder is done first and may send at once: its records can
+    // come in the same read as its handshake message.
+    let (mut init, first) = Handshake::initiate(&secret(), hello(1, "alpha"), MB);
+    let mut resp = Handshake::respond(&secret(), hello(2, "beta"), MB);
+    let (mut server, mut bytes) = match resp.feed(&first).unwrap() {
+        Step::Done { session, send, .. } => (session, send.expect("the responder answers")),
+        other => panic!("responder: {other:?}"),
+    };
+    server.seal(3, b"early", &mut bytes).unwrap();
+    let mut client = match init.feed(&bytes).unwrap() {
+        Step::Done { session, .. } => session,
+        other => panic!("initiator: {other:?}"),
+    };
+    assert_eq!(open_all(&mut client, &[]).unwrap(), vec![(3, b"early".to_vec())]);
+    // Nothing may follow the initiator's only message.
+    let (_, mut first) = Handshake::initiate(&secret(), hello(1, "alpha"), MB);
+    first.extend_from_slice(&[0, 1, 9]);
+    let mut resp = Handshake::respond(&secret(), hello(2, "beta"), MB);
+    assert!(matches!(resp.feed(&first), Err(DistError::Malformed(_))));
+}
