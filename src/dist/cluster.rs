@@ -606,6 +606,9 @@ impl Cluster {
     /// running as busy and those waiting as queued.
     pub fn advertise_load(&self, load: Load) {
         self.inner.explicit_load.store(true, Ordering::Release);
+        // Under membership's lock (taken first, as the gossip loop does):
+        // loads set at once go out in the order they were set.
+        let mut m = self.inner.membership.lock();
         let mut current = self.inner.load.lock();
         if current.is_some_and(|(l, _)| l == load) {
             return;
@@ -613,7 +616,6 @@ impl Cluster {
         let now = Instant::now();
         *current = Some((load, now));
         drop(current);
-        let mut m = self.inner.membership.lock();
         m.advertise(load, now);
         self.inner.flush_packets(&mut m);
     }
