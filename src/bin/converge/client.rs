@@ -170,6 +170,41 @@ impl Where {
     }
 }
 
+/// A run of `command` for the daemon to place as `placement`: this
+/// client's environment and directory, `env` added, in `workdir` if given;
+/// no timeout, no kill delay, a path shipped, no wait for a slot, no label
+/// (callers set what differs).
+pub(crate) fn run_spec(
+    placement: converge::daemon::Placement,
+    command: &[std::ffi::OsString],
+    env: &[(std::ffi::OsString, std::ffi::OsString)],
+    workdir: Option<&Path>,
+) -> Result<converge::daemon::RunSpec, String> {
+    use std::os::unix::ffi::OsStrExt;
+    let bytes = |s: &std::ffi::OsStr| s.as_bytes().to_vec();
+    let (program, rest) = command.split_first().ok_or("no program")?;
+    let cwd = std::env::current_dir().map_err(|e| format!("the working directory: {e}"))?;
+    Ok(converge::daemon::RunSpec {
+        placement,
+        program: bytes(program),
+        args: rest.iter().map(|a| bytes(a)).collect(),
+        env_base: std::env::vars_os().map(|(k, v)| (bytes(&k), bytes(&v))).collect(),
+        env: env.iter().map(|(k, v)| (bytes(k), bytes(v))).collect(),
+        workdir: workdir.map(|w| bytes(w.as_os_str())),
+        cwd: bytes(cwd.as_os_str()),
+        timeout_ms: None,
+        kill_after_ms: 0,
+        ship: true,
+        wait_for_slot: false,
+        label: None,
+    })
+}
+
+/// Milliseconds of `d`, saturating.
+pub(crate) fn millis(d: std::time::Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
 /// Passes the daemon's replies about a run on `from` to `to` (as `wrap`
 /// makes them), from a thread of their own, until the run's last one; `lost`
 /// when the connection breaks first.

@@ -2,9 +2,8 @@
 //! output and errors streamed apart, signals forwarded to its process group,
 //! and the exit status a shell or `timeout` would give.
 
-use std::ffi::{OsStr, OsString};
+use std::ffi::OsString;
 use std::io::{Read, Write};
-use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
@@ -13,7 +12,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use clap::Args;
-use converge::daemon::{FrameError, Reply, Request, RunSpec, read_frame, write_frame};
+use converge::daemon::{FrameError, Reply, Request, read_frame, write_frame};
 use converge::port::{Port, PortOutput};
 use converge::{ExitReason, RecvTimeoutError};
 use signal_hook::consts::signal::{SIGINT, SIGTERM};
@@ -235,24 +234,14 @@ fn code_of(reason: &ExitReason, timed_out: bool) -> Result<u8, String> {
 /// Runs the program through the node daemon `name`: placed by it, its
 /// output streamed back, this command's input and signals passed on.
 fn via_daemon(name: &str, mut stream: UnixStream, args: &RunArgs) -> Result<u8, String> {
-    let bytes = |s: &OsStr| s.as_bytes().to_vec();
-    let (program, rest) = args.command.split_first().expect("BUG: clap requires a program");
-    let placement = args.place.placement();
-    let cwd = std::env::current_dir().map_err(|e| format!("the working directory: {e}"))?;
-    let spec = RunSpec {
-        placement,
-        program: bytes(program),
-        args: rest.iter().map(|a| bytes(a)).collect(),
-        env_base: std::env::vars_os().map(|(k, v)| (bytes(&k), bytes(&v))).collect(),
-        env: args.env.iter().map(|(k, v)| (bytes(k), bytes(v))).collect(),
-        workdir: args.workdir.as_deref().map(|w| bytes(w.as_os_str())),
-        cwd: bytes(cwd.as_os_str()),
-        timeout_ms: args.timeout.map(|t| u64::try_from(t.as_millis()).unwrap_or(u64::MAX)),
-        kill_after_ms: u64::try_from(args.kill_after.as_millis()).unwrap_or(u64::MAX),
-        ship: true,
-        wait_for_slot: false,
-        label: None,
-    };
+    let mut spec = crate::client::run_spec(
+        args.place.placement(),
+        &args.command,
+        &args.env,
+        args.workdir.as_deref(),
+    )?;
+    spec.timeout_ms = args.timeout.map(crate::client::millis);
+    spec.kill_after_ms = crate::client::millis(args.kill_after);
     let lost = |e: FrameError| format!("node {name}: {e}");
     write_frame(&mut stream, &Request::Run(Box::new(spec))).map_err(|e| format!("node {name}: {e}"))?;
     match read_frame::<Reply>(&mut stream).map_err(lost)? {

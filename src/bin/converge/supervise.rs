@@ -351,24 +351,14 @@ fn rand_group() -> u64 {
 
 /// The run the daemon is asked for each start.
 fn daemon_spec(args: &SuperviseArgs) -> Result<RunSpec, String> {
-    use std::os::unix::ffi::OsStrExt;
-    let bytes = |s: &std::ffi::OsStr| s.as_bytes().to_vec();
-    let (program, rest) = args.command.split_first().expect("BUG: clap requires a server");
-    let cwd = std::env::current_dir().map_err(|e| format!("the working directory: {e}"))?;
-    Ok(RunSpec {
-        placement: args.place.placement(),
-        program: bytes(program),
-        args: rest.iter().map(|a| bytes(a)).collect(),
-        env_base: std::env::vars_os().map(|(k, v)| (bytes(&k), bytes(&v))).collect(),
-        env: args.env.iter().map(|(k, v)| (bytes(k), bytes(v))).collect(),
-        workdir: args.workdir.as_deref().map(|w| bytes(w.as_os_str())),
-        cwd: bytes(cwd.as_os_str()),
-        timeout_ms: None,
-        kill_after_ms: u64::try_from(args.stop_timeout.as_millis()).unwrap_or(u64::MAX),
-        ship: true,
-        wait_for_slot: false,
-        label: None,
-    })
+    let mut spec = crate::client::run_spec(
+        args.place.placement(),
+        &args.command,
+        &args.env,
+        args.workdir.as_deref(),
+    )?;
+    spec.kill_after_ms = crate::client::millis(args.stop_timeout);
+    Ok(spec)
 }
 
 /// Starts a run of the server.

@@ -14,7 +14,7 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant, SystemTime};
 
 use clap::{Args, ValueEnum};
-use converge::daemon::{Placement, Reply, Request, RunSpec, write_frame};
+use converge::daemon::{Placement, Reply, Request, write_frame};
 use converge::port::{Framing, Port, PortBuilder, PortOutput, Stderr};
 use converge::{Ctx, Event, ExitReason, Pid, RecvTimeoutError};
 use signal_hook::consts::signal::{SIGHUP, SIGINT, SIGKILL, SIGTERM};
@@ -853,32 +853,24 @@ impl Engine<'_> {
     /// Asks the node daemon to run a job wherever there is room: a
     /// connection of its own, whose replies a thread passes to the loop.
     fn through_daemon(&mut self, daemon: &str, p: &Pending, slot: usize, command: &str) -> Result<Handle, String> {
-        use std::os::unix::ffi::OsStrExt;
-        let bytes = |s: &std::ffi::OsStr| s.as_bytes().to_vec();
         let mut stream = crate::client::connect(daemon)?;
-        let mut env_base: Vec<(Vec<u8>, Vec<u8>)> = std::env::vars_os().map(|(k, v)| (bytes(&k), bytes(&v))).collect();
-        let cwd = std::env::current_dir().map_err(|e| e.to_string())?;
+        // PARALLEL_SEQ and PARALLEL_JOBSLOT as --env: on any node.
         let ours = [
-            (b"PARALLEL_SEQ".to_vec(), p.job.seq.to_string().into_bytes()),
-            (b"PARALLEL_JOBSLOT".to_vec(), slot.to_string().into_bytes()),
+            ("PARALLEL_SEQ".into(), p.job.seq.to_string().into()),
+            ("PARALLEL_JOBSLOT".into(), slot.to_string().into()),
         ];
-        env_base.extend(ours.iter().cloned());
-        let spec = RunSpec {
-            placement: Placement::Anywhere {
+        let command = [self.shell.clone().into_os_string(), "-c".into(), command.into()];
+        let mut spec = crate::client::run_spec(
+            Placement::Anywhere {
                 avoid: p.failed_on.clone(),
             },
-            program: bytes(self.shell.as_os_str()),
-            args: vec![b"-c".to_vec(), command.as_bytes().to_vec()],
-            env_base,
-            env: ours.to_vec(),
-            workdir: None,
-            cwd: bytes(cwd.as_os_str()),
-            timeout_ms: None,
-            kill_after_ms: 0,
-            ship: false,
-            wait_for_slot: true,
-            label: None,
-        };
+            &command,
+            &ours,
+            None,
+        )?;
+        // The shell is the node's own; jobs wait at the daemon for a slot.
+        spec.ship = false;
+        spec.wait_for_slot = true;
         write_frame(&mut stream, &Request::Run(Box::new(spec))).map_err(|e| format!("node {daemon}: {e}"))?;
         write_frame(&mut stream, &Request::InputEnd).map_err(|e| format!("node {daemon}: {e}"))?;
         self.next_key += 1;
