@@ -237,7 +237,7 @@ enum Answer {
 /// Channel of ticks and requests; a sender's messages use its own.
 const CONTROL: u32 = 0;
 
-/// The frames waiting for a peer's writer, per channel (one frame of a
+/// The frames waiting to be sealed for a peer, per channel (one frame of a
 /// channel at a time, so that a channel's frames stay whole and in order).
 #[derive(Default)]
 struct Outgoing {
@@ -245,8 +245,49 @@ struct Outgoing {
     /// Channels with frames, in turn.
     turn: VecDeque<u32>,
     bytes: usize,
+    /// Frames queued and not yet sealed whole.
+    frames: usize,
     closed: bool,
+    /// The frame being sealed on each channel, and how much of it is.
+    sending: HashMap<u32, (Vec<u8>, usize)>,
+    /// Someone seals and writes now: the writer, or a sender writing its
+    /// frame at once. One at a time, so records leave in the order sealed.
+    writing: bool,
+    /// Sealed bytes that a sender could not write at once (the socket was
+    /// full): the writer writes them before anything else.
+    unwritten: Vec<u8>,
+    /// When the last write was made, and the reader's count of reads then.
+    last_write: Option<Instant>,
+    reads_then: u64,
+    /// When the oldest frame held back to be coalesced was queued.
+    held_since: Option<Instant>,
 }
+
+/// The sending side of a session, shared by its writer and the threads
+/// that send.
+///
+/// The batching rule is the one of sends between processes (see the
+/// runtime's outbox): a frame is written at once, by the thread that sends
+/// it, when nothing is queued and either the session has been quiet for
+/// [`COALESCE`] or something was read from it since the last write (an
+/// answer is never held back). Frames that follow a recent write are held
+/// and leave in one write when they reach a batch, or [`FLUSH_DELAY`]
+/// after the first of them, written by the session's writer thread, which
+/// also finishes what the socket did not take at once. A sender never
+/// blocks on the socket.
+struct Out {
+    queue: Mutex<Outgoing>,
+    wake: Condvar,
+    /// Reads made by the session's reader so far.
+    reads: AtomicU64,
+}
+
+/// A session quiet this long writes a new frame at once.
+const COALESCE: Duration = Duration::from_micros(50);
+/// Frames held back to be coalesced are written this long after the first.
+const FLUSH_DELAY: Duration = Duration::from_micros(50);
+/// Frames held back that are written without waiting.
+const BATCH_FRAMES: usize = 64;
 
 /// A frame for a channel, waiting for its session.
 type Queued = (u32, Vec<u8>);
@@ -256,7 +297,7 @@ struct Peer {
     id: NodeId,
     stream: TcpStream,
     session: Arc<Mutex<Session>>,
-    out: Arc<(Mutex<Outgoing>, Condvar)>,
+    out: Arc<Out>,
     last_heard: Arc<Mutex<Instant>>,
     initiated: bool,
     /// Distinguishes this session from a later one to the same node.
@@ -959,9 +1000,11 @@ impl Inner {
         self.open(node, addr);
     }
 
+    /// Queues `frame` for `peer`, and writes it at once or wakes the writer
+    /// when the batching rule says so (see [`Out`]).
     fn enqueue(&self, peer: &Peer, channel: u32, frame: Vec<u8>) {
-        let (lock, wake) = &*peer.out;
-        let mut out = lock.lock();
+        let wake = &peer.out.wake;
+        let mut out = peer.out.queue.lock();
         if out.closed {
             return;
         }
@@ -982,8 +1025,27 @@ impl Inner {
             out.turn.push_back(channel);
         }
         out.channels.get_mut(&channel).expect("BUG: just made").push_back(frame);
-        drop(out);
-        wake.notify_one();
+        out.frames += 1;
+        if out.writing {
+            // Whoever writes takes it next.
+            return;
+        }
+        let answer = peer.out.reads.load(Ordering::Acquire) != out.reads_then;
+        let quiet = out.frames == 1
+            && out.unwritten.is_empty()
+            && (answer || out.last_write.is_none_or(|t| t.elapsed() >= COALESCE));
+        if quiet {
+            out.writing = true;
+            drop(out);
+            write_now(peer);
+        } else if out.frames >= BATCH_FRAMES || out.bytes >= WRITE_BATCH {
+            drop(out);
+            wake.notify_one();
+        } else if out.held_since.is_none() {
+            out.held_since = Some(Instant::now());
+            drop(out);
+            wake.notify_one();
+        }
     }
 
     /// A session is up: keeps it (or the one already there, by the rule for
@@ -1009,7 +1071,11 @@ impl Inner {
             id: hello.node,
             stream,
             session: Arc::new(Mutex::new(session)),
-            out: Arc::new((Mutex::new(Outgoing::default()), Condvar::new())),
+            out: Arc::new(Out {
+                queue: Mutex::new(Outgoing::default()),
+                wake: Condvar::new(),
+                reads: AtomicU64::new(0),
+            }),
             last_heard: Arc::new(Mutex::new(Instant::now())),
             initiated,
             serial,
@@ -1021,6 +1087,7 @@ impl Inner {
         );
         let heard = Arc::clone(&peer.last_heard);
         let session = Arc::clone(&peer.session);
+        let reads = Arc::clone(&peer.out);
         if let Some(waiting) = self.pending.lock().remove(&hello.node) {
             for (channel, frame) in waiting {
                 self.enqueue(&peer, channel, frame);
@@ -1042,7 +1109,7 @@ impl Inner {
         }
         let inner = Arc::clone(self);
         spawn("converge-dist-read", move || {
-            let why = read_loop(&inner, reader, &session, &heard, hello.node);
+            let why = read_loop(&inner, reader, &session, (&heard, &reads.reads), hello.node);
             inner.lose(hello.node, Some(serial), why);
         });
     }
@@ -1062,7 +1129,7 @@ impl Inner {
         };
         close(&peer);
         let reason = {
-            let out = peer.out.0.lock();
+            let out = peer.out.queue.lock();
             if out.bytes > self.config.max_queued {
                 NodeDownReason::Backlogged
             } else {
@@ -1292,52 +1359,121 @@ impl Inner {
 }
 
 fn close(peer: &Peer) {
-    let (lock, wake) = &*peer.out;
-    lock.lock().closed = true;
-    wake.notify_all();
+    peer.out.queue.lock().closed = true;
+    peer.out.wake.notify_all();
     let _ = peer.stream.shutdown(Shutdown::Both);
 }
 
-/// Seals the queued frames, a record at a time, taking channels in turn:
-/// a large frame never holds up the small frames of other channels.
-fn write_loop(
-    mut stream: TcpStream,
-    session: &Mutex<Session>,
-    out: &(Mutex<Outgoing>, Condvar),
-) -> Result<(), DistError> {
-    let (lock, wake) = out;
-    // The frame being sent on each channel, and how much of it is sent.
-    let mut sending: HashMap<u32, (Vec<u8>, usize)> = HashMap::new();
+/// Seals what is queued for `peer` (its turn taken by the caller, which set
+/// `writing`) and writes what the socket takes now; the writer finishes the
+/// rest. A failure closes the session: its reader sees the end.
+fn write_now(peer: &Peer) {
+    let out = &peer.out;
+    let mut records = Vec::new();
+    let sealed = seal_batch(&peer.session, &out.queue, &mut records);
+    let written = match sealed {
+        Ok(()) => match crate::sys::socket::send(&peer.stream, &records) {
+            Ok(n) => Ok(n),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Ok(0),
+            Err(e) => Err(e.to_string()),
+        },
+        Err(e) => Err(e.to_string()),
+    };
+    let mut o = out.queue.lock();
+    o.writing = false;
+    o.last_write = Some(Instant::now());
+    o.reads_then = out.reads.load(Ordering::Acquire);
+    match written {
+        Ok(n) => {
+            if n < records.len() {
+                records.drain(..n);
+                o.unwritten = records;
+            }
+            // What was queued meanwhile, or not taken, is the writer's.
+            if !o.unwritten.is_empty() || !o.turn.is_empty() {
+                drop(o);
+                out.wake.notify_one();
+            }
+        }
+        Err(e) => {
+            tracing::warn!(peer = %peer.name, error = %e, "a write failed: session closed");
+            o.closed = true;
+            drop(o);
+            out.wake.notify_all();
+            let _ = peer.stream.shutdown(Shutdown::Both);
+        }
+    }
+}
+
+/// The session's writer: writes what a sender left unwritten, and the
+/// frames held back to be coalesced when they are due (see [`Out`]),
+/// sealed a record at a time taking channels in turn: a large frame never
+/// holds up the small frames of other channels.
+fn write_loop(mut stream: TcpStream, session: &Mutex<Session>, out: &Out) -> Result<(), DistError> {
     let mut records = Vec::new();
     loop {
-        // Waits for a turn, then seals what is queued (up to a batch) and
-        // writes it at once: one write for many small messages.
-        let mut channel = {
-            let mut o = lock.lock();
+        {
+            let mut o = out.queue.lock();
             loop {
                 if o.closed {
                     return Ok(());
                 }
-                if let Some(c) = o.turn.pop_front() {
-                    break c;
+                if !o.writing && !o.unwritten.is_empty() {
+                    records = std::mem::take(&mut o.unwritten);
+                    o.writing = true;
+                    break;
                 }
-                o = wake.wait(o);
-            }
-        };
-        records.clear();
-        loop {
-            seal_turn(channel, session, lock, &mut sending, &mut records)?;
-            if records.len() >= WRITE_BATCH {
-                break;
-            }
-            let next = lock.lock().turn.pop_front();
-            match next {
-                Some(c) => channel = c,
-                None => break,
+                if !o.writing && !o.turn.is_empty() {
+                    // Frames queued while a write went on are due at once.
+                    let due = o.frames >= BATCH_FRAMES
+                        || o.bytes >= WRITE_BATCH
+                        || !o.sending.is_empty()
+                        || o.held_since.is_none_or(|t| t.elapsed() >= FLUSH_DELAY);
+                    if due {
+                        o.writing = true;
+                        o.held_since = None;
+                        break;
+                    }
+                    let until = o.held_since.expect("BUG: held frames have a time") + FLUSH_DELAY;
+                    o = out.wake.wait_until(o, until).0;
+                    continue;
+                }
+                o = out.wake.wait(o);
             }
         }
-        stream.write_all(&records).map_err(|e| DistError::Io(e.to_string()))?;
+        let result = if records.is_empty() {
+            seal_batch(session, &out.queue, &mut records)
+        } else {
+            Ok(())
+        };
+        let result = result.and_then(|()| stream.write_all(&records).map_err(|e| DistError::Io(e.to_string())));
+        records.clear();
+        let mut o = out.queue.lock();
+        o.writing = false;
+        o.last_write = Some(Instant::now());
+        o.reads_then = out.reads.load(Ordering::Acquire);
+        drop(o);
+        result?;
     }
+}
+
+/// Seals what is in turn, a record at a time, into `records`, up to a
+/// batch. The caller holds the turn (`writing`).
+fn seal_batch(session: &Mutex<Session>, lock: &Mutex<Outgoing>, records: &mut Vec<u8>) -> Result<(), DistError> {
+    let mut sending = std::mem::take(&mut lock.lock().sending);
+    let mut result = Ok(());
+    while records.len() < WRITE_BATCH {
+        let Some(channel) = lock.lock().turn.pop_front() else {
+            break;
+        };
+        result = seal_turn(channel, session, lock, &mut sending, records);
+        if result.is_err() {
+            break;
+        }
+    }
+    lock.lock().sending = sending;
+    // Small frames share a record: sealed once the batch is taken.
+    result.and_then(|()| session.lock().end_record(records))
 }
 
 /// Bytes of records sealed before they are written.
@@ -1370,6 +1506,7 @@ fn seal_turn(
         let done = session.lock().seal_next(channel, &frame, &mut sent, records)?;
         let mut o = lock.lock();
         if done {
+            o.frames = o.frames.saturating_sub(1);
             let more = o.channels.get(&channel).is_some_and(|q| !q.is_empty());
             if more {
                 o.turn.push_back(channel);
@@ -1389,7 +1526,7 @@ fn read_loop(
     inner: &Inner,
     mut stream: TcpStream,
     session: &Mutex<Session>,
-    heard: &Mutex<Instant>,
+    (heard, reads): (&Mutex<Instant>, &AtomicU64),
     node: NodeId,
 ) -> NodeDownReason {
     let mut buf = vec![0u8; 64 * 1024];
@@ -1406,6 +1543,7 @@ fn read_loop(
             }
         };
         *heard.lock() = Instant::now();
+        reads.fetch_add(1, Ordering::AcqRel);
         frames.clear();
         if let Err(e) = session.lock().open(&buf[..n], &mut frames) {
             tracing::warn!(error = %e, "a session broke");

@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 use crate::pid::NodeId;
 
 /// The version of the distribution protocol, checked in the handshake.
-pub const PROTOCOL_VERSION: u16 = 2;
+pub const PROTOCOL_VERSION: u16 = 3;
 
 /// The Noise protocol: a pre-shared key mixed in at the first message,
 /// ephemeral keys on both sides (forward secrecy), ChaCha20-Poly1305.
@@ -27,10 +27,13 @@ const MAX_RECORD: usize = 65535;
 const TAG: usize = 16;
 /// Largest handshake message accepted (they are under 200 bytes).
 const MAX_HANDSHAKE_MESSAGE: usize = 1024;
-/// A record's fragment header: channel (u32), kind (u8), and for the first
-/// fragment of a frame its total length (u32), all big-endian.
-const FIRST_HEADER: usize = 9;
-const NEXT_HEADER: usize = 5;
+/// A fragment's header: channel (u32), kind (u8), for the first fragment of
+/// a frame its total length (u32), then the fragment's own length (u32),
+/// all big-endian. A record holds fragments back to back.
+const FIRST_HEADER: usize = 13;
+const NEXT_HEADER: usize = 9;
+/// A record with less room than this left is sealed as it is.
+const RECORD_SLACK: usize = 64;
 const FIRST: u8 = 1;
 const NEXT: u8 = 2;
 /// Most frames being reassembled at once, across channels.
@@ -319,6 +322,7 @@ impl Handshake {
             partial: HashMap::new(),
             max_frame: self.max_frame,
             plain: vec![0u8; MAX_RECORD],
+            building: Vec::new(),
         });
         Ok(Step::Done { session, peer, send })
     }
@@ -412,6 +416,8 @@ pub struct Session {
     max_frame: usize,
     /// Decryption buffer.
     plain: Vec<u8>,
+    /// The record being filled with fragments, not sealed yet.
+    building: Vec<u8>,
 }
 
 impl fmt::Debug for Session {
@@ -431,17 +437,21 @@ struct Partial {
 }
 
 impl Session {
-    /// Appends to `out` the records of all of `frame` on `channel`.
+    /// Appends to `out` the records of all of `frame` on `channel` (and of
+    /// the fragments that were waiting for a record before it).
     pub fn seal(&mut self, channel: u32, frame: &[u8], out: &mut Vec<u8>) -> Result<(), DistError> {
         let mut sent = 0;
         while !self.seal_next(channel, frame, &mut sent, out)? {}
-        Ok(())
+        self.end_record(out)
     }
 
-    /// Appends to `out` one record: the next fragment of `frame` on
-    /// `channel`, from `*sent` bytes on (start at 0). Returns whether the
-    /// frame is complete. Fragments of frames on other channels may be sealed
-    /// in between: that is how a large frame lets small ones pass.
+    /// Adds the next fragment of `frame` on `channel`, from `*sent` bytes on
+    /// (start at 0), to the record being filled: as much of the frame as the
+    /// record has room for. A full record is sealed into `out`; call
+    /// [`end_record`](Session::end_record) to seal one that is not full.
+    /// Returns whether the frame is complete. Fragments of frames on other
+    /// channels may come in between: that is how a large frame lets small
+    /// ones pass, and many small frames share one record (one seal).
     pub fn seal_next(
         &mut self,
         channel: u32,
@@ -455,30 +465,55 @@ impl Session {
                 limit: self.max_frame,
             });
         }
-        let header = if *sent == 0 { 4 + 1 + 4 } else { 4 + 1 };
-        let room = MAX_RECORD - TAG - header;
-        let piece = &frame[*sent..(*sent + room).min(frame.len())];
-        // As large as this record, not the largest one: a small message
-        // costs a small record.
-        let mut plain = Vec::with_capacity(header + piece.len());
-        plain.extend_from_slice(&channel.to_be_bytes());
-        if *sent == 0 {
-            plain.push(FIRST);
-            plain.extend_from_slice(&(frame.len() as u32).to_be_bytes());
-        } else {
-            plain.push(NEXT);
+        let header = if *sent == 0 { FIRST_HEADER } else { NEXT_HEADER };
+        let capacity = MAX_RECORD - TAG;
+        // A record without room for the rest, or for a good piece of it, is
+        // sealed first.
+        if capacity.saturating_sub(self.building.len() + header) < RECORD_SLACK.min(frame.len() - *sent) {
+            self.end_record(out)?;
         }
-        plain.extend_from_slice(piece);
+        let room = capacity - self.building.len() - header;
+        let piece = &frame[*sent..(*sent + room).min(frame.len())];
+        self.building.extend_from_slice(&channel.to_be_bytes());
+        if *sent == 0 {
+            self.building.push(FIRST);
+            self.building.extend_from_slice(&(frame.len() as u32).to_be_bytes());
+        } else {
+            self.building.push(NEXT);
+        }
+        self.building.extend_from_slice(&(piece.len() as u32).to_be_bytes());
+        self.building.extend_from_slice(piece);
         *sent += piece.len();
+        if self.building.len() + RECORD_SLACK >= capacity {
+            self.end_record(out)?;
+        }
+        Ok(*sent == frame.len())
+    }
+
+    /// Seals `plain` as a record of its own, whatever it holds (tests of
+    /// the fragment layer).
+    #[cfg(test)]
+    pub(crate) fn seal_raw(&mut self, plain: &[u8], out: &mut Vec<u8>) -> Result<(), DistError> {
+        self.end_record(out)?;
+        self.building.extend_from_slice(plain);
+        self.end_record(out)
+    }
+
+    /// Seals the record being filled, if it holds anything, into `out`.
+    pub fn end_record(&mut self, out: &mut Vec<u8>) -> Result<(), DistError> {
+        if self.building.is_empty() {
+            return Ok(());
+        }
         let at = out.len();
-        out.resize(at + 2 + plain.len() + TAG, 0);
+        out.resize(at + 2 + self.building.len() + TAG, 0);
         let n = self
             .transport
-            .write_message(&plain, &mut out[at + 2..])
+            .write_message(&self.building, &mut out[at + 2..])
             .map_err(|e| DistError::Malformed(format!("sealing failed: {e}")))?;
         out[at..at + 2].copy_from_slice(&(n as u16).to_be_bytes());
         out.truncate(at + 2 + n);
-        Ok(*sent == frame.len())
+        self.building.clear();
+        Ok(())
     }
 
     /// Feeds bytes from the peer; appends every frame they complete, with its
@@ -491,68 +526,90 @@ impl Session {
                 .transport
                 .read_message(&record, &mut self.plain)
                 .map_err(|_| DistError::Authentication)?;
-            self.fragment(n, frames)?;
+            let mut at = 0;
+            while at < n {
+                at += self.fragment(at, n, frames)?;
+            }
         }
         Ok(())
     }
 
-    /// Takes the fragment in `self.plain[..n]`.
-    fn fragment(&mut self, n: usize, frames: &mut Vec<(u32, Vec<u8>)>) -> Result<(), DistError> {
-        let plain = &self.plain[..n];
+    /// Takes the fragment at `self.plain[at..n]`; returns its length with
+    /// its header.
+    fn fragment(&mut self, at: usize, n: usize, frames: &mut Vec<(u32, Vec<u8>)>) -> Result<usize, DistError> {
+        let plain = &self.plain[at..n];
+        let word = |i: usize| u32::from_be_bytes(plain[i..i + 4].try_into().expect("4 bytes")) as usize;
         if plain.len() < NEXT_HEADER {
-            return Err(DistError::Malformed("a record shorter than its header".into()));
+            return Err(DistError::Malformed("a fragment shorter than its header".into()));
         }
-        let channel = u32::from_be_bytes(plain[..4].try_into().expect("4 bytes"));
-        let (data, partial) = match plain[4] {
-            FIRST => {
-                if plain.len() < FIRST_HEADER {
-                    return Err(DistError::Malformed("a first fragment shorter than its header".into()));
-                }
-                if self.partial.contains_key(&channel) {
-                    return Err(DistError::Malformed(format!(
-                        "a new frame on channel {channel} before the last one ended"
-                    )));
-                }
-                let total = u32::from_be_bytes(plain[5..9].try_into().expect("4 bytes")) as usize;
-                if total > self.max_frame {
-                    return Err(DistError::FrameTooLarge {
-                        size: total as u64,
-                        limit: self.max_frame,
-                    });
-                }
-                if self.partial.len() >= MAX_OPEN_CHANNELS {
-                    return Err(DistError::Malformed(format!(
-                        "more than {MAX_OPEN_CHANNELS} frames open at once"
-                    )));
-                }
-                // Grows as the data comes, not by what the header says.
-                let partial = self.partial.entry(channel).or_insert(Partial {
-                    total,
-                    data: Vec::new(),
-                });
-                (&plain[FIRST_HEADER..], partial)
+        let channel = word(0) as u32;
+        let (header, total) = match plain[4] {
+            FIRST if plain.len() < FIRST_HEADER => {
+                return Err(DistError::Malformed("a first fragment shorter than its header".into()));
             }
-            NEXT => match self.partial.get_mut(&channel) {
-                Some(p) => (&plain[NEXT_HEADER..], p),
-                None => {
+            FIRST => (FIRST_HEADER, Some(word(5))),
+            NEXT => (NEXT_HEADER, None),
+            kind => return Err(DistError::Malformed(format!("a fragment of kind {kind}"))),
+        };
+        let len = word(header - 4);
+        let Some(data) = plain.get(header..header + len) else {
+            return Err(DistError::Malformed(format!(
+                "channel {channel}: a fragment longer than its record"
+            )));
+        };
+        match total {
+            Some(_) if self.partial.contains_key(&channel) => {
+                return Err(DistError::Malformed(format!(
+                    "a new frame on channel {channel} before the last one ended"
+                )));
+            }
+            Some(total) if total > self.max_frame => {
+                return Err(DistError::FrameTooLarge {
+                    size: total as u64,
+                    limit: self.max_frame,
+                });
+            }
+            Some(total) if len > total => {
+                return Err(DistError::Malformed(format!(
+                    "channel {channel}: more bytes than its frame's length"
+                )));
+            }
+            // A whole frame in one fragment, as most are.
+            Some(total) if len == total => frames.push((channel, data.to_vec())),
+            Some(_) if self.partial.len() >= MAX_OPEN_CHANNELS => {
+                return Err(DistError::Malformed(format!(
+                    "more than {MAX_OPEN_CHANNELS} frames open at once"
+                )));
+            }
+            Some(total) => {
+                // Grows as the data comes, not by what the header says.
+                self.partial.insert(
+                    channel,
+                    Partial {
+                        total,
+                        data: data.to_vec(),
+                    },
+                );
+            }
+            None => {
+                let Some(partial) = self.partial.get_mut(&channel) else {
                     return Err(DistError::Malformed(format!(
                         "a fragment on channel {channel} with no frame begun"
                     )));
+                };
+                if partial.data.len() + len > partial.total {
+                    return Err(DistError::Malformed(format!(
+                        "channel {channel}: more bytes than its frame's length"
+                    )));
                 }
-            },
-            kind => return Err(DistError::Malformed(format!("a fragment of kind {kind}"))),
-        };
-        if partial.data.len() + data.len() > partial.total {
-            return Err(DistError::Malformed(format!(
-                "channel {channel}: more bytes than its frame's length"
-            )));
+                partial.data.extend_from_slice(data);
+                if partial.data.len() == partial.total {
+                    let done = self.partial.remove(&channel).expect("BUG: present");
+                    frames.push((channel, done.data));
+                }
+            }
         }
-        partial.data.extend_from_slice(data);
-        if partial.data.len() == partial.total {
-            let done = self.partial.remove(&channel).expect("BUG: present");
-            frames.push((channel, done.data));
-        }
-        Ok(())
+        Ok(header + len)
     }
 }
 

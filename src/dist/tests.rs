@@ -147,6 +147,7 @@ fn a_frame_over_the_limit_is_refused_before_it_is_read() {
     let mut wire = Vec::new();
     let mut sent = 0;
     big.seal_next(1, &frame, &mut sent, &mut wire).unwrap();
+    big.end_record(&mut wire).unwrap();
     // Only the first record: its header announces 2048 bytes.
     assert_eq!(
         small.open(&wire, &mut Vec::new()),
@@ -172,6 +173,7 @@ fn a_large_frame_lets_small_ones_of_other_channels_pass() {
     assert!(!a.seal_next(1, &large, &mut sent, &mut wire).unwrap());
     a.seal(2, b"small", &mut wire).unwrap();
     while !a.seal_next(1, &large, &mut sent, &mut wire).unwrap() {}
+    a.end_record(&mut wire).unwrap();
     let frames = open_all(&mut b, &wire).unwrap();
     assert_eq!(frames.len(), 2);
     assert_eq!(frames[0], (2, b"small".to_vec()));
@@ -208,12 +210,77 @@ fn fragments_that_break_the_layer_end_the_session() {
     // A second frame begun on channel 5 before the first ended.
     let mut again = 0;
     a.seal_next(5, &large, &mut again, &mut wire).unwrap();
+    a.end_record(&mut wire).unwrap();
     assert!(matches!(open_all(&mut b, &wire), Err(DistError::Malformed(_))));
     let (mut a, mut b, ..) = pair(&secret(), &secret(), MB).unwrap();
     let mut wire = Vec::new();
     let mut sent = 70_000;
     a.seal_next(6, &large, &mut sent, &mut wire).unwrap();
+    a.end_record(&mut wire).unwrap();
     assert!(matches!(open_all(&mut b, &wire), Err(DistError::Malformed(_))));
+}
+
+#[test]
+fn small_frames_share_one_record() {
+    let (mut a, mut b, ..) = pair(&secret(), &secret(), MB).unwrap();
+    let mut wire = Vec::new();
+    for i in 0..100u32 {
+        let mut sent = 0;
+        assert!(a.seal_next(i % 3, &i.to_be_bytes(), &mut sent, &mut wire).unwrap());
+    }
+    assert!(wire.is_empty(), "sealed before the record ended");
+    a.end_record(&mut wire).unwrap();
+    // One record: its length, 100 fragments (a 13-byte header and 4 bytes
+    // each), one tag.
+    assert_eq!(wire.len(), 2 + 100 * 17 + 16);
+    let frames = open_all(&mut b, &wire).unwrap();
+    let expected: Vec<(u32, Vec<u8>)> = (0..100u32).map(|i| (i % 3, i.to_be_bytes().to_vec())).collect();
+    assert_eq!(frames, expected);
+    // Nothing waits: no empty record.
+    let mut more = Vec::new();
+    a.end_record(&mut more).unwrap();
+    assert!(more.is_empty());
+}
+
+#[test]
+fn fragments_with_lying_lengths_end_the_session() {
+    let first = |channel: u32, total: u32, len: u32, data: &[u8]| {
+        let mut f = channel.to_be_bytes().to_vec();
+        f.push(1);
+        f.extend(total.to_be_bytes());
+        f.extend(len.to_be_bytes());
+        f.extend(data);
+        f
+    };
+    let cases: Vec<Vec<u8>> = vec![
+        // Longer than its record.
+        first(1, 10, 10, b"short"),
+        // More than its frame.
+        first(1, 2, 5, b"hello"),
+        // A header cut short.
+        vec![0, 0, 0, 1, 1, 0, 0],
+        // A kind that does not exist.
+        vec![0, 0, 0, 1, 9, 0, 0, 0, 0],
+    ];
+    for plain in cases {
+        let (mut a, mut b, ..) = pair(&secret(), &secret(), MB).unwrap();
+        let mut wire = Vec::new();
+        a.seal_raw(&plain, &mut wire).unwrap();
+        assert!(
+            matches!(open_all(&mut b, &wire), Err(DistError::Malformed(_))),
+            "{plain:?} was taken"
+        );
+    }
+    // A well-formed fragment after a whole frame in the same record is taken.
+    let (mut a, mut b, ..) = pair(&secret(), &secret(), MB).unwrap();
+    let mut plain = first(1, 2, 2, b"hi");
+    plain.extend(first(2, 3, 3, b"you"));
+    let mut wire = Vec::new();
+    a.seal_raw(&plain, &mut wire).unwrap();
+    assert_eq!(
+        open_all(&mut b, &wire).unwrap(),
+        vec![(1, b"hi".to_vec()), (2, b"you".to_vec())]
+    );
 }
 
 #[test]

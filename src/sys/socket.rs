@@ -118,9 +118,9 @@ pub(crate) fn read(fd: &OwnedFd, buf: &mut [u8]) -> io::Result<usize> {
 
 /// Writes as much of `buf` as the socket takes now (`MSG_NOSIGNAL`, so a closed
 /// peer is `BrokenPipe`, never `SIGPIPE`).
-pub(crate) fn send(fd: &OwnedFd, buf: &[u8]) -> io::Result<usize> {
+pub(crate) fn send(fd: impl AsFd, buf: &[u8]) -> io::Result<usize> {
     loop {
-        match net::send(fd, buf, SendFlags::NOSIGNAL | SendFlags::DONTWAIT) {
+        match net::send(&fd, buf, SendFlags::NOSIGNAL | SendFlags::DONTWAIT) {
             Ok(n) => return Ok(n),
             Err(Errno::INTR) => continue,
             Err(e) => return Err(e.into()),
