@@ -156,6 +156,7 @@ enum Wire {
         from: Pid,
         to: Pid,
         kind: u8,
+        #[serde(with = "serde_bytes")]
         body: Vec<u8>,
     },
     /// `watcher` monitors `target`, of the receiving node.
@@ -1459,64 +1460,52 @@ fn write_loop(mut stream: TcpStream, session: &Mutex<Session>, out: &Out) -> Res
 
 /// Seals what is in turn, a record at a time, into `records`, up to a
 /// batch. The caller holds the turn (`writing`).
+///
+/// Both locks are held while the batch is sealed: a sender waits for one
+/// batch at most, and the queue is taken once per batch, not per frame.
 fn seal_batch(session: &Mutex<Session>, lock: &Mutex<Outgoing>, records: &mut Vec<u8>) -> Result<(), DistError> {
-    let mut sending = std::mem::take(&mut lock.lock().sending);
-    let mut result = Ok(());
+    let mut o = lock.lock();
+    let mut session = session.lock();
     while records.len() < WRITE_BATCH {
-        let Some(channel) = lock.lock().turn.pop_front() else {
+        let Some(channel) = o.turn.pop_front() else {
             break;
         };
-        result = seal_turn(channel, session, lock, &mut sending, records);
-        if result.is_err() {
-            break;
-        }
+        seal_turn(channel, &mut session, &mut o, records)?;
     }
-    lock.lock().sending = sending;
+    drop(o);
     // Small frames share a record: sealed once the batch is taken.
-    result.and_then(|()| session.lock().end_record(records))
+    session.end_record(records)
 }
 
 /// Bytes of records sealed before they are written.
 const WRITE_BATCH: usize = 64 * 1024;
 
-/// Seals the next record of `channel`'s turn into `records`, and puts the
+/// Seals the next fragment of `channel`'s turn into `records`, and puts the
 /// channel back in turn if it has more.
-fn seal_turn(
-    channel: u32,
-    session: &Mutex<Session>,
-    lock: &Mutex<Outgoing>,
-    sending: &mut HashMap<u32, (Vec<u8>, usize)>,
-    records: &mut Vec<u8>,
-) -> Result<(), DistError> {
-    {
-        let entry = match sending.remove(&channel) {
-            Some(e) => e,
-            None => {
-                let mut o = lock.lock();
-                // A channel may be in turn twice (queued to again while its
-                // last frame was going out): nothing left is no frame.
-                let Some(frame) = o.channels.get_mut(&channel).and_then(VecDeque::pop_front) else {
-                    return Ok(());
-                };
-                o.bytes = o.bytes.saturating_sub(frame.len());
-                (frame, 0)
-            }
-        };
-        let (frame, mut sent) = entry;
-        let done = session.lock().seal_next(channel, &frame, &mut sent, records)?;
-        let mut o = lock.lock();
-        if done {
-            o.frames = o.frames.saturating_sub(1);
-            let more = o.channels.get(&channel).is_some_and(|q| !q.is_empty());
-            if more {
-                o.turn.push_back(channel);
-            } else {
-                o.channels.remove(&channel);
-            }
-        } else {
-            sending.insert(channel, (frame, sent));
-            o.turn.push_back(channel);
+fn seal_turn(channel: u32, session: &mut Session, o: &mut Outgoing, records: &mut Vec<u8>) -> Result<(), DistError> {
+    let (frame, mut sent) = match o.sending.remove(&channel) {
+        Some(e) => e,
+        None => {
+            // A channel may be in turn twice (queued to again while its
+            // last frame was going out): nothing left is no frame.
+            let Some(frame) = o.channels.get_mut(&channel).and_then(VecDeque::pop_front) else {
+                return Ok(());
+            };
+            o.bytes = o.bytes.saturating_sub(frame.len());
+            (frame, 0)
         }
+    };
+    if session.seal_next(channel, &frame, &mut sent, records)? {
+        o.frames = o.frames.saturating_sub(1);
+        let more = o.channels.get(&channel).is_some_and(|q| !q.is_empty());
+        if more {
+            o.turn.push_back(channel);
+        } else {
+            o.channels.remove(&channel);
+        }
+    } else {
+        o.sending.insert(channel, (frame, sent));
+        o.turn.push_back(channel);
     }
     Ok(())
 }

@@ -321,6 +321,7 @@ pub(crate) enum ToNode {
         /// The frame's kind (a message or a reply).
         kind: u8,
         /// The frame's body.
+        #[serde(with = "serde_bytes")]
         body: Vec<u8>,
     },
 }
