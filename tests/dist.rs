@@ -90,6 +90,10 @@ fn main() {
                 "monitor_node_of_an_unknown_node_is_down_at_once",
                 monitor_node_of_an_unknown_node_is_down_at_once,
             ),
+            (
+                "a_transport_of_the_programs_own_carries_sessions",
+                a_transport_of_the_programs_own_carries_sessions,
+            ),
         ],
         &[("node", helper_node)],
         |name| {
@@ -136,7 +140,11 @@ fn helper_node() {
     let secret = Secret::from_bytes(std::env::var("NODE_SECRET").unwrap().as_bytes()).unwrap();
     let node = Config::new().schedulers(1).init().unwrap();
     let listen = std::env::var("NODE_LISTEN").unwrap_or_else(|_| "127.0.0.1:0".into());
-    let cluster = Cluster::start(&node, ClusterConfig::new(name, listen.parse().unwrap(), secret)).unwrap();
+    let mut config = ClusterConfig::new(name, listen.parse().unwrap(), secret);
+    if std::env::var("NODE_TRANSPORT").as_deref() == Ok("masked") {
+        config = config.transport(Masked);
+    }
+    let cluster = Cluster::start(&node, config).unwrap();
     let echo = converge::spawn(|ctx: Ctx<u64>| {
         while let Ok(n) = ctx.recv() {
             say("got", n);
@@ -527,6 +535,15 @@ impl TestNode {
         TestNode::spawn(cmd)
     }
 
+    /// A node whose sessions run on [`Masked`].
+    fn start_masked(name: &str) -> TestNode {
+        let mut cmd = helper("node");
+        cmd.env("NODE_NAME", name)
+            .env("NODE_SECRET", SECRET)
+            .env("NODE_TRANSPORT", "masked");
+        TestNode::spawn(cmd)
+    }
+
     fn start_with(name: &str, secret: &str) -> TestNode {
         let mut cmd = helper("node");
         cmd.env("NODE_NAME", name).env("NODE_SECRET", secret);
@@ -772,6 +789,115 @@ fn a_wrong_secret_is_refused() {
     b.join(a.addr, "alpha");
     a.tell("wait-member intruder");
     assert_eq!(a.expect("member"), "intruder false");
+}
+
+/// A transport of the program's own, as an application composes one: TCP
+/// with every byte masked. Its streams cannot write without waiting, so
+/// every record goes through the session's writer.
+#[derive(Debug)]
+struct Masked;
+
+const MASK: u8 = 0x5A;
+
+struct MaskedStream(std::net::TcpStream);
+
+struct MaskedListener(std::net::TcpListener);
+
+impl std::io::Read for MaskedStream {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.0.read(buf)?;
+        buf[..n].iter_mut().for_each(|b| *b ^= MASK);
+        Ok(n)
+    }
+}
+
+impl std::io::Write for MaskedStream {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let masked: Vec<u8> = buf.iter().map(|b| b ^ MASK).collect();
+        self.0.write_all(&masked)?;
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl converge::dist::Stream for MaskedStream {
+    fn try_clone(&self) -> std::io::Result<Box<dyn converge::dist::Stream>> {
+        Ok(Box::new(MaskedStream(self.0.try_clone()?)))
+    }
+
+    fn shutdown(&self) {
+        let _ = self.0.shutdown(std::net::Shutdown::Both);
+    }
+
+    fn peer_addr(&self) -> Option<SocketAddr> {
+        self.0.peer_addr().ok()
+    }
+
+    fn set_read_timeout(&self, timeout: Option<Duration>) -> std::io::Result<()> {
+        self.0.set_read_timeout(timeout)
+    }
+}
+
+impl converge::dist::Listener for MaskedListener {
+    fn accept(&self) -> std::io::Result<Box<dyn converge::dist::Stream>> {
+        let (s, _) = self.0.accept()?;
+        s.set_nodelay(true)?;
+        Ok(Box::new(MaskedStream(s)))
+    }
+
+    fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.0.local_addr()
+    }
+}
+
+impl converge::dist::Transport for Masked {
+    fn connect(&self, addr: SocketAddr, timeout: Duration) -> std::io::Result<Box<dyn converge::dist::Stream>> {
+        let s = std::net::TcpStream::connect_timeout(&addr, timeout)?;
+        s.set_nodelay(true)?;
+        Ok(Box::new(MaskedStream(s)))
+    }
+
+    fn listen(&self, addr: SocketAddr) -> std::io::Result<Box<dyn converge::dist::Listener>> {
+        Ok(Box::new(MaskedListener(std::net::TcpListener::bind(addr)?)))
+    }
+}
+
+fn a_transport_of_the_programs_own_carries_sessions() {
+    let mut a = TestNode::start_masked("alpha");
+    let mut b = TestNode::start_masked("beta");
+    b.join(a.addr, "alpha");
+    b.tell("send alpha 300");
+    assert_eq!(b.expect("sent"), "300");
+    for i in 0..300 {
+        assert_eq!(a.expect("got"), i.to_string());
+    }
+    // And the other way, on the same session.
+    a.tell("send beta 3");
+    assert_eq!(a.expect("sent"), "3");
+    for i in 0..3 {
+        assert_eq!(b.expect("got"), i.to_string());
+    }
+    a.tell("stats");
+    assert!(a.expect("stats").contains("refused=0"));
+    // A node on plain TCP joins (membership is not on the transport), but
+    // its bytes are not what the masked nodes read: no session forms with
+    // it, and its handshakes are refused and counted.
+    let mut c = TestNode::start("gamma");
+    c.join(a.addr, "alpha");
+    c.tell("send alpha 1");
+    assert_eq!(c.expect("sent"), "none: no echo there");
+    a.tell("stats");
+    let stats = a.expect("stats");
+    assert!(!stats.contains("refused=0"), "{stats}");
+    // The masked pair goes on.
+    b.tell("send alpha 2");
+    assert_eq!(b.expect("sent"), "2");
+    for i in 0..2 {
+        assert_eq!(a.expect("got"), i.to_string());
+    }
 }
 
 fn whereis_on_another_node_and_a_name_that_is_not_there() {

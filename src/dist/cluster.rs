@@ -11,7 +11,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::io::{Read, Write};
-use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::net::{SocketAddr, UdpSocket};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -22,7 +22,7 @@ use serde::{Deserialize, Serialize};
 use super::membership::{Load, Member, MemberEvent, Membership, MembershipConfig};
 use super::session::{DistError, Hello, Secret, Session};
 use super::spawn::{RemoteTaskError, SpawnRefused};
-use super::tcp::{Acceptor, HANDSHAKE_TIMEOUT, connect, keep_session};
+use super::transport::{Acceptor, HANDSHAKE_TIMEOUT, Listener, Stream, Tcp, Transport, connect, keep_session};
 use crate::exit::ExitReason;
 use crate::mailbox::Mailbox;
 use crate::pid::{NodeId, Pid};
@@ -52,6 +52,9 @@ pub struct ClusterConfig {
     pub max_frame: usize,
     /// Membership's timings.
     pub membership: MembershipConfig,
+    /// What sessions run on (default [`Tcp`]). Every node of a cluster uses
+    /// the same kind.
+    pub transport: Arc<dyn Transport>,
 }
 
 impl ClusterConfig {
@@ -66,7 +69,14 @@ impl ClusterConfig {
             max_queued: 256 << 20,
             max_frame: (64 << 20) + (64 << 10),
             membership: MembershipConfig::default(),
+            transport: Arc::new(Tcp),
         }
+    }
+
+    /// Sessions run on `transport` instead of plain TCP.
+    pub fn transport(mut self, transport: impl Transport) -> ClusterConfig {
+        self.transport = Arc::new(transport);
+        self
     }
 }
 
@@ -296,7 +306,7 @@ type Queued = (u32, Vec<u8>);
 struct Peer {
     name: String,
     id: NodeId,
-    stream: TcpStream,
+    stream: Box<dyn Stream>,
     session: Arc<Mutex<Session>>,
     out: Arc<Out>,
     last_heard: Arc<Mutex<Instant>>,
@@ -539,7 +549,7 @@ impl Cluster {
     /// [`join`](Cluster::join)s.
     pub fn start(node: &crate::Node, config: ClusterConfig) -> Result<Cluster, DistError> {
         let io = |e: std::io::Error| DistError::Io(e.to_string());
-        let (listener, udp) = bind_both(config.listen).map_err(io)?;
+        let (listener, udp) = bind_both(&*config.transport, config.listen).map_err(io)?;
         let addr = listener.local_addr().map_err(io)?;
         let me = Hello::new(node.id(), config.name.clone());
         let member = Member::new(node.id(), &config.name, addr, addr);
@@ -816,10 +826,10 @@ fn spawn(name: &str, f: impl FnOnce() + Send + 'static) {
 }
 
 /// A TCP listener and a UDP socket on the same port.
-fn bind_both(addr: SocketAddr) -> std::io::Result<(TcpListener, UdpSocket)> {
+fn bind_both(transport: &dyn Transport, addr: SocketAddr) -> std::io::Result<(Box<dyn Listener>, UdpSocket)> {
     let mut last = None;
     for _ in 0..16 {
-        let listener = TcpListener::bind(addr)?;
+        let listener = transport.listen(addr)?;
         let at = listener.local_addr()?;
         match UdpSocket::bind(at) {
             Ok(udp) => return Ok((listener, udp)),
@@ -952,13 +962,14 @@ impl Inner {
             }
             let ask = hello.clone();
             let cfg = &inner.config;
-            match connect(addr, &cfg.secret, hello, cfg.max_frame, HANDSHAKE_TIMEOUT) {
+            let transport = &*cfg.transport;
+            match connect(transport, addr, &cfg.secret, hello, cfg.max_frame, HANDSHAKE_TIMEOUT) {
                 Ok((session, hello, stream)) if hello.node == node && opener => {
                     inner.add_peer(session, hello, stream, true);
                 }
                 Ok((_, hello, stream)) if hello.node == node => {
                     // Asked: the session comes from there.
-                    let _ = stream.shutdown(Shutdown::Both);
+                    stream.shutdown();
                     let deadline = Instant::now() + HANDSHAKE_TIMEOUT * 2;
                     let mut asked = Instant::now();
                     while !inner.peers.lock().contains_key(&node) {
@@ -970,9 +981,16 @@ impl Inner {
                             // Again: it may still hold a session lost here
                             // (until its ticks tell it so), and not come.
                             asked = Instant::now();
-                            let again = connect(addr, &cfg.secret, ask.clone(), cfg.max_frame, HANDSHAKE_TIMEOUT);
+                            let again = connect(
+                                transport,
+                                addr,
+                                &cfg.secret,
+                                ask.clone(),
+                                cfg.max_frame,
+                                HANDSHAKE_TIMEOUT,
+                            );
                             if let Ok((_, _, s)) = again {
-                                let _ = s.shutdown(Shutdown::Both);
+                                s.shutdown();
                             }
                         }
                         std::thread::sleep(Duration::from_millis(2));
@@ -1017,7 +1035,7 @@ impl Inner {
             drop(out);
             wake.notify_one();
             self.stats.lock().backlogged += 1;
-            let _ = peer.stream.shutdown(Shutdown::Both);
+            peer.stream.shutdown();
             tracing::warn!(peer = %peer.name, "too many bytes queued: session torn down");
             return;
         }
@@ -1052,12 +1070,12 @@ impl Inner {
     /// A session is up: keeps it (or the one already there, by the rule for
     /// connections made at once), starts its reader and writer, and sends
     /// what waited for it.
-    fn add_peer(self: &Arc<Self>, session: Session, hello: Hello, stream: TcpStream, initiated: bool) {
+    fn add_peer(self: &Arc<Self>, session: Session, hello: Hello, stream: Box<dyn Stream>, initiated: bool) {
         let serial = self.next.fetch_add(1, Ordering::Relaxed);
         let mut peers = self.peers.lock();
         if let Some(old) = peers.get(&hello.node) {
             if old.initiated == initiated || !keep_session(self.me.node, hello.node, initiated) {
-                let _ = stream.shutdown(Shutdown::Both);
+                stream.shutdown();
                 return;
             }
             let old = peers.remove(&hello.node).expect("BUG: present");
@@ -1362,7 +1380,7 @@ impl Inner {
 fn close(peer: &Peer) {
     peer.out.queue.lock().closed = true;
     peer.out.wake.notify_all();
-    let _ = peer.stream.shutdown(Shutdown::Both);
+    peer.stream.shutdown();
 }
 
 /// Seals what is queued for `peer` (its turn taken by the caller, which set
@@ -1373,11 +1391,7 @@ fn write_now(peer: &Peer) {
     let mut records = Vec::new();
     let sealed = seal_batch(&peer.session, &out.queue, &mut records);
     let written = match sealed {
-        Ok(()) => match crate::sys::socket::send(&peer.stream, &records) {
-            Ok(n) => Ok(n),
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Ok(0),
-            Err(e) => Err(e.to_string()),
-        },
+        Ok(()) => peer.stream.write_now(&records).map_err(|e| e.to_string()),
         Err(e) => Err(e.to_string()),
     };
     let mut o = out.queue.lock();
@@ -1401,7 +1415,7 @@ fn write_now(peer: &Peer) {
             o.closed = true;
             drop(o);
             out.wake.notify_all();
-            let _ = peer.stream.shutdown(Shutdown::Both);
+            peer.stream.shutdown();
         }
     }
 }
@@ -1410,7 +1424,7 @@ fn write_now(peer: &Peer) {
 /// frames held back to be coalesced when they are due (see [`Out`]),
 /// sealed a record at a time taking channels in turn: a large frame never
 /// holds up the small frames of other channels.
-fn write_loop(mut stream: TcpStream, session: &Mutex<Session>, out: &Out) -> Result<(), DistError> {
+fn write_loop(mut stream: Box<dyn Stream>, session: &Mutex<Session>, out: &Out) -> Result<(), DistError> {
     let mut records = Vec::new();
     loop {
         {
@@ -1513,7 +1527,7 @@ fn seal_turn(channel: u32, session: &mut Session, o: &mut Outgoing, records: &mu
 /// Reads records until the session breaks; why it ended.
 fn read_loop(
     inner: &Inner,
-    mut stream: TcpStream,
+    mut stream: Box<dyn Stream>,
     session: &Mutex<Session>,
     (heard, reads): (&Mutex<Instant>, &AtomicU64),
     node: NodeId,
@@ -1568,8 +1582,8 @@ fn accept_loop(inner: &Arc<Inner>, mut acceptor: Acceptor) {
                     // node says it accepts them (membership's word for a
                     // member that listens on a given address, else the
                     // address it came from).
-                    (Some(port), Ok(from)) => {
-                        let _ = stream.shutdown(Shutdown::Both);
+                    (Some(port), from) => {
+                        stream.shutdown();
                         let listed = inner
                             .membership
                             .lock()
@@ -1577,11 +1591,9 @@ fn accept_loop(inner: &Arc<Inner>, mut acceptor: Acceptor) {
                             .into_iter()
                             .find(|m| m.node == hello.node && !m.sessions.ip().is_unspecified())
                             .map(|m| m.sessions);
-                        let addr = listed.unwrap_or_else(|| SocketAddr::new(from.ip(), port));
-                        inner.connect_back(hello.node, addr);
-                    }
-                    (Some(_), Err(_)) => {
-                        let _ = stream.shutdown(Shutdown::Both);
+                        if let Some(addr) = listed.or(from.map(|f| SocketAddr::new(f.ip(), port))) {
+                            inner.connect_back(hello.node, addr);
+                        }
                     }
                     (None, _) => inner.add_peer(session, hello, stream, false),
                 }

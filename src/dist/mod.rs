@@ -15,7 +15,8 @@
 //!    never holds up the small ones of other senders. The size of a frame
 //!    is checked against the limit before anything is allocated for it.
 //!
-//! 4. Over TCP: [`connect`] and [`Acceptor`] run the handshake within a
+//! 4. Over a [`Transport`] ([`Tcp`] built in; an application may compose
+//!    its own): [`connect`] and [`Acceptor`] run the handshake within a
 //!    deadline; the acceptor counts the peers that fail it and closes an
 //!    address that keeps failing unread for a while; [`keep_session`] settles
 //!    two connections made at once between two nodes by their ids.
@@ -42,7 +43,7 @@ mod cluster;
 mod membership;
 mod session;
 mod spawn;
-mod tcp;
+mod transport;
 
 #[cfg(feature = "fuzzing")]
 pub(crate) use cluster::fuzz_frame;
@@ -56,7 +57,10 @@ pub use membership::{
 };
 pub use session::{DistError, Handshake, Hello, PROTOCOL_VERSION, Secret, Session, Step};
 pub use spawn::{RemoteTaskError, SpawnRefused, spawnable, task};
-pub use tcp::{Acceptor, FAILURE_WINDOW, HANDSHAKE_TIMEOUT, MAX_FAILURES, connect, keep_session};
+pub use transport::{
+    Acceptor, Established, FAILURE_WINDOW, HANDSHAKE_TIMEOUT, Listener, MAX_FAILURES, Stream, Tcp, Transport, connect,
+    keep_session,
+};
 
 #[cfg(test)]
 mod tests;

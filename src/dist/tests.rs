@@ -395,8 +395,8 @@ fn an_acceptor_counts_and_throttles_failed_peers() {
     use std::io::Write;
     use std::net::{TcpListener, TcpStream};
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let mut acceptor =
-        Acceptor::new(listener, secret(), hello(2, "server"), MB).handshake_timeout(Duration::from_millis(300));
+    let mut acceptor = Acceptor::new(Box::new(listener), secret(), hello(2, "server"), MB)
+        .handshake_timeout(Duration::from_millis(300));
     let addr = acceptor.local_addr().unwrap();
     let server = std::thread::spawn(move || {
         let mut outcomes = Vec::new();
@@ -407,12 +407,12 @@ fn an_acceptor_counts_and_throttles_failed_peers() {
     });
     let t = Duration::from_secs(2);
     // 1: a good client.
-    let (mut session, peer, _stream) = connect(addr, &secret(), hello(1, "good"), MB, t).unwrap();
+    let (mut session, peer, _stream) = connect(&Tcp, addr, &secret(), hello(1, "good"), MB, t).unwrap();
     assert_eq!(peer.name, "server");
     session.seal(1, b"hello", &mut Vec::new()).unwrap();
     // 2: another secret.
     let other = Secret::from_bytes(b"not the cluster's secret at all").unwrap();
-    assert!(connect(addr, &other, hello(3, "intruder"), MB, t).is_err());
+    assert!(connect(&Tcp, addr, &other, hello(3, "intruder"), MB, t).is_err());
     // 3: garbage of a plausible length.
     let mut s = TcpStream::connect(addr).unwrap();
     let mut garbage = 48u16.to_be_bytes().to_vec();
@@ -424,11 +424,11 @@ fn an_acceptor_counts_and_throttles_failed_peers() {
     // 5: silent, dropped at the deadline.
     let _silent = TcpStream::connect(addr).unwrap();
     // 6: another secret again: the fifth failure from this address.
-    assert!(connect(addr, &other, hello(3, "intruder"), MB, t).is_err());
+    assert!(connect(&Tcp, addr, &other, hello(3, "intruder"), MB, t).is_err());
     // 7 and 8: now closed unread, even with the right secret.
     let started = Instant::now();
-    assert!(connect(addr, &secret(), hello(4, "late"), MB, t).is_err());
-    assert!(connect(addr, &secret(), hello(4, "late"), MB, t).is_err());
+    assert!(connect(&Tcp, addr, &secret(), hello(4, "late"), MB, t).is_err());
+    assert!(connect(&Tcp, addr, &secret(), hello(4, "late"), MB, t).is_err());
     assert!(started.elapsed() < Duration::from_secs(1), "not closed at once");
     let (outcomes, refused) = server.join().unwrap();
     drop((s, s2));
