@@ -2,7 +2,9 @@
 //!
 //! - `ratio remote_rtt_16`: a 16-byte round trip between the main program of
 //!   one node and a process of another node on loopback, against a bare TCP
-//!   ping-pong between two processes;
+//!   ping-pong between two processes; `_samecore`: each node (all its
+//!   threads and processes) and each end of the floor pinned to one CPU;
+//!   `_crosscore`: the two nodes, and the two ends of the floor, on two;
 //! - `ratio remote_throughput_64`: 64-byte messages streamed to a process of
 //!   another node until it acknowledges the count, against 64-byte frames
 //!   streamed in batches over TCP to a sink that acknowledges the count;
@@ -31,6 +33,9 @@ const SECRET: &[u8] = b"the secret of the benches of converge";
 const ROLE: &str = "CONVERGE_BENCH_ROLE";
 const NAME: &str = "CONVERGE_BENCH_NAME";
 const SEED: &str = "CONVERGE_BENCH_SEED";
+/// The CPU a process of the bench runs on, from its start (its threads and
+/// the processes it forks too).
+const PIN: &str = "CONVERGE_BENCH_PIN";
 
 /// What the sink of the throughput figure takes.
 #[derive(Serialize, Deserialize)]
@@ -47,6 +52,7 @@ fn secret() -> Secret {
 /// The other node: an echo process that answers each message to the pid it
 /// names; prints its address, and ends when its input closes.
 fn other_node() {
+    pin_from_env();
     let node = Config::new().schedulers(0).init().expect("init");
     let name = std::env::var(NAME).unwrap_or_else(|_| "beta".into());
     let cluster = Cluster::start(
@@ -143,6 +149,7 @@ fn tcp_sink() {
 
 /// The floor's other end: a TCP echo of 16-byte messages.
 fn tcp_echo() {
+    pin_from_env();
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
     println!("{}", listener.local_addr().expect("addr"));
     let _ = std::io::stdout().flush();
@@ -154,6 +161,68 @@ fn tcp_echo() {
             return;
         }
     }
+}
+
+fn pin_from_env() {
+    if let Ok(cpu) = std::env::var(PIN) {
+        common::pin(cpu.parse().expect("a CPU number"));
+    }
+}
+
+/// A node's echo: answers each payload to the pid with it.
+type Echo = Mailbox<([u8; 16], Pid)>;
+
+/// The echo of the node `name` (it joins through `cluster`'s node).
+fn echo_of(cluster: &Cluster, name: &str) -> Echo {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Some(pid) = cluster.whereis(name, "echo", Duration::from_secs(1)) {
+            return Mailbox::from_pid(pid);
+        }
+        assert!(Instant::now() < deadline, "the other node never joined");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// `name`: round trips of 16 bytes to `echo`, against a TCP ping-pong with a
+/// process of the bench started with `env` (its pin).
+fn remote_rtt(
+    c: &mut criterion::Criterion,
+    name: &str,
+    (echo, me, ctx): (&Echo, Pid, &Ctx<[u8; 16]>),
+    env: &[(&str, &str)],
+) {
+    let (mut tcp, tcp_addr) = start_with("tcp", env);
+    let mut floor = TcpStream::connect(tcp_addr.as_str()).expect("connect");
+    floor.set_nodelay(true).expect("nodelay");
+    common::compare(
+        c,
+        name,
+        |iters| {
+            let mut buf = [0u8; 16];
+            let t = Instant::now();
+            for i in 0..iters {
+                buf[0] = i as u8;
+                floor.write_all(&buf).expect("write");
+                floor.read_exact(&mut buf).expect("read");
+            }
+            t.elapsed()
+        },
+        |iters| {
+            let t = Instant::now();
+            for i in 0..iters {
+                let mut payload = [0u8; 16];
+                payload[0] = i as u8;
+                echo.send((payload, me)).expect("send");
+                let back = ctx.recv().expect("the echo");
+                assert_eq!(back[0], i as u8);
+            }
+            t.elapsed()
+        },
+    );
+    drop(floor);
+    drop(tcp.stdin.take());
+    let _ = tcp.wait();
 }
 
 /// This binary again, as `role`; its first line.
@@ -198,50 +267,32 @@ fn main() {
     .expect("a cluster node");
     let (mut beta, addr) = start("node");
     cluster.join(addr.parse().expect("an address"));
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let echo = loop {
-        if let Some(pid) = cluster.whereis("beta", "echo", Duration::from_secs(1)) {
-            break pid;
-        }
-        assert!(Instant::now() < deadline, "the other node never joined");
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    let echo = Mailbox::<([u8; 16], Pid)>::from_pid(echo);
+    let echo = echo_of(&cluster, "beta");
     let me = converge::self_pid().expect("the node's own pid");
     let ctx = node.ctx::<[u8; 16]>();
-    let (mut tcp, tcp_addr) = start("tcp");
-    let mut floor = TcpStream::connect(tcp_addr.as_str()).expect("connect");
-    floor.set_nodelay(true).expect("nodelay");
 
     let mut c = common::criterion();
-    common::compare(
-        &mut c,
-        "remote_rtt_16",
-        |iters| {
-            let mut buf = [0u8; 16];
-            let t = Instant::now();
-            for i in 0..iters {
-                buf[0] = i as u8;
-                floor.write_all(&buf).expect("write");
-                floor.read_exact(&mut buf).expect("read");
-            }
-            t.elapsed()
-        },
-        |iters| {
-            let t = Instant::now();
-            for i in 0..iters {
-                let mut payload = [0u8; 16];
-                payload[0] = i as u8;
-                echo.send((payload, me)).expect("send");
-                let back = ctx.recv().expect("the echo");
-                assert_eq!(back[0], i as u8);
-            }
-            t.elapsed()
-        },
-    );
-    drop(floor);
-    drop(tcp.stdin.take());
-    let _ = tcp.wait();
+    remote_rtt(&mut c, "remote_rtt_16", (&echo, me, &ctx), &[]);
+    // Pinned: this node's threads, the other node, the floor's echo.
+    let two = std::thread::available_parallelism().map_or(1, |n| n.get()) > 1;
+    let pins: &[(&str, usize)] = if two {
+        &[("samecore", 0), ("crosscore", 1)]
+    } else {
+        &[("samecore", 0)]
+    };
+    for &(how, there) in pins {
+        common::pin_process(Some(0));
+        let cpu = there.to_string();
+        let name = format!("beta-{how}");
+        let env = [(PIN, cpu.as_str())];
+        let (mut other, addr) = start_with("node", &[(NAME, name.as_str()), (PIN, cpu.as_str())]);
+        cluster.join(addr.parse().expect("an address"));
+        let pinned_echo = echo_of(&cluster, &name);
+        remote_rtt(&mut c, &format!("remote_rtt_16_{how}"), (&pinned_echo, me, &ctx), &env);
+        drop(other.stdin.take());
+        let _ = other.wait();
+        common::pin_process(None);
+    }
 
     // 64-byte messages streamed one way until the count is acknowledged.
     let sink = loop {

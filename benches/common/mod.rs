@@ -172,6 +172,26 @@ pub fn unpin() {
     }
 }
 
+/// Pins every thread of this process to `cpu` (`None`: every CPU again).
+pub fn pin_process(cpu: Option<usize>) {
+    let tasks = std::fs::read_dir("/proc/self/task").expect("/proc/self/task");
+    for task in tasks.flatten() {
+        let Some(tid) = task.file_name().to_str().and_then(|t| t.parse::<libc::pid_t>().ok()) else {
+            continue;
+        };
+        // SAFETY: an all-zero cpu_set_t is the empty set; CPU_SET with cpu
+        // < 1024; a thread that ended meanwhile only fails the call.
+        unsafe {
+            let mut set: libc::cpu_set_t = std::mem::zeroed();
+            match cpu {
+                Some(cpu) => libc::CPU_SET(cpu, &mut set),
+                None => (0..64).for_each(|c| libc::CPU_SET(c, &mut set)),
+            }
+            libc::sched_setaffinity(tid, std::mem::size_of::<libc::cpu_set_t>(), &set);
+        }
+    }
+}
+
 /// Touches `mb` megabytes of heap, so that a fork has that much to copy.
 pub fn touched_heap(mb: usize) -> Vec<u8> {
     let mut v = vec![0u8; mb << 20];
