@@ -389,15 +389,44 @@ pub(crate) fn route(from: Pid, to: Pid, kind: u8, body: &[u8]) -> bool {
     let Some(inner) = inner.upgrade() else {
         return false;
     };
+    // Encoded once, from the body where it is.
+    let deliver = OutgoingDeliver::Deliver { from, to, kind, body };
+    let frame =
+        postcard::to_extend(&deliver, Vec::with_capacity(body.len() + 48)).expect("BUG: wire frames always encode");
+    inner.send_frame_to_node(to.node(), channel_of(from), frame);
+    inner.stats.lock().sent += 1;
+    true
+}
+
+/// Whether a message to another node, encoded as [`route`] encodes it,
+/// is the [`Wire::Deliver`] frame of the same fields.
+#[cfg(test)]
+pub(crate) fn deliver_encodes_as_wire(from: Pid, to: Pid, kind: u8, body: &[u8]) -> bool {
+    let sent = postcard::to_stdvec(&OutgoingDeliver::Deliver { from, to, kind, body }).expect("encodes");
     let wire = Wire::Deliver {
         from,
         to,
         kind,
         body: body.to_vec(),
     };
-    inner.send_to_node(to.node(), channel_of(from), &wire);
-    inner.stats.lock().sent += 1;
-    true
+    let decoded = postcard::from_bytes::<Wire>(&sent).expect("decodes");
+    sent == postcard::to_stdvec(&wire).expect("encodes")
+        && matches!(decoded, Wire::Deliver { from: f, to: t, kind: k, body: b } if f == from && t == to && k == kind && b == body)
+}
+
+/// [`Wire::Deliver`] as it is sent: the same encoding (variant for
+/// variant), its body borrowed.
+#[derive(Serialize)]
+enum OutgoingDeliver<'a> {
+    #[allow(dead_code)] // Only its place: the variants' numbers match Wire's.
+    Tick,
+    Deliver {
+        from: Pid,
+        to: Pid,
+        kind: u8,
+        #[serde(with = "serde_bytes")]
+        body: &'a [u8],
+    },
 }
 
 /// A sender's frames keep their order on a channel of their own (and the
@@ -925,6 +954,12 @@ impl Inner {
     /// Queues `wire` for `node`, opening a session first if there is none.
     fn send_to_node(self: &Arc<Self>, node: NodeId, channel: u32, wire: &Wire) {
         let frame = postcard::to_stdvec(wire).expect("BUG: wire frames always encode");
+        self.send_frame_to_node(node, channel, frame);
+    }
+
+    /// Queues an encoded frame for `node`, opening a session first if there
+    /// is none.
+    fn send_frame_to_node(self: &Arc<Self>, node: NodeId, channel: u32, frame: Vec<u8>) {
         if let Some(peer) = self.peers.lock().get(&node) {
             self.enqueue(peer, channel, frame);
             return;
@@ -1472,57 +1507,78 @@ fn write_loop(mut stream: Box<dyn Stream>, session: &Mutex<Session>, out: &Out) 
     }
 }
 
-/// Seals what is in turn, a record at a time, into `records`, up to a
-/// batch. The caller holds the turn (`writing`).
+/// Seals what is in turn into `records`, up to a batch, taking channels in
+/// turn. The caller holds the turn (`writing`).
 ///
-/// Both locks are held while the batch is sealed: a sender waits for one
-/// batch at most, and the queue is taken once per batch, not per frame.
+/// The frames are taken under the queue's lock and sealed without it: a
+/// sender never waits for a seal. Every frame taken is sealed whole but the
+/// last, which may be a large one: the rest of it waits for its channel's
+/// next turn, so small frames of other channels pass it.
 fn seal_batch(session: &Mutex<Session>, lock: &Mutex<Outgoing>, records: &mut Vec<u8>) -> Result<(), DistError> {
-    let mut o = lock.lock();
-    let mut session = session.lock();
-    while records.len() < WRITE_BATCH {
-        let Some(channel) = o.turn.pop_front() else {
-            break;
-        };
-        seal_turn(channel, &mut session, &mut o, records)?;
+    let mut work: Vec<(u32, Vec<u8>, usize)> = Vec::new();
+    {
+        let mut o = lock.lock();
+        let mut budget = WRITE_BATCH;
+        while budget > 0 {
+            let Some(channel) = o.turn.pop_front() else {
+                break;
+            };
+            let (frame, sent) = match o.sending.remove(&channel) {
+                Some(e) => e,
+                None => {
+                    // A channel may be in turn twice (queued to again while
+                    // its last frame was going out): nothing left is no frame.
+                    let Some(frame) = o.channels.get_mut(&channel).and_then(VecDeque::pop_front) else {
+                        continue;
+                    };
+                    o.bytes = o.bytes.saturating_sub(frame.len());
+                    (frame, 0)
+                }
+            };
+            if o.channels.get(&channel).is_some_and(|q| !q.is_empty()) {
+                o.turn.push_back(channel);
+            } else {
+                o.channels.remove(&channel);
+            }
+            budget = budget.saturating_sub(frame.len() - sent + FRAGMENT_OVERHEAD);
+            work.push((channel, frame, sent));
+        }
     }
-    drop(o);
+    let mut session = session.lock();
+    let (taken, mut whole) = (work.len(), 0);
+    let mut rest = None;
+    for (i, (channel, frame, mut sent)) in work.into_iter().enumerate() {
+        loop {
+            if session.seal_next(channel, &frame, &mut sent, records)? {
+                whole += 1;
+                break;
+            }
+            if i + 1 == taken && records.len() >= WRITE_BATCH {
+                rest = Some((channel, frame, sent));
+                break;
+            }
+        }
+    }
     // Small frames share a record: sealed once the batch is taken.
-    session.end_record(records)
+    session.end_record(records)?;
+    drop(session);
+    let mut o = lock.lock();
+    o.frames = o.frames.saturating_sub(whole);
+    if let Some((channel, frame, sent)) = rest {
+        o.sending.insert(channel, (frame, sent));
+        if !o.turn.contains(&channel) {
+            o.turn.push_back(channel);
+        }
+    }
+    Ok(())
 }
 
 /// Bytes of records sealed before they are written.
 const WRITE_BATCH: usize = 64 * 1024;
 
-/// Seals the next fragment of `channel`'s turn into `records`, and puts the
-/// channel back in turn if it has more.
-fn seal_turn(channel: u32, session: &mut Session, o: &mut Outgoing, records: &mut Vec<u8>) -> Result<(), DistError> {
-    let (frame, mut sent) = match o.sending.remove(&channel) {
-        Some(e) => e,
-        None => {
-            // A channel may be in turn twice (queued to again while its
-            // last frame was going out): nothing left is no frame.
-            let Some(frame) = o.channels.get_mut(&channel).and_then(VecDeque::pop_front) else {
-                return Ok(());
-            };
-            o.bytes = o.bytes.saturating_sub(frame.len());
-            (frame, 0)
-        }
-    };
-    if session.seal_next(channel, &frame, &mut sent, records)? {
-        o.frames = o.frames.saturating_sub(1);
-        let more = o.channels.get(&channel).is_some_and(|q| !q.is_empty());
-        if more {
-            o.turn.push_back(channel);
-        } else {
-            o.channels.remove(&channel);
-        }
-    } else {
-        o.sending.insert(channel, (frame, sent));
-        o.turn.push_back(channel);
-    }
-    Ok(())
-}
+/// What a small frame adds to a record, about: its fragment's header, its
+/// share of the record's length and tag.
+const FRAGMENT_OVERHEAD: usize = 16;
 
 /// Reads records until the session breaks; why it ended.
 fn read_loop(

@@ -221,6 +221,17 @@ fn fragments_that_break_the_layer_end_the_session() {
 }
 
 #[test]
+fn a_message_is_encoded_as_the_wire_frame_it_decodes_to() {
+    let (from, to) = (
+        crate::pid::Pid::new(NodeId::from_bytes([1; 16]), 7),
+        crate::pid::Pid::new(NodeId::from_bytes([2; 16]), 300),
+    );
+    for body in [Vec::new(), b"hello".to_vec(), vec![9u8; 70_000]] {
+        assert!(super::cluster::deliver_encodes_as_wire(from, to, 2, &body));
+    }
+}
+
+#[test]
 fn small_frames_share_one_record() {
     let (mut a, mut b, ..) = pair(&secret(), &secret(), MB).unwrap();
     let mut wire = Vec::new();

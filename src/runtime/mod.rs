@@ -490,7 +490,8 @@ impl Runtime {
             // down.
             #[cfg(feature = "dist")]
             {
-                let mut frame = Vec::new();
+                // Room for a small message at once: no growing per send.
+                let mut frame = Vec::with_capacity(256);
                 build(&mut frame).map_err(BuildError::Encode)?;
                 let body = frame.get(crate::wire::frame::HEADER..).unwrap_or_default();
                 let kind = if overhead == body::REPLY_PREFIX {
