@@ -94,6 +94,10 @@ fn main() {
                 "a_transport_of_the_programs_own_carries_sessions",
                 a_transport_of_the_programs_own_carries_sessions,
             ),
+            (
+                "idle_sessions_close_oldest_first_and_open_again_on_use",
+                idle_sessions_close_oldest_first_and_open_again_on_use,
+            ),
         ],
         &[("node", helper_node)],
         |name| {
@@ -143,6 +147,12 @@ fn helper_node() {
     let mut config = ClusterConfig::new(name, listen.parse().unwrap(), secret);
     if std::env::var("NODE_TRANSPORT").as_deref() == Ok("masked") {
         config = config.transport(Masked);
+    }
+    if let Ok(n) = std::env::var("NODE_MAX_SESSIONS") {
+        config.max_sessions = n.parse().unwrap();
+    }
+    if let Ok(ms) = std::env::var("NODE_IDLE_MS") {
+        config.idle_after = Duration::from_millis(ms.parse().unwrap());
     }
     let cluster = Cluster::start(&node, config).unwrap();
     let echo = converge::spawn(|ctx: Ctx<u64>| {
@@ -418,6 +428,15 @@ fn helper_node() {
                 say("sent-saved", n);
             }
             ["count-members"] => say("members", cluster.nodes().len()),
+            ["connected"] => {
+                let names: Vec<String> = cluster
+                    .nodes()
+                    .into_iter()
+                    .filter(|n| n.connected)
+                    .map(|n| n.name)
+                    .collect();
+                say("connected", names.join(","));
+            }
             ["load-of", node] => {
                 let load = cluster
                     .nodes()
@@ -467,8 +486,8 @@ fn helper_node() {
                 say(
                     "stats",
                     format!(
-                        "refused={} stale={} lost={} backlogged={}",
-                        s.refused, s.stale, s.lost, s.backlogged
+                        "refused={} stale={} lost={} backlogged={} closed_idle={}",
+                        s.refused, s.stale, s.lost, s.backlogged, s.closed_idle
                     ),
                 );
             }
@@ -533,6 +552,37 @@ impl TestNode {
             .env("NODE_SECRET", SECRET)
             .env("NODE_LISTEN", listen.to_string());
         TestNode::spawn(cmd)
+    }
+
+    /// A node with settings of its own (environment of the helper).
+    fn start_env(name: &str, env: &[(&str, &str)]) -> TestNode {
+        let mut cmd = helper("node");
+        cmd.env("NODE_NAME", name).env("NODE_SECRET", SECRET);
+        cmd.envs(env.iter().copied());
+        TestNode::spawn(cmd)
+    }
+
+    /// How many lines of `key` were read and not taken.
+    fn unread(&self, key: &str) -> usize {
+        self.backlog.get(key).map_or(0, VecDeque::len)
+    }
+
+    /// Waits (10 s at most) until the nodes it has a session with are
+    /// `names` (comma-separated, by name).
+    fn wait_connected(&mut self, names: &str) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            self.tell("connected");
+            let now = self.expect("connected");
+            if now == names {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "connected to {now:?}, never to {names:?} only"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
 
     /// A node whose sessions run on [`Masked`].
@@ -898,6 +948,58 @@ fn a_transport_of_the_programs_own_carries_sessions() {
     for i in 0..2 {
         assert_eq!(a.expect("got"), i.to_string());
     }
+}
+
+fn idle_sessions_close_oldest_first_and_open_again_on_use() {
+    // Alpha keeps one session at most; one unused for 300 ms is idle.
+    let mut a = TestNode::start_env("alpha", &[("NODE_MAX_SESSIONS", "1"), ("NODE_IDLE_MS", "300")]);
+    let mut b = TestNode::start("beta");
+    let mut c = TestNode::start("gamma");
+    b.join(a.addr, "alpha");
+    c.join(a.addr, "alpha");
+    let send = |from: &mut TestNode, to: &mut TestNode, name: &str, n: u64| {
+        from.tell(&format!("send {name} {n}"));
+        assert_eq!(from.expect("sent"), n.to_string());
+        for i in 0..n {
+            assert_eq!(to.expect("got"), i.to_string());
+        }
+    };
+    send(&mut a, &mut b, "beta", 5);
+    send(&mut a, &mut c, "gamma", 5);
+    // Two sessions, one over the cap: beta's, used longest ago, closes.
+    a.wait_connected("gamma");
+    // Used again: a new session, every message in order; now gamma's is
+    // the idle one used longest ago.
+    send(&mut a, &mut b, "beta", 50);
+    a.wait_connected("beta");
+    send(&mut a, &mut c, "gamma", 50);
+    a.wait_connected("gamma");
+    a.tell("stats");
+    let stats = a.expect("stats");
+    assert!(stats.contains("lost=0") && !stats.contains("closed_idle=0"), "{stats}");
+    // Quietly, at both ends: no NodeDown, no session counted as lost.
+    b.tell("stats");
+    let stats = b.expect("stats");
+    assert!(stats.contains("lost=0") && !stats.contains("closed_idle=0"), "{stats}");
+    for node in [&a, &b, &c] {
+        assert_eq!(node.unread("down"), 0, "a NodeDown for an idle session");
+    }
+    // Sends that meet a session being closed wait for the answer, and go on
+    // the same session or on a new one: none lost, none doubled, in order.
+    // (The pauses only vary when sends meet closes; the checks are on what
+    // arrives.)
+    for pause in [280, 300, 310, 320, 340] {
+        send(&mut a, &mut b, "beta", 20);
+        std::thread::sleep(Duration::from_millis(pause));
+        send(&mut a, &mut c, "gamma", 20);
+        std::thread::sleep(Duration::from_millis(pause));
+    }
+    // A session with a link across it is never idle: alpha links to
+    // beta's echo, then uses gamma; gamma's session is the one that closes.
+    a.tell("link-echo beta");
+    a.expect("linked");
+    send(&mut a, &mut c, "gamma", 1);
+    a.wait_connected("beta");
 }
 
 fn whereis_on_another_node_and_a_name_that_is_not_there() {

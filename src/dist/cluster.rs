@@ -55,6 +55,14 @@ pub struct ClusterConfig {
     /// What sessions run on (default [`Tcp`]). Every node of a cluster uses
     /// the same kind.
     pub transport: Arc<dyn Transport>,
+    /// Sessions kept open at most (default 64): past it, the idle session
+    /// used longest ago is closed, quietly (no `NodeDown`: the node is still
+    /// a member), and opened again on next use. No full mesh is forced.
+    pub max_sessions: usize,
+    /// How long a session carries nothing but ticks before it counts as idle
+    /// (default 10 s). A session with a link or a monitor across it is never
+    /// idle.
+    pub idle_after: Duration,
 }
 
 impl ClusterConfig {
@@ -70,6 +78,8 @@ impl ClusterConfig {
             max_frame: (64 << 20) + (64 << 10),
             membership: MembershipConfig::default(),
             transport: Arc::new(Tcp),
+            max_sessions: 64,
+            idle_after: Duration::from_secs(10),
         }
     }
 
@@ -154,6 +164,9 @@ pub struct ClusterStats {
     /// Frames for a process of an earlier incarnation of this node, or of
     /// no node known: dropped.
     pub stale: u64,
+    /// Sessions closed because they were idle and more than
+    /// [`ClusterConfig::max_sessions`] were open (by either end).
+    pub closed_idle: u64,
 }
 
 /// What travels on a session, after its handshake.
@@ -224,6 +237,13 @@ enum Wire {
         request: u64,
         result: Result<Vec<u8>, RemoteTaskError>,
     },
+    /// This session has been idle here for `idle_ms`: may it close, if it
+    /// has there too? Nothing more is sent on it until the answer.
+    MayClose { idle_ms: u64 },
+    /// Yes: the last frame sent on the session; the asker closes it.
+    CloseOk,
+    /// No: it is in use here; it stays.
+    Busy,
 }
 
 /// A frame from a peer, decoded as the session's reader decodes it: what
@@ -310,6 +330,9 @@ struct Peer {
     session: Arc<Mutex<Session>>,
     out: Arc<Out>,
     last_heard: Arc<Mutex<Instant>>,
+    /// When something other than ticks last went either way on it
+    /// (milliseconds of [`Inner::clock`]).
+    last_used: Arc<AtomicU64>,
     initiated: bool,
     /// Distinguishes this session from a later one to the same node.
     serial: u64,
@@ -325,8 +348,14 @@ struct Inner {
     /// Frames for nodes whose session is being opened.
     pending: Mutex<HashMap<NodeId, Vec<Queued>>>,
     /// Nodes a session to which is being opened (by this node, or by them
-    /// when asked to connect back).
+    /// when asked to connect back), or closed for idleness.
     connecting: Mutex<std::collections::HashSet<NodeId>>,
+    /// Sessions being closed for idleness, out of `peers` (their node is in
+    /// `connecting`: what is sent to it meanwhile waits in `pending`, and
+    /// goes on a new session, or on this one if it stays).
+    closing: Mutex<HashMap<NodeId, (Peer, Instant)>>,
+    /// The start of [`Peer::last_used`]'s clock.
+    clock: Instant,
     watchers: Mutex<Vec<(Option<String>, Mailbox<NodeEvent>)>>,
     requests: Mutex<HashMap<u64, Option<Answer>>>,
     answered: Condvar,
@@ -594,6 +623,8 @@ impl Cluster {
             peers: Mutex::new(HashMap::new()),
             pending: Mutex::new(HashMap::new()),
             connecting: Mutex::new(std::collections::HashSet::new()),
+            closing: Mutex::new(HashMap::new()),
+            clock: Instant::now(),
             watchers: Mutex::new(Vec::new()),
             requests: Mutex::new(HashMap::new()),
             answered: Condvar::new(),
@@ -844,6 +875,9 @@ impl Drop for Cluster {
         for id in peers {
             inner.lose(id, None, NodeDownReason::Left);
         }
+        for (_, (peer, _)) in inner.closing.lock().drain() {
+            close(&peer);
+        }
     }
 }
 
@@ -961,6 +995,7 @@ impl Inner {
     /// is none.
     fn send_frame_to_node(self: &Arc<Self>, node: NodeId, channel: u32, frame: Vec<u8>) {
         if let Some(peer) = self.peers.lock().get(&node) {
+            peer.last_used.store(self.millis(), Ordering::Relaxed);
             self.enqueue(peer, channel, frame);
             return;
         }
@@ -1131,6 +1166,7 @@ impl Inner {
                 reads: AtomicU64::new(0),
             }),
             last_heard: Arc::new(Mutex::new(Instant::now())),
+            last_used: Arc::new(AtomicU64::new(self.millis())),
             initiated,
             serial,
         };
@@ -1142,6 +1178,7 @@ impl Inner {
         let heard = Arc::clone(&peer.last_heard);
         let session = Arc::clone(&peer.session);
         let reads = Arc::clone(&peer.out);
+        let used = Arc::clone(&peer.last_used);
         if let Some(waiting) = self.pending.lock().remove(&hello.node) {
             for (channel, frame) in waiting {
                 self.enqueue(&peer, channel, frame);
@@ -1163,8 +1200,11 @@ impl Inner {
         }
         let inner = Arc::clone(self);
         spawn("converge-dist-read", move || {
-            let why = read_loop(&inner, reader, &session, (&heard, &reads.reads), hello.node);
-            inner.lose(hello.node, Some(serial), why);
+            let why = read_loop(&inner, reader, &session, (&heard, &reads.reads, &used), hello.node);
+            // A session closed for idleness ends quietly.
+            if !inner.finish_close(hello.node, serial) {
+                inner.lose(hello.node, Some(serial), why);
+            }
         });
     }
 
@@ -1218,12 +1258,166 @@ impl Inner {
         });
     }
 
+    /// Milliseconds since this node started: the clock of
+    /// [`Peer::last_used`].
+    fn millis(&self) -> u64 {
+        self.clock.elapsed().as_millis() as u64
+    }
+
+    /// Nodes with a link or a monitor across their session: never idle.
+    fn in_use(&self) -> std::collections::HashSet<NodeId> {
+        let mut busy: std::collections::HashSet<NodeId> = self
+            .links
+            .lock()
+            .iter()
+            .filter(|(_, l)| !l.is_empty())
+            .map(|(n, _)| *n)
+            .collect();
+        busy.extend(
+            self.remote_monitors
+                .lock()
+                .iter()
+                .filter(|(_, m)| !m.is_empty())
+                .map(|(n, _)| *n),
+        );
+        busy
+    }
+
+    /// Past [`ClusterConfig::max_sessions`], asks the peers of the idle
+    /// sessions used longest ago whether they may close. Until they answer,
+    /// nothing more is sent on them: what is sent meanwhile waits.
+    fn close_idle(&self) {
+        let max = self.config.max_sessions;
+        if self.peers.lock().len() <= max {
+            return;
+        }
+        let busy = self.in_use();
+        let now = self.millis();
+        let idle_after = self.config.idle_after.as_millis() as u64;
+        let mut peers = self.peers.lock();
+        let over = peers.len().saturating_sub(max);
+        let mut idle: Vec<(u64, NodeId)> = peers
+            .values()
+            .filter(|p| !busy.contains(&p.id))
+            .map(|p| (p.last_used.load(Ordering::Relaxed), p.id))
+            .filter(|&(used, _)| now.saturating_sub(used) >= idle_after)
+            .collect();
+        idle.sort_unstable();
+        for (_, node) in idle.into_iter().take(over) {
+            let peer = peers.remove(&node).expect("BUG: listed");
+            self.connecting.lock().insert(node);
+            let frame = postcard::to_stdvec(&Wire::MayClose { idle_ms: idle_after }).expect("BUG: encodes");
+            self.enqueue(&peer, CONTROL, frame);
+            tracing::debug!(peer = %peer.name, "an idle session: asked to close");
+            self.closing.lock().insert(node, (peer, Instant::now()));
+        }
+    }
+
+    /// `node` asks whether their session may close: yes, as its last frame,
+    /// if it has been idle here for `idle_ms` too (or is being closed from
+    /// here as well).
+    fn asked_to_close(&self, node: NodeId, idle_ms: u64) {
+        if let Some((peer, _)) = self.closing.lock().get(&node) {
+            let frame = postcard::to_stdvec(&Wire::CloseOk).expect("BUG: encodes");
+            self.enqueue(peer, CONTROL, frame);
+            return;
+        }
+        let busy = self.in_use().contains(&node);
+        let now = self.millis();
+        let mut peers = self.peers.lock();
+        let Some(peer) = peers.get(&node) else {
+            return;
+        };
+        let recent = now.saturating_sub(peer.last_used.load(Ordering::Relaxed)) < idle_ms;
+        if busy || recent {
+            let frame = postcard::to_stdvec(&Wire::Busy).expect("BUG: encodes");
+            self.enqueue(peer, CONTROL, frame);
+            return;
+        }
+        let peer = peers.remove(&node).expect("BUG: present");
+        self.connecting.lock().insert(node);
+        drop(peers);
+        let frame = postcard::to_stdvec(&Wire::CloseOk).expect("BUG: encodes");
+        self.enqueue(&peer, CONTROL, frame);
+        self.closing.lock().insert(node, (peer, Instant::now()));
+    }
+
+    /// `node` uses the session: it stays, and what waited goes on it.
+    fn keep_open(&self, node: NodeId) {
+        let mut peers = self.peers.lock();
+        let Some((peer, _)) = self.closing.lock().remove(&node) else {
+            return;
+        };
+        // Not asked again at once.
+        peer.last_used.store(self.millis(), Ordering::Relaxed);
+        if let Some(waiting) = self.pending.lock().remove(&node) {
+            for (channel, frame) in waiting {
+                self.enqueue(&peer, channel, frame);
+            }
+        }
+        peers.insert(node, peer);
+        self.connecting.lock().remove(&node);
+    }
+
+    /// The session `serial` to `node` ended: if it was being closed for
+    /// idleness, that is done (quietly), and what waited for the node goes
+    /// on a new session. False if it was not.
+    fn finish_close(self: &Arc<Self>, node: NodeId, serial: u64) -> bool {
+        let peer = {
+            let mut closing = self.closing.lock();
+            match closing.get(&node) {
+                Some((p, _)) if p.serial == serial => closing.remove(&node).map(|(p, _)| p),
+                _ => None,
+            }
+        };
+        let Some(peer) = peer else {
+            return false;
+        };
+        close(&peer);
+        self.stats.lock().closed_idle += 1;
+        tracing::debug!(peer = %peer.name, "an idle session closed");
+        let waiting = {
+            let pending = self.pending.lock();
+            let waiting = pending.get(&node).is_some_and(|w| !w.is_empty());
+            if !waiting {
+                self.connecting.lock().remove(&node);
+            }
+            waiting
+        };
+        if waiting {
+            let addr = self
+                .membership
+                .lock()
+                .members()
+                .into_iter()
+                .find(|m| m.node == node)
+                .map(|m| m.sessions);
+            match addr {
+                Some(addr) => self.open(node, addr),
+                None => self.give_up(node),
+            }
+        }
+        true
+    }
+
     /// A frame from `node`.
-    fn handle(&self, node: NodeId, frame: &[u8]) -> Result<(), DistError> {
+    fn handle(&self, node: NodeId, frame: &[u8], used: &AtomicU64) -> Result<(), DistError> {
         let wire: Wire =
             postcard::from_bytes(frame).map_err(|e| DistError::Malformed(format!("an undecodable frame: {e}")))?;
+        if !matches!(wire, Wire::Tick | Wire::MayClose { .. } | Wire::CloseOk | Wire::Busy) {
+            used.store(self.millis(), Ordering::Relaxed);
+        }
         match wire {
             Wire::Tick => {}
+            Wire::MayClose { idle_ms } => self.asked_to_close(node, idle_ms),
+            Wire::CloseOk => {
+                // The peer's last frame: closing the stream ends both
+                // readers, and each finishes the close quietly.
+                if let Some((peer, _)) = self.closing.lock().get(&node) {
+                    close(peer);
+                }
+            }
+            Wire::Busy => self.keep_open(node),
             Wire::Deliver { from, to, kind, body } => {
                 let rt = crate::runtime::current();
                 let kind = match kind {
@@ -1585,7 +1779,7 @@ fn read_loop(
     inner: &Inner,
     mut stream: Box<dyn Stream>,
     session: &Mutex<Session>,
-    (heard, reads): (&Mutex<Instant>, &AtomicU64),
+    (heard, reads, used): (&Mutex<Instant>, &AtomicU64, &AtomicU64),
     node: NodeId,
 ) -> NodeDownReason {
     let mut buf = vec![0u8; 64 * 1024];
@@ -1610,7 +1804,7 @@ fn read_loop(
         }
         let delivered = !frames.is_empty();
         for (_, frame) in frames.drain(..) {
-            if let Err(e) = inner.handle(node, &frame) {
+            if let Err(e) = inner.handle(node, &frame, used) {
                 tracing::warn!(error = %e, "a peer sent a bad frame: session closed");
                 return NodeDownReason::NoConnection;
             }
@@ -1746,5 +1940,13 @@ fn tick_loop(inner: &Arc<Inner>) {
         for (id, serial) in lost {
             inner.lose(id, Some(serial), NodeDownReason::NoConnection);
         }
+        // A close the peer never answers ends anyway: its reader then
+        // finishes it, and what waited goes on a new session.
+        for (peer, since) in inner.closing.lock().values() {
+            if now.duration_since(*since) > silent * 2 {
+                close(peer);
+            }
+        }
+        inner.close_idle();
     }
 }
