@@ -684,6 +684,45 @@ fn a_lost_node_ends_its_runs_and_theirs_end_with_their_owner() {
 }
 
 #[test]
+fn a_run_placed_on_a_node_that_just_died_is_placed_again() {
+    let mut c = Cluster::new("replace");
+    c.start_member("alpha", None, &["--slots", "1"], &[("WHERE", "alpha")]);
+    c.start_member("beta", Some("alpha"), &["--slots", "8"], &[("WHERE", "beta")]);
+    assert!(c.knows("alpha", "beta"));
+    c.kill("beta");
+    let _ = c.child("beta").wait();
+    // Membership still lists beta, with the most free slots: the run goes
+    // there first, gets no answer, and runs on alpha.
+    let listed = c.json(&["nodes", "--node", "alpha", "--json"]);
+    assert!(listed.iter().any(|r| r["name"] == "beta"), "{listed:?}");
+    let t = Instant::now();
+    let o = c
+        .cmd()
+        .env("CONVERGE_NODE", "alpha")
+        .env("WHERE", "client")
+        .args(["run", "--anywhere", "--", "sh", "-c", "echo $WHERE"])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    // Here, with the client's environment.
+    assert_eq!((code(&o), out(&o)), (0, "client\n".into()), "{}", err(&o));
+    assert!(
+        t.elapsed() < Duration::from_secs(3),
+        "placed again only after {:?}",
+        t.elapsed()
+    );
+    // Named, it is not moved: 125, with the reason.
+    let o = c
+        .cmd()
+        .env("CONVERGE_NODE", "alpha")
+        .args(["run", "--on", "beta", "--", "true"])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(code(&o), 125, "{}", err(&o));
+}
+
+#[test]
 fn signals_reach_a_program_run_through_a_daemon_and_on_another_node() {
     let mut c = Cluster::new("signals");
     c.start_member("alpha", None, &[], &[]);

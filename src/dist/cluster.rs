@@ -835,7 +835,9 @@ impl Cluster {
                 return Some(answer);
             }
             let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
+            // No session, none being opened: the request went nowhere, or
+            // was lost with its session.
+            if left.is_zero() || !self.inner.reachable(target.node) {
                 self.inner.requests.lock().remove(&request);
                 return None;
             }
@@ -1078,6 +1080,14 @@ impl Inner {
         self.connecting.lock().remove(&node);
         let n = self.pending.lock().remove(&node).map_or(0, |l| l.len());
         self.stats.lock().stale += n as u64;
+        // Requests to it are not answered: their askers look again now.
+        self.answered.notify_all();
+    }
+
+    /// Whether a frame for `node` can go anywhere now: a session is open,
+    /// being opened, or being closed (its frames then wait for the next).
+    fn reachable(&self, node: NodeId) -> bool {
+        self.peers.lock().contains_key(&node) || self.connecting.lock().contains(&node)
     }
 
     /// `node` asks this one to open the session to it, at `addr` (unless
@@ -1252,6 +1262,7 @@ impl Inner {
             });
         }
         tracing::info!(peer = %peer.name, ?reason, "session lost");
+        self.answered.notify_all();
         self.notify(NodeEvent::NodeDown {
             node: peer.name,
             reason,

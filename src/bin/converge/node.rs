@@ -472,6 +472,11 @@ impl Daemon {
         self.relay(id, Relay::Ended(reason));
     }
 
+    /// A run placed again elsewhere: its row here goes.
+    fn forget_job(&self, id: u64) {
+        self.jobs.lock().unwrap().running.remove(&id);
+    }
+
     fn not_run(&self, id: u64, code: u8, why: String) {
         let mut jobs = self.jobs.lock().unwrap();
         if let Some(mut job) = jobs.running.remove(&id) {
@@ -575,7 +580,7 @@ impl Daemon {
     /// goes to the node with most free slots (this one on a tie), passing
     /// over those it should avoid while another will do; with none free it
     /// runs here, or waits for a slot when it is to.
-    fn reserve(&self, spec: &RunSpec, client: &UnixStream) -> Result<Option<String>, String> {
+    fn reserve(&self, spec: &RunSpec, unreachable: &[String], client: &UnixStream) -> Result<Option<String>, String> {
         let target = match &spec.placement {
             Placement::Here => None,
             Placement::On(name) if *name == self.name => None,
@@ -589,8 +594,9 @@ impl Daemon {
                 Some(name.clone())
             }
             Placement::Anywhere { avoid } => {
+                let avoid: Vec<String> = avoid.iter().chain(unreachable).cloned().collect();
                 return self
-                    .reserve_anywhere(avoid, spec.wait_for_slot, client)
+                    .reserve_anywhere(&avoid, spec.wait_for_slot, client)
                     .ok_or_else(|| "the client went away while its run waited for a slot".to_string());
             }
         };
@@ -824,21 +830,37 @@ impl Running {
 fn run_for(daemon: &Daemon, spec: RunSpec, mut stream: UnixStream) {
     let id = daemon.next.fetch_add(1, Ordering::Relaxed);
     let (tx, rx) = mpsc::channel();
-    let target = match daemon.reserve(&spec, &stream) {
-        Ok(target) => target,
-        Err(why) => {
-            let _ = write_frame(
-                &mut stream,
-                &Reply::Failed {
-                    code: crate::FAILED,
-                    why,
-                },
-            );
-            return;
+    daemon.routes.lock().unwrap().insert(id, tx);
+    // A run that may go anywhere is placed again when the node chosen does
+    // not answer (it died, or its session is lost, before membership says
+    // so): on another node, or here at last.
+    let mut unreachable = Vec::new();
+    let (target, result) = loop {
+        let target = match daemon.reserve(&spec, &unreachable, &stream) {
+            Ok(target) => target,
+            Err(why) => {
+                daemon.routes.lock().unwrap().remove(&id);
+                let _ = write_frame(
+                    &mut stream,
+                    &Reply::Failed {
+                        code: crate::FAILED,
+                        why,
+                    },
+                );
+                return;
+            }
+        };
+        let anywhere = matches!(spec.placement, Placement::Anywhere { .. });
+        match start(daemon, id, &spec, target.clone(), &rx, anywhere) {
+            Err(NotStarted::Unreachable(node, why)) => {
+                tracing::warn!(%node, %why, "the node chosen for a run did not answer: placed again");
+                daemon.release(target.as_deref());
+                unreachable.push(node);
+            }
+            Err(NotStarted::Failed(code, why)) => break (target, Err((code, why))),
+            Ok(started) => break (target, Ok(started)),
         }
     };
-    daemon.routes.lock().unwrap().insert(id, tx);
-    let result = start(daemon, id, &spec, target.clone(), &rx);
     let running = match result {
         Ok((node, pid, running)) => {
             let started = Reply::Started {
@@ -914,15 +936,32 @@ fn run_for(daemon: &Daemon, spec: RunSpec, mut stream: UnixStream) {
     let _ = stream.shutdown(std::net::Shutdown::Both);
 }
 
+/// Why a run did not start.
+enum NotStarted {
+    /// The status and reason it ends with.
+    Failed(u8, String),
+    /// The node it was placed on did not answer (only when it may be placed
+    /// again): nothing of it is left.
+    Unreachable(String, String),
+}
+
+impl From<(u8, String)> for NotStarted {
+    fn from((code, why): (u8, String)) -> NotStarted {
+        NotStarted::Failed(code, why)
+    }
+}
+
 /// Starts a run where it is placed: the node's name, its process, and how
-/// to reach it; or the status and reason it could not start.
+/// to reach it; or why it could not start. With `may_move`, a node that
+/// does not answer is `Unreachable`, for the caller to place the run again.
 fn start(
     daemon: &Daemon,
     id: u64,
     spec: &RunSpec,
     target: Option<String>,
     rx: &mpsc::Receiver<Relay>,
-) -> Result<(String, Pid, Running), (u8, String)> {
+    may_move: bool,
+) -> Result<(String, Pid, Running), NotStarted> {
     match target {
         None => {
             let workdir = spec.workdir.as_deref().map(|w| Path::new(os(w)));
@@ -950,8 +989,8 @@ fn start(
                 .map_err(|e| (crate::FAILED, e.to_string()))?;
             match rx.recv() {
                 Ok(Relay::Started { port: Some(port), pid }) => Ok((daemon.name.clone(), pid, Running::Here(port))),
-                Ok(Relay::NotRun(code, why)) => Err((code, why)),
-                _ => Err((crate::FAILED, "the node stopped".into())),
+                Ok(Relay::NotRun(code, why)) => Err(NotStarted::Failed(code, why)),
+                _ => Err(NotStarted::Failed(crate::FAILED, "the node stopped".into())),
             }
         }
         Some(node) => {
@@ -977,9 +1016,13 @@ fn start(
             let ask = ASK + Duration::from_secs(shipped >> 20);
             let pid = match cluster.spawn_on(&node, RUNNER, &run, ask) {
                 Ok(pid) => pid,
+                Err(e @ converge::dist::SpawnRefused::NoConnection(_)) if may_move => {
+                    daemon.forget_job(id);
+                    return Err(NotStarted::Unreachable(node, e.to_string()));
+                }
                 Err(e) => {
                     daemon.not_run(id, crate::FAILED, e.to_string());
-                    return Err((crate::FAILED, format!("node {node}: {e}")));
+                    return Err(NotStarted::Failed(crate::FAILED, format!("node {node}: {e}")));
                 }
             };
             daemon.began(id, Some(pid), 0);
