@@ -28,6 +28,12 @@ use crate::ExitReason;
 /// smaller; a listing of a large cluster fits).
 pub const MAX_FRAME: usize = 16 << 20;
 
+/// Bytes of input a client sends a run and the program has not taken yet,
+/// at most: it reads no more of its own input until [`Reply::InputTaken`]
+/// says the program took some (so `yes | converge run -- sleep 9` holds
+/// about this much, not all `yes` writes).
+pub const INPUT_WINDOW: u64 = 1 << 20;
+
 /// Where a program runs.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Placement {
@@ -221,6 +227,9 @@ pub enum Reply {
         /// Why.
         why: String,
     },
+    /// The program took this many more bytes of the input sent to it: a
+    /// client keeps at most [`INPUT_WINDOW`] bytes sent and not taken.
+    InputTaken(u64),
     /// The nodes.
     Nodes(Vec<NodeRow>),
     /// The processes.

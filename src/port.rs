@@ -408,6 +408,13 @@ impl Port {
             .map_err(|_closed| PortError::Closed)
     }
 
+    /// Bytes given to [`send`](Port::send) that the program's input pipe has
+    /// not taken yet (they wait, in order, in this process). A sender that
+    /// must not outrun the program waits while this is large.
+    pub fn input_pending(&self) -> usize {
+        self.rt.inbox.port_input_pending(self.pid.serial())
+    }
+
     /// Closes the program's standard input (after what was sent is written):
     /// the program reads end of file.
     pub fn close_input(&self) {

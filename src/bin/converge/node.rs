@@ -45,6 +45,9 @@ const HISTORY: usize = 64;
 const MAX_SHIPPED: usize = 32 << 20;
 /// How long an answer from another node is waited for.
 const ASK: Duration = Duration::from_secs(5);
+/// How often what a program took of its input is looked at while some
+/// is outstanding.
+const INPUT_LOOK: Duration = Duration::from_millis(5);
 
 /// `converge node [--name N] [--listen ADDR] [--join ADDR] [--secret-file F] [--slots N]`.
 const EXAMPLES: &str = "Examples:
@@ -101,6 +104,8 @@ enum ToDaemon {
     Ended { id: u64, reason: ExitReason },
     /// `id` could not start.
     NotRun { id: u64, code: u8, why: String },
+    /// The program of `id` took `n` more bytes of its input.
+    InputTaken { id: u64, n: u64 },
     /// Another daemon asks for the runs this one owns.
     PsAsk { id: u64, reply: Mailbox<ToDaemon> },
     /// Its answer.
@@ -151,6 +156,7 @@ enum Relay {
     Out { stderr: bool, bytes: Vec<u8> },
     Ended(ExitReason),
     NotRun(u8, String),
+    InputTaken(u64),
     Rows(Vec<ProcessRow>),
 }
 
@@ -379,6 +385,7 @@ fn main_loop(daemon: &Daemon, ctx: &Ctx<ToDaemon>) -> i32 {
             Event::Message(ToDaemon::Output { id, stderr, bytes }) => daemon.relay(id, Relay::Out { stderr, bytes }),
             Event::Message(ToDaemon::Ended { id, reason }) => daemon.ended(id, reason),
             Event::Message(ToDaemon::NotRun { id, code, why }) => daemon.not_run(id, code, why),
+            Event::Message(ToDaemon::InputTaken { id, n }) => daemon.relay(id, Relay::InputTaken(n)),
             Event::Message(ToDaemon::PsAsk { id, reply }) => {
                 let _ = reply.send(ToDaemon::PsRows {
                     id,
@@ -880,15 +887,27 @@ fn run_for(daemon: &Daemon, spec: RunSpec, mut stream: UnixStream) {
         }
     };
     let running = Arc::new(running);
+    // Input given to a program here, for telling the client what it took
+    // (a runner on another node tells it itself).
+    let sent = Arc::new(AtomicU64::new(0));
+    let mut reported = 0u64;
     // The client's input and signals; its going away kills the program.
     if let Ok(mut from) = stream.try_clone() {
         let running = Arc::clone(&running);
+        let sent = Arc::clone(&sent);
         let _ = std::thread::Builder::new()
             .name("converge-node-input".into())
             .spawn(move || {
                 loop {
                     match read_frame::<Request>(&mut from) {
-                        Ok(request) => running.input(request),
+                        Ok(request) => {
+                            let n = match &request {
+                                Request::Input(b) => b.len() as u64,
+                                _ => 0,
+                            };
+                            running.input(request);
+                            sent.fetch_add(n, Ordering::Relaxed);
+                        }
                         Err(_) => {
                             running.kill();
                             return;
@@ -901,13 +920,29 @@ fn run_for(daemon: &Daemon, spec: RunSpec, mut stream: UnixStream) {
     let mut timed_out = false;
     let mut client_gone = false;
     loop {
-        let wait = match deadline {
+        let mut wait = match deadline {
             Some(d) if !timed_out => d.saturating_duration_since(Instant::now()),
             _ => Duration::from_secs(3600),
         };
+        if let Running::Here(port) = &*running {
+            // What the program took since the last look, told while some
+            // is outstanding.
+            let taken = sent.load(Ordering::Relaxed).saturating_sub(port.input_pending() as u64);
+            if taken > reported {
+                if !client_gone && write_frame(&mut stream, &Reply::InputTaken(taken - reported)).is_err() {
+                    client_gone = true;
+                    running.kill();
+                }
+                reported = taken;
+            }
+            if sent.load(Ordering::Relaxed) > reported {
+                wait = wait.min(INPUT_LOOK);
+            }
+        }
         let reply = match rx.recv_timeout(wait) {
             Ok(Relay::Out { stderr: false, bytes }) => Reply::Stdout(bytes),
             Ok(Relay::Out { stderr: true, bytes }) => Reply::Stderr(bytes),
+            Ok(Relay::InputTaken(n)) => Reply::InputTaken(n),
             Ok(Relay::Ended(reason)) => {
                 let _ = write_frame(&mut stream, &Reply::Exit { reason, timed_out });
                 break;
@@ -1156,10 +1191,38 @@ fn runner(ctx: Ctx<RunIn>, run: RemoteRun) {
         runner: ctx.pid(),
         os_pid: port.os_pid(),
     });
-    while let Ok(event) = ctx.recv_event() {
+    // Input given to the program, and how much of it the owner was told
+    // the program took.
+    let (mut given, mut told) = (0u64, 0u64);
+    loop {
+        let event = if given > told {
+            match ctx.recv_event_timeout(INPUT_LOOK) {
+                Ok(e) => Some(e),
+                Err(converge::RecvTimeoutError::Timeout) => None,
+                Err(_) => return,
+            }
+        } else {
+            match ctx.recv_event() {
+                Ok(e) => Some(e),
+                Err(_) => return,
+            }
+        };
+        let taken = given.saturating_sub(port.input_pending() as u64);
+        if taken > told {
+            let _ = owner.send(ToDaemon::InputTaken {
+                id: run.id,
+                n: taken - told,
+            });
+            told = taken;
+        }
+        let Some(event) = event else {
+            continue;
+        };
         match event {
             Event::Message(RunIn::Input(bytes)) => {
-                let _ = port.send(&bytes);
+                if port.send(&bytes).is_ok() {
+                    given += bytes.len() as u64;
+                }
             }
             Event::Message(RunIn::InputEnd) => port.close_input(),
             Event::Message(RunIn::Signal(n)) => {

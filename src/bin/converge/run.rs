@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use clap::Args;
-use converge::daemon::{FrameError, Reply, Request, read_frame, write_frame};
+use converge::daemon::{FrameError, INPUT_WINDOW, Reply, Request, read_frame, write_frame};
 use converge::port::{Port, PortOutput};
 use converge::{ExitReason, RecvTimeoutError};
 use signal_hook::consts::signal::{SIGINT, SIGTERM};
@@ -169,11 +169,16 @@ pub(crate) fn run(args: RunArgs) -> Result<ExitCode, String> {
     Ok(ExitCode::from(code))
 }
 
-/// Standard input to the program, then end of file.
+/// Standard input to the program, then end of file; no more of it read
+/// while the program has not taken [`INPUT_WINDOW`] bytes of what it was
+/// given.
 fn pass_input(port: &Port) {
     let mut stdin = std::io::stdin().lock();
     let mut buf = vec![0u8; 64 * 1024];
     loop {
+        while port.input_pending() as u64 >= INPUT_WINDOW {
+            std::thread::sleep(Duration::from_millis(5));
+        }
         match stdin.read(&mut buf) {
             Ok(0) | Err(_) => break,
             Ok(n) => {
@@ -263,15 +268,28 @@ fn via_daemon(name: &str, mut stream: UnixStream, args: &RunArgs) -> Result<u8, 
             }
         });
     }
+    // Input sent and not yet taken by the program: at most INPUT_WINDOW.
+    let in_flight = Arc::new((std::sync::Mutex::new(0u64), std::sync::Condvar::new()));
     {
         let writer = Arc::clone(&writer);
+        let in_flight = Arc::clone(&in_flight);
         std::thread::spawn(move || {
             let mut stdin = std::io::stdin().lock();
             let mut buf = vec![0u8; 64 * 1024];
             loop {
+                {
+                    let (lock, taken) = &*in_flight;
+                    let mut n = lock.lock().unwrap();
+                    while *n >= INPUT_WINDOW {
+                        n = taken.wait(n).unwrap();
+                    }
+                }
                 let request = match stdin.read(&mut buf) {
                     Ok(0) | Err(_) => Request::InputEnd,
-                    Ok(n) => Request::Input(buf[..n].to_vec()),
+                    Ok(n) => {
+                        *in_flight.0.lock().unwrap() += n as u64;
+                        Request::Input(buf[..n].to_vec())
+                    }
                 };
                 let end = request == Request::InputEnd;
                 if write_frame(&mut *writer.lock().unwrap(), &request).is_err() || end {
@@ -289,6 +307,12 @@ fn via_daemon(name: &str, mut stream: UnixStream, args: &RunArgs) -> Result<u8, 
             }
             Ok(Reply::Stderr(b)) => {
                 let _ = err.write_all(&b).and_then(|()| err.flush());
+            }
+            Ok(Reply::InputTaken(n)) => {
+                let (lock, taken) = &*in_flight;
+                let mut left = lock.lock().unwrap();
+                *left = left.saturating_sub(n);
+                taken.notify_all();
             }
             Ok(Reply::Exit { reason, timed_out }) => break code_of(&reason, timed_out),
             Ok(Reply::Failed { code, why }) => {
