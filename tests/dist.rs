@@ -140,6 +140,7 @@ fn helper_node() {
     converge::dist::spawnable("counter", counter);
     converge::dist::task("square", square);
     converge::dist::task("lost", lost);
+    converge::dist::task("nap", nap);
     let name = std::env::var("NODE_NAME").unwrap();
     let secret = Secret::from_bytes(std::env::var("NODE_SECRET").unwrap().as_bytes()).unwrap();
     let node = Config::new().schedulers(1).init().unwrap();
@@ -503,6 +504,12 @@ fn helper_node() {
 /// A task other nodes may run here.
 fn square(n: u64) -> u64 {
     n * n
+}
+
+/// A task that takes `ms` milliseconds, and gives them back.
+fn nap(ms: u64) -> u64 {
+    std::thread::sleep(Duration::from_millis(ms));
+    ms
 }
 
 /// A task that panics.
@@ -994,6 +1001,14 @@ fn idle_sessions_close_oldest_first_and_open_again_on_use() {
         send(&mut a, &mut c, "gamma", 20);
         std::thread::sleep(Duration::from_millis(pause));
     }
+    // A task running there keeps its session open however long it takes,
+    // while gamma keeps using its own: the task's answer comes back.
+    a.tell("task-on beta nap 1500");
+    for _ in 0..6 {
+        send(&mut c, &mut a, "alpha", 1);
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(a.expect("task"), "Ok(1500)");
     // A session with a link across it is never idle: alpha links to
     // beta's echo, then uses gamma; gamma's session is the one that closes.
     a.tell("link-echo beta");

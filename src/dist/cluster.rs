@@ -294,6 +294,14 @@ struct Outgoing {
     held_since: Option<Instant>,
 }
 
+impl Outgoing {
+    /// Nothing queued or part-sent (sealed records being written are ahead
+    /// of anything queued later).
+    fn is_empty(&self) -> bool {
+        self.frames == 0 && self.sending.is_empty() && self.turn.is_empty()
+    }
+}
+
 /// The sending side of a session, shared by its writer and the threads
 /// that send.
 ///
@@ -356,6 +364,9 @@ struct Inner {
     closing: Mutex<HashMap<NodeId, (Peer, Instant)>>,
     /// The start of [`Peer::last_used`]'s clock.
     clock: Instant,
+    /// Requests waiting for an answer from a node, and its tasks running
+    /// here, by node: a session with any is not idle.
+    awaited: Mutex<HashMap<NodeId, usize>>,
     watchers: Mutex<Vec<(Option<String>, Mailbox<NodeEvent>)>>,
     requests: Mutex<HashMap<u64, Option<Answer>>>,
     answered: Condvar,
@@ -425,6 +436,32 @@ pub(crate) fn route(from: Pid, to: Pid, kind: u8, body: &[u8]) -> bool {
     inner.send_frame_to_node(to.node(), channel_of(from), frame);
     inner.stats.lock().sent += 1;
     true
+}
+
+/// Counts something awaited from or for a node while it lives (see
+/// `Inner::awaited`).
+struct Awaited<'a> {
+    inner: &'a Inner,
+    node: NodeId,
+}
+
+impl<'a> Awaited<'a> {
+    fn new(inner: &'a Inner, node: NodeId) -> Awaited<'a> {
+        *inner.awaited.lock().entry(node).or_default() += 1;
+        Awaited { inner, node }
+    }
+}
+
+impl Drop for Awaited<'_> {
+    fn drop(&mut self) {
+        let mut awaited = self.inner.awaited.lock();
+        if let Some(n) = awaited.get_mut(&self.node) {
+            *n -= 1;
+            if *n == 0 {
+                awaited.remove(&self.node);
+            }
+        }
+    }
 }
 
 /// Whether a message to another node, encoded as [`route`] encodes it,
@@ -625,6 +662,7 @@ impl Cluster {
             connecting: Mutex::new(std::collections::HashSet::new()),
             closing: Mutex::new(HashMap::new()),
             clock: Instant::now(),
+            awaited: Mutex::new(HashMap::new()),
             watchers: Mutex::new(Vec::new()),
             requests: Mutex::new(HashMap::new()),
             answered: Condvar::new(),
@@ -825,6 +863,7 @@ impl Cluster {
         let target = self.inner.member_named(node)?;
         let request = self.inner.next.fetch_add(1, Ordering::Relaxed);
         self.inner.requests.lock().insert(request, None);
+        let _awaited = Awaited::new(&self.inner, target.node);
         self.inner.send_to_node(target.node, CONTROL, &make(request));
         let deadline = Instant::now() + timeout;
         let mut guard = self.inner.answered_lock.lock();
@@ -963,7 +1002,10 @@ impl Inner {
 
     /// Whether `node` is a member, or has a session with this one.
     fn knows(&self, node: NodeId) -> bool {
-        self.peers.lock().contains_key(&node) || self.membership.lock().members().iter().any(|m| m.node == node)
+        // One lock at a time: the gossip thread takes the peers' lock under
+        // membership's.
+        let connected = self.peers.lock().contains_key(&node);
+        connected || self.membership.lock().members().iter().any(|m| m.node == node)
     }
 
     fn inject(&self, msg: ToNode) {
@@ -996,15 +1038,20 @@ impl Inner {
     /// Queues an encoded frame for `node`, opening a session first if there
     /// is none.
     fn send_frame_to_node(self: &Arc<Self>, node: NodeId, channel: u32, frame: Vec<u8>) {
-        if let Some(peer) = self.peers.lock().get(&node) {
-            peer.last_used.store(self.millis(), Ordering::Relaxed);
-            self.enqueue(peer, channel, frame);
-            return;
-        }
-        self.pending.lock().entry(node).or_default().push((channel, frame));
-        if !self.connecting.lock().insert(node) {
-            // Being opened: what waits goes out when it is.
-            return;
+        {
+            // Held until the frame is queued or waits: a session put in
+            // place meanwhile takes what waits with it.
+            let peers = self.peers.lock();
+            if let Some(peer) = peers.get(&node) {
+                peer.last_used.store(self.millis(), Ordering::Relaxed);
+                self.enqueue(peer, channel, frame);
+                return;
+            }
+            self.pending.lock().entry(node).or_default().push((channel, frame));
+            if !self.connecting.lock().insert(node) {
+                // Being opened (or closed): what waits goes out when it is.
+                return;
+            }
         }
         let addr = self
             .membership
@@ -1025,6 +1072,10 @@ impl Inner {
     /// connect to each other at once then never have two sessions, one of
     /// which would be closed with what was sent on it.
     fn open(self: &Arc<Self>, node: NodeId, addr: SocketAddr) {
+        if self.stopped.load(Ordering::Acquire) {
+            self.give_up(node);
+            return;
+        }
         let inner = Arc::clone(self);
         spawn("converge-dist-connect", move || {
             let opener = keep_session(inner.me.node, node, true);
@@ -1044,7 +1095,7 @@ impl Inner {
                     stream.shutdown();
                     let deadline = Instant::now() + HANDSHAKE_TIMEOUT * 2;
                     let mut asked = Instant::now();
-                    while !inner.peers.lock().contains_key(&node) {
+                    while !inner.settled(node) {
                         if Instant::now() >= deadline || inner.stopped.load(Ordering::Acquire) {
                             inner.give_up(node);
                             return;
@@ -1072,6 +1123,22 @@ impl Inner {
                 Ok(_) | Err(_) => inner.give_up(node),
             }
         });
+    }
+
+    /// Whether a session to `node` is in place; if so, what waited for one
+    /// goes on it and it is no longer being opened.
+    fn settled(&self, node: NodeId) -> bool {
+        let peers = self.peers.lock();
+        let Some(peer) = peers.get(&node) else {
+            return false;
+        };
+        if let Some(waiting) = self.pending.lock().remove(&node) {
+            for (channel, frame) in waiting {
+                self.enqueue(peer, channel, frame);
+            }
+        }
+        self.connecting.lock().remove(&node);
+        true
     }
 
     /// No session to `node` could be had: what waited for one is dropped,
@@ -1152,10 +1219,21 @@ impl Inner {
     /// what waited for it.
     fn add_peer(self: &Arc<Self>, session: Session, hello: Hello, stream: Box<dyn Stream>, initiated: bool) {
         let serial = self.next.fetch_add(1, Ordering::Relaxed);
+        if self.stopped.load(Ordering::Acquire) {
+            stream.shutdown();
+            return;
+        }
         let mut peers = self.peers.lock();
         if let Some(old) = peers.get(&hello.node) {
             if old.initiated == initiated || !keep_session(self.me.node, hello.node, initiated) {
                 stream.shutdown();
+                // The session in place takes what waited for this one.
+                if let Some(waiting) = self.pending.lock().remove(&hello.node) {
+                    for (channel, frame) in waiting {
+                        self.enqueue(old, channel, frame);
+                    }
+                }
+                self.connecting.lock().remove(&hello.node);
                 return;
             }
             let old = peers.remove(&hello.node).expect("BUG: present");
@@ -1200,27 +1278,46 @@ impl Inner {
         self.stats.lock().sessions += 1;
         tracing::info!(peer = %hello.name, initiated, "session open");
         if let (Ok(stream), session_w, out) = writer {
+            let shut = stream.try_clone().ok();
             let inner = Arc::clone(self);
             let node = hello.node;
             spawn("converge-dist-write", move || {
                 if write_loop(stream, &session_w, &out).is_err() {
-                    inner.lose(node, Some(serial), NodeDownReason::NoConnection);
+                    // Its reader ends too, and tells the loss (or ends the
+                    // close under way).
+                    out.queue.lock().closed = true;
+                    out.wake.notify_all();
+                    if let Some(s) = shut.as_ref() {
+                        s.shutdown();
+                    }
+                    if !inner.lose(node, Some(serial), NodeDownReason::NoConnection) {
+                        inner.finish_close(node, serial);
+                    }
                 }
             });
         }
         let inner = Arc::clone(self);
         spawn("converge-dist-read", move || {
-            let why = read_loop(&inner, reader, &session, (&heard, &reads.reads, &used), hello.node);
-            // A session closed for idleness ends quietly.
-            if !inner.finish_close(hello.node, serial) {
-                inner.lose(hello.node, Some(serial), why);
+            let why = read_loop(
+                &inner,
+                reader,
+                &session,
+                (&heard, &reads.reads, &used),
+                (hello.node, serial),
+            );
+            // A session closed for idleness ends quietly. Looked for in
+            // `peers` first, under its lock: a close begun meanwhile has
+            // moved it to `closing` by then.
+            if !inner.lose(hello.node, Some(serial), why) {
+                inner.finish_close(hello.node, serial);
             }
         });
     }
 
     /// The session to `node` is gone (only that one, when `serial` says
     /// which): every watcher hears of it.
-    fn lose(&self, node: NodeId, serial: Option<u64>, reason: NodeDownReason) {
+    /// Whether it was there to lose.
+    fn lose(&self, node: NodeId, serial: Option<u64>, reason: NodeDownReason) -> bool {
         let removed = {
             let mut peers = self.peers.lock();
             match peers.get(&node) {
@@ -1229,7 +1326,7 @@ impl Inner {
             }
         };
         let Some(peer) = removed else {
-            return;
+            return false;
         };
         close(&peer);
         let reason = {
@@ -1267,6 +1364,7 @@ impl Inner {
             node: peer.name,
             reason,
         });
+        true
     }
 
     /// Milliseconds since this node started: the clock of
@@ -1291,6 +1389,7 @@ impl Inner {
                 .filter(|(_, m)| !m.is_empty())
                 .map(|(n, _)| *n),
         );
+        busy.extend(self.awaited.lock().keys().copied());
         busy
     }
 
@@ -1314,21 +1413,35 @@ impl Inner {
             .filter(|&(used, _)| now.saturating_sub(used) >= idle_after)
             .collect();
         idle.sort_unstable();
-        for (_, node) in idle.into_iter().take(over) {
+        let mut asked = 0;
+        for (_, node) in idle {
+            if asked == over {
+                break;
+            }
+            // Nothing waiting to go out on it: the question would pass it.
+            if !peers.get(&node).is_some_and(|p| p.out.queue.lock().is_empty()) {
+                continue;
+            }
             let peer = peers.remove(&node).expect("BUG: listed");
             self.connecting.lock().insert(node);
-            let frame = postcard::to_stdvec(&Wire::MayClose { idle_ms: idle_after }).expect("BUG: encodes");
-            self.enqueue(&peer, CONTROL, frame);
             tracing::debug!(peer = %peer.name, "an idle session: asked to close");
-            self.closing.lock().insert(node, (peer, Instant::now()));
+            // In `closing` before the question goes: the answer may come
+            // back at once.
+            let mut closing = self.closing.lock();
+            let (peer, _) = closing.entry(node).or_insert((peer, Instant::now()));
+            let frame = postcard::to_stdvec(&Wire::MayClose { idle_ms: idle_after }).expect("BUG: encodes");
+            self.enqueue(peer, CONTROL, frame);
+            asked += 1;
         }
     }
 
     /// `node` asks whether their session may close: yes, as its last frame,
     /// if it has been idle here for `idle_ms` too (or is being closed from
     /// here as well).
-    fn asked_to_close(&self, node: NodeId, idle_ms: u64) {
-        if let Some((peer, _)) = self.closing.lock().get(&node) {
+    fn asked_to_close(&self, node: NodeId, serial: u64, idle_ms: u64) {
+        if let Some((peer, _)) = self.closing.lock().get(&node)
+            && peer.serial == serial
+        {
             let frame = postcard::to_stdvec(&Wire::CloseOk).expect("BUG: encodes");
             self.enqueue(peer, CONTROL, frame);
             return;
@@ -1336,11 +1449,13 @@ impl Inner {
         let busy = self.in_use().contains(&node);
         let now = self.millis();
         let mut peers = self.peers.lock();
-        let Some(peer) = peers.get(&node) else {
+        let Some(peer) = peers.get(&node).filter(|p| p.serial == serial) else {
             return;
         };
         let recent = now.saturating_sub(peer.last_used.load(Ordering::Relaxed)) < idle_ms;
-        if busy || recent {
+        // Frames still to go out here, or one coming in part by part.
+        let moving = !peer.out.queue.lock().is_empty() || peer.session.lock().receiving();
+        if busy || recent || moving {
             let frame = postcard::to_stdvec(&Wire::Busy).expect("BUG: encodes");
             self.enqueue(peer, CONTROL, frame);
             return;
@@ -1348,15 +1463,31 @@ impl Inner {
         let peer = peers.remove(&node).expect("BUG: present");
         self.connecting.lock().insert(node);
         drop(peers);
+        let mut closing = self.closing.lock();
+        let (peer, _) = closing.entry(node).or_insert((peer, Instant::now()));
         let frame = postcard::to_stdvec(&Wire::CloseOk).expect("BUG: encodes");
-        self.enqueue(&peer, CONTROL, frame);
-        self.closing.lock().insert(node, (peer, Instant::now()));
+        self.enqueue(peer, CONTROL, frame);
     }
 
     /// `node` uses the session: it stays, and what waited goes on it.
-    fn keep_open(&self, node: NodeId) {
+    fn keep_open(&self, node: NodeId, serial: u64) {
         let mut peers = self.peers.lock();
-        let Some((peer, _)) = self.closing.lock().remove(&node) else {
+        let peer = {
+            let mut closing = self.closing.lock();
+            // Only the session asked about, still open, with none in its
+            // place (else it ends, and what waited goes on the next).
+            let keep = closing.get(&node).is_some_and(|(p, _)| {
+                p.serial == serial && !p.out.queue.lock().closed && !self.stopped.load(Ordering::Acquire)
+            });
+            if !keep || peers.contains_key(&node) {
+                if let Some((p, _)) = closing.get(&node) {
+                    close(p);
+                }
+                return;
+            }
+            closing.remove(&node).map(|(p, _)| p)
+        };
+        let Some(peer) = peer else {
             return;
         };
         // Not asked again at once.
@@ -1412,7 +1543,12 @@ impl Inner {
     }
 
     /// A frame from `node`.
-    fn handle(&self, node: NodeId, frame: &[u8], used: &AtomicU64) -> Result<(), DistError> {
+    fn handle(
+        self: &Arc<Self>,
+        (node, serial): (NodeId, u64),
+        frame: &[u8],
+        used: &AtomicU64,
+    ) -> Result<(), DistError> {
         let wire: Wire =
             postcard::from_bytes(frame).map_err(|e| DistError::Malformed(format!("an undecodable frame: {e}")))?;
         if !matches!(wire, Wire::Tick | Wire::MayClose { .. } | Wire::CloseOk | Wire::Busy) {
@@ -1420,15 +1556,17 @@ impl Inner {
         }
         match wire {
             Wire::Tick => {}
-            Wire::MayClose { idle_ms } => self.asked_to_close(node, idle_ms),
+            Wire::MayClose { idle_ms } => self.asked_to_close(node, serial, idle_ms),
             Wire::CloseOk => {
                 // The peer's last frame: closing the stream ends both
                 // readers, and each finishes the close quietly.
-                if let Some((peer, _)) = self.closing.lock().get(&node) {
+                if let Some((peer, _)) = self.closing.lock().get(&node)
+                    && peer.serial == serial
+                {
                     close(peer);
                 }
             }
-            Wire::Busy => self.keep_open(node),
+            Wire::Busy => self.keep_open(node, serial),
             Wire::Deliver { from, to, kind, body } => {
                 let rt = crate::runtime::current();
                 let kind = match kind {
@@ -1566,12 +1704,10 @@ impl Inner {
                 }
             }
             Wire::Whereis { request, name } => {
+                // Answers go as any frame: they wait while the session
+                // closes, and go on the next.
                 let pid = crate::process::whereis(&name);
-                let peer = self.peers.lock();
-                if let Some(p) = peer.get(&node) {
-                    let frame = postcard::to_stdvec(&Wire::Found { request, pid }).expect("BUG: encodes");
-                    self.enqueue(p, CONTROL, frame);
-                }
+                self.send_to_node(node, CONTROL, &Wire::Found { request, pid });
             }
             Wire::Found { request, pid } => self.answer(request, Answer::Found(pid)),
             Wire::Spawned { request, result } => self.answer(request, Answer::Spawned(result)),
@@ -1584,19 +1720,16 @@ impl Inner {
             } => {
                 // On the pool, from a thread of its own: the session's
                 // reader goes on meanwhile.
+                let inner = Arc::clone(self);
                 let spawned = std::thread::Builder::new()
                     .name("converge-dist-task".into())
                     .spawn(move || {
+                        let _running = Awaited::new(&inner, node);
                         let result = super::spawn::run_task(&name, &args, Duration::from_millis(timeout_ms));
                         if let Err(e) = &result {
                             tracing::debug!(%name, error = %e, "a node's task gave no value");
                         }
-                        let frame = postcard::to_stdvec(&Wire::TaskDone { request, result }).expect("BUG: encodes");
-                        if let Some(inner) = this_cluster()
-                            && let Some(p) = inner.peers.lock().get(&node)
-                        {
-                            inner.enqueue(p, CONTROL, frame);
-                        }
+                        inner.send_to_node(node, CONTROL, &Wire::TaskDone { request, result });
                     });
                 if spawned.is_err() {
                     tracing::warn!("a node's task could not be started: no thread");
@@ -1607,10 +1740,7 @@ impl Inner {
                 if let Err(e) = &result {
                     tracing::warn!(%name, error = %e, "a node's spawn request refused");
                 }
-                let frame = postcard::to_stdvec(&Wire::Spawned { request, result }).expect("BUG: encodes");
-                if let Some(p) = self.peers.lock().get(&node) {
-                    self.enqueue(p, CONTROL, frame);
-                }
+                self.send_to_node(node, CONTROL, &Wire::Spawned { request, result });
             }
         }
         Ok(())
@@ -1787,11 +1917,11 @@ const FRAGMENT_OVERHEAD: usize = 16;
 
 /// Reads records until the session breaks; why it ended.
 fn read_loop(
-    inner: &Inner,
+    inner: &Arc<Inner>,
     mut stream: Box<dyn Stream>,
     session: &Mutex<Session>,
     (heard, reads, used): (&Mutex<Instant>, &AtomicU64, &AtomicU64),
-    node: NodeId,
+    (node, serial): (NodeId, u64),
 ) -> NodeDownReason {
     let mut buf = vec![0u8; 64 * 1024];
     let mut frames: Vec<(u32, Vec<u8>)> = Vec::new();
@@ -1815,7 +1945,7 @@ fn read_loop(
         }
         let delivered = !frames.is_empty();
         for (_, frame) in frames.drain(..) {
-            if let Err(e) = inner.handle(node, &frame, used) {
+            if let Err(e) = inner.handle((node, serial), &frame, used) {
                 tracing::warn!(error = %e, "a peer sent a bad frame: session closed");
                 return NodeDownReason::NoConnection;
             }
@@ -1952,11 +2082,20 @@ fn tick_loop(inner: &Arc<Inner>) {
             inner.lose(id, Some(serial), NodeDownReason::NoConnection);
         }
         // A close the peer never answers ends anyway: its reader then
-        // finishes it, and what waited goes on a new session.
-        for (peer, since) in inner.closing.lock().values() {
-            if now.duration_since(*since) > silent * 2 {
+        // finishes it, and what waited goes on a new session (or this loop
+        // does, if its reader is gone already).
+        let mut stuck = Vec::new();
+        for (node, (peer, since)) in inner.closing.lock().iter() {
+            let waited = now.duration_since(*since);
+            if waited > silent * 2 {
                 close(peer);
             }
+            if waited > silent * 4 {
+                stuck.push((*node, peer.serial));
+            }
+        }
+        for (node, serial) in stuck {
+            inner.finish_close(node, serial);
         }
         inner.close_idle();
     }

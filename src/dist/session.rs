@@ -499,6 +499,11 @@ impl Session {
         self.end_record(out)
     }
 
+    /// Whether a frame of the peer has come in part, the rest to follow.
+    pub fn receiving(&self) -> bool {
+        !self.partial.is_empty()
+    }
+
     /// Seals the record being filled, if it holds anything, into `out`.
     pub fn end_record(&mut self, out: &mut Vec<u8>) -> Result<(), DistError> {
         if self.building.is_empty() {
@@ -552,7 +557,7 @@ impl Session {
             kind => return Err(DistError::Malformed(format!("a fragment of kind {kind}"))),
         };
         let len = word(header - 4);
-        let Some(data) = plain.get(header..header + len) else {
+        let Some(data) = header.checked_add(len).and_then(|end| plain.get(header..end)) else {
             return Err(DistError::Malformed(format!(
                 "channel {channel}: a fragment longer than its record"
             )));
@@ -609,7 +614,7 @@ impl Session {
                 }
             }
         }
-        Ok(header + len)
+        Ok(header + data.len())
     }
 }
 

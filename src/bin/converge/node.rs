@@ -1219,10 +1219,8 @@ fn runner(ctx: Ctx<RunIn>, run: RemoteRun) {
             continue;
         };
         match event {
-            Event::Message(RunIn::Input(bytes)) => {
-                if port.send(&bytes).is_ok() {
-                    given += bytes.len() as u64;
-                }
+            Event::Message(RunIn::Input(bytes)) if port.send(&bytes).is_ok() => {
+                given += bytes.len() as u64;
             }
             Event::Message(RunIn::InputEnd) => port.close_input(),
             Event::Message(RunIn::Signal(n)) => {

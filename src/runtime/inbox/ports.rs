@@ -145,9 +145,7 @@ impl Inbox {
     /// Bytes given to a port's input and not yet written to its pipe.
     pub(crate) fn port_input_pending(&self, serial: u64) -> usize {
         let st = self.state.lock();
-        st.ports
-            .get(&serial)
-            .map_or(0, |p| p.stdin_pending.len() - p.stdin_off)
+        st.ports.get(&serial).map_or(0, |p| p.stdin_pending.len() - p.stdin_off)
     }
 
     /// Closes a port's input once what is pending is written.
