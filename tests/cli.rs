@@ -722,6 +722,72 @@ fn a_run_placed_on_a_node_that_just_died_is_placed_again() {
     assert_eq!(code(&o), 125, "{}", err(&o));
 }
 
+/// Writes `y`s to `cmd`'s input until it takes no more (256 MiB at most);
+/// how much it took before the program read any. The program sleeps a
+/// second, then reads ten bytes and ends.
+fn taken_before_reading(mut cmd: Command) -> u64 {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    let mut child = cmd
+        .args(["--", "sh", "-c", "sleep 1; head -c 10 >/dev/null"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let written = Arc::new(AtomicU64::new(0));
+    let writer = {
+        let written = Arc::clone(&written);
+        std::thread::spawn(move || {
+            let chunk = vec![b'y'; 64 << 10];
+            while written.load(Ordering::Relaxed) < 256 << 20 && stdin.write_all(&chunk).is_ok() {
+                written.fetch_add(chunk.len() as u64, Ordering::Relaxed);
+            }
+        })
+    };
+    // Until the writer is held up: the same count three looks in a row.
+    let mut seen = (u64::MAX, 0);
+    assert!(wait_until(Duration::from_secs(5), || {
+        let now = written.load(Ordering::Relaxed);
+        seen = if now == seen.0 { (now, seen.1 + 1) } else { (now, 0) };
+        std::thread::sleep(Duration::from_millis(50));
+        seen.1 >= 3
+    }));
+    let o = child.wait_with_output().unwrap();
+    assert_eq!(code(&o), 0, "{}", err(&o));
+    writer.join().unwrap();
+    seen.0
+}
+
+#[test]
+fn input_waits_for_the_program_to_take_it() {
+    let mut c = Cluster::new("window");
+    c.start_member("alpha", None, &[], &[]);
+    c.start_member("beta", Some("alpha"), &[], &[]);
+    assert!(c.knows("alpha", "beta"));
+    let through = |on: &str| {
+        let mut cmd = c.cmd();
+        cmd.env("CONVERGE_NODE", "alpha").args(["run", "--on", on]);
+        cmd
+    };
+    let mut embedded = converge();
+    embedded.arg("run");
+    // A window of 1 MiB, and the pipes and sockets on the way: far from
+    // everything a writer would push into a run that never waits.
+    for (how, cmd) in [
+        ("here", through("alpha")),
+        ("there", through("beta")),
+        ("embedded", embedded),
+    ] {
+        let taken = taken_before_reading(cmd);
+        assert!(
+            taken < 16 << 20,
+            "{how}: {taken} bytes taken before the program read any"
+        );
+    }
+}
+
 #[test]
 fn signals_reach_a_program_run_through_a_daemon_and_on_another_node() {
     let mut c = Cluster::new("signals");
