@@ -98,6 +98,10 @@ fn main() {
                 "idle_sessions_close_oldest_first_and_open_again_on_use",
                 idle_sessions_close_oldest_first_and_open_again_on_use,
             ),
+            (
+                "a_stalled_peer_blocks_no_send_and_its_session_goes_past_its_cap",
+                a_stalled_peer_blocks_no_send_and_its_session_goes_past_its_cap,
+            ),
         ],
         &[("node", helper_node)],
         |name| {
@@ -154,6 +158,9 @@ fn helper_node() {
     }
     if let Ok(ms) = std::env::var("NODE_IDLE_MS") {
         config.idle_after = Duration::from_millis(ms.parse().unwrap());
+    }
+    if let Ok(n) = std::env::var("NODE_MAX_QUEUED") {
+        config.max_queued = n.parse().unwrap();
     }
     let cluster = Cluster::start(&node, config).unwrap();
     let echo = converge::spawn(|ctx: Ctx<u64>| {
@@ -219,6 +226,7 @@ fn helper_node() {
     let stdin = std::io::stdin();
     let mut line = String::new();
     let mut saved: Option<Pid> = None;
+    let mut aimed: Option<Pid> = None;
     let mut spawned: Option<Pid> = None;
     while {
         line.clear();
@@ -416,6 +424,19 @@ fn helper_node() {
                 .unwrap();
                 cluster.monitor_node(name, one);
                 say("monitoring", name);
+            }
+            ["aim", node] => {
+                aimed = cluster.whereis(node, "bigsink", Duration::from_secs(2));
+                say("aimed", format!("{}", aimed.is_some()));
+            }
+            ["flood", n] => {
+                // A large message to the sink aimed at, from a thread.
+                let to = Mailbox::<Vec<u8>>::from_pid(aimed.expect("aimed first"));
+                let v = vec![7u8; n.parse::<usize>().unwrap()];
+                std::thread::spawn(move || {
+                    let _ = to.send(v);
+                });
+                say("flooding", n);
             }
             ["save", node] => {
                 saved = cluster.whereis(node, "echo", Duration::from_secs(2));
@@ -1015,6 +1036,68 @@ fn idle_sessions_close_oldest_first_and_open_again_on_use() {
     a.expect("linked");
     send(&mut a, &mut c, "gamma", 1);
     a.wait_connected("beta");
+}
+
+fn a_stalled_peer_blocks_no_send_and_its_session_goes_past_its_cap() {
+    // Alpha queues 4 MiB at most for a peer.
+    let mut a = TestNode::start_env("alpha", &[("NODE_MAX_QUEUED", "4194304")]);
+    let mut b = TestNode::start("beta");
+    let mut c = TestNode::start("gamma");
+    b.join(a.addr, "alpha");
+    c.join(a.addr, "alpha");
+    a.tell("send beta 3");
+    assert_eq!(a.expect("sent"), "3");
+    for i in 0..3 {
+        assert_eq!(b.expect("got"), i.to_string());
+    }
+    a.tell("aim beta");
+    assert_eq!(a.expect("aimed"), "true");
+    a.tell("save beta");
+    assert_eq!(a.expect("saved"), "true");
+    a.tell("monitor beta");
+    assert_eq!(a.expect("monitoring"), "beta");
+    // Beta stops reading: 48 MiB for it (more than its cap and what the
+    // sockets hold).
+    let pid = b.child.id().to_string();
+    let stop = |sig: &str| std::process::Command::new("kill").args([sig, &pid]).status().unwrap();
+    stop("-STOP");
+    let t = Instant::now();
+    a.tell("flood 50331648");
+    assert_eq!(a.expect("flooding"), "50331648");
+    // Sends to it never wait, and its session goes for what was queued
+    // (before its ticks would tell it is silent).
+    a.tell("send-saved 100");
+    assert_eq!(a.expect("sent-saved"), "100");
+    assert_eq!(a.expect("monitor-down"), "beta Backlogged");
+    assert!(t.elapsed() < Duration::from_secs(1), "{:?}", t.elapsed());
+    // Other peers go on.
+    a.tell("send gamma 5");
+    assert_eq!(a.expect("sent"), "5");
+    for i in 0..5 {
+        assert_eq!(c.expect("got"), i.to_string());
+    }
+    a.tell("stats");
+    let stats = a.expect("stats");
+    assert!(stats.contains("backlogged=1"), "{stats}");
+    // Back: a new session, messages in order. Whatever beta gets comes in
+    // whole runs, each in order from its start (what was sent while it was
+    // stopped, from 1000, may have waited for the new session).
+    stop("-CONT");
+    a.reach_echo_of("beta", "beta never came back");
+    a.tell("send beta 1000");
+    assert_eq!(a.expect("sent"), "1000");
+    let mut last: Option<u64> = None;
+    loop {
+        let got: u64 = b.expect("got").parse().unwrap();
+        assert!(
+            got == 0 || got == 1000 || last == Some(got - 1),
+            "{got} after {last:?}: a gap or a duplicate"
+        );
+        if got == 999 {
+            break;
+        }
+        last = Some(got);
+    }
 }
 
 fn whereis_on_another_node_and_a_name_that_is_not_there() {
