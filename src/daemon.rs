@@ -227,13 +227,15 @@ pub enum Reply {
         /// Why.
         why: String,
     },
-    /// The program took this many more bytes of the input sent to it: a
-    /// client keeps at most [`INPUT_WINDOW`] bytes sent and not taken.
-    InputTaken(u64),
     /// The nodes.
     Nodes(Vec<NodeRow>),
     /// The processes.
     Ps(Vec<ProcessRow>),
+    /// The program took this many more bytes of the input sent to it. The
+    /// daemon sends `InputTaken(0)` right after `Started` to say it tells
+    /// this; a client that heard it keeps at most [`INPUT_WINDOW`] bytes
+    /// sent and not taken.
+    InputTaken(u64),
 }
 
 /// Why a frame could not be read.

@@ -723,15 +723,15 @@ fn a_run_placed_on_a_node_that_just_died_is_placed_again() {
 }
 
 /// Writes `y`s to `cmd`'s input until it takes no more (256 MiB at most);
-/// how much it took before the program read any. The program sleeps a
-/// second, then reads ten bytes and ends.
+/// how much it took before the program read any. The program says it is
+/// ready, sleeps a second, then reads ten bytes and ends.
 fn taken_before_reading(mut cmd: Command) -> u64 {
     use std::sync::Arc;
     use std::sync::atomic::{AtomicU64, Ordering};
     let mut child = cmd
-        .args(["--", "sh", "-c", "sleep 1; head -c 10 >/dev/null"])
+        .args(["--", "sh", "-c", "echo ready; sleep 1; head -c 10 >/dev/null"])
         .stdin(Stdio::piped())
-        .stdout(Stdio::null())
+        .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
@@ -746,7 +746,13 @@ fn taken_before_reading(mut cmd: Command) -> u64 {
             }
         })
     };
-    // Until the writer is held up: the same count three looks in a row.
+    // Once the program runs (its client, node and pipes are all up), until
+    // the writer is held up: the same count three looks in a row.
+    let mut ready = String::new();
+    std::io::BufReader::new(child.stdout.as_mut().unwrap())
+        .read_line(&mut ready)
+        .unwrap();
+    assert_eq!(ready, "ready\n");
     let mut seen = (u64::MAX, 0);
     assert!(wait_until(Duration::from_secs(5), || {
         let now = written.load(Ordering::Relaxed);
@@ -785,6 +791,26 @@ fn input_waits_for_the_program_to_take_it() {
             taken < 16 << 20,
             "{how}: {taken} bytes taken before the program read any"
         );
+    }
+    // Input well past the window reaches a program that reads it without a
+    // word back (nothing else wakes the run): all of it, at once.
+    let mut embedded = converge();
+    embedded.arg("run");
+    for (how, mut cmd) in [
+        ("here", through("alpha")),
+        ("there", through("beta")),
+        ("embedded", embedded),
+    ] {
+        let input = scratch(&format!("eight-mib-{how}"));
+        std::fs::write(&input, vec![b'x'; 8 << 20]).unwrap();
+        let t = Instant::now();
+        let o = cmd
+            .args(["--timeout", "20", "--", "wc", "-c"])
+            .stdin(std::fs::File::open(&input).unwrap())
+            .output()
+            .unwrap();
+        assert_eq!((code(&o), out(&o).trim()), (0, "8388608"), "{how}: {}", err(&o));
+        assert!(t.elapsed() < Duration::from_secs(10), "{how}: {:?}", t.elapsed());
     }
 }
 

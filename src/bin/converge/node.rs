@@ -46,8 +46,10 @@ const MAX_SHIPPED: usize = 32 << 20;
 /// How long an answer from another node is waited for.
 const ASK: Duration = Duration::from_secs(5);
 /// How often what a program took of its input is looked at while some
-/// is outstanding.
+/// is outstanding: this often at first, then less and less often while it
+/// takes nothing, down to [`INPUT_LOOK_MAX`].
 const INPUT_LOOK: Duration = Duration::from_millis(5);
+const INPUT_LOOK_MAX: Duration = Duration::from_millis(200);
 
 /// `converge node [--name N] [--listen ADDR] [--join ADDR] [--secret-file F] [--slots N]`.
 const EXAMPLES: &str = "Examples:
@@ -104,12 +106,12 @@ enum ToDaemon {
     Ended { id: u64, reason: ExitReason },
     /// `id` could not start.
     NotRun { id: u64, code: u8, why: String },
-    /// The program of `id` took `n` more bytes of its input.
-    InputTaken { id: u64, n: u64 },
     /// Another daemon asks for the runs this one owns.
     PsAsk { id: u64, reply: Mailbox<ToDaemon> },
     /// Its answer.
     PsRows { id: u64, rows: Vec<ProcessRow> },
+    /// The program of `id` took `n` more bytes of its input.
+    InputTaken { id: u64, n: u64 },
 }
 
 /// What a runner on another node receives from the run's owner.
@@ -152,11 +154,19 @@ struct RemoteRun {
 
 /// What the main program tells the thread of a run's client.
 enum Relay {
-    Started { port: Option<Arc<Port>>, pid: Pid },
-    Out { stderr: bool, bytes: Vec<u8> },
+    Started {
+        port: Option<Arc<Port>>,
+        pid: Pid,
+    },
+    Out {
+        stderr: bool,
+        bytes: Vec<u8>,
+    },
     Ended(ExitReason),
     NotRun(u8, String),
     InputTaken(u64),
+    /// The client gave its program more input: look at what it took.
+    Nudge,
     Rows(Vec<ProcessRow>),
 }
 
@@ -479,9 +489,19 @@ impl Daemon {
         self.relay(id, Relay::Ended(reason));
     }
 
-    /// A run placed again elsewhere: its row here goes.
-    fn forget_job(&self, id: u64) {
-        self.jobs.lock().unwrap().running.remove(&id);
+    /// A run placed again elsewhere: its row here goes; how the run before
+    /// it in its group ended, which the next row keeps.
+    fn forget_job(&self, id: u64) -> Option<ExitReason> {
+        self.jobs.lock().unwrap().running.remove(&id).and_then(|j| j.before)
+    }
+
+    /// The row of `id` shows how the run before it ended.
+    fn carry_before(&self, id: u64, before: Option<ExitReason>) {
+        if let Some(job) = self.jobs.lock().unwrap().running.get_mut(&id)
+            && job.before.is_none()
+        {
+            job.before = before;
+        }
     }
 
     fn not_run(&self, id: u64, code: u8, why: String) {
@@ -601,9 +621,8 @@ impl Daemon {
                 Some(name.clone())
             }
             Placement::Anywhere { avoid } => {
-                let avoid: Vec<String> = avoid.iter().chain(unreachable).cloned().collect();
                 return self
-                    .reserve_anywhere(&avoid, spec.wait_for_slot, client)
+                    .reserve_anywhere(avoid, unreachable, spec.wait_for_slot, client)
                     .ok_or_else(|| "the client went away while its run waited for a slot".to_string());
             }
         };
@@ -614,7 +633,15 @@ impl Daemon {
     }
 
     /// `None` when the client went away while its run waited.
-    fn reserve_anywhere(&self, avoid: &[String], wait: bool, client: &UnixStream) -> Option<Option<String>> {
+    /// Nodes in `unreachable` (which did not answer this run) are never
+    /// chosen; those in `avoid` only while another will do.
+    fn reserve_anywhere(
+        &self,
+        avoid: &[String],
+        unreachable: &[String],
+        wait: bool,
+        client: &UnixStream,
+    ) -> Option<Option<String>> {
         let mut queued = false;
         let mut placed = self.placed.lock().unwrap();
         let chosen = loop {
@@ -628,6 +655,7 @@ impl Daemon {
                     Some((load.slots.saturating_sub(load.busy.max(mine)), false, n.name))
                 }));
             }
+            candidates.retain(|c| !unreachable.contains(&c.2));
             if candidates.iter().any(|c| !avoid.contains(&c.2)) {
                 candidates.retain(|c| !avoid.contains(&c.2));
             }
@@ -835,9 +863,11 @@ impl Running {
 /// A run for a client: placed, started, its input passed on and its output
 /// streamed back until it ends.
 fn run_for(daemon: &Daemon, spec: RunSpec, mut stream: UnixStream) {
-    let id = daemon.next.fetch_add(1, Ordering::Relaxed);
-    let (tx, rx) = mpsc::channel();
-    daemon.routes.lock().unwrap().insert(id, tx);
+    let mut id = daemon.next.fetch_add(1, Ordering::Relaxed);
+    let (mut tx, mut rx) = mpsc::channel();
+    daemon.routes.lock().unwrap().insert(id, tx.clone());
+    // How the run before this one of its group ended, kept across placings.
+    let mut before = None;
     // A run that may go anywhere is placed again when the node chosen does
     // not answer (it died, or its session is lost, before membership says
     // so): on another node, or here at last.
@@ -863,6 +893,14 @@ fn run_for(daemon: &Daemon, spec: RunSpec, mut stream: UnixStream) {
                 tracing::warn!(%node, %why, "the node chosen for a run did not answer: placed again");
                 daemon.release(target.as_deref());
                 unreachable.push(node);
+                // Under a new id: if the request got there after all, what
+                // runs for the old one is refused when it says it began, and
+                // its output goes nowhere.
+                before = before.or(daemon.forget_job(id));
+                daemon.routes.lock().unwrap().remove(&id);
+                id = daemon.next.fetch_add(1, Ordering::Relaxed);
+                (tx, rx) = mpsc::channel();
+                daemon.routes.lock().unwrap().insert(id, tx.clone());
             }
             Err(NotStarted::Failed(code, why)) => break (target, Err((code, why))),
             Ok(started) => break (target, Ok(started)),
@@ -870,11 +908,16 @@ fn run_for(daemon: &Daemon, spec: RunSpec, mut stream: UnixStream) {
     };
     let running = match result {
         Ok((node, pid, running)) => {
+            if before.is_some() {
+                daemon.carry_before(id, before);
+            }
             let started = Reply::Started {
                 node,
                 pid: pid.to_string(),
             };
-            if write_frame(&mut stream, &started).is_err() {
+            // Then, to say this daemon tells what the program takes of its
+            // input (a client keeps its window only with one that does).
+            if write_frame(&mut stream, &started).is_err() || write_frame(&mut stream, &Reply::InputTaken(0)).is_err() {
                 running.kill();
             }
             running
@@ -891,10 +934,14 @@ fn run_for(daemon: &Daemon, spec: RunSpec, mut stream: UnixStream) {
     // (a runner on another node tells it itself).
     let sent = Arc::new(AtomicU64::new(0));
     let mut reported = 0u64;
+    // Looked at often while the program takes its input, less and less
+    // while it does not.
+    let mut look = INPUT_LOOK;
     // The client's input and signals; its going away kills the program.
     if let Ok(mut from) = stream.try_clone() {
         let running = Arc::clone(&running);
         let sent = Arc::clone(&sent);
+        let nudge = tx.clone();
         let _ = std::thread::Builder::new()
             .name("converge-node-input".into())
             .spawn(move || {
@@ -906,7 +953,10 @@ fn run_for(daemon: &Daemon, spec: RunSpec, mut stream: UnixStream) {
                                 _ => 0,
                             };
                             running.input(request);
-                            sent.fetch_add(n, Ordering::Relaxed);
+                            if n > 0 {
+                                sent.fetch_add(n, Ordering::Release);
+                                let _ = nudge.send(Relay::Nudge);
+                            }
                         }
                         Err(_) => {
                             running.kill();
@@ -927,16 +977,20 @@ fn run_for(daemon: &Daemon, spec: RunSpec, mut stream: UnixStream) {
         if let Running::Here(port) = &*running {
             // What the program took since the last look, told while some
             // is outstanding.
-            let taken = sent.load(Ordering::Relaxed).saturating_sub(port.input_pending() as u64);
+            let given = sent.load(Ordering::Acquire);
+            let taken = given.saturating_sub(port.input_pending() as u64);
             if taken > reported {
                 if !client_gone && write_frame(&mut stream, &Reply::InputTaken(taken - reported)).is_err() {
                     client_gone = true;
                     running.kill();
                 }
                 reported = taken;
+                look = INPUT_LOOK;
+            } else {
+                look = (look * 2).min(INPUT_LOOK_MAX);
             }
-            if sent.load(Ordering::Relaxed) > reported {
-                wait = wait.min(INPUT_LOOK);
+            if given > reported {
+                wait = wait.min(look);
             }
         }
         let reply = match rx.recv_timeout(wait) {
@@ -1052,7 +1106,6 @@ fn start(
             let pid = match cluster.spawn_on(&node, RUNNER, &run, ask) {
                 Ok(pid) => pid,
                 Err(e @ converge::dist::SpawnRefused::NoConnection(_)) if may_move => {
-                    daemon.forget_job(id);
                     return Err(NotStarted::Unreachable(node, e.to_string()));
                 }
                 Err(e) => {
@@ -1194,9 +1247,10 @@ fn runner(ctx: Ctx<RunIn>, run: RemoteRun) {
     // Input given to the program, and how much of it the owner was told
     // the program took.
     let (mut given, mut told) = (0u64, 0u64);
+    let mut look = INPUT_LOOK;
     loop {
         let event = if given > told {
-            match ctx.recv_event_timeout(INPUT_LOOK) {
+            match ctx.recv_event_timeout(look) {
                 Ok(e) => Some(e),
                 Err(converge::RecvTimeoutError::Timeout) => None,
                 Err(_) => return,
@@ -1214,13 +1268,20 @@ fn runner(ctx: Ctx<RunIn>, run: RemoteRun) {
                 n: taken - told,
             });
             told = taken;
+            look = INPUT_LOOK;
+        } else {
+            look = (look * 2).min(INPUT_LOOK_MAX);
         }
         let Some(event) = event else {
             continue;
         };
         match event {
-            Event::Message(RunIn::Input(bytes)) if port.send(&bytes).is_ok() => {
+            Event::Message(RunIn::Input(bytes)) => {
+                // Counted taken even when the program's input is closed: it
+                // takes no more, and the client must not wait for it.
+                let _ = port.send(&bytes);
                 given += bytes.len() as u64;
+                look = INPUT_LOOK;
             }
             Event::Message(RunIn::InputEnd) => port.close_input(),
             Event::Message(RunIn::Signal(n)) => {

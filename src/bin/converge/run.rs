@@ -176,8 +176,12 @@ fn pass_input(port: &Port) {
     let mut stdin = std::io::stdin().lock();
     let mut buf = vec![0u8; 64 * 1024];
     loop {
+        // Looked at often at first, then less often while the program takes
+        // nothing.
+        let mut look = Duration::from_millis(5);
         while port.input_pending() as u64 >= INPUT_WINDOW {
-            std::thread::sleep(Duration::from_millis(5));
+            std::thread::sleep(look);
+            look = (look * 2).min(Duration::from_millis(200));
         }
         match stdin.read(&mut buf) {
             Ok(0) | Err(_) => break,
@@ -268,11 +272,15 @@ fn via_daemon(name: &str, mut stream: UnixStream, args: &RunArgs) -> Result<u8, 
             }
         });
     }
-    // Input sent and not yet taken by the program: at most INPUT_WINDOW.
+    // Input sent and not yet taken by the program: at most INPUT_WINDOW,
+    // once the daemon has said it tells what the program takes (an older
+    // one does not, and would be waited for forever).
     let in_flight = Arc::new((std::sync::Mutex::new(0u64), std::sync::Condvar::new()));
+    let told = Arc::new(std::sync::atomic::AtomicBool::new(false));
     {
         let writer = Arc::clone(&writer);
         let in_flight = Arc::clone(&in_flight);
+        let told = Arc::clone(&told);
         std::thread::spawn(move || {
             let mut stdin = std::io::stdin().lock();
             let mut buf = vec![0u8; 64 * 1024];
@@ -280,7 +288,7 @@ fn via_daemon(name: &str, mut stream: UnixStream, args: &RunArgs) -> Result<u8, 
                 {
                     let (lock, taken) = &*in_flight;
                     let mut n = lock.lock().unwrap();
-                    while *n >= INPUT_WINDOW {
+                    while *n >= INPUT_WINDOW && told.load(std::sync::atomic::Ordering::Acquire) {
                         n = taken.wait(n).unwrap();
                     }
                 }
@@ -309,6 +317,7 @@ fn via_daemon(name: &str, mut stream: UnixStream, args: &RunArgs) -> Result<u8, 
                 let _ = err.write_all(&b).and_then(|()| err.flush());
             }
             Ok(Reply::InputTaken(n)) => {
+                told.store(true, std::sync::atomic::Ordering::Release);
                 let (lock, taken) = &*in_flight;
                 let mut left = lock.lock().unwrap();
                 *left = left.saturating_sub(n);
