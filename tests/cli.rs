@@ -815,6 +815,34 @@ fn input_waits_for_the_program_to_take_it() {
 }
 
 #[test]
+fn a_timeout_fires_while_the_program_floods_its_output() {
+    // As `timeout 1 yes`: 124, at its time, through a daemon too.
+    let mut c = Cluster::new("flood");
+    c.start("solo", &[], &[]);
+    let mut embedded = converge();
+    embedded.arg("run");
+    let mut through = c.cmd();
+    through.arg("run");
+    for (how, mut cmd) in [("embedded", embedded), ("daemon", through)] {
+        let t = Instant::now();
+        let mut child = cmd
+            .args(["--timeout", "1", "--", "yes"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap();
+        let ended = wait_until(Duration::from_secs(10), || child.try_wait().unwrap().is_some());
+        if !ended {
+            let _ = child.kill();
+        }
+        let status = child.wait().unwrap();
+        assert!(ended, "{how}: still running after {:?}", t.elapsed());
+        assert_eq!(status.code(), Some(124), "{how}");
+        assert_eq!(status.code(), Some(timeout(&["1", "yes"])), "{how}: not as timeout");
+    }
+}
+
+#[test]
 fn signals_reach_a_program_run_through_a_daemon_and_on_another_node() {
     let mut c = Cluster::new("signals");
     c.start_member("alpha", None, &[], &[]);

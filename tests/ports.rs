@@ -36,6 +36,10 @@ fn main() {
             ),
             ("closing_input_gives_eof", closing_input_gives_eof),
             (
+                "a_program_waits_while_its_owner_does_not_read",
+                a_program_waits_while_its_owner_does_not_read,
+            ),
+            (
                 "an_oversized_packet_ends_only_that_port",
                 an_oversized_packet_ends_only_that_port,
             ),
@@ -155,6 +159,43 @@ fn raw_chunks_and_input() {
     assert_eq!(got, b"some bytes");
     port.close_input();
     assert_eq!(all(&port), vec![PortOutput::Eof, PortOutput::Exit(ExitReason::Normal)]);
+}
+
+/// Output queued unread is bounded: past about 1 MiB the port's pipe is not
+/// read, and the program waits on it (as on a slow reader) until its owner
+/// takes some. Nothing is lost.
+fn a_program_waits_while_its_owner_does_not_read() {
+    let dir = std::env::temp_dir().join(format!("converge-ports-wait-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let done = dir.join("done");
+    let script = format!("head -c 50000000 /dev/zero; : > {}", done.display());
+    let port = sh(&script).framing(Framing::Raw).spawn().unwrap();
+    // Unread, 50 MB would be queued here in a small fraction of this time:
+    // the program is still writing when the time is up.
+    let start = std::time::Instant::now();
+    while start.elapsed() < Duration::from_secs(1) {
+        assert!(
+            !done.exists(),
+            "the program wrote everything to an owner that read nothing"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let mut total = 0;
+    loop {
+        match port.recv_timeout(PATIENCE).expect("an event within the patience") {
+            PortOutput::Data(d) => total += d.len(),
+            PortOutput::Eof => {}
+            PortOutput::Exit(reason) => {
+                assert_eq!(reason, ExitReason::Normal);
+                break;
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(total, 50_000_000);
+    assert!(done.exists());
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 fn packets_of_1_2_and_4_bytes() {

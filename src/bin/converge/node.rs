@@ -970,6 +970,12 @@ fn run_for(daemon: &Daemon, spec: RunSpec, mut stream: UnixStream) {
     let mut timed_out = false;
     let mut client_gone = false;
     loop {
+        // Looked at on every turn: a program whose output never lets the
+        // relay wait would otherwise never time out.
+        if deadline.is_some_and(|d| Instant::now() >= d) && !timed_out {
+            timed_out = true;
+            running.stop();
+        }
         let mut wait = match deadline {
             Some(d) if !timed_out => d.saturating_duration_since(Instant::now()),
             _ => Duration::from_secs(3600),
@@ -1006,13 +1012,7 @@ fn run_for(daemon: &Daemon, spec: RunSpec, mut stream: UnixStream) {
                 break;
             }
             Ok(_) => continue,
-            Err(RecvTimeoutError::Timeout) => {
-                if deadline.is_some_and(|d| Instant::now() >= d) && !timed_out {
-                    timed_out = true;
-                    running.stop();
-                }
-                continue;
-            }
+            Err(RecvTimeoutError::Timeout) => continue,
             Err(RecvTimeoutError::Disconnected) => break,
         };
         if !client_gone && write_frame(&mut stream, &reply).is_err() {

@@ -188,6 +188,9 @@ pub(crate) struct State {
     children: HashMap<Token, (u64, OwnedFd)>,
     /// Ports this process owns, by serial.
     ports: HashMap<u64, PortIo>,
+    /// Paused ports whose owner took enough of their output: their pipes
+    /// are to be read again.
+    resume: Vec<u64>,
     /// Who polls.
     poller: Poller,
     /// User threads waiting on the condition variable.
@@ -282,6 +285,7 @@ impl Inbox {
                 ctl_decoder: Decoder::default(),
                 children: HashMap::new(),
                 ports: HashMap::new(),
+                resume: Vec::new(),
                 poller: Poller::Idle,
                 users_waiting: 0,
                 bg_parked: false,
@@ -447,6 +451,14 @@ impl Inbox {
         deadline: Option<Instant>,
         mut check: impl FnMut(&mut State) -> Option<R>,
     ) -> Option<R> {
+        // What was taken may let a paused port be read again.
+        let mut check = |st: &mut State| {
+            let r = check(st);
+            if !st.resume.is_empty() {
+                self.resume_ports(st);
+            }
+            r
+        };
         let mut st = self.state.lock();
         if let Some(r) = check(&mut st) {
             return Some(r);
@@ -718,10 +730,20 @@ impl State {
             .store(self.messages.bytes as u64, Ordering::Relaxed);
     }
 
-    /// Removes the item at `i`, keeping the message count right.
+    /// Removes the item at `i`, keeping the message count right (and the
+    /// count of a port's queued output).
     fn take(&mut self, i: usize) -> Option<Item> {
         let item = self.queue.remove(i)?;
         self.messages.remove(&item);
+        if let Item::Port { port, output } = &item
+            && let Some(p) = self.ports.get_mut(port)
+        {
+            p.queued = p.queued.saturating_sub(ports::output_bytes(output));
+            if p.paused && p.queued <= ports::PORT_QUEUE_LOW {
+                p.paused = false;
+                self.resume.push(*port);
+            }
+        }
         self.publish();
         Some(item)
     }

@@ -53,6 +53,25 @@ pub(crate) struct PortIo {
     pub(super) exit_ref: u64,
     /// Output broke the framing: it is not read further.
     broken: bool,
+    /// Bytes of its output (and standard error) queued and not yet taken.
+    pub(super) queued: usize,
+    /// Its pipes are not read while too much of its output is queued.
+    pub(super) paused: bool,
+}
+
+/// Bytes of a port's output queued unread past which its pipes are not read
+/// (the program then waits on a full pipe, as it would writing to a slow
+/// reader), and below which they are read again.
+pub(super) const PORT_QUEUE_HIGH: usize = 1 << 20;
+pub(super) const PORT_QUEUE_LOW: usize = 256 << 10;
+
+/// The bytes an output event carries.
+pub(super) fn output_bytes(output: &PortOutput) -> usize {
+    match output {
+        PortOutput::Data(b) | PortOutput::Packet(b) | PortOutput::Stderr(b) => b.len(),
+        PortOutput::Line { data, .. } => data.len(),
+        _ => 0,
+    }
 }
 
 impl PortIo {
@@ -83,6 +102,8 @@ impl PortIo {
             close_input: false,
             exit_ref,
             broken: false,
+            queued: 0,
+            paused: false,
         }
     }
 }
@@ -127,6 +148,24 @@ impl Inbox {
         }
         self.need_background();
         Ok(())
+    }
+
+    /// Reads again the pipes of the ports whose owner took enough of their
+    /// queued output (listed by `State::take`).
+    pub(super) fn resume_ports(&self, st: &mut State) {
+        for serial in std::mem::take(&mut st.resume) {
+            let Some(port) = st.ports.get(&serial) else {
+                continue;
+            };
+            let token = |pipe| Token::new(PORT, serial << 2 | pipe);
+            if let Some(fd) = &port.stdout {
+                let _ = self.epoll().add(fd, token(PORT_STDOUT), Interest::Read);
+            }
+            if let Some(fd) = &port.stderr {
+                let _ = self.epoll().add(fd, token(PORT_STDERR), Interest::Read);
+            }
+            self.need_background();
+        }
     }
 
     /// Writes to a port's input (or queues, in order, when the pipe is full).
@@ -252,6 +291,16 @@ impl Inbox {
             } else {
                 port_stderr(port, queue, serial, data, false);
             }
+            if !until_end && port.queued > PORT_QUEUE_HIGH {
+                // Its owner is behind: the program waits on its pipe until
+                // the owner takes some (then `resume_ports`). At its end, all
+                // of it is read anyway.
+                port.paused = true;
+                for fd in [&port.stdout, &port.stderr].into_iter().flatten() {
+                    self.unwatch(fd.as_raw_fd());
+                }
+                return;
+            }
             if !until_end && n < scratch.len() {
                 return;
             }
@@ -287,6 +336,7 @@ impl Inbox {
         end: bool,
     ) {
         let (items, broken) = port_cut(port.framing, port.max_packet, &mut port.partial, data, end);
+        port.queued += items.iter().map(output_bytes).sum::<usize>();
         queue.extend(items.into_iter().map(|output| Item::Port { port: serial, output }));
         if let Err(e) = broken {
             self.port_broken(rt, port, queue, serial, e);
@@ -317,6 +367,7 @@ fn port_stderr(port: &mut PortIo, queue: &mut VecDeque<Item>, serial: u64, data:
     match port.stderr_mode {
         Stderr::Separate | Stderr::Merge => {
             if !data.is_empty() {
+                port.queued += data.len();
                 queue.push_back(Item::Port {
                     port: serial,
                     output: PortOutput::Stderr(data.to_vec()),
