@@ -408,6 +408,16 @@ impl Port {
             .map_err(|_closed| PortError::Closed)
     }
 
+    /// Holds the program's output (`true`) or lets it go (`false`): while
+    /// held, its pipes are not read and the program waits on them, as on a
+    /// slow reader; what was read already still comes. For an owner that
+    /// passes the output on and must not take more than its own reader
+    /// takes. (Output queued unread is bounded anyway: past 1 MiB a port's
+    /// pipes wait for its owner to take some.)
+    pub fn hold_output(&self, hold: bool) {
+        self.rt.inbox.port_hold(self.pid.serial(), hold);
+    }
+
     /// Bytes given to [`send`](Port::send) that the program's input pipe has
     /// not taken yet (they wait, in order, in this process). A sender that
     /// must not outrun the program waits while this is large.

@@ -815,6 +815,56 @@ fn input_waits_for_the_program_to_take_it() {
 }
 
 #[test]
+fn output_waits_for_the_client_to_take_it() {
+    let mut c = Cluster::new("backlog");
+    c.start_member("alpha", None, &[], &[]);
+    c.start_member("beta", Some("alpha"), &[], &[]);
+    assert!(c.knows("alpha", "beta"));
+    let through = |on: &str| {
+        let mut cmd = c.cmd();
+        cmd.env("CONVERGE_NODE", "alpha").args(["run", "--on", on]);
+        cmd
+    };
+    let mut embedded = converge();
+    embedded.arg("run");
+    for (how, mut cmd) in [
+        ("here", through("alpha")),
+        ("there", through("beta")),
+        ("embedded", embedded),
+    ] {
+        let done = scratch(&format!("backlog-done-{how}"));
+        let _ = std::fs::remove_file(&done);
+        let script = format!("head -c 50000000 /dev/zero; : > {}", done.display());
+        let mut child = cmd
+            .args(["--", "sh", "-c", &script])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        // Unread, the program's 50 MB would all be taken in a fraction of
+        // this time (into the memory of the command or of a daemon).
+        let t = Instant::now();
+        while t.elapsed() < Duration::from_secs(1) {
+            assert!(!done.exists(), "{how}: all the output was taken by nobody reading it");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let mut total = 0;
+        let mut buf = vec![0u8; 1 << 16];
+        let mut out = child.stdout.take().unwrap();
+        loop {
+            match std::io::Read::read(&mut out, &mut buf) {
+                Ok(0) => break,
+                Ok(n) => total += n,
+                Err(e) => panic!("{how}: {e}"),
+            }
+        }
+        assert_eq!(total, 50_000_000, "{how}");
+        assert_eq!(child.wait().unwrap().code(), Some(0), "{how}");
+        assert!(done.exists(), "{how}");
+    }
+}
+
+#[test]
 fn a_timeout_fires_while_the_program_floods_its_output() {
     // As `timeout 1 yes`: 124, at its time, through a daemon too.
     let mut c = Cluster::new("flood");

@@ -124,6 +124,8 @@ enum RunIn {
     Stop,
     /// Kill it (its client went away).
     Kill,
+    /// Hold its output (`true`: the client is behind) or let it go.
+    Hold(bool),
 }
 
 /// The program of a run on another node.
@@ -209,6 +211,8 @@ struct Daemon {
     me: Mailbox<ToDaemon>,
     next: AtomicU64,
     routes: Mutex<HashMap<u64, mpsc::Sender<Relay>>>,
+    /// The output of each run on its way to its client, by run.
+    flows: Mutex<HashMap<u64, Arc<Flow>>>,
     pending: Mutex<HashMap<u64, converge::port::PortBuilder>>,
     jobs: Mutex<Jobs>,
     /// Runs started here for other nodes (their runners), and local runs.
@@ -317,6 +321,7 @@ pub(crate) fn run(args: NodeArgs) -> Result<ExitCode, String> {
         me: ctx.mailbox(),
         next: AtomicU64::new(1),
         routes: Mutex::new(HashMap::new()),
+        flows: Mutex::new(HashMap::new()),
         pending: Mutex::new(HashMap::new()),
         jobs: Mutex::new(Jobs::default()),
         hosted: Mutex::new(HashSet::new()),
@@ -437,6 +442,11 @@ impl Daemon {
     }
 
     fn relay(&self, id: u64, relay: Relay) {
+        if let Relay::Out { bytes, .. } = &relay
+            && let Some(flow) = self.flows.lock().unwrap().get(&id)
+        {
+            flow.add(bytes.len());
+        }
         if let Some(to) = self.routes.lock().unwrap().get(&id) {
             let _ = to.send(relay);
         }
@@ -817,7 +827,57 @@ enum Running {
     There(Mailbox<RunIn>),
 }
 
+/// A run's output between its program and its client: relayed and not yet
+/// written to the client, at most about [`OUTPUT_HIGH`]. Past it the
+/// program's output is held (it waits on its pipe) until the client has
+/// taken it down to [`OUTPUT_LOW`].
+#[derive(Default)]
+struct Flow {
+    outstanding: AtomicU64,
+    held: std::sync::atomic::AtomicBool,
+    running: std::sync::OnceLock<Arc<Running>>,
+}
+
+const OUTPUT_HIGH: u64 = 1 << 20;
+const OUTPUT_LOW: u64 = 256 << 10;
+
+impl Flow {
+    /// `n` bytes relayed.
+    fn add(&self, n: usize) {
+        let now = self.outstanding.fetch_add(n as u64, Ordering::AcqRel) + n as u64;
+        if now > OUTPUT_HIGH
+            && let Some(running) = self.running.get()
+            && !self.held.swap(true, Ordering::AcqRel)
+        {
+            running.hold_output(true);
+        }
+    }
+
+    /// `n` bytes written to the client.
+    fn sub(&self, n: usize) {
+        let now = self
+            .outstanding
+            .fetch_sub(n as u64, Ordering::AcqRel)
+            .saturating_sub(n as u64);
+        if now < OUTPUT_LOW
+            && let Some(running) = self.running.get()
+            && self.held.swap(false, Ordering::AcqRel)
+        {
+            running.hold_output(false);
+        }
+    }
+}
+
 impl Running {
+    fn hold_output(&self, hold: bool) {
+        match self {
+            Running::Here(p) => p.hold_output(hold),
+            Running::There(r) => {
+                let _ = r.send(RunIn::Hold(hold));
+            }
+        }
+    }
+
     fn input(&self, request: Request) {
         match (self, request) {
             (Running::Here(p), Request::Input(b)) => {
@@ -865,6 +925,8 @@ impl Running {
 fn run_for(daemon: &Daemon, spec: RunSpec, mut stream: UnixStream) {
     let mut id = daemon.next.fetch_add(1, Ordering::Relaxed);
     let (mut tx, mut rx) = mpsc::channel();
+    let flow = Arc::new(Flow::default());
+    daemon.flows.lock().unwrap().insert(id, Arc::clone(&flow));
     daemon.routes.lock().unwrap().insert(id, tx.clone());
     // How the run before this one of its group ended, kept across placings.
     let mut before = None;
@@ -877,6 +939,7 @@ fn run_for(daemon: &Daemon, spec: RunSpec, mut stream: UnixStream) {
             Ok(target) => target,
             Err(why) => {
                 daemon.routes.lock().unwrap().remove(&id);
+                daemon.flows.lock().unwrap().remove(&id);
                 let _ = write_frame(
                     &mut stream,
                     &Reply::Failed {
@@ -898,8 +961,11 @@ fn run_for(daemon: &Daemon, spec: RunSpec, mut stream: UnixStream) {
                 // its output goes nowhere.
                 before = before.or(daemon.forget_job(id));
                 daemon.routes.lock().unwrap().remove(&id);
+                daemon.flows.lock().unwrap().remove(&id);
                 id = daemon.next.fetch_add(1, Ordering::Relaxed);
                 (tx, rx) = mpsc::channel();
+                flow.outstanding.store(0, Ordering::Release);
+                daemon.flows.lock().unwrap().insert(id, Arc::clone(&flow));
                 daemon.routes.lock().unwrap().insert(id, tx.clone());
             }
             Err(NotStarted::Failed(code, why)) => break (target, Err((code, why))),
@@ -924,12 +990,14 @@ fn run_for(daemon: &Daemon, spec: RunSpec, mut stream: UnixStream) {
         }
         Err((code, why)) => {
             daemon.routes.lock().unwrap().remove(&id);
+            daemon.flows.lock().unwrap().remove(&id);
             daemon.release(target.as_deref());
             let _ = write_frame(&mut stream, &Reply::Failed { code, why });
             return;
         }
     };
     let running = Arc::new(running);
+    let _ = flow.running.set(Arc::clone(&running));
     // Input given to a program here, for telling the client what it took
     // (a runner on another node tells it itself).
     let sent = Arc::new(AtomicU64::new(0));
@@ -1015,12 +1083,20 @@ fn run_for(daemon: &Daemon, spec: RunSpec, mut stream: UnixStream) {
             Err(RecvTimeoutError::Timeout) => continue,
             Err(RecvTimeoutError::Disconnected) => break,
         };
+        let out = match &reply {
+            Reply::Stdout(b) | Reply::Stderr(b) => b.len(),
+            _ => 0,
+        };
         if !client_gone && write_frame(&mut stream, &reply).is_err() {
             client_gone = true;
             running.kill();
         }
+        if out > 0 {
+            flow.sub(out);
+        }
     }
     daemon.routes.lock().unwrap().remove(&id);
+    daemon.flows.lock().unwrap().remove(&id);
     daemon.release(target.as_deref());
     let _ = stream.shutdown(std::net::Shutdown::Both);
 }
@@ -1289,6 +1365,7 @@ fn runner(ctx: Ctx<RunIn>, run: RemoteRun) {
             }
             Event::Message(RunIn::Stop) => port.shutdown(),
             Event::Message(RunIn::Kill) => port.kill(),
+            Event::Message(RunIn::Hold(hold)) => port.hold_output(hold),
             Event::Port { output, .. } => match output {
                 PortOutput::Data(bytes) => {
                     let _ = owner.send(ToDaemon::Output {

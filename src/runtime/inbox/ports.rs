@@ -57,6 +57,8 @@ pub(crate) struct PortIo {
     pub(super) queued: usize,
     /// Its pipes are not read while too much of its output is queued.
     pub(super) paused: bool,
+    /// Its pipes are not read while its owner holds its output.
+    pub(super) held: bool,
 }
 
 /// Bytes of a port's output queued unread past which its pipes are not read
@@ -104,6 +106,7 @@ impl PortIo {
             broken: false,
             queued: 0,
             paused: false,
+            held: false,
         }
     }
 }
@@ -150,11 +153,32 @@ impl Inbox {
         Ok(())
     }
 
+    /// Holds (or lets go of) a port's output: while held, its pipes are not
+    /// read and the program waits on them.
+    pub(crate) fn port_hold(&self, serial: u64, hold: bool) {
+        let mut st = self.state.lock();
+        let Some(port) = st.ports.get_mut(&serial) else {
+            return;
+        };
+        if port.held == hold {
+            return;
+        }
+        port.held = hold;
+        if hold {
+            for fd in [&port.stdout, &port.stderr].into_iter().flatten() {
+                self.unwatch(fd.as_raw_fd());
+            }
+        } else if !port.paused {
+            st.resume.push(serial);
+            self.resume_ports(&mut st);
+        }
+    }
+
     /// Reads again the pipes of the ports whose owner took enough of their
-    /// queued output (listed by `State::take`).
+    /// queued output (listed by `State::take`), unless held.
     pub(super) fn resume_ports(&self, st: &mut State) {
         for serial in std::mem::take(&mut st.resume) {
-            let Some(port) = st.ports.get(&serial) else {
+            let Some(port) = st.ports.get(&serial).filter(|p| !p.held) else {
                 continue;
             };
             let token = |pipe| Token::new(PORT, serial << 2 | pipe);
