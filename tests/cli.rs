@@ -845,7 +845,11 @@ fn output_waits_for_the_client_to_take_it() {
         // this time (into the memory of the command or of a daemon).
         let t = Instant::now();
         while t.elapsed() < Duration::from_secs(1) {
-            assert!(!done.exists(), "{how}: all the output was taken by nobody reading it");
+            if done.exists() {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("{how}: all the output was taken by nobody reading it");
+            }
             std::thread::sleep(Duration::from_millis(20));
         }
         let mut total = 0;
@@ -889,6 +893,36 @@ fn a_timeout_fires_while_the_program_floods_its_output() {
         assert!(ended, "{how}: still running after {:?}", t.elapsed());
         assert_eq!(status.code(), Some(124), "{how}");
         assert_eq!(status.code(), Some(timeout(&["1", "yes"])), "{how}: not as timeout");
+    }
+    // And while nobody reads its output (the command then blocked writing
+    // it): stopped at its time all the same; what is left is read after.
+    let mut embedded = converge();
+    embedded.arg("run");
+    let mut through = c.cmd();
+    through.arg("run");
+    for (how, mut cmd) in [("embedded", embedded), ("daemon", through)] {
+        let mut child = cmd
+            .args(["--timeout", "1", "--", "yes"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut out = child.stdout.take().unwrap();
+        std::thread::sleep(Duration::from_secs(2));
+        let mut total = 0usize;
+        let mut buf = vec![0u8; 1 << 16];
+        while total < 256 << 20 {
+            match std::io::Read::read(&mut out, &mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => total += n,
+            }
+        }
+        if total >= 256 << 20 {
+            let _ = child.kill();
+        }
+        let status = child.wait().unwrap();
+        assert!(total < 256 << 20, "{how}: the program was never stopped");
+        assert_eq!(status.code(), Some(124), "{how}");
     }
 }
 

@@ -442,10 +442,11 @@ impl Daemon {
     }
 
     fn relay(&self, id: u64, relay: Relay) {
-        if let Relay::Out { bytes, .. } = &relay
-            && let Some(flow) = self.flows.lock().unwrap().get(&id)
-        {
-            flow.add(bytes.len());
+        if let Relay::Out { bytes, .. } = &relay {
+            let flow = self.flows.lock().unwrap().get(&id).cloned();
+            if let Some(flow) = flow {
+                flow.add(bytes.len());
+            }
         }
         if let Some(to) = self.routes.lock().unwrap().get(&id) {
             let _ = to.send(relay);
@@ -834,7 +835,9 @@ enum Running {
 #[derive(Default)]
 struct Flow {
     outstanding: AtomicU64,
-    held: std::sync::atomic::AtomicBool,
+    /// Whether the output is held; decided and told under this lock, so the
+    /// program hears holds and releases in the order they were decided.
+    held: Mutex<bool>,
     running: std::sync::OnceLock<Arc<Running>>,
 }
 
@@ -844,37 +847,43 @@ const OUTPUT_LOW: u64 = 256 << 10;
 impl Flow {
     /// `n` bytes relayed.
     fn add(&self, n: usize) {
-        let now = self.outstanding.fetch_add(n as u64, Ordering::AcqRel) + n as u64;
-        if now > OUTPUT_HIGH
-            && let Some(running) = self.running.get()
-            && !self.held.swap(true, Ordering::AcqRel)
-        {
-            running.hold_output(true);
-        }
+        self.outstanding.fetch_add(n as u64, Ordering::AcqRel);
+        self.settle();
     }
 
     /// `n` bytes written to the client.
     fn sub(&self, n: usize) {
-        let now = self
-            .outstanding
-            .fetch_sub(n as u64, Ordering::AcqRel)
-            .saturating_sub(n as u64);
-        if now < OUTPUT_LOW
-            && let Some(running) = self.running.get()
-            && self.held.swap(false, Ordering::AcqRel)
-        {
-            running.hold_output(false);
+        let _ = self.outstanding.fetch_update(Ordering::AcqRel, Ordering::Acquire, |o| {
+            Some(o.saturating_sub(n as u64))
+        });
+        self.settle();
+    }
+
+    /// Holds or releases the output as what is outstanding says. A release
+    /// the program could not be told of is tried again next time.
+    fn settle(&self) {
+        let Some(running) = self.running.get() else {
+            return;
+        };
+        let mut held = self.held.lock().unwrap();
+        let now = self.outstanding.load(Ordering::Acquire);
+        if !*held && now > OUTPUT_HIGH {
+            *held = running.hold_output(true);
+        } else if *held && now < OUTPUT_LOW {
+            *held = !running.hold_output(false);
         }
     }
 }
 
 impl Running {
-    fn hold_output(&self, hold: bool) {
+    /// Whether the program was told.
+    fn hold_output(&self, hold: bool) -> bool {
         match self {
-            Running::Here(p) => p.hold_output(hold),
-            Running::There(r) => {
-                let _ = r.send(RunIn::Hold(hold));
+            Running::Here(p) => {
+                p.hold_output(hold);
+                true
             }
+            Running::There(r) => r.send(RunIn::Hold(hold)).is_ok(),
         }
     }
 
@@ -1035,19 +1044,15 @@ fn run_for(daemon: &Daemon, spec: RunSpec, mut stream: UnixStream) {
             });
     }
     let deadline = spec.timeout_ms.map(|ms| Instant::now() + Duration::from_millis(ms));
-    let mut timed_out = false;
+    // From a thread of its own: this one may be blocked on a client that
+    // does not read, or kept busy by a program's flood of output.
+    let watchdog = {
+        let running = Arc::clone(&running);
+        crate::run::Watchdog::new(deadline, move || running.stop())
+    };
     let mut client_gone = false;
     loop {
-        // Looked at on every turn: a program whose output never lets the
-        // relay wait would otherwise never time out.
-        if deadline.is_some_and(|d| Instant::now() >= d) && !timed_out {
-            timed_out = true;
-            running.stop();
-        }
-        let mut wait = match deadline {
-            Some(d) if !timed_out => d.saturating_duration_since(Instant::now()),
-            _ => Duration::from_secs(3600),
-        };
+        let mut wait = Duration::from_secs(3600);
         if let Running::Here(port) = &*running {
             // What the program took since the last look, told while some
             // is outstanding.
@@ -1072,6 +1077,7 @@ fn run_for(daemon: &Daemon, spec: RunSpec, mut stream: UnixStream) {
             Ok(Relay::Out { stderr: true, bytes }) => Reply::Stderr(bytes),
             Ok(Relay::InputTaken(n)) => Reply::InputTaken(n),
             Ok(Relay::Ended(reason)) => {
+                let timed_out = watchdog.fired();
                 let _ = write_frame(&mut stream, &Reply::Exit { reason, timed_out });
                 break;
             }

@@ -12,9 +12,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use clap::Args;
+use converge::ExitReason;
 use converge::daemon::{FrameError, INPUT_WINDOW, Reply, Request, read_frame, write_frame};
 use converge::port::{Port, PortOutput};
-use converge::{ExitReason, RecvTimeoutError};
 use signal_hook::consts::signal::{SIGINT, SIGTERM};
 
 /// The status when the program timed out (as `timeout`'s).
@@ -162,7 +162,7 @@ pub(crate) fn run(args: RunArgs) -> Result<ExitCode, String> {
         let port = Arc::clone(&port);
         std::thread::spawn(move || pass_input(&port));
     }
-    let code = wait(&port, args.timeout)?;
+    let code = wait(&port, args.timeout.map(|t| Instant::now() + t))?;
     forward.close();
     drop(port);
     node.shutdown(Duration::from_secs(1));
@@ -195,18 +195,63 @@ fn pass_input(port: &Port) {
     port.close_input();
 }
 
+/// Stops a program at its deadline, from a thread of its own: whatever the
+/// thread that relays its output is doing then (blocked on a reader that
+/// does not read, or kept busy by a flood of output). Dropping it before
+/// the deadline cancels it.
+pub(crate) struct Watchdog {
+    cancel: Arc<(std::sync::Mutex<bool>, std::sync::Condvar)>,
+    fired: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Watchdog {
+    /// Calls `stop` at `deadline` (never, with none), unless dropped first.
+    pub(crate) fn new(deadline: Option<Instant>, stop: impl FnOnce() + Send + 'static) -> Watchdog {
+        let cancel = Arc::new((std::sync::Mutex::new(false), std::sync::Condvar::new()));
+        let fired = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        if let Some(deadline) = deadline {
+            let (cancel, fired) = (Arc::clone(&cancel), Arc::clone(&fired));
+            std::thread::spawn(move || {
+                let (lock, wake) = &*cancel;
+                let mut cancelled = lock.lock().unwrap();
+                while !*cancelled {
+                    let left = deadline.saturating_duration_since(Instant::now());
+                    if left.is_zero() {
+                        fired.store(true, std::sync::atomic::Ordering::Release);
+                        drop(cancelled);
+                        stop();
+                        return;
+                    }
+                    cancelled = wake.wait_timeout(cancelled, left).unwrap().0;
+                }
+            });
+        }
+        Watchdog { cancel, fired }
+    }
+
+    /// Whether the deadline came.
+    pub(crate) fn fired(&self) -> bool {
+        self.fired.load(std::sync::atomic::Ordering::Acquire)
+    }
+}
+
+impl Drop for Watchdog {
+    fn drop(&mut self) {
+        *self.cancel.0.lock().unwrap() = true;
+        self.cancel.1.notify_all();
+    }
+}
+
 /// Streams the program's output until it ends; its status.
-fn wait(port: &Port, timeout: Option<Duration>) -> Result<u8, String> {
-    let deadline = timeout.map(|t| Instant::now() + t);
-    let mut timed_out = false;
+fn wait(port: &Arc<Port>, deadline: Option<Instant>) -> Result<u8, String> {
+    let watchdog = {
+        let port = Arc::clone(port);
+        Watchdog::new(deadline, move || port.shutdown())
+    };
     let mut out = std::io::stdout();
     let mut err = std::io::stderr();
     loop {
-        let wait = match deadline {
-            Some(d) if !timed_out => d.saturating_duration_since(Instant::now()),
-            _ => Duration::from_secs(3600),
-        };
-        match port.recv_timeout(wait) {
+        match port.recv() {
             Ok(PortOutput::Data(bytes)) => {
                 // A closed standard output (`| head`) is not the program's
                 // business: it gets SIGPIPE or EPIPE on its own writes.
@@ -215,15 +260,9 @@ fn wait(port: &Port, timeout: Option<Duration>) -> Result<u8, String> {
             Ok(PortOutput::Stderr(bytes)) => {
                 let _ = err.write_all(&bytes).and_then(|()| err.flush());
             }
-            Ok(PortOutput::Exit(reason)) => return code_of(&reason, timed_out),
+            Ok(PortOutput::Exit(reason)) => return code_of(&reason, watchdog.fired()),
             Ok(_) => {}
-            Err(RecvTimeoutError::Timeout) => {
-                if deadline.is_some_and(|d| Instant::now() >= d) && !timed_out {
-                    timed_out = true;
-                    port.shutdown();
-                }
-            }
-            Err(RecvTimeoutError::Disconnected) => return Err("the node stopped".into()),
+            Err(_) => return Err("the node stopped".into()),
         }
     }
 }

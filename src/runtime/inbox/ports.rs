@@ -67,11 +67,14 @@ pub(crate) struct PortIo {
 pub(super) const PORT_QUEUE_HIGH: usize = 1 << 20;
 pub(super) const PORT_QUEUE_LOW: usize = 256 << 10;
 
-/// The bytes an output event carries.
+/// What an output event counts for in its port's queued bytes: what it
+/// carries and what an event costs besides (so that a flood of empty lines
+/// or packets is bounded too).
 pub(super) fn output_bytes(output: &PortOutput) -> usize {
+    const EVENT: usize = 64;
     match output {
-        PortOutput::Data(b) | PortOutput::Packet(b) | PortOutput::Stderr(b) => b.len(),
-        PortOutput::Line { data, .. } => data.len(),
+        PortOutput::Data(b) | PortOutput::Packet(b) | PortOutput::Stderr(b) => b.len() + EVENT,
+        PortOutput::Line { data, .. } => data.len() + EVENT,
         _ => 0,
     }
 }
@@ -182,11 +185,13 @@ impl Inbox {
                 continue;
             };
             let token = |pipe| Token::new(PORT, serial << 2 | pipe);
-            if let Some(fd) = &port.stdout {
-                let _ = self.epoll().add(fd, token(PORT_STDOUT), Interest::Read);
-            }
-            if let Some(fd) = &port.stderr {
-                let _ = self.epoll().add(fd, token(PORT_STDERR), Interest::Read);
+            for (fd, pipe) in [(&port.stdout, PORT_STDOUT), (&port.stderr, PORT_STDERR)] {
+                if let Some(fd) = fd
+                    && let Err(e) = self.epoll().add(fd, token(pipe), Interest::Read)
+                    && e.kind() != io::ErrorKind::AlreadyExists
+                {
+                    tracing::warn!(port = %port.pid, error = %e, "a port's output cannot be read again");
+                }
             }
             self.need_background();
         }
@@ -391,7 +396,7 @@ fn port_stderr(port: &mut PortIo, queue: &mut VecDeque<Item>, serial: u64, data:
     match port.stderr_mode {
         Stderr::Separate | Stderr::Merge => {
             if !data.is_empty() {
-                port.queued += data.len();
+                port.queued += data.len() + 64;
                 queue.push_back(Item::Port {
                     port: serial,
                     output: PortOutput::Stderr(data.to_vec()),
