@@ -680,9 +680,12 @@ fn output_is_grouped_per_job_and_tagged() {
 fn line_buffer_prints_lines_as_they_come() {
     let dir = Scratch::new("lines");
     // Each job prints its last line only once both have printed their
-    // first (each has touched its file after its first line): both first
-    // lines come out before either last line.
-    let job = "echo a{}; touch up{}; n=0; while [ ! -e up1 -o ! -e up2 ] && [ $n -lt 1000 ]; do sleep 0.01; n=$((n+1)); done; echo b{}";
+    // first (each has touched its file after its first line), and half a
+    // second later: both first lines come out before either last line. (The
+    // half second is the tool's time to read the other job's first line:
+    // when both pipes are read in one go, neither tool keeps the order of
+    // writes across them.)
+    let job = "echo a{}; touch up{}; n=0; while [ ! -e up1 -o ! -e up2 ] && [ $n -lt 1000 ]; do sleep 0.01; n=$((n+1)); done; sleep 0.5; echo b{}";
     for tool in tools() {
         for f in ["up1", "up2"] {
             let _ = std::fs::remove_file(dir.path(f));
