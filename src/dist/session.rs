@@ -490,10 +490,12 @@ impl Session {
         Ok(*sent == frame.len())
     }
 
-    /// Seals `plain` as a record of its own, whatever it holds (tests of
-    /// the fragment layer).
-    #[cfg(test)]
-    pub(crate) fn seal_raw(&mut self, plain: &[u8], out: &mut Vec<u8>) -> Result<(), DistError> {
+    /// Seals `plain` as a record of its own, whatever it holds (tests and
+    /// fuzzing of the fragment layer: what a peer holding the secret could
+    /// send).
+    #[cfg(any(test, feature = "fuzzing"))]
+    #[doc(hidden)]
+    pub fn seal_raw(&mut self, plain: &[u8], out: &mut Vec<u8>) -> Result<(), DistError> {
         self.end_record(out)?;
         self.building.extend_from_slice(plain);
         self.end_record(out)
