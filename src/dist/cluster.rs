@@ -20,7 +20,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use super::membership::{Load, Member, MemberEvent, Membership, MembershipConfig};
-use super::session::{DistError, Hello, Secret, Session};
+use super::session::{DistError, Hello, Opener, Sealer, Secret, Session};
 use super::spawn::{RemoteTaskError, SpawnRefused};
 use super::transport::{Acceptor, HANDSHAKE_TIMEOUT, Listener, Stream, Tcp, Transport, connect, keep_session};
 use crate::exit::ExitReason;
@@ -335,7 +335,10 @@ struct Peer {
     name: String,
     id: NodeId,
     stream: Box<dyn Stream>,
-    session: Arc<Mutex<Session>>,
+    /// The session's halves: sealing (the writer, or a sender writing at
+    /// once) and opening (the reader) go on apart.
+    sealer: Arc<Mutex<Sealer>>,
+    opener: Arc<Mutex<Opener>>,
     out: Arc<Out>,
     last_heard: Arc<Mutex<Instant>>,
     /// When something other than ticks last went either way on it
@@ -1243,11 +1246,13 @@ impl Inner {
             Ok(s) => s,
             Err(_) => return,
         };
+        let (sealer, opener) = session.split();
         let peer = Peer {
             name: hello.name.clone(),
             id: hello.node,
             stream,
-            session: Arc::new(Mutex::new(session)),
+            sealer: Arc::new(Mutex::new(sealer)),
+            opener: Arc::new(Mutex::new(opener)),
             out: Arc::new(Out {
                 queue: Mutex::new(Outgoing::default()),
                 wake: Condvar::new(),
@@ -1258,13 +1263,9 @@ impl Inner {
             initiated,
             serial,
         };
-        let writer = (
-            peer.stream.try_clone(),
-            Arc::clone(&peer.session),
-            Arc::clone(&peer.out),
-        );
+        let writer = (peer.stream.try_clone(), Arc::clone(&peer.sealer), Arc::clone(&peer.out));
         let heard = Arc::clone(&peer.last_heard);
-        let session = Arc::clone(&peer.session);
+        let session = Arc::clone(&peer.opener);
         let reads = Arc::clone(&peer.out);
         let used = Arc::clone(&peer.last_used);
         if let Some(waiting) = self.pending.lock().remove(&hello.node) {
@@ -1454,7 +1455,7 @@ impl Inner {
         };
         let recent = now.saturating_sub(peer.last_used.load(Ordering::Relaxed)) < idle_ms;
         // Frames still to go out here, or one coming in part by part.
-        let moving = !peer.out.queue.lock().is_empty() || peer.session.lock().receiving();
+        let moving = !peer.out.queue.lock().is_empty() || peer.opener.lock().receiving();
         if busy || recent || moving {
             let frame = postcard::to_stdvec(&Wire::Busy).expect("BUG: encodes");
             self.enqueue(peer, CONTROL, frame);
@@ -1759,7 +1760,7 @@ fn close(peer: &Peer) {
 fn write_now(peer: &Peer) {
     let out = &peer.out;
     let mut records = Vec::new();
-    let sealed = seal_batch(&peer.session, &out.queue, &mut records);
+    let sealed = seal_batch(&peer.sealer, &out.queue, &mut records);
     let written = match sealed {
         Ok(()) => peer.stream.write_now(&records).map_err(|e| e.to_string()),
         Err(e) => Err(e.to_string()),
@@ -1794,7 +1795,7 @@ fn write_now(peer: &Peer) {
 /// frames held back to be coalesced when they are due (see [`Out`]),
 /// sealed a record at a time taking channels in turn: a large frame never
 /// holds up the small frames of other channels.
-fn write_loop(mut stream: Box<dyn Stream>, session: &Mutex<Session>, out: &Out) -> Result<(), DistError> {
+fn write_loop(mut stream: Box<dyn Stream>, session: &Mutex<Sealer>, out: &Out) -> Result<(), DistError> {
     let mut records = Vec::new();
     loop {
         {
@@ -1849,7 +1850,7 @@ fn write_loop(mut stream: Box<dyn Stream>, session: &Mutex<Session>, out: &Out) 
 /// sender never waits for a seal. Every frame taken is sealed whole but the
 /// last, which may be a large one: the rest of it waits for its channel's
 /// next turn, so small frames of other channels pass it.
-fn seal_batch(session: &Mutex<Session>, lock: &Mutex<Outgoing>, records: &mut Vec<u8>) -> Result<(), DistError> {
+fn seal_batch(session: &Mutex<Sealer>, lock: &Mutex<Outgoing>, records: &mut Vec<u8>) -> Result<(), DistError> {
     let mut work: Vec<(u32, Vec<u8>, usize)> = Vec::new();
     {
         let mut o = lock.lock();
@@ -1919,7 +1920,7 @@ const FRAGMENT_OVERHEAD: usize = 16;
 fn read_loop(
     inner: &Arc<Inner>,
     mut stream: Box<dyn Stream>,
-    session: &Mutex<Session>,
+    session: &Mutex<Opener>,
     (heard, reads, used): (&Mutex<Instant>, &AtomicU64, &AtomicU64),
     (node, serial): (NodeId, u64),
 ) -> NodeDownReason {

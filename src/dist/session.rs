@@ -6,6 +6,7 @@ use std::collections::HashMap;
 use std::fmt;
 use std::io::{Read, Write};
 use std::path::Path;
+use std::sync::Arc;
 
 use blake2::{Blake2s256, Digest};
 use serde::{Deserialize, Serialize};
@@ -311,18 +312,28 @@ impl Handshake {
         if !state.is_handshake_finished() {
             return Err(DistError::Malformed("the handshake did not finish".into()));
         }
-        let transport = state
-            .into_transport_mode()
-            .map_err(|e| DistError::Malformed(e.to_string()))?;
+        let transport = Arc::new(
+            state
+                .into_stateless_transport_mode()
+                .map_err(|e| DistError::Malformed(e.to_string()))?,
+        );
         let mut records = Records::new(MAX_RECORD);
         records.push(&rest)?;
         let session = Box::new(Session {
-            transport,
-            records,
-            partial: HashMap::new(),
-            max_frame: self.max_frame,
-            plain: vec![0u8; MAX_RECORD],
-            building: Vec::new(),
+            sealer: Sealer {
+                transport: Arc::clone(&transport),
+                nonce: 0,
+                max_frame: self.max_frame,
+                building: Vec::new(),
+            },
+            opener: Opener {
+                transport,
+                nonce: 0,
+                records,
+                partial: HashMap::new(),
+                max_frame: self.max_frame,
+                plain: vec![0u8; MAX_RECORD],
+            },
         });
         Ok(Step::Done { session, peer, send })
     }
@@ -407,25 +418,56 @@ fn decode_hello(bytes: &[u8]) -> Result<Hello, DistError> {
 }
 
 /// An established session: seals frames into records and opens the
-/// records of the peer back into frames.
+/// records of the peer back into frames. Its two halves work apart
+/// ([`split`](Session::split)): one thread may seal while another opens.
+#[derive(Debug)]
 pub struct Session {
-    transport: snow::TransportState,
+    sealer: Sealer,
+    opener: Opener,
+}
+
+/// The sending half of a [`Session`]: frames into sealed records, each
+/// with the next nonce.
+pub struct Sealer {
+    transport: Arc<snow::StatelessTransportState>,
+    /// The nonce of the next record sealed.
+    nonce: u64,
+    max_frame: usize,
+    /// The record being filled with fragments, not sealed yet.
+    building: Vec<u8>,
+}
+
+/// The receiving half of a [`Session`]: the peer's records, opened each
+/// with the next nonce (a replayed, reordered or altered record does not
+/// open), back into frames.
+pub struct Opener {
+    transport: Arc<snow::StatelessTransportState>,
+    /// The nonce of the next record opened.
+    nonce: u64,
     records: Records,
     /// Frames being reassembled, by channel.
     partial: HashMap<u32, Partial>,
     max_frame: usize,
     /// Decryption buffer.
     plain: Vec<u8>,
-    /// The record being filled with fragments, not sealed yet.
-    building: Vec<u8>,
 }
 
-impl fmt::Debug for Session {
+impl fmt::Debug for Sealer {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Session")
+        f.debug_struct("Sealer")
+            .field("nonce", &self.nonce)
+            .field("max_frame", &self.max_frame)
+            .finish_non_exhaustive()
+    }
+}
+
+impl fmt::Debug for Opener {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Opener")
+            .field("nonce", &self.nonce)
             .field("partial", &self.partial.len())
             .field("max_frame", &self.max_frame)
-            .finish()
+            .finish_non_exhaustive()
     }
 }
 
@@ -437,6 +479,51 @@ struct Partial {
 }
 
 impl Session {
+    /// Its two halves, to seal on one thread and open on another.
+    pub fn split(self) -> (Sealer, Opener) {
+        (self.sealer, self.opener)
+    }
+
+    /// See [`Sealer::seal`].
+    pub fn seal(&mut self, channel: u32, frame: &[u8], out: &mut Vec<u8>) -> Result<(), DistError> {
+        self.sealer.seal(channel, frame, out)
+    }
+
+    /// See [`Sealer::seal_next`].
+    pub fn seal_next(
+        &mut self,
+        channel: u32,
+        frame: &[u8],
+        sent: &mut usize,
+        out: &mut Vec<u8>,
+    ) -> Result<bool, DistError> {
+        self.sealer.seal_next(channel, frame, sent, out)
+    }
+
+    /// See [`Sealer::end_record`].
+    pub fn end_record(&mut self, out: &mut Vec<u8>) -> Result<(), DistError> {
+        self.sealer.end_record(out)
+    }
+
+    /// See [`Sealer::seal_raw`].
+    #[cfg(any(test, feature = "fuzzing"))]
+    #[doc(hidden)]
+    pub fn seal_raw(&mut self, plain: &[u8], out: &mut Vec<u8>) -> Result<(), DistError> {
+        self.sealer.seal_raw(plain, out)
+    }
+
+    /// See [`Opener::open`].
+    pub fn open(&mut self, bytes: &[u8], frames: &mut Vec<(u32, Vec<u8>)>) -> Result<(), DistError> {
+        self.opener.open(bytes, frames)
+    }
+
+    /// See [`Opener::receiving`].
+    pub fn receiving(&self) -> bool {
+        self.opener.receiving()
+    }
+}
+
+impl Sealer {
     /// Appends to `out` the records of all of `frame` on `channel` (and of
     /// the fragments that were waiting for a record before it).
     pub fn seal(&mut self, channel: u32, frame: &[u8], out: &mut Vec<u8>) -> Result<(), DistError> {
@@ -448,7 +535,7 @@ impl Session {
     /// Adds the next fragment of `frame` on `channel`, from `*sent` bytes on
     /// (start at 0), to the record being filled: as much of the frame as the
     /// record has room for. A full record is sealed into `out`; call
-    /// [`end_record`](Session::end_record) to seal one that is not full.
+    /// [`end_record`](Sealer::end_record) to seal one that is not full.
     /// Returns whether the frame is complete. Fragments of frames on other
     /// channels may come in between: that is how a large frame lets small
     /// ones pass, and many small frames share one record (one seal).
@@ -501,26 +588,33 @@ impl Session {
         self.end_record(out)
     }
 
-    /// Whether a frame of the peer has come in part, the rest to follow.
-    pub fn receiving(&self) -> bool {
-        !self.partial.is_empty()
-    }
-
     /// Seals the record being filled, if it holds anything, into `out`.
     pub fn end_record(&mut self, out: &mut Vec<u8>) -> Result<(), DistError> {
         if self.building.is_empty() {
             return Ok(());
         }
+        let nonce = self.nonce;
+        // A nonce is never used twice: past the last one, the session ends.
+        self.nonce = nonce
+            .checked_add(1)
+            .ok_or_else(|| DistError::Malformed("the session's nonces ran out".into()))?;
         let at = out.len();
         out.resize(at + 2 + self.building.len() + TAG, 0);
         let n = self
             .transport
-            .write_message(&self.building, &mut out[at + 2..])
+            .write_message(nonce, &self.building, &mut out[at + 2..])
             .map_err(|e| DistError::Malformed(format!("sealing failed: {e}")))?;
         out[at..at + 2].copy_from_slice(&(n as u16).to_be_bytes());
         out.truncate(at + 2 + n);
         self.building.clear();
         Ok(())
+    }
+}
+
+impl Opener {
+    /// Whether a frame of the peer has come in part, the rest to follow.
+    pub fn receiving(&self) -> bool {
+        !self.partial.is_empty()
     }
 
     /// Feeds bytes from the peer; appends every frame they complete, with its
@@ -529,10 +623,12 @@ impl Session {
     pub fn open(&mut self, bytes: &[u8], frames: &mut Vec<(u32, Vec<u8>)>) -> Result<(), DistError> {
         self.records.push(bytes)?;
         while let Some(record) = self.records.next_record() {
+            let nonce = self.nonce;
             let n = self
                 .transport
-                .read_message(&record, &mut self.plain)
+                .read_message(nonce, &record, &mut self.plain)
                 .map_err(|_| DistError::Authentication)?;
+            self.nonce = nonce.checked_add(1).ok_or(DistError::Authentication)?;
             let mut at = 0;
             while at < n {
                 at += self.fragment(at, n, frames)?;
