@@ -766,12 +766,9 @@ fn taken_before_reading(mut cmd: Command) -> u64 {
     seen.0
 }
 
-#[test]
-fn input_waits_for_the_program_to_take_it() {
-    let mut c = Cluster::new("window");
-    c.start_member("alpha", None, &[], &[]);
-    c.start_member("beta", Some("alpha"), &[], &[]);
-    assert!(c.knows("alpha", "beta"));
+/// `converge run` three ways, for a cluster of alpha and beta: through
+/// alpha's daemon on alpha, through it on beta, and with no daemon.
+fn three_ways(c: &Cluster) -> [(&'static str, Command); 3] {
     let through = |on: &str| {
         let mut cmd = c.cmd();
         cmd.env("CONVERGE_NODE", "alpha").args(["run", "--on", on]);
@@ -779,13 +776,22 @@ fn input_waits_for_the_program_to_take_it() {
     };
     let mut embedded = converge();
     embedded.arg("run");
-    // A window of 1 MiB, and the pipes and sockets on the way: far from
-    // everything a writer would push into a run that never waits.
-    for (how, cmd) in [
+    [
         ("here", through("alpha")),
         ("there", through("beta")),
         ("embedded", embedded),
-    ] {
+    ]
+}
+
+#[test]
+fn input_waits_for_the_program_to_take_it() {
+    let mut c = Cluster::new("window");
+    c.start_member("alpha", None, &[], &[]);
+    c.start_member("beta", Some("alpha"), &[], &[]);
+    assert!(c.knows("alpha", "beta"));
+    // A window of 1 MiB, and the pipes and sockets on the way: far from
+    // everything a writer would push into a run that never waits.
+    for (how, cmd) in three_ways(&c) {
         let taken = taken_before_reading(cmd);
         assert!(
             taken < 16 << 20,
@@ -794,13 +800,7 @@ fn input_waits_for_the_program_to_take_it() {
     }
     // Input well past the window reaches a program that reads it without a
     // word back (nothing else wakes the run): all of it, at once.
-    let mut embedded = converge();
-    embedded.arg("run");
-    for (how, mut cmd) in [
-        ("here", through("alpha")),
-        ("there", through("beta")),
-        ("embedded", embedded),
-    ] {
+    for (how, mut cmd) in three_ways(&c) {
         let input = scratch(&format!("eight-mib-{how}"));
         std::fs::write(&input, vec![b'x'; 8 << 20]).unwrap();
         let t = Instant::now();
@@ -820,18 +820,7 @@ fn output_waits_for_the_client_to_take_it() {
     c.start_member("alpha", None, &[], &[]);
     c.start_member("beta", Some("alpha"), &[], &[]);
     assert!(c.knows("alpha", "beta"));
-    let through = |on: &str| {
-        let mut cmd = c.cmd();
-        cmd.env("CONVERGE_NODE", "alpha").args(["run", "--on", on]);
-        cmd
-    };
-    let mut embedded = converge();
-    embedded.arg("run");
-    for (how, mut cmd) in [
-        ("here", through("alpha")),
-        ("there", through("beta")),
-        ("embedded", embedded),
-    ] {
+    for (how, mut cmd) in three_ways(&c) {
         let done = scratch(&format!("backlog-done-{how}"));
         let _ = std::fs::remove_file(&done);
         let script = format!("head -c 50000000 /dev/zero; : > {}", done.display());

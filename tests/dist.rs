@@ -943,21 +943,23 @@ impl converge::dist::Transport for Masked {
     }
 }
 
+/// `from` sends 0..n to the echo of `to` (named `name`), which gets them
+/// all, in order.
+fn send(from: &mut TestNode, to: &mut TestNode, name: &str, n: u64) {
+    from.tell(&format!("send {name} {n}"));
+    assert_eq!(from.expect("sent"), n.to_string());
+    for i in 0..n {
+        assert_eq!(to.expect("got"), i.to_string());
+    }
+}
+
 fn a_transport_of_the_programs_own_carries_sessions() {
     let mut a = TestNode::start_masked("alpha");
     let mut b = TestNode::start_masked("beta");
     b.join(a.addr, "alpha");
-    b.tell("send alpha 300");
-    assert_eq!(b.expect("sent"), "300");
-    for i in 0..300 {
-        assert_eq!(a.expect("got"), i.to_string());
-    }
+    send(&mut b, &mut a, "alpha", 300);
     // And the other way, on the same session.
-    a.tell("send beta 3");
-    assert_eq!(a.expect("sent"), "3");
-    for i in 0..3 {
-        assert_eq!(b.expect("got"), i.to_string());
-    }
+    send(&mut a, &mut b, "beta", 3);
     a.tell("stats");
     assert!(a.expect("stats").contains("refused=0"));
     // A node on plain TCP joins (membership is not on the transport), but
@@ -971,11 +973,7 @@ fn a_transport_of_the_programs_own_carries_sessions() {
     let stats = a.expect("stats");
     assert!(!stats.contains("refused=0"), "{stats}");
     // The masked pair goes on.
-    b.tell("send alpha 2");
-    assert_eq!(b.expect("sent"), "2");
-    for i in 0..2 {
-        assert_eq!(a.expect("got"), i.to_string());
-    }
+    send(&mut b, &mut a, "alpha", 2);
 }
 
 fn idle_sessions_close_oldest_first_and_open_again_on_use() {
@@ -985,13 +983,6 @@ fn idle_sessions_close_oldest_first_and_open_again_on_use() {
     let mut c = TestNode::start("gamma");
     b.join(a.addr, "alpha");
     c.join(a.addr, "alpha");
-    let send = |from: &mut TestNode, to: &mut TestNode, name: &str, n: u64| {
-        from.tell(&format!("send {name} {n}"));
-        assert_eq!(from.expect("sent"), n.to_string());
-        for i in 0..n {
-            assert_eq!(to.expect("got"), i.to_string());
-        }
-    };
     send(&mut a, &mut b, "beta", 5);
     send(&mut a, &mut c, "gamma", 5);
     // Two sessions, one over the cap: beta's, used longest ago, closes.
@@ -1045,11 +1036,7 @@ fn a_stalled_peer_blocks_no_send_and_its_session_goes_past_its_cap() {
     let mut c = TestNode::start("gamma");
     b.join(a.addr, "alpha");
     c.join(a.addr, "alpha");
-    a.tell("send beta 3");
-    assert_eq!(a.expect("sent"), "3");
-    for i in 0..3 {
-        assert_eq!(b.expect("got"), i.to_string());
-    }
+    send(&mut a, &mut b, "beta", 3);
     a.tell("aim beta");
     assert_eq!(a.expect("aimed"), "true");
     a.tell("save beta");
@@ -1071,11 +1058,7 @@ fn a_stalled_peer_blocks_no_send_and_its_session_goes_past_its_cap() {
     assert_eq!(a.expect("monitor-down"), "beta Backlogged");
     assert!(t.elapsed() < Duration::from_secs(1), "{:?}", t.elapsed());
     // Other peers go on.
-    a.tell("send gamma 5");
-    assert_eq!(a.expect("sent"), "5");
-    for i in 0..5 {
-        assert_eq!(c.expect("got"), i.to_string());
-    }
+    send(&mut a, &mut c, "gamma", 5);
     a.tell("stats");
     let stats = a.expect("stats");
     assert!(stats.contains("backlogged=1"), "{stats}");

@@ -1056,6 +1056,12 @@ impl Inner {
                 return;
             }
         }
+        self.open_listed(node);
+    }
+
+    /// Opens the session to `node` where membership says it listens (what
+    /// waits for it is dropped if it is not a member).
+    fn open_listed(self: &Arc<Self>, node: NodeId) {
         let addr = self
             .membership
             .lock()
@@ -1063,11 +1069,10 @@ impl Inner {
             .into_iter()
             .find(|m| m.node == node)
             .map(|m| m.sessions);
-        let Some(addr) = addr else {
-            self.give_up(node);
-            return;
-        };
-        self.open(node, addr);
+        match addr {
+            Some(addr) => self.open(node, addr),
+            None => self.give_up(node),
+        }
     }
 
     /// Opens the session to `node` at `addr`: itself when this node has the
@@ -1528,17 +1533,7 @@ impl Inner {
             waiting
         };
         if waiting {
-            let addr = self
-                .membership
-                .lock()
-                .members()
-                .into_iter()
-                .find(|m| m.node == node)
-                .map(|m| m.sessions);
-            match addr {
-                Some(addr) => self.open(node, addr),
-                None => self.give_up(node),
-            }
+            self.open_listed(node);
         }
         true
     }
