@@ -286,6 +286,43 @@ fn helper_node() {
                 .unwrap();
                 say("relayed", n);
             }
+            ["watch-burst-main", on, n, code] => {
+                // As `watch-burst`, from the node's main program itself
+                // (whose messages from other nodes come from this node's
+                // readers on its own connection): the command waits.
+                let burst = cluster
+                    .whereis(on, "burst", Duration::from_secs(2))
+                    .expect("burst is registered there");
+                let (n, code): (u64, i32) = (n.parse().unwrap(), code.parse().unwrap());
+                let ctx = node.ctx::<u64>();
+                ctx.monitor(burst);
+                Mailbox::<(Pid, u64, i32)>::from_pid(burst)
+                    .send((ctx.pid(), n, code))
+                    .unwrap();
+                let (mut got, mut in_order) = (0u64, true);
+                loop {
+                    match ctx.recv_event_timeout(Duration::from_secs(30)) {
+                        Ok(Event::Message(i)) => {
+                            in_order &= i == got;
+                            got += 1;
+                            // A slow receiver: what the readers hand it
+                            // backs up.
+                            if got % 5000 == 0 {
+                                std::thread::sleep(Duration::from_millis(5));
+                            }
+                        }
+                        Ok(Event::Down(d)) => {
+                            say("watched", format!("{got} {in_order} {:?}", d.reason));
+                            break;
+                        }
+                        Ok(_) => {}
+                        Err(_) => {
+                            say("watched", format!("{got} {in_order} nothing"));
+                            break;
+                        }
+                    }
+                }
+            }
             ["watch-burst", node, n, code] => {
                 // A process here monitors `burst` there, which sends it `n`
                 // numbers and ends: all of them come before the Down.
@@ -800,6 +837,14 @@ fn a_remote_monitor_gets_the_reason_after_every_message() {
     // monitor of the process gone is NoProc.
     assert_eq!(b.expect("watched"), "2000 true Code(7)");
     assert_eq!(b.expect("watched-again"), "NoProc");
+    // Many, to a node's main program (they come from this node's readers,
+    // batched, on its own connection): all before the Down too. (A node's
+    // `burst` ends after one burst: a new pair each time.)
+    for _ in 0..2 {
+        let (_a, mut b) = TestNode::pair();
+        b.tell("watch-burst-main alpha 100000 3");
+        assert_eq!(b.expect("watched"), "100000 true Code(3)");
+    }
 }
 
 fn a_remote_monitor_of_a_killed_node_is_noconnection() {

@@ -1012,6 +1012,13 @@ impl Inner {
     }
 
     fn inject(&self, msg: ToNode) {
+        // What this node's readers handed to its processes goes out to them
+        // first: a `Down` or an exit signal about a process of another node
+        // must find its messages before it (the receiver reads this node's
+        // connection to it to the end first).
+        if let Some(rt) = crate::runtime::current() {
+            rt.flush();
+        }
         let _ = self.injector.lock().send(msg);
     }
 

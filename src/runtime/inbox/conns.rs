@@ -224,10 +224,14 @@ impl Inbox {
     /// queued, so that its messages come first.
     pub(super) fn drain_sender(&self, rt: &Runtime, st: &mut State, from: Pid) {
         self.accept_all(rt, st);
+        // A process of another node reaches this one through this node: its
+        // session readers write what it sent on the node's own connection.
+        let me = rt.sender();
+        let relay = (from.node() != me.node()).then(|| Pid::new(me.node(), crate::pid::MAIN_SERIAL));
         let mut tokens: Vec<(u64, Token)> = st
             .conns
             .iter()
-            .filter(|(_, c)| c.sender.is_none() || c.sender == Some(from))
+            .filter(|(_, c)| c.sender.is_none() || c.sender == Some(from) || (relay.is_some() && c.sender == relay))
             .map(|(&t, c)| (c.seq, t))
             .collect();
         tokens.sort_unstable();
