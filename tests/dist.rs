@@ -199,6 +199,20 @@ fn helper_node() {
     })
     .unwrap();
     converge::register("burst", burst.pid()).unwrap();
+    // Sends `n` blobs of 64 KiB, numbered in their first bytes, to the pid
+    // it is given, then ends with `code`.
+    let blobs = converge::spawn(|ctx: Ctx<(Pid, u64, i32)>| {
+        let (to, n, code) = ctx.recv().unwrap();
+        let to = Mailbox::<Vec<u8>>::from_pid(to);
+        for i in 0..n {
+            let mut blob = vec![0u8; 64 << 10];
+            blob[..8].copy_from_slice(&i.to_le_bytes());
+            to.send(blob).unwrap();
+        }
+        ExitReason::Code(code)
+    })
+    .unwrap();
+    converge::register("blobs", blobs.pid()).unwrap();
     // Traps exits and reports each exit signal it gets.
     let linker = converge::spawn(|ctx: Ctx<()>| {
         ctx.trap_exits(true);
@@ -285,6 +299,41 @@ fn helper_node() {
                 })
                 .unwrap();
                 say("relayed", n);
+            }
+            ["watch-blobs-main", on, n, code] => {
+                // The node's main program monitors `blobs` there, takes its
+                // blobs slowly, and says how many came, in order, before
+                // the Down.
+                let blobs = cluster
+                    .whereis(on, "blobs", Duration::from_secs(2))
+                    .expect("blobs is registered there");
+                let (n, code): (u64, i32) = (n.parse().unwrap(), code.parse().unwrap());
+                let ctx = node.ctx::<Vec<u8>>();
+                ctx.monitor(blobs);
+                Mailbox::<(Pid, u64, i32)>::from_pid(blobs)
+                    .send((ctx.pid(), n, code))
+                    .unwrap();
+                let (mut got, mut in_order) = (0u64, true);
+                loop {
+                    match ctx.recv_event_timeout(Duration::from_secs(30)) {
+                        Ok(Event::Message(blob)) => {
+                            in_order &= blob.get(..8) == Some(&got.to_le_bytes()[..]);
+                            got += 1;
+                            if got % 16 == 0 {
+                                std::thread::sleep(Duration::from_millis(2));
+                            }
+                        }
+                        Ok(Event::Down(d)) => {
+                            say("watched", format!("{got} {in_order} {:?}", d.reason));
+                            break;
+                        }
+                        Ok(_) => {}
+                        Err(_) => {
+                            say("watched", format!("{got} {in_order} nothing"));
+                            break;
+                        }
+                    }
+                }
             }
             ["watch-burst-main", on, n, code] => {
                 // As `watch-burst`, from the node's main program itself
@@ -844,6 +893,12 @@ fn a_remote_monitor_gets_the_reason_after_every_message() {
         let (_a, mut b) = TestNode::pair();
         b.tell("watch-burst-main alpha 100000 3");
         assert_eq!(b.expect("watched"), "100000 true Code(3)");
+    }
+    // Large ones, to a main program that takes them slowly.
+    for _ in 0..3 {
+        let (_a, mut b) = TestNode::pair();
+        b.tell("watch-blobs-main alpha 800 5");
+        assert_eq!(b.expect("watched"), "800 true Code(5)");
     }
 }
 
