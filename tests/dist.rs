@@ -300,78 +300,23 @@ fn helper_node() {
                 .unwrap();
                 say("relayed", n);
             }
-            ["watch-blobs-main", on, n, code] => {
-                // The node's main program monitors `blobs` there, takes its
-                // blobs slowly, and says how many came, in order, before
-                // the Down.
-                let blobs = cluster
-                    .whereis(on, "blobs", Duration::from_secs(2))
-                    .expect("blobs is registered there");
-                let (n, code): (u64, i32) = (n.parse().unwrap(), code.parse().unwrap());
-                let ctx = node.ctx::<Vec<u8>>();
-                ctx.monitor(blobs);
-                Mailbox::<(Pid, u64, i32)>::from_pid(blobs)
-                    .send((ctx.pid(), n, code))
-                    .unwrap();
-                let (mut got, mut in_order) = (0u64, true);
-                loop {
-                    match ctx.recv_event_timeout(Duration::from_secs(30)) {
-                        Ok(Event::Message(blob)) => {
-                            in_order &= blob.get(..8) == Some(&got.to_le_bytes()[..]);
-                            got += 1;
-                            if got % 16 == 0 {
-                                std::thread::sleep(Duration::from_millis(2));
-                            }
-                        }
-                        Ok(Event::Down(d)) => {
-                            say("watched", format!("{got} {in_order} {:?}", d.reason));
-                            break;
-                        }
-                        Ok(_) => {}
-                        Err(_) => {
-                            say("watched", format!("{got} {in_order} nothing"));
-                            break;
-                        }
-                    }
-                }
-            }
-            ["watch-burst-main", on, n, code] => {
-                // As `watch-burst`, from the node's main program itself
-                // (whose messages from other nodes come from this node's
-                // readers on its own connection): the command waits.
-                let burst = cluster
-                    .whereis(on, "burst", Duration::from_secs(2))
-                    .expect("burst is registered there");
-                let (n, code): (u64, i32) = (n.parse().unwrap(), code.parse().unwrap());
-                let ctx = node.ctx::<u64>();
-                ctx.monitor(burst);
-                Mailbox::<(Pid, u64, i32)>::from_pid(burst)
-                    .send((ctx.pid(), n, code))
-                    .unwrap();
-                let (mut got, mut in_order) = (0u64, true);
-                loop {
-                    match ctx.recv_event_timeout(Duration::from_secs(30)) {
-                        Ok(Event::Message(i)) => {
-                            in_order &= i == got;
-                            got += 1;
-                            // A slow receiver: what the readers hand it
-                            // backs up.
-                            if got % 5000 == 0 {
-                                std::thread::sleep(Duration::from_millis(5));
-                            }
-                        }
-                        Ok(Event::Down(d)) => {
-                            say("watched", format!("{got} {in_order} {:?}", d.reason));
-                            break;
-                        }
-                        Ok(_) => {}
-                        Err(_) => {
-                            say("watched", format!("{got} {in_order} nothing"));
-                            break;
-                        }
-                    }
-                }
-            }
+            // The node's main program watches a sender there (whose messages
+            // come from this node's readers on its own connection), taking
+            // them slowly: 64 KiB blobs, or numbers.
+            ["watch-blobs-main", on, n, code] => watch_from_main::<Vec<u8>>(
+                (&node, &cluster),
+                (on, "blobs"),
+                (n.parse().unwrap(), code.parse().unwrap()),
+                16,
+                |blob| blob.get(..8).map(|b| u64::from_le_bytes(b.try_into().unwrap())),
+            ),
+            ["watch-burst-main", on, n, code] => watch_from_main::<u64>(
+                (&node, &cluster),
+                (on, "burst"),
+                (n.parse().unwrap(), code.parse().unwrap()),
+                5000,
+                |i| Some(*i),
+            ),
             ["watch-burst", node, n, code] => {
                 // A process here monitors `burst` there, which sends it `n`
                 // numbers and ends: all of them come before the Down.
@@ -611,6 +556,49 @@ fn helper_node() {
 /// A task other nodes may run here.
 fn square(n: u64) -> u64 {
     n * n
+}
+
+/// The node's main program monitors `name` on node `on`, asks it for `n`
+/// messages and to end with `code`, takes them (pausing every `every`: a
+/// slow receiver, behind which what the readers hand it backs up), and says
+/// how many came, whether in order (`number` reads a message's), and the
+/// Down's reason.
+fn watch_from_main<M: serde::Serialize + serde::de::DeserializeOwned>(
+    (node, cluster): (&converge::Node, &Cluster),
+    (on, name): (&str, &str),
+    (n, code): (u64, i32),
+    every: u64,
+    number: impl Fn(&M) -> Option<u64>,
+) {
+    let target = cluster
+        .whereis(on, name, Duration::from_secs(2))
+        .expect("registered there");
+    let ctx = node.ctx::<M>();
+    ctx.monitor(target);
+    Mailbox::<(Pid, u64, i32)>::from_pid(target)
+        .send((ctx.pid(), n, code))
+        .unwrap();
+    let (mut got, mut in_order) = (0u64, true);
+    loop {
+        match ctx.recv_event_timeout(Duration::from_secs(30)) {
+            Ok(Event::Message(m)) => {
+                in_order &= number(&m) == Some(got);
+                got += 1;
+                if got % every == 0 {
+                    std::thread::sleep(Duration::from_millis(2));
+                }
+            }
+            Ok(Event::Down(d)) => {
+                say("watched", format!("{got} {in_order} {:?}", d.reason));
+                return;
+            }
+            Ok(_) => {}
+            Err(_) => {
+                say("watched", format!("{got} {in_order} nothing"));
+                return;
+            }
+        }
+    }
 }
 
 /// A task that takes `ms` milliseconds, and gives them back.
