@@ -353,6 +353,60 @@ fn helper_node() {
                 })
                 .unwrap();
             }
+            ["watch-blobs-stopped", node, n, code] => {
+                // A process here monitors `blobs` there, asks it for `n`
+                // blobs, and stops (SIGSTOP) until this program lets it go
+                // on well after `blobs` ended: this node holds what the
+                // stopped process's socket cannot take, its Down behind it.
+                let blobs = cluster
+                    .whereis(node, "blobs", Duration::from_secs(2))
+                    .expect("blobs is registered there");
+                let (n, code): (u64, i32) = (n.parse().unwrap(), code.parse().unwrap());
+                let watcher = converge::spawn(move |ctx: Ctx<Vec<u8>>| {
+                    ctx.monitor(blobs);
+                    Mailbox::<(Pid, u64, i32)>::from_pid(blobs)
+                        .send((ctx.pid(), n, code))
+                        .unwrap();
+                    converge::flush();
+                    let me = std::process::id().to_string();
+                    std::process::Command::new("kill")
+                        .args(["-STOP", &me])
+                        .status()
+                        .unwrap();
+                    let (mut got, mut in_order) = (0u64, true);
+                    loop {
+                        match ctx.recv_event() {
+                            Ok(Event::Message(blob)) => {
+                                in_order &= blob[..8] == got.to_le_bytes();
+                                got += 1;
+                            }
+                            Ok(Event::Down(d)) => {
+                                say("watched", format!("{got} {in_order} {:?}", d.reason));
+                                return;
+                            }
+                            Ok(_) => {}
+                            Err(_) => return,
+                        }
+                    }
+                })
+                .unwrap();
+                let os_pid = converge::process_info(watcher.pid())
+                    .and_then(|i| i.os_pid)
+                    .expect("the watcher runs");
+                let stat = format!("/proc/{os_pid}/stat");
+                let deadline = Instant::now() + Duration::from_secs(10);
+                while !std::fs::read_to_string(&stat).is_ok_and(|s| s.contains(") T ")) {
+                    assert!(Instant::now() < deadline, "the watcher never stopped");
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                // Long enough for `blobs` to have sent what it could and
+                // ended: its Down is here, behind the blobs.
+                std::thread::sleep(Duration::from_secs(2));
+                let cont = std::process::Command::new("kill")
+                    .args(["-CONT", &os_pid.to_string()])
+                    .status();
+                assert!(cont.unwrap().success());
+            }
             ["link-burst", node, n, code] => {
                 // Linked (trapping exits) with `burst` there, which sends `n`
                 // numbers and ends: all of them come before the exit signal.
@@ -883,11 +937,16 @@ fn a_remote_monitor_gets_the_reason_after_every_message() {
         assert_eq!(b.expect("watched"), "100000 true Code(3)");
     }
     // Large ones, to a main program that takes them slowly.
-    for _ in 0..3 {
+    for _ in 0..2 {
         let (_a, mut b) = TestNode::pair();
         b.tell("watch-blobs-main alpha 800 5");
         assert_eq!(b.expect("watched"), "800 true Code(5)");
     }
+    // To a process that is stopped until well after the sender ended: its
+    // node holds what the process's socket cannot take, the Down behind it.
+    let (_a, mut b) = TestNode::pair();
+    b.tell("watch-blobs-stopped alpha 800 6");
+    assert_eq!(b.expect("watched"), "800 true Code(6)");
 }
 
 fn a_remote_monitor_of_a_killed_node_is_noconnection() {

@@ -1022,6 +1022,23 @@ impl Inner {
         let _ = self.injector.lock().send(msg);
     }
 
+    /// Injects `msg`, a signal about `from` (of another node) for `target`
+    /// (here), once what `from` sent to `target` through this node is
+    /// written to it, however slowly `target` reads: the receiver reads
+    /// those connections to the end before it takes the signal, so nothing
+    /// `from` sent before can come after it. `from`'s connections close once
+    /// written: it ended, or its session did.
+    fn inject_after(&self, from: Pid, target: u64, msg: ToNode) {
+        let tx = self.injector.lock().clone();
+        let then = move || {
+            let _ = tx.send(msg);
+        };
+        match crate::runtime::current() {
+            Some(rt) => rt.close_remote_sender_then(from, target, crate::runtime::outbox::Then::new(then)),
+            None => then(),
+        }
+    }
+
     fn notify(&self, event: NodeEvent) {
         let mut watchers = self.watchers.lock();
         let name = match &event {
@@ -1355,21 +1372,29 @@ impl Inner {
         }
         // Every link across the lost session: `NoConnection`.
         for (here, there) in self.links.lock().remove(&node).unwrap_or_default() {
-            self.inject(ToNode::RemoteExit {
-                target: here.serial(),
-                from: there,
-                reason: ExitReason::NoConnection,
-            });
+            self.inject_after(
+                there,
+                here.serial(),
+                ToNode::RemoteExit {
+                    target: here.serial(),
+                    from: there,
+                    reason: ExitReason::NoConnection,
+                },
+            );
         }
         // Every monitor across the lost session: `NoConnection`.
         for m in self.remote_monitors.lock().remove(&node).unwrap_or_default() {
-            self.inject(ToNode::RemoteDown {
-                watcher: m.watcher.serial(),
-                reference: m.reference,
-                internal: m.internal,
-                pid: m.target,
-                reason: ExitReason::NoConnection,
-            });
+            self.inject_after(
+                m.target,
+                m.watcher.serial(),
+                ToNode::RemoteDown {
+                    watcher: m.watcher.serial(),
+                    reference: m.reference,
+                    internal: m.internal,
+                    pid: m.target,
+                    reason: ExitReason::NoConnection,
+                },
+            );
         }
         tracing::info!(peer = %peer.name, ?reason, "session lost");
         self.answered.notify_all();
@@ -1624,16 +1649,18 @@ impl Inner {
                     list.retain(|m| !(m.watcher == watcher && m.reference == reference));
                     list.len() < before
                 };
-                if placed && let Some(rt) = crate::runtime::current() {
-                    // What `pid` sent here is written before its Down.
-                    rt.close_remote_sender(pid, Instant::now() + Duration::from_secs(1));
-                    self.inject(ToNode::RemoteDown {
-                        watcher: watcher.serial(),
-                        reference,
-                        internal,
+                if placed {
+                    self.inject_after(
                         pid,
-                        reason,
-                    });
+                        watcher.serial(),
+                        ToNode::RemoteDown {
+                            watcher: watcher.serial(),
+                            reference,
+                            internal,
+                            pid,
+                            reason,
+                        },
+                    );
                 }
             }
             Wire::Signal {
@@ -1648,12 +1675,16 @@ impl Inner {
                     ));
                 }
                 if to.node() == self.me.node {
-                    self.inject(ToNode::ExitSignalFor {
+                    self.inject_after(
                         from,
-                        target: to,
-                        reason,
-                        untrappable,
-                    });
+                        to.serial(),
+                        ToNode::ExitSignalFor {
+                            from,
+                            target: to,
+                            reason,
+                            untrappable,
+                        },
+                    );
                 } else {
                     self.stats.lock().stale += 1;
                 }
@@ -1696,14 +1727,16 @@ impl Inner {
                     .lock()
                     .get_mut(&node)
                     .is_some_and(|set| set.remove(&(to, from)));
-                if linked && let Some(rt) = crate::runtime::current() {
-                    // What `from` sent here is written before its exit signal.
-                    rt.close_remote_sender(from, Instant::now() + Duration::from_secs(1));
-                    self.inject(ToNode::RemoteExit {
-                        target: to.serial(),
+                if linked {
+                    self.inject_after(
                         from,
-                        reason,
-                    });
+                        to.serial(),
+                        ToNode::RemoteExit {
+                            target: to.serial(),
+                            from,
+                            reason,
+                        },
+                    );
                 }
             }
             Wire::Whereis { request, name } => {

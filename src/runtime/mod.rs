@@ -569,13 +569,18 @@ impl Runtime {
         sent
     }
 
-    /// Writes what `from` (of another node) was sent here with, waiting for
-    /// room up to `deadline`, and closes its connections: it ended.
+    /// Closes the connections `from` (of another node) was sent here with
+    /// once what they hold is written, and runs `then` once what `from` sent
+    /// to `target` (here) is: a signal about `from` follows its messages.
     #[cfg(feature = "dist")]
-    pub(crate) fn close_remote_sender(&'static self, from: Pid, deadline: std::time::Instant) {
+    pub(crate) fn close_remote_sender_then(&'static self, from: Pid, target: u64, then: outbox::Then) {
         // Any target of this node gives the same key for `from`.
         let key = crate::runtime::outbox::sender_key(from, self.me);
-        self.outbox.close_sender(&self.inbox, key, deadline);
+        let epoch = self.epoch.load(Ordering::Relaxed);
+        self.outbox.close_sender_then(&self.inbox, key, target, epoch, then);
+        if self.inbox.background_wanted() {
+            self.ensure_background();
+        }
     }
 
     /// A message for an actor this process hosts: straight into its queue,

@@ -92,11 +92,32 @@ struct OutConn {
     /// (`ProcessInfo::queue_len`) once it is written to the receiver's
     /// socket: one this process never gets to write is not counted.
     marks: std::collections::VecDeque<(usize, usize)>,
+    /// What runs once `buf` is written up to a point: a signal that must
+    /// follow the frames queued before it.
+    then: std::collections::VecDeque<(usize, Then)>,
+    /// Closed once everything pending is written (its sender is gone),
+    /// unless it sends again first.
+    closing: bool,
 }
 
 impl OutConn {
     fn pending(&self) -> usize {
         self.buf.len() - self.off
+    }
+}
+
+/// What runs once a connection has written what was queued before it.
+pub(crate) struct Then(Box<dyn FnOnce() + Send>);
+
+impl Then {
+    pub(crate) fn new(f: impl FnOnce() + Send + 'static) -> Then {
+        Then(Box::new(f))
+    }
+}
+
+impl std::fmt::Debug for Then {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Then")
     }
 }
 
@@ -134,6 +155,8 @@ struct Conns {
     /// new connection tried. Serials are never used again.
     dead: HashSet<u64, BuildHasherDefault<SerialHasher>>,
     dead_order: std::collections::VecDeque<u64>,
+    /// What connections reached and must run once the lock is released.
+    fired: Vec<Then>,
 }
 
 /// How many gone targets a process remembers.
@@ -258,6 +281,7 @@ impl Outbox {
         }
         conn.frames += 1;
         conn.last_used = uses;
+        conn.closing = false;
         if overhead == crate::wire::body::MESSAGE_PREFIX {
             conn.marks.push_back((conn.buf.len(), payload));
         }
@@ -267,9 +291,10 @@ impl Outbox {
         // The clock is read only for the first frame of a batch.
         let quiet = conn.frames == 1 && (conn.last_epoch != epoch || conn.last_write.elapsed() >= self.coalesce);
         if quiet || conn.frames >= BATCH_FRAMES || conn.pending() >= BATCH_BYTES {
-            if !self.write(conn, inbox, serial, epoch) {
+            if !self.write(conn, inbox, serial, epoch, &mut conns.fired) {
                 conns.map.remove(&key);
             }
+            Self::release(guard);
         } else {
             drop(guard);
             self.arm_timer(inbox);
@@ -327,17 +352,25 @@ impl Outbox {
             backlogged: false,
             last_used: conns.uses,
             marks: std::collections::VecDeque::new(),
+            then: std::collections::VecDeque::new(),
+            closing: false,
         }))
     }
 
-    /// Writes what `conn` has pending. Returns `false` if the peer is gone (the
-    /// connection should be dropped).
-    fn write(&self, conn: &mut OutConn, inbox: &Inbox, serial: u64, epoch: u64) -> bool {
+    /// Writes what `conn` has pending. Returns `false` if the peer is gone, or
+    /// the connection was closing and is written out (it should be dropped).
+    /// What the written bytes reached is moved to `fired`.
+    fn write(&self, conn: &mut OutConn, inbox: &Inbox, serial: u64, epoch: u64, fired: &mut Vec<Then>) -> bool {
         while conn.pending() > 0 {
             match socket::send(&conn.fd, &conn.buf[conn.off..]) {
                 Ok(n) => {
                     conn.off += n;
                     self.count_written(conn, serial);
+                    while let Some((end, _)) = conn.then.front()
+                        && *end <= conn.off
+                    {
+                        fired.extend(conn.then.pop_front().map(|(_, t)| t));
+                    }
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     if !conn.backlogged {
@@ -347,9 +380,14 @@ impl Outbox {
                     }
                     return true;
                 }
-                Err(_) => return false,
+                Err(_) => {
+                    // Gone: what waited on it need not wait any more.
+                    fired.extend(conn.then.drain(..).map(|(_, t)| t));
+                    return false;
+                }
             }
         }
+        fired.extend(conn.then.drain(..).map(|(_, t)| t));
         conn.buf.clear();
         if conn.buf.capacity() > 4 * BATCH_BYTES {
             conn.buf.shrink_to(BATCH_BYTES);
@@ -362,7 +400,16 @@ impl Outbox {
             conn.backlogged = false;
             inbox.unwatch(conn.fd.as_raw_fd());
         }
-        true
+        !conn.closing
+    }
+
+    /// Releases the lock, then runs what connections reached under it.
+    fn release(mut guard: crate::sync::MutexGuard<'_, Conns>) {
+        let fired = std::mem::take(&mut guard.fired);
+        drop(guard);
+        for then in fired {
+            (then.0)();
+        }
     }
 
     /// Counts the messages now written whole to `serial`'s socket as
@@ -403,15 +450,18 @@ impl Outbox {
             }
             self.timer_armed.store(false, Ordering::Release);
         }
-        let mut conns = self.conns.lock();
+        let mut guard = self.conns.lock();
+        let conns = &mut *guard;
         conns.map.retain(|&(_, serial), conn| {
-            conn.backlogged || conn.pending() == 0 || self.write(conn, inbox, serial, epoch)
+            conn.backlogged || conn.pending() == 0 || self.write(conn, inbox, serial, epoch, &mut conns.fired)
         });
+        Self::release(guard);
     }
 
     /// The connection to `serial` can take more bytes.
     pub(crate) fn on_writable(&self, inbox: &Inbox, serial: u64, epoch: u64) {
-        let mut conns = self.conns.lock();
+        let mut guard = self.conns.lock();
+        let conns = &mut *guard;
         // Every backlogged connection to `serial` (one per sender).
         conns.map.retain(|&(_, target), conn| {
             if target != serial || !conn.backlogged {
@@ -419,8 +469,9 @@ impl Outbox {
             }
             conn.backlogged = false;
             inbox.unwatch(conn.fd.as_raw_fd());
-            self.write(conn, inbox, serial, epoch)
+            self.write(conn, inbox, serial, epoch, &mut conns.fired)
         });
+        Self::release(guard);
     }
 
     /// Writes everything pending, waiting for room up to `deadline`. Used when
@@ -437,7 +488,8 @@ impl Outbox {
     /// Writes what actor `sender` sent, waiting for room up to `deadline`,
     /// and closes its connections: it ended.
     pub(crate) fn close_sender(&self, inbox: &Inbox, sender: u64, deadline: Instant) {
-        let mut conns = self.conns.lock();
+        let mut guard = self.conns.lock();
+        let conns = &mut *guard;
         conns.map.retain(|&(from, _), conn| {
             if from != sender {
                 return true;
@@ -446,8 +498,36 @@ impl Outbox {
             if conn.backlogged {
                 inbox.unwatch(conn.fd.as_raw_fd());
             }
+            conns.fired.extend(conn.then.drain(..).map(|(_, t)| t));
             false
         });
+        Self::release(guard);
+    }
+
+    /// Closes the connections of `sender` once what it sent on them is
+    /// written, and runs `then` once what it sent to `target` is: a signal
+    /// about `sender` must follow its messages. Never blocks: a connection
+    /// whose receiver is slow to read is written as it reads, and `then`
+    /// waits for it (or for its end, if the receiver goes away).
+    pub(crate) fn close_sender_then(&self, inbox: &Inbox, sender: u64, target: u64, epoch: u64, then: Then) {
+        let mut guard = self.conns.lock();
+        let conns = &mut *guard;
+        let mut then = Some(then);
+        conns.map.retain(|&(from, to), conn| {
+            if from != sender {
+                return true;
+            }
+            conn.closing = true;
+            if to == target
+                && conn.pending() > 0
+                && let Some(t) = then.take()
+            {
+                conn.then.push_back((conn.buf.len(), t));
+            }
+            conn.backlogged || self.write(conn, inbox, to, epoch, &mut conns.fired)
+        });
+        conns.fired.extend(then);
+        Self::release(guard);
     }
 
     /// Closes the connection used longest ago that has nothing pending;
@@ -470,6 +550,14 @@ impl Outbox {
 
     /// Forgets the connections to a process that is gone.
     pub(crate) fn forget(&self, serial: u64) {
-        self.conns.lock().map.retain(|&(_, target), _| target != serial);
+        let mut guard = self.conns.lock();
+        let conns = &mut *guard;
+        conns.map.retain(|&(_, target), conn| {
+            if target == serial {
+                conns.fired.extend(conn.then.drain(..).map(|(_, t)| t));
+            }
+            target != serial
+        });
+        Self::release(guard);
     }
 }
