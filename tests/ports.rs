@@ -384,6 +384,15 @@ fn environment_and_directory_are_the_owners() {
     let here = std::env::current_dir().unwrap();
     let got = lines(sh("pwd").current_dir("src"));
     assert_eq!(got, vec![here.join("src").display().to_string()]);
+    // No signal blocked, and SIGPIPE at its default (a Rust program
+    // ignores it, and the ignored stay so across exec).
+    let got = lines(sh("grep -E '^Sig(Blk|Ign)' /proc/self/status"));
+    let mask = |name: &str| {
+        let line = got.iter().find(|l| l.starts_with(name)).expect("in /proc/self/status");
+        u64::from_str_radix(line[name.len()..].trim(), 16).unwrap()
+    };
+    assert_eq!(mask("SigBlk:"), 0);
+    assert_eq!(mask("SigIgn:") & 1 << (libc::SIGPIPE - 1), 0);
 }
 
 fn closing_input_gives_eof() {

@@ -16,7 +16,7 @@
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::io;
-use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 
 use crate::exit::ExitReason;
 use crate::pid::Pid;
@@ -24,6 +24,7 @@ use crate::runtime::child::{ChildOptions, ChildPlan, child_main};
 use crate::runtime::zygote::{Ask, Call, Entry, PortRequest, Request, Response};
 use crate::runtime::{Runtime, Settings};
 use crate::sys;
+use crate::sys::cgroup::PortCgroup;
 use crate::sys::poll::{Epoll, Interest, Token};
 use crate::sys::shared::SharedArea;
 use crate::sys::text;
@@ -94,7 +95,7 @@ struct Child {
     /// A port's OS pid (its process group id), killed with it.
     port: Option<i32>,
     /// A port's cgroup, killed with it, then used again.
-    cgroup: Option<String>,
+    cgroup: Option<PortCgroup>,
     /// A scheduler's slot, given to its replacement.
     scheduler: Option<usize>,
 }
@@ -105,20 +106,17 @@ struct Cgroups {
     /// The node's cgroup for ports (none: ports get none).
     root: Option<String>,
     /// Empty, ready for a new port.
-    free: Vec<String>,
+    free: Vec<PortCgroup>,
     /// Killed with their port, maybe not empty yet.
-    draining: Vec<String>,
+    draining: Vec<PortCgroup>,
     next: u64,
 }
 
 impl Cgroups {
     /// A cgroup for a new port, if the node has them.
-    fn take(&mut self) -> Option<String> {
+    fn take(&mut self) -> Option<PortCgroup> {
         let root = self.root.as_deref()?;
-        let (empty, busy): (Vec<String>, Vec<String>) = self
-            .draining
-            .drain(..)
-            .partition(|cg| !crate::sys::cgroup::populated(cg));
+        let (empty, busy): (Vec<PortCgroup>, Vec<PortCgroup>) = self.draining.drain(..).partition(|cg| !cg.populated());
         self.draining = busy;
         self.free.extend(empty);
         if let Some(cg) = self.free.pop() {
@@ -130,15 +128,15 @@ impl Cgroups {
 
     /// A port's leader is gone: kill what it left in its cgroup (even what
     /// left its process group), and use the cgroup again once it is empty.
-    fn release(&mut self, cg: String) {
+    fn release(&mut self, cg: PortCgroup) {
         // Most ports leave nothing behind: their cgroup is free at once
         // (reading `cgroup.events` costs less than a kill the kernel must
         // walk the cgroup for).
-        if !crate::sys::cgroup::populated(&cg) {
+        if !cg.populated() {
             self.free.push(cg);
             return;
         }
-        crate::sys::cgroup::kill(&cg);
+        cg.kill();
         self.draining.push(cg);
     }
 }
@@ -200,12 +198,18 @@ fn run_with(setup: ZygoteSetup, early: Vec<ToProcess>, mut ctl_decoder: Decoder)
             replace_scheduler(&setup, &epoll, &mut next, &mut pool, &mut children, slot, was_ready);
         }
     }
+    // When the orphans were last looked for, and whether a `SIGCHLD` came
+    // since. Every child's end sends one, the zygote's own (watched through
+    // their pidfds) too: looking at most every ORPHAN_SCAN keeps a loop of
+    // short-lived processes from paying a scan each.
+    let mut scanned = std::time::Instant::now() - ORPHAN_SCAN;
+    let mut orphans_may_have_ended = false;
     loop {
         events.clear();
-        if epoll.wait(&mut events, None).is_err() {
+        let wait = orphans_may_have_ended.then(|| ORPHAN_SCAN.saturating_sub(scanned.elapsed()));
+        if epoll.wait(&mut events, wait).is_err() {
             continue;
         }
-        let mut orphans_may_have_ended = false;
         for ev in events.clone() {
             match ev.token {
                 TOKEN_LISTENER => {
@@ -229,7 +233,12 @@ fn run_with(setup: ZygoteSetup, early: Vec<ToProcess>, mut ctl_decoder: Decoder)
                 }
                 TOKEN_DEATH => guardian(&setup, &children, &strays, &mut ctl_decoder),
                 // After the rest: its own children's statuses go out first.
-                TOKEN_SIGCHLD => orphans_may_have_ended = true,
+                TOKEN_SIGCHLD => {
+                    if let Some(fd) = &sigchld {
+                        sys::signal::drain_signals(fd);
+                    }
+                    orphans_may_have_ended = true;
+                }
                 TOKEN_SPARE => {
                     // The spare died: reap it, and fork another.
                     if let Some(fd) = spare.take() {
@@ -294,8 +303,9 @@ fn run_with(setup: ZygoteSetup, early: Vec<ToProcess>, mut ctl_decoder: Decoder)
                                 let fds: Vec<OwnedFd> = conn.fds.drain(..n).collect();
                                 let cgroup = cgroups.take();
                                 let (reg, shutdown_ms) = (req.reg.clone(), req.shutdown_ms);
-                                match start_port(*req, fds, cgroup.clone()) {
-                                    Ok(child) => {
+                                match start_port(*req, fds, cgroup.as_ref()) {
+                                    Ok(mut child) => {
+                                        child.cgroup = cgroup;
                                         let ospid = child.port.expect("BUG: a port has its group");
                                         let registered = register_port(&setup, &child, reg, shutdown_ms);
                                         let token = Token::new(CHILD, next);
@@ -405,14 +415,16 @@ fn run_with(setup: ZygoteSetup, early: Vec<ToProcess>, mut ctl_decoder: Decoder)
                 _ => {}
             }
         }
-        if orphans_may_have_ended {
-            if let Some(fd) = &sigchld {
-                sys::signal::drain_signals(fd);
-            }
+        if orphans_may_have_ended && scanned.elapsed() >= ORPHAN_SCAN {
             reap_adopted(&children);
+            scanned = std::time::Instant::now();
+            orphans_may_have_ended = false;
         }
     }
 }
+
+/// How often at most the zygote looks for orphans it adopted that ended.
+const ORPHAN_SCAN: std::time::Duration = std::time::Duration::from_millis(50);
 
 /// Forks the zygote's spare, watched through its pidfd.
 fn fork_spare(setup: &ZygoteSetup, epoll: &Epoll) -> Option<OwnedFd> {
@@ -708,7 +720,7 @@ fn register_port(
         ospid,
         port: crate::wire::envelope::PortInfo {
             shutdown_ms,
-            cgroup: child.cgroup.clone(),
+            cgroup: child.cgroup.as_ref().map(|cg| cg.path.clone()),
         },
     };
     let mut buf = Vec::new();
@@ -718,74 +730,34 @@ fn register_port(
 
 /// Starts a port's program in its own process group (and cgroup, if it has
 /// one) with the descriptors `fds` as its standard streams.
-fn start_port(req: PortRequest, fds: Vec<OwnedFd>, cgroup: Option<String>) -> io::Result<Child> {
-    use std::ffi::OsStr;
-    use std::os::unix::ffi::OsStrExt;
-    use std::os::unix::process::CommandExt;
-    use std::process::{Command, Stdio};
-
+fn start_port(req: PortRequest, fds: Vec<OwnedFd>, cgroup: Option<&PortCgroup>) -> io::Result<Child> {
     let serial = req.reg.serial;
     let mut fds = fds.into_iter();
     let stdin = fds.next().expect("BUG: counted by the caller");
     let stdout = fds.next().expect("BUG: counted by the caller");
-    let stderr = match fds.next() {
-        Some(fd) => fd,
-        None => stdout.try_clone()?,
-    };
-    let mut cmd = Command::new(OsStr::from_bytes(&req.program));
-    cmd.args(req.args.iter().map(|a| OsStr::from_bytes(a)));
-    if let Some(a0) = &req.arg0 {
-        cmd.arg0(OsStr::from_bytes(a0));
-    }
-    cmd.env_clear();
-    cmd.envs(
-        req.env
-            .iter()
-            .map(|(k, v)| (OsStr::from_bytes(k), OsStr::from_bytes(v))),
-    );
-    if let Some(dir) = &req.cwd {
-        cmd.current_dir(OsStr::from_bytes(dir));
-    }
-    // Its own process group: the port is killed as a group.
-    cmd.process_group(0);
-    cmd.stdin(Stdio::from(stdin));
-    cmd.stdout(Stdio::from(stdout));
-    cmd.stderr(Stdio::from(stderr));
-    let procs = cgroup.as_deref().and_then(|cg| {
-        std::fs::OpenOptions::new()
-            .write(true)
-            .open(std::path::Path::new(cg).join("cgroup.procs"))
-            .ok()
-    });
-    let cgroup = cgroup.filter(|_| procs.is_some());
-    let child = match procs {
-        Some(f) => sys::process::spawn_in_cgroup(&mut cmd, f.into())?,
-        None => cmd.spawn()?,
-    };
-    // The streams' copies held by the command go now.
-    drop(cmd);
-    let ospid = child.id() as i32;
-    // Not reaped yet (the zygote reaps by pidfd only): the id is the child's.
-    let pidfd = match sys::process::pidfd_open(ospid) {
-        Ok(fd) => fd,
-        Err(e) => {
-            // Nothing of it may stay: its group, and what it left in its
-            // cgroup (the caller does not use that cgroup again).
-            let mut child = child;
-            let _ = sys::process::kill_group(ospid, sys::process::SIGKILL);
-            if let Some(cg) = &cgroup {
-                crate::sys::cgroup::kill(cg);
-            }
-            let _ = child.wait();
-            return Err(e);
-        }
-    };
+    let stderr = fds.next();
+    let program = sys::process::Program::new(
+        &req.program,
+        req.arg0.as_deref(),
+        &req.args,
+        &req.env,
+        req.cwd.as_deref(),
+    )?;
+    let stdio = [
+        stdin.as_fd(),
+        stdout.as_fd(),
+        stderr.as_ref().map_or(stdout.as_fd(), |e| e.as_fd()),
+    ];
+    // Its own process group: the port is killed as a group. In its cgroup
+    // before it runs: nothing it starts escapes it.
+    let (ospid, pidfd) = sys::process::spawn_program(&program, stdio, cgroup.map(PortCgroup::procs))?;
     Ok(Child {
         serial,
         ospid,
         pidfd,
         port: Some(ospid),
-        cgroup,
+        // The caller's, set once it knows the port runs.
+        cgroup: None,
         scheduler: None,
     })
 }

@@ -87,10 +87,51 @@ pub(crate) fn node_root(node: NodeId) -> Option<String> {
 }
 
 /// Creates the cgroup of port `serial` under the node's.
-pub(crate) fn create_port(root: &str, serial: u64) -> Option<String> {
+pub(crate) fn create_port(root: &str, serial: u64) -> Option<PortCgroup> {
     let dir = Path::new(root).join(format!("port-{serial}"));
     fs::create_dir(&dir).ok()?;
-    Some(dir.to_string_lossy().into_owned())
+    let opened = (|| {
+        Ok::<_, std::io::Error>(PortCgroup {
+            procs: fs::OpenOptions::new().write(true).open(dir.join("cgroup.procs"))?,
+            events: fs::File::open(dir.join("cgroup.events"))?,
+            path: dir.to_string_lossy().into_owned(),
+        })
+    })();
+    if opened.is_err() {
+        let _ = fs::remove_dir(&dir);
+    }
+    opened.ok()
+}
+
+/// A port's cgroup, with the files used for every port it holds kept open.
+#[derive(Debug)]
+pub(crate) struct PortCgroup {
+    pub(crate) path: String,
+    /// `cgroup.procs`, open for writing: a process that writes "0" to it
+    /// moves into the cgroup.
+    procs: fs::File,
+    /// `cgroup.events`, read again from its start each time.
+    events: fs::File,
+}
+
+impl PortCgroup {
+    /// Its `cgroup.procs`, open for writing.
+    pub(crate) fn procs(&self) -> std::os::fd::BorrowedFd<'_> {
+        std::os::fd::AsFd::as_fd(&self.procs)
+    }
+
+    /// Whether it still has processes.
+    pub(crate) fn populated(&self) -> bool {
+        use std::os::unix::fs::FileExt;
+        let mut buf = [0u8; 128];
+        let n = self.events.read_at(&mut buf, 0).unwrap_or(0);
+        buf[..n].split(|&b| b == b'\n').any(|l| l == b"populated 1")
+    }
+
+    /// Kills every process in it.
+    pub(crate) fn kill(&self) {
+        kill(&self.path);
+    }
 }
 
 /// Kills every process in the cgroup `cg` (and its descendants).

@@ -457,29 +457,262 @@ pub(crate) fn set_rlimit(resource: Resource, soft: u64, hard: u64) -> io::Result
     Ok(rustix::process::setrlimit(resource.raw(), lim)?)
 }
 
-/// Spawns `cmd` with its process moved into a cgroup before it executes the
-/// program: `procs` is that cgroup's `cgroup.procs`, open for writing. Nothing
-/// the program starts can run outside the cgroup.
-pub(crate) fn spawn_in_cgroup(cmd: &mut std::process::Command, procs: OwnedFd) -> io::Result<std::process::Child> {
-    use std::os::unix::process::CommandExt;
-    let fd = procs.as_raw_fd();
-    // SAFETY: the hook runs in the forked child before exec. It only calls
-    // write(2), which is async-signal-safe, on a descriptor opened before the
-    // fork (and kept open by `procs` until the spawn returns); it allocates
-    // nothing (an OS error is a plain code).
-    unsafe {
-        cmd.pre_exec(move || {
-            // "0" moves the writing process.
-            if libc::write(fd, b"0".as_ptr().cast(), 1) == 1 {
-                Ok(())
-            } else {
-                Err(io::Error::last_os_error())
-            }
-        });
+/// A program to start with [`spawn_program`], prepared beforehand: its child
+/// only makes system calls, as it shares the caller's memory until it execs.
+#[derive(Debug)]
+pub(crate) struct Program {
+    /// Where it is looked for, in order: itself if it names a path; else in
+    /// each directory of the `PATH` it is given (`/bin:/usr/bin` if none),
+    /// as `execvp(3)` does.
+    paths: Vec<std::ffi::CString>,
+    argv: Vec<std::ffi::CString>,
+    envp: Vec<std::ffi::CString>,
+    cwd: Option<std::ffi::CString>,
+}
+
+impl Program {
+    /// `program` run with `args` (its `argv[0]` is `arg0`, or `program`),
+    /// exactly the environment `env`, in `cwd` (or the caller's directory).
+    /// A nul byte in any of them is an `InvalidInput` error.
+    pub(crate) fn new(
+        program: &[u8],
+        arg0: Option<&[u8]>,
+        args: &[Vec<u8>],
+        env: &[(Vec<u8>, Vec<u8>)],
+        cwd: Option<&[u8]>,
+    ) -> io::Result<Program> {
+        use std::ffi::CString;
+        let c = |b: &[u8]| {
+            CString::new(b).map_err(|_| {
+                io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    "a nul byte in a program's name, argument, environment or directory",
+                )
+            })
+        };
+        let paths = if program.is_empty() {
+            return Err(io::Error::from_raw_os_error(libc::ENOENT));
+        } else if program.contains(&b'/') {
+            vec![c(program)?]
+        } else {
+            let path = env
+                .iter()
+                .rev()
+                .find(|(k, _)| k == b"PATH")
+                .map_or(&b"/bin:/usr/bin"[..], |(_, v)| v);
+            path.split(|&b| b == b':')
+                .map(|dir| {
+                    // An empty entry is the current directory.
+                    if dir.is_empty() {
+                        c(program)
+                    } else {
+                        let mut p = dir.to_vec();
+                        if !dir.ends_with(b"/") {
+                            p.push(b'/');
+                        }
+                        p.extend_from_slice(program);
+                        c(&p)
+                    }
+                })
+                .collect::<io::Result<_>>()?
+        };
+        let mut argv = vec![c(arg0.unwrap_or(program))?];
+        for a in args {
+            argv.push(c(a)?);
+        }
+        let envp = env
+            .iter()
+            .map(|(k, v)| {
+                let mut kv = Vec::with_capacity(k.len() + 1 + v.len());
+                kv.extend_from_slice(k);
+                kv.push(b'=');
+                kv.extend_from_slice(v);
+                c(&kv)
+            })
+            .collect::<io::Result<_>>()?;
+        Ok(Program {
+            paths,
+            argv,
+            envp,
+            cwd: cwd.map(c).transpose()?,
+        })
     }
-    let child = cmd.spawn();
-    drop(procs);
-    child
+}
+
+/// What the child of [`spawn_program`] reads, in the caller's memory.
+struct SpawnPlan {
+    paths: Vec<*const libc::c_char>,
+    argv: Vec<*const libc::c_char>,
+    envp: Vec<*const libc::c_char>,
+    cwd: *const libc::c_char,
+    stdio: [RawFd; 3],
+    procs: RawFd,
+    /// The child's error number, if it could not exec.
+    error: std::sync::atomic::AtomicI32,
+}
+
+/// Bytes of the stack the child of [`spawn_program`] runs on until it execs
+/// (system calls only), besides its guard page.
+const SPAWN_STACK: usize = 64 * 1024;
+
+/// Starts `program` in a process group of its own, with `stdio` as its
+/// standard input, output and error, moved into the cgroup whose
+/// `cgroup.procs` is open as `procs` (if any) before it execs: nothing it
+/// starts can escape the cgroup. Its handled signals are reset to their
+/// defaults, `SIGPIPE` too, and no signal is blocked.
+///
+/// The child shares this process's memory and this thread waits until it
+/// execs (`CLONE_VM | CLONE_VFORK`, as `posix_spawn(3)` does): no page table
+/// is copied, however large this process. Returns its pid and a pidfd.
+pub(crate) fn spawn_program(
+    program: &Program,
+    stdio: [std::os::fd::BorrowedFd<'_>; 3],
+    procs: Option<std::os::fd::BorrowedFd<'_>>,
+) -> io::Result<(i32, OwnedFd)> {
+    use std::os::fd::FromRawFd;
+    let nul = std::ptr::null::<libc::c_char>();
+    let mut plan = SpawnPlan {
+        paths: program.paths.iter().map(|p| p.as_ptr()).collect(),
+        argv: program.argv.iter().map(|a| a.as_ptr()).chain([nul]).collect(),
+        envp: program.envp.iter().map(|e| e.as_ptr()).chain([nul]).collect(),
+        cwd: program.cwd.as_ref().map_or(nul, |c| c.as_ptr()),
+        stdio: stdio.map(|fd| fd.as_raw_fd()),
+        procs: procs.map_or(-1, |fd| fd.as_raw_fd()),
+        error: std::sync::atomic::AtomicI32::new(0),
+    };
+    let page = 4096;
+    // SAFETY: a fresh private anonymous mapping; checked for failure.
+    let stack = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            SPAWN_STACK + page,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_STACK,
+            -1,
+            0,
+        )
+    };
+    if stack == libc::MAP_FAILED {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: the lowest page of the mapping made above becomes its guard:
+    // an overflow faults instead of writing past it.
+    unsafe { libc::mprotect(stack, page, libc::PROT_NONE) };
+    let mut pidfd: libc::c_int = -1;
+    // SAFETY: the signal sets are local values and the mask is this thread's.
+    // `clone` runs `spawn_child` on the stack mapped above (its top, 16-byte
+    // aligned as it is page-aligned), with `plan`, which lives until `clone`
+    // returns: with CLONE_VFORK this thread is suspended until the child
+    // execs or exits, and the child touches nothing else of this process
+    // (no allocation, no lock, no thread-local). All signals are blocked
+    // across the call, so no handler of this process runs on the child's
+    // stack; the child resets them before it unblocks any.
+    let pid = unsafe {
+        let mut all: libc::sigset_t = std::mem::zeroed();
+        libc::sigfillset(&mut all);
+        let mut old: libc::sigset_t = std::mem::zeroed();
+        libc::pthread_sigmask(libc::SIG_SETMASK, &all, &mut old);
+        let pid = libc::clone(
+            spawn_child,
+            stack.cast::<u8>().add(SPAWN_STACK + page).cast(),
+            libc::CLONE_VM | libc::CLONE_VFORK | libc::CLONE_PIDFD | libc::SIGCHLD,
+            (&raw mut plan).cast(),
+            &mut pidfd as *mut libc::c_int,
+        );
+        let e = io::Error::last_os_error();
+        libc::pthread_sigmask(libc::SIG_SETMASK, &old, std::ptr::null_mut());
+        libc::munmap(stack, SPAWN_STACK + page);
+        if pid == -1 {
+            return Err(e);
+        }
+        pid
+    };
+    // SAFETY: CLONE_PIDFD stored a new descriptor, ours alone.
+    let pidfd = unsafe { OwnedFd::from_raw_fd(pidfd) };
+    match plan.error.load(Ordering::Acquire) {
+        0 => Ok((pid, pidfd)),
+        errno => {
+            // It ended without exec: reap it.
+            let _ = waitid(WaitId::PidFd(pidfd.as_fd()), WaitIdOptions::EXITED);
+            Err(io::Error::from_raw_os_error(errno))
+        }
+    }
+}
+
+/// The child of [`spawn_program`], on its own stack in the caller's memory:
+/// system calls only, then `execve` or `_exit`.
+extern "C" fn spawn_child(arg: *mut libc::c_void) -> libc::c_int {
+    // SAFETY: `arg` is the `SpawnPlan` that `spawn_program` keeps alive
+    // while this runs (its thread is suspended until exec or exit).
+    let plan = unsafe { &*arg.cast::<SpawnPlan>() };
+    let errno = || io::Error::last_os_error().raw_os_error().unwrap_or(libc::EINVAL);
+    let fail = |e: i32| -> libc::c_int {
+        plan.error.store(e, Ordering::Release);
+        // SAFETY: ends this child at once; nothing of it is shared but
+        // `plan`, written above.
+        unsafe { libc::_exit(127) }
+    };
+    // SAFETY: every call below takes descriptors, local values or the
+    // nul-terminated strings and arrays of `plan`, and affects this child
+    // only (its own cgroup, group, signal handlers and mask, descriptors
+    // and directory), as documented for `spawn_program`.
+    unsafe {
+        if plan.procs >= 0 && libc::write(plan.procs, b"0".as_ptr().cast(), 1) != 1 {
+            return fail(errno());
+        }
+        libc::setpgid(0, 0);
+        for sig in 1..libc::SIGRTMAX() + 1 {
+            if sig == libc::SIGKILL || sig == libc::SIGSTOP {
+                continue;
+            }
+            let mut old: libc::sigaction = std::mem::zeroed();
+            if libc::sigaction(sig, std::ptr::null(), &mut old) != 0 {
+                continue;
+            }
+            let ignored = old.sa_sigaction == libc::SIG_IGN && sig != libc::SIGPIPE;
+            if old.sa_sigaction != libc::SIG_DFL && !ignored {
+                let mut dfl: libc::sigaction = std::mem::zeroed();
+                dfl.sa_sigaction = libc::SIG_DFL;
+                libc::sigaction(sig, &dfl, std::ptr::null_mut());
+            }
+        }
+        for (to, &fd) in plan.stdio.iter().enumerate() {
+            let to = to as RawFd;
+            let done = if fd == to {
+                libc::fcntl(fd, libc::F_SETFD, 0)
+            } else {
+                libc::dup2(fd, to)
+            };
+            if done == -1 {
+                return fail(errno());
+            }
+        }
+        if !plan.cwd.is_null() && libc::chdir(plan.cwd) != 0 {
+            return fail(errno());
+        }
+        let mut none: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut none);
+        libc::sigprocmask(libc::SIG_SETMASK, &none, std::ptr::null_mut());
+        // As execvp(3): on to the next directory when it is not there;
+        // "permission denied" if that was all that was found.
+        let mut error = libc::ENOENT;
+        let mut denied = false;
+        for &path in &plan.paths {
+            libc::execve(path, plan.argv.as_ptr(), plan.envp.as_ptr());
+            match errno() {
+                libc::EACCES => denied = true,
+                libc::ENOENT | libc::ENOTDIR | libc::ESTALE | libc::ENODEV | libc::ETIMEDOUT => {}
+                e => {
+                    error = e;
+                    break;
+                }
+            }
+        }
+        if denied && error == libc::ENOENT {
+            error = libc::EACCES;
+        }
+        fail(error)
+    }
 }
 
 /// Closes every descriptor from 3 up except those in `keep` (`close_range(2)`).
