@@ -36,6 +36,10 @@ fn main() {
             ),
             ("closing_input_gives_eof", closing_input_gives_eof),
             (
+                "a_script_without_a_shebang_runs_with_sh",
+                a_script_without_a_shebang_runs_with_sh,
+            ),
+            (
                 "a_program_waits_while_its_owner_does_not_read",
                 a_program_waits_while_its_owner_does_not_read,
             ),
@@ -393,6 +397,23 @@ fn environment_and_directory_are_the_owners() {
     };
     assert_eq!(mask("SigBlk:"), 0);
     assert_eq!(mask("SigIgn:") & 1 << (libc::SIGPIPE - 1), 0);
+}
+
+fn a_script_without_a_shebang_runs_with_sh() {
+    // As execvp(3) (and so `Command`) runs it: `/bin/sh` with its path,
+    // found through PATH too.
+    let dir = std::env::temp_dir().join(format!("converge-script-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let script = dir.join("no-shebang");
+    std::fs::write(&script, "echo \"ran $0 $1\"\n").unwrap();
+    std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let out = |b: PortBuilder| -> Vec<PortOutput> { all(&b.framing(Framing::Lines { max: 4096 }).spawn().unwrap()) };
+    let by_path = out(PortBuilder::new(&script).arg("one"));
+    let by_name = out(PortBuilder::new("no-shebang").arg("two").env("PATH", &dir));
+    std::fs::remove_dir_all(&dir).unwrap();
+    let shown = script.display();
+    assert_eq!(by_path[0], line(&format!("ran {shown} one")), "{by_path:?}");
+    assert_eq!(by_name[0], line(&format!("ran {shown} two")), "{by_name:?}");
 }
 
 fn closing_input_gives_eof() {

@@ -1022,19 +1022,19 @@ impl Inner {
         let _ = self.injector.lock().send(msg);
     }
 
-    /// Injects `msg`, a signal about `from` (of another node) for `target`
-    /// (here), once what `from` sent to `target` through this node is
-    /// written to it, however slowly `target` reads: the receiver reads
+    /// Injects `msg`, a signal from or about `from` (of another node) for
+    /// `target` (here), once what `from` sent to `target` through this node
+    /// is written to it, however slowly `target` reads: the receiver reads
     /// those connections to the end before it takes the signal, so nothing
-    /// `from` sent before can come after it. `from`'s connections close once
-    /// written: it ended, or its session did.
-    fn inject_after(&self, from: Pid, target: u64, msg: ToNode) {
+    /// `from` sent before can come after it. With `ended` (`from` is gone),
+    /// `from`'s connections close once written.
+    fn inject_after(&self, from: Pid, target: u64, ended: bool, msg: ToNode) {
         let tx = self.injector.lock().clone();
         let then = move || {
             let _ = tx.send(msg);
         };
         match crate::runtime::current() {
-            Some(rt) => rt.close_remote_sender_then(from, target, crate::runtime::outbox::Then::new(then)),
+            Some(rt) => rt.after_remote_sender(from, target, ended, crate::runtime::outbox::Then::new(then)),
             None => then(),
         }
     }
@@ -1375,6 +1375,7 @@ impl Inner {
             self.inject_after(
                 there,
                 here.serial(),
+                false,
                 ToNode::RemoteExit {
                     target: here.serial(),
                     from: there,
@@ -1387,6 +1388,7 @@ impl Inner {
             self.inject_after(
                 m.target,
                 m.watcher.serial(),
+                false,
                 ToNode::RemoteDown {
                     watcher: m.watcher.serial(),
                     reference: m.reference,
@@ -1653,6 +1655,7 @@ impl Inner {
                     self.inject_after(
                         pid,
                         watcher.serial(),
+                        true,
                         ToNode::RemoteDown {
                             watcher: watcher.serial(),
                             reference,
@@ -1678,6 +1681,7 @@ impl Inner {
                     self.inject_after(
                         from,
                         to.serial(),
+                        false,
                         ToNode::ExitSignalFor {
                             from,
                             target: to,
@@ -1695,10 +1699,15 @@ impl Inner {
                 }
                 if to.node() == self.me.node {
                     self.links.lock().entry(node).or_default().insert((to, from));
-                    self.inject(ToNode::LinkFor {
-                        remote: from,
-                        target: to,
-                    });
+                    self.inject_after(
+                        from,
+                        to.serial(),
+                        false,
+                        ToNode::LinkFor {
+                            remote: from,
+                            target: to,
+                        },
+                    );
                 } else {
                     // An earlier incarnation's process: gone.
                     remote_exit(from, to, ExitReason::NoProc);
@@ -1711,10 +1720,15 @@ impl Inner {
                 if let Some(set) = self.links.lock().get_mut(&node) {
                     set.remove(&(to, from));
                 }
-                self.inject(ToNode::UnlinkFor {
-                    remote: from,
-                    target: to,
-                });
+                self.inject_after(
+                    from,
+                    to.serial(),
+                    false,
+                    ToNode::UnlinkFor {
+                        remote: from,
+                        target: to,
+                    },
+                );
             }
             Wire::Exit { to, from, reason } => {
                 if from.node() != node || to.node() != self.me.node {
@@ -1731,6 +1745,7 @@ impl Inner {
                     self.inject_after(
                         from,
                         to.serial(),
+                        true,
                         ToNode::RemoteExit {
                             target: to.serial(),
                             from,

@@ -116,9 +116,14 @@ impl Cgroups {
     /// A cgroup for a new port, if the node has them.
     fn take(&mut self) -> Option<PortCgroup> {
         let root = self.root.as_deref()?;
-        let (empty, busy): (Vec<PortCgroup>, Vec<PortCgroup>) = self.draining.drain(..).partition(|cg| !cg.populated());
-        self.draining = busy;
-        self.free.extend(empty);
+        for cg in std::mem::take(&mut self.draining) {
+            match cg.populated() {
+                Some(false) => self.free.push(cg),
+                Some(true) => self.draining.push(cg),
+                // Gone bad: forgotten.
+                None => cg.remove(),
+            }
+        }
         if let Some(cg) = self.free.pop() {
             return Some(cg);
         }
@@ -132,12 +137,15 @@ impl Cgroups {
         // Most ports leave nothing behind: their cgroup is free at once
         // (reading `cgroup.events` costs less than a kill the kernel must
         // walk the cgroup for).
-        if !cg.populated() {
-            self.free.push(cg);
-            return;
+        match cg.populated() {
+            Some(false) => self.free.push(cg),
+            Some(true) => {
+                cg.kill();
+                self.draining.push(cg);
+            }
+            // Gone bad: forgotten.
+            None => cg.remove(),
         }
-        cg.kill();
-        self.draining.push(cg);
     }
 }
 
@@ -202,11 +210,12 @@ fn run_with(setup: ZygoteSetup, early: Vec<ToProcess>, mut ctl_decoder: Decoder)
     // since. Every child's end sends one, the zygote's own (watched through
     // their pidfds) too: looking at most every ORPHAN_SCAN keeps a loop of
     // short-lived processes from paying a scan each.
-    let mut scanned = std::time::Instant::now() - ORPHAN_SCAN;
+    let mut scanned: Option<std::time::Instant> = None;
     let mut orphans_may_have_ended = false;
     loop {
         events.clear();
-        let wait = orphans_may_have_ended.then(|| ORPHAN_SCAN.saturating_sub(scanned.elapsed()));
+        let since = scanned.map_or(ORPHAN_SCAN, |t| t.elapsed());
+        let wait = orphans_may_have_ended.then(|| ORPHAN_SCAN.saturating_sub(since));
         if epoll.wait(&mut events, wait).is_err() {
             continue;
         }
@@ -301,9 +310,17 @@ fn run_with(setup: ZygoteSetup, early: Vec<ToProcess>, mut ctl_decoder: Decoder)
                             {
                                 let n = 2 + req.separate_stderr as usize;
                                 let fds: Vec<OwnedFd> = conn.fds.drain(..n).collect();
-                                let cgroup = cgroups.take();
+                                let mut cgroup = cgroups.take();
                                 let (reg, shutdown_ms) = (req.reg.clone(), req.shutdown_ms);
-                                match start_port(*req, fds, cgroup.as_ref()) {
+                                let mut started = start_port(&req, &fds, cgroup.as_ref());
+                                if started.is_err() && cgroup.as_ref().is_some_and(|cg| cg.populated().is_none()) {
+                                    // Its cgroup went bad (removed from outside):
+                                    // forgotten, and a fresh one tried.
+                                    cgroup = cgroups.take();
+                                    started = start_port(&req, &fds, cgroup.as_ref());
+                                }
+                                drop(fds);
+                                match started {
                                     Ok(mut child) => {
                                         child.cgroup = cgroup;
                                         let ospid = child.port.expect("BUG: a port has its group");
@@ -415,9 +432,9 @@ fn run_with(setup: ZygoteSetup, early: Vec<ToProcess>, mut ctl_decoder: Decoder)
                 _ => {}
             }
         }
-        if orphans_may_have_ended && scanned.elapsed() >= ORPHAN_SCAN {
+        if orphans_may_have_ended && scanned.is_none_or(|t| t.elapsed() >= ORPHAN_SCAN) {
             reap_adopted(&children);
-            scanned = std::time::Instant::now();
+            scanned = Some(std::time::Instant::now());
             orphans_may_have_ended = false;
         }
     }
@@ -730,9 +747,9 @@ fn register_port(
 
 /// Starts a port's program in its own process group (and cgroup, if it has
 /// one) with the descriptors `fds` as its standard streams.
-fn start_port(req: PortRequest, fds: Vec<OwnedFd>, cgroup: Option<&PortCgroup>) -> io::Result<Child> {
+fn start_port(req: &PortRequest, fds: &[OwnedFd], cgroup: Option<&PortCgroup>) -> io::Result<Child> {
     let serial = req.reg.serial;
-    let mut fds = fds.into_iter();
+    let mut fds = fds.iter();
     let stdin = fds.next().expect("BUG: counted by the caller");
     let stdout = fds.next().expect("BUG: counted by the caller");
     let stderr = fds.next();
@@ -746,7 +763,7 @@ fn start_port(req: PortRequest, fds: Vec<OwnedFd>, cgroup: Option<&PortCgroup>) 
     let stdio = [
         stdin.as_fd(),
         stdout.as_fd(),
-        stderr.as_ref().map_or(stdout.as_fd(), |e| e.as_fd()),
+        stderr.map_or(stdout.as_fd(), |e| e.as_fd()),
     ];
     // Its own process group: the port is killed as a group. In its cgroup
     // before it runs: nothing it starts escapes it.

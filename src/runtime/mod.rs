@@ -569,15 +569,15 @@ impl Runtime {
         sent
     }
 
-    /// Closes the connections `from` (of another node) was sent here with
-    /// once what they hold is written, and runs `then` once what `from` sent
-    /// to `target` (here) is: a signal about `from` follows its messages.
+    /// Runs `then` once what `from` (of another node) sent to `target`
+    /// (here) is written: a signal about `from` follows its messages. With
+    /// `close` (`from` ended), its connections close once written.
     #[cfg(feature = "dist")]
-    pub(crate) fn close_remote_sender_then(&'static self, from: Pid, target: u64, then: outbox::Then) {
+    pub(crate) fn after_remote_sender(&'static self, from: Pid, target: u64, close: bool, then: outbox::Then) {
         // Any target of this node gives the same key for `from`.
         let key = crate::runtime::outbox::sender_key(from, self.me);
         let epoch = self.epoch.load(Ordering::Relaxed);
-        self.outbox.close_sender_then(&self.inbox, key, target, epoch, then);
+        self.outbox.after_sender(&self.inbox, (key, target), close, epoch, then);
         if self.inbox.background_wanted() {
             self.ensure_background();
         }

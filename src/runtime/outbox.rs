@@ -104,9 +104,19 @@ impl OutConn {
     fn pending(&self) -> usize {
         self.buf.len() - self.off
     }
+
+    /// Runs everything waiting on this connection: it is written out, or
+    /// gone.
+    fn run_then(&mut self) {
+        for (_, then) in self.then.drain(..) {
+            (then.0)();
+        }
+    }
 }
 
-/// What runs once a connection has written what was queued before it.
+/// What runs once a connection has written what was queued before it. It
+/// runs under the connections' lock, so that two of them run in the order
+/// their frames were queued: it must be short, never block, and not send.
 pub(crate) struct Then(Box<dyn FnOnce() + Send>);
 
 impl Then {
@@ -155,8 +165,6 @@ struct Conns {
     /// new connection tried. Serials are never used again.
     dead: HashSet<u64, BuildHasherDefault<SerialHasher>>,
     dead_order: std::collections::VecDeque<u64>,
-    /// What connections reached and must run once the lock is released.
-    fired: Vec<Then>,
 }
 
 /// How many gone targets a process remembers.
@@ -291,10 +299,9 @@ impl Outbox {
         // The clock is read only for the first frame of a batch.
         let quiet = conn.frames == 1 && (conn.last_epoch != epoch || conn.last_write.elapsed() >= self.coalesce);
         if quiet || conn.frames >= BATCH_FRAMES || conn.pending() >= BATCH_BYTES {
-            if !self.write(conn, inbox, serial, epoch, &mut conns.fired) {
+            if !self.write(conn, inbox, serial, epoch) {
                 conns.map.remove(&key);
             }
-            Self::release(guard);
         } else {
             drop(guard);
             self.arm_timer(inbox);
@@ -359,8 +366,8 @@ impl Outbox {
 
     /// Writes what `conn` has pending. Returns `false` if the peer is gone, or
     /// the connection was closing and is written out (it should be dropped).
-    /// What the written bytes reached is moved to `fired`.
-    fn write(&self, conn: &mut OutConn, inbox: &Inbox, serial: u64, epoch: u64, fired: &mut Vec<Then>) -> bool {
+    /// What the written bytes reached runs.
+    fn write(&self, conn: &mut OutConn, inbox: &Inbox, serial: u64, epoch: u64) -> bool {
         while conn.pending() > 0 {
             match socket::send(&conn.fd, &conn.buf[conn.off..]) {
                 Ok(n) => {
@@ -369,7 +376,9 @@ impl Outbox {
                     while let Some((end, _)) = conn.then.front()
                         && *end <= conn.off
                     {
-                        fired.extend(conn.then.pop_front().map(|(_, t)| t));
+                        if let Some((_, then)) = conn.then.pop_front() {
+                            (then.0)();
+                        }
                     }
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
@@ -382,12 +391,12 @@ impl Outbox {
                 }
                 Err(_) => {
                     // Gone: what waited on it need not wait any more.
-                    fired.extend(conn.then.drain(..).map(|(_, t)| t));
+                    conn.run_then();
                     return false;
                 }
             }
         }
-        fired.extend(conn.then.drain(..).map(|(_, t)| t));
+        conn.run_then();
         conn.buf.clear();
         if conn.buf.capacity() > 4 * BATCH_BYTES {
             conn.buf.shrink_to(BATCH_BYTES);
@@ -401,15 +410,6 @@ impl Outbox {
             inbox.unwatch(conn.fd.as_raw_fd());
         }
         !conn.closing
-    }
-
-    /// Releases the lock, then runs what connections reached under it.
-    fn release(mut guard: crate::sync::MutexGuard<'_, Conns>) {
-        let fired = std::mem::take(&mut guard.fired);
-        drop(guard);
-        for then in fired {
-            (then.0)();
-        }
     }
 
     /// Counts the messages now written whole to `serial`'s socket as
@@ -450,18 +450,15 @@ impl Outbox {
             }
             self.timer_armed.store(false, Ordering::Release);
         }
-        let mut guard = self.conns.lock();
-        let conns = &mut *guard;
+        let mut conns = self.conns.lock();
         conns.map.retain(|&(_, serial), conn| {
-            conn.backlogged || conn.pending() == 0 || self.write(conn, inbox, serial, epoch, &mut conns.fired)
+            conn.backlogged || conn.pending() == 0 || self.write(conn, inbox, serial, epoch)
         });
-        Self::release(guard);
     }
 
     /// The connection to `serial` can take more bytes.
     pub(crate) fn on_writable(&self, inbox: &Inbox, serial: u64, epoch: u64) {
-        let mut guard = self.conns.lock();
-        let conns = &mut *guard;
+        let mut conns = self.conns.lock();
         // Every backlogged connection to `serial` (one per sender).
         conns.map.retain(|&(_, target), conn| {
             if target != serial || !conn.backlogged {
@@ -469,9 +466,8 @@ impl Outbox {
             }
             conn.backlogged = false;
             inbox.unwatch(conn.fd.as_raw_fd());
-            self.write(conn, inbox, serial, epoch, &mut conns.fired)
+            self.write(conn, inbox, serial, epoch)
         });
-        Self::release(guard);
     }
 
     /// Writes everything pending, waiting for room up to `deadline`. Used when
@@ -480,6 +476,7 @@ impl Outbox {
         let mut conns = self.conns.lock();
         for conn in conns.map.values_mut() {
             let _ = socket::send_all(&conn.fd, &conn.buf[conn.off..], Some(deadline));
+            conn.run_then();
             conn.buf.clear();
             conn.off = 0;
         }
@@ -488,8 +485,7 @@ impl Outbox {
     /// Writes what actor `sender` sent, waiting for room up to `deadline`,
     /// and closes its connections: it ended.
     pub(crate) fn close_sender(&self, inbox: &Inbox, sender: u64, deadline: Instant) {
-        let mut guard = self.conns.lock();
-        let conns = &mut *guard;
+        let mut conns = self.conns.lock();
         conns.map.retain(|&(from, _), conn| {
             if from != sender {
                 return true;
@@ -498,36 +494,42 @@ impl Outbox {
             if conn.backlogged {
                 inbox.unwatch(conn.fd.as_raw_fd());
             }
-            conns.fired.extend(conn.then.drain(..).map(|(_, t)| t));
+            conn.run_then();
             false
         });
-        Self::release(guard);
     }
 
-    /// Closes the connections of `sender` once what it sent on them is
-    /// written, and runs `then` once what it sent to `target` is: a signal
+    /// Runs `then` once what `sender` sent to `target` is written: a signal
     /// about `sender` must follow its messages. Never blocks: a connection
     /// whose receiver is slow to read is written as it reads, and `then`
-    /// waits for it (or for its end, if the receiver goes away).
-    pub(crate) fn close_sender_then(&self, inbox: &Inbox, sender: u64, target: u64, epoch: u64, then: Then) {
-        let mut guard = self.conns.lock();
-        let conns = &mut *guard;
+    /// waits for it (or for its end, if the receiver goes away). With
+    /// `close` (the sender ended), its connections close once written.
+    pub(crate) fn after_sender(
+        &self,
+        inbox: &Inbox,
+        (sender, target): (u64, u64),
+        close: bool,
+        epoch: u64,
+        then: Then,
+    ) {
+        let mut conns = self.conns.lock();
         let mut then = Some(then);
         conns.map.retain(|&(from, to), conn| {
-            if from != sender {
+            if from != sender || (!close && to != target) {
                 return true;
             }
-            conn.closing = true;
+            conn.closing |= close;
             if to == target
                 && conn.pending() > 0
                 && let Some(t) = then.take()
             {
                 conn.then.push_back((conn.buf.len(), t));
             }
-            conn.backlogged || self.write(conn, inbox, to, epoch, &mut conns.fired)
+            conn.backlogged || self.write(conn, inbox, to, epoch)
         });
-        conns.fired.extend(then);
-        Self::release(guard);
+        if let Some(then) = then {
+            (then.0)();
+        }
     }
 
     /// Closes the connection used longest ago that has nothing pending;
@@ -550,14 +552,11 @@ impl Outbox {
 
     /// Forgets the connections to a process that is gone.
     pub(crate) fn forget(&self, serial: u64) {
-        let mut guard = self.conns.lock();
-        let conns = &mut *guard;
-        conns.map.retain(|&(_, target), conn| {
+        self.conns.lock().map.retain(|&(_, target), conn| {
             if target == serial {
-                conns.fired.extend(conn.then.drain(..).map(|(_, t)| t));
+                conn.run_then();
             }
             target != serial
         });
-        Self::release(guard);
     }
 }

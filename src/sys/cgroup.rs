@@ -120,12 +120,23 @@ impl PortCgroup {
         std::os::fd::AsFd::as_fd(&self.procs)
     }
 
-    /// Whether it still has processes.
-    pub(crate) fn populated(&self) -> bool {
+    /// Whether it still has processes; `None` if that cannot be read (it
+    /// was removed from outside): it cannot be used any more.
+    pub(crate) fn populated(&self) -> Option<bool> {
         use std::os::unix::fs::FileExt;
         let mut buf = [0u8; 128];
-        let n = self.events.read_at(&mut buf, 0).unwrap_or(0);
-        buf[..n].split(|&b| b == b'\n').any(|l| l == b"populated 1")
+        let n = self.events.read_at(&mut buf, 0).ok()?;
+        let lines = || buf[..n].split(|&b| b == b'\n');
+        if lines().any(|l| l == b"populated 1") {
+            Some(true)
+        } else {
+            lines().any(|l| l == b"populated 0").then_some(false)
+        }
+    }
+
+    /// Removes it (only if empty: the kernel refuses otherwise).
+    pub(crate) fn remove(self) {
+        let _ = fs::remove_dir(&self.path);
     }
 
     /// Kills every process in it.

@@ -543,6 +543,10 @@ impl Program {
 struct SpawnPlan {
     paths: Vec<*const libc::c_char>,
     argv: Vec<*const libc::c_char>,
+    /// For each of `paths`, the arguments that run it as a script without
+    /// a `#!` line: `/bin/sh`, the path, then the program's arguments (as
+    /// `execvp(3)` does).
+    scripts: Vec<Vec<*const libc::c_char>>,
     envp: Vec<*const libc::c_char>,
     cwd: *const libc::c_char,
     stdio: [RawFd; 3],
@@ -571,12 +575,34 @@ pub(crate) fn spawn_program(
 ) -> io::Result<(i32, OwnedFd)> {
     use std::os::fd::FromRawFd;
     let nul = std::ptr::null::<libc::c_char>();
+    // A stream whose descriptor is another stream's slot (0 to 2) would be
+    // replaced before its own turn: a copy above 2 is used instead.
+    let mut moved: Vec<OwnedFd> = Vec::new();
+    let mut fds = stdio.map(|fd| fd.as_raw_fd());
+    for (slot, fd) in fds.iter_mut().enumerate() {
+        if (0..=2).contains(fd) && *fd != slot as RawFd {
+            let copy = rustix::io::fcntl_dupfd_cloexec(stdio[slot], 3)?;
+            *fd = copy.as_raw_fd();
+            moved.push(copy);
+        }
+    }
+    let argv: Vec<_> = program.argv.iter().map(|a| a.as_ptr()).chain([nul]).collect();
     let mut plan = SpawnPlan {
         paths: program.paths.iter().map(|p| p.as_ptr()).collect(),
-        argv: program.argv.iter().map(|a| a.as_ptr()).chain([nul]).collect(),
+        scripts: program
+            .paths
+            .iter()
+            .map(|p| {
+                [c"/bin/sh".as_ptr(), p.as_ptr()]
+                    .into_iter()
+                    .chain(argv[1..].iter().copied())
+                    .collect()
+            })
+            .collect(),
+        argv,
         envp: program.envp.iter().map(|e| e.as_ptr()).chain([nul]).collect(),
         cwd: program.cwd.as_ref().map_or(nul, |c| c.as_ptr()),
-        stdio: stdio.map(|fd| fd.as_raw_fd()),
+        stdio: fds,
         procs: procs.map_or(-1, |fd| fd.as_raw_fd()),
         error: std::sync::atomic::AtomicI32::new(0),
     };
@@ -605,13 +631,15 @@ pub(crate) fn spawn_program(
     // returns: with CLONE_VFORK this thread is suspended until the child
     // execs or exits, and the child touches nothing else of this process
     // (no allocation, no lock, no thread-local). All signals are blocked
-    // across the call, so no handler of this process runs on the child's
-    // stack; the child resets them before it unblocks any.
+    // across the call (glibc's own too, through the system call itself), so
+    // no handler of this process runs on the child's stack; the child resets
+    // them before it unblocks any.
     let pid = unsafe {
         let mut all: libc::sigset_t = std::mem::zeroed();
-        libc::sigfillset(&mut all);
+        std::ptr::write_bytes(&mut all, 0xff, 1);
         let mut old: libc::sigset_t = std::mem::zeroed();
-        libc::pthread_sigmask(libc::SIG_SETMASK, &all, &mut old);
+        let kernel_set = std::mem::size_of::<libc::c_ulong>();
+        libc::syscall(libc::SYS_rt_sigprocmask, libc::SIG_SETMASK, &all, &mut old, kernel_set);
         let pid = libc::clone(
             spawn_child,
             stack.cast::<u8>().add(SPAWN_STACK + page).cast(),
@@ -620,13 +648,30 @@ pub(crate) fn spawn_program(
             &mut pidfd as *mut libc::c_int,
         );
         let e = io::Error::last_os_error();
-        libc::pthread_sigmask(libc::SIG_SETMASK, &old, std::ptr::null_mut());
+        libc::syscall(
+            libc::SYS_rt_sigprocmask,
+            libc::SIG_SETMASK,
+            &old,
+            std::ptr::null_mut::<libc::sigset_t>(),
+            kernel_set,
+        );
         libc::munmap(stack, SPAWN_STACK + page);
         if pid == -1 {
             return Err(e);
         }
         pid
     };
+    drop(moved);
+    if pidfd < 0 {
+        // A kernel without CLONE_PIDFD (before 5.2) ignores it.
+        let _ = kill_pid(pid, libc::SIGKILL);
+        // SAFETY: reaps our own child, just killed.
+        unsafe { libc::waitpid(pid, std::ptr::null_mut(), 0) };
+        return Err(io::Error::new(
+            io::ErrorKind::Unsupported,
+            "this kernel has no CLONE_PIDFD (Linux 5.2)",
+        ));
+    }
     // SAFETY: CLONE_PIDFD stored a new descriptor, ours alone.
     let pidfd = unsafe { OwnedFd::from_raw_fd(pidfd) };
     match plan.error.load(Ordering::Acquire) {
@@ -647,7 +692,8 @@ extern "C" fn spawn_child(arg: *mut libc::c_void) -> libc::c_int {
     let plan = unsafe { &*arg.cast::<SpawnPlan>() };
     let errno = || io::Error::last_os_error().raw_os_error().unwrap_or(libc::EINVAL);
     let fail = |e: i32| -> libc::c_int {
-        plan.error.store(e, Ordering::Release);
+        // Never 0: that reads as "it runs".
+        plan.error.store(if e == 0 { libc::EIO } else { e }, Ordering::Release);
         // SAFETY: ends this child at once; nothing of it is shared but
         // `plan`, written above.
         unsafe { libc::_exit(127) }
@@ -657,8 +703,12 @@ extern "C" fn spawn_child(arg: *mut libc::c_void) -> libc::c_int {
     // only (its own cgroup, group, signal handlers and mask, descriptors
     // and directory), as documented for `spawn_program`.
     unsafe {
-        if plan.procs >= 0 && libc::write(plan.procs, b"0".as_ptr().cast(), 1) != 1 {
-            return fail(errno());
+        if plan.procs >= 0 {
+            match libc::write(plan.procs, b"0".as_ptr().cast(), 1) {
+                1 => {}
+                -1 => return fail(errno()),
+                _ => return fail(libc::EIO),
+            }
         }
         libc::setpgid(0, 0);
         for sig in 1..libc::SIGRTMAX() + 1 {
@@ -697,8 +747,13 @@ extern "C" fn spawn_child(arg: *mut libc::c_void) -> libc::c_int {
         // "permission denied" if that was all that was found.
         let mut error = libc::ENOENT;
         let mut denied = false;
-        for &path in &plan.paths {
+        for (&path, script) in plan.paths.iter().zip(&plan.scripts) {
             libc::execve(path, plan.argv.as_ptr(), plan.envp.as_ptr());
+            if errno() == libc::ENOEXEC {
+                // No `#!` line: a shell script, as execvp(3) runs it.
+                libc::execve(script[0], script.as_ptr(), plan.envp.as_ptr());
+                return fail(errno());
+            }
             match errno() {
                 libc::EACCES => denied = true,
                 libc::ENOENT | libc::ENOTDIR | libc::ESTALE | libc::ENODEV | libc::ETIMEDOUT => {}
