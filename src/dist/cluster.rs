@@ -415,21 +415,13 @@ impl std::fmt::Debug for Cluster {
 pub(crate) const MAX_RELAYED: usize = (1 << 24) - 4096;
 
 /// The cluster of this OS process, where sends to other nodes go.
-static ROUTE: std::sync::OnceLock<(u32, std::sync::Weak<Inner>)> = std::sync::OnceLock::new();
+static ROUTE: std::sync::OnceLock<std::sync::Weak<Inner>> = std::sync::OnceLock::new();
 
 /// Hands a frame for a process of another node to this process's cluster;
 /// false when there is none (the frame is dropped, as a send to a node not
 /// connected is).
 pub(crate) fn route(from: Pid, to: Pid, kind: u8, body: &[u8]) -> bool {
-    let Some((os, inner)) = ROUTE.get() else {
-        return false;
-    };
-    // A process forked from the node has a copy of the pointer, not the
-    // threads behind it.
-    if *os != std::process::id() {
-        return false;
-    }
-    let Some(inner) = inner.upgrade() else {
+    let Some(inner) = this_cluster() else {
         return false;
     };
     // Encoded once, from the body where it is.
@@ -506,8 +498,11 @@ fn channel_of(sender: Pid) -> u32 {
 
 /// This process's cluster, if it runs one.
 fn this_cluster() -> Option<Arc<Inner>> {
-    let (os, inner) = ROUTE.get()?;
-    if *os != std::process::id() {
+    let inner = ROUTE.get()?;
+    // A process forked from the node has a copy of the pointer, not the
+    // threads behind it; its own runtime (installed before it runs any of
+    // its code) has no node. Cheaper than a getpid(2) per message.
+    if !crate::runtime::current().is_some_and(|rt| rt.node().is_some()) {
         return None;
     }
     inner.upgrade()
@@ -688,7 +683,7 @@ impl Cluster {
                 }
             }
         });
-        if ROUTE.set((std::process::id(), Arc::downgrade(&inner))).is_err() {
+        if ROUTE.set(Arc::downgrade(&inner)).is_err() {
             return Err(DistError::Io("this program already runs a cluster node".into()));
         }
         let acceptor = Acceptor::new(listener, config.secret.clone(), me, config.max_frame);
