@@ -502,7 +502,7 @@ fn this_cluster() -> Option<Arc<Inner>> {
     // A process forked from the node has a copy of the pointer, not the
     // threads behind it; its own runtime (installed before it runs any of
     // its code) has no node. Cheaper than a getpid(2) per message.
-    if !crate::runtime::current().is_some_and(|rt| rt.node().is_some()) {
+    if crate::runtime::current().is_none_or(|rt| rt.node().is_none()) {
         return None;
     }
     inner.upgrade()
