@@ -9,6 +9,7 @@
 //! main program, is sealed on the session to that node (opened first if
 //! there is none) and delivered there by its node, in order per sender.
 
+use crate::runtime::outbox::IntMap;
 use std::collections::{HashMap, VecDeque};
 use std::io::{Read, Write};
 use std::net::{SocketAddr, UdpSocket};
@@ -272,7 +273,7 @@ const CONTROL: u32 = 0;
 /// channel at a time, so that a channel's frames stay whole and in order).
 #[derive(Default)]
 struct Outgoing {
-    channels: HashMap<u32, VecDeque<Vec<u8>>>,
+    channels: IntMap<u32, VecDeque<Vec<u8>>>,
     /// Channels with frames, in turn.
     turn: VecDeque<u32>,
     bytes: usize,
@@ -280,7 +281,7 @@ struct Outgoing {
     frames: usize,
     closed: bool,
     /// The frame being sealed on each channel, and how much of it is.
-    sending: HashMap<u32, (Vec<u8>, usize)>,
+    sending: IntMap<u32, (Vec<u8>, usize)>,
     /// Someone seals and writes now: the writer, or a sender writing its
     /// frame at once. One at a time, so records leave in the order sealed.
     writing: bool,
@@ -355,7 +356,7 @@ struct Inner {
     addr: SocketAddr,
     membership: Mutex<Membership>,
     udp: UdpSocket,
-    peers: Mutex<HashMap<NodeId, Peer>>,
+    peers: Mutex<IntMap<NodeId, Peer>>,
     /// Frames for nodes whose session is being opened.
     pending: Mutex<HashMap<NodeId, Vec<Queued>>>,
     /// Nodes a session to which is being opened (by this node, or by them
@@ -475,9 +476,10 @@ pub(crate) fn deliver_encodes_as_wire(from: Pid, to: Pid, kind: u8, body: &[u8])
         && matches!(decoded, Wire::Deliver { from: f, to: t, kind: k, body: b } if f == from && t == to && k == kind && b == body)
 }
 
-/// [`Wire::Deliver`] as it is sent: the same encoding (variant for
-/// variant), its body borrowed.
-#[derive(Serialize)]
+/// [`Wire::Deliver`] as it is sent and read: the same encoding (variant
+/// for variant), its body borrowed, so a message is neither copied into a
+/// frame of its own nor out of the record it came in.
+#[derive(Serialize, Deserialize)]
 enum OutgoingDeliver<'a> {
     #[allow(dead_code)] // Only its place: the variants' numbers match Wire's.
     Tick,
@@ -485,9 +487,22 @@ enum OutgoingDeliver<'a> {
         from: Pid,
         to: Pid,
         kind: u8,
-        #[serde(with = "serde_bytes")]
+        #[serde(with = "serde_bytes", borrow)]
         body: &'a [u8],
     },
+}
+
+/// The first byte of an encoded [`Wire::Deliver`]: its variant's number.
+const DELIVER: u8 = 1;
+
+/// What the frames of one read did, counted once per read rather than per
+/// frame.
+#[derive(Debug, Default)]
+struct Tally {
+    /// Something other than ticks and closing words came.
+    used: bool,
+    delivered: u64,
+    stale: u64,
 }
 
 /// A sender's frames keep their order on a channel of their own (and the
@@ -655,7 +670,7 @@ impl Cluster {
             addr,
             membership: Mutex::new(membership),
             udp,
-            peers: Mutex::new(HashMap::new()),
+            peers: Mutex::new(IntMap::default()),
             pending: Mutex::new(HashMap::new()),
             connecting: Mutex::new(std::collections::HashSet::new()),
             closing: Mutex::new(HashMap::new()),
@@ -1213,11 +1228,12 @@ impl Inner {
             tracing::warn!(peer = %peer.name, "too many bytes queued: session torn down");
             return;
         }
-        let queue = out.channels.entry(channel).or_default();
+        let out_ref = &mut *out;
+        let queue = out_ref.channels.entry(channel).or_default();
         if queue.is_empty() {
-            out.turn.push_back(channel);
+            out_ref.turn.push_back(channel);
         }
-        out.channels.get_mut(&channel).expect("BUG: just made").push_back(frame);
+        queue.push_back(frame);
         out.frames += 1;
         if out.writing {
             // Whoever writes takes it next.
@@ -1408,6 +1424,30 @@ impl Inner {
         self.clock.elapsed().as_millis() as u64
     }
 
+    /// Hands a message from `from` (of `node`) to `to` here.
+    fn deliver(
+        &self,
+        node: NodeId,
+        (from, to, kind): (Pid, Pid, u8),
+        body: &[u8],
+        tally: &mut Tally,
+    ) -> Result<(), DistError> {
+        let kind = match kind {
+            2 => Kind::Msg,
+            3 => Kind::Reply,
+            k => return Err(DistError::Malformed(format!("a frame of kind {k} for a process"))),
+        };
+        match crate::runtime::current() {
+            Some(rt) if to.node() == self.me.node && from.node() == node => {
+                let _ = rt.send_encoded(from, to, kind, body);
+                tally.delivered += 1;
+            }
+            // An earlier incarnation's process: never a new one's.
+            _ => tally.stale += 1,
+        }
+        Ok(())
+    }
+
     /// Nodes with a link or a monitor across their session: never idle.
     fn in_use(&self) -> std::collections::HashSet<NodeId> {
         let mut busy: std::collections::HashSet<NodeId> = self
@@ -1572,12 +1612,19 @@ impl Inner {
         self: &Arc<Self>,
         (node, serial): (NodeId, u64),
         frame: &[u8],
-        used: &AtomicU64,
+        tally: &mut Tally,
     ) -> Result<(), DistError> {
+        // Most frames are messages: read in place.
+        if frame.first() == Some(&DELIVER)
+            && let Ok(OutgoingDeliver::Deliver { from, to, kind, body }) = postcard::from_bytes(frame)
+        {
+            tally.used = true;
+            return self.deliver(node, (from, to, kind), body, tally);
+        }
         let wire: Wire =
             postcard::from_bytes(frame).map_err(|e| DistError::Malformed(format!("an undecodable frame: {e}")))?;
         if !matches!(wire, Wire::Tick | Wire::MayClose { .. } | Wire::CloseOk | Wire::Busy) {
-            used.store(self.millis(), Ordering::Relaxed);
+            tally.used = true;
         }
         match wire {
             Wire::Tick => {}
@@ -1592,22 +1639,7 @@ impl Inner {
                 }
             }
             Wire::Busy => self.keep_open(node, serial),
-            Wire::Deliver { from, to, kind, body } => {
-                let rt = crate::runtime::current();
-                let kind = match kind {
-                    2 => Kind::Msg,
-                    3 => Kind::Reply,
-                    k => return Err(DistError::Malformed(format!("a frame of kind {k} for a process"))),
-                };
-                match rt {
-                    Some(rt) if to.node() == self.me.node && from.node() == node => {
-                        let _ = rt.send_encoded(from, to, kind, &body);
-                        self.stats.lock().delivered += 1;
-                    }
-                    // An earlier incarnation's process: never a new one's.
-                    _ => self.stats.lock().stale += 1,
-                }
-            }
+            Wire::Deliver { from, to, kind, body } => self.deliver(node, (from, to, kind), &body, tally)?,
             Wire::Monitor {
                 watcher,
                 reference,
@@ -1970,7 +2002,7 @@ fn read_loop(
     (node, serial): (NodeId, u64),
 ) -> NodeDownReason {
     let mut buf = vec![0u8; 64 * 1024];
-    let mut frames: Vec<(u32, Vec<u8>)> = Vec::new();
+    let mut frames = crate::dist::Frames::default();
     // First what came with the handshake's last message (none read yet).
     let mut first = true;
     loop {
@@ -1985,16 +2017,25 @@ fn read_loop(
         *heard.lock() = Instant::now();
         reads.fetch_add(1, Ordering::AcqRel);
         frames.clear();
-        if let Err(e) = session.lock().open(&buf[..n], &mut frames) {
+        if let Err(e) = session.lock().open_into(&buf[..n], &mut frames) {
             tracing::warn!(error = %e, "a session broke");
             return NodeDownReason::NoConnection;
         }
         let delivered = !frames.is_empty();
-        for (_, frame) in frames.drain(..) {
-            if let Err(e) = inner.handle((node, serial), &frame, used) {
+        let mut tally = Tally::default();
+        for (_, frame) in frames.iter() {
+            if let Err(e) = inner.handle((node, serial), frame, &mut tally) {
                 tracing::warn!(error = %e, "a peer sent a bad frame: session closed");
                 return NodeDownReason::NoConnection;
             }
+        }
+        if tally.used {
+            used.store(inner.millis(), Ordering::Relaxed);
+        }
+        if tally.delivered + tally.stale > 0 {
+            let mut stats = inner.stats.lock();
+            stats.delivered += tally.delivered;
+            stats.stale += tally.stale;
         }
         // What this read delivered goes out now, not at the next timer:
         // many messages come in one read.

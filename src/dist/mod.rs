@@ -55,7 +55,7 @@ pub use membership::{
     CLOCK_WINDOW, Load, LoadNoteError, Member, MemberEvent, Membership, MembershipConfig, MembershipStats, PacketError,
     PacketKey, Replays,
 };
-pub use session::{DistError, Handshake, Hello, Opener, PROTOCOL_VERSION, Sealer, Secret, Session, Step};
+pub use session::{DistError, Frames, Handshake, Hello, Opener, PROTOCOL_VERSION, Sealer, Secret, Session, Step};
 pub use spawn::{RemoteTaskError, SpawnRefused, spawnable, task};
 pub use transport::{
     Acceptor, Established, FAILURE_WINDOW, HANDSHAKE_TIMEOUT, Listener, MAX_FAILURES, Stream, Tcp, Transport, connect,

@@ -517,6 +517,11 @@ impl Session {
         self.opener.open(bytes, frames)
     }
 
+    /// See [`Opener::open_into`].
+    pub fn open_into(&mut self, bytes: &[u8], frames: &mut Frames) -> Result<(), DistError> {
+        self.opener.open_into(bytes, frames)
+    }
+
     /// See [`Opener::receiving`].
     pub fn receiving(&self) -> bool {
         self.opener.receiving()
@@ -611,6 +616,42 @@ impl Sealer {
     }
 }
 
+/// Frames opened by [`Opener::open_into`], laid end to end in one buffer.
+#[derive(Debug, Default)]
+pub struct Frames {
+    data: Vec<u8>,
+    /// Each frame's channel and where it ends in `data`.
+    ends: Vec<(u32, usize)>,
+}
+
+impl Frames {
+    fn push(&mut self, channel: u32, frame: &[u8]) {
+        self.data.extend_from_slice(frame);
+        self.ends.push((channel, self.data.len()));
+    }
+
+    /// Forgets the frames, keeping the memory.
+    pub fn clear(&mut self) {
+        self.data.clear();
+        self.ends.clear();
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.ends.is_empty()
+    }
+
+    /// The frames in order, with their channels.
+    pub fn iter(&self) -> impl Iterator<Item = (u32, &[u8])> {
+        let mut start = 0;
+        self.ends.iter().map(move |&(channel, end)| {
+            let frame = &self.data[start..end];
+            start = end;
+            (channel, frame)
+        })
+    }
+}
+
 impl Opener {
     /// Whether a frame of the peer has come in part, the rest to follow.
     pub fn receiving(&self) -> bool {
@@ -621,6 +662,16 @@ impl Opener {
     /// channel, to `frames`. An error ends the session: nothing after it is
     /// trusted.
     pub fn open(&mut self, bytes: &[u8], frames: &mut Vec<(u32, Vec<u8>)>) -> Result<(), DistError> {
+        self.open_each(bytes, &mut |channel, frame| frames.push((channel, frame.to_vec())))
+    }
+
+    /// [`open`](Opener::open), the frames laid end to end in `frames` (which
+    /// keeps its memory from one call to the next): no allocation per frame.
+    pub fn open_into(&mut self, bytes: &[u8], frames: &mut Frames) -> Result<(), DistError> {
+        self.open_each(bytes, &mut |channel, frame| frames.push(channel, frame))
+    }
+
+    fn open_each(&mut self, bytes: &[u8], frames: &mut impl FnMut(u32, &[u8])) -> Result<(), DistError> {
         self.records.push(bytes)?;
         while let Some(record) = self.records.next_record() {
             let nonce = self.nonce;
@@ -639,7 +690,7 @@ impl Opener {
 
     /// Takes the fragment at `self.plain[at..n]`; returns its length with
     /// its header.
-    fn fragment(&mut self, at: usize, n: usize, frames: &mut Vec<(u32, Vec<u8>)>) -> Result<usize, DistError> {
+    fn fragment(&mut self, at: usize, n: usize, frames: &mut impl FnMut(u32, &[u8])) -> Result<usize, DistError> {
         let plain = &self.plain[at..n];
         let word = |i: usize| u32::from_be_bytes(plain[i..i + 4].try_into().expect("4 bytes")) as usize;
         if plain.len() < NEXT_HEADER {
@@ -678,7 +729,7 @@ impl Opener {
                 )));
             }
             // A whole frame in one fragment, as most are.
-            Some(total) if len == total => frames.push((channel, data.to_vec())),
+            Some(total) if len == total => frames(channel, data),
             Some(_) if self.partial.len() >= MAX_OPEN_CHANNELS => {
                 return Err(DistError::Malformed(format!(
                     "more than {MAX_OPEN_CHANNELS} frames open at once"
@@ -708,7 +759,7 @@ impl Opener {
                 partial.data.extend_from_slice(data);
                 if partial.data.len() == partial.total {
                     let done = self.partial.remove(&channel).expect("BUG: present");
-                    frames.push((channel, done.data));
+                    frames(channel, &done.data);
                 }
             }
         }

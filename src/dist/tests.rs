@@ -128,6 +128,33 @@ fn altered_replayed_or_reordered_records_end_the_session() {
 }
 
 #[test]
+fn frames_opened_in_place_are_the_frames_sealed() {
+    // A large frame in fragments, small ones between them, read in pieces
+    // as a stream gives them.
+    let (mut a, mut b, ..) = pair(&secret(), &secret(), MB).unwrap();
+    let big: Vec<u8> = (0..200_000u32).map(|i| i as u8).collect();
+    let mut wire = Vec::new();
+    let (mut sent, mut smalls) = (0, Vec::new());
+    while !a.seal_next(1, &big, &mut sent, &mut wire).unwrap() {
+        let small = vec![smalls.len() as u8; 1 + smalls.len()];
+        a.seal(2, &small, &mut wire).unwrap();
+        smalls.push(small);
+    }
+    a.end_record(&mut wire).unwrap();
+    assert!(smalls.len() >= 2, "{}", smalls.len());
+    let mut frames = crate::dist::Frames::default();
+    for piece in wire.chunks(7000) {
+        b.open_into(piece, &mut frames).unwrap();
+    }
+    let got: Vec<(u32, Vec<u8>)> = frames.iter().map(|(c, f)| (c, f.to_vec())).collect();
+    let mut want: Vec<(u32, Vec<u8>)> = smalls.into_iter().map(|s| (2, s)).collect();
+    want.push((1, big));
+    assert_eq!(got, want);
+    frames.clear();
+    assert!(frames.is_empty() && frames.iter().next().is_none());
+}
+
+#[test]
 fn a_frame_over_the_limit_is_refused_before_it_is_read() {
     // The sender allows more than the receiver.
     let (mut init, first) = Handshake::initiate(&secret(), hello(1, "a"), 64 * MB);

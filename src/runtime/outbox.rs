@@ -133,9 +133,13 @@ impl std::fmt::Debug for Then {
 
 /// Hashes a serial for the connection map: serials are unique integers, so a
 /// multiplication spreads them enough (SipHash would cost more than the rest
-/// of a send).
+/// of a send). Also the hasher of the distribution's maps by channel and by
+/// node (random ids).
 #[derive(Debug, Default, Clone, Copy)]
-struct SerialHasher(u64);
+pub(crate) struct SerialHasher(u64);
+
+/// A map by serial, channel or node id, hashed with [`SerialHasher`].
+pub(crate) type IntMap<K, V> = HashMap<K, V, BuildHasherDefault<SerialHasher>>;
 
 impl Hasher for SerialHasher {
     fn finish(&self) -> u64 {
@@ -151,13 +155,22 @@ impl Hasher for SerialHasher {
     fn write_u64(&mut self, n: u64) {
         self.0 = (self.0 ^ n).wrapping_mul(0x9e37_79b9_7f4a_7c15);
     }
+
+    fn write_u32(&mut self, n: u32) {
+        self.write_u64(u64::from(n));
+    }
+
+    fn write_u128(&mut self, n: u128) {
+        self.write_u64(n as u64);
+        self.write_u64((n >> 64) as u64);
+    }
 }
 
 /// The open connections.
 #[derive(Debug, Default)]
 struct Conns {
     /// By (sender serial, target serial).
-    map: HashMap<(u64, u64), OutConn, BuildHasherDefault<SerialHasher>>,
+    map: IntMap<(u64, u64), OutConn>,
     /// Sends so far (the clock of least-recently-used closing).
     uses: u64,
     /// Targets found gone (their listener refused a connection), newest
