@@ -497,12 +497,41 @@ const DELIVER: u8 = 1;
 
 /// What the frames of one read did, counted once per read rather than per
 /// frame.
-#[derive(Debug, Default)]
-struct Tally {
-    /// Something other than ticks and closing words came.
+#[derive(Debug)]
+struct Tally<'a> {
+    /// The session's last use, stamped at the first frame of the read that
+    /// is more than a tick or a closing word (before any later frame of the
+    /// read asks whether the session is in use).
+    last_used: &'a AtomicU64,
     used: bool,
     delivered: u64,
     stale: u64,
+}
+
+impl<'a> Tally<'a> {
+    fn new(last_used: &'a AtomicU64) -> Tally<'a> {
+        Tally {
+            last_used,
+            used: false,
+            delivered: 0,
+            stale: 0,
+        }
+    }
+
+    fn used(&mut self, inner: &Inner) {
+        if !std::mem::replace(&mut self.used, true) {
+            self.last_used.store(inner.millis(), Ordering::Relaxed);
+        }
+    }
+
+    /// Adds the counts to the node's.
+    fn count(self, inner: &Inner) {
+        if self.delivered + self.stale > 0 {
+            let mut stats = inner.stats.lock();
+            stats.delivered += self.delivered;
+            stats.stale += self.stale;
+        }
+    }
 }
 
 /// A sender's frames keep their order on a channel of their own (and the
@@ -1430,7 +1459,7 @@ impl Inner {
         node: NodeId,
         (from, to, kind): (Pid, Pid, u8),
         body: &[u8],
-        tally: &mut Tally,
+        tally: &mut Tally<'_>,
     ) -> Result<(), DistError> {
         let kind = match kind {
             2 => Kind::Msg,
@@ -1612,19 +1641,19 @@ impl Inner {
         self: &Arc<Self>,
         (node, serial): (NodeId, u64),
         frame: &[u8],
-        tally: &mut Tally,
+        tally: &mut Tally<'_>,
     ) -> Result<(), DistError> {
         // Most frames are messages: read in place.
         if frame.first() == Some(&DELIVER)
             && let Ok(OutgoingDeliver::Deliver { from, to, kind, body }) = postcard::from_bytes(frame)
         {
-            tally.used = true;
+            tally.used(self);
             return self.deliver(node, (from, to, kind), body, tally);
         }
         let wire: Wire =
             postcard::from_bytes(frame).map_err(|e| DistError::Malformed(format!("an undecodable frame: {e}")))?;
         if !matches!(wire, Wire::Tick | Wire::MayClose { .. } | Wire::CloseOk | Wire::Busy) {
-            tally.used = true;
+            tally.used(self);
         }
         match wire {
             Wire::Tick => {}
@@ -2022,20 +2051,14 @@ fn read_loop(
             return NodeDownReason::NoConnection;
         }
         let delivered = !frames.is_empty();
-        let mut tally = Tally::default();
-        for (_, frame) in frames.iter() {
-            if let Err(e) = inner.handle((node, serial), frame, &mut tally) {
-                tracing::warn!(error = %e, "a peer sent a bad frame: session closed");
-                return NodeDownReason::NoConnection;
-            }
-        }
-        if tally.used {
-            used.store(inner.millis(), Ordering::Relaxed);
-        }
-        if tally.delivered + tally.stale > 0 {
-            let mut stats = inner.stats.lock();
-            stats.delivered += tally.delivered;
-            stats.stale += tally.stale;
+        let mut tally = Tally::new(used);
+        let handled = frames
+            .iter()
+            .try_for_each(|(_, frame)| inner.handle((node, serial), frame, &mut tally));
+        tally.count(inner);
+        if let Err(e) = handled {
+            tracing::warn!(error = %e, "a peer sent a bad frame: session closed");
+            return NodeDownReason::NoConnection;
         }
         // What this read delivered goes out now, not at the next timer:
         // many messages come in one read.

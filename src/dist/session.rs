@@ -630,8 +630,12 @@ impl Frames {
         self.ends.push((channel, self.data.len()));
     }
 
-    /// Forgets the frames, keeping the memory.
+    /// Forgets the frames, keeping the memory (unless a large frame made it
+    /// large: that goes).
     pub fn clear(&mut self) {
+        if self.data.capacity() > 1 << 20 {
+            self.data = Vec::new();
+        }
         self.data.clear();
         self.ends.clear();
     }
