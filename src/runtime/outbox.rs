@@ -120,6 +120,7 @@ impl OutConn {
 pub(crate) struct Then(Box<dyn FnOnce() + Send>);
 
 impl Then {
+    #[cfg(feature = "dist")]
     pub(crate) fn new(f: impl FnOnce() + Send + 'static) -> Then {
         Then(Box::new(f))
     }
@@ -517,6 +518,7 @@ impl Outbox {
     /// whose receiver is slow to read is written as it reads, and `then`
     /// waits for it (or for its end, if the receiver goes away). With
     /// `close` (the sender ended), its connections close once written.
+    #[cfg(feature = "dist")]
     pub(crate) fn after_sender(
         &self,
         inbox: &Inbox,
