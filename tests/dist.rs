@@ -308,7 +308,7 @@ fn helper_node() {
                 (on, "blobs"),
                 (n.parse().unwrap(), code.parse().unwrap()),
                 16,
-                |blob| blob.get(..8).map(|b| u64::from_le_bytes(b.try_into().unwrap())),
+                |b: &Vec<u8>| blob_number(b),
             ),
             ["watch-burst-main", on, n, code] => watch_from_main::<u64>(
                 (&node, &cluster),
@@ -329,22 +329,7 @@ fn helper_node() {
                     Mailbox::<(Pid, u64, i32)>::from_pid(burst)
                         .send((ctx.pid(), n, code))
                         .unwrap();
-                    let mut got = 0u64;
-                    let mut in_order = true;
-                    loop {
-                        match ctx.recv_event() {
-                            Ok(Event::Message(i)) => {
-                                in_order &= i == got;
-                                got += 1;
-                            }
-                            Ok(Event::Down(d)) => {
-                                say("watched", format!("{got} {in_order} {:?}", d.reason));
-                                break;
-                            }
-                            Ok(_) => {}
-                            Err(_) => return,
-                        }
-                    }
+                    watch_until_down(&ctx, |i| Some(*i), 0);
                     // It is gone: a new monitor is NoProc at once.
                     let again = ctx.monitor(burst);
                     if let Ok(d) = ctx.recv_down(again) {
@@ -373,21 +358,7 @@ fn helper_node() {
                         .args(["-STOP", &me])
                         .status()
                         .unwrap();
-                    let (mut got, mut in_order) = (0u64, true);
-                    loop {
-                        match ctx.recv_event() {
-                            Ok(Event::Message(blob)) => {
-                                in_order &= blob[..8] == got.to_le_bytes();
-                                got += 1;
-                            }
-                            Ok(Event::Down(d)) => {
-                                say("watched", format!("{got} {in_order} {:?}", d.reason));
-                                return;
-                            }
-                            Ok(_) => {}
-                            Err(_) => return,
-                        }
-                    }
+                    watch_until_down(&ctx, |b: &Vec<u8>| blob_number(b), 0);
                 })
                 .unwrap();
                 let os_pid = converge::process_info(watcher.pid())
@@ -632,13 +603,24 @@ fn watch_from_main<M: serde::Serialize + serde::de::DeserializeOwned>(
     Mailbox::<(Pid, u64, i32)>::from_pid(target)
         .send((ctx.pid(), n, code))
         .unwrap();
+    watch_until_down(&ctx, number, every);
+}
+
+/// Takes messages (numbered by `number`) until a `Down`, pausing 2 ms
+/// after every `every` of them (0: never), and says how many came, whether
+/// in order, and the Down's reason ("nothing" if none came within 30 s).
+fn watch_until_down<M: serde::Serialize + serde::de::DeserializeOwned>(
+    ctx: &Ctx<M>,
+    number: impl Fn(&M) -> Option<u64>,
+    every: u64,
+) {
     let (mut got, mut in_order) = (0u64, true);
     loop {
         match ctx.recv_event_timeout(Duration::from_secs(30)) {
             Ok(Event::Message(m)) => {
                 in_order &= number(&m) == Some(got);
                 got += 1;
-                if got % every == 0 {
+                if every > 0 && got % every == 0 {
                     std::thread::sleep(Duration::from_millis(2));
                 }
             }
@@ -653,6 +635,11 @@ fn watch_from_main<M: serde::Serialize + serde::de::DeserializeOwned>(
             }
         }
     }
+}
+
+/// The number a blob of `blobs` carries in its first bytes.
+fn blob_number(blob: &[u8]) -> Option<u64> {
+    blob.get(..8).map(|b| u64::from_le_bytes(b.try_into().unwrap()))
 }
 
 /// A task that takes `ms` milliseconds, and gives them back.
