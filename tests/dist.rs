@@ -203,16 +203,24 @@ fn helper_node() {
     // it is given, then ends with `code`.
     let blobs = converge::spawn(|ctx: Ctx<(Pid, u64, i32)>| {
         let (to, n, code) = ctx.recv().unwrap();
-        let to = Mailbox::<Vec<u8>>::from_pid(to);
-        for i in 0..n {
-            let mut blob = vec![0u8; 64 << 10];
-            blob[..8].copy_from_slice(&i.to_le_bytes());
-            to.send(blob).unwrap();
-        }
+        send_blobs(&Mailbox::from_pid(to), n);
         ExitReason::Code(code)
     })
     .unwrap();
     converge::register("blobs", blobs.pid()).unwrap();
+    // The same blobs, then an exit signal with `code` to their receiver (it
+    // lives on), and says so.
+    let signaller = converge::spawn(|ctx: Ctx<(Pid, u64, i32)>| {
+        while let Ok((to, n, code)) = ctx.recv() {
+            let to = Mailbox::from_pid(to);
+            send_blobs(&to, n);
+            to.exit(ExitReason::Code(code));
+            converge::flush();
+            say("signalled", n);
+        }
+    })
+    .unwrap();
+    converge::register("signaller", signaller.pid()).unwrap();
     // Traps exits and reports each exit signal it gets.
     let linker = converge::spawn(|ctx: Ctx<()>| {
         ctx.trap_exits(true);
@@ -338,18 +346,20 @@ fn helper_node() {
                 })
                 .unwrap();
             }
-            ["watch-blobs-stopped", node, n, code] => {
-                // A process here monitors `blobs` there, asks it for `n`
-                // blobs, and stops (SIGSTOP) until this program lets it go
-                // on well after `blobs` ended: this node holds what the
-                // stopped process's socket cannot take, its Down behind it.
-                let blobs = cluster
-                    .whereis(node, "blobs", Duration::from_secs(2))
-                    .expect("blobs is registered there");
+            ["blobs-to-stopped", name, node, n, code] => {
+                // A process here (trapping exits) monitors `name` there
+                // (`blobs` or `signaller`), asks it for `n` blobs, and stops
+                // (SIGSTOP) until told `cont`: this node holds what the
+                // stopped process's socket cannot take, and the Down or
+                // the exit signal behind it.
+                let sender = cluster
+                    .whereis(node, name, Duration::from_secs(2))
+                    .expect("registered there");
                 let (n, code): (u64, i32) = (n.parse().unwrap(), code.parse().unwrap());
                 let watcher = converge::spawn(move |ctx: Ctx<Vec<u8>>| {
-                    ctx.monitor(blobs);
-                    Mailbox::<(Pid, u64, i32)>::from_pid(blobs)
+                    ctx.trap_exits(true);
+                    ctx.monitor(sender);
+                    Mailbox::<(Pid, u64, i32)>::from_pid(sender)
                         .send((ctx.pid(), n, code))
                         .unwrap();
                     converge::flush();
@@ -370,12 +380,10 @@ fn helper_node() {
                     assert!(Instant::now() < deadline, "the watcher never stopped");
                     std::thread::sleep(Duration::from_millis(5));
                 }
-                // Long enough for `blobs` to have sent what it could and
-                // ended: its Down is here, behind the blobs.
-                std::thread::sleep(Duration::from_secs(2));
-                let cont = std::process::Command::new("kill")
-                    .args(["-CONT", &os_pid.to_string()])
-                    .status();
+                say("stopped", os_pid);
+            }
+            ["cont", os_pid] => {
+                let cont = std::process::Command::new("kill").args(["-CONT", os_pid]).status();
                 assert!(cont.unwrap().success());
             }
             ["link-burst", node, n, code] => {
@@ -606,7 +614,16 @@ fn watch_from_main<M: serde::Serialize + serde::de::DeserializeOwned>(
     watch_until_down(&ctx, number, every);
 }
 
-/// Takes messages (numbered by `number`) until a `Down`, pausing 2 ms
+/// Sends `n` blobs of 64 KiB to `to`, numbered in their first bytes.
+fn send_blobs(to: &Mailbox<Vec<u8>>, n: u64) {
+    for i in 0..n {
+        let mut blob = vec![0u8; 64 << 10];
+        blob[..8].copy_from_slice(&i.to_le_bytes());
+        to.send(blob).unwrap();
+    }
+}
+
+/// Takes messages (numbered by `number`) until a `Down` or an exit signal, pausing 2 ms
 /// after every `every` of them (0: never), and says how many came, whether
 /// in order, and the Down's reason ("nothing" if none came within 30 s).
 fn watch_until_down<M: serde::Serialize + serde::de::DeserializeOwned>(
@@ -626,6 +643,10 @@ fn watch_until_down<M: serde::Serialize + serde::de::DeserializeOwned>(
             }
             Ok(Event::Down(d)) => {
                 say("watched", format!("{got} {in_order} {:?}", d.reason));
+                return;
+            }
+            Ok(Event::Exit(x)) => {
+                say("watched", format!("{got} {in_order} exit {:?}", x.reason));
                 return;
             }
             Ok(_) => {}
@@ -929,11 +950,25 @@ fn a_remote_monitor_gets_the_reason_after_every_message() {
         b.tell("watch-blobs-main alpha 800 5");
         assert_eq!(b.expect("watched"), "800 true Code(5)");
     }
-    // To a process that is stopped until well after the sender ended: its
-    // node holds what the process's socket cannot take, the Down behind it.
+    // To a process that is stopped until well after the sender ended (2 s:
+    // its Down is here by then, and the node's old one-second wait for the
+    // receiver was over): its node holds what the process's socket cannot
+    // take, the Down behind it.
     let (_a, mut b) = TestNode::pair();
-    b.tell("watch-blobs-stopped alpha 800 6");
+    b.tell("blobs-to-stopped blobs alpha 800 6");
+    let stopped = b.expect("stopped");
+    std::thread::sleep(Duration::from_secs(2));
+    b.tell(&format!("cont {stopped}"));
     assert_eq!(b.expect("watched"), "800 true Code(6)");
+    // The same with an exit signal the sender sends after its messages (it
+    // lives on); once it is sent, a moment for it to reach the other node.
+    let (mut a, mut b) = TestNode::pair();
+    b.tell("blobs-to-stopped signaller alpha 800 9");
+    let stopped = b.expect("stopped");
+    assert_eq!(a.expect("signalled"), "800");
+    std::thread::sleep(Duration::from_millis(300));
+    b.tell(&format!("cont {stopped}"));
+    assert_eq!(b.expect("watched"), "800 true exit Code(9)");
 }
 
 fn a_remote_monitor_of_a_killed_node_is_noconnection() {
