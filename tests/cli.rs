@@ -170,7 +170,7 @@ fn signals_reach_the_program_s_whole_group() {
     let marker = scratch("got-term");
     let _ = std::fs::remove_file(&marker);
     let body = format!(
-        "trap 'echo child >> {m}; exit 0' TERM; sleep 30 & wait",
+        "trap 'echo child >> {m}; exit 0' TERM; echo child-ready; sleep 30 & wait",
         m = marker.display()
     );
     let child_script = script("child.sh", &body);
@@ -187,9 +187,17 @@ fn signals_reach_the_program_s_whole_group() {
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
-    let mut line = String::new();
-    std::io::BufRead::read_line(&mut std::io::BufReader::new(c.stdout.as_mut().unwrap()), &mut line).unwrap();
-    assert_eq!(line, "ready\n");
+    // Both have set their traps (in either order).
+    let mut out = std::io::BufReader::new(c.stdout.as_mut().unwrap());
+    let mut lines: Vec<String> = (0..2)
+        .map(|_| {
+            let mut line = String::new();
+            std::io::BufRead::read_line(&mut out, &mut line).unwrap();
+            line
+        })
+        .collect();
+    lines.sort();
+    assert_eq!(lines, ["child-ready\n", "ready\n"]);
     // As `kill` from another terminal would.
     Command::new("kill")
         .args(["-TERM", &c.id().to_string()])
