@@ -206,19 +206,12 @@ fn run_with(setup: ZygoteSetup, early: Vec<ToProcess>, mut ctl_decoder: Decoder)
             replace_scheduler(&setup, &epoll, &mut next, &mut pool, &mut children, slot, was_ready);
         }
     }
-    // When the orphans were last looked for, and whether a `SIGCHLD` came
-    // since. Every child's end sends one, the zygote's own (watched through
-    // their pidfds) too: looking at most every ORPHAN_SCAN keeps a loop of
-    // short-lived processes from paying a scan each.
-    let mut scanned: Option<std::time::Instant> = None;
-    let mut orphans_may_have_ended = false;
     loop {
         events.clear();
-        let since = scanned.map_or(ORPHAN_SCAN, |t| t.elapsed());
-        let wait = orphans_may_have_ended.then(|| ORPHAN_SCAN.saturating_sub(since));
-        if epoll.wait(&mut events, wait).is_err() {
+        if epoll.wait(&mut events, None).is_err() {
             continue;
         }
+        let mut orphans_may_have_ended = false;
         for ev in events.clone() {
             match ev.token {
                 TOKEN_LISTENER => {
@@ -242,12 +235,7 @@ fn run_with(setup: ZygoteSetup, early: Vec<ToProcess>, mut ctl_decoder: Decoder)
                 }
                 TOKEN_DEATH => guardian(&setup, &children, &strays, &mut ctl_decoder),
                 // After the rest: its own children's statuses go out first.
-                TOKEN_SIGCHLD => {
-                    if let Some(fd) = &sigchld {
-                        sys::signal::drain_signals(fd);
-                    }
-                    orphans_may_have_ended = true;
-                }
+                TOKEN_SIGCHLD => orphans_may_have_ended = true,
                 TOKEN_SPARE => {
                     // The spare died: reap it, and fork another.
                     if let Some(fd) = spare.take() {
@@ -432,16 +420,17 @@ fn run_with(setup: ZygoteSetup, early: Vec<ToProcess>, mut ctl_decoder: Decoder)
                 _ => {}
             }
         }
-        if orphans_may_have_ended && scanned.is_none_or(|t| t.elapsed() >= ORPHAN_SCAN) {
+        // At once: an orphan left unreaped when this zygote dies goes to the
+        // node, which looks only in the process groups of processes that
+        // ended since (a port's stray, long after its port).
+        if orphans_may_have_ended {
+            if let Some(fd) = &sigchld {
+                sys::signal::drain_signals(fd);
+            }
             reap_adopted(&children);
-            scanned = Some(std::time::Instant::now());
-            orphans_may_have_ended = false;
         }
     }
 }
-
-/// How often at most the zygote looks for orphans it adopted that ended.
-const ORPHAN_SCAN: std::time::Duration = std::time::Duration::from_millis(50);
 
 /// Forks the zygote's spare, watched through its pidfd.
 fn fork_spare(setup: &ZygoteSetup, epoll: &Epoll) -> Option<OwnedFd> {
