@@ -4,6 +4,7 @@
 mod util;
 
 use std::io::Write;
+use std::process::Command;
 use std::time::Duration;
 
 use converge::port::stdio::{PacketReader, PacketWriter};
@@ -39,6 +40,7 @@ fn main() {
                 "a_script_without_a_shebang_runs_with_sh",
                 a_script_without_a_shebang_runs_with_sh,
             ),
+            ("spawn_errors_are_those_of_command", spawn_errors_are_those_of_command),
             (
                 "a_program_waits_while_its_owner_does_not_read",
                 a_program_waits_while_its_owner_does_not_read,
@@ -414,6 +416,40 @@ fn a_script_without_a_shebang_runs_with_sh() {
     let shown = script.display();
     assert_eq!(by_path[0], line(&format!("ran {shown} one")), "{by_path:?}");
     assert_eq!(by_name[0], line(&format!("ran {shown} two")), "{by_name:?}");
+}
+
+fn spawn_errors_are_those_of_command() {
+    // What `std::process::Command` says for the same program, in the same
+    // environment: a name not on PATH, a file without the right to run it
+    // (found on PATH, and by path), a directory.
+    let dir = std::env::temp_dir().join(format!("converge-spawn-errors-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let plain = dir.join("not-executable");
+    std::fs::write(&plain, "#!/bin/sh\necho hi\n").unwrap();
+    let path = dir.display().to_string();
+    let cases: Vec<(std::ffi::OsString, Option<String>)> = vec![
+        ("no-such-program-here".into(), Some(path.clone())),
+        ("not-executable".into(), Some(path.clone())),
+        (plain.clone().into(), None),
+        (dir.clone().into(), None),
+    ];
+    for (program, path) in cases {
+        let mut port = PortBuilder::new(&program);
+        let mut command = Command::new(&program);
+        if let Some(p) = &path {
+            port = port.env("PATH", p);
+            command.env("PATH", p);
+        }
+        let expected = command.spawn().map(drop).unwrap_err().kind();
+        match port.spawn() {
+            Err(PortError::Spawn { source, .. }) => {
+                assert_eq!(source.kind(), expected, "{program:?}: {source}");
+            }
+            other => panic!("{program:?}: expected a spawn error, got {other:?}"),
+        }
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+    assert!(node().processes().is_empty());
 }
 
 fn closing_input_gives_eof() {
