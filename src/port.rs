@@ -295,6 +295,16 @@ impl PortBuilder {
             scheduler: None,
         };
         let request = self.request(reg);
+        if request.has_nul() {
+            // As `std::process::Command` says it, before anything starts.
+            return Err(PortError::Spawn {
+                program: self.program.clone(),
+                source: io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    "a nul byte in the program's name, an argument, the environment or the directory",
+                ),
+            });
+        }
         let (in_r, in_w) = io::pipe()?;
         let (out_r, out_w) = io::pipe()?;
         let err = match self.stderr {

@@ -449,6 +449,12 @@ fn spawn_errors_are_those_of_command() {
         }
     }
     std::fs::remove_dir_all(&dir).unwrap();
+    // A nul byte in an argument.
+    let expected = Command::new("true").arg("a\0b").spawn().map(drop).unwrap_err().kind();
+    match PortBuilder::new("true").arg("a\0b").spawn() {
+        Err(PortError::Spawn { source, .. }) => assert_eq!(source.kind(), expected, "{source}"),
+        other => panic!("a nul byte: expected a spawn error, got {other:?}"),
+    }
     assert!(node().processes().is_empty());
 }
 

@@ -66,6 +66,18 @@ pub(crate) struct PortRequest {
     pub(crate) separate_stderr: bool,
 }
 
+impl PortRequest {
+    /// Whether a string of it holds a nul byte: no program can be given it.
+    pub(crate) fn has_nul(&self) -> bool {
+        let nul = |b: &[u8]| b.contains(&0);
+        nul(&self.program)
+            || self.args.iter().any(|a| nul(a))
+            || self.arg0.as_deref().is_some_and(nul)
+            || self.env.iter().any(|(k, v)| nul(k) || nul(v))
+            || self.cwd.as_deref().is_some_and(nul)
+    }
+}
+
 /// What the zygote is asked.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub(crate) enum Ask {
