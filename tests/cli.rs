@@ -276,6 +276,16 @@ struct Cluster {
 }
 
 impl Cluster {
+    /// Daemons `alpha` and `beta`, beta joined to alpha, each knowing the
+    /// other.
+    fn pair(case: &str) -> Cluster {
+        let mut c = Cluster::new(case);
+        c.start_member("alpha", None, &[], &[]);
+        c.start_member("beta", Some("alpha"), &[], &[]);
+        assert!(c.knows("alpha", "beta"));
+        c
+    }
+
     fn new(case: &str) -> Cluster {
         let dir = std::env::temp_dir().join(format!("converge-cli-{}-{case}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
@@ -793,10 +803,7 @@ fn three_ways(c: &Cluster) -> [(&'static str, Command); 3] {
 
 #[test]
 fn input_waits_for_the_program_to_take_it() {
-    let mut c = Cluster::new("window");
-    c.start_member("alpha", None, &[], &[]);
-    c.start_member("beta", Some("alpha"), &[], &[]);
-    assert!(c.knows("alpha", "beta"));
+    let c = Cluster::pair("window");
     // A window of 1 MiB, and the pipes and sockets on the way: far from
     // everything a writer would push into a run that never waits.
     for (how, cmd) in three_ways(&c) {
@@ -824,10 +831,7 @@ fn input_waits_for_the_program_to_take_it() {
 
 #[test]
 fn output_waits_for_the_client_to_take_it() {
-    let mut c = Cluster::new("backlog");
-    c.start_member("alpha", None, &[], &[]);
-    c.start_member("beta", Some("alpha"), &[], &[]);
-    assert!(c.knows("alpha", "beta"));
+    let c = Cluster::pair("backlog");
     for (how, mut cmd) in three_ways(&c) {
         let done = scratch(&format!("backlog-done-{how}"));
         let _ = std::fs::remove_file(&done);
@@ -925,10 +929,7 @@ fn a_timeout_fires_while_the_program_floods_its_output() {
 
 #[test]
 fn signals_reach_a_program_run_through_a_daemon_and_on_another_node() {
-    let mut c = Cluster::new("signals");
-    c.start_member("alpha", None, &[], &[]);
-    c.start_member("beta", Some("alpha"), &[], &[]);
-    assert!(c.knows("alpha", "beta"));
+    let c = Cluster::pair("signals");
     for on in ["alpha", "beta"] {
         let mut child = c
             .cmd()
