@@ -1065,14 +1065,11 @@ impl Inner {
         connected || self.membership.lock().members().iter().any(|m| m.node == node)
     }
 
+    /// Hands `msg` to the process table at once: for what follows no
+    /// message of its sender (a monitor placed, the `NoConnection` of a node
+    /// never known); a signal from or about a sender of messages goes
+    /// through [`inject_after`](Inner::inject_after).
     fn inject(&self, msg: ToNode) {
-        // What this node's readers handed to its processes goes out to them
-        // first: a `Down` or an exit signal about a process of another node
-        // must find its messages before it (the receiver reads this node's
-        // connection to it to the end first).
-        if let Some(rt) = crate::runtime::current() {
-            rt.flush();
-        }
         let _ = self.injector.lock().send(msg);
     }
 

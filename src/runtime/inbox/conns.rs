@@ -224,14 +224,13 @@ impl Inbox {
     /// queued, so that its messages come first.
     pub(super) fn drain_sender(&self, rt: &Runtime, st: &mut State, from: Pid) {
         self.accept_all(rt, st);
-        // A process of another node reaches this one through this node: its
-        // session readers write what it sent on the node's own connection.
-        let me = rt.sender();
-        let relay = (from.node() != me.node()).then(|| Pid::new(me.node(), crate::pid::MAIN_SERIAL));
+        // A process of another node reaches this one through this node's
+        // connections that say they come from it; its node hands a signal
+        // about it on only once they are written (`dist`'s `inject_after`).
         let mut tokens: Vec<(u64, Token)> = st
             .conns
             .iter()
-            .filter(|(_, c)| c.sender.is_none() || c.sender == Some(from) || (relay.is_some() && c.sender == relay))
+            .filter(|(_, c)| c.sender.is_none() || c.sender == Some(from))
             .map(|(&t, c)| (c.seq, t))
             .collect();
         tokens.sort_unstable();
