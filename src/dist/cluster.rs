@@ -392,6 +392,8 @@ struct Inner {
     answered_lock: Mutex<()>,
     next: AtomicU64,
     stats: Mutex<ClusterStats>,
+    /// [`ClusterStats::sent`], counted apart: once per message sent, no lock.
+    sent: AtomicU64,
     stopped: AtomicBool,
     /// Gossip addresses of the seeds joined through and of every member
     /// seen: a node left alone (a partition) announces itself to them until
@@ -445,7 +447,7 @@ pub(crate) fn route(from: Pid, to: Pid, kind: u8, body: &[u8]) -> bool {
     let frame =
         postcard::to_extend(&deliver, Vec::with_capacity(body.len() + 48)).expect("BUG: wire frames always encode");
     inner.send_frame_to_node(to.node(), channel_of(from), frame);
-    inner.stats.lock().sent += 1;
+    inner.sent.fetch_add(1, Ordering::Relaxed);
     true
 }
 
@@ -726,6 +728,7 @@ impl Cluster {
             answered_lock: Mutex::new(()),
             next: AtomicU64::new(1),
             stats: Mutex::new(ClusterStats::default()),
+            sent: AtomicU64::new(0),
             stopped: AtomicBool::new(false),
             known: Mutex::new(Vec::new()),
             remote_monitors: Mutex::new(HashMap::new()),
@@ -948,6 +951,7 @@ impl Cluster {
     /// What this node counted.
     pub fn stats(&self) -> ClusterStats {
         let mut s = *self.inner.stats.lock();
+        s.sent = self.inner.sent.load(Ordering::Relaxed);
         s.refused += self.inner.membership.lock().stats().refused;
         s
     }
