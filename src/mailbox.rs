@@ -63,11 +63,19 @@ impl<M> Mailbox<M> {
     fn exit_signal(&self, reason: ExitReason, untrappable: bool) {
         if let Some(rt) = runtime::current() {
             rt.flush();
-            rt.tell_node(&ToNode::ExitSignal {
+            let signal = ToNode::ExitSignal {
                 target: self.pid,
                 reason,
                 untrappable,
-            });
+            };
+            // To a process of another node: after what this process sent it
+            // on their direct session, if they have one.
+            #[cfg(feature = "dist")]
+            if self.pid.node() != rt.pid().node() && runtime::acting().is_none() {
+                rt.signal_remote(self.pid, signal);
+                return;
+            }
+            rt.tell_node(&signal);
         }
     }
 }

@@ -221,6 +221,36 @@ fn helper_node() {
     })
     .unwrap();
     converge::register("signaller", signaller.pid()).unwrap();
+    // Blobs on a direct session. Mode 0: blob 0, then says whether its
+    // direct session to the receiver opened (within 10 s). Then mode 1:
+    // blobs 1 to `n - 1`, and ends with `code`; or mode 2: the same blobs,
+    // then an exit signal with `code` to the receiver, and says so.
+    let direct = converge::spawn(|ctx: Ctx<(Pid, u64, i32, u8)>| {
+        while let Ok((to, n, code, mode)) = ctx.recv() {
+            let mailbox = Mailbox::<Vec<u8>>::from_pid(to);
+            if mode == 0 {
+                mailbox.send(blob(0)).unwrap();
+                let deadline = Instant::now() + Duration::from_secs(10);
+                while !converge::dist::has_direct_session(to) && Instant::now() < deadline {
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+                say("direct", converge::dist::has_direct_session(to));
+                continue;
+            }
+            for i in 1..n {
+                mailbox.send(blob(i)).unwrap();
+            }
+            if mode == 1 {
+                return ExitReason::Code(code);
+            }
+            mailbox.exit(ExitReason::Code(code));
+            converge::flush();
+            say("signalled", n);
+        }
+        ExitReason::Normal
+    })
+    .unwrap();
+    converge::register("direct-blobs", direct.pid()).unwrap();
     // Traps exits and reports each exit signal it gets.
     let linker = converge::spawn(|ctx: Ctx<()>| {
         ctx.trap_exits(true);
@@ -250,6 +280,7 @@ fn helper_node() {
     let mut saved: Option<Pid> = None;
     let mut aimed: Option<Pid> = None;
     let mut spawned: Option<Pid> = None;
+    let mut direct_run: Option<(Pid, Pid, u64, i32, u8)> = None;
     while {
         line.clear();
         stdin.read_line(&mut line).unwrap_or(0) > 0
@@ -381,6 +412,50 @@ fn helper_node() {
                     std::thread::sleep(Duration::from_millis(5));
                 }
                 say("stopped", os_pid);
+            }
+            ["direct-to-stopped", node, n, code, mode] => {
+                // A process here (trapping exits) monitors `direct-blobs`
+                // there and has it send blob 0 (its direct session to it
+                // opens meanwhile); `stop-and-go` stops it and has the rest
+                // sent.
+                let sender = cluster
+                    .whereis(node, "direct-blobs", Duration::from_secs(2))
+                    .expect("registered there");
+                let watcher = converge::spawn(move |ctx: Ctx<Vec<u8>>| {
+                    ctx.trap_exits(true);
+                    ctx.monitor(sender);
+                    Mailbox::<(Pid, u64, i32, u8)>::from_pid(sender)
+                        .send((ctx.pid(), 1, 0, 0))
+                        .unwrap();
+                    watch_until_down(&ctx, |b: &Vec<u8>| blob_number(b), 0);
+                })
+                .unwrap();
+                let os_pid = converge::process_info(watcher.pid())
+                    .and_then(|i| i.os_pid)
+                    .expect("the watcher runs");
+                direct_run = Some((
+                    sender,
+                    watcher.pid(),
+                    n.parse().unwrap(),
+                    code.parse().unwrap(),
+                    mode.parse().unwrap(),
+                ));
+                say("watcher", os_pid);
+            }
+            ["stop-and-go", os_pid] => {
+                let (sender, watcher, n, code, mode) = direct_run.take().expect("a direct run");
+                let stop = std::process::Command::new("kill").args(["-STOP", os_pid]).status();
+                assert!(stop.unwrap().success());
+                let stat = format!("/proc/{os_pid}/stat");
+                let deadline = Instant::now() + Duration::from_secs(10);
+                while !std::fs::read_to_string(&stat).is_ok_and(|s| s.contains(") T ")) {
+                    assert!(Instant::now() < deadline, "the watcher never stopped");
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                Mailbox::<(Pid, u64, i32, u8)>::from_pid(sender)
+                    .send((watcher, n, code, mode))
+                    .unwrap();
+                say("going", n);
             }
             ["cont", os_pid] => {
                 let cont = std::process::Command::new("kill").args(["-CONT", os_pid]).status();
@@ -572,8 +647,8 @@ fn helper_node() {
                 say(
                     "stats",
                     format!(
-                        "refused={} stale={} lost={} backlogged={} closed_idle={}",
-                        s.refused, s.stale, s.lost, s.backlogged, s.closed_idle
+                        "refused={} stale={} lost={} backlogged={} closed_idle={} sent={} direct={}",
+                        s.refused, s.stale, s.lost, s.backlogged, s.closed_idle, s.sent, s.direct
                     ),
                 );
             }
@@ -617,10 +692,15 @@ fn watch_from_main<M: serde::Serialize + serde::de::DeserializeOwned>(
 /// Sends `n` blobs of 64 KiB to `to`, numbered in their first bytes.
 fn send_blobs(to: &Mailbox<Vec<u8>>, n: u64) {
     for i in 0..n {
-        let mut blob = vec![0u8; 64 << 10];
-        blob[..8].copy_from_slice(&i.to_le_bytes());
-        to.send(blob).unwrap();
+        to.send(blob(i)).unwrap();
     }
+}
+
+/// A blob of 64 KiB numbered `i` in its first bytes.
+fn blob(i: u64) -> Vec<u8> {
+    let mut blob = vec![0u8; 64 << 10];
+    blob[..8].copy_from_slice(&i.to_le_bytes());
+    blob
 }
 
 /// Takes messages (numbered by `number`) until a `Down` or an exit signal, pausing 2 ms
@@ -969,6 +1049,37 @@ fn a_remote_monitor_gets_the_reason_after_every_message() {
     std::thread::sleep(Duration::from_millis(300));
     b.tell(&format!("cont {stopped}"));
     assert_eq!(b.expect("watched"), "800 true exit Code(9)");
+    // On a direct session between the two processes: the Down, then the
+    // exit signal, after all of them too, the receiver stopped while they
+    // are sent (its sender holds what the socket cannot take). All but the
+    // first went on the session, not through the nodes.
+    for (mode, code, end) in [(1, 6, "Code(6)"), (2, 9, "exit Code(9)")] {
+        let (mut a, mut b) = TestNode::pair();
+        b.tell(&format!("direct-to-stopped alpha 800 {code} {mode}"));
+        let watcher = b.expect("watcher");
+        assert_eq!(a.expect("direct"), "true");
+        b.tell(&format!("stop-and-go {watcher}"));
+        assert_eq!(b.expect("going"), "800");
+        if mode == 1 {
+            std::thread::sleep(Duration::from_secs(2));
+        } else {
+            assert_eq!(a.expect("signalled"), "800");
+            std::thread::sleep(Duration::from_millis(300));
+        }
+        b.tell(&format!("cont {watcher}"));
+        assert_eq!(b.expect("watched"), format!("800 true {end}"));
+        a.tell("stats");
+        let stats = a.expect("stats");
+        let count = |name: &str| -> u64 {
+            stats
+                .split_whitespace()
+                .find_map(|w| w.strip_prefix(name)?.strip_prefix('='))
+                .and_then(|n| n.parse().ok())
+                .expect("a count")
+        };
+        assert!(count("sent") < 10, "{stats}");
+        assert!(count("direct") >= 1, "{stats}");
+    }
 }
 
 fn a_remote_monitor_of_a_killed_node_is_noconnection() {

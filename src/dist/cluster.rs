@@ -9,6 +9,10 @@
 //! main program, is sealed on the session to that node (opened first if
 //! there is none) and delivered there by its node, in order per sender.
 
+mod direct;
+
+pub(crate) use direct::{backlogged, open_direct};
+
 use crate::runtime::outbox::IntMap;
 use std::collections::{HashMap, VecDeque};
 use std::io::{Read, Write};
@@ -168,6 +172,13 @@ pub struct ClusterStats {
     /// Sessions closed because they were idle and more than
     /// [`ClusterConfig::max_sessions`] were open (by either end).
     pub closed_idle: u64,
+    /// Direct sessions between a process here and one of another node,
+    /// opened from here or handed over to a process here.
+    pub direct: u64,
+    /// Direct sessions that could not be had (the process there does not
+    /// take them, or is gone; the node was unreachable): their senders go
+    /// through the nodes.
+    pub direct_refused: u64,
 }
 
 /// What travels on a session, after its handshake.
@@ -412,6 +423,8 @@ struct Inner {
     /// Whether the program set it ([`Cluster::advertise_load`]); if not,
     /// the node's scheduler pool is its load.
     explicit_load: AtomicBool,
+    /// Direct sessions being opened now.
+    opening_direct: AtomicU64,
 }
 
 /// This node's place in a cluster. Dropping it leaves the cluster.
@@ -736,6 +749,7 @@ impl Cluster {
             injector: Mutex::new(inject_tx),
             load: Mutex::new(None),
             explicit_load: AtomicBool::new(false),
+            opening_direct: AtomicU64::new(0),
         });
         spawn("converge-dist-inject", move || {
             // As the node's main program: the table takes these from it only.
@@ -1480,6 +1494,7 @@ impl Inner {
         let kind = match kind {
             2 => Kind::Msg,
             3 => Kind::Reply,
+            5 if body.is_empty() => Kind::Fence,
             k => return Err(DistError::Malformed(format!("a frame of kind {k} for a process"))),
         };
         match crate::runtime::current() {
@@ -2112,6 +2127,7 @@ fn accept_loop(inner: &Arc<Inner>, mut acceptor: Acceptor) {
                             inner.connect_back(hello.node, addr);
                         }
                     }
+                    (None, _) if hello.direct.is_some() => inner.accept_direct(session, &hello, stream),
                     (None, _) => inner.add_peer(session, hello, stream, false),
                 }
             }

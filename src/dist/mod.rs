@@ -49,13 +49,26 @@ mod transport;
 pub(crate) use cluster::fuzz_frame;
 pub use cluster::{Cluster, ClusterConfig, ClusterStats, NodeDownReason, NodeEvent, NodeInfo};
 pub(crate) use cluster::{
-    MAX_RELAYED, remote_down, remote_exit, remote_exit_signal, remote_link, remote_monitor, remote_unlink, route,
+    MAX_RELAYED, backlogged, open_direct, remote_down, remote_exit, remote_exit_signal, remote_link, remote_monitor,
+    remote_unlink, route,
 };
 pub use membership::{
     CLOCK_WINDOW, Load, LoadNoteError, Member, MemberEvent, Membership, MembershipConfig, MembershipStats, PacketError,
     PacketKey, Replays,
 };
+pub(crate) use session::Keys;
 pub use session::{DistError, Frames, Handshake, Hello, Opener, PROTOCOL_VERSION, Sealer, Secret, Session, Step};
+/// Whether the calling process sends to `to`, a process of another node,
+/// on a direct session of its own now, rather than through the two nodes.
+///
+/// A process asks its node for one on its first send to `to`, and sends
+/// through the nodes until it is open: a few milliseconds on a local
+/// network. There is none for an actor's sends, to an actor, a port or a
+/// part of the runtime, nor over a transport whose streams are not sockets.
+pub fn has_direct_session(to: crate::Pid) -> bool {
+    crate::runtime::current().is_some_and(|rt| rt.direct_open(to))
+}
+
 pub use spawn::{RemoteTaskError, SpawnRefused, spawnable, task};
 pub use transport::{
     Acceptor, Established, FAILURE_WINDOW, HANDSHAKE_TIMEOUT, Listener, MAX_FAILURES, Stream, Tcp, Transport, connect,

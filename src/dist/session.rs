@@ -6,15 +6,14 @@ use std::collections::HashMap;
 use std::fmt;
 use std::io::{Read, Write};
 use std::path::Path;
-use std::sync::Arc;
 
 use blake2::{Blake2s256, Digest};
 use serde::{Deserialize, Serialize};
 
-use crate::pid::NodeId;
+use crate::pid::{NodeId, Pid};
 
 /// The version of the distribution protocol, checked in the handshake.
-pub const PROTOCOL_VERSION: u16 = 3;
+pub const PROTOCOL_VERSION: u16 = 4;
 
 /// The Noise protocol: a pre-shared key mixed in at the first message,
 /// ephemeral keys on both sides (forward secrecy), ChaCha20-Poly1305.
@@ -159,6 +158,12 @@ pub struct Hello {
     /// so two that connect at once never replace a session with what was
     /// sent on it.
     pub callback: Option<u16>,
+    /// Set when the connection is not a session between the two nodes but
+    /// a direct one from a process of the connecting node to a process of
+    /// the other (sender, receiver): the receiving node hands the socket
+    /// and the session's keys to the receiver, the connecting node to the
+    /// sender, and messages then flow from process to process.
+    pub direct: Option<(Pid, Pid)>,
 }
 
 impl Hello {
@@ -169,6 +174,7 @@ impl Hello {
             node,
             name: name.into(),
             callback: None,
+            direct: None,
         }
     }
 }
@@ -308,33 +314,26 @@ impl Handshake {
                 None => Err(error),
             };
         }
-        let state = self.state.take().expect("BUG: checked above");
+        let mut state = self.state.take().expect("BUG: checked above");
         if !state.is_handshake_finished() {
             return Err(DistError::Malformed("the handshake did not finish".into()));
         }
-        let transport = Arc::new(
-            state
-                .into_stateless_transport_mode()
-                .map_err(|e| DistError::Malformed(e.to_string()))?,
-        );
-        let mut records = Records::new(MAX_RECORD);
-        records.push(&rest)?;
-        let session = Box::new(Session {
-            sealer: Sealer {
-                transport: Arc::clone(&transport),
-                nonce: 0,
-                max_frame: self.max_frame,
-                building: Vec::new(),
-            },
-            opener: Opener {
-                transport,
-                nonce: 0,
-                records,
-                partial: HashMap::new(),
-                max_frame: self.max_frame,
-                plain: vec![0u8; MAX_RECORD],
-            },
-        });
+        // The split's first key seals what the initiator sends.
+        let (to_responder, to_initiator) = state.dangerously_get_raw_split();
+        let keys = if self.initiator {
+            Keys {
+                send: to_responder,
+                receive: to_initiator,
+            }
+        } else {
+            Keys {
+                send: to_initiator,
+                receive: to_responder,
+            }
+        };
+        let mut session = Box::new(Session::from_keys(&keys, self.max_frame));
+        session.opener.records.push(&rest)?;
+        session.keys = Some(keys);
         Ok(Step::Done { session, peer, send })
     }
 
@@ -405,6 +404,7 @@ fn decode_hello(bytes: &[u8]) -> Result<Hello, DistError> {
             node: NodeId::from_bytes([0; 16]),
             name: String::new(),
             callback: None,
+            direct: None,
         });
     }
     let hello: Hello = crate::wire::decode_exact(bytes).map_err(|e| DistError::Malformed(format!("a hello: {e}")))?;
@@ -424,12 +424,41 @@ fn decode_hello(bytes: &[u8]) -> Result<Hello, DistError> {
 pub struct Session {
     sealer: Sealer,
     opener: Opener,
+    /// The keys it was made from, for a session handed to a process.
+    keys: Option<Keys>,
+}
+
+/// The two keys of a session, as one end sees them: to hand a session
+/// over to another process of the same node, which makes it again with
+/// [`Session::from_keys`]. Nothing was sealed or opened with them yet.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct Keys {
+    /// Seals what this end sends.
+    pub(crate) send: [u8; 32],
+    /// Opens what the other end sends.
+    pub(crate) receive: [u8; 32],
+}
+
+impl fmt::Debug for Keys {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Keys(..)")
+    }
+}
+
+/// The session's cipher, keyed.
+fn cipher(key: &[u8; 32]) -> Box<dyn snow::types::Cipher> {
+    use snow::resolvers::CryptoResolver;
+    let mut cipher = snow::resolvers::DefaultResolver
+        .resolve_cipher(&snow::params::CipherChoice::ChaChaPoly)
+        .expect("BUG: the default resolver has ChaChaPoly");
+    cipher.set(key);
+    cipher
 }
 
 /// The sending half of a [`Session`]: frames into sealed records, each
 /// with the next nonce.
 pub struct Sealer {
-    transport: Arc<snow::StatelessTransportState>,
+    cipher: Box<dyn snow::types::Cipher>,
     /// The nonce of the next record sealed.
     nonce: u64,
     max_frame: usize,
@@ -441,7 +470,7 @@ pub struct Sealer {
 /// with the next nonce (a replayed, reordered or altered record does not
 /// open), back into frames.
 pub struct Opener {
-    transport: Arc<snow::StatelessTransportState>,
+    cipher: Box<dyn snow::types::Cipher>,
     /// The nonce of the next record opened.
     nonce: u64,
     records: Records,
@@ -479,6 +508,34 @@ struct Partial {
 }
 
 impl Session {
+    /// A session from its keys, fresh (no record sealed or opened yet):
+    /// one end of a session handed over by the process that made it.
+    pub(crate) fn from_keys(keys: &Keys, max_frame: usize) -> Session {
+        Session {
+            sealer: Sealer {
+                cipher: cipher(&keys.send),
+                nonce: 0,
+                max_frame,
+                building: Vec::new(),
+            },
+            opener: Opener {
+                cipher: cipher(&keys.receive),
+                nonce: 0,
+                records: Records::new(MAX_RECORD),
+                partial: HashMap::new(),
+                max_frame,
+                plain: vec![0u8; MAX_RECORD],
+            },
+            keys: None,
+        }
+    }
+
+    /// The keys of a session just made by a handshake, to hand it over
+    /// (taken once: they leave with it).
+    pub(crate) fn take_keys(&mut self) -> Option<Keys> {
+        self.keys.take()
+    }
+
     /// Its two halves, to seal on one thread and open on another.
     pub fn split(self) -> (Sealer, Opener) {
         (self.sealer, self.opener)
@@ -605,10 +662,7 @@ impl Sealer {
             .ok_or_else(|| DistError::Malformed("the session's nonces ran out".into()))?;
         let at = out.len();
         out.resize(at + 2 + self.building.len() + TAG, 0);
-        let n = self
-            .transport
-            .write_message(nonce, &self.building, &mut out[at + 2..])
-            .map_err(|e| DistError::Malformed(format!("sealing failed: {e}")))?;
+        let n = self.cipher.encrypt(nonce, &[], &self.building, &mut out[at + 2..]);
         out[at..at + 2].copy_from_slice(&(n as u16).to_be_bytes());
         out.truncate(at + 2 + n);
         self.building.clear();
@@ -680,8 +734,8 @@ impl Opener {
         while let Some(record) = self.records.next_record() {
             let nonce = self.nonce;
             let n = self
-                .transport
-                .read_message(nonce, &record, &mut self.plain)
+                .cipher
+                .decrypt(nonce, &[], &record, &mut self.plain)
                 .map_err(|_| DistError::Authentication)?;
             self.nonce = nonce.checked_add(1).ok_or(DistError::Authentication)?;
             let mut at = 0;

@@ -58,6 +58,13 @@ pub trait Stream: Read + Write + Send + 'static {
         let _ = buf;
         Ok(0)
     }
+
+    /// The socket under the stream, to hand a direct session between two
+    /// processes over to one of them. A stream that is not a socket keeps
+    /// the default, `None`: its processes then send through their nodes.
+    fn into_fd(self: Box<Self>) -> Option<std::os::fd::OwnedFd> {
+        None
+    }
 }
 
 /// Where a [`Transport`] accepts streams from other nodes.
@@ -118,6 +125,10 @@ impl Stream for TcpStream {
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(0),
             other => other,
         }
+    }
+
+    fn into_fd(self: Box<Self>) -> Option<std::os::fd::OwnedFd> {
+        Some(std::os::fd::OwnedFd::from(*self))
     }
 }
 

@@ -467,6 +467,42 @@ impl System for Io {
         crate::sys::proc_fs::rss_bytes(ospid)
     }
 
+    #[cfg(feature = "dist")]
+    fn remote_direct(&mut self, from: crate::pid::Pid, to: crate::pid::Pid) -> bool {
+        crate::dist::open_direct(from, to)
+    }
+
+    #[cfg(feature = "dist")]
+    fn remote_backlogged(&mut self, node: NodeId) {
+        crate::dist::backlogged(node);
+    }
+
+    #[cfg(feature = "dist")]
+    fn send_with_fd(&mut self, conn: u64, msg: &ToProcess, fd: OwnedFd) -> bool {
+        let Some(c) = self.conns.get_mut(&conn) else {
+            return false;
+        };
+        if c.off < c.out.len() {
+            Self::write(self.epoll, conn, c);
+            if c.off < c.out.len() {
+                // The descriptor must travel with its own frame's first byte.
+                return false;
+            }
+        }
+        let mut buf = Vec::with_capacity(128);
+        frame::push(&mut buf, Kind::Ctl, msg).expect("BUG: control frames always encode");
+        match socket::send_with_fds_now(&c.fd, &buf, &[std::os::fd::AsFd::as_fd(&fd)]) {
+            Ok(n) => {
+                if n < buf.len() {
+                    c.out.extend_from_slice(&buf[n..]);
+                    Self::write(self.epoll, conn, c);
+                }
+                true
+            }
+            Err(_) => false,
+        }
+    }
+
     fn remote(&mut self, from: crate::pid::Pid, to: crate::pid::Pid, kind: u8, body: &[u8]) {
         #[cfg(feature = "dist")]
         crate::dist::route(from, to, kind, body);
@@ -757,6 +793,12 @@ impl Control {
     pub(crate) fn withdraw(&mut self, serial: u64) {
         self.table.withdraw(serial);
         self.run();
+    }
+
+    /// See [`Table::hand_over`].
+    #[cfg(feature = "dist")]
+    pub(crate) fn hand_over(&mut self, serial: u64, msg: ToProcess, fd: Option<OwnedFd>) -> bool {
+        self.table.hand_over(serial, msg, fd)
     }
 
     /// A backlogged control connection is writable.

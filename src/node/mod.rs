@@ -718,6 +718,14 @@ impl LocalNode for NodeShared {
         self.control.lock().withdraw(serial);
     }
 
+    #[cfg(feature = "dist")]
+    fn hand_over(&self, serial: u64, msg: crate::wire::envelope::ToProcess, fd: Option<OwnedFd>) -> bool {
+        let mut core = self.control.lock();
+        let done = core.hand_over(serial, msg, fd);
+        watcher::release(self, core);
+        done
+    }
+
     fn epoll_fd(&self) -> std::os::fd::RawFd {
         std::os::fd::AsRawFd::as_raw_fd(self.epoll)
     }

@@ -10,8 +10,12 @@
 //! 3. [`outbox`]: the send path (why frames are batched the way they are).
 //! 4. [`spawn`] and [`child`]: forking a process and starting its runtime.
 //! 5. [`zygote`]: asking the zygote for a `spawn_fn` process or a port.
+//! 6. `direct` (feature `dist`): direct sessions to processes of other
+//!    nodes.
 
 pub(crate) mod child;
+#[cfg(feature = "dist")]
+pub(crate) mod direct;
 pub(crate) mod inbox;
 pub(crate) mod outbox;
 pub(crate) mod spawn;
@@ -108,6 +112,10 @@ pub(crate) trait LocalNode: Sync + std::fmt::Debug {
     fn attach_pidfd(&self, serial: u64, pidfd: OwnedFd, ospid: i32);
     /// Forgets a registration whose spawn failed.
     fn withdraw(&self, serial: u64);
+    /// Hands a control frame (with a direct session's socket) to process
+    /// `serial` of this node; false if it is not one that takes it.
+    #[cfg(feature = "dist")]
+    fn hand_over(&self, serial: u64, msg: crate::wire::envelope::ToProcess, fd: Option<OwnedFd>) -> bool;
     /// The node's epoll, nested in the main thread's.
     fn epoll_fd(&self) -> RawFd;
     /// The node's events are ready: the main thread handles them itself.
@@ -156,6 +164,9 @@ pub(crate) struct Runtime {
     /// This process is a scheduler: it may host actors, to which its sends
     /// go without a socket.
     hosts_actors: AtomicBool,
+    /// Routes to processes of other nodes: their direct sessions.
+    #[cfg(feature = "dist")]
+    directs: Mutex<direct::Directs>,
 }
 
 static CURRENT: ForkGlobal<Runtime> = ForkGlobal::new();
@@ -234,6 +245,8 @@ impl Runtime {
             zygote: Mutex::new(None),
             sched_watch: Mutex::new(std::collections::HashMap::new()),
             hosts_actors: AtomicBool::new(false),
+            #[cfg(feature = "dist")]
+            directs: Mutex::new(direct::Directs::default()),
         })
     }
 
@@ -329,12 +342,17 @@ impl Runtime {
     pub(crate) fn begin_receive(&self) {
         let epoch = self.epoch.fetch_add(1, Ordering::Relaxed) + 1;
         self.outbox.flush(&self.inbox, epoch);
+        #[cfg(feature = "dist")]
+        self.flush_direct(epoch);
         self.slot().state.store(ProcessState::Waiting as u32, Ordering::Relaxed);
     }
 
     /// Writes coalesced frames now.
     pub(crate) fn flush(&self) {
-        self.outbox.flush(&self.inbox, self.epoch.load(Ordering::Relaxed));
+        let epoch = self.epoch.load(Ordering::Relaxed);
+        self.outbox.flush(&self.inbox, epoch);
+        #[cfg(feature = "dist")]
+        self.flush_direct(epoch);
     }
 
     /// The flush timer fired.
@@ -355,6 +373,9 @@ impl Runtime {
     pub(crate) fn forget_connection(&self, pid: Pid) {
         if pid.node() == self.me.node() {
             self.outbox.forget(pid.serial());
+        } else {
+            #[cfg(feature = "dist")]
+            self.close_direct(pid);
         }
     }
 
@@ -485,39 +506,12 @@ impl Runtime {
         build: impl FnOnce(&mut Vec<u8>) -> Result<(), String>,
     ) -> Result<Sent, BuildError> {
         if target.node() != self.me.node() {
-            // Another node: through this program's cluster node, if it runs
-            // one (feature `dist`); otherwise dropped, as for a node that is
-            // down.
+            // Another node: on a direct session, or through this program's
+            // cluster node, if it runs one (feature `dist`); otherwise
+            // dropped, as for a node that is down.
             #[cfg(feature = "dist")]
-            {
-                // Room for a small message at once: no growing per send.
-                let mut frame = Vec::with_capacity(256);
-                build(&mut frame).map_err(BuildError::Encode)?;
-                let body = frame.get(crate::wire::frame::HEADER..).unwrap_or_default();
-                let kind = if overhead == body::REPLY_PREFIX {
-                    crate::wire::frame::Kind::Reply
-                } else {
-                    crate::wire::frame::Kind::Msg
-                } as u8;
-                if body.len().saturating_sub(overhead) > self.settings().max_message {
-                    return Err(BuildError::TooLarge(body.len() - overhead));
-                }
-                if self.node.is_some() {
-                    // The node's own program: straight to its cluster.
-                    crate::dist::route(self.sender(), target, kind, body);
-                } else {
-                    // Another process: through its node, whose table knows
-                    // who it is, on the control connection (in order).
-                    if body.len() > crate::dist::MAX_RELAYED {
-                        return Err(BuildError::TooLarge(body.len() - overhead));
-                    }
-                    self.tell_node(&crate::wire::envelope::ToNode::Remote {
-                        to: target,
-                        kind,
-                        body: body.to_vec(),
-                    });
-                }
-            }
+            return self.send_remote(target, overhead, build);
+            #[cfg(not(feature = "dist"))]
             return Ok(Sent::Dropped);
         }
         // Only a scheduler reads the target's slot (written by the target as
@@ -549,10 +543,11 @@ impl Runtime {
         kind: crate::wire::frame::Kind,
         body: &[u8],
     ) -> Result<Sent, BuildError> {
-        let overhead = if kind == crate::wire::frame::Kind::Reply {
-            body::REPLY_PREFIX
-        } else {
-            body::MESSAGE_PREFIX
+        let overhead = match kind {
+            crate::wire::frame::Kind::Reply => body::REPLY_PREFIX,
+            // Not a message: not counted as one at the receiver.
+            crate::wire::frame::Kind::Fence => 0,
+            _ => body::MESSAGE_PREFIX,
         };
         let epoch = self.epoch.load(Ordering::Relaxed);
         let sent = self
@@ -617,6 +612,8 @@ impl Runtime {
     pub(crate) fn finish(&self, reason: ExitReason) -> ! {
         self.slot().state.store(ProcessState::Exiting as u32, Ordering::Relaxed);
         self.outbox.flush_blocking(Instant::now() + self.settings.exit_flush);
+        #[cfg(feature = "dist")]
+        self.flush_direct_blocking(Instant::now() + self.settings.exit_flush);
         // Exit status 0 without last words already means Normal: the common
         // end costs no message (and wakes no one but the exit watcher).
         if reason.is_normal() {

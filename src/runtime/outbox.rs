@@ -442,7 +442,7 @@ impl Outbox {
         }
     }
 
-    fn arm_timer(&self, inbox: &Inbox) {
+    pub(crate) fn arm_timer(&self, inbox: &Inbox) {
         if !self.timer_armed.swap(true, Ordering::AcqRel) {
             let _ = inbox.io().timer.set(self.flush_delay);
             inbox.need_background();

@@ -208,6 +208,30 @@ pub(crate) fn send_with_fds(fd: &OwnedFd, buf: &[u8], fds: &[BorrowedFd<'_>]) ->
     }
 }
 
+/// One attempt of [`send_with_fds`] that never waits: how much of `buf`
+/// went (the descriptors with its first byte), or `WouldBlock`.
+#[cfg(feature = "dist")]
+pub(crate) fn send_with_fds_now(fd: &OwnedFd, buf: &[u8], fds: &[BorrowedFd<'_>]) -> io::Result<usize> {
+    assert!(!buf.is_empty(), "BUG: descriptors must travel with at least one byte");
+    assert!(
+        fds.len() <= MAX_FDS,
+        "BUG: at most {MAX_FDS} descriptors in one message"
+    );
+    let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(MAX_FDS))];
+    let mut control = SendAncillaryBuffer::new(&mut space);
+    if !fds.is_empty() && !control.push(SendAncillaryMessage::ScmRights(fds)) {
+        return Err(io::Error::new(io::ErrorKind::InvalidInput, "too many descriptors"));
+    }
+    let iov = [IoSlice::new(buf)];
+    loop {
+        match net::sendmsg(fd, &iov, &mut control, SendFlags::NOSIGNAL | SendFlags::DONTWAIT) {
+            Ok(n) => return Ok(n),
+            Err(Errno::INTR) => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
 /// Reads into `buf` like [`read`], collecting descriptors passed with
 /// `SCM_RIGHTS` into `fds` (close-on-exec).
 pub(crate) fn recv_with_fds(fd: &OwnedFd, buf: &mut [u8], fds: &mut Vec<OwnedFd>) -> io::Result<usize> {

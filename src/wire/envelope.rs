@@ -324,6 +324,22 @@ pub(crate) enum ToNode {
         #[serde(with = "serde_bytes")]
         body: Vec<u8>,
     },
+    /// A direct session from the sender to `to`, of another node, is
+    /// wanted (feature `dist`): the node opens it and hands it over with
+    /// [`ToProcess::DirectReady`], or answers [`ToProcess::DirectRefused`].
+    #[cfg(feature = "dist")]
+    Direct {
+        /// The process of another node.
+        to: Pid,
+    },
+    /// A direct session of the sender to a process of `node` was over its
+    /// cap: the session between the two nodes is torn down too
+    /// (`NoConnection` across it).
+    #[cfg(feature = "dist")]
+    Backlogged {
+        /// The other node.
+        node: crate::pid::NodeId,
+    },
 }
 
 impl ToNode {
@@ -400,6 +416,33 @@ pub(crate) enum ToProcess {
         actor: u64,
         /// Its exit reason.
         reason: ExitReason,
+    },
+    /// The direct session asked for to `to` is open: its socket travels
+    /// with this frame. Send the fence through the node, then use it.
+    #[cfg(feature = "dist")]
+    DirectReady {
+        /// The process of another node.
+        to: Pid,
+        /// The session's keys (only `send` is used).
+        keys: crate::dist::Keys,
+        /// Most bytes it may hold unwritten (the cluster's `max_queued`).
+        max_queued: u64,
+    },
+    /// No direct session to `to`: keep sending through the node.
+    #[cfg(feature = "dist")]
+    DirectRefused {
+        /// The process of another node.
+        to: Pid,
+    },
+    /// A direct session from `from`, of another node: its socket travels
+    /// with this frame. Answer on it at once (the sender waits for that
+    /// before it uses the session), and read it once `from`'s fence comes.
+    #[cfg(feature = "dist")]
+    DirectFrom {
+        /// The sender, of another node.
+        from: Pid,
+        /// The session's keys.
+        keys: crate::dist::Keys,
     },
 }
 

@@ -21,6 +21,10 @@ pub(crate) enum Kind {
     Reply = 3,
     /// A control frame between a process and its node.
     Ctl = 4,
+    /// From a process of another node, through the nodes: what it sends
+    /// from here on comes on its direct session (feature `dist`), handed
+    /// to this process by the node. Empty body.
+    Fence = 5,
 }
 
 impl Kind {
@@ -30,6 +34,7 @@ impl Kind {
             2 => Kind::Msg,
             3 => Kind::Reply,
             4 => Kind::Ctl,
+            5 => Kind::Fence,
             _ => return None,
         })
     }

@@ -94,6 +94,24 @@ pub(crate) trait System {
     /// Passes a frame that process `from` sent to a process of another
     /// node to the node's cluster (feature `dist`); dropped without one.
     fn remote(&mut self, _from: crate::pid::Pid, _to: crate::pid::Pid, _kind: u8, _body: &[u8]) {}
+    /// Asks the node's cluster for a direct session from `from` (here) to
+    /// `to` (of another node), answered to `from` later; false without a
+    /// cluster.
+    #[cfg(feature = "dist")]
+    fn remote_direct(&mut self, _from: crate::pid::Pid, _to: crate::pid::Pid) -> bool {
+        false
+    }
+    /// A direct session to a process of `node` was over its cap: the
+    /// cluster tears down its session with `node`.
+    #[cfg(feature = "dist")]
+    fn remote_backlogged(&mut self, _node: NodeId) {}
+    /// Sends `msg` on control connection `conn` with `fd` attached; false
+    /// if it could not go now (nothing was sent, `fd` is closed).
+    #[cfg(feature = "dist")]
+    fn send_with_fd(&mut self, conn: u64, msg: &ToProcess, fd: std::os::fd::OwnedFd) -> bool {
+        let _ = (conn, msg, fd);
+        false
+    }
     /// Places monitor `reference` of `watcher` (here) on `target` (on
     /// another node) through the node's cluster; false without one.
     fn remote_monitor(
@@ -750,6 +768,30 @@ impl<S: System> Table<S> {
     }
 
     /// Queues a control frame for the zygote.
+    /// Hands `msg` (with `fd`, a direct session's socket) to process
+    /// `serial`, if it is one that receives on its own (not an actor, a
+    /// port or a part of the runtime) and alive; false if not (`fd` is
+    /// closed).
+    #[cfg(feature = "dist")]
+    pub(crate) fn hand_over(&mut self, serial: u64, msg: ToProcess, fd: Option<std::os::fd::OwnedFd>) -> bool {
+        let Some(p) = self.procs.get(&serial) else {
+            return false;
+        };
+        if !self.alive(serial) || p.host().is_some() || p.port().is_some() || p.internal() {
+            return false;
+        }
+        let Some(conn) = p.ctl else {
+            return false;
+        };
+        match fd {
+            Some(fd) => self.sys.send_with_fd(conn, &msg, fd),
+            None => {
+                self.sys.send(conn, &msg);
+                true
+            }
+        }
+    }
+
     pub(crate) fn tell_zygote(&mut self, msg: ToProcess) {
         self.send_to(ZYGOTE_SERIAL, msg);
     }

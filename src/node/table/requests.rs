@@ -239,6 +239,18 @@ impl<S: System> Table<S> {
                 self.sys.remote(crate::pid::Pid::new(self.node, from), to, kind, &body);
                 None
             }
+            #[cfg(feature = "dist")]
+            ToNode::Backlogged { node } => {
+                self.sys.remote_backlogged(node);
+                None
+            }
+            #[cfg(feature = "dist")]
+            ToNode::Direct { to } => {
+                if !self.sys.remote_direct(crate::pid::Pid::new(self.node, from), to) {
+                    self.send_to(from, ToProcess::DirectRefused { to });
+                }
+                None
+            }
             ToNode::Link { request, target } if target.node() != self.node => {
                 // A process of another node: through the cluster, which
                 // passes exit signals both ways (and `NoConnection`).

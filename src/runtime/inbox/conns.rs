@@ -39,6 +39,8 @@ impl Inbox {
                             decoder: Decoder::default(),
                             seq,
                             tenant: None,
+                            #[cfg(feature = "dist")]
+                            opener: None,
                         },
                     );
                 }
@@ -90,7 +92,22 @@ impl Inbox {
                 }
             };
             read_total += n;
-            match self.decode_conn(rt, st, token, n) {
+            #[cfg(feature = "dist")]
+            let (n, opened) = match conn.opener.is_some() {
+                false => (n, false),
+                true => match self.open_records(st, token, n) {
+                    Ok(m) => (m, true),
+                    Err(e) => {
+                        rt.slot().undecodable.fetch_add(1, Ordering::Relaxed);
+                        tracing::warn!("closing a direct session that failed to open: {e}");
+                        self.close_conn(st, token);
+                        return false;
+                    }
+                },
+            };
+            #[cfg(not(feature = "dist"))]
+            let opened = false;
+            match self.decode_conn(rt, st, token, n, opened) {
                 Ok(()) => {}
                 Err(e) => {
                     let who = st.conns.get(&token).and_then(|c| c.sender);
@@ -109,9 +126,17 @@ impl Inbox {
         }
     }
 
-    /// Decodes `n` fresh bytes of `scratch` (and anything pending) of one
+    /// Decodes `n` fresh bytes of `scratch` (of the opened records of a
+    /// direct session, with `opened`), and anything pending, of one
     /// connection into the queue.
-    pub(super) fn decode_conn(&self, rt: &Runtime, st: &mut State, token: Token, n: usize) -> Result<(), FrameError> {
+    pub(super) fn decode_conn(
+        &self,
+        rt: &Runtime,
+        st: &mut State,
+        token: Token,
+        n: usize,
+        opened: bool,
+    ) -> Result<(), FrameError> {
         let max = rt.max_frame();
         let mut input_len = n;
         loop {
@@ -123,18 +148,32 @@ impl Inbox {
                 awaited,
                 bound,
                 hosted,
+                #[cfg(feature = "dist")]
+                    opened: opened_bytes,
                 ..
             } = &mut *st;
+            #[cfg(feature = "dist")]
+            let input: &[u8] = if opened {
+                &opened_bytes[..input_len]
+            } else {
+                &scratch[..input_len]
+            };
+            #[cfg(not(feature = "dist"))]
+            let input: &[u8] = {
+                let _ = opened;
+                &scratch[..input_len]
+            };
             let Some(conn) = conns.get_mut(&token) else {
                 return Ok(());
             };
             let mut protocol_error: Option<FrameError> = None;
             let mut new_sender = None;
             let mut not_hosted = false;
+            let mut fenced = false;
             let had_sender = conn.sender.is_some();
             let sender = &mut conn.sender;
             let tenant = &mut conn.tenant;
-            let stopped = conn.decoder.feed(&scratch[..input_len], max, |kind, body| {
+            let stopped = conn.decoder.feed(input, max, |kind, body| {
                 match (kind, sender.is_some()) {
                     (Kind::Hello, false) => match decode_exact::<Hello>(body) {
                         Ok(h) => {
@@ -177,6 +216,13 @@ impl Inbox {
                         }
                         true
                     }
+                    // Relayed by this node for a process of another node:
+                    // its direct session is read from here on. Stop, so
+                    // that it is in place before anything that follows.
+                    (Kind::Fence, true) if body.is_empty() && !opened => {
+                        fenced = true;
+                        false
+                    }
                     (kind, _) => {
                         protocol_error = Some(FrameError::UnknownKind(kind as u8));
                         false
@@ -192,10 +238,17 @@ impl Inbox {
                 self.close_conn(st, token);
                 return Ok(());
             }
+            let fenced = if fenced { conn.sender } else { None };
             if let (Some(from), false) = (new_sender, had_sender) {
                 let seq = conn.seq;
                 self.drain_older(rt, st, from, seq);
             }
+            #[cfg(feature = "dist")]
+            if let Some(from) = fenced {
+                self.fence(rt, st, from);
+            }
+            #[cfg(not(feature = "dist"))]
+            let _ = fenced;
             if !stopped {
                 return Ok(());
             }
@@ -221,8 +274,9 @@ impl Inbox {
 
     /// Reads everything `from` has written to this process so far, its
     /// pending connections included. Used before a signal about `from` is
-    /// queued, so that its messages come first.
-    pub(super) fn drain_sender(&self, rt: &Runtime, st: &mut State, from: Pid) {
+    /// queued, so that its messages come first: its direct session too (to
+    /// its end, unless `reason` is `NoConnection`).
+    pub(super) fn drain_sender(&self, rt: &Runtime, st: &mut State, from: Pid, reason: &crate::exit::ExitReason) {
         self.accept_all(rt, st);
         // A process of another node reaches this one through this node's
         // connections that say they come from it; its node hands a signal
@@ -237,6 +291,10 @@ impl Inbox {
         for (_, token) in tokens {
             self.read_conn(rt, st, token, usize::MAX);
         }
+        #[cfg(feature = "dist")]
+        self.drain_direct(rt, st, from, reason);
+        #[cfg(not(feature = "dist"))]
+        let _ = reason;
     }
 
     pub(super) fn close_conn(&self, st: &mut State, token: Token) {

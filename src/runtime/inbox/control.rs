@@ -23,7 +23,8 @@ impl Inbox {
         }
         loop {
             let fd = rt.ctl_fd();
-            let n = match socket::read(fd, &mut st.scratch) {
+            let mut fds = Vec::new();
+            let n = match socket::recv_with_fds(fd, &mut st.scratch, &mut fds) {
                 Ok(0) => {
                     st.disconnected = true;
                     self.unwatch(self.ctl_fd);
@@ -37,6 +38,8 @@ impl Inbox {
                     return;
                 }
             };
+            let carried = !fds.is_empty();
+            st.ctl_fds.extend(fds);
             let mut frames = Vec::new();
             let mut decoder = std::mem::take(&mut st.ctl_decoder);
             let res = decoder.feed(&st.scratch[..n], usize::MAX >> 1, |kind, body| {
@@ -55,7 +58,8 @@ impl Inbox {
                     Err(e) => tracing::error!("undecodable control frame from the node: {e}"),
                 }
             }
-            if n < st.scratch.len() {
+            // A read stops early at a message that carries descriptors.
+            if n < st.scratch.len() && !carried {
                 return;
             }
         }
@@ -70,7 +74,7 @@ impl Inbox {
                 reason,
                 name,
             } => {
-                self.drain_sender(rt, st, pid);
+                self.drain_sender(rt, st, pid, &reason);
                 let port = st
                     .ports
                     .iter()
@@ -101,7 +105,7 @@ impl Inbox {
                 rt.forget_connection(pid);
             }
             ToProcess::Exit { from, reason } => {
-                self.drain_sender(rt, st, from);
+                self.drain_sender(rt, st, from, &reason);
                 st.queue.push_back(Item::Exit(ExitSignal { from, reason }));
             }
             ToProcess::Reply { request, reply } => {
@@ -125,7 +129,7 @@ impl Inbox {
                     reason,
                     name,
                 } => {
-                    self.drain_sender(rt, st, pid);
+                    self.drain_sender(rt, st, pid, &reason);
                     st.hosted.push(
                         actor,
                         Item::Down(Down {
@@ -138,7 +142,7 @@ impl Inbox {
                     rt.forget_connection(pid);
                 }
                 ToProcess::Exit { from, reason } => {
-                    self.drain_sender(rt, st, from);
+                    self.drain_sender(rt, st, from, &reason);
                     st.hosted.push(actor, Item::Exit(ExitSignal { from, reason }));
                 }
                 ToProcess::Message(ref body) if let Some((fp, value)) = wire::body::split_message(body) => {
@@ -155,6 +159,19 @@ impl Inbox {
                 _ => {}
             },
             ToProcess::KillActor { actor, reason } => st.hosted.kills.push((actor, reason)),
+            #[cfg(feature = "dist")]
+            ToProcess::DirectReady { to, keys, max_queued } => match st.ctl_fds.pop_front() {
+                Some(fd) => rt.direct_ready(to, fd, &keys, usize::try_from(max_queued).unwrap_or(usize::MAX)),
+                None => rt.direct_refused(to),
+            },
+            #[cfg(feature = "dist")]
+            ToProcess::DirectRefused { to } => rt.direct_refused(to),
+            #[cfg(feature = "dist")]
+            ToProcess::DirectFrom { from, keys } => {
+                if let Some(fd) = st.ctl_fds.pop_front() {
+                    self.accept_direct(st, from, fd, &keys);
+                }
+            }
             // For the zygote and its spare only.
             ToProcess::TakeOver | ToProcess::ReplaceScheduler { .. } | ToProcess::Stray { .. } => {}
         }

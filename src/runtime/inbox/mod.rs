@@ -41,9 +41,13 @@
 //! 3. [`control`]: the control connection from the node, and reaping children.
 //! 4. [`ports`]: the pipes of the ports this process owns.
 //! 5. [`hosted`]: the queues of the actors this process (a scheduler) hosts.
+//! 6. `direct` (feature `dist`): direct sessions from processes of other
+//!    nodes.
 
 mod conns;
 mod control;
+#[cfg(feature = "dist")]
+mod direct;
 mod hosted;
 mod ports;
 
@@ -160,6 +164,10 @@ struct InConn {
     seq: u64,
     /// The actor its messages are for (this process hosts it).
     tenant: Option<u64>,
+    /// A direct session from a process of another node: its records are
+    /// opened before its frames are read.
+    #[cfg(feature = "dist")]
+    opener: Option<Box<crate::dist::Opener>>,
 }
 
 /// The mutable state of the receive path.
@@ -184,6 +192,17 @@ pub(crate) struct State {
     next_conn: u64,
     /// Decoder of the control connection.
     ctl_decoder: Decoder,
+    /// Descriptors that came on the control connection, for the frames
+    /// that carry them, in order.
+    ctl_fds: VecDeque<OwnedFd>,
+    /// Direct sessions handed over, waiting for their sender's fence.
+    #[cfg(feature = "dist")]
+    direct_in: HashMap<Pid, (OwnedFd, Box<crate::dist::Opener>)>,
+    /// What the records of a direct session opened into: its frames.
+    #[cfg(feature = "dist")]
+    opened: Vec<u8>,
+    #[cfg(feature = "dist")]
+    frames: crate::dist::Frames,
     /// Children whose pidfds this process polls, to reap them: token → (serial, pidfd).
     children: HashMap<Token, (u64, OwnedFd)>,
     /// Ports this process owns, by serial.
@@ -283,6 +302,13 @@ impl Inbox {
                 conns: HashMap::new(),
                 next_conn: 0,
                 ctl_decoder: Decoder::default(),
+                ctl_fds: VecDeque::new(),
+                #[cfg(feature = "dist")]
+                direct_in: HashMap::new(),
+                #[cfg(feature = "dist")]
+                opened: Vec::new(),
+                #[cfg(feature = "dist")]
+                frames: crate::dist::Frames::default(),
                 children: HashMap::new(),
                 ports: HashMap::new(),
                 resume: Vec::new(),
@@ -643,6 +669,8 @@ impl Inbox {
                     }
                 }
                 t if t.kind() == OUT => rt.on_writable(t.n()),
+                #[cfg(feature = "dist")]
+                t if t.kind() == crate::runtime::direct::DIRECT => rt.on_direct_writable(t.n()),
                 _ => {}
             }
         }
