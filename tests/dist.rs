@@ -102,6 +102,10 @@ fn main() {
                 "a_stalled_peer_blocks_no_send_and_its_session_goes_past_its_cap",
                 a_stalled_peer_blocks_no_send_and_its_session_goes_past_its_cap,
             ),
+            (
+                "direct_sessions_switch_both_ways_in_order",
+                direct_sessions_switch_both_ways_in_order,
+            ),
         ],
         &[("node", helper_node)],
         |name| {
@@ -456,6 +460,101 @@ fn helper_node() {
                     .send((watcher, n, code, mode))
                     .unwrap();
                 say("going", n);
+            }
+            ["orderly", n] => {
+                // Takes numbers, and says after `n` of them whether they
+                // came in order.
+                let n: u64 = n.parse().unwrap();
+                let orderly = converge::spawn(move |ctx: Ctx<u64>| {
+                    let (mut got, mut in_order) = (0u64, true);
+                    while let Ok(i) = ctx.recv() {
+                        in_order &= i == got;
+                        got += 1;
+                        if got == n {
+                            say("ordered", format!("{got} {in_order}"));
+                        }
+                    }
+                })
+                .unwrap();
+                converge::register("orderly", orderly.pid()).unwrap();
+                let os_pid = converge::process_info(orderly.pid())
+                    .and_then(|i| i.os_pid)
+                    .expect("it runs");
+                say("orderly", os_pid);
+            }
+            ["switch-back", node, n] => {
+                // A process here sends `n` numbers to `orderly` there: the
+                // first through the nodes; once its direct session is open,
+                // and it is told to go on, the next on it, then an exit
+                // signal that changes nothing (`Normal`), and the rest
+                // through the nodes again while the session drains.
+                let to = cluster
+                    .whereis(node, "orderly", Duration::from_secs(2))
+                    .expect("registered there");
+                let n: u64 = n.parse().unwrap();
+                let switcher = converge::spawn(move |ctx: Ctx<()>| {
+                    let mailbox = Mailbox::<u64>::from_pid(to);
+                    mailbox.send(0).unwrap();
+                    let deadline = Instant::now() + Duration::from_secs(10);
+                    while !converge::dist::has_direct_session(to) && Instant::now() < deadline {
+                        std::thread::sleep(Duration::from_millis(1));
+                    }
+                    let direct = converge::dist::has_direct_session(to);
+                    say("direct", direct);
+                    ctx.recv().unwrap();
+                    for i in 1..n / 2 {
+                        mailbox.send(i).unwrap();
+                    }
+                    mailbox.exit(ExitReason::Normal);
+                    for i in n / 2..n {
+                        mailbox.send(i).unwrap();
+                    }
+                    say("switched", converge::dist::has_direct_session(to));
+                })
+                .unwrap();
+                aimed = Some(switcher.pid());
+            }
+            ["go-switch"] => {
+                Mailbox::<()>::from_pid(aimed.take().expect("a switcher"))
+                    .send(())
+                    .unwrap();
+            }
+            ["fan-out", node, n] => {
+                // Starts `n` counters there, then sends each one number from
+                // this node's main program, all at once: more sessions than
+                // the node opens at a time.
+                let n: u64 = n.parse().unwrap();
+                let counters: Vec<Pid> = (0..n)
+                    .map(|i| {
+                        cluster
+                            .spawn_on(node, "counter", &(i * 1000), Duration::from_secs(5))
+                            .expect("a counter there")
+                    })
+                    .collect();
+                for c in &counters {
+                    Mailbox::<u64>::from_pid(*c).send(7).unwrap();
+                }
+                say("fanned", n);
+            }
+            ["stop", os_pid] => {
+                let stop = std::process::Command::new("kill").args(["-STOP", os_pid]).status();
+                assert!(stop.unwrap().success());
+                let stat = format!("/proc/{os_pid}/stat");
+                let deadline = Instant::now() + Duration::from_secs(10);
+                while !std::fs::read_to_string(&stat).is_ok_and(|s| s.contains(") T ")) {
+                    assert!(Instant::now() < deadline, "it never stopped");
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                say("stopped", os_pid);
+            }
+            ["delivered", n] => {
+                // Waits until this node delivered `n` messages from others.
+                let n: u64 = n.parse().unwrap();
+                let deadline = Instant::now() + Duration::from_secs(10);
+                while cluster.stats().delivered < n && Instant::now() < deadline {
+                    std::thread::sleep(Duration::from_millis(2));
+                }
+                say("delivered", cluster.stats().delivered >= n);
             }
             ["cont", os_pid] => {
                 let cont = std::process::Command::new("kill").args(["-CONT", os_pid]).status();
@@ -1706,4 +1805,36 @@ fn monitor_node_of_an_unknown_node_is_down_at_once() {
     a.tell("monitor nowhere");
     assert_eq!(a.expect("monitoring"), "nowhere");
     assert_eq!(a.expect("monitor-down"), "nowhere Unknown");
+}
+
+fn direct_sessions_switch_both_ways_in_order() {
+    let (mut a, mut b) = TestNode::pair();
+    // Through the nodes, on a direct session, back through the nodes after
+    // an exit signal: one sequence, in order, with no gap. The receiver is
+    // stopped from the switch back until everything reached its node: the
+    // end of its session and the frames through the node wait for it
+    // together.
+    b.tell("orderly 20000");
+    let orderly = b.expect("orderly");
+    a.tell("switch-back beta 20000");
+    assert_eq!(a.expect("direct"), "true");
+    b.tell(&format!("stop {orderly}"));
+    assert_eq!(b.expect("stopped"), orderly);
+    a.tell("go-switch");
+    assert_eq!(a.expect("switched"), "false");
+    // The first number, the fence and the last half, through the nodes.
+    b.tell("delivered 10002");
+    assert_eq!(b.expect("delivered"), "true");
+    b.tell(&format!("cont {orderly}"));
+    assert_eq!(b.expect("ordered"), "20000 true");
+    // The node's main program sends to more processes of another node than
+    // it opens sessions to at once: every message arrives, none waits.
+    a.tell("fan-out beta 40");
+    assert_eq!(a.expect("fanned"), "40");
+    let mut counted: Vec<u64> = (0..40).map(|_| b.expect("counted").parse().unwrap()).collect();
+    counted.sort_unstable();
+    assert_eq!(counted, (0..40).map(|i| i * 1000 + 7).collect::<Vec<_>>());
+    a.tell("stats");
+    let stats = a.expect("stats");
+    assert!(!stats.contains("direct=0 "), "{stats}");
 }

@@ -33,8 +33,9 @@
 //!    [`NodeEvent`]s, `whereis` on another node, and sends from the node's
 //!    main program to the processes of other nodes.
 //!
-//! What sits on top next (sends from every process, links and monitors
-//! across nodes, remote spawn) builds on these.
+//! 7. Direct sessions: a process's own session with a process of another
+//!    node (the runtime's `direct` module says why and how), opened by its
+//!    node on its behalf with a hello that names both processes.
 //!
 //! On the wire, every handshake message and every record is a 2-byte
 //! big-endian length followed by that many bytes of Noise message.

@@ -536,7 +536,8 @@ impl Session {
         self.keys.take()
     }
 
-    /// Its two halves, to seal on one thread and open on another.
+    /// Its two halves, to seal on one thread and open on another (its keys,
+    /// if not taken, are dropped).
     pub fn split(self) -> (Sealer, Opener) {
         (self.sealer, self.opener)
     }
@@ -732,6 +733,10 @@ impl Opener {
     fn open_each(&mut self, bytes: &[u8], frames: &mut impl FnMut(u32, &[u8])) -> Result<(), DistError> {
         self.records.push(bytes)?;
         while let Some(record) = self.records.next_record() {
+            if record.len() < TAG {
+                // Not even its tag: nothing to authenticate.
+                return Err(DistError::Authentication);
+            }
             let nonce = self.nonce;
             let n = self
                 .cipher

@@ -528,3 +528,34 @@ fn records_right_behind_the_last_handshake_message_reach_the_initiator() {
     let mut resp = Handshake::respond(&secret(), hello(2, "beta"), MB);
     assert!(matches!(resp.feed(&first), Err(DistError::Malformed(_))));
 }
+
+#[test]
+fn a_record_shorter_than_its_tag_ends_the_session_without_a_panic() {
+    for len in 0..16u16 {
+        let (_, mut b, _, _) = pair(&secret(), &secret(), MB).unwrap();
+        let mut bytes = len.to_be_bytes().to_vec();
+        bytes.resize(2 + usize::from(len), 0);
+        assert_eq!(open_all(&mut b, &bytes), Err(DistError::Authentication), "{len}");
+    }
+}
+
+#[test]
+fn a_session_made_again_from_its_keys_talks_with_the_other_end() {
+    let (mut a, mut b, _, _) = pair(&secret(), &secret(), MB).unwrap();
+    let (ka, kb) = (a.take_keys().unwrap(), b.take_keys().unwrap());
+    // Taken once: they leave with the session handed over.
+    assert!(a.take_keys().is_none());
+    assert_eq!((ka.send, ka.receive), (kb.receive, kb.send));
+    let (mut a2, mut b2) = (Session::from_keys(&ka, MB), Session::from_keys(&kb, MB));
+    let mut wire = Vec::new();
+    a2.seal(0, b"over there", &mut wire).unwrap();
+    assert_eq!(open_all(&mut b2, &wire).unwrap(), vec![(0, b"over there".to_vec())]);
+    let mut back = Vec::new();
+    b2.seal(0, b"and back", &mut back).unwrap();
+    assert_eq!(open_all(&mut a2, &back).unwrap(), vec![(0, b"and back".to_vec())]);
+    // Another pair's keys open none of it.
+    let (mut c, _, _, _) = pair(&secret(), &secret(), MB).unwrap();
+    let mut wire = Vec::new();
+    a2.seal(0, b"not for c", &mut wire).unwrap();
+    assert_eq!(open_all(&mut c, &wire), Err(DistError::Authentication));
+}

@@ -36,9 +36,12 @@
 //! Before the receiver queues it, it reads the sender's session to its end:
 //! the sender ended (its socket closed with it), or it closed the session
 //! itself. A process that sends an exit signal to a process it has a
-//! session to first lets the session drain and close (without blocking:
-//! the signal, and what it sends to that process after it, wait in it until
-//! then), then sends them through the node, in order. A `NoConnection`
+//! session to sends the signal at once and lets the session drain and
+//! close (without blocking); what it sends to that process meanwhile waits
+//! in it, then goes through the node. A receiver that gets a frame through
+//! the node from a sender whose session it still reads reads the session
+//! to its end first, so order holds when a sender goes back to the nodes.
+//! A `NoConnection`
 //! (the nodes lost their session) closes it at once, unread past what
 //! arrived: as on a partition, what was in flight may be lost.
 //!
@@ -69,9 +72,13 @@ use crate::wire::frame::{self, Kind};
 /// Kind of direct sessions' tokens while the socket is full (the number is
 /// the session's own).
 pub(crate) const DIRECT: u8 = 5;
-/// How long a process waits for the node's answer, or after a refusal,
-/// before it asks again for a session to the same process.
-const ASK_AGAIN: Duration = Duration::from_secs(5);
+/// How long a process waits after a refusal before it asks again for a
+/// session to the same process.
+const ASK_AGAIN: Duration = Duration::from_secs(30);
+/// How long a process waits for its node's answer before it asks again (the
+/// node always answers, within a few handshake deadlines: only a lost
+/// answer takes this long).
+const ANSWER_LOST: Duration = Duration::from_secs(60);
 /// Most targets a process remembers (asked, refused or open).
 const MAX_ROUTES: usize = 4096;
 /// Most direct sessions a process keeps open; past this, new targets are
@@ -121,19 +128,21 @@ struct DirectOut {
     number: u64,
     /// Most bytes held before the session is given up.
     max_queued: usize,
-    /// Draining: the session closes once written, and then what waits
-    /// here goes through the node, in order (an exit signal, and what was
-    /// sent after it).
+    /// Draining (an exit signal went through the node): the session closes
+    /// once written, and then what was sent since goes through the node,
+    /// in order.
     held: Option<Vec<Held>>,
+    /// Bytes of the frames in `held`.
+    held_bytes: usize,
 }
 
 /// What waits for a draining session to close.
 enum Held {
-    /// A control frame for the node (an exit signal).
-    Tell(ToNode),
     /// A frame for the receiver, and the size of its fields before the
     /// message.
     Frame(usize, Vec<u8>),
+    /// Another exit signal for it.
+    Signal(ToNode),
 }
 
 impl std::fmt::Debug for DirectOut {
@@ -159,7 +168,7 @@ enum Wrote {
 
 impl DirectOut {
     fn pending(&self) -> usize {
-        self.plain.len() + self.sealed.len() - self.off
+        self.plain.len() + self.sealed.len() - self.off + self.held_bytes
     }
 
     /// Seals what is pending and writes what the socket takes.
@@ -249,7 +258,8 @@ impl Directs {
         let now = Instant::now();
         self.routes.retain(|_, r| match r {
             Route::Open(_) => true,
-            Route::Asked(at) | Route::Refused(at) => now.duration_since(*at) < ASK_AGAIN,
+            Route::Asked(at) => now.duration_since(*at) < ANSWER_LOST,
+            Route::Refused(at) => now.duration_since(*at) < ASK_AGAIN,
         });
     }
 }
@@ -267,7 +277,7 @@ impl Runtime {
         if super::acting().is_some() {
             // An actor's frames go through the node: a session carries one
             // sender's frames, and a scheduler's belong to many.
-            return self.send_through_node(target, overhead, build);
+            return self.send_through_node(target, overhead, false, build);
         }
         let mut directs = self.directs.lock();
         match directs.routes.get_mut(&target) {
@@ -288,8 +298,16 @@ impl Runtime {
                     return Err(BuildError::TooLarge(payload));
                 }
                 if let Some(held) = &mut out.held {
+                    // It will go through the node.
+                    if self.node.is_none() && into.len() > crate::dist::MAX_RELAYED {
+                        return Err(BuildError::TooLarge(payload));
+                    }
                     let frame = std::mem::take(into);
+                    out.held_bytes += frame.len();
                     held.push(Held::Frame(overhead, frame));
+                    if out.pending() > out.max_queued {
+                        self.settle(&mut directs, target, Wrote::Backlogged);
+                    }
                     return Ok(Sent::Queued);
                 }
                 out.frames += 1;
@@ -312,28 +330,39 @@ impl Runtime {
                 }
                 return Ok(Sent::Queued);
             }
-            Some(Route::Asked(at) | Route::Refused(at)) if at.elapsed() < ASK_AGAIN => {}
+            Some(Route::Asked(at)) if at.elapsed() < ANSWER_LOST => {}
+            Some(Route::Refused(at)) if at.elapsed() < ASK_AGAIN => {}
             _ => {
                 directs.make_room();
                 if directs.routes.len() < MAX_ROUTES && directs.numbers.len() < MAX_OPEN {
-                    directs.routes.insert(target, Route::Asked(Instant::now()));
-                    self.ask_direct(target);
+                    let route = match self.ask_direct(target) {
+                        true => {
+                            // The answer comes on the control connection:
+                            // someone must poll it.
+                            self.inbox.need_background();
+                            Route::Asked(Instant::now())
+                        }
+                        false => Route::Refused(Instant::now()),
+                    };
+                    directs.routes.insert(target, route);
                 }
             }
         }
         // Through the node, with the routes still locked: a fence sent for
         // a session that opens meanwhile comes after this frame.
-        let sent = self.send_through_node(target, overhead, build);
+        let sent = self.send_through_node(target, overhead, false, build);
         drop(directs);
         sent
     }
 
     /// Sends a frame to `target`, of another node, through this process's
-    /// node (its cluster: the node's own program seals it itself).
+    /// node (its cluster: the node's own program seals it itself); with
+    /// `raw`, as this process whatever actor the calling thread runs.
     fn send_through_node(
         &self,
         target: Pid,
         overhead: usize,
+        raw: bool,
         build: impl FnOnce(&mut Vec<u8>) -> Result<(), String>,
     ) -> Result<Sent, BuildError> {
         // Room for a small message at once: no growing per send.
@@ -350,30 +379,34 @@ impl Runtime {
         }
         if self.node.is_some() {
             // The node's own program: straight to its cluster.
-            crate::dist::route(self.sender(), target, kind, body);
+            let from = if raw { self.me } else { self.sender() };
+            crate::dist::route(from, target, kind, body);
         } else {
             // Another process: through its node, whose table knows who it
             // is, on the control connection (in order).
             if body.len() > crate::dist::MAX_RELAYED {
                 return Err(BuildError::TooLarge(body.len() - overhead));
             }
-            self.tell_node(&ToNode::Remote {
+            let msg = ToNode::Remote {
                 to: target,
                 kind,
                 body: body.to_vec(),
-            });
+            };
+            match raw {
+                true => self.tell_node_raw(&msg),
+                false => self.tell_node(&msg),
+            };
         }
         Ok(Sent::Dropped)
     }
 
-    /// Asks for a direct session to `target`.
-    fn ask_direct(&self, target: Pid) {
+    /// Asks for a direct session to `target`; false if it cannot be had
+    /// (the node's own program, whose cluster says so at once).
+    fn ask_direct(&self, target: Pid) -> bool {
         if self.node.is_some() {
-            if !crate::dist::open_direct(self.me, target) {
-                self.direct_refused(target);
-            }
+            crate::dist::open_direct(self.me, target)
         } else {
-            self.tell_node_raw(&ToNode::Direct { to: target });
+            self.tell_node_raw(&ToNode::Direct { to: target })
         }
     }
 
@@ -404,14 +437,15 @@ impl Runtime {
         }
         for held in directs.close(&self.inbox, to) {
             match held {
-                Held::Tell(msg) => {
-                    self.tell_node(&msg);
-                }
+                // Within the limits: checked as it was held.
                 Held::Frame(overhead, frame) => {
-                    let _ = self.send_through_node(to, overhead, |buf| {
+                    let _ = self.send_through_node(to, overhead, true, |buf| {
                         buf.extend_from_slice(&frame);
                         Ok(())
                     });
+                }
+                Held::Signal(signal) => {
+                    self.tell_node_raw(&signal);
                 }
             }
         }
@@ -420,7 +454,10 @@ impl Runtime {
     /// The node opened the direct session to `to` that this process asked
     /// for: the fence goes through the node, then frames go on the session.
     pub(crate) fn direct_ready(&self, to: Pid, fd: OwnedFd, keys: &Keys, max_queued: usize) {
-        if socket::set_nonblocking(&fd, true).is_err() {
+        // The receiver gave it up meanwhile (it waited too long for the
+        // fence): it is not used, and `to` is asked again later.
+        if socket::set_nonblocking(&fd, true).is_err() || socket::peer_closed(&fd) {
+            self.direct_refused(to);
             return;
         }
         let (sealer, _) = Session::from_keys(keys, CHUNK).split();
@@ -455,6 +492,7 @@ impl Runtime {
             number,
             max_queued,
             held: None,
+            held_bytes: 0,
         };
         directs.routes.insert(to, Route::Open(Box::new(out)));
     }
@@ -487,30 +525,30 @@ impl Runtime {
         }
     }
 
-    /// Sends `signal` (an exit signal for `to`, of another node) once the
-    /// direct session to `to`, if any, is written out and closed: the
-    /// receiver reads the session to its end before the signal, so the
-    /// messages come first. Never blocks: the signal, and what is sent to
-    /// `to` after it, wait in the session until then.
+    /// Sends `signal` (an exit signal for `to`, of another node) through
+    /// the node, and closes the direct session to `to`, if any, once it is
+    /// written out: a receiver that traps it reads the session to its end
+    /// first, so the messages come before it. Never blocks: what is sent to
+    /// `to` meanwhile waits in the session, then goes through the node.
     pub(crate) fn signal_remote(&self, to: Pid, signal: ToNode) {
         let mut directs = self.directs.lock();
-        let Some(Route::Open(out)) = directs.routes.get_mut(&to) else {
-            drop(directs);
-            self.tell_node(&signal);
-            return;
-        };
-        match &mut out.held {
-            Some(held) => held.push(Held::Tell(signal)),
-            None => {
-                out.held = Some(vec![Held::Tell(signal)]);
-                let wrote = match out.backlogged {
-                    // Its writability finishes it.
-                    true => Wrote::Ok,
-                    false => out.write(&self.inbox, self.epoch.load(Ordering::Relaxed)),
-                };
-                self.settle(&mut directs, to, wrote);
+        if let Some(Route::Open(out)) = directs.routes.get_mut(&to) {
+            if let Some(held) = &mut out.held {
+                // After what was sent since the last one.
+                held.push(Held::Signal(signal));
+                return;
             }
+            out.held = Some(Vec::new());
+            let wrote = match out.backlogged {
+                // Its writability finishes it.
+                true => Wrote::Ok,
+                false => out.write(&self.inbox, self.epoch.load(Ordering::Relaxed)),
+            };
+            self.settle(&mut directs, to, wrote);
         }
+        // With the routes locked: nothing sent to `to` after the signal
+        // passes it.
+        self.tell_node(&signal);
     }
 
     /// Writes what the direct sessions hold back (the flush timer, or a
@@ -521,12 +559,13 @@ impl Runtime {
             return;
         }
         let mut wrote = Vec::new();
-        for (&to, route) in &mut directs.routes {
-            if let Route::Open(out) = route
+        let Directs { routes, numbers, .. } = &mut *directs;
+        for to in numbers.values() {
+            if let Some(Route::Open(out)) = routes.get_mut(to)
                 && !out.backlogged
-                && out.pending() > 0
+                && out.plain.len() + out.sealed.len() > out.off
             {
-                wrote.push((to, out.write(&self.inbox, epoch)));
+                wrote.push((*to, out.write(&self.inbox, epoch)));
             }
         }
         for (to, w) in wrote {

@@ -510,7 +510,15 @@ impl Runtime {
             // cluster node, if it runs one (feature `dist`); otherwise
             // dropped, as for a node that is down.
             #[cfg(feature = "dist")]
-            return self.send_remote(target, overhead, build);
+            {
+                let sent = self.send_remote(target, overhead, build);
+                // A direct session's held frames and full socket are the
+                // poller's to finish.
+                if self.inbox.background_wanted() {
+                    self.ensure_background();
+                }
+                return sent;
+            }
             #[cfg(not(feature = "dist"))]
             return Ok(Sent::Dropped);
         }
@@ -611,9 +619,10 @@ impl Runtime {
     /// node its last words, and `_exit`s.
     pub(crate) fn finish(&self, reason: ExitReason) -> ! {
         self.slot().state.store(ProcessState::Exiting as u32, Ordering::Relaxed);
-        self.outbox.flush_blocking(Instant::now() + self.settings.exit_flush);
+        let deadline = Instant::now() + self.settings.exit_flush;
+        self.outbox.flush_blocking(deadline);
         #[cfg(feature = "dist")]
-        self.flush_direct_blocking(Instant::now() + self.settings.exit_flush);
+        self.flush_direct_blocking(deadline);
         // Exit status 0 without last words already means Normal: the common
         // end costs no message (and wakes no one but the exit watcher).
         if reason.is_normal() {

@@ -253,6 +253,21 @@ pub(crate) fn recv_with_fds(fd: &OwnedFd, buf: &mut [u8], fds: &mut Vec<OwnedFd>
     Ok(n)
 }
 
+/// Whether the other end of a connected stream socket closed it (an end
+/// of stream is waiting), without taking anything from it.
+#[cfg(feature = "dist")]
+pub(crate) fn peer_closed(fd: &OwnedFd) -> bool {
+    let mut byte = [0u8; 1];
+    loop {
+        match net::recv(fd, &mut byte[..], RecvFlags::PEEK | RecvFlags::DONTWAIT) {
+            Ok((n, _)) => return n == 0,
+            Err(Errno::INTR) => continue,
+            Err(Errno::AGAIN) => return false,
+            Err(_) => return true,
+        }
+    }
+}
+
 /// Whether a connect or send error means the peer process no longer exists
 /// (its listening socket or connection is closed).
 pub(crate) fn peer_gone(e: &io::Error) -> bool {

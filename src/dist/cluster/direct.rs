@@ -103,7 +103,7 @@ impl Inner {
             .lock()
             .members()
             .into_iter()
-            .find(|m| m.node == to.node())
+            .find(|m| m.node == to.node() && !m.sessions.ip().is_unspecified())
             .map(|m| m.sessions)
             .ok_or_else(|| DistError::Io(format!("node {} is not a member", to.node())))?;
         let mut hello = self.me.clone();

@@ -767,7 +767,6 @@ impl<S: System> Table<S> {
         self.procs.values().filter_map(|p| p.ospid).collect()
     }
 
-    /// Queues a control frame for the zygote.
     /// Hands `msg` (with `fd`, a direct session's socket) to process
     /// `serial`, if it is one that receives on its own (not an actor, a
     /// port or a part of the runtime) and alive; false if not (`fd` is
@@ -792,6 +791,7 @@ impl<S: System> Table<S> {
         }
     }
 
+    /// Queues a control frame for the zygote.
     pub(crate) fn tell_zygote(&mut self, msg: ToProcess) {
         self.send_to(ZYGOTE_SERIAL, msg);
     }

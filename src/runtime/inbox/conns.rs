@@ -92,6 +92,7 @@ impl Inbox {
                 }
             };
             read_total += n;
+            let raw = n;
             #[cfg(feature = "dist")]
             let (n, opened) = match conn.opener.is_some() {
                 false => (n, false),
@@ -107,6 +108,19 @@ impl Inbox {
             };
             #[cfg(not(feature = "dist"))]
             let opened = false;
+            // Frames through the node from a sender whose direct session is
+            // still read: that session first, to its end (the sender went
+            // back to the node once the session was written out and closed).
+            #[cfg(feature = "dist")]
+            if !opened
+                && !st.direct_senders.is_empty()
+                && let Some(from) = st.conns.get(&token).and_then(|c| c.sender)
+                && st.direct_senders.contains(&from)
+            {
+                let input = st.scratch[..n].to_vec();
+                self.drain_direct(rt, st, from, super::direct::Drain::ToEnd);
+                st.scratch[..n].copy_from_slice(&input);
+            }
             match self.decode_conn(rt, st, token, n, opened) {
                 Ok(()) => {}
                 Err(e) => {
@@ -120,7 +134,7 @@ impl Inbox {
                     return false;
                 }
             }
-            if n < st.scratch.len() || read_total >= budget {
+            if raw < st.scratch.len() || read_total >= budget {
                 return true;
             }
         }
@@ -206,7 +220,9 @@ impl Inbox {
                                     body: value.to_vec(),
                                 },
                             ),
-                            None => push_message(queue, messages, *bound, rt.slot(), (fp, value), true),
+                            // Counted as it arrives by a sender of this
+                            // node; not by one on a direct session.
+                            None => push_message(queue, messages, *bound, rt.slot(), (fp, value), !opened),
                         }
                         true
                     }
@@ -275,8 +291,15 @@ impl Inbox {
     /// Reads everything `from` has written to this process so far, its
     /// pending connections included. Used before a signal about `from` is
     /// queued, so that its messages come first: its direct session too (to
-    /// its end, unless `reason` is `NoConnection`).
-    pub(super) fn drain_sender(&self, rt: &Runtime, st: &mut State, from: Pid, reason: &crate::exit::ExitReason) {
+    /// its end, unless `reason` is `NoConnection`). `gone`: a `Down`.
+    pub(super) fn drain_sender(
+        &self,
+        rt: &Runtime,
+        st: &mut State,
+        from: Pid,
+        reason: &crate::exit::ExitReason,
+        gone: bool,
+    ) {
         self.accept_all(rt, st);
         // A process of another node reaches this one through this node's
         // connections that say they come from it; its node hands a signal
@@ -292,14 +315,20 @@ impl Inbox {
             self.read_conn(rt, st, token, usize::MAX);
         }
         #[cfg(feature = "dist")]
-        self.drain_direct(rt, st, from, reason);
+        self.drain_signal(rt, st, from, reason, gone);
         #[cfg(not(feature = "dist"))]
-        let _ = reason;
+        let _ = (reason, gone);
     }
 
     pub(super) fn close_conn(&self, st: &mut State, token: Token) {
         if let Some(conn) = st.conns.remove(&token) {
             self.unwatch(conn.fd.as_raw_fd());
+            #[cfg(feature = "dist")]
+            if conn.opener.is_some()
+                && let Some(from) = conn.sender
+            {
+                st.direct_senders.remove(&from);
+            }
         }
     }
 }

@@ -74,7 +74,7 @@ impl Inbox {
                 reason,
                 name,
             } => {
-                self.drain_sender(rt, st, pid, &reason);
+                self.drain_sender(rt, st, pid, &reason, true);
                 let port = st
                     .ports
                     .iter()
@@ -105,7 +105,7 @@ impl Inbox {
                 rt.forget_connection(pid);
             }
             ToProcess::Exit { from, reason } => {
-                self.drain_sender(rt, st, from, &reason);
+                self.drain_sender(rt, st, from, &reason, false);
                 st.queue.push_back(Item::Exit(ExitSignal { from, reason }));
             }
             ToProcess::Reply { request, reply } => {
@@ -129,7 +129,7 @@ impl Inbox {
                     reason,
                     name,
                 } => {
-                    self.drain_sender(rt, st, pid, &reason);
+                    self.drain_sender(rt, st, pid, &reason, true);
                     st.hosted.push(
                         actor,
                         Item::Down(Down {
@@ -142,7 +142,7 @@ impl Inbox {
                     rt.forget_connection(pid);
                 }
                 ToProcess::Exit { from, reason } => {
-                    self.drain_sender(rt, st, from, &reason);
+                    self.drain_sender(rt, st, from, &reason, false);
                     st.hosted.push(actor, Item::Exit(ExitSignal { from, reason }));
                 }
                 ToProcess::Message(ref body) if let Some((fp, value)) = wire::body::split_message(body) => {

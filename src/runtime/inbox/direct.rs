@@ -4,7 +4,7 @@
 //! first.
 
 use std::os::fd::OwnedFd;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use super::{CONN, InConn, Inbox, State};
 use crate::dist::{Keys, Session};
@@ -15,6 +15,23 @@ use crate::runtime::direct::{ACCEPTED, CHUNK, DRAIN};
 use crate::sys::poll::{Interest, Token};
 use crate::sys::socket;
 use crate::wire::frame::Decoder;
+
+/// How long a session handed over waits for its sender's fence before it
+/// is closed (its sender never took it: it ended first, or had one). A
+/// sender checks that its session is still open before it sends the fence.
+const FENCE_WAIT: Duration = Duration::from_secs(60);
+/// Most sessions waiting for a fence at once; the oldest is closed past
+/// this.
+const MAX_WAITING: usize = 64;
+
+/// How far a sender's direct session is read before a signal about it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Drain {
+    /// To its end (the sender ended, or closed it), within [`DRAIN`].
+    ToEnd,
+    /// What arrived: the session is lost (`NoConnection`).
+    AsItIs,
+}
 
 impl Inbox {
     /// A direct session from `from` (of another node), handed over by the
@@ -32,20 +49,34 @@ impl Inbox {
             return;
         }
 
-        // A newer session from the same sender replaces one never fenced.
-        st.direct_in.insert(from, (fd, Box::new(opener)));
+        // Sessions whose fence never came are closed after a while (and the
+        // oldest when too many wait); a newer session from the same sender
+        // replaces one never fenced.
+        let now = Instant::now();
+        st.direct_in
+            .retain(|_, (.., since)| now.duration_since(*since) < FENCE_WAIT);
+        if st.direct_in.len() >= MAX_WAITING
+            && let Some(oldest) = st
+                .direct_in
+                .iter()
+                .min_by_key(|(_, (.., since))| *since)
+                .map(|(&p, _)| p)
+        {
+            st.direct_in.remove(&oldest);
+        }
+        st.direct_in.insert(from, (fd, Box::new(opener), now));
     }
 
     /// `from`'s fence came: what it sends next comes on its direct session,
     /// read from here on.
     pub(super) fn fence(&self, rt: &Runtime, st: &mut State, from: Pid) {
-        let Some((fd, opener)) = st.direct_in.remove(&from) else {
+        let Some((fd, opener, _)) = st.direct_in.remove(&from) else {
             tracing::debug!(%from, "a fence with no direct session");
             return;
         };
         // An earlier session of the same sender, closed by it before it
         // asked for this one: read to its end first.
-        self.drain_direct(rt, st, from, &ExitReason::Normal);
+        self.drain_direct(rt, st, from, Drain::ToEnd);
         let token = Token::new(CONN, st.next_conn);
         let seq = st.next_conn;
         st.next_conn += 1;
@@ -63,6 +94,7 @@ impl Inbox {
                 opener: Some(opener),
             },
         );
+        st.direct_senders.insert(from);
     }
 
     /// Opens the `n` bytes read into the scratch buffer from a direct
@@ -88,12 +120,27 @@ impl Inbox {
         Ok(opened.len())
     }
 
-    /// Before a signal about `from` (with `reason`) is queued: its direct
-    /// session is read to its end, if `from` is gone or closed it (not
-    /// after a `NoConnection`: the session is closed as it is), within
-    /// [`DRAIN`]. One never fenced is dropped.
-    pub(super) fn drain_direct(&self, rt: &Runtime, st: &mut State, from: Pid, reason: &ExitReason) {
-        st.direct_in.remove(&from);
+    /// Before a signal about `from` is queued: its direct session is read,
+    /// as far as `drain` says, and closed. With `gone` (a `Down`), one
+    /// waiting for `from`'s fence is closed too.
+    pub(super) fn drain_signal(&self, rt: &Runtime, st: &mut State, from: Pid, reason: &ExitReason, gone: bool) {
+        if gone {
+            st.direct_in.remove(&from);
+        }
+        let drain = match reason {
+            ExitReason::NoConnection => Drain::AsItIs,
+            _ => Drain::ToEnd,
+        };
+        self.drain_direct(rt, st, from, drain);
+    }
+
+    /// Reads `from`'s direct session, as far as `drain` says, and closes it:
+    /// to its end within [`DRAIN`] (past that, what is left is dropped), or
+    /// what arrived.
+    pub(super) fn drain_direct(&self, rt: &Runtime, st: &mut State, from: Pid, drain: Drain) {
+        if !st.direct_senders.contains(&from) {
+            return;
+        }
         let tokens: Vec<Token> = st
             .conns
             .iter()
@@ -103,7 +150,7 @@ impl Inbox {
         if tokens.is_empty() {
             return;
         }
-        let wait = *reason != ExitReason::NoConnection;
+        let wait = drain == Drain::ToEnd;
         let deadline = Instant::now() + DRAIN;
         for token in tokens {
             while self.read_conn(rt, st, token, usize::MAX) {

@@ -195,9 +195,14 @@ pub(crate) struct State {
     /// Descriptors that came on the control connection, for the frames
     /// that carry them, in order.
     ctl_fds: VecDeque<OwnedFd>,
-    /// Direct sessions handed over, waiting for their sender's fence.
+    /// Direct sessions handed over, waiting for their sender's fence, and
+    /// since when.
     #[cfg(feature = "dist")]
-    direct_in: HashMap<Pid, (OwnedFd, Box<crate::dist::Opener>)>,
+    direct_in: HashMap<Pid, (OwnedFd, Box<crate::dist::Opener>, Instant)>,
+    /// Senders with a direct session being read: a frame of theirs through
+    /// the node waits until it is read to its end.
+    #[cfg(feature = "dist")]
+    direct_senders: std::collections::HashSet<Pid>,
     /// What the records of a direct session opened into: its frames.
     #[cfg(feature = "dist")]
     opened: Vec<u8>,
@@ -305,6 +310,8 @@ impl Inbox {
                 ctl_fds: VecDeque::new(),
                 #[cfg(feature = "dist")]
                 direct_in: HashMap::new(),
+                #[cfg(feature = "dist")]
+                direct_senders: std::collections::HashSet::new(),
                 #[cfg(feature = "dist")]
                 opened: Vec::new(),
                 #[cfg(feature = "dist")]
