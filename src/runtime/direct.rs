@@ -96,6 +96,10 @@ pub(crate) const ACCEPTED: &[u8] = b"accepted";
 /// How long a receiver waits for the end of a session whose sender is
 /// gone, before a signal about it.
 pub(crate) const DRAIN: Duration = Duration::from_secs(2);
+/// A session whose other end's host stopped acknowledging (gone, or cut
+/// off) for this long fails: its sender goes back to the nodes, and its
+/// receiver closes it.
+pub(crate) const SILENT: Duration = Duration::from_secs(30);
 
 /// How a process reaches one process of another node.
 enum Route {
@@ -456,7 +460,10 @@ impl Runtime {
     pub(crate) fn direct_ready(&self, to: Pid, fd: OwnedFd, keys: &Keys, max_queued: usize) {
         // The receiver gave it up meanwhile (it waited too long for the
         // fence): it is not used, and `to` is asked again later.
-        if socket::set_nonblocking(&fd, true).is_err() || socket::peer_closed(&fd) {
+        if socket::set_nonblocking(&fd, true).is_err()
+            || socket::peer_closed(&fd)
+            || socket::fail_when_silent(&fd, SILENT).is_err()
+        {
             self.direct_refused(to);
             return;
         }

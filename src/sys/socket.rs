@@ -253,6 +253,21 @@ pub(crate) fn recv_with_fds(fd: &OwnedFd, buf: &mut [u8], fds: &mut Vec<OwnedFd>
     Ok(n)
 }
 
+/// Makes a TCP connection fail once what it sent goes unacknowledged for
+/// `dead`, or once it heard nothing for `dead` (keepalive probes): a peer
+/// host gone or cut off, not a slow reader (its kernel acknowledges).
+#[cfg(feature = "dist")]
+pub(crate) fn fail_when_silent(fd: &OwnedFd, dead: std::time::Duration) -> io::Result<()> {
+    use rustix::net::sockopt;
+    let probe = (dead / 4).max(std::time::Duration::from_secs(1));
+    sockopt::set_tcp_user_timeout(fd, u32::try_from(dead.as_millis()).unwrap_or(u32::MAX))?;
+    sockopt::set_socket_keepalive(fd, true)?;
+    sockopt::set_tcp_keepidle(fd, probe)?;
+    sockopt::set_tcp_keepintvl(fd, probe)?;
+    sockopt::set_tcp_keepcnt(fd, 3)?;
+    Ok(())
+}
+
 /// Whether the other end of a connected stream socket closed it (an end
 /// of stream is waiting), without taking anything from it.
 #[cfg(feature = "dist")]

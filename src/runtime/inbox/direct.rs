@@ -11,7 +11,7 @@ use crate::dist::{Keys, Session};
 use crate::exit::ExitReason;
 use crate::pid::Pid;
 use crate::runtime::Runtime;
-use crate::runtime::direct::{ACCEPTED, CHUNK, DRAIN};
+use crate::runtime::direct::{ACCEPTED, CHUNK, DRAIN, SILENT};
 use crate::sys::poll::{Interest, Token};
 use crate::sys::socket;
 use crate::wire::frame::Decoder;
@@ -45,7 +45,10 @@ impl Inbox {
         }
         // A few bytes on a fresh socket: they fit at once.
         let deadline = Instant::now() + DRAIN;
-        if socket::send_all(&fd, &answer, Some(deadline)).is_err() || socket::set_nonblocking(&fd, true).is_err() {
+        if socket::send_all(&fd, &answer, Some(deadline)).is_err()
+            || socket::set_nonblocking(&fd, true).is_err()
+            || socket::fail_when_silent(&fd, SILENT).is_err()
+        {
             return;
         }
 
