@@ -106,6 +106,10 @@ fn main() {
                 "direct_sessions_switch_both_ways_in_order",
                 direct_sessions_switch_both_ways_in_order,
             ),
+            (
+                "direct_hellos_are_handed_only_to_processes_that_take_them",
+                direct_hellos_are_handed_only_to_processes_that_take_them,
+            ),
         ],
         &[("node", helper_node)],
         |name| {
@@ -706,11 +710,7 @@ fn helper_node() {
                 say("load", format!("{load:?}"));
             }
             ["send-to", pid, n] => {
-                let bytes: Vec<u8> = (0..pid.len())
-                    .step_by(2)
-                    .map(|i| u8::from_str_radix(&pid[i..i + 2], 16).unwrap())
-                    .collect();
-                let to = Mailbox::<u64>::from_pid(postcard::from_bytes::<Pid>(&bytes).unwrap());
+                let to = Mailbox::<u64>::from_pid(decode_pid(pid));
                 for i in 0..n.parse::<u64>().unwrap() {
                     to.send(i).unwrap();
                 }
@@ -746,8 +746,8 @@ fn helper_node() {
                 say(
                     "stats",
                     format!(
-                        "refused={} stale={} lost={} backlogged={} closed_idle={} sent={} direct={}",
-                        s.refused, s.stale, s.lost, s.backlogged, s.closed_idle, s.sent, s.direct
+                        "refused={} stale={} lost={} backlogged={} closed_idle={} sent={} direct={} direct_refused={}",
+                        s.refused, s.stale, s.lost, s.backlogged, s.closed_idle, s.sent, s.direct, s.direct_refused
                     ),
                 );
             }
@@ -1837,4 +1837,82 @@ fn direct_sessions_switch_both_ways_in_order() {
     a.tell("stats");
     let stats = a.expect("stats");
     assert!(!stats.contains("direct=0 "), "{stats}");
+}
+
+/// A pid as a node says it (`echo-pid`: its encoding, in hex).
+fn decode_pid(hex: &str) -> Pid {
+    let bytes: Vec<u8> = (0..hex.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap())
+        .collect();
+    postcard::from_bytes(&bytes).unwrap()
+}
+
+/// The pid of serial `serial` on node `node` (its id as 128 bits), made
+/// as a peer would write it.
+fn pid_of(node: u128, serial: u64) -> Pid {
+    postcard::from_bytes(&postcard::to_stdvec(&(node, serial)).unwrap()).unwrap()
+}
+
+/// A node's id (128 bits) from a pid of it.
+fn node_bits(pid: Pid) -> u128 {
+    postcard::from_bytes::<(u128, u64)>(&postcard::to_stdvec(&pid).unwrap())
+        .unwrap()
+        .0
+}
+
+fn direct_hellos_are_handed_only_to_processes_that_take_them() {
+    use converge::dist::{Hello, Tcp};
+    let (mut a, mut b) = TestNode::pair();
+    let echo: Pid = decode_pid(&a.expect("echo-pid"));
+    let beta_echo: Pid = decode_pid(&b.expect("echo-pid"));
+    let alpha = node_bits(echo);
+    let mallory: u128 = 0x006d_616c_6c6f_7279;
+    let secret = Secret::from_bytes(SECRET.as_bytes()).unwrap();
+    let node_id = |bits: u128| pid_of(bits, 1).node();
+    // A peer holding the secret asks, as a process of its own node, for a
+    // session to: a process that is not there, the zygote (a part of the
+    // runtime), a process of another node, and, as a process of another
+    // node than its own, the echo. Each is closed unanswered, and counted.
+    let refused = [
+        (pid_of(mallory, 9), pid_of(alpha, 999_999)),
+        (pid_of(mallory, 9), pid_of(alpha, 2)),
+        (pid_of(mallory, 9), beta_echo),
+        (pid_of(node_bits(beta_echo), 9), echo),
+    ];
+    let ask = |from: Pid, to: Pid| {
+        let mut hello = Hello::new(node_id(mallory), "mallory");
+        hello.direct = Some((from, to));
+        let (mut session, _, mut stream) =
+            converge::dist::connect(&Tcp, a.addr, &secret, hello, 1 << 20, Duration::from_secs(5)).unwrap();
+        stream.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let mut frames = Vec::new();
+        let mut buf = [0u8; 256];
+        loop {
+            match std::io::Read::read(&mut stream, &mut buf) {
+                Ok(0) | Err(_) => return frames,
+                Ok(n) => session.open(&buf[..n], &mut frames).unwrap(),
+            }
+            if !frames.is_empty() {
+                return frames;
+            }
+        }
+    };
+    for (from, to) in refused {
+        assert!(ask(from, to).is_empty(), "{from} to {to}");
+    }
+    // The echo takes one (it answers on it), and waits for a fence that
+    // only its node can send: what a peer writes meanwhile is never read.
+    let answer = ask(pid_of(mallory, 9), echo);
+    assert_eq!(answer, vec![(0, b"accepted".to_vec())]);
+    a.tell("stats");
+    let stats = a.expect("stats");
+    assert!(stats.contains("direct_refused=4"), "{stats}");
+    assert!(stats.contains("direct=1"), "{stats}");
+    // The cluster goes on.
+    b.tell("send alpha 10");
+    assert_eq!(b.expect("sent"), "10");
+    for i in 0..10u64 {
+        assert_eq!(a.expect("got"), i.to_string());
+    }
 }
