@@ -746,7 +746,7 @@ fn helper_node() {
                 say(
                     "stats",
                     format!(
-                        "refused={} stale={} lost={} backlogged={} closed_idle={} sent={} direct={} direct_refused={}",
+                        "refused={} stale={} lost={} backlogged={} closed_idle={} sent={} direct={} direct_refusals={}",
                         s.refused, s.stale, s.lost, s.backlogged, s.closed_idle, s.sent, s.direct, s.direct_refused
                     ),
                 );
@@ -1907,7 +1907,7 @@ fn direct_hellos_are_handed_only_to_processes_that_take_them() {
     assert_eq!(answer, vec![(0, b"accepted".to_vec())]);
     a.tell("stats");
     let stats = a.expect("stats");
-    assert!(stats.contains("direct_refused=4"), "{stats}");
+    assert!(stats.contains("direct_refusals=4"), "{stats}");
     assert!(stats.contains("direct=1"), "{stats}");
     // The cluster goes on.
     b.tell("send alpha 10");
