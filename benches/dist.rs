@@ -5,6 +5,9 @@
 //!   ping-pong between two processes; `_samecore`: each node (all its
 //!   threads and processes) and each end of the floor pinned to one CPU;
 //!   `_crosscore`: the two nodes, and the two ends of the floor, on two;
+//!   `_crosscore_spin`: the same, both ends of converge polling up to 50 us
+//!   before they sleep (`Ctx::busy_wait`, as BEAM schedulers do), the
+//!   floor's ends sleeping;
 //! - `ratio remote_throughput_64`: 64-byte messages streamed to a process of
 //!   another node until it acknowledges the count, against 64-byte frames
 //!   streamed in batches over TCP to a sink that acknowledges the count;
@@ -36,6 +39,8 @@ const SEED: &str = "CONVERGE_BENCH_SEED";
 /// The CPU a process of the bench runs on, from its start (its threads and
 /// the processes it forks too).
 const PIN: &str = "CONVERGE_BENCH_PIN";
+/// Microseconds the other node's echo polls before it sleeps.
+const SPIN: &str = "CONVERGE_BENCH_SPIN";
 
 /// What the sink of the throughput figure takes.
 #[derive(Serialize, Deserialize)]
@@ -78,7 +83,9 @@ fn other_node() {
     })
     .expect("spawn");
     converge::register("sink", sink.pid()).expect("register");
-    let echo = converge::spawn(|ctx: Ctx<([u8; 16], Pid)>| {
+    let spin = std::env::var(SPIN).map_or(0, |us| us.parse().expect("microseconds"));
+    let echo = converge::spawn(move |ctx: Ctx<([u8; 16], Pid)>| {
+        ctx.busy_wait(Duration::from_micros(spin));
         while let Ok((payload, to)) = ctx.recv() {
             let _ = Mailbox::<[u8; 16]>::from_pid(to).send(payload);
         }
@@ -289,6 +296,20 @@ fn main() {
         cluster.join(addr.parse().expect("an address"));
         let pinned_echo = echo_of(&cluster, &name);
         remote_rtt(&mut c, &format!("remote_rtt_16_{how}"), (&pinned_echo, me, &ctx), &env);
+        drop(other.stdin.take());
+        let _ = other.wait();
+        common::pin_process(None);
+    }
+    if two {
+        // Both ends of converge polling before they sleep, the floor's not.
+        common::pin_process(Some(0));
+        let env = [(PIN, "1")];
+        let (mut other, addr) = start_with("node", &[(NAME, "beta-spin"), (PIN, "1"), (SPIN, "50")]);
+        cluster.join(addr.parse().expect("an address"));
+        let spinning_echo = echo_of(&cluster, "beta-spin");
+        ctx.busy_wait(Duration::from_micros(50));
+        remote_rtt(&mut c, "remote_rtt_16_crosscore_spin", (&spinning_echo, me, &ctx), &env);
+        ctx.busy_wait(Duration::ZERO);
         drop(other.stdin.take());
         let _ = other.wait();
         common::pin_process(None);

@@ -489,6 +489,17 @@ impl<M> Ctx<M> {
         crate::link::trap_exits(self.rt, on)
     }
 
+    /// Makes this process's receives poll for up to `spin` before they
+    /// sleep (default: none, they sleep at once). A message that comes
+    /// within that time is taken without the cost of a sleep and of the
+    /// wake-up, about 23 us between two CPUs on the machines measured; each
+    /// receive that waits costs up to `spin` of CPU time. As a BEAM
+    /// scheduler busy-waits before it sleeps: for a process that answers
+    /// requests one after the other and has a CPU to itself.
+    pub fn busy_wait(&self, spin: Duration) {
+        self.rt.set_receive_spin(spin);
+    }
+
     /// Registers this process under `name`.
     pub fn register(&self, name: &str) -> Result<(), RegisterError> {
         crate::process::register(name, self.rt.pid())
@@ -533,7 +544,12 @@ impl<M> Ctx<M> {
         deadline: Option<Instant>,
         check: impl FnMut(&mut State) -> Option<R>,
     ) -> Result<R, RecvTimeoutError> {
-        match self.rt.inbox.pump(self.rt, deadline, check) {
+        let spin = self.rt.receive_spin();
+        let got = match spin.is_zero() {
+            true => self.rt.inbox.pump(self.rt, deadline, check),
+            false => self.rt.inbox.pump_spinning(self.rt, deadline, spin, check),
+        };
+        match got {
             Some(r) => Ok(r),
             None if self.rt.inbox.lock().disconnected => Err(RecvTimeoutError::Disconnected),
             None => Err(RecvTimeoutError::Timeout),

@@ -23,6 +23,10 @@ fn main() {
                 selective_receive_leaves_the_rest_in_order,
             ),
             ("recv_timeout_times_out", recv_timeout_times_out),
+            (
+                "a_busy_waiting_process_receives_and_times_out_alike",
+                a_busy_waiting_process_receives_and_times_out_alike,
+            ),
             ("try_recv_sees_what_is_waiting", try_recv_sees_what_is_waiting),
             ("events_come_in_arrival_order", events_come_in_arrival_order),
             (
@@ -198,6 +202,53 @@ fn recv_timeout_times_out() {
         Err(converge::RecvTimeoutError::Timeout)
     );
     assert!(t.elapsed() >= Duration::from_millis(50));
+}
+
+fn a_busy_waiting_process_receives_and_times_out_alike() {
+    // A process that polls 20 ms before it sleeps: a ping-pong of 200, a
+    // timeout shorter than its polling, one longer, and a message that comes
+    // after it went to sleep.
+    let me = node().ctx::<u32>();
+    let back = me.mailbox();
+    let (p, r) = converge::spawn_monitor(move |ctx: Ctx<u32>| {
+        ctx.busy_wait(Duration::from_millis(20));
+        for _ in 0..200 {
+            let n = ctx.recv().unwrap();
+            back.send(n + 1).unwrap();
+        }
+        let t = Instant::now();
+        assert_eq!(
+            ctx.recv_timeout(Duration::from_millis(5)),
+            Err(converge::RecvTimeoutError::Timeout)
+        );
+        let short = t.elapsed();
+        assert!(
+            short >= Duration::from_millis(5) && short < Duration::from_millis(200),
+            "{short:?}"
+        );
+        let t = Instant::now();
+        assert_eq!(
+            ctx.recv_timeout(Duration::from_millis(60)),
+            Err(converge::RecvTimeoutError::Timeout)
+        );
+        assert!(t.elapsed() >= Duration::from_millis(60));
+        back.send(0).unwrap();
+        // Sent once this process said it waits, and well after its polling.
+        assert_eq!(ctx.recv_timeout(PATIENCE), Ok(7));
+    })
+    .unwrap();
+    let to = p;
+    for i in 0..200 {
+        to.send(i * 2).unwrap();
+        assert_eq!(me.recv_timeout(PATIENCE), Ok(i * 2 + 1));
+    }
+    assert_eq!(me.recv_timeout(PATIENCE), Ok(0));
+    // Past its polling (the check holds either way: this only makes the
+    // message find it asleep).
+    std::thread::sleep(Duration::from_millis(50));
+    to.send(7).unwrap();
+    let down = node().ctx::<()>().recv_down_timeout(r, PATIENCE).unwrap();
+    assert_eq!(down.reason, ExitReason::Normal);
 }
 
 fn try_recv_sees_what_is_waiting() {

@@ -167,6 +167,8 @@ pub(crate) struct Runtime {
     /// Routes to processes of other nodes: their direct sessions.
     #[cfg(feature = "dist")]
     directs: Mutex<direct::Directs>,
+    /// How long a receive polls before it sleeps (nanoseconds).
+    receive_spin: AtomicU64,
 }
 
 static CURRENT: ForkGlobal<Runtime> = ForkGlobal::new();
@@ -247,6 +249,7 @@ impl Runtime {
             hosts_actors: AtomicBool::new(false),
             #[cfg(feature = "dist")]
             directs: Mutex::new(direct::Directs::default()),
+            receive_spin: AtomicU64::new(0),
         })
     }
 
@@ -331,6 +334,17 @@ impl Runtime {
     /// The node's state, when this is the node process.
     pub(crate) fn node(&self) -> Option<&'static dyn LocalNode> {
         self.node
+    }
+
+    /// How long a receive of this process polls before it sleeps.
+    pub(crate) fn receive_spin(&self) -> Duration {
+        Duration::from_nanos(self.receive_spin.load(Ordering::Relaxed))
+    }
+
+    /// Sets [`receive_spin`](Self::receive_spin).
+    pub(crate) fn set_receive_spin(&self, spin: Duration) {
+        let nanos = u64::try_from(spin.as_nanos()).unwrap_or(u64::MAX);
+        self.receive_spin.store(nanos, Ordering::Relaxed);
     }
 
     /// A fresh reference (monitor, call, join, request).
