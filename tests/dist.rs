@@ -232,7 +232,8 @@ fn helper_node() {
     // Blobs on a direct session. Mode 0: blob 0, then says whether its
     // direct session to the receiver opened (within 10 s). Then mode 1:
     // blobs 1 to `n - 1`, and ends with `code`; or mode 2: the same blobs,
-    // then an exit signal with `code` to the receiver, and says so.
+    // then an exit signal with `code` to the receiver, then blob `n`, and
+    // says so.
     let direct = converge::spawn(|ctx: Ctx<(Pid, u64, i32, u8)>| {
         while let Ok((to, n, code, mode)) = ctx.recv() {
             let mailbox = Mailbox::<Vec<u8>>::from_pid(to);
@@ -252,6 +253,7 @@ fn helper_node() {
                 return ExitReason::Code(code);
             }
             mailbox.exit(ExitReason::Code(code));
+            mailbox.send(blob(n)).unwrap();
             converge::flush();
             say("signalled", n);
         }
@@ -429,6 +431,7 @@ fn helper_node() {
                 let sender = cluster
                     .whereis(node, "direct-blobs", Duration::from_secs(2))
                     .expect("registered there");
+                let signalled = *mode == "2";
                 let watcher = converge::spawn(move |ctx: Ctx<Vec<u8>>| {
                     ctx.trap_exits(true);
                     ctx.monitor(sender);
@@ -436,6 +439,11 @@ fn helper_node() {
                         .send((ctx.pid(), 1, 0, 0))
                         .unwrap();
                     watch_until_down(&ctx, |b: &Vec<u8>| blob_number(b), 0);
+                    if signalled {
+                        // What its sender sent after the signal.
+                        let after = ctx.recv_timeout(Duration::from_secs(10)).ok();
+                        say("after", format!("{:?}", after.as_deref().and_then(blob_number)));
+                    }
                 })
                 .unwrap();
                 let os_pid = converge::process_info(watcher.pid())
@@ -1167,6 +1175,9 @@ fn a_remote_monitor_gets_the_reason_after_every_message() {
         }
         b.tell(&format!("cont {watcher}"));
         assert_eq!(b.expect("watched"), format!("800 true {end}"));
+        if mode == 2 {
+            assert_eq!(b.expect("after"), "Some(800)");
+        }
         a.tell("stats");
         let stats = a.expect("stats");
         let count = |name: &str| -> u64 {

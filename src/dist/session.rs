@@ -479,6 +479,8 @@ pub struct Opener {
     max_frame: usize,
     /// Decryption buffer.
     plain: Vec<u8>,
+    /// Most frames being reassembled at once.
+    max_open: usize,
 }
 
 impl fmt::Debug for Sealer {
@@ -525,9 +527,17 @@ impl Session {
                 partial: HashMap::new(),
                 max_frame,
                 plain: vec![0u8; MAX_RECORD],
+                max_open: MAX_OPEN_CHANNELS,
             },
             keys: None,
         }
+    }
+
+    /// Opens frames of one channel at a time (a direct session uses one):
+    /// a peer cannot hold more than one frame open.
+    pub(crate) fn one_channel(mut self) -> Session {
+        self.opener.max_open = 1;
+        self
     }
 
     /// The keys of a session just made by a handshake, to hand it over
@@ -793,9 +803,10 @@ impl Opener {
             }
             // A whole frame in one fragment, as most are.
             Some(total) if len == total => frames(channel, data),
-            Some(_) if self.partial.len() >= MAX_OPEN_CHANNELS => {
+            Some(_) if self.partial.len() >= self.max_open => {
                 return Err(DistError::Malformed(format!(
-                    "more than {MAX_OPEN_CHANNELS} frames open at once"
+                    "more than {} frames open at once",
+                    self.max_open
                 )));
             }
             Some(total) => {

@@ -99,9 +99,9 @@ pub(crate) const ACCEPTED: &[u8] = b"accepted";
 /// How long a receiver waits for the end of a session whose sender is
 /// gone, before a signal about it.
 pub(crate) const DRAIN: Duration = Duration::from_secs(2);
-/// A session whose other end's host stopped acknowledging (gone, or cut
-/// off) for this long fails: its sender goes back to the nodes, and its
-/// receiver closes it.
+/// An idle session whose other end's host stopped answering (gone, or cut
+/// off) for about this long fails (keepalive): its receiver closes it, and
+/// its sender goes back to the nodes.
 pub(crate) const SILENT: Duration = Duration::from_secs(30);
 
 /// How a process reaches one process of another node.
@@ -174,8 +174,14 @@ enum Wrote {
 }
 
 impl DirectOut {
+    /// Bytes it holds: unwritten, and held for after it.
     fn pending(&self) -> usize {
-        self.plain.len() + self.sealed.len() - self.off + self.held_bytes
+        self.unwritten() + self.held_bytes
+    }
+
+    /// Bytes not written to the socket yet.
+    fn unwritten(&self) -> usize {
+        self.plain.len() + self.sealed.len() - self.off
     }
 
     /// Seals what is pending and writes what the socket takes.
@@ -426,7 +432,7 @@ impl Runtime {
         let close = match wrote {
             Wrote::Ok => matches!(
                 directs.routes.get(&to),
-                Some(Route::Open(out)) if out.held.is_some() && out.pending() == 0
+                Some(Route::Open(out)) if out.held.is_some() && out.unwritten() == 0
             ),
             Wrote::Gone => true,
             Wrote::Backlogged => {
@@ -542,13 +548,18 @@ impl Runtime {
     /// `to` meanwhile waits in the session, then goes through the node.
     pub(crate) fn signal_remote(&self, to: Pid, signal: ToNode) {
         let mut directs = self.directs.lock();
+        let untrappable = matches!(signal, ToNode::ExitSignal { untrappable: true, .. });
         if let Some(Route::Open(out)) = directs.routes.get_mut(&to) {
             if let Some(held) = &mut out.held {
-                // After what was sent since the last one.
-                held.push(Held::Signal(signal));
-                return;
+                // After what was sent since the last one; a kill at once.
+                if !untrappable {
+                    held.push(Held::Signal(signal));
+                    return;
+                }
             }
-            out.held = Some(Vec::new());
+            if out.held.is_none() {
+                out.held = Some(Vec::new());
+            }
             let wrote = match out.backlogged {
                 // Its writability finishes it.
                 true => Wrote::Ok,

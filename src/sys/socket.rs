@@ -253,14 +253,15 @@ pub(crate) fn recv_with_fds(fd: &OwnedFd, buf: &mut [u8], fds: &mut Vec<OwnedFd>
     Ok(n)
 }
 
-/// Makes a TCP connection fail once what it sent goes unacknowledged for
-/// `dead`, or once it heard nothing for `dead` (keepalive probes): a peer
-/// host gone or cut off, not a slow reader (its kernel acknowledges).
+/// Makes an idle TCP connection fail once its peer host stops answering
+/// keepalive probes for about `dead` (gone, or cut off). A slow reader's
+/// kernel still answers them; a connection with bytes in flight is left to
+/// the kernel's retransmission limits (no `TCP_USER_TIMEOUT`: since Linux
+/// 5.11 it also ends a connection whose receiver's window stays closed).
 #[cfg(feature = "dist")]
 pub(crate) fn fail_when_silent(fd: &OwnedFd, dead: std::time::Duration) -> io::Result<()> {
     use rustix::net::sockopt;
     let probe = (dead / 4).max(std::time::Duration::from_secs(1));
-    sockopt::set_tcp_user_timeout(fd, u32::try_from(dead.as_millis()).unwrap_or(u32::MAX))?;
     sockopt::set_socket_keepalive(fd, true)?;
     sockopt::set_tcp_keepidle(fd, probe)?;
     sockopt::set_tcp_keepintvl(fd, probe)?;

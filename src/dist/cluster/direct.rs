@@ -122,14 +122,20 @@ impl Inner {
         stream.set_read_timeout(Some(HANDSHAKE_TIMEOUT)).map_err(io)?;
         let mut frames = Frames::default();
         let mut buf = [0u8; 256];
-        // The answer may have come with the handshake's last message.
-        let mut n = 0;
+        // The answer may have come with the handshake's last message. It
+        // is all that comes: a peer that sends more is not answering.
+        let (mut n, mut read) = (0, 0);
         loop {
+            frames.clear();
             session.open_into(&buf[..n], &mut frames)?;
             if frames.iter().any(|(channel, frame)| channel == 0 && frame == ACCEPTED) {
                 break;
             }
+            if read > 4096 {
+                return Err(DistError::Malformed("no answer in what the receiver sent".into()));
+            }
             n = stream.read(&mut buf).map_err(io)?;
+            read += n;
             if n == 0 {
                 return Err(DistError::Io("the receiver's node refused the session".into()));
             }

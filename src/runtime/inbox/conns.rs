@@ -108,19 +108,6 @@ impl Inbox {
             };
             #[cfg(not(feature = "dist"))]
             let opened = false;
-            // Frames through the node from a sender whose direct session is
-            // still read: that session first, to its end (the sender went
-            // back to the node once the session was written out and closed).
-            #[cfg(feature = "dist")]
-            if !opened
-                && !st.direct_senders.is_empty()
-                && let Some(from) = st.conns.get(&token).and_then(|c| c.sender)
-                && st.direct_senders.contains(&from)
-            {
-                let input = st.scratch[..n].to_vec();
-                self.drain_direct(rt, st, from, super::direct::Drain::ToEnd);
-                st.scratch[..n].copy_from_slice(&input);
-            }
             match self.decode_conn(rt, st, token, n, opened) {
                 Ok(()) => {}
                 Err(e) => {
@@ -164,6 +151,8 @@ impl Inbox {
                 hosted,
                 #[cfg(feature = "dist")]
                     opened: opened_bytes,
+                #[cfg(feature = "dist")]
+                direct_senders,
                 ..
             } = &mut *st;
             #[cfg(feature = "dist")]
@@ -184,10 +173,23 @@ impl Inbox {
             let mut new_sender = None;
             let mut not_hosted = false;
             let mut fenced = false;
+            // A frame through the node from a sender whose direct session is
+            // still read: kept aside until that session is read to its end
+            // (the sender went back to the node once it was written out and
+            // closed).
+            let mut behind: Option<(Kind, Vec<u8>)> = None;
             let had_sender = conn.sender.is_some();
             let sender = &mut conn.sender;
             let tenant = &mut conn.tenant;
             let stopped = conn.decoder.feed(input, max, |kind, body| {
+                #[cfg(feature = "dist")]
+                if matches!(kind, Kind::Msg | Kind::Reply)
+                    && !opened
+                    && sender.is_some_and(|s| direct_senders.contains(&s))
+                {
+                    behind = Some((kind, body.to_vec()));
+                    return false;
+                }
                 match (kind, sender.is_some()) {
                     (Kind::Hello, false) => match decode_exact::<Hello>(body) {
                         Ok(h) => {
@@ -255,6 +257,7 @@ impl Inbox {
                 return Ok(());
             }
             let fenced = if fenced { conn.sender } else { None };
+            let behind = behind.and_then(|b| Some((conn.sender?, b)));
             if let (Some(from), false) = (new_sender, had_sender) {
                 let seq = conn.seq;
                 self.drain_older(rt, st, from, seq);
@@ -265,10 +268,48 @@ impl Inbox {
             }
             #[cfg(not(feature = "dist"))]
             let _ = fenced;
+            #[cfg(feature = "dist")]
+            if let Some((from, (kind, body))) = behind {
+                self.drain_direct(rt, st, from, super::direct::Drain::ToEnd);
+                self.take_late(rt, st, token, kind, &body);
+            }
+            #[cfg(not(feature = "dist"))]
+            let _ = behind;
             if !stopped {
                 return Ok(());
             }
             input_len = 0;
+        }
+    }
+
+    /// Takes a frame of connection `token` kept aside while its sender's
+    /// direct session was read to its end: a message or a reply, as
+    /// [`decode_conn`](Self::decode_conn) takes one.
+    #[cfg(feature = "dist")]
+    fn take_late(&self, rt: &Runtime, st: &mut State, token: Token, kind: Kind, body: &[u8]) {
+        let tenant = st.conns.get(&token).and_then(|c| c.tenant);
+        match kind {
+            Kind::Msg if let Some((fp, value)) = wire::body::split_message(body) => match tenant {
+                Some(actor) => st.hosted.push(
+                    actor,
+                    Item::Msg {
+                        fp,
+                        body: value.to_vec(),
+                    },
+                ),
+                None => {
+                    let State {
+                        queue, messages, bound, ..
+                    } = st;
+                    push_message(queue, messages, *bound, rt.slot(), (fp, value), true);
+                }
+            },
+            Kind::Reply if let Some((reference, fp, value)) = wire::body::split_reply(body) => {
+                if let Some(a) = st.awaited.get_mut(&reference) {
+                    a.reply = Some((fp, value.to_vec()));
+                }
+            }
+            _ => {}
         }
     }
 

@@ -20,8 +20,8 @@ use crate::wire::frame::Decoder;
 /// is closed (its sender never took it: it ended first, or had one). A
 /// sender checks that its session is still open before it sends the fence.
 const FENCE_WAIT: Duration = Duration::from_secs(60);
-/// Most sessions waiting for a fence at once; the oldest is closed past
-/// this.
+/// Most sessions waiting for a fence at once; past this, new ones are
+/// refused.
 const MAX_WAITING: usize = 64;
 
 /// How far a sender's direct session is read before a signal about it.
@@ -38,7 +38,17 @@ impl Inbox {
     /// node: answered at once (its sender waits for that), then kept until
     /// `from`'s fence comes.
     pub(crate) fn accept_direct(&self, st: &mut State, from: Pid, fd: OwnedFd, keys: &Keys) {
-        let (mut sealer, opener) = Session::from_keys(keys, CHUNK).split();
+        // Sessions whose fence never came are closed after a while; past
+        // the most that may wait, a new one is refused unanswered (its
+        // sender goes on through the nodes): one answered is never taken
+        // back, since its sender may write to it already.
+        let now = Instant::now();
+        st.direct_in
+            .retain(|_, (.., since)| now.duration_since(*since) < FENCE_WAIT);
+        if st.direct_in.len() >= MAX_WAITING && !st.direct_in.contains_key(&from) {
+            return;
+        }
+        let (mut sealer, opener) = Session::from_keys(keys, CHUNK).one_channel().split();
         let mut answer = Vec::new();
         if sealer.seal(0, ACCEPTED, &mut answer).is_err() {
             return;
@@ -51,22 +61,7 @@ impl Inbox {
         {
             return;
         }
-
-        // Sessions whose fence never came are closed after a while (and the
-        // oldest when too many wait); a newer session from the same sender
-        // replaces one never fenced.
-        let now = Instant::now();
-        st.direct_in
-            .retain(|_, (.., since)| now.duration_since(*since) < FENCE_WAIT);
-        if st.direct_in.len() >= MAX_WAITING
-            && let Some(oldest) = st
-                .direct_in
-                .iter()
-                .min_by_key(|(_, (.., since))| *since)
-                .map(|(&p, _)| p)
-        {
-            st.direct_in.remove(&oldest);
-        }
+        // A newer session from the same sender replaces one never fenced.
         st.direct_in.insert(from, (fd, Box::new(opener), now));
     }
 
@@ -117,7 +112,12 @@ impl Inbox {
         frames.clear();
         opener.open_into(&scratch[..n], frames)?;
         opened.clear();
-        for (_, piece) in frames.iter() {
+        for (channel, piece) in frames.iter() {
+            if channel != 0 {
+                return Err(crate::dist::DistError::Malformed(format!(
+                    "a direct session's frame on channel {channel}"
+                )));
+            }
             opened.extend_from_slice(piece);
         }
         Ok(opened.len())
