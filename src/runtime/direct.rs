@@ -287,7 +287,7 @@ impl Runtime {
         overhead: usize,
         build: impl FnOnce(&mut Vec<u8>) -> Result<(), String>,
     ) -> Result<Sent, BuildError> {
-        if super::acting().is_some() {
+        if super::acting().is_some() || self.hosts_actors.load(Ordering::Relaxed) {
             // An actor's frames go through the node: a session carries one
             // sender's frames, and a scheduler's belong to many.
             return self.send_through_node(target, overhead, false, build);
@@ -478,7 +478,11 @@ impl Runtime {
         }
         let (sealer, _) = Session::from_keys(keys, CHUNK).split();
         let mut directs = self.directs.lock();
-        if directs.numbers.len() >= MAX_OPEN || matches!(directs.routes.get(&to), Some(Route::Open(_))) {
+        if matches!(directs.routes.get(&to), Some(Route::Open(_))) {
+            return;
+        }
+        if directs.numbers.len() >= MAX_OPEN {
+            directs.routes.insert(to, Route::Refused(Instant::now()));
             return;
         }
         // After every frame sent through the node, which the routes' lock

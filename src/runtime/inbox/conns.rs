@@ -177,14 +177,16 @@ impl Inbox {
             // still read: kept aside until that session is read to its end
             // (the sender went back to the node once it was written out and
             // closed).
+            #[cfg_attr(not(feature = "dist"), allow(unused_mut))]
             let mut behind: Option<(Kind, Vec<u8>)> = None;
             let had_sender = conn.sender.is_some();
             let sender = &mut conn.sender;
             let tenant = &mut conn.tenant;
             let stopped = conn.decoder.feed(input, max, |kind, body| {
                 #[cfg(feature = "dist")]
-                if matches!(kind, Kind::Msg | Kind::Reply)
-                    && !opened
+                if !opened
+                    && !direct_senders.is_empty()
+                    && matches!(kind, Kind::Msg | Kind::Reply)
                     && sender.is_some_and(|s| direct_senders.contains(&s))
                 {
                     behind = Some((kind, body.to_vec()));
