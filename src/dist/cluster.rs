@@ -1468,6 +1468,12 @@ impl Inner {
                 },
             );
         }
+        // Direct sessions to its processes close too: a fence may have been
+        // lost with the session.
+        if let Some(rt) = crate::runtime::current() {
+            rt.forget_node_routes(node);
+        }
+        self.inject(ToNode::NodeLost { node });
         tracing::info!(peer = %peer.name, ?reason, "session lost");
         self.answered.notify_all();
         self.notify(NodeEvent::NodeDown {

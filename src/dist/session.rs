@@ -448,9 +448,9 @@ impl fmt::Debug for Keys {
 /// The session's cipher, keyed.
 fn cipher(key: &[u8; 32]) -> Box<dyn snow::types::Cipher> {
     use snow::resolvers::CryptoResolver;
-    let mut cipher = snow::resolvers::DefaultResolver
+    let mut cipher = snow::resolvers::RingResolver
         .resolve_cipher(&snow::params::CipherChoice::ChaChaPoly)
-        .expect("BUG: the default resolver has ChaChaPoly");
+        .expect("BUG: ring has ChaChaPoly");
     cipher.set(key);
     cipher
 }

@@ -43,7 +43,9 @@
 //! to its end first, so order holds when a sender goes back to the nodes.
 //! A `NoConnection`
 //! (the nodes lost their session) closes it at once, unread past what
-//! arrived: as on a partition, what was in flight may be lost.
+//! arrived, and the senders of the node close theirs to the other node's
+//! processes (a fence may have been lost with the session): as on a
+//! partition, what was in flight may be lost.
 //!
 //! # Backpressure
 //!
@@ -527,6 +529,23 @@ impl Runtime {
     /// Whether a direct session to `to` is open.
     pub(crate) fn direct_open(&self, to: Pid) -> bool {
         matches!(self.directs.lock().routes.get(&to), Some(Route::Open(out)) if out.held.is_none())
+    }
+
+    /// The session between this node and `node` was lost: the direct
+    /// sessions to its processes close (a fence sent on the lost session
+    /// never arrived, and the receiver would never read them), and what
+    /// follows goes through the nodes, on their next session.
+    pub(crate) fn forget_node_routes(&self, node: crate::pid::NodeId) {
+        let mut directs = self.directs.lock();
+        let lost: Vec<Pid> = directs
+            .routes
+            .iter()
+            .filter(|(to, r)| to.node() == node && matches!(r, Route::Open(_)))
+            .map(|(&to, _)| to)
+            .collect();
+        for to in lost {
+            self.settle(&mut directs, to, Wrote::Gone);
+        }
     }
 
     /// No direct session to `to`: it is reached through the node.

@@ -340,6 +340,14 @@ pub(crate) enum ToNode {
         /// The other node.
         node: crate::pid::NodeId,
     },
+    /// From the node's cluster (its main program only): the session with
+    /// `node` was lost; every process here closes its direct sessions to
+    /// processes of `node` ([`ToProcess::NodeLost`]).
+    #[cfg(feature = "dist")]
+    NodeLost {
+        /// The other node.
+        node: crate::pid::NodeId,
+    },
 }
 
 impl ToNode {
@@ -427,6 +435,14 @@ pub(crate) enum ToProcess {
         keys: crate::dist::Keys,
         /// Most bytes it may hold unwritten (the cluster's `max_queued`).
         max_queued: u64,
+    },
+    /// The session between this node and `node` was lost: close the direct
+    /// sessions to its processes (the fence of one may have been lost with
+    /// it), and send through the nodes again.
+    #[cfg(feature = "dist")]
+    NodeLost {
+        /// The other node.
+        node: crate::pid::NodeId,
     },
     /// No direct session to `to`: keep sending through the node.
     #[cfg(feature = "dist")]

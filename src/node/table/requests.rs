@@ -240,6 +240,24 @@ impl<S: System> Table<S> {
                 None
             }
             #[cfg(feature = "dist")]
+            ToNode::NodeLost { node } if from == MAIN_SERIAL => {
+                let receivers: Vec<u64> = self
+                    .procs
+                    .values()
+                    .filter(|p| !p.internal() && p.host().is_none() && p.port().is_none() && p.ctl.is_some())
+                    .map(|p| p.serial)
+                    .collect();
+                for serial in receivers {
+                    self.send_to(serial, ToProcess::NodeLost { node });
+                }
+                None
+            }
+            #[cfg(feature = "dist")]
+            ToNode::NodeLost { .. } => {
+                tracing::warn!(from, "a cluster's request from a process: refused");
+                None
+            }
+            #[cfg(feature = "dist")]
             ToNode::Backlogged { node } => {
                 self.sys.remote_backlogged(node);
                 None

@@ -167,6 +167,8 @@ impl Inbox {
             #[cfg(feature = "dist")]
             ToProcess::DirectRefused { to } => rt.direct_refused(to),
             #[cfg(feature = "dist")]
+            ToProcess::NodeLost { node } => rt.forget_node_routes(node),
+            #[cfg(feature = "dist")]
             ToProcess::DirectFrom { from, keys } => {
                 if let Some(fd) = st.ctl_fds.pop_front() {
                     self.accept_direct(st, from, fd, &keys);
