@@ -460,14 +460,7 @@ fn helper_node() {
             }
             ["stop-and-go", os_pid] => {
                 let (sender, watcher, n, code, mode) = direct_run.take().expect("a direct run");
-                let stop = std::process::Command::new("kill").args(["-STOP", os_pid]).status();
-                assert!(stop.unwrap().success());
-                let stat = format!("/proc/{os_pid}/stat");
-                let deadline = Instant::now() + Duration::from_secs(10);
-                while !std::fs::read_to_string(&stat).is_ok_and(|s| s.contains(") T ")) {
-                    assert!(Instant::now() < deadline, "the watcher never stopped");
-                    std::thread::sleep(Duration::from_millis(5));
-                }
+                stop(os_pid);
                 Mailbox::<(Pid, u64, i32, u8)>::from_pid(sender)
                     .send((watcher, n, code, mode))
                     .unwrap();
@@ -549,14 +542,7 @@ fn helper_node() {
                 say("fanned", n);
             }
             ["stop", os_pid] => {
-                let stop = std::process::Command::new("kill").args(["-STOP", os_pid]).status();
-                assert!(stop.unwrap().success());
-                let stat = format!("/proc/{os_pid}/stat");
-                let deadline = Instant::now() + Duration::from_secs(10);
-                while !std::fs::read_to_string(&stat).is_ok_and(|s| s.contains(") T ")) {
-                    assert!(Instant::now() < deadline, "it never stopped");
-                    std::thread::sleep(Duration::from_millis(5));
-                }
+                stop(os_pid);
                 say("stopped", os_pid);
             }
             ["delivered", n] => {
@@ -1848,6 +1834,18 @@ fn direct_sessions_switch_both_ways_in_order() {
     a.tell("stats");
     let stats = a.expect("stats");
     assert!(!stats.contains("direct=0 "), "{stats}");
+}
+
+/// Stops the process `os_pid` (`SIGSTOP`) and waits until it is stopped.
+fn stop(os_pid: &str) {
+    let stop = std::process::Command::new("kill").args(["-STOP", os_pid]).status();
+    assert!(stop.unwrap().success());
+    let stat = format!("/proc/{os_pid}/stat");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !std::fs::read_to_string(&stat).is_ok_and(|s| s.contains(") T ")) {
+        assert!(Instant::now() < deadline, "{os_pid} never stopped");
+        std::thread::sleep(Duration::from_millis(5));
+    }
 }
 
 /// A pid as a node says it (`echo-pid`: its encoding, in hex).

@@ -179,19 +179,8 @@ const MAX_FDS: usize = 16;
 /// Sends `buf` with the descriptors `fds` attached (`SCM_RIGHTS`). The whole of
 /// `buf` goes in one message or the call fails; `buf` must be non-empty.
 pub(crate) fn send_with_fds(fd: &OwnedFd, buf: &[u8], fds: &[BorrowedFd<'_>]) -> io::Result<()> {
-    assert!(!buf.is_empty(), "BUG: descriptors must travel with at least one byte");
-    assert!(
-        fds.len() <= MAX_FDS,
-        "BUG: at most {MAX_FDS} descriptors in one message"
-    );
-    let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(MAX_FDS))];
-    let mut control = SendAncillaryBuffer::new(&mut space);
-    if !fds.is_empty() && !control.push(SendAncillaryMessage::ScmRights(fds)) {
-        return Err(io::Error::new(io::ErrorKind::InvalidInput, "too many descriptors"));
-    }
-    let iov = [IoSlice::new(buf)];
     loop {
-        match net::sendmsg(fd, &iov, &mut control, SendFlags::NOSIGNAL) {
+        match sendmsg_fds(fd, buf, fds, SendFlags::NOSIGNAL) {
             Ok(n) if n == buf.len() => return Ok(()),
             Ok(_) => {
                 return Err(io::Error::new(
@@ -199,11 +188,10 @@ pub(crate) fn send_with_fds(fd: &OwnedFd, buf: &[u8], fds: &[BorrowedFd<'_>]) ->
                     "short sendmsg with descriptors",
                 ));
             }
-            Err(Errno::INTR) => continue,
-            Err(Errno::AGAIN) => {
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                 wait_fd(fd, true, None)?;
             }
-            Err(e) => return Err(e.into()),
+            Err(e) => return Err(e),
         }
     }
 }
@@ -212,6 +200,11 @@ pub(crate) fn send_with_fds(fd: &OwnedFd, buf: &[u8], fds: &[BorrowedFd<'_>]) ->
 /// went (the descriptors with its first byte), or `WouldBlock`.
 #[cfg(feature = "dist")]
 pub(crate) fn send_with_fds_now(fd: &OwnedFd, buf: &[u8], fds: &[BorrowedFd<'_>]) -> io::Result<usize> {
+    sendmsg_fds(fd, buf, fds, SendFlags::NOSIGNAL | SendFlags::DONTWAIT)
+}
+
+/// One `sendmsg(2)` of `buf` with `fds` (retried only if interrupted).
+fn sendmsg_fds(fd: &OwnedFd, buf: &[u8], fds: &[BorrowedFd<'_>], flags: SendFlags) -> io::Result<usize> {
     assert!(!buf.is_empty(), "BUG: descriptors must travel with at least one byte");
     assert!(
         fds.len() <= MAX_FDS,
@@ -224,7 +217,7 @@ pub(crate) fn send_with_fds_now(fd: &OwnedFd, buf: &[u8], fds: &[BorrowedFd<'_>]
     }
     let iov = [IoSlice::new(buf)];
     loop {
-        match net::sendmsg(fd, &iov, &mut control, SendFlags::NOSIGNAL | SendFlags::DONTWAIT) {
+        match net::sendmsg(fd, &iov, &mut control, flags) {
             Ok(n) => return Ok(n),
             Err(Errno::INTR) => continue,
             Err(e) => return Err(e.into()),
