@@ -422,7 +422,9 @@ fn init_node(config: Config) -> Result<Node, InitError> {
             tracing::debug!(removed, "removed the empty cgroups of nodes gone");
         }
     }
-    let settings = Settings {
+    // Leaked: every process of the node shares it, the forked ones by
+    // inheritance (a spawn copies nothing).
+    let settings: &'static Settings = Box::leak(Box::new(Settings {
         max_message: config.max_message_size,
         coalesce: config.coalesce_window,
         flush_delay: config.flush_delay,
@@ -440,7 +442,7 @@ fn init_node(config: Config) -> Result<Node, InitError> {
             None
         },
         pool: pool_settings(&config)?,
-    };
+    }));
     let (death_read, death_write) = sys::signal::pipe()?;
 
     // The zygote: forked now, while this process has a single thread.
@@ -449,7 +451,7 @@ fn init_node(config: Config) -> Result<Node, InitError> {
     let zygote_ospid = crate::node::zygote::start(crate::node::zygote::ZygoteSetup {
         node: id,
         shared,
-        settings: settings.clone(),
+        settings,
         ctl: zygote_end,
         listener: zygote_listener,
         death_read: std::os::fd::AsRawFd::as_raw_fd(&death_read),

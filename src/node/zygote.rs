@@ -40,7 +40,7 @@ pub(crate) struct ZygoteSetup {
     /// The node's shared area.
     pub(crate) shared: &'static SharedArea,
     /// Node-wide settings.
-    pub(crate) settings: Settings,
+    pub(crate) settings: &'static Settings,
     /// Control connection to the node (for status reports).
     pub(crate) ctl: OwnedFd,
     /// Where spawn requests arrive.
@@ -438,7 +438,7 @@ fn fork_spare(setup: &ZygoteSetup, epoll: &Epoll) -> Option<OwnedFd> {
         Ok::<_, io::Error>(ZygoteSetup {
             node: setup.node,
             shared: setup.shared,
-            settings: setup.settings.clone(),
+            settings: setup.settings,
             ctl: setup.ctl.try_clone()?,
             listener: setup.listener.try_clone()?,
             death_read: setup.death_read,
@@ -542,7 +542,7 @@ fn fork_one(
     let plan = ChildPlan {
         pid: req.pid,
         shared: setup.shared,
-        settings: setup.settings.clone(),
+        settings: setup.settings,
         listener,
         ctl,
         death_read: death,
@@ -687,7 +687,7 @@ fn fork_scheduler(setup: &ZygoteSetup, slot: usize) -> io::Result<(u64, i32, Own
     let plan = ChildPlan {
         pid,
         shared: setup.shared,
-        settings: setup.settings.clone(),
+        settings: setup.settings,
         listener,
         ctl,
         death_read: setup.death_read,

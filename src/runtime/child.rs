@@ -52,7 +52,7 @@ pub(crate) struct ChildPlan {
     /// The node's shared area.
     pub(crate) shared: &'static SharedArea,
     /// Node-wide settings.
-    pub(crate) settings: Settings,
+    pub(crate) settings: &'static Settings,
     /// Its listening socket, bound by the spawner.
     pub(crate) listener: OwnedFd,
     /// Its control connection to the node.
@@ -79,7 +79,7 @@ pub(crate) fn child_main(plan: ChildPlan, body: impl FnOnce(&'static Runtime) ->
     if let Err(e) = sys::process::close_fds_except(&keep) {
         eprintln!("converge: closing inherited descriptors failed: {e}");
     }
-    let setup_error = apply_options(&plan.options, &plan.settings, plan.pid.serial());
+    let setup_error = apply_options(&plan.options, plan.settings, plan.pid.serial());
     let rt = match Runtime::new(
         plan.pid,
         plan.shared,

@@ -42,7 +42,7 @@ use crate::wire::envelope::{NodeReply, Registration, ToNode};
 use crate::wire::frame::{self, Kind};
 
 /// Settings every process of a node shares (from [`Config`](crate::Config)).
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub(crate) struct Settings {
     /// Largest encoded message body.
     pub(crate) max_message: usize,
@@ -136,7 +136,7 @@ pub(crate) struct Runtime {
     /// The node's shared area.
     shared: &'static SharedArea,
     /// Node-wide settings.
-    settings: Settings,
+    settings: &'static Settings,
     /// Control connection to the node (for the node's main thread: the end of
     /// the socket pair on which the node's exit watcher writes signals).
     ctl: OwnedFd,
@@ -206,7 +206,7 @@ impl Runtime {
     pub(crate) fn new(
         me: Pid,
         shared: &'static SharedArea,
-        settings: Settings,
+        settings: &'static Settings,
         listener: OwnedFd,
         ctl: OwnedFd,
         death: OwnedFd,
@@ -312,8 +312,8 @@ impl Runtime {
     }
 
     /// Node-wide settings.
-    pub(crate) fn settings(&self) -> &Settings {
-        &self.settings
+    pub(crate) fn settings(&self) -> &'static Settings {
+        self.settings
     }
 
     /// Largest frame body a receiver accepts.

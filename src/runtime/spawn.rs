@@ -139,7 +139,7 @@ pub(crate) fn spawn_closure(
     let plan = ChildPlan {
         pid,
         shared: rt.shared(),
-        settings: rt.settings().clone(),
+        settings: rt.settings(),
         listener,
         ctl: ctl_child,
         death_read: rt.death_fd(),
