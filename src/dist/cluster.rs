@@ -755,6 +755,12 @@ impl Cluster {
             // As the node's main program: the table takes these from it only.
             if let Some(rt) = crate::runtime::current() {
                 for msg in inject_rx {
+                    // The main program's own direct sessions close here, with
+                    // no lock of the cluster held: closing one may send what
+                    // waited for it through the node, which takes them.
+                    if let ToNode::NodeLost { node } = msg {
+                        rt.forget_node_routes(node);
+                    }
                     rt.tell_node_raw(&msg);
                 }
             }
@@ -1248,6 +1254,11 @@ impl Inner {
         self.connecting.lock().remove(&node);
         let n = self.pending.lock().remove(&node).map_or(0, |l| l.len());
         self.stats.lock().stale += n as u64;
+        if n > 0 {
+            // A fence may be among them: the direct sessions it opened would
+            // never be read.
+            self.inject(ToNode::NodeLost { node });
+        }
         // Requests to it are not answered: their askers look again now.
         self.answered.notify_all();
     }
@@ -1470,9 +1481,6 @@ impl Inner {
         }
         // Direct sessions to its processes close too: a fence may have been
         // lost with the session.
-        if let Some(rt) = crate::runtime::current() {
-            rt.forget_node_routes(node);
-        }
         self.inject(ToNode::NodeLost { node });
         tracing::info!(peer = %peer.name, ?reason, "session lost");
         self.answered.notify_all();

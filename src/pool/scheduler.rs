@@ -138,6 +138,9 @@ struct Work {
 
 /// The scheduler process of slot `slot`.
 pub(crate) fn run(rt: &'static Runtime, slot: usize) -> ExitReason {
+    // First: what `init` sends goes through the node too (a direct session
+    // carries one sender's frames, and this process's are many's).
+    rt.host_actors();
     if let Some(init) = rt.settings().pool.init
         && let Some(f) = text::restore::<fn()>(init)
     {
@@ -157,7 +160,6 @@ pub(crate) fn run(rt: &'static Runtime, slot: usize) -> ExitReason {
     // Ready: submitters may pick this slot from now on.
     me.serial.store(rt.pid().serial(), SeqCst);
     tracing::debug!(slot, pid = %rt.pid(), "scheduler ready");
-    rt.host_actors();
     let mut host = Host::new(rt, slot);
     // The claim this scheduler holds and gives back at the top of the loop
     // (the id of the task it ran, or STEPPING). Only its own: a claim taken
