@@ -176,18 +176,15 @@ pub(crate) fn send_all(fd: &OwnedFd, mut buf: &[u8], deadline: Option<Instant>) 
 /// The most descriptors one message carries.
 const MAX_FDS: usize = 16;
 
-/// Sends `buf` with the descriptors `fds` attached (`SCM_RIGHTS`). The whole of
-/// `buf` goes in one message or the call fails; `buf` must be non-empty.
+/// Sends all of `buf` with the descriptors `fds` attached (`SCM_RIGHTS`) to
+/// its first byte, waiting for room; `buf` must be non-empty.
 pub(crate) fn send_with_fds(fd: &OwnedFd, buf: &[u8], fds: &[BorrowedFd<'_>]) -> io::Result<()> {
     loop {
         match sendmsg_fds(fd, buf, fds, SendFlags::NOSIGNAL) {
             Ok(n) if n == buf.len() => return Ok(()),
-            Ok(_) => {
-                return Err(io::Error::new(
-                    io::ErrorKind::WriteZero,
-                    "short sendmsg with descriptors",
-                ));
-            }
+            // The descriptors went with the first byte: the rest follows
+            // alone, so that the stream stays whole.
+            Ok(n) => return send_all(fd, &buf[n..], None),
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                 wait_fd(fd, true, None)?;
             }
