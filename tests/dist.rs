@@ -233,7 +233,8 @@ fn helper_node() {
     // direct session to the receiver opened (within 10 s). Then mode 1:
     // blobs 1 to `n - 1`, and ends with `code`; or mode 2: the same blobs,
     // then an exit signal with `code` to the receiver, then blob `n`, and
-    // says so.
+    // says so; or mode 3: as mode 2, but it says so (with its OS pid) and
+    // stops itself right after the signal, most blobs still unwritten.
     let direct = converge::spawn(|ctx: Ctx<(Pid, u64, i32, u8)>| {
         while let Ok((to, n, code, mode)) = ctx.recv() {
             let mailbox = Mailbox::<Vec<u8>>::from_pid(to);
@@ -253,9 +254,17 @@ fn helper_node() {
                 return ExitReason::Code(code);
             }
             mailbox.exit(ExitReason::Code(code));
+            if mode == 3 {
+                say("signalled", format!("{n} {}", std::process::id()));
+                let me = std::process::id().to_string();
+                let stop = std::process::Command::new("kill").args(["-STOP", &me]).status();
+                assert!(stop.unwrap().success());
+            }
             mailbox.send(blob(n)).unwrap();
             converge::flush();
-            say("signalled", n);
+            if mode == 2 {
+                say("signalled", n);
+            }
         }
         ExitReason::Normal
     })
@@ -431,7 +440,7 @@ fn helper_node() {
                 let sender = cluster
                     .whereis(node, "direct-blobs", Duration::from_secs(2))
                     .expect("registered there");
-                let signalled = *mode == "2";
+                let signalled = *mode == "2" || *mode == "3";
                 let watcher = converge::spawn(move |ctx: Ctx<Vec<u8>>| {
                     ctx.trap_exits(true);
                     ctx.monitor(sender);
@@ -1176,6 +1185,24 @@ fn a_remote_monitor_gets_the_reason_after_every_message() {
         assert!(count("sent") < 10, "{stats}");
         assert!(count("direct") >= 1, "{stats}");
     }
+    // The sender stops right after its exit signal, most blobs still in its
+    // memory, for longer than a receiver ever waited for a session to end
+    // (2 s): the receiver holds the signal until the session ends, when the
+    // sender goes on.
+    let (mut a, mut b) = TestNode::pair();
+    b.tell("direct-to-stopped alpha 800 9 3");
+    let watcher = b.expect("watcher");
+    assert_eq!(a.expect("direct"), "true");
+    b.tell(&format!("stop-and-go {watcher}"));
+    assert_eq!(b.expect("going"), "800");
+    let signalled = a.expect("signalled");
+    let (n, sender) = signalled.split_once(' ').expect("a count and a pid");
+    assert_eq!(n, "800");
+    b.tell(&format!("cont {watcher}"));
+    std::thread::sleep(Duration::from_secs(3));
+    a.tell(&format!("cont {sender}"));
+    assert_eq!(b.expect("watched"), "800 true exit Code(9)");
+    assert_eq!(b.expect("after"), "Some(800)");
 }
 
 fn a_remote_monitor_of_a_killed_node_is_noconnection() {

@@ -22,9 +22,13 @@
 //!    runtime), which answers on the socket at once. On that answer this
 //!    node hands the socket and the keys to the sender.
 //! 3. The sender sends a *fence* through the node, after everything it sent
-//!    that way, then writes to the session. The receiver reads the session
-//!    only once the fence came: what was sent through the node first is
-//!    queued first.
+//!    that way, then writes to the session. The other node hands the fence
+//!    to the receiver on its control connection, as it hands on signals:
+//!    after what the sender sent it through the nodes, and after the
+//!    signals about the sender that came before. The receiver reads the
+//!    session only once the fence came: what was sent through the node
+//!    first is queued first, and a signal sent before the session opened
+//!    never waits for it.
 //!
 //! The session carries the sender's frames as it would write them to a
 //! process of its own node, sealed in records with the session's keys; the
@@ -33,19 +37,19 @@
 //! # Order with signals
 //!
 //! A `Down` or an exit signal about the sender comes through the nodes.
-//! Before the receiver queues it, it reads the sender's session to its end:
-//! the sender ended (its socket closed with it), or it closed the session
-//! itself. A process that sends an exit signal to a process it has a
-//! session to sends the signal at once and lets the session drain and
-//! close (without blocking); what it sends to that process meanwhile waits
-//! in it, then goes through the node. A receiver that gets a frame through
-//! the node from a sender whose session it still reads reads the session
-//! to its end first, so order holds when a sender goes back to the nodes.
-//! A `NoConnection`
-//! (the nodes lost their session) closes it at once, unread past what
-//! arrived, and the senders of the node close theirs to the other node's
-//! processes (a fence may have been lost with the session): as on a
-//! partition, what was in flight may be lost.
+//! The receiver holds it until the sender's session has ended, reading the
+//! session meanwhile without blocking: the sender ended (its socket closed
+//! with it), or it closed the session itself. A process that sends an exit
+//! signal to a process it has a session to sends the signal at once and
+//! lets the session drain and close (without blocking); what it sends to
+//! that process meanwhile waits in it, then goes through the node. A
+//! receiver that gets a frame through the node from a sender whose session
+//! it still reads holds it too, after any signal held, so order holds when
+//! a sender goes back to the nodes. A `NoConnection` (the nodes lost their
+//! session) closes the session at once, unread past what arrived, and the
+//! senders of the node close theirs to the other node's processes (a fence
+//! may have been lost with the session): as on a partition, what was in
+//! flight may be lost.
 //!
 //! # Backpressure
 //!
@@ -98,8 +102,9 @@ const BATCH_BYTES: usize = 64 * 1024;
 pub(crate) const CHUNK: usize = 256 * 1024;
 /// What the receiver answers on a session once it holds it.
 pub(crate) const ACCEPTED: &[u8] = b"accepted";
-/// How long a receiver waits for the end of a session whose sender is
-/// gone, before a signal about it.
+/// How long a receiver waits on a session's socket: to write its answer,
+/// or for the end of a sender's earlier session (closed by it before it
+/// asked for this one) when the new one's fence comes.
 pub(crate) const DRAIN: Duration = Duration::from_secs(2);
 /// An idle session whose other end's host stopped answering (gone, or cut
 /// off) for about this long fails (keepalive): its receiver closes it, and

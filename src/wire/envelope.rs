@@ -348,6 +348,17 @@ pub(crate) enum ToNode {
         /// The other node.
         node: crate::pid::NodeId,
     },
+    /// From the node's cluster (its main program only): the fence of
+    /// `from`, of another node, for process `to` here, after what `from`
+    /// sent it through the nodes and the signals about `from` before it
+    /// ([`ToProcess::Fence`]).
+    #[cfg(feature = "dist")]
+    Fence {
+        /// The sender, of another node.
+        from: Pid,
+        /// The receiver's serial.
+        to: u64,
+    },
 }
 
 impl ToNode {
@@ -459,6 +470,15 @@ pub(crate) enum ToProcess {
         from: Pid,
         /// The session's keys.
         keys: crate::dist::Keys,
+    },
+    /// What `from` sends next comes on its direct session: everything it
+    /// sent through the nodes before, and every signal about it before,
+    /// came before this frame (on a connection from the node, or on this
+    /// one).
+    #[cfg(feature = "dist")]
+    Fence {
+        /// The sender, of another node.
+        from: Pid,
     },
 }
 

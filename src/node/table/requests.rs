@@ -253,7 +253,12 @@ impl<S: System> Table<S> {
                 None
             }
             #[cfg(feature = "dist")]
-            ToNode::NodeLost { .. } => {
+            ToNode::Fence { from: sender, to } if from == MAIN_SERIAL => {
+                self.send_to(to, ToProcess::Fence { from: sender });
+                None
+            }
+            #[cfg(feature = "dist")]
+            ToNode::NodeLost { .. } | ToNode::Fence { .. } => {
                 tracing::warn!(from, "a cluster's request from a process: refused");
                 None
             }

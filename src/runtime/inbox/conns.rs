@@ -153,6 +153,8 @@ impl Inbox {
                     opened: opened_bytes,
                 #[cfg(feature = "dist")]
                 direct_senders,
+                #[cfg(feature = "dist")]
+                held,
                 ..
             } = &mut *st;
             #[cfg(feature = "dist")]
@@ -172,7 +174,6 @@ impl Inbox {
             let mut protocol_error: Option<FrameError> = None;
             let mut new_sender = None;
             let mut not_hosted = false;
-            let mut fenced = false;
             // A frame through the node from a sender whose direct session is
             // still read: kept aside until that session is read to its end
             // (the sender went back to the node once it was written out and
@@ -185,9 +186,9 @@ impl Inbox {
             let stopped = conn.decoder.feed(input, max, |kind, body| {
                 #[cfg(feature = "dist")]
                 if !opened
-                    && !direct_senders.is_empty()
+                    && (!direct_senders.is_empty() || !held.is_empty())
                     && matches!(kind, Kind::Msg | Kind::Reply)
-                    && sender.is_some_and(|s| direct_senders.contains(&s))
+                    && sender.is_some_and(|s| direct_senders.contains(&s) || held.contains_key(&s))
                 {
                     behind = Some((kind, body.to_vec()));
                     return false;
@@ -236,13 +237,6 @@ impl Inbox {
                         }
                         true
                     }
-                    // Relayed by this node for a process of another node:
-                    // its direct session is read from here on. Stop, so
-                    // that it is in place before anything that follows.
-                    (Kind::Fence, true) if body.is_empty() && !opened => {
-                        fenced = true;
-                        false
-                    }
                     (kind, _) => {
                         protocol_error = Some(FrameError::UnknownKind(kind as u8));
                         false
@@ -258,22 +252,18 @@ impl Inbox {
                 self.close_conn(st, token);
                 return Ok(());
             }
-            let fenced = if fenced { conn.sender } else { None };
             let behind = behind.and_then(|b| Some((conn.sender?, b)));
             if let (Some(from), false) = (new_sender, had_sender) {
                 let seq = conn.seq;
                 self.drain_older(rt, st, from, seq);
             }
             #[cfg(feature = "dist")]
-            if let Some(from) = fenced {
-                self.fence(rt, st, from);
-            }
-            #[cfg(not(feature = "dist"))]
-            let _ = fenced;
-            #[cfg(feature = "dist")]
             if let Some((from, (kind, body))) = behind {
-                self.drain_direct(rt, st, from, super::direct::Drain::ToEnd);
-                self.take_late(rt, st, token, kind, &body);
+                let tenant = st.conns.get(&token).and_then(|c| c.tenant);
+                match self.hold_frame(rt, st, from) {
+                    true => self.hold(st, from, super::direct::Held::Frame(tenant, kind, body)),
+                    false => self.take_late(rt, st, tenant, kind, &body),
+                }
             }
             #[cfg(not(feature = "dist"))]
             let _ = behind;
@@ -284,12 +274,11 @@ impl Inbox {
         }
     }
 
-    /// Takes a frame of connection `token` kept aside while its sender's
-    /// direct session was read to its end: a message or a reply, as
-    /// [`decode_conn`](Self::decode_conn) takes one.
+    /// Takes a frame kept aside while its sender's direct session was read
+    /// to its end, for this process or the actor `tenant`: a message or a
+    /// reply, as [`decode_conn`](Self::decode_conn) takes one.
     #[cfg(feature = "dist")]
-    fn take_late(&self, rt: &Runtime, st: &mut State, token: Token, kind: Kind, body: &[u8]) {
-        let tenant = st.conns.get(&token).and_then(|c| c.tenant);
+    pub(super) fn take_late(&self, rt: &Runtime, st: &mut State, tenant: Option<u64>, kind: Kind, body: &[u8]) {
         match kind {
             Kind::Msg if let Some((fp, value)) = wire::body::split_message(body) => match tenant {
                 Some(actor) => st.hosted.push(
@@ -333,8 +322,9 @@ impl Inbox {
 
     /// Reads everything `from` has written to this process so far, its
     /// pending connections included. Used before a signal about `from` is
-    /// queued, so that its messages come first: its direct session too (to
-    /// its end, unless `reason` is `NoConnection`). `gone`: a `Down`.
+    /// queued, so that its messages come first: its direct session too, as
+    /// far as it came. Returns whether the signal must wait for the end of
+    /// that session (see `direct`). `gone`: a `Down`.
     pub(super) fn drain_sender(
         &self,
         rt: &Runtime,
@@ -342,7 +332,20 @@ impl Inbox {
         from: Pid,
         reason: &crate::exit::ExitReason,
         gone: bool,
-    ) {
+    ) -> bool {
+        self.read_sender(rt, st, from);
+        #[cfg(feature = "dist")]
+        return self.hold_signal(rt, st, from, reason, gone);
+        #[cfg(not(feature = "dist"))]
+        {
+            let _ = (reason, gone);
+            false
+        }
+    }
+
+    /// Reads everything `from` has written to this process so far through
+    /// this node's connections, its pending connections included.
+    pub(super) fn read_sender(&self, rt: &Runtime, st: &mut State, from: Pid) {
         self.accept_all(rt, st);
         // A process of another node reaches this one through this node's
         // connections that say they come from it; its node hands a signal
@@ -357,10 +360,6 @@ impl Inbox {
         for (_, token) in tokens {
             self.read_conn(rt, st, token, usize::MAX);
         }
-        #[cfg(feature = "dist")]
-        self.drain_signal(rt, st, from, reason, gone);
-        #[cfg(not(feature = "dist"))]
-        let _ = (reason, gone);
     }
 
     pub(super) fn close_conn(&self, st: &mut State, token: Token) {

@@ -66,6 +66,16 @@ impl Inbox {
     }
 
     pub(super) fn on_control(&self, rt: &Runtime, st: &mut State, frame: ToProcess) {
+        // What the sender a signal is about sent comes first: read now, or
+        // (on a direct session still open) the signal waits for its end.
+        if let ToProcess::Down { pid: from, reason, .. } | ToProcess::Exit { from, reason } = &frame {
+            let gone = matches!(frame, ToProcess::Down { .. });
+            if self.drain_sender(rt, st, *from, reason, gone) {
+                #[cfg(feature = "dist")]
+                self.hold(st, *from, super::direct::Held::Signal(Box::new(frame)));
+                return;
+            }
+        }
         match frame {
             ToProcess::Down {
                 reference,
@@ -74,7 +84,6 @@ impl Inbox {
                 reason,
                 name,
             } => {
-                self.drain_sender(rt, st, pid, &reason, true);
                 let port = st
                     .ports
                     .iter()
@@ -105,7 +114,6 @@ impl Inbox {
                 rt.forget_connection(pid);
             }
             ToProcess::Exit { from, reason } => {
-                self.drain_sender(rt, st, from, &reason, false);
                 st.queue.push_back(Item::Exit(ExitSignal { from, reason }));
             }
             ToProcess::Reply { request, reply } => {
@@ -129,7 +137,8 @@ impl Inbox {
                     reason,
                     name,
                 } => {
-                    self.drain_sender(rt, st, pid, &reason, true);
+                    // An actor takes no direct session: nothing is held.
+                    let _ = self.drain_sender(rt, st, pid, &reason, true);
                     st.hosted.push(
                         actor,
                         Item::Down(Down {
@@ -142,7 +151,7 @@ impl Inbox {
                     rt.forget_connection(pid);
                 }
                 ToProcess::Exit { from, reason } => {
-                    self.drain_sender(rt, st, from, &reason, false);
+                    let _ = self.drain_sender(rt, st, from, &reason, false);
                     st.hosted.push(actor, Item::Exit(ExitSignal { from, reason }));
                 }
                 ToProcess::Message(ref body) if let Some((fp, value)) = wire::body::split_message(body) => {
@@ -168,6 +177,12 @@ impl Inbox {
             ToProcess::DirectRefused { to } => rt.direct_refused(to),
             #[cfg(feature = "dist")]
             ToProcess::NodeLost { node } => rt.forget_node_routes(node),
+            #[cfg(feature = "dist")]
+            ToProcess::Fence { from } => {
+                // What it sent through the node first comes first.
+                self.read_sender(rt, st, from);
+                self.fence(rt, st, from);
+            }
             #[cfg(feature = "dist")]
             ToProcess::DirectFrom { from, keys } => {
                 if let Some(fd) = st.ctl_fds.pop_front() {

@@ -2,7 +2,13 @@
 //! `direct`): a session handed over by the node waits for its sender's
 //! fence, then is read as a connection from that sender, its records opened
 //! first.
+//!
+//! A signal about a sender whose session is still open, and what that
+//! sender sends through the node meanwhile, are held in order until the
+//! session ends (its sender ended, or closed it once written): nothing
+//! blocks while a slow link brings the rest.
 
+use std::collections::VecDeque;
 use std::os::fd::OwnedFd;
 use std::time::{Duration, Instant};
 
@@ -14,7 +20,8 @@ use crate::runtime::Runtime;
 use crate::runtime::direct::{ACCEPTED, CHUNK, DRAIN, SILENT};
 use crate::sys::poll::{Interest, Token};
 use crate::sys::socket;
-use crate::wire::frame::Decoder;
+use crate::wire::envelope::ToProcess;
+use crate::wire::frame::{Decoder, Kind};
 
 /// How long a session handed over waits for its sender's fence before it
 /// is closed (its sender never took it: it ended first, or had one). A
@@ -24,13 +31,23 @@ const FENCE_WAIT: Duration = Duration::from_secs(60);
 /// refused.
 const MAX_WAITING: usize = 64;
 
-/// How far a sender's direct session is read before a signal about it.
+/// How far [`Inbox::drain_direct`] reads a sender's direct session.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Drain {
-    /// To its end (the sender ended, or closed it), within [`DRAIN`].
+    /// To its end (its sender closed it), within [`DRAIN`].
     ToEnd,
     /// What arrived: the session is lost (`NoConnection`).
     AsItIs,
+}
+
+/// What waits for a sender's direct session to end.
+#[derive(Debug)]
+pub(crate) enum Held {
+    /// A signal about it, from the control connection.
+    Signal(Box<ToProcess>),
+    /// A frame it sent through the node, for this process or the actor
+    /// `tenant`.
+    Frame(Option<u64>, Kind, Vec<u8>),
 }
 
 impl Inbox {
@@ -73,8 +90,12 @@ impl Inbox {
             return;
         };
         // An earlier session of the same sender, closed by it before it
-        // asked for this one: read to its end first.
+        // asked for this one: read to its end first, and what waited for
+        // that end queued.
         self.drain_direct(rt, st, from, Drain::ToEnd);
+        if st.held.contains_key(&from) {
+            self.release_sender(rt, st, from);
+        }
         let token = Token::new(CONN, st.next_conn);
         let seq = st.next_conn;
         st.next_conn += 1;
@@ -123,18 +144,75 @@ impl Inbox {
         Ok(opened.len())
     }
 
-    /// Before a signal about `from` is queued: its direct session is read,
-    /// as far as `drain` says, and closed. With `gone` (a `Down`), one
-    /// waiting for `from`'s fence is closed too.
-    pub(super) fn drain_signal(&self, rt: &Runtime, st: &mut State, from: Pid, reason: &ExitReason, gone: bool) {
+    /// A signal about `from` came: whether it must wait for `from`'s direct
+    /// session to end (read here as far as it came: what `from` sent on it
+    /// comes first), or for what waits for it already. A `NoConnection`
+    /// closes the session, unread past what came. With `gone` (a `Down`), a
+    /// session waiting for `from`'s fence is closed.
+    pub(super) fn hold_signal(&self, rt: &Runtime, st: &mut State, from: Pid, reason: &ExitReason, gone: bool) -> bool {
         if gone {
             st.direct_in.remove(&from);
         }
-        let drain = match reason {
-            ExitReason::NoConnection => Drain::AsItIs,
-            _ => Drain::ToEnd,
-        };
-        self.drain_direct(rt, st, from, drain);
+        if st.releasing == Some(from) {
+            return false;
+        }
+        if st.direct_senders.contains(&from) {
+            match reason {
+                ExitReason::NoConnection => self.drain_direct(rt, st, from, Drain::AsItIs),
+                _ => self.read_direct(rt, st, from),
+            }
+        }
+        st.direct_senders.contains(&from) || st.held.contains_key(&from)
+    }
+
+    /// A frame `from` sent through the node: whether it must wait for
+    /// `from`'s direct session to end (read here as far as it came).
+    pub(super) fn hold_frame(&self, rt: &Runtime, st: &mut State, from: Pid) -> bool {
+        if st.direct_senders.contains(&from) {
+            self.read_direct(rt, st, from);
+        }
+        st.direct_senders.contains(&from) || st.held.contains_key(&from)
+    }
+
+    /// Holds `held` until `from`'s direct session ends.
+    pub(super) fn hold(&self, st: &mut State, from: Pid, held: Held) {
+        st.held.entry(from).or_default().push_back(held);
+    }
+
+    /// Queues what waited for direct sessions that ended since.
+    pub(super) fn release_held(&self, rt: &Runtime, st: &mut State) {
+        while let Some(from) = st.held.keys().copied().find(|p| !st.direct_senders.contains(p)) {
+            self.release_sender(rt, st, from);
+        }
+    }
+
+    /// Queues, in order, what waited for `from`'s direct session to end.
+    /// What `from` sends through the node meanwhile still queues behind.
+    fn release_sender(&self, rt: &Runtime, st: &mut State, from: Pid) {
+        let outer = st.releasing.replace(from);
+        while let Some(held) = st.held.get_mut(&from).and_then(VecDeque::pop_front) {
+            match held {
+                Held::Signal(frame) => self.on_control(rt, st, *frame),
+                Held::Frame(tenant, kind, body) => self.take_late(rt, st, tenant, kind, &body),
+            }
+        }
+        st.held.remove(&from);
+        st.releasing = outer;
+    }
+
+    /// Reads what came on `from`'s direct sessions, without waiting.
+    fn read_direct(&self, rt: &Runtime, st: &mut State, from: Pid) {
+        for token in Self::direct_tokens(st, from) {
+            self.read_conn(rt, st, token, usize::MAX);
+        }
+    }
+
+    fn direct_tokens(st: &State, from: Pid) -> Vec<Token> {
+        st.conns
+            .iter()
+            .filter(|(_, c)| c.sender == Some(from) && c.opener.is_some())
+            .map(|(&t, _)| t)
+            .collect()
     }
 
     /// Reads `from`'s direct session, as far as `drain` says, and closes it:
@@ -144,12 +222,7 @@ impl Inbox {
         if !st.direct_senders.contains(&from) {
             return;
         }
-        let tokens: Vec<Token> = st
-            .conns
-            .iter()
-            .filter(|(_, c)| c.sender == Some(from) && c.opener.is_some())
-            .map(|(&t, _)| t)
-            .collect();
+        let tokens = Self::direct_tokens(st, from);
         if tokens.is_empty() {
             return;
         }

@@ -203,6 +203,13 @@ pub(crate) struct State {
     /// the node waits until it is read to its end.
     #[cfg(feature = "dist")]
     direct_senders: std::collections::HashSet<Pid>,
+    /// Signals about senders whose direct session is still read, and their
+    /// frames through the node since, in order: queued once it ends.
+    #[cfg(feature = "dist")]
+    held: HashMap<Pid, VecDeque<direct::Held>>,
+    /// The sender whose held signals and frames are being queued.
+    #[cfg(feature = "dist")]
+    releasing: Option<Pid>,
     /// What the records of a direct session opened into: its frames.
     #[cfg(feature = "dist")]
     opened: Vec<u8>,
@@ -312,6 +319,10 @@ impl Inbox {
                 direct_in: HashMap::new(),
                 #[cfg(feature = "dist")]
                 direct_senders: std::collections::HashSet::new(),
+                #[cfg(feature = "dist")]
+                held: HashMap::new(),
+                #[cfg(feature = "dist")]
+                releasing: None,
                 #[cfg(feature = "dist")]
                 opened: Vec::new(),
                 #[cfg(feature = "dist")]
@@ -681,6 +692,8 @@ impl Inbox {
                 _ => {}
             }
         }
+        #[cfg(feature = "dist")]
+        self.release_held(rt, st);
         st.publish();
     }
 
