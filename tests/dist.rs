@@ -234,10 +234,24 @@ fn helper_node() {
     // blobs 1 to `n - 1`, and ends with `code`; or mode 2: the same blobs,
     // then an exit signal with `code` to the receiver, then blob `n`, and
     // says so; or mode 3: as mode 2, but it says so (with its OS pid) and
-    // stops itself right after the signal, most blobs still unwritten.
+    // stops itself right after the signal, most blobs still unwritten. Mode
+    // 4: blob 0, then, as soon as its direct session opened, blob 1, an exit
+    // signal with `code`, and blob 2.
     let direct = converge::spawn(|ctx: Ctx<(Pid, u64, i32, u8)>| {
         while let Ok((to, n, code, mode)) = ctx.recv() {
             let mailbox = Mailbox::<Vec<u8>>::from_pid(to);
+            if mode == 4 {
+                mailbox.send(blob(0)).unwrap();
+                let deadline = Instant::now() + Duration::from_secs(10);
+                while !converge::dist::has_direct_session(to) && Instant::now() < deadline {
+                    std::hint::spin_loop();
+                }
+                mailbox.send(blob(1)).unwrap();
+                mailbox.exit(ExitReason::Code(code));
+                mailbox.send(blob(2)).unwrap();
+                converge::flush();
+                continue;
+            }
             if mode == 0 {
                 mailbox.send(blob(0)).unwrap();
                 let deadline = Instant::now() + Duration::from_secs(10);
@@ -466,6 +480,33 @@ fn helper_node() {
                     mode.parse().unwrap(),
                 ));
                 say("watcher", os_pid);
+            }
+            ["direct-at-once", node, code] => {
+                // A process here (trapping exits) has `direct-blobs` there
+                // send it blob 0, and blob 1, an exit signal and blob 2 as
+                // soon as their direct session opened; says what came, in
+                // order, up to the signal and one blob after it.
+                let sender = cluster
+                    .whereis(node, "direct-blobs", Duration::from_secs(2))
+                    .expect("registered there");
+                let code: i32 = code.parse().unwrap();
+                converge::spawn(move |ctx: Ctx<Vec<u8>>| {
+                    ctx.trap_exits(true);
+                    Mailbox::<(Pid, u64, i32, u8)>::from_pid(sender)
+                        .send((ctx.pid(), 0, code, 4))
+                        .unwrap();
+                    let mut seen: Vec<String> = Vec::new();
+                    while seen.len() < 4 {
+                        match ctx.recv_event_timeout(Duration::from_secs(10)) {
+                            Ok(Event::Message(m)) => seen.push(format!("{:?}", blob_number(&m))),
+                            Ok(Event::Exit(x)) => seen.push(format!("{:?}", x.reason)),
+                            Ok(_) => {}
+                            Err(_) => break,
+                        }
+                    }
+                    say("at-once", seen.join(" "));
+                })
+                .unwrap();
             }
             ["stop-and-go", os_pid] => {
                 let (sender, watcher, n, code, mode) = direct_run.take().expect("a direct run");
@@ -1203,6 +1244,21 @@ fn a_remote_monitor_gets_the_reason_after_every_message() {
     a.tell(&format!("cont {sender}"));
     assert_eq!(b.expect("watched"), "800 true exit Code(9)");
     assert_eq!(b.expect("after"), "Some(800)");
+    // Blob 1 on a session that has just opened, then an exit signal, then
+    // blob 2 through the nodes: blob 1 first, though the session is read
+    // only once its fence came, and the signal after it. (The signal and
+    // blob 2 take two ways from the other node: either may come first, as
+    // a message sent after a signal through a node can.)
+    for _ in 0..3 {
+        let (_a, mut b) = TestNode::pair();
+        b.tell("direct-at-once alpha 9");
+        let seen = b.expect("at-once");
+        let seen: Vec<&str> = seen.split(' ').collect();
+        assert_eq!(seen[..2], ["Some(0)", "Some(1)"], "{seen:?}");
+        let mut rest = seen[2..].to_vec();
+        rest.sort_unstable();
+        assert_eq!(rest, ["Code(9)", "Some(2)"], "{seen:?}");
+    }
 }
 
 fn a_remote_monitor_of_a_killed_node_is_noconnection() {

@@ -174,6 +174,7 @@ impl Inbox {
             let mut protocol_error: Option<FrameError> = None;
             let mut new_sender = None;
             let mut not_hosted = false;
+            let mut fenced = false;
             // A frame through the node from a sender whose direct session is
             // still read: kept aside until that session is read to its end
             // (the sender went back to the node once it was written out and
@@ -237,6 +238,13 @@ impl Inbox {
                         }
                         true
                     }
+                    // Relayed by this node for a process of another node:
+                    // its direct session is read from here on. Stop, so
+                    // that it is in place before anything that follows.
+                    (Kind::Fence, true) if body.is_empty() && !opened => {
+                        fenced = true;
+                        false
+                    }
                     (kind, _) => {
                         protocol_error = Some(FrameError::UnknownKind(kind as u8));
                         false
@@ -252,11 +260,18 @@ impl Inbox {
                 self.close_conn(st, token);
                 return Ok(());
             }
+            let fenced = if fenced { conn.sender } else { None };
             let behind = behind.and_then(|b| Some((conn.sender?, b)));
             if let (Some(from), false) = (new_sender, had_sender) {
                 let seq = conn.seq;
                 self.drain_older(rt, st, from, seq);
             }
+            #[cfg(feature = "dist")]
+            if let Some(from) = fenced {
+                self.fence(rt, st, from);
+            }
+            #[cfg(not(feature = "dist"))]
+            let _ = fenced;
             #[cfg(feature = "dist")]
             if let Some((from, (kind, body))) = behind {
                 let tenant = st.conns.get(&token).and_then(|c| c.tenant);
@@ -370,6 +385,7 @@ impl Inbox {
                 && let Some(from) = conn.sender
             {
                 st.direct_senders.remove(&from);
+                st.signals_behind.remove(&from);
             }
         }
     }

@@ -176,12 +176,19 @@ impl Inbox {
             #[cfg(feature = "dist")]
             ToProcess::DirectRefused { to } => rt.direct_refused(to),
             #[cfg(feature = "dist")]
-            ToProcess::NodeLost { node } => rt.forget_node_routes(node),
+            ToProcess::NodeLost { node } => {
+                rt.forget_node_routes(node);
+                self.close_direct_from(rt, st, node);
+            }
             #[cfg(feature = "dist")]
             ToProcess::Fence { from } => {
-                // What it sent through the node first comes first.
+                // Its fence through the node is read by now (it was written
+                // before this was sent): signals about it from here on wait
+                // for its session's end.
                 self.read_sender(rt, st, from);
-                self.fence(rt, st, from);
+                if st.direct_senders.contains(&from) {
+                    st.signals_behind.insert(from);
+                }
             }
             #[cfg(feature = "dist")]
             ToProcess::DirectFrom { from, keys } => {

@@ -159,10 +159,24 @@ impl Inbox {
         if st.direct_senders.contains(&from) {
             match reason {
                 ExitReason::NoConnection => self.drain_direct(rt, st, from, Drain::AsItIs),
-                _ => self.read_direct(rt, st, from),
+                _ if st.signals_behind.contains(&from) => self.read_direct(rt, st, from),
+                // Sent before its session opened: it comes first.
+                _ => {}
             }
         }
-        st.direct_senders.contains(&from) || st.held.contains_key(&from)
+        (st.direct_senders.contains(&from) && st.signals_behind.contains(&from)) || st.held.contains_key(&from)
+    }
+
+    /// The nodes' session with `node` was lost: the direct sessions from
+    /// its processes close as they are, read as far as they came (what was
+    /// in flight may be lost), and those waiting for a fence, which may
+    /// have been lost with it.
+    pub(super) fn close_direct_from(&self, rt: &Runtime, st: &mut State, node: crate::pid::NodeId) {
+        st.direct_in.retain(|from, _| from.node() != node);
+        let senders: Vec<Pid> = st.direct_senders.iter().copied().filter(|s| s.node() == node).collect();
+        for from in senders {
+            self.drain_direct(rt, st, from, Drain::AsItIs);
+        }
     }
 
     /// A frame `from` sent through the node: whether it must wait for

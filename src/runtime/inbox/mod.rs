@@ -203,6 +203,10 @@ pub(crate) struct State {
     /// the node waits until it is read to its end.
     #[cfg(feature = "dist")]
     direct_senders: std::collections::HashSet<Pid>,
+    /// Senders whose direct session is read and whose later signals come
+    /// after it (their fence came on the control connection too).
+    #[cfg(feature = "dist")]
+    signals_behind: std::collections::HashSet<Pid>,
     /// Signals about senders whose direct session is still read, and their
     /// frames through the node since, in order: queued once it ends.
     #[cfg(feature = "dist")]
@@ -319,6 +323,8 @@ impl Inbox {
                 direct_in: HashMap::new(),
                 #[cfg(feature = "dist")]
                 direct_senders: std::collections::HashSet::new(),
+                #[cfg(feature = "dist")]
+                signals_behind: std::collections::HashSet::new(),
                 #[cfg(feature = "dist")]
                 held: HashMap::new(),
                 #[cfg(feature = "dist")]
