@@ -1512,16 +1512,22 @@ impl Inner {
             k => return Err(DistError::Malformed(format!("a frame of kind {k} for a process"))),
         };
         match crate::runtime::current() {
+            // A fence goes twice, numbered: in line with the sender's frames,
+            // and in line with the signals about it (those before it were
+            // sent before its session opened, and do not wait for it).
+            Some(rt) if kind == Kind::Fence && to.node() == self.me.node && from.node() == node => {
+                let n = self.next.fetch_add(1, Ordering::Relaxed);
+                let _ = rt.send_encoded(from, to, kind, &n.to_le_bytes());
+                let msg = ToNode::Fence {
+                    from,
+                    to: to.serial(),
+                    n,
+                };
+                self.inject_after(from, to.serial(), false, msg);
+                tally.delivered += 1;
+            }
             Some(rt) if to.node() == self.me.node && from.node() == node => {
                 let _ = rt.send_encoded(from, to, kind, body);
-                if kind == Kind::Fence {
-                    // Once more, as signals go, in order with them: the
-                    // signals that come after it wait for the session's end
-                    // (those before it, sent before the session opened, do
-                    // not).
-                    let msg = ToNode::Fence { from, to: to.serial() };
-                    self.inject_after(from, to.serial(), false, msg);
-                }
                 tally.delivered += 1;
             }
             // An earlier incarnation's process: never a new one's.

@@ -22,13 +22,14 @@
 //!    runtime), which answers on the socket at once. On that answer this
 //!    node hands the socket and the keys to the sender.
 //! 3. The sender sends a *fence* through the node, after everything it sent
-//!    that way, then writes to the session. The other node hands it on
-//!    twice: in line with the sender's frames (the receiver reads the
-//!    session only from there on, so what was sent through the node first
-//!    is queued first), and on the receiver's control connection, in line
-//!    with the signals about the sender (a signal before it was sent
-//!    before the session opened, and never waits for the session; one
-//!    after it does, see below).
+//!    that way, then writes to the session. The other node numbers it and
+//!    hands it on twice: in line with the sender's frames (what the sender
+//!    sends through the node after it waits for the session), and on the
+//!    receiver's control connection, in line with the signals about the
+//!    sender. The receiver reads the session from the second on: what was
+//!    sent through the node first is queued first, a signal before the
+//!    fence (sent before the session opened) comes before what the session
+//!    carries, and one after it waits for the session's end (see below).
 //!
 //! The session carries the sender's frames as it would write them to a
 //! process of its own node, sealed in records with the session's keys; the

@@ -358,6 +358,8 @@ pub(crate) enum ToNode {
         from: Pid,
         /// The receiver's serial.
         to: u64,
+        /// The fence's number, as in the frame.
+        n: u64,
     },
 }
 
@@ -471,14 +473,15 @@ pub(crate) enum ToProcess {
         /// The session's keys.
         keys: crate::dist::Keys,
     },
-    /// What `from` sends next comes on its direct session: everything it
-    /// sent through the nodes before, and every signal about it before,
-    /// came before this frame (on a connection from the node, or on this
-    /// one).
+    /// The fence numbered `n` of `from`, in line with the signals about it
+    /// (it came in line with its frames first): its direct session is read
+    /// from here on, and the signals after this wait for its end.
     #[cfg(feature = "dist")]
     Fence {
         /// The sender, of another node.
         from: Pid,
+        /// The fence's number, as in its frame.
+        n: u64,
     },
 }
 

@@ -253,8 +253,8 @@ impl<S: System> Table<S> {
                 None
             }
             #[cfg(feature = "dist")]
-            ToNode::Fence { from: sender, to } if from == MAIN_SERIAL => {
-                self.send_to(to, ToProcess::Fence { from: sender });
+            ToNode::Fence { from: sender, to, n } if from == MAIN_SERIAL => {
+                self.send_to(to, ToProcess::Fence { from: sender, n });
                 None
             }
             #[cfg(feature = "dist")]

@@ -174,7 +174,7 @@ impl Inbox {
             let mut protocol_error: Option<FrameError> = None;
             let mut new_sender = None;
             let mut not_hosted = false;
-            let mut fenced = false;
+            let mut fenced = None;
             // A frame through the node from a sender whose direct session is
             // still read: kept aside until that session is read to its end
             // (the sender went back to the node once it was written out and
@@ -241,8 +241,8 @@ impl Inbox {
                     // Relayed by this node for a process of another node:
                     // its direct session is read from here on. Stop, so
                     // that it is in place before anything that follows.
-                    (Kind::Fence, true) if body.is_empty() && !opened => {
-                        fenced = true;
+                    (Kind::Fence, true) if !opened && let Ok(n) = <[u8; 8]>::try_from(body) => {
+                        fenced = Some(u64::from_le_bytes(n));
                         false
                     }
                     (kind, _) => {
@@ -260,15 +260,15 @@ impl Inbox {
                 self.close_conn(st, token);
                 return Ok(());
             }
-            let fenced = if fenced { conn.sender } else { None };
+            let fenced = fenced.and_then(|n| Some((conn.sender?, n)));
             let behind = behind.and_then(|b| Some((conn.sender?, b)));
             if let (Some(from), false) = (new_sender, had_sender) {
                 let seq = conn.seq;
                 self.drain_older(rt, st, from, seq);
             }
             #[cfg(feature = "dist")]
-            if let Some(from) = fenced {
-                self.fence(rt, st, from);
+            if let Some((from, n)) = fenced {
+                self.fence(rt, st, from, n);
             }
             #[cfg(not(feature = "dist"))]
             let _ = fenced;

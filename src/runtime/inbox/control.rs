@@ -181,14 +181,11 @@ impl Inbox {
                 self.close_direct_from(rt, st, node);
             }
             #[cfg(feature = "dist")]
-            ToProcess::Fence { from } => {
-                // Its fence through the node is read by now (it was written
-                // before this was sent): signals about it from here on wait
-                // for its session's end.
+            ToProcess::Fence { from, n } => {
+                // Its fence in line with its frames is read by now (it was
+                // written before this was sent).
                 self.read_sender(rt, st, from);
-                if st.direct_senders.contains(&from) {
-                    st.signals_behind.insert(from);
-                }
+                self.start_direct(st, from, n);
             }
             #[cfg(feature = "dist")]
             ToProcess::DirectFrom { from, keys } => {

@@ -13,7 +13,7 @@ use std::os::fd::OwnedFd;
 use std::time::{Duration, Instant};
 
 use super::{CONN, InConn, Inbox, State};
-use crate::dist::{Keys, Session};
+use crate::dist::{Keys, Opener, Session};
 use crate::exit::ExitReason;
 use crate::pid::Pid;
 use crate::runtime::Runtime;
@@ -40,6 +40,19 @@ pub(super) enum Drain {
     AsItIs,
 }
 
+/// A direct session handed over, not read yet.
+#[derive(Debug)]
+pub(crate) struct Waiting {
+    fd: OwnedFd,
+    opener: Box<Opener>,
+    since: Instant,
+    /// The number of its fence, once its fence came in line with its
+    /// sender's frames: what the sender sends through the node from there
+    /// on waits for it. It is read once the same fence comes in line with
+    /// the signals (a signal before that was sent before it opened).
+    fenced: Option<u64>,
+}
+
 /// What waits for a sender's direct session to end.
 #[derive(Debug)]
 pub(crate) enum Held {
@@ -60,8 +73,15 @@ impl Inbox {
         // sender goes on through the nodes): one answered is never taken
         // back, since its sender may write to it already.
         let now = Instant::now();
-        st.direct_in
-            .retain(|_, (.., since)| now.duration_since(*since) < FENCE_WAIT);
+        let expired: Vec<Pid> = st
+            .direct_in
+            .iter()
+            .filter(|(_, w)| now.duration_since(w.since) >= FENCE_WAIT)
+            .map(|(&p, _)| p)
+            .collect();
+        for p in expired {
+            self.forget_waiting(st, p);
+        }
         if st.direct_in.len() >= MAX_WAITING && !st.direct_in.contains_key(&from) {
             return;
         }
@@ -78,17 +98,35 @@ impl Inbox {
         {
             return;
         }
-        // A newer session from the same sender replaces one never fenced.
-        st.direct_in.insert(from, (fd, Box::new(opener), now));
+        // A newer session from the same sender replaces one never read.
+        self.forget_waiting(st, from);
+        let waiting = Waiting {
+            fd,
+            opener: Box::new(opener),
+            since: now,
+            fenced: None,
+        };
+        st.direct_in.insert(from, waiting);
     }
 
-    /// `from`'s fence came: what it sends next comes on its direct session,
-    /// read from here on.
-    pub(super) fn fence(&self, rt: &Runtime, st: &mut State, from: Pid) {
-        let Some((fd, opener, _)) = st.direct_in.remove(&from) else {
+    /// Forgets the session from `from` not read yet, if any (and what its
+    /// fence made wait for it then waits no more).
+    pub(super) fn forget_waiting(&self, st: &mut State, from: Pid) {
+        if let Some(w) = st.direct_in.remove(&from)
+            && w.fenced.is_some()
+            && !st.signals_behind.contains(&from)
+        {
+            st.direct_senders.remove(&from);
+        }
+    }
+
+    /// `from`'s fence number `n` came in line with its frames through the
+    /// node: what it sends that way from here on waits for its session.
+    pub(super) fn fence(&self, rt: &Runtime, st: &mut State, from: Pid, n: u64) {
+        if st.direct_in.get(&from).is_none_or(|w| w.fenced.is_some()) {
             tracing::debug!(%from, "a fence with no direct session");
             return;
-        };
+        }
         // An earlier session of the same sender, closed by it before it
         // asked for this one: read to its end first, and what waited for
         // that end queued.
@@ -96,10 +134,27 @@ impl Inbox {
         if st.held.contains_key(&from) {
             self.release_sender(rt, st, from);
         }
+        if let Some(w) = st.direct_in.get_mut(&from) {
+            w.fenced = Some(n);
+            st.direct_senders.insert(from);
+        }
+    }
+
+    /// `from`'s fence number `n` came in line with the signals about it:
+    /// its session is read from here on, and the signals after this wait
+    /// for its end.
+    pub(super) fn start_direct(&self, st: &mut State, from: Pid, n: u64) {
+        if st.direct_in.get(&from).is_none_or(|w| w.fenced != Some(n)) {
+            return;
+        }
+        let Some(Waiting { fd, opener, .. }) = st.direct_in.remove(&from) else {
+            return;
+        };
         let token = Token::new(CONN, st.next_conn);
         let seq = st.next_conn;
         st.next_conn += 1;
         if self.epoll().add(&fd, token, Interest::Read).is_err() {
+            st.direct_senders.remove(&from);
             return;
         }
         st.conns.insert(
@@ -114,6 +169,7 @@ impl Inbox {
             },
         );
         st.direct_senders.insert(from);
+        st.signals_behind.insert(from);
     }
 
     /// Opens the `n` bytes read into the scratch buffer from a direct
@@ -150,18 +206,22 @@ impl Inbox {
     /// closes the session, unread past what came. With `gone` (a `Down`), a
     /// session waiting for `from`'s fence is closed.
     pub(super) fn hold_signal(&self, rt: &Runtime, st: &mut State, from: Pid, reason: &ExitReason, gone: bool) -> bool {
-        if gone {
-            st.direct_in.remove(&from);
+        if gone || *reason == ExitReason::NoConnection {
+            self.forget_waiting(st, from);
         }
         if st.releasing == Some(from) {
             return false;
         }
-        if st.direct_senders.contains(&from) {
+        if st.direct_in.get(&from).is_some_and(|w| w.fenced.is_some()) {
+            // Before the fence in line with signals: sent before its
+            // session opened, it comes before what the session carries.
+            return false;
+        }
+        let reading = st.direct_senders.contains(&from) && st.signals_behind.contains(&from);
+        if reading {
             match reason {
                 ExitReason::NoConnection => self.drain_direct(rt, st, from, Drain::AsItIs),
-                _ if st.signals_behind.contains(&from) => self.read_direct(rt, st, from),
-                // Sent before its session opened: it comes first.
-                _ => {}
+                _ => self.read_direct(rt, st, from),
             }
         }
         (st.direct_senders.contains(&from) && st.signals_behind.contains(&from)) || st.held.contains_key(&from)
@@ -172,7 +232,10 @@ impl Inbox {
     /// in flight may be lost), and those waiting for a fence, which may
     /// have been lost with it.
     pub(super) fn close_direct_from(&self, rt: &Runtime, st: &mut State, node: crate::pid::NodeId) {
-        st.direct_in.retain(|from, _| from.node() != node);
+        let waiting: Vec<Pid> = st.direct_in.keys().copied().filter(|p| p.node() == node).collect();
+        for from in waiting {
+            self.forget_waiting(st, from);
+        }
         let senders: Vec<Pid> = st.direct_senders.iter().copied().filter(|s| s.node() == node).collect();
         for from in senders {
             self.drain_direct(rt, st, from, Drain::AsItIs);

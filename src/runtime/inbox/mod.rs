@@ -198,7 +198,7 @@ pub(crate) struct State {
     /// Direct sessions handed over, waiting for their sender's fence, and
     /// since when.
     #[cfg(feature = "dist")]
-    direct_in: HashMap<Pid, (OwnedFd, Box<crate::dist::Opener>, Instant)>,
+    direct_in: HashMap<Pid, direct::Waiting>,
     /// Senders with a direct session being read: a frame of theirs through
     /// the node waits until it is read to its end.
     #[cfg(feature = "dist")]
