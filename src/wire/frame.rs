@@ -23,7 +23,8 @@ pub(crate) enum Kind {
     Ctl = 4,
     /// From a process of another node, through the nodes: what it sends
     /// from here on comes on its direct session (feature `dist`), handed
-    /// to this process by the node. Empty body.
+    /// to this process by the node. Its body: its number, a `u64`, little
+    /// endian.
     Fence = 5,
 }
 

@@ -142,9 +142,11 @@ impl Inbox {
 
     /// `from`'s fence number `n` came in line with the signals about it:
     /// its session is read from here on, and the signals after this wait
-    /// for its end.
+    /// for its end. (If the fence in line with its frames never came, what
+    /// it sent through the node before was read just now: it is read all
+    /// the same.)
     pub(super) fn start_direct(&self, st: &mut State, from: Pid, n: u64) {
-        if st.direct_in.get(&from).is_none_or(|w| w.fenced != Some(n)) {
+        if st.direct_in.get(&from).is_none_or(|w| w.fenced.is_some_and(|f| f != n)) {
             return;
         }
         let Some(Waiting { fd, opener, .. }) = st.direct_in.remove(&from) else {
@@ -203,19 +205,20 @@ impl Inbox {
     /// A signal about `from` came: whether it must wait for `from`'s direct
     /// session to end (read here as far as it came: what `from` sent on it
     /// comes first), or for what waits for it already. A `NoConnection`
-    /// closes the session, unread past what came. With `gone` (a `Down`), a
-    /// session waiting for `from`'s fence is closed.
+    /// closes the session, unread past what came. With `gone` (a `Down`), or
+    /// `NoConnection`, a session whose fence has not come is closed.
     pub(super) fn hold_signal(&self, rt: &Runtime, st: &mut State, from: Pid, reason: &ExitReason, gone: bool) -> bool {
-        if gone || *reason == ExitReason::NoConnection {
-            self.forget_waiting(st, from);
-        }
         if st.releasing == Some(from) {
             return false;
         }
         if st.direct_in.get(&from).is_some_and(|w| w.fenced.is_some()) {
-            // Before the fence in line with signals: sent before its
-            // session opened, it comes before what the session carries.
+            // Before the fence in line with signals, after the one in line
+            // with frames: sent before its session opened, it comes before
+            // what the session carries (which stays).
             return false;
+        }
+        if gone || *reason == ExitReason::NoConnection {
+            self.forget_waiting(st, from);
         }
         let reading = st.direct_senders.contains(&from) && st.signals_behind.contains(&from);
         if reading {
