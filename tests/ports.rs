@@ -571,9 +571,12 @@ fn port_garbage_is_refused_and_counted() {
         util::wait_until(PATIENCE, || !util::os_alive(sleeper)),
         "the port's child {sleeper} is gone"
     );
-    let events = all(&cut);
+    // (The same: the next port's program, forked meanwhile, may hold a copy
+    // of this one's pipe for a moment; 1 run in 12 saw no `Eof`.)
+    let mut events = all(&cut);
+    events.retain(|e| *e != PortOutput::Eof);
     assert!(
-        matches!(&events[..], [PortOutput::Broken(b), PortOutput::Eof, PortOutput::Exit(ExitReason::Normal)] if b.contains("ended inside a packet (5 bytes)")),
+        matches!(&events[..], [PortOutput::Broken(b), PortOutput::Exit(ExitReason::Normal)] if b.contains("ended inside a packet (5 bytes)")),
         "{events:?}"
     );
     let events = all(&lines);
