@@ -760,6 +760,7 @@ impl Cluster {
                     // waited for it through the node, which takes them.
                     if let ToNode::NodeLost { node } = msg {
                         rt.forget_node_routes(node);
+                        rt.inbox.node_lost(rt, node);
                     }
                     rt.tell_node_raw(&msg);
                 }

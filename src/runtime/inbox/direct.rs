@@ -230,6 +230,18 @@ impl Inbox {
         (st.direct_senders.contains(&from) && st.signals_behind.contains(&from)) || st.held.contains_key(&from)
     }
 
+    /// [`close_direct_from`](Self::close_direct_from), from a thread that
+    /// does not poll (the node's own program learns of the loss there).
+    pub(crate) fn node_lost(&self, rt: &Runtime, node: crate::pid::NodeId) {
+        let mut st = self.lock();
+        self.close_direct_from(rt, &mut st, node);
+        self.release_held(rt, &mut st);
+        st.publish();
+        if st.users_waiting > 0 {
+            self.cond.notify_all();
+        }
+    }
+
     /// The nodes' session with `node` was lost: the direct sessions from
     /// its processes close as they are, read as far as they came (what was
     /// in flight may be lost), and those waiting for a fence, which may
