@@ -247,7 +247,10 @@ impl Config {
 /// `main`) shuts every process down in order.
 ///
 /// The calling process becomes a child subreaper, `SIGCHLD` gets its default
-/// disposition, the soft open-file limit is raised to the hard one, and (unless
+/// disposition, the soft open-file limit is raised to the hard one, glibc's
+/// allocator stops keeping "fastbins" (`mallopt(M_MXFAST, 0)`: a forked
+/// child would merge them all on its first large allocation, copying every
+/// page they sit on), and (unless
 /// [`Config::handle_signals`] says otherwise) `SIGINT` and `SIGTERM` start an
 /// orderly shutdown.
 pub fn init() -> Result<Node, InitError> {
@@ -408,6 +411,8 @@ fn init_node(config: Config) -> Result<Node, InitError> {
     shared.next_serial.store(control::FIRST_SERIAL, Ordering::Release);
     sys::process::set_child_subreaper()?;
     sys::process::default_sigchld();
+    // Before the first fork: every process of the node inherits it.
+    sys::process::fork_friendly_malloc();
     if let Ok((soft, hard)) = sys::process::get_rlimit(sys::process::Resource::OpenFiles)
         && soft < hard
     {

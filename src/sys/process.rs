@@ -163,6 +163,22 @@ pub(crate) fn fork_child(child: impl FnOnce() -> std::convert::Infallible) -> io
     }
 }
 
+/// Turns off glibc's "fastbins" (`mallopt(M_MXFAST, 0)`), so that freed
+/// small blocks are merged when they are freed rather than on the first
+/// large allocation after it. A forked child would otherwise do that merge
+/// at its first allocation of 1 KiB or more: a walk over every small block
+/// its parent ever freed, each write a copy-on-write fault (a third of a
+/// closure spawn's time in the child, measured). Small frees still go to
+/// glibc's per-thread cache first. Nothing to do with another C library.
+pub(crate) fn fork_friendly_malloc() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: mallopt changes a setting of glibc's allocator, which takes its
+    // own lock; any value is valid for M_MXFAST (0 turns fastbins off).
+    unsafe {
+        libc::mallopt(libc::M_MXFAST, 0);
+    }
+}
+
 /// Ends the calling process at once with `code`, without running `atexit`
 /// handlers or destructors (`_exit(2)`).
 pub(crate) fn exit_now(code: i32) -> ! {
