@@ -1972,35 +1972,59 @@ fn direct_hellos_are_handed_only_to_processes_that_take_them() {
         (pid_of(mallory, 9), beta_echo),
         (pid_of(node_bits(beta_echo), 9), echo),
     ];
+    let addr = a.addr;
     let ask = |from: Pid, to: Pid| {
         let mut hello = Hello::new(node_id(mallory), "mallory");
         hello.direct = Some((from, to));
         let (mut session, _, mut stream) =
-            converge::dist::connect(&Tcp, a.addr, &secret, hello, 1 << 20, Duration::from_secs(5)).unwrap();
+            converge::dist::connect(&Tcp, addr, &secret, hello, 1 << 20, Duration::from_secs(5)).unwrap();
         stream.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
         let mut frames = Vec::new();
         let mut buf = [0u8; 256];
         loop {
             match std::io::Read::read(&mut stream, &mut buf) {
-                Ok(0) | Err(_) => return frames,
+                Ok(0) | Err(_) => return (frames, stream),
                 Ok(n) => session.open(&buf[..n], &mut frames).unwrap(),
             }
             if !frames.is_empty() {
-                return frames;
+                return (frames, stream);
             }
         }
     };
     for (from, to) in refused {
-        assert!(ask(from, to).is_empty(), "{from} to {to}");
+        assert!(ask(from, to).0.is_empty(), "{from} to {to}");
     }
     // The echo takes one (it answers on it), and waits for a fence that
     // only its node can send: what a peer writes meanwhile is never read.
-    let answer = ask(pid_of(mallory, 9), echo);
-    assert_eq!(answer, vec![(0, b"accepted".to_vec())]);
+    let accepted = vec![(0, b"accepted".to_vec())];
+    assert_eq!(ask(pid_of(mallory, 9), echo).0, accepted);
     a.tell("stats");
     let stats = a.expect("stats");
     assert!(stats.contains("direct_refusals=4"), "{stats}");
     assert!(stats.contains("direct=1"), "{stats}");
+    // One session per sender waits at a time. That one was closed unused
+    // (its connection is gone): the next makes it way. While that next one
+    // waits, open, another from the same sender is refused; a session of
+    // another sender is not.
+    let (answer, waiting) = ask(pid_of(mallory, 9), echo);
+    assert_eq!(answer, accepted);
+    assert!(
+        ask(pid_of(mallory, 9), echo).0.is_empty(),
+        "a second session of one sender"
+    );
+    assert_eq!(ask(pid_of(mallory, 10), echo).0, accepted);
+    drop(waiting);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        if ask(pid_of(mallory, 9), echo).0 == accepted {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the waiting session was closed: the next is taken"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
     // The cluster goes on.
     b.tell("send alpha 10");
     assert_eq!(b.expect("sent"), "10");

@@ -1509,20 +1509,20 @@ impl Inner {
         let kind = match kind {
             2 => Kind::Msg,
             3 => Kind::Reply,
-            5 if body.is_empty() => Kind::Fence,
+            5 if body.len() == 8 => Kind::Fence,
             k => return Err(DistError::Malformed(format!("a frame of kind {k} for a process"))),
         };
         match crate::runtime::current() {
-            // A fence goes twice, numbered: in line with the sender's frames,
-            // and in line with the signals about it (those before it were
-            // sent before its session opened, and do not wait for it).
+            // A fence, naming its session, goes twice: in line with the
+            // sender's frames, and in line with the signals about it (those
+            // before it were sent before its session opened, and do not wait
+            // for it).
             Some(rt) if kind == Kind::Fence && to.node() == self.me.node && from.node() == node => {
-                let n = self.next.fetch_add(1, Ordering::Relaxed);
-                let _ = rt.send_encoded(from, to, kind, &n.to_le_bytes());
+                let _ = rt.send_encoded(from, to, kind, body);
                 let msg = ToNode::Fence {
                     from,
                     to: to.serial(),
-                    n,
+                    session: u64::from_le_bytes(body.try_into().expect("BUG: checked above")),
                 };
                 self.inject_after(from, to.serial(), false, msg);
                 tally.delivered += 1;

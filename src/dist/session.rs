@@ -320,13 +320,21 @@ impl Handshake {
         }
         // The split's first key seals what the initiator sends.
         let (to_responder, to_initiator) = state.dangerously_get_raw_split();
+        let hash = state.get_handshake_hash();
+        let id = u64::from_le_bytes(
+            hash[..8]
+                .try_into()
+                .expect("BUG: a handshake hash has 32 bytes or more"),
+        );
         let keys = if self.initiator {
             Keys {
+                id,
                 send: to_responder,
                 receive: to_initiator,
             }
         } else {
             Keys {
+                id,
                 send: to_initiator,
                 receive: to_responder,
             }
@@ -433,6 +441,10 @@ pub struct Session {
 /// [`Session::from_keys`]. Nothing was sealed or opened with them yet.
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) struct Keys {
+    /// The session's name, the same at both ends and new with each
+    /// handshake (the first 8 bytes of its hash): a direct session's fence
+    /// names the session it is for.
+    pub(crate) id: u64,
     /// Seals what this end sends.
     pub(crate) send: [u8; 32],
     /// Opens what the other end sends.

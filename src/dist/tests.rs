@@ -546,6 +546,10 @@ fn a_session_made_again_from_its_keys_talks_with_the_other_end() {
     // Taken once: they leave with the session handed over.
     assert!(a.take_keys().is_none());
     assert_eq!((ka.send, ka.receive), (kb.receive, kb.send));
+    // Both ends name the session alike; another handshake names another.
+    assert_eq!(ka.id, kb.id);
+    let (mut other, _, _, _) = pair(&secret(), &secret(), MB).unwrap();
+    assert_ne!(other.take_keys().unwrap().id, ka.id);
     let (mut a2, mut b2) = (Session::from_keys(&ka, MB), Session::from_keys(&kb, MB));
     let mut wire = Vec::new();
     a2.seal(0, b"over there", &mut wire).unwrap();

@@ -22,14 +22,18 @@
 //!    runtime), which answers on the socket at once. On that answer this
 //!    node hands the socket and the keys to the sender.
 //! 3. The sender sends a *fence* through the node, after everything it sent
-//!    that way, then writes to the session. The other node numbers it and
-//!    hands it on twice: in line with the sender's frames (what the sender
-//!    sends through the node after it waits for the session), and on the
-//!    receiver's control connection, in line with the signals about the
+//!    that way, then writes to the session. The fence names its session
+//!    (8 bytes of the handshake's hash, which both ends have), and the other
+//!    node hands it on twice: in line with the sender's frames (what the
+//!    sender sends through the node after it waits for the session), and on
+//!    the receiver's control connection, in line with the signals about the
 //!    sender. The receiver reads the session from the second on: what was
 //!    sent through the node first is queued first, a signal before the
 //!    fence (sent before the session opened) comes before what the session
 //!    carries, and one after it waits for the session's end (see below).
+//!    One session per sender waits for its fence at a receiver: a newer one
+//!    is refused while it does (unless its sender closed it unused), and a
+//!    fence late enough to find another session waiting marks nothing.
 //!
 //! The session carries the sender's frames as it would write them to a
 //! process of its own node, sealed in records with the session's keys; the
@@ -494,14 +498,15 @@ impl Runtime {
             return;
         }
         // After every frame sent through the node, which the routes' lock
-        // orders before this.
+        // orders before this; it names the session it is for.
+        let fence = keys.id.to_le_bytes();
         if self.node.is_some() {
-            crate::dist::route(self.me, to, Kind::Fence as u8, &[]);
+            crate::dist::route(self.me, to, Kind::Fence as u8, &fence);
         } else {
             self.tell_node_raw(&ToNode::Remote {
                 to,
                 kind: Kind::Fence as u8,
-                body: Vec::new(),
+                body: fence.to_vec(),
             });
         }
         let number = directs.next;

@@ -358,8 +358,9 @@ pub(crate) enum ToNode {
         from: Pid,
         /// The receiver's serial.
         to: u64,
-        /// The fence's number, as in the frame.
-        n: u64,
+        /// The session it is for ([`Keys::id`](crate::dist::Keys)), as in
+        /// the frame.
+        session: u64,
     },
 }
 
@@ -473,15 +474,16 @@ pub(crate) enum ToProcess {
         /// The session's keys.
         keys: crate::dist::Keys,
     },
-    /// The fence numbered `n` of `from`, in line with the signals about it
-    /// (it came in line with its frames first): its direct session is read
-    /// from here on, and the signals after this wait for its end.
+    /// The fence of `from`'s direct session `session`, in line with the
+    /// signals about it (it came in line with its frames first): the
+    /// session is read from here on, and the signals after this wait for
+    /// its end.
     #[cfg(feature = "dist")]
     Fence {
         /// The sender, of another node.
         from: Pid,
-        /// The fence's number, as in its frame.
-        n: u64,
+        /// The session it is for, as in its frame.
+        session: u64,
     },
 }
 

@@ -253,8 +253,12 @@ impl<S: System> Table<S> {
                 None
             }
             #[cfg(feature = "dist")]
-            ToNode::Fence { from: sender, to, n } if from == MAIN_SERIAL => {
-                self.send_to(to, ToProcess::Fence { from: sender, n });
+            ToNode::Fence {
+                from: sender,
+                to,
+                session,
+            } if from == MAIN_SERIAL => {
+                self.send_to(to, ToProcess::Fence { from: sender, session });
                 None
             }
             #[cfg(feature = "dist")]

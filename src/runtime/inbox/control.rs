@@ -181,11 +181,11 @@ impl Inbox {
                 self.close_direct_from(rt, st, node);
             }
             #[cfg(feature = "dist")]
-            ToProcess::Fence { from, n } => {
+            ToProcess::Fence { from, session } => {
                 // Its fence in line with its frames is read by now (it was
                 // written before this was sent).
                 self.read_sender(rt, st, from);
-                self.start_direct(st, from, n);
+                self.start_direct(st, from, session);
             }
             #[cfg(feature = "dist")]
             ToProcess::DirectFrom { from, keys } => {

@@ -46,11 +46,13 @@ pub(crate) struct Waiting {
     fd: OwnedFd,
     opener: Box<Opener>,
     since: Instant,
-    /// The number of its fence, once its fence came in line with its
-    /// sender's frames: what the sender sends through the node from there
-    /// on waits for it. It is read once the same fence comes in line with
-    /// the signals (a signal before that was sent before it opened).
-    fenced: Option<u64>,
+    /// Its name ([`Keys::id`]): its fences name it.
+    id: u64,
+    /// Its fence came in line with its sender's frames: what the sender
+    /// sends through the node from there on waits for it. It is read once
+    /// its fence comes in line with the signals (a signal before that was
+    /// sent before it opened).
+    fenced: bool,
 }
 
 /// What waits for a sender's direct session to end.
@@ -85,6 +87,18 @@ impl Inbox {
         if st.direct_in.len() >= MAX_WAITING && !st.direct_in.contains_key(&from) {
             return;
         }
+        // One session per sender waits at a time. An earlier one its sender
+        // closed unused (it found it given up, or had one already) makes way;
+        // one whose fence may still be on its way (its sender asks again
+        // only once it closed it, but what it sent on it must be read
+        // first) refuses the new one, which its sender asks for again later.
+        if let Some(w) = st.direct_in.get(&from) {
+            if w.fenced || !socket::peer_closed(&w.fd) {
+                tracing::debug!(%from, "a second direct session while one waits for its fence: refused");
+                return;
+            }
+            self.forget_waiting(st, from);
+        }
         let (mut sealer, opener) = Session::from_keys(keys, CHUNK).one_channel().split();
         let mut answer = Vec::new();
         if sealer.seal(0, ACCEPTED, &mut answer).is_err() {
@@ -98,13 +112,12 @@ impl Inbox {
         {
             return;
         }
-        // A newer session from the same sender replaces one never read.
-        self.forget_waiting(st, from);
         let waiting = Waiting {
             fd,
             opener: Box::new(opener),
             since: now,
-            fenced: None,
+            id: keys.id,
+            fenced: false,
         };
         st.direct_in.insert(from, waiting);
     }
@@ -113,18 +126,20 @@ impl Inbox {
     /// fence made wait for it then waits no more).
     pub(super) fn forget_waiting(&self, st: &mut State, from: Pid) {
         if let Some(w) = st.direct_in.remove(&from)
-            && w.fenced.is_some()
+            && w.fenced
             && !st.signals_behind.contains(&from)
         {
             st.direct_senders.remove(&from);
         }
     }
 
-    /// `from`'s fence number `n` came in line with its frames through the
-    /// node: what it sends that way from here on waits for its session.
-    pub(super) fn fence(&self, rt: &Runtime, st: &mut State, from: Pid, n: u64) {
-        if st.direct_in.get(&from).is_none_or(|w| w.fenced.is_some()) {
-            tracing::debug!(%from, "a fence with no direct session");
+    /// The fence of `from`'s session `session` came in line with its frames
+    /// through the node: what it sends that way from here on waits for the
+    /// session.
+    pub(super) fn fence(&self, rt: &Runtime, st: &mut State, from: Pid, session: u64) {
+        if st.direct_in.get(&from).is_none_or(|w| w.fenced || w.id != session) {
+            // A session closed here meanwhile (its fence came too late).
+            tracing::debug!(%from, "a fence for no session waiting");
             return;
         }
         // An earlier session of the same sender, closed by it before it
@@ -135,18 +150,18 @@ impl Inbox {
             self.release_sender(rt, st, from);
         }
         if let Some(w) = st.direct_in.get_mut(&from) {
-            w.fenced = Some(n);
+            w.fenced = true;
             st.direct_senders.insert(from);
         }
     }
 
-    /// `from`'s fence number `n` came in line with the signals about it:
-    /// its session is read from here on, and the signals after this wait
-    /// for its end. (If the fence in line with its frames never came, what
-    /// it sent through the node before was read just now: it is read all
-    /// the same.)
-    pub(super) fn start_direct(&self, st: &mut State, from: Pid, n: u64) {
-        if st.direct_in.get(&from).is_none_or(|w| w.fenced.is_some_and(|f| f != n)) {
+    /// The fence of `from`'s session `session` came in line with the
+    /// signals about it: the session is read from here on, and the signals
+    /// after this wait for its end. (If the fence in line with its frames
+    /// never came, what it sent through the node before was read just now:
+    /// it is read all the same.)
+    pub(super) fn start_direct(&self, st: &mut State, from: Pid, session: u64) {
+        if st.direct_in.get(&from).is_none_or(|w| w.id != session) {
             return;
         }
         let Some(Waiting { fd, opener, .. }) = st.direct_in.remove(&from) else {
@@ -211,7 +226,7 @@ impl Inbox {
         if st.releasing == Some(from) {
             return false;
         }
-        if st.direct_in.get(&from).is_some_and(|w| w.fenced.is_some()) {
+        if st.direct_in.get(&from).is_some_and(|w| w.fenced) {
             // Before the fence in line with signals, after the one in line
             // with frames: sent before its session opened, it comes before
             // what the session carries (which stays).
