@@ -2003,7 +2003,7 @@ fn direct_hellos_are_handed_only_to_processes_that_take_them() {
     assert!(stats.contains("direct_refusals=4"), "{stats}");
     assert!(stats.contains("direct=1"), "{stats}");
     // One session per sender waits at a time. That one was closed unused
-    // (its connection is gone): the next makes it way. While that next one
+    // (its connection is gone): the next makes its way. While that next one
     // waits, open, another from the same sender is refused; a session of
     // another sender is not.
     let (answer, waiting) = ask(pid_of(mallory, 9), echo);

@@ -23,8 +23,8 @@ pub(crate) enum Kind {
     Ctl = 4,
     /// From a process of another node, through the nodes: what it sends
     /// from here on comes on its direct session (feature `dist`), handed
-    /// to this process by the node. Its body: its number, a `u64`, little
-    /// endian.
+    /// to this process by the node. Its body: the session it is for (the
+    /// session keys' `id`, a `u64`, little endian).
     Fence = 5,
 }
 

@@ -88,7 +88,7 @@ impl Inbox {
             return;
         }
         // One session per sender waits at a time. An earlier one its sender
-        // closed unused (it found it given up, or had one already) makes way;
+        // closed unused (it had one already, had too many, or ended) makes way;
         // one whose fence may still be on its way (its sender asks again
         // only once it closed it, but what it sent on it must be read
         // first) refuses the new one, which its sender asks for again later.
