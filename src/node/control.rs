@@ -434,6 +434,10 @@ impl System for Io {
         }
     }
 
+    fn zombie_status(&mut self, serial: u64, ospid: i32) -> Option<WaitStatus> {
+        crate::sys::process::zombie_status(self.pidfds.get(&serial)?, ospid)
+    }
+
     fn reap_quietly(&mut self, serial: u64) {
         if let Some(fd) = self.pidfds.get(&serial) {
             let _ = pidfd_try_wait(fd);

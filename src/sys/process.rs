@@ -405,6 +405,57 @@ pub(crate) fn pidfd_exit_info(pidfd: &OwnedFd) -> io::Result<Option<WaitStatus>>
     Ok(Some(WaitStatus::from_raw(info.exit_code)))
 }
 
+/// The wait status of `ospid`, the process of `pidfd`, read from
+/// `/proc/<pid>/stat` (field 52, `exit_code`, as `waitpid(2)` reports it)
+/// while it is a zombie that its parent has not reaped yet: the end of a
+/// process that is not this one's child, without waiting for its parent's
+/// report. `None` if it is not a zombie, if it was reaped meanwhile (its pid
+/// may have been another process's by the read: checked after it, through
+/// the pidfd), or if its status is hidden from this process (the kernel shows
+/// a zombie's exit code only to a process that may trace it, as it shows
+/// its executable: `/proc/<pid>/exe` is refused then).
+///
+/// The leader's code is the process's, unless the leader ended first
+/// (`pthread_exit` in `main`) and another thread set the status later: call
+/// it only for processes that never do that (the runtime's own). Nor does it
+/// carry the core-dump flag when another thread dumped the core (the flag is
+/// added after the leader has ended): `None` for a signal that dumps core.
+pub(crate) fn zombie_status(pidfd: &OwnedFd, ospid: i32) -> Option<WaitStatus> {
+    let stat = std::fs::read_to_string(format!("/proc/{ospid}/stat")).ok()?;
+    let fields: Vec<&str> = stat[stat.rfind(')')? + 2..].split_whitespace().collect();
+    // From field 3 (the state) on: `exit_code` is field 52.
+    if fields.first() != Some(&"Z") {
+        return None;
+    }
+    let code: i32 = fields.get(49)?.parse().ok()?;
+    let signal = code & 0x7f;
+    let dumps_core = [
+        libc::SIGQUIT,
+        libc::SIGILL,
+        libc::SIGTRAP,
+        libc::SIGABRT,
+        libc::SIGBUS,
+        libc::SIGFPE,
+        libc::SIGSEGV,
+        libc::SIGXCPU,
+        libc::SIGXFSZ,
+        libc::SIGSYS,
+    ];
+    if dumps_core.contains(&signal) {
+        return None;
+    }
+    if let Err(e) = std::fs::read_link(format!("/proc/{ospid}/exe"))
+        && e.kind() == io::ErrorKind::PermissionDenied
+    {
+        return None;
+    }
+    // Not reaped yet: the pid was still its own when it was read.
+    if raw_pidfd_signal(pidfd, 0, 0) != 0 {
+        return None;
+    }
+    Some(WaitStatus::from_raw(code))
+}
+
 /// Makes the calling process a child subreaper (`PR_SET_CHILD_SUBREAPER`).
 pub(crate) fn set_child_subreaper() -> io::Result<()> {
     Ok(rustix::process::set_child_subreaper(Some(rustix::process::getpid()))?)
@@ -879,5 +930,62 @@ pub(crate) fn default_sigchld() {
     // SAFETY: SIG_DFL is a valid disposition for SIGCHLD.
     unsafe {
         libc::signal(libc::SIGCHLD, libc::SIG_DFL);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::{Duration, Instant};
+
+    /// A zombie's status, as `waitpid` would give it, is read before its
+    /// parent reaps it; nothing is read from a process that runs, or from
+    /// one reaped already.
+    #[test]
+    fn a_zombie_status_is_read_until_it_is_reaped() {
+        let cases = [
+            ("exit 3", WaitStatus::Exited(3)),
+            (
+                "kill -KILL $$",
+                WaitStatus::Signaled {
+                    signal: SIGKILL,
+                    core_dumped: false,
+                },
+            ),
+        ];
+        for (script, status) in cases {
+            let mut child = std::process::Command::new("/bin/sh")
+                .args(["-c", script])
+                .spawn()
+                .unwrap();
+            let pid = child.id() as i32;
+            let fd = pidfd_open(pid).unwrap();
+            let deadline = Instant::now() + Duration::from_secs(10);
+            assert!(
+                super::super::socket::wait_fd(&fd, false, Some(deadline)).unwrap(),
+                "{script}"
+            );
+            assert_eq!(zombie_status(&fd, pid), Some(status), "{script}");
+            child.wait().unwrap();
+            assert_eq!(zombie_status(&fd, pid), None, "{script}: reaped");
+        }
+        // A signal that dumps core: its flag may be added after the leader
+        // ended (another thread dumped it), so it is left to the parent.
+        let mut child = std::process::Command::new("/bin/sh")
+            .args(["-c", "kill -ABRT $$"])
+            .spawn()
+            .unwrap();
+        let pid = child.id() as i32;
+        let fd = pidfd_open(pid).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        assert!(super::super::socket::wait_fd(&fd, false, Some(deadline)).unwrap());
+        assert_eq!(zombie_status(&fd, pid), None);
+        child.wait().unwrap();
+        let mut running = std::process::Command::new("sleep").arg("10").spawn().unwrap();
+        let pid = running.id() as i32;
+        let fd = pidfd_open(pid).unwrap();
+        assert_eq!(zombie_status(&fd, pid), None);
+        running.kill().unwrap();
+        running.wait().unwrap();
     }
 }

@@ -57,11 +57,17 @@ impl<S: System> Table<S> {
     /// registration travels on its own connection and may not have been
     /// read yet: the status waits for it.
     pub(crate) fn child_exited(&mut self, serial: u64, status: WaitStatus) {
+        if self.reports_due.remove(&serial).is_some() {
+            // Finalized already, with the status the node found itself.
+            self.sys.forget(serial);
+            return;
+        }
         match self.procs.get_mut(&serial) {
             Some(p) => {
                 if p.status.is_none() {
                     p.status = Some(status);
                 }
+                p.reported = true;
                 self.ended(serial);
             }
             None => {
@@ -76,9 +82,15 @@ impl<S: System> Table<S> {
             self.pending.remove(&serial);
             return;
         };
+        let (reads_zombie, ospid) = (p.reads_zombie(), p.ospid);
         let status = match p.status {
             Some(s) => Some(s),
-            None if p.pidfd => self.sys.wait_status(serial),
+            None if p.pidfd => self.sys.wait_status(serial).or_else(|| {
+                // Another process's child, not reaped yet: read, so that its
+                // end needs no report from its parent (one hop less, on the
+                // path of every restart).
+                self.sys.zombie_status(serial, ospid.filter(|_| reads_zombie)?)
+            }),
             None => None,
         };
         match status {
@@ -144,8 +156,32 @@ impl<S: System> Table<S> {
         let pid = self.pid(serial);
         tracing::debug!(pid = %pid, ospid = ?p.ospid, name = ?p.name, %reason, "process exited");
         self.shared.slot(serial).release(serial);
-        if p.pidfd {
+        // A status the node found itself (from the zombie, or from its pidfd
+        // once reaped) for a process whose parent reports it: the report may
+        // still come, and is dropped then (its pidfd kept until then).
+        let reporter = p.pidfd && !p.reported && p.reads_zombie() && p.reaper != MAIN_SERIAL;
+        if reporter && self.knows(p.reaper) {
+            self.reports_due.insert(serial, p.reaper);
+        } else if p.pidfd {
+            if reporter {
+                // Its parent ended before it reaped it: it is the node's
+                // child now (or the zygote's, which reaps what it adopts).
+                self.sys.reap_quietly(serial);
+            }
             self.sys.forget(serial);
+        }
+        // Its children whose reports are due: none comes now (what it sent
+        // was read before this); they are the node's (or the zygote's).
+        let due: Vec<u64> = self
+            .reports_due
+            .iter()
+            .filter(|&(_, &r)| r == serial)
+            .map(|(&c, _)| c)
+            .collect();
+        for c in due {
+            self.reports_due.remove(&c);
+            self.sys.reap_quietly(c);
+            self.sys.forget(c);
         }
         for name in &p.names {
             if self.names.get(name) == Some(&serial) {

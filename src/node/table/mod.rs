@@ -75,7 +75,11 @@ pub(crate) trait System {
     /// The wait status of the ended `serial`, if it can be had now: `waitid`
     /// for the node's own child, `PIDFD_GET_INFO` for another's.
     fn wait_status(&mut self, serial: u64) -> Option<WaitStatus>;
-    /// Reaps `serial` if it is the node's child, status unused (a spare).
+    /// The wait status of `serial` (OS pid `ospid`), another process's
+    /// child, read while it is a zombie its parent has not reaped yet.
+    fn zombie_status(&mut self, serial: u64, ospid: i32) -> Option<WaitStatus>;
+    /// Reaps `serial` if it is the node's child, status unused (a spare, or
+    /// a process whose status the node found while its parent lived).
     fn reap_quietly(&mut self, serial: u64);
     /// What the memory limit of the ended `serial` says of its end (a
     /// `SIGKILL` is looked up in its cgroup); releases its cgroup.
@@ -245,6 +249,8 @@ struct Proc {
     terminating: bool,
     /// Its wait status, once known.
     status: Option<WaitStatus>,
+    /// Its status came from its parent's report.
+    reported: bool,
     /// An actor's exit reason, once it ended.
     actor_exit: Option<ExitReason>,
     /// `SIGXCPU` means `CpuLimit`.
@@ -282,6 +288,7 @@ impl Proc {
             kill_reason: None,
             terminating: false,
             status: None,
+            reported: false,
             actor_exit: None,
             cpu_limited: false,
             memory_limited: false,
@@ -298,6 +305,14 @@ impl Proc {
     /// Part of the runtime: not listed, not stopped by a shutdown.
     fn internal(&self) -> bool {
         matches!(self.role, Role::Runtime | Role::Spare | Role::Scheduler(_))
+    }
+
+    /// Whether the node reads its status when it ends, if its parent has not
+    /// reaped it yet, rather than wait for its parent's report: a process
+    /// that runs the runtime (its status is the whole process's; a port's
+    /// program could end its main thread first).
+    fn reads_zombie(&self) -> bool {
+        matches!(self.role, Role::User | Role::Scheduler(_))
     }
 
     fn port(&self) -> Option<&PortInfo> {
@@ -354,6 +369,10 @@ pub(crate) struct Table<S> {
     pending: HashSet<u64>,
     /// Statuses reported by a parent before the child's registration was read.
     early_status: HashMap<u64, WaitStatus>,
+    /// Processes finalized with a status the node found itself, whose parent
+    /// (the value) reaps them and still reports it: the report is dropped
+    /// when it comes (their pidfds are kept until then).
+    reports_due: HashMap<u64, u64>,
     /// Ended processes whose end is ready to be turned into signals, in order.
     to_finalize: VecDeque<u64>,
     /// Ports to kill at a deadline (their shutdown time is up).
@@ -398,6 +417,7 @@ impl<S: System> Table<S> {
             owners: HashMap::new(),
             pending: HashSet::new(),
             early_status: HashMap::new(),
+            reports_due: HashMap::new(),
             to_finalize: VecDeque::new(),
             timers: Vec::new(),
             timer_armed: false,
@@ -550,6 +570,7 @@ impl<S: System> Table<S> {
         p.leave_strays = reg.leave_strays;
         let early = self.early_status.remove(&serial);
         p.status = early;
+        p.reported = early.is_some();
         self.insert_child(p, &reg.monitors, reg.link, parent_alive);
         if early.is_some() {
             // Its parent reaped it before its registration was read: it
@@ -582,6 +603,7 @@ impl<S: System> Table<S> {
         {
             // Reaped already: nothing to signal (its group id may be reused).
             p.status = Some(status);
+            p.reported = true;
             self.ended(serial);
         } else if !parent_alive {
             // Its owner is already gone: so is the port.
@@ -653,25 +675,28 @@ impl<S: System> Table<S> {
 
     /// The pidfd of `serial` was handed to the system: the node watches it
     /// if it must reap the process itself (its own child, or one whose
-    /// parent is gone). A process whose parent lives is reaped by that
-    /// parent, which reports the status: watching it too would only wake the
-    /// node for nothing.
+    /// parent is gone), or if it reads the status of the process itself (one
+    /// that runs the runtime: its parent's report is then not waited for).
+    /// A port whose zygote lives is reaped by the zygote, which reports the
+    /// status: watching it too would only wake the node for nothing.
     pub(crate) fn attach_pidfd(&mut self, serial: u64, ospid: i32) {
         let reaper = self.procs.get(&serial).map(|p| p.reaper);
-        let watch = match reaper {
-            Some(MAIN_SERIAL) | None => true,
-            // The zygote's serial passes to its spare when it takes over: a
-            // child of the zygote that died is the node's, to reap here.
-            Some(ZYGOTE_SERIAL) => {
-                let zygote = self
-                    .procs
-                    .get(&ZYGOTE_SERIAL)
-                    .filter(|z| !z.exited())
-                    .and_then(|z| z.ospid);
-                zygote.is_none() || (self.zygote_replaced && self.sys.parent_of(ospid) != zygote)
-            }
-            Some(reaper) => !self.alive(reaper),
-        };
+        let reads_zombie = self.procs.get(&serial).is_some_and(Proc::reads_zombie);
+        let watch = reads_zombie
+            || match reaper {
+                Some(MAIN_SERIAL) | None => true,
+                // The zygote's serial passes to its spare when it takes over: a
+                // child of the zygote that died is the node's, to reap here.
+                Some(ZYGOTE_SERIAL) => {
+                    let zygote = self
+                        .procs
+                        .get(&ZYGOTE_SERIAL)
+                        .filter(|z| !z.exited())
+                        .and_then(|z| z.ospid);
+                    zygote.is_none() || (self.zygote_replaced && self.sys.parent_of(ospid) != zygote)
+                }
+                Some(reaper) => !self.alive(reaper),
+            };
         let Some(p) = self.procs.get_mut(&serial) else {
             return;
         };

@@ -25,6 +25,7 @@ enum Effect {
     Watch(u64),
     Unwatch(u64),
     Forget(u64),
+    Reap(u64),
 }
 
 /// A system that records effects and answers from what the test set.
@@ -37,6 +38,8 @@ struct Mock {
     ended: HashSet<u64>,
     /// Statuses a wait would give.
     statuses: HashMap<u64, WaitStatus>,
+    /// Statuses read from zombies another process has not reaped yet.
+    zombies: HashMap<u64, WaitStatus>,
     /// Descriptors received and not claimed, per connection.
     fds: HashMap<u64, usize>,
     /// OS parents.
@@ -104,7 +107,12 @@ impl System for Mock {
     fn wait_status(&mut self, serial: u64) -> Option<WaitStatus> {
         self.statuses.get(&serial).copied()
     }
-    fn reap_quietly(&mut self, _serial: u64) {}
+    fn zombie_status(&mut self, serial: u64, _ospid: i32) -> Option<WaitStatus> {
+        self.zombies.get(&serial).copied()
+    }
+    fn reap_quietly(&mut self, serial: u64) {
+        self.effects.push(Effect::Reap(serial));
+    }
     fn memory_end(&mut self, _serial: u64, sigkilled: bool) -> MemoryEnd {
         if sigkilled {
             MemoryEnd::OomKilled
@@ -707,9 +715,10 @@ fn a_child_of_a_zygote_that_is_gone_is_watched_even_after_its_spare_took_over() 
         *t.sys.fds.entry(conn(serial)).or_default() += 1;
         t.frame(conn(serial), ToNode::Pidfd { serial, ospid });
     };
-    // The running zygote reaps its own children and reports them.
+    // The running zygote reaps its own children and reports them; the node
+    // watches them all the same, to read their status as zombies first.
     child_of(&mut t, 3, 500);
-    assert!(!t.sys.effects.contains(&Effect::Watch(3)));
+    assert!(t.sys.effects.contains(&Effect::Watch(3)));
     // A child of the zygote that died is the node's (its subreaper).
     child_of(&mut t, 4, 1);
     assert!(t.sys.effects.contains(&Effect::Watch(4)));
@@ -744,4 +753,190 @@ fn a_spare_that_registers_while_the_zygotes_end_waits_takes_over_only_once_it_is
     );
     assert!(t.alive(ZYGOTE_SERIAL));
     assert!(!t.knows(8));
+}
+
+/// A process whose parent is another process: the node reads its status
+/// from it as a zombie, and signals its end without waiting for the parent's
+/// report; the report, when it comes, is dropped (no second signal), and
+/// the pidfd kept until then. A parent that ends before it reports leaves
+/// the node to reap it.
+#[test]
+fn the_status_of_another_process_child_is_read_from_its_zombie() {
+    let mut t = table();
+    start(&mut t, reg(100, MAIN_SERIAL));
+    // 100 starts 101 and 102 (a closure spawn: it forks them).
+    start(&mut t, reg(101, 100));
+    start(&mut t, reg(102, 100));
+    monitor(&mut t, MAIN_SERIAL, 101, 7);
+    monitor(&mut t, MAIN_SERIAL, 102, 8);
+    // Watched although their parent lives.
+    assert!(t.sys.effects.contains(&Effect::Watch(101)));
+    t.sys.zombies.insert(101, signaled(SIGSEGV));
+    t.sys.ended.insert(101);
+    t.pidfd_readable(101);
+    finalize_all(&mut t);
+    let segv = ExitReason::Signal {
+        signal: SIGSEGV,
+        core_dumped: false,
+    };
+    assert_eq!(downs(&t, MAIN_CONN), vec![(7, pid(101), segv.clone())]);
+    assert!(
+        !t.sys.effects.contains(&Effect::Forget(101)),
+        "its pidfd stays until the report"
+    );
+    // The parent's report comes later: dropped.
+    t.frame(
+        conn(100),
+        ToNode::ChildExited {
+            serial: 101,
+            status: signaled(SIGSEGV),
+        },
+    );
+    finalize_all(&mut t);
+    assert_eq!(downs(&t, MAIN_CONN).len(), 1);
+    assert!(t.sys.effects.contains(&Effect::Forget(101)));
+    assert!(t.early_status.is_empty() && t.reports_due.is_empty());
+    // 102 ends the same way, then its parent ends before it reports: the
+    // node reaps 102 (its child now) and forgets it.
+    t.sys.zombies.insert(102, WaitStatus::Exited(3));
+    t.sys.ended.insert(102);
+    t.pidfd_readable(102);
+    finalize_all(&mut t);
+    assert_eq!(downs(&t, MAIN_CONN)[1], (8, pid(102), ExitReason::Code(3)));
+    assert!(!t.sys.effects.contains(&Effect::Reap(102)));
+    end(&mut t, 100, WaitStatus::Exited(0));
+    assert!(t.sys.effects.contains(&Effect::Reap(102)));
+    assert!(t.sys.effects.contains(&Effect::Forget(102)));
+    assert!(t.reports_due.is_empty());
+}
+
+/// The parent reaped the child first: its pidfd gives the status (Linux
+/// 6.15 and later). The parent's report, read after the child's end was
+/// finalized, is dropped all the same: nothing waits for a registration.
+#[test]
+fn a_report_after_the_status_came_from_the_pidfd_is_dropped() {
+    let mut t = table();
+    start(&mut t, reg(100, MAIN_SERIAL));
+    start(&mut t, reg(101, 100));
+    monitor(&mut t, MAIN_SERIAL, 101, 7);
+    end(&mut t, 101, WaitStatus::Exited(0));
+    assert_eq!(downs(&t, MAIN_CONN), vec![(7, pid(101), ExitReason::Normal)]);
+    t.frame(
+        conn(100),
+        ToNode::ChildExited {
+            serial: 101,
+            status: WaitStatus::Exited(0),
+        },
+    );
+    finalize_all(&mut t);
+    assert_eq!(downs(&t, MAIN_CONN).len(), 1);
+    assert!(t.early_status.is_empty() && t.reports_due.is_empty());
+    assert!(t.sys.effects.contains(&Effect::Forget(101)));
+}
+
+/// The parent's report comes after the node read the status and before it
+/// finalized the end: nothing is left waiting for another report.
+#[test]
+fn a_report_before_the_end_is_finalized_leaves_nothing_due() {
+    let mut t = table();
+    start(&mut t, reg(100, MAIN_SERIAL));
+    start(&mut t, reg(101, 100));
+    t.sys.zombies.insert(101, WaitStatus::Exited(2));
+    t.sys.ended.insert(101);
+    t.pidfd_readable(101);
+    t.frame(
+        conn(100),
+        ToNode::ChildExited {
+            serial: 101,
+            status: WaitStatus::Exited(2),
+        },
+    );
+    finalize_all(&mut t);
+    assert!(t.early_status.is_empty() && t.reports_due.is_empty());
+    assert!(t.sys.effects.contains(&Effect::Forget(101)));
+}
+
+/// The parent ended (not finalized yet) when its child's status was read:
+/// the report may still be in its connection, so it stays due until the
+/// parent's end is finalized, which drops it or reaps the child.
+#[test]
+fn a_report_of_a_parent_that_ended_stays_due_until_its_end_is_finalized() {
+    let mut t = table();
+    start(&mut t, reg(100, MAIN_SERIAL));
+    start(&mut t, reg(101, 100));
+    t.sys.statuses.insert(100, WaitStatus::Exited(0));
+    t.sys.ended.insert(100);
+    t.pidfd_readable(100);
+    t.sys.zombies.insert(101, WaitStatus::Exited(0));
+    t.sys.ended.insert(101);
+    t.pidfd_readable(101);
+    // 101 is finalized first (as if its end came first); then the report
+    // left in 100's connection is read, before 100's end is finalized.
+    assert_eq!(t.next_to_finalize(), Some(100));
+    assert_eq!(t.next_to_finalize(), Some(101));
+    t.finalize(101);
+    assert_eq!(t.reports_due.get(&101), Some(&100));
+    t.frame(
+        conn(100),
+        ToNode::ChildExited {
+            serial: 101,
+            status: WaitStatus::Exited(0),
+        },
+    );
+    t.finalize(100);
+    assert!(t.early_status.is_empty() && t.reports_due.is_empty());
+    assert!(t.sys.effects.contains(&Effect::Forget(101)));
+    // A child whose parent's end is finalized with its report still due
+    // (none came) is reaped by the node.
+    start(&mut t, reg(200, MAIN_SERIAL));
+    start(&mut t, reg(201, 200));
+    t.sys.zombies.insert(201, WaitStatus::Exited(0));
+    t.sys.ended.insert(201);
+    t.pidfd_readable(201);
+    finalize_all(&mut t);
+    assert_eq!(t.reports_due.get(&201), Some(&200));
+    end(&mut t, 200, WaitStatus::Exited(0));
+    assert!(t.reports_due.is_empty());
+    assert!(t.sys.effects.contains(&Effect::Reap(201)));
+    assert!(t.sys.effects.contains(&Effect::Forget(201)));
+}
+
+/// A port's status is never read from its zombie (its program's main
+/// thread may end first): the zygote's report gives it.
+#[test]
+fn a_port_status_waits_for_the_zygotes_report() {
+    let mut t = table();
+    t.add_internal(ZYGOTE_SERIAL, 900, 1, false, "zygote");
+    start(&mut t, reg(3, MAIN_SERIAL));
+    let mut r = reg(4, 3);
+    r.reaper = Some(ZYGOTE_SERIAL);
+    r.monitors = vec![(6, false)];
+    *t.sys.fds.entry(conn(3)).or_default() += 1;
+    let port = PortInfo {
+        shutdown_ms: 50,
+        cgroup: None,
+    };
+    t.frame(
+        conn(3),
+        ToNode::Port {
+            reg: r,
+            ospid: 4444,
+            port,
+        },
+    );
+    assert!(!t.sys.effects.contains(&Effect::Watch(4)));
+    t.sys.zombies.insert(4, WaitStatus::Exited(0));
+    t.sys.ended.insert(4);
+    t.pidfd_readable(4);
+    finalize_all(&mut t);
+    assert!(downs(&t, conn(3)).is_empty(), "ended before its status is known");
+    t.frame(
+        900,
+        ToNode::ChildExited {
+            serial: 4,
+            status: WaitStatus::Exited(1),
+        },
+    );
+    finalize_all(&mut t);
+    assert_eq!(downs(&t, conn(3)), vec![(6, pid(4), ExitReason::Code(1))]);
 }
