@@ -424,13 +424,13 @@ impl System for Io {
         }
     }
 
-    fn wait_status(&mut self, serial: u64) -> Option<WaitStatus> {
+    fn wait_status(&mut self, serial: u64) -> Option<(WaitStatus, bool)> {
         let fd = self.pidfds.get(&serial)?;
         match pidfd_try_wait(fd) {
-            Ok(status) => status,
+            Ok(status) => status.map(|s| (s, true)),
             // Not our child: its parent reaps it and tells us, or the kernel
             // keeps the status for pidfd holders.
-            Err(_) => pidfd_exit_info(fd).ok().flatten(),
+            Err(_) => pidfd_exit_info(fd).ok().flatten().map(|s| (s, false)),
         }
     }
 

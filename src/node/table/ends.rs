@@ -57,8 +57,14 @@ impl<S: System> Table<S> {
     /// registration travels on its own connection and may not have been
     /// read yet: the status waits for it.
     pub(crate) fn child_exited(&mut self, serial: u64, status: WaitStatus) {
-        if self.reports_due.remove(&serial).is_some() {
+        if let Some(reaper) = self.reports_due.remove(&serial) {
             // Finalized already, with the status the node found itself.
+            if let Some(due) = self.due_by_reaper.get_mut(&reaper) {
+                due.retain(|&c| c != serial);
+                if due.is_empty() {
+                    self.due_by_reaper.remove(&reaper);
+                }
+            }
             self.sys.forget(serial);
             return;
         }
@@ -84,19 +90,22 @@ impl<S: System> Table<S> {
         };
         let (reads_zombie, ospid) = (p.reads_zombie(), p.ospid);
         let status = match p.status {
-            Some(s) => Some(s),
+            Some(s) => Some((s, false)),
             None if p.pidfd => self.sys.wait_status(serial).or_else(|| {
                 // Another process's child, not reaped yet: read, so that its
                 // end needs no report from its parent (one hop less, on the
                 // path of every restart).
-                self.sys.zombie_status(serial, ospid.filter(|_| reads_zombie)?)
+                let s = self.sys.zombie_status(serial, ospid.filter(|_| reads_zombie)?)?;
+                Some((s, false))
             }),
             None => None,
         };
         match status {
-            Some(s) => {
+            Some((s, reaped_here)) => {
                 if let Some(p) = self.procs.get_mut(&serial) {
                     p.status = Some(s);
+                    // Its own child (or its parent ended first): no report.
+                    p.reported |= reaped_here;
                 }
                 self.ended(serial);
             }
@@ -162,6 +171,7 @@ impl<S: System> Table<S> {
         let reporter = p.pidfd && !p.reported && p.reads_zombie() && p.reaper != MAIN_SERIAL;
         if reporter && self.knows(p.reaper) {
             self.reports_due.insert(serial, p.reaper);
+            self.due_by_reaper.entry(p.reaper).or_default().push(serial);
         } else if p.pidfd {
             if reporter {
                 // Its parent ended before it reaped it: it is the node's
@@ -172,13 +182,7 @@ impl<S: System> Table<S> {
         }
         // Its children whose reports are due: none comes now (what it sent
         // was read before this); they are the node's (or the zygote's).
-        let due: Vec<u64> = self
-            .reports_due
-            .iter()
-            .filter(|&(_, &r)| r == serial)
-            .map(|(&c, _)| c)
-            .collect();
-        for c in due {
+        for c in self.due_by_reaper.remove(&serial).unwrap_or_default() {
             self.reports_due.remove(&c);
             self.sys.reap_quietly(c);
             self.sys.forget(c);

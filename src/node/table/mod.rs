@@ -74,7 +74,9 @@ pub(crate) trait System {
     fn drop_fd(&mut self, conn: u64);
     /// The wait status of the ended `serial`, if it can be had now: `waitid`
     /// for the node's own child, `PIDFD_GET_INFO` for another's.
-    fn wait_status(&mut self, serial: u64) -> Option<WaitStatus>;
+    /// With whether this process reaped it (it was its child), or found its
+    /// status through its pidfd once its parent reaped it.
+    fn wait_status(&mut self, serial: u64) -> Option<(WaitStatus, bool)>;
     /// The wait status of `serial` (OS pid `ospid`), another process's
     /// child, read while it is a zombie its parent has not reaped yet.
     fn zombie_status(&mut self, serial: u64, ospid: i32) -> Option<WaitStatus>;
@@ -249,7 +251,8 @@ struct Proc {
     terminating: bool,
     /// Its wait status, once known.
     status: Option<WaitStatus>,
-    /// Its status came from its parent's report.
+    /// Its status came from its parent's report, or the node reaped it: no
+    /// report is to come.
     reported: bool,
     /// An actor's exit reason, once it ended.
     actor_exit: Option<ExitReason>,
@@ -373,6 +376,8 @@ pub(crate) struct Table<S> {
     /// (the value) reaps them and still reports it: the report is dropped
     /// when it comes (their pidfds are kept until then).
     reports_due: HashMap<u64, u64>,
+    /// The same, by parent.
+    due_by_reaper: HashMap<u64, Vec<u64>>,
     /// Ended processes whose end is ready to be turned into signals, in order.
     to_finalize: VecDeque<u64>,
     /// Ports to kill at a deadline (their shutdown time is up).
@@ -418,6 +423,7 @@ impl<S: System> Table<S> {
             pending: HashSet::new(),
             early_status: HashMap::new(),
             reports_due: HashMap::new(),
+            due_by_reaper: HashMap::new(),
             to_finalize: VecDeque::new(),
             timers: Vec::new(),
             timer_armed: false,
@@ -682,21 +688,21 @@ impl<S: System> Table<S> {
     pub(crate) fn attach_pidfd(&mut self, serial: u64, ospid: i32) {
         let reaper = self.procs.get(&serial).map(|p| p.reaper);
         let reads_zombie = self.procs.get(&serial).is_some_and(Proc::reads_zombie);
-        let watch = reads_zombie
-            || match reaper {
-                Some(MAIN_SERIAL) | None => true,
-                // The zygote's serial passes to its spare when it takes over: a
-                // child of the zygote that died is the node's, to reap here.
-                Some(ZYGOTE_SERIAL) => {
-                    let zygote = self
-                        .procs
-                        .get(&ZYGOTE_SERIAL)
-                        .filter(|z| !z.exited())
-                        .and_then(|z| z.ospid);
-                    zygote.is_none() || (self.zygote_replaced && self.sys.parent_of(ospid) != zygote)
-                }
-                Some(reaper) => !self.alive(reaper),
-            };
+        let must_watch = match reaper {
+            Some(MAIN_SERIAL) | None => true,
+            // The zygote's serial passes to its spare when it takes over: a
+            // child of the zygote that died is the node's, to reap here.
+            Some(ZYGOTE_SERIAL) => {
+                let zygote = self
+                    .procs
+                    .get(&ZYGOTE_SERIAL)
+                    .filter(|z| !z.exited())
+                    .and_then(|z| z.ospid);
+                zygote.is_none() || (self.zygote_replaced && self.sys.parent_of(ospid) != zygote)
+            }
+            Some(reaper) => !self.alive(reaper),
+        };
+        let watch = must_watch || reads_zombie;
         let Some(p) = self.procs.get_mut(&serial) else {
             return;
         };
@@ -712,16 +718,18 @@ impl<S: System> Table<S> {
                 return;
             }
         };
-        if watch && !self.sys.watch(serial) {
+        let watched = watch && self.sys.watch(serial);
+        if must_watch && !watched {
             // Nobody would see its end: as if no pidfd had come (its
             // connection's end then says it never ran).
             tracing::warn!(serial, ospid, "cannot watch a pidfd");
             self.sys.forget(serial);
             return;
         }
+        // Watched only to read its status first: its parent reports it.
         p.pidfd = true;
         p.ospid = Some(ospid);
-        p.life = Life::Running { watched: watch };
+        p.life = Life::Running { watched };
         if kill_pending {
             let _ = self.sys.signal(serial, None, SIGKILL);
         }

@@ -19,8 +19,10 @@ impl<S: System> Table<S> {
             ToNode::Monitor { target, .. } | ToNode::ExitSignal { target, .. } => ours(target),
             ToNode::RegisterName { pid, .. } | ToNode::Info { pid, .. } => ours(pid),
             // A parent's report of its child's status: the child's
-            // registration, on a connection of its own, comes first.
-            ToNode::ChildExited { serial, .. } => Some(*serial),
+            // registration, on a connection of its own, comes first (unless
+            // the child's end was finalized already, with the status the
+            // node found itself).
+            ToNode::ChildExited { serial, .. } if !self.reports_due.contains_key(serial) => Some(*serial),
             ToNode::ForActor { actor, msg } => {
                 if !self.knows(*actor) {
                     Some(*actor)

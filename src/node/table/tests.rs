@@ -36,8 +36,10 @@ struct Mock {
     pidfds: HashSet<u64>,
     /// Pidfds that say their process ended.
     ended: HashSet<u64>,
-    /// Statuses a wait would give.
+    /// Statuses a wait would give (the node's own children).
     statuses: HashMap<u64, WaitStatus>,
+    /// Statuses a pidfd gives once another process reaped its process.
+    reaped_elsewhere: HashMap<u64, WaitStatus>,
     /// Statuses read from zombies another process has not reaped yet.
     zombies: HashMap<u64, WaitStatus>,
     /// Descriptors received and not claimed, per connection.
@@ -104,8 +106,11 @@ impl System for Mock {
             *n = n.saturating_sub(1);
         }
     }
-    fn wait_status(&mut self, serial: u64) -> Option<WaitStatus> {
-        self.statuses.get(&serial).copied()
+    fn wait_status(&mut self, serial: u64) -> Option<(WaitStatus, bool)> {
+        match self.statuses.get(&serial) {
+            Some(&s) => Some((s, true)),
+            None => self.reaped_elsewhere.get(&serial).map(|&s| (s, false)),
+        }
     }
     fn zombie_status(&mut self, serial: u64, _ospid: i32) -> Option<WaitStatus> {
         self.zombies.get(&serial).copied()
@@ -771,15 +776,11 @@ fn the_status_of_another_process_child_is_read_from_its_zombie() {
     monitor(&mut t, MAIN_SERIAL, 102, 8);
     // Watched although their parent lives.
     assert!(t.sys.effects.contains(&Effect::Watch(101)));
-    t.sys.zombies.insert(101, signaled(SIGSEGV));
+    t.sys.zombies.insert(101, WaitStatus::Exited(5));
     t.sys.ended.insert(101);
     t.pidfd_readable(101);
     finalize_all(&mut t);
-    let segv = ExitReason::Signal {
-        signal: SIGSEGV,
-        core_dumped: false,
-    };
-    assert_eq!(downs(&t, MAIN_CONN), vec![(7, pid(101), segv.clone())]);
+    assert_eq!(downs(&t, MAIN_CONN), vec![(7, pid(101), ExitReason::Code(5))]);
     assert!(
         !t.sys.effects.contains(&Effect::Forget(101)),
         "its pidfd stays until the report"
@@ -789,7 +790,7 @@ fn the_status_of_another_process_child_is_read_from_its_zombie() {
         conn(100),
         ToNode::ChildExited {
             serial: 101,
-            status: signaled(SIGSEGV),
+            status: WaitStatus::Exited(5),
         },
     );
     finalize_all(&mut t);
@@ -819,7 +820,10 @@ fn a_report_after_the_status_came_from_the_pidfd_is_dropped() {
     start(&mut t, reg(100, MAIN_SERIAL));
     start(&mut t, reg(101, 100));
     monitor(&mut t, MAIN_SERIAL, 101, 7);
-    end(&mut t, 101, WaitStatus::Exited(0));
+    t.sys.reaped_elsewhere.insert(101, WaitStatus::Exited(0));
+    t.sys.ended.insert(101);
+    t.pidfd_readable(101);
+    finalize_all(&mut t);
     assert_eq!(downs(&t, MAIN_CONN), vec![(7, pid(101), ExitReason::Normal)]);
     t.frame(
         conn(100),
@@ -939,4 +943,39 @@ fn a_port_status_waits_for_the_zygotes_report() {
     );
     finalize_all(&mut t);
     assert_eq!(downs(&t, conn(3)), vec![(6, pid(4), ExitReason::Code(1))]);
+}
+
+/// The node reaped a process whose registered parent had not ended in the
+/// table (the zygote's children, once its spare took the zygote's serial):
+/// no report is to come, and its pidfd goes at once.
+#[test]
+fn a_process_the_node_reaped_itself_waits_for_no_report() {
+    let mut t = table();
+    start(&mut t, reg(100, MAIN_SERIAL));
+    start(&mut t, reg(101, 100));
+    end(&mut t, 101, WaitStatus::Exited(0));
+    assert!(t.reports_due.is_empty());
+    assert!(t.sys.effects.contains(&Effect::Forget(101)));
+}
+
+/// A process watched only to read its status first: if the watch fails,
+/// it runs on, and its parent's report ends it with its reason.
+#[test]
+fn a_failed_watch_leaves_the_report_to_end_a_process() {
+    let mut t = table();
+    start(&mut t, reg(100, MAIN_SERIAL));
+    t.sys.watch_fails = true;
+    start(&mut t, reg(101, 100));
+    t.sys.watch_fails = false;
+    monitor(&mut t, MAIN_SERIAL, 101, 7);
+    assert!(!t.sys.effects.contains(&Effect::Forget(101)));
+    t.frame(
+        conn(100),
+        ToNode::ChildExited {
+            serial: 101,
+            status: WaitStatus::Exited(9),
+        },
+    );
+    finalize_all(&mut t);
+    assert_eq!(downs(&t, MAIN_CONN), vec![(7, pid(101), ExitReason::Code(9))]);
 }
