@@ -479,13 +479,7 @@ fn a_status_reported_before_the_registration_is_kept_for_it() {
     let mut t = table();
     start(&mut t, reg(3, MAIN_SERIAL));
     // Process 3 reaped its child 4 before 4's registration was read.
-    t.frame(
-        conn(3),
-        ToNode::ChildExited {
-            serial: 4,
-            status: WaitStatus::Exited(7),
-        },
-    );
+    report(&mut t, 3, 4, WaitStatus::Exited(7));
     let mut r = reg(4, 3);
     r.monitors = vec![(8, false)];
     r.link = true;
@@ -776,9 +770,7 @@ fn the_status_of_another_process_child_is_read_from_its_zombie() {
     monitor(&mut t, MAIN_SERIAL, 102, 8);
     // Watched although their parent lives.
     assert!(t.sys.effects.contains(&Effect::Watch(101)));
-    t.sys.zombies.insert(101, WaitStatus::Exited(5));
-    t.sys.ended.insert(101);
-    t.pidfd_readable(101);
+    ends_as_zombie(&mut t, 101, WaitStatus::Exited(5));
     finalize_all(&mut t);
     assert_eq!(downs(&t, MAIN_CONN), vec![(7, pid(101), ExitReason::Code(5))]);
     assert!(
@@ -786,22 +778,14 @@ fn the_status_of_another_process_child_is_read_from_its_zombie() {
         "its pidfd stays until the report"
     );
     // The parent's report comes later: dropped.
-    t.frame(
-        conn(100),
-        ToNode::ChildExited {
-            serial: 101,
-            status: WaitStatus::Exited(5),
-        },
-    );
+    report(&mut t, 100, 101, WaitStatus::Exited(5));
     finalize_all(&mut t);
     assert_eq!(downs(&t, MAIN_CONN).len(), 1);
     assert!(t.sys.effects.contains(&Effect::Forget(101)));
     assert!(t.early_status.is_empty() && t.reports_due.is_empty());
     // 102 ends the same way, then its parent ends before it reports: the
     // node reaps 102 (its child now) and forgets it.
-    t.sys.zombies.insert(102, WaitStatus::Exited(3));
-    t.sys.ended.insert(102);
-    t.pidfd_readable(102);
+    ends_as_zombie(&mut t, 102, WaitStatus::Exited(3));
     finalize_all(&mut t);
     assert_eq!(downs(&t, MAIN_CONN)[1], (8, pid(102), ExitReason::Code(3)));
     assert!(!t.sys.effects.contains(&Effect::Reap(102)));
@@ -825,13 +809,7 @@ fn a_report_after_the_status_came_from_the_pidfd_is_dropped() {
     t.pidfd_readable(101);
     finalize_all(&mut t);
     assert_eq!(downs(&t, MAIN_CONN), vec![(7, pid(101), ExitReason::Normal)]);
-    t.frame(
-        conn(100),
-        ToNode::ChildExited {
-            serial: 101,
-            status: WaitStatus::Exited(0),
-        },
-    );
+    report(&mut t, 100, 101, WaitStatus::Exited(0));
     finalize_all(&mut t);
     assert_eq!(downs(&t, MAIN_CONN).len(), 1);
     assert!(t.early_status.is_empty() && t.reports_due.is_empty());
@@ -845,16 +823,8 @@ fn a_report_before_the_end_is_finalized_leaves_nothing_due() {
     let mut t = table();
     start(&mut t, reg(100, MAIN_SERIAL));
     start(&mut t, reg(101, 100));
-    t.sys.zombies.insert(101, WaitStatus::Exited(2));
-    t.sys.ended.insert(101);
-    t.pidfd_readable(101);
-    t.frame(
-        conn(100),
-        ToNode::ChildExited {
-            serial: 101,
-            status: WaitStatus::Exited(2),
-        },
-    );
+    ends_as_zombie(&mut t, 101, WaitStatus::Exited(2));
+    report(&mut t, 100, 101, WaitStatus::Exited(2));
     finalize_all(&mut t);
     assert!(t.early_status.is_empty() && t.reports_due.is_empty());
     assert!(t.sys.effects.contains(&Effect::Forget(101)));
@@ -871,22 +841,14 @@ fn a_report_of_a_parent_that_ended_stays_due_until_its_end_is_finalized() {
     t.sys.statuses.insert(100, WaitStatus::Exited(0));
     t.sys.ended.insert(100);
     t.pidfd_readable(100);
-    t.sys.zombies.insert(101, WaitStatus::Exited(0));
-    t.sys.ended.insert(101);
-    t.pidfd_readable(101);
+    ends_as_zombie(&mut t, 101, WaitStatus::Exited(0));
     // 101 is finalized first (as if its end came first); then the report
     // left in 100's connection is read, before 100's end is finalized.
     assert_eq!(t.next_to_finalize(), Some(100));
     assert_eq!(t.next_to_finalize(), Some(101));
     t.finalize(101);
     assert_eq!(t.reports_due.get(&101), Some(&100));
-    t.frame(
-        conn(100),
-        ToNode::ChildExited {
-            serial: 101,
-            status: WaitStatus::Exited(0),
-        },
-    );
+    report(&mut t, 100, 101, WaitStatus::Exited(0));
     t.finalize(100);
     assert!(t.early_status.is_empty() && t.reports_due.is_empty());
     assert!(t.sys.effects.contains(&Effect::Forget(101)));
@@ -894,9 +856,7 @@ fn a_report_of_a_parent_that_ended_stays_due_until_its_end_is_finalized() {
     // (none came) is reaped by the node.
     start(&mut t, reg(200, MAIN_SERIAL));
     start(&mut t, reg(201, 200));
-    t.sys.zombies.insert(201, WaitStatus::Exited(0));
-    t.sys.ended.insert(201);
-    t.pidfd_readable(201);
+    ends_as_zombie(&mut t, 201, WaitStatus::Exited(0));
     finalize_all(&mut t);
     assert_eq!(t.reports_due.get(&201), Some(&200));
     end(&mut t, 200, WaitStatus::Exited(0));
@@ -929,9 +889,7 @@ fn a_port_status_waits_for_the_zygotes_report() {
         },
     );
     assert!(!t.sys.effects.contains(&Effect::Watch(4)));
-    t.sys.zombies.insert(4, WaitStatus::Exited(0));
-    t.sys.ended.insert(4);
-    t.pidfd_readable(4);
+    ends_as_zombie(&mut t, 4, WaitStatus::Exited(0));
     finalize_all(&mut t);
     assert!(downs(&t, conn(3)).is_empty(), "ended before its status is known");
     t.frame(
@@ -969,13 +927,20 @@ fn a_failed_watch_leaves_the_report_to_end_a_process() {
     t.sys.watch_fails = false;
     monitor(&mut t, MAIN_SERIAL, 101, 7);
     assert!(!t.sys.effects.contains(&Effect::Forget(101)));
-    t.frame(
-        conn(100),
-        ToNode::ChildExited {
-            serial: 101,
-            status: WaitStatus::Exited(9),
-        },
-    );
+    report(&mut t, 100, 101, WaitStatus::Exited(9));
     finalize_all(&mut t);
     assert_eq!(downs(&t, MAIN_CONN), vec![(7, pid(101), ExitReason::Code(9))]);
+}
+
+/// Process `parent` reports the status of its child `serial`.
+fn report(t: &mut Table<Mock>, parent: u64, serial: u64, status: WaitStatus) {
+    t.frame(conn(parent), ToNode::ChildExited { serial, status });
+}
+
+/// Process `serial`, another process's child, ended: its pidfd fires while
+/// it is a zombie whose status reads `status`.
+fn ends_as_zombie(t: &mut Table<Mock>, serial: u64, status: WaitStatus) {
+    t.sys.zombies.insert(serial, status);
+    t.sys.ended.insert(serial);
+    t.pidfd_readable(serial);
 }
