@@ -238,11 +238,11 @@ impl Inbox {
                         }
                         true
                     }
-                    // Relayed by this node for a process of another node:
-                    // its direct session is read from here on. Stop, so
+                    // Relayed by this node for a process of another node,
+                    // naming its direct session: read from here on. Stop, so
                     // that it is in place before anything that follows.
-                    (Kind::Fence, true) if !opened && let Ok(n) = <[u8; 8]>::try_from(body) => {
-                        fenced = Some(u64::from_le_bytes(n));
+                    (Kind::Fence, true) if !opened && let Ok(session) = <[u8; 8]>::try_from(body) => {
+                        fenced = Some(u64::from_le_bytes(session));
                         false
                     }
                     (kind, _) => {
@@ -260,15 +260,15 @@ impl Inbox {
                 self.close_conn(st, token);
                 return Ok(());
             }
-            let fenced = fenced.and_then(|n| Some((conn.sender?, n)));
+            let fenced = fenced.and_then(|session| Some((conn.sender?, session)));
             let behind = behind.and_then(|b| Some((conn.sender?, b)));
             if let (Some(from), false) = (new_sender, had_sender) {
                 let seq = conn.seq;
                 self.drain_older(rt, st, from, seq);
             }
             #[cfg(feature = "dist")]
-            if let Some((from, n)) = fenced {
-                self.fence(rt, st, from, n);
+            if let Some((from, session)) = fenced {
+                self.fence(rt, st, from, session);
             }
             #[cfg(not(feature = "dist"))]
             let _ = fenced;
