@@ -278,8 +278,8 @@ pub(crate) struct NodeShared {
     pub(crate) signals: Option<OwnedFd>,
     /// Set once the node has shut down.
     pub(crate) stopped: AtomicBool,
-    /// Set once a SIGINT/SIGTERM started a shutdown.
-    pub(crate) signalled: AtomicBool,
+    /// The SIGINT/SIGTERM that started a shutdown, once one did (0 before).
+    pub(crate) signalled: std::sync::atomic::AtomicI32,
     /// Serializes shutdowns.
     shutdown_lock: Mutex<()>,
     /// Default shutdown timeout.
@@ -502,7 +502,7 @@ fn init_node(config: Config) -> Result<Node, InitError> {
         _death_write: death_write,
         signals,
         stopped: AtomicBool::new(false),
-        signalled: AtomicBool::new(false),
+        signalled: std::sync::atomic::AtomicI32::new(0),
         shutdown_lock: Mutex::new(()),
         shutdown_timeout: config.shutdown_timeout,
         main: Mutex::new(None),
@@ -696,6 +696,13 @@ impl Drop for Node {
         // has nothing to shut down.
         if runtime::current().is_some_and(|rt| std::ptr::eq(rt, self.rt)) {
             self.shared.shutdown(self.shared.shutdown_timeout);
+            // A signal started the shutdown (its thread may still be on the
+            // way to ending the process): the node ends by that signal, not
+            // with the return from `main` that dropped this.
+            let signal = self.shared.signalled.load(Ordering::Acquire);
+            if signal != 0 {
+                sys::signal::die_by_signal(signal);
+            }
         }
     }
 }

@@ -94,8 +94,15 @@ pub(crate) fn process(node: &'static NodeShared, core: &mut Control, events: &[E
                     .signals
                     .as_ref()
                     .map_or(0, |fd| socket::read(fd, &mut buf).unwrap_or(0));
-                if n > 0 && !node.signalled.swap(true, Ordering::AcqRel) {
-                    shutdown_on_signal(node, i32::from(buf[0]));
+                let signal = i32::from(buf[0]);
+                if n > 0
+                    && signal != 0
+                    && node
+                        .signalled
+                        .compare_exchange(0, signal, Ordering::AcqRel, Ordering::Acquire)
+                        .is_ok()
+                {
+                    shutdown_on_signal(node, signal);
                 }
             }
             t => match t.kind() {
