@@ -357,7 +357,7 @@ fn run_with(setup: ZygoteSetup, early: Vec<ToProcess>, mut ctl_decoder: Decoder)
                                 let listener = fds.next().expect("BUG: two descriptors");
                                 let ctl = fds.next().expect("BUG: two descriptors");
                                 drop(fds);
-                                match fork_one(&setup, setup.death_read, req, listener, ctl) {
+                                match fork_one(&setup, req, listener, ctl) {
                                     Ok((serial, ospid, ctl)) => {
                                         spawned = Some((serial, ospid, ctl));
                                         Response::Spawned { ospid }
@@ -530,13 +530,7 @@ fn wait_to_take_over(setup: &ZygoteSetup) -> io::Result<(OwnedFd, Vec<ToProcess>
 
 /// Forks one child for `req`; returns its serial, OS pid and a copy of its
 /// control connection (for [`announce`]).
-fn fork_one(
-    setup: &ZygoteSetup,
-    death: RawFd,
-    req: Request,
-    listener: OwnedFd,
-    ctl: OwnedFd,
-) -> io::Result<(u64, i32, OwnedFd)> {
+fn fork_one(setup: &ZygoteSetup, req: Request, listener: OwnedFd, ctl: OwnedFd) -> io::Result<(u64, i32, OwnedFd)> {
     let ctl_copy = ctl.try_clone()?;
     let serial = req.pid.serial();
     let plan = ChildPlan {
@@ -545,7 +539,7 @@ fn fork_one(
         settings: setup.settings,
         listener,
         ctl,
-        death_read: death,
+        death: sys::signal::death_description(setup.death_read)?,
         options: req.options,
         keep_fds: Vec::new(),
         announce_pidfd: false,
@@ -667,6 +661,7 @@ fn fork_scheduler(setup: &ZygoteSetup, slot: usize) -> io::Result<(u64, i32, Own
     let pid = Pid::new(setup.node, serial);
     let listener = sys::socket::listen_abstract(&pid.address())?;
     let ctl = sys::socket::connect_abstract(&setup.node.node_address(), false)?;
+    let death = sys::signal::death_description(setup.death_read)?;
     let reg = crate::wire::envelope::Registration {
         serial,
         parent: crate::pid::ZYGOTE_SERIAL,
@@ -690,7 +685,7 @@ fn fork_scheduler(setup: &ZygoteSetup, slot: usize) -> io::Result<(u64, i32, Own
         settings: setup.settings,
         listener,
         ctl,
-        death_read: setup.death_read,
+        death,
         options: ChildOptions {
             name: Some(name),
             ..ChildOptions::default()

@@ -57,8 +57,8 @@ pub(crate) struct ChildPlan {
     pub(crate) listener: OwnedFd,
     /// Its control connection to the node.
     pub(crate) ctl: OwnedFd,
-    /// A read end of the node-death pipe to arm from.
-    pub(crate) death_read: RawFd,
+    /// Its own description of the node-death pipe, to arm.
+    pub(crate) death: OwnedFd,
     /// Options to apply.
     pub(crate) options: ChildOptions,
     /// Descriptors the application asked to keep.
@@ -69,7 +69,7 @@ pub(crate) struct ChildPlan {
 
 /// Runs in the new process; never returns.
 pub(crate) fn child_main(plan: ChildPlan, body: impl FnOnce(&'static Runtime) -> ExitReason) -> Infallible {
-    let armed = match sys::signal::arm_death_signal(plan.death_read, !plan.options.leave_strays) {
+    let armed = match sys::signal::arm_death_signal(plan.death, !plan.options.leave_strays) {
         Ok(fd) => fd,
         // The node is already gone: nobody is left to run for.
         Err(_) => sys::process::exit_now(1),

@@ -129,6 +129,7 @@ pub(crate) fn spawn_closure(
     spec: Spec<'_>,
     body: impl FnOnce(&'static Runtime) -> ExitReason,
 ) -> Result<Pid, SpawnError> {
+    let death = sys::signal::death_description(rt.death_fd())?;
     let Prepared {
         pid,
         listener,
@@ -142,7 +143,7 @@ pub(crate) fn spawn_closure(
         settings: rt.settings(),
         listener,
         ctl: ctl_child,
-        death_read: rt.death_fd(),
+        death,
         options: spec.options.clone(),
         keep_fds: spec.keep_fds.to_vec(),
         announce_pidfd: rt.node().is_none(),

@@ -1,7 +1,8 @@
 //! Signals: the node's `SIGINT`/`SIGTERM` self-pipe, and the node-death pipe.
 //!
-//! The node holds the only write end of the death pipe. Every process opens its
-//! own file description of the read end (through `/proc/self/fd`) and asks the
+//! The node holds the only write end of the death pipe. Every process gets its
+//! own file description of the read end (its spawner opens it through
+//! `/proc/self/fd`) and asks the
 //! kernel (`F_SETOWN`, `F_SETSIG`, `O_ASYNC`, see `fcntl(2)`) to send it
 //! `SIGKILL` when the pipe becomes readable, which happens when the last write
 //! end closes: when the node dies, however it dies, every process dies with it
@@ -89,17 +90,11 @@ pub(crate) fn die_by_signal(signal: i32) -> ! {
     super::process::exit_now(128 + signal)
 }
 
-/// Arms the calling process to receive `SIGKILL` when every write end of the
-/// node-death pipe is closed. `read_end` is an inherited read end; the returned
-/// descriptor is this process's own armed description, to be kept open (and
-/// passed on to the process's children).
-///
-/// `group`: the signal goes to the calling process's whole process group
-/// (it leads one), so what it forks and execs itself dies with the node too,
-/// while the description stays open in one of them.
-///
-/// Fails with `BrokenPipe` if the node is already gone.
-pub(crate) fn arm_death_signal(read_end: RawFd, group: bool) -> io::Result<OwnedFd> {
+/// A new file description of the node-death pipe for a process about to be
+/// forked, from `read_end` (the spawner's own): the new process arms it with
+/// [`arm_death_signal`]. The spawner opens it, through `/proc/self/fd`, because
+/// its own entries there are already cached; a new process would make them.
+pub(crate) fn death_description(read_end: RawFd) -> io::Result<OwnedFd> {
     // "/proc/self/fd/<n>" and a NUL, built on the stack.
     let mut path = *b"/proc/self/fd/\0\0\0\0\0\0\0\0\0\0\0";
     let mut digits = [0u8; 10];
@@ -117,7 +112,24 @@ pub(crate) fn arm_death_signal(read_end: RawFd, group: bool) -> io::Result<Owned
         path[14 + i] = digits[len - 1 - i];
     }
     let path = CStr::from_bytes_until_nul(&path).expect("BUG: the path ends in NUL");
-    let fd = rustix::fs::open(path, OFlags::RDONLY | OFlags::NONBLOCK | OFlags::CLOEXEC, Mode::empty())?;
+    Ok(rustix::fs::open(
+        path,
+        OFlags::RDONLY | OFlags::NONBLOCK | OFlags::CLOEXEC,
+        Mode::empty(),
+    )?)
+}
+
+/// Arms the calling process to receive `SIGKILL` when every write end of the
+/// node-death pipe is closed. `fd` is a description of the pipe's read end
+/// that only this process holds (see [`death_description`]); it is returned
+/// armed, to be kept open (and passed on to the process's children).
+///
+/// `group`: the signal goes to the calling process's whole process group
+/// (it leads one), so what it forks and execs itself dies with the node too,
+/// while the description stays open in one of them.
+///
+/// Fails with `BrokenPipe` if the node is already gone.
+pub(crate) fn arm_death_signal(fd: OwnedFd, group: bool) -> io::Result<OwnedFd> {
     let me = super::process::getpid();
     // A negative owner is a process group.
     let owner = if group { -me } else { me };
