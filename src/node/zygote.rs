@@ -545,9 +545,13 @@ fn fork_one(setup: &ZygoteSetup, req: Request, listener: OwnedFd, ctl: OwnedFd) 
         announce_pidfd: false,
     };
     let call = req.call;
+    // Made once, here: the child only reads it (no allocation, no write to
+    // a page it shares with the zygote).
+    static NAME: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    let name = NAME.get_or_init(|| role_name("fn")).as_str();
     let ospid = sys::process::fork_child(move || {
         // Builder::name, applied in child_main, replaces it.
-        let _ = sys::process::set_thread_name(&role_name("fn"));
+        let _ = sys::process::set_thread_name(name);
         child_main(plan, move |rt| run_entry(rt, call))
     })?;
     Ok((serial, ospid, ctl_copy))
