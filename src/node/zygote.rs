@@ -427,7 +427,13 @@ fn run_with(setup: ZygoteSetup, early: Vec<ToProcess>, mut ctl_decoder: Decoder)
             if let Some(fd) = &sigchld {
                 sys::signal::drain_signals(fd);
             }
-            reap_adopted(&children);
+            // Most are the zygote's own children, reaped above through
+            // their pidfds: look through its children (a read of /proc) only
+            // when one still waits to be reaped. One that ends after this
+            // look raises another SIGCHLD (drained before it).
+            if sys::process::any_child_ended() {
+                reap_adopted(&children);
+            }
         }
     }
 }

@@ -294,6 +294,17 @@ pub(crate) fn reap_if_exited(pid: i32) -> bool {
     )
 }
 
+/// Whether a child of the calling process, of either kind, has ended and
+/// waits to be reaped: `waitid(P_ALL, WNOHANG | WNOWAIT | __WALL)`, which
+/// reaps nothing. On an unexpected error, true (the caller then looks).
+pub(crate) fn any_child_ended() -> bool {
+    let options = WaitIdOptions::EXITED
+        | WaitIdOptions::NOHANG
+        | WaitIdOptions::NOWAIT
+        | WaitIdOptions::from_bits_retain(libc::__WALL as u32);
+    !matches!(waitid(WaitId::All, options), Ok(None) | Err(Errno::CHILD))
+}
+
 /// Sends `signal` to the process `pid` (a group for `-pid`) with kill(2)
 /// (gone already: `Ok`). The caller read `pid` an instant ago (from a
 /// cgroup's `cgroup.procs`); as with kill(1), it may have been reused since.
@@ -987,5 +998,35 @@ mod tests {
         assert_eq!(zombie_status(&fd, pid), None);
         running.kill().unwrap();
         running.wait().unwrap();
+    }
+
+    /// A child that ended and is not reaped is seen, and only then. Checked
+    /// in a process of its own: the tests' process has other tests' children.
+    #[test]
+    fn an_ended_child_is_seen_until_it_is_reaped() {
+        let checker = fork_child(|| {
+            let step = |n: i32, ok: bool| {
+                if !ok {
+                    exit_now(n)
+                }
+            };
+            step(10, !any_child_ended());
+            let mut sleeper = std::process::Command::new("sleep").arg("10").spawn().unwrap();
+            let fd = pidfd_open(sleeper.id() as i32).unwrap();
+            step(11, !any_child_ended());
+            sleeper.kill().unwrap();
+            let deadline = Instant::now() + Duration::from_secs(10);
+            step(12, super::super::socket::wait_fd(&fd, false, Some(deadline)).unwrap());
+            step(13, any_child_ended());
+            step(14, any_child_ended());
+            sleeper.wait().unwrap();
+            step(15, !any_child_ended());
+            exit_now(0)
+        })
+        .unwrap();
+        let fd = pidfd_open(checker).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        assert!(super::super::socket::wait_fd(&fd, false, Some(deadline)).unwrap());
+        assert_eq!(pidfd_try_wait(&fd).unwrap(), Some(WaitStatus::Exited(0)));
     }
 }
