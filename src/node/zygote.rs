@@ -551,8 +551,8 @@ fn fork_one(setup: &ZygoteSetup, req: Request, listener: OwnedFd, ctl: OwnedFd) 
         announce_pidfd: false,
     };
     let call = req.call;
-    // Made once, here: the child only reads it (no allocation, no write to
-    // a page it shares with the zygote).
+    // Made once, here: the child reads it, where it would otherwise format
+    // it (code and heap pages it would have to fault in).
     static NAME: std::sync::OnceLock<String> = std::sync::OnceLock::new();
     let name = NAME.get_or_init(|| role_name("fn")).as_str();
     let ospid = sys::process::fork_child(move || {

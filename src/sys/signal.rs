@@ -121,8 +121,10 @@ pub(crate) fn death_description(read_end: RawFd) -> io::Result<OwnedFd> {
 
 /// Arms the calling process to receive `SIGKILL` when every write end of the
 /// node-death pipe is closed. `fd` is a description of the pipe's read end
-/// that only this process holds (see [`death_description`]); it is returned
-/// armed, to be kept open (and passed on to the process's children).
+/// made for this process (see [`death_description`]; a sibling forked at the
+/// same moment by another thread may hold a copy until it closes what it
+/// inherited, and only this process sets its owner); it is returned armed,
+/// to be kept open (and passed on to the process's children).
 ///
 /// `group`: the signal goes to the calling process's whole process group
 /// (it leads one), so what it forks and execs itself dies with the node too,
