@@ -70,8 +70,12 @@ impl Pairs {
     /// As [`report`](Self::report), under another first word (`info` for a
     /// figure that has no target).
     pub fn report_as(&self, name: &str, word: &str) {
-        let (f, c) = self.medians();
         let r = self.ratios();
+        if r.is_empty() {
+            // Left out by a filter on the command line: nothing measured.
+            return;
+        }
+        let (f, c) = self.medians();
         let line = format!(
             "{word} {name}: {:.2} [{:.2}-{:.2}] (floor {}, converge {}, {} pairs)",
             quantile(&r, 0.5),
