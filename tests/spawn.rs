@@ -24,6 +24,10 @@ fn main() {
             ("spawn_fn_runs_in_a_clean_image", spawn_fn_runs_in_a_clean_image),
             ("spawn_fn_from_inside_a_process", spawn_fn_from_inside_a_process),
             (
+                "a_process_spawns_children_that_end_at_once",
+                a_process_spawns_children_that_end_at_once,
+            ),
+            (
                 "a_spawn_fn_process_is_named_after_the_program",
                 a_spawn_fn_process_is_named_after_the_program,
             ),
@@ -69,6 +73,44 @@ fn nested_spawns_at_any_depth() {
     let h = converge::spawn_join(|ctx: Ctx<()>| depth(ctx, 5)).unwrap();
     let deepest = h.join().unwrap();
     assert_ne!(deepest, std::process::id() as u64);
+}
+
+/// A process's child that ends at once may be over, its end taken by the
+/// node and its connection closed, before its parent hands the node its
+/// pidfd: the spawn still succeeds, and the child's one `Down` comes. A
+/// thread that keeps a CPU busy makes the parent's turn come late.
+fn a_process_spawns_children_that_end_at_once() {
+    let h = converge::spawn_join(|ctx: Ctx<()>| -> Result<u32, String> {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let spinning = stop.clone();
+        let spinner = std::thread::spawn(move || {
+            while !spinning.load(std::sync::atomic::Ordering::Relaxed) {
+                std::hint::spin_loop();
+            }
+        });
+        let mut result = Ok(0);
+        for i in 0..400u32 {
+            let round = converge::spawn_monitor(|_: Ctx<()>| {})
+                .map_err(|e| format!("spawn {i} failed: {e}"))
+                .and_then(|(_, r)| {
+                    ctx.recv_down_timeout(r, PATIENCE)
+                        .map_err(|e| format!("Down {i}: {e:?}"))
+                });
+            match round {
+                Ok(d) if d.reason == ExitReason::Normal => result = Ok(i + 1),
+                Ok(d) => result = Err(format!("round {i} ended {:?}", d.reason)),
+                Err(e) => result = Err(e),
+            }
+            if result.is_err() {
+                break;
+            }
+        }
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        spinner.join().unwrap();
+        result
+    })
+    .unwrap();
+    assert_eq!(h.join().unwrap(), Ok(400));
 }
 
 fn spawn_join_gives_the_value() {

@@ -163,8 +163,13 @@ pub(crate) fn spawn_closure(
             node.attach_pidfd(serial, pidfd, ospid);
         }
         Some(ctl) => {
+            // The child announces its pidfd too (in case this process dies
+            // first), so the node may already have taken its end from the
+            // zombie and closed the connection: a failed send loses nothing.
             let msg = ToNode::Pidfd { serial, ospid };
-            rt.tell_node_with_fds(&ctl, &msg, &[std::os::fd::AsFd::as_fd(&pidfd)])?;
+            if let Err(e) = rt.tell_node_with_fds(&ctl, &msg, &[std::os::fd::AsFd::as_fd(&pidfd)]) {
+                tracing::debug!(%pid, "the node did not take the new process's pidfd: {e}");
+            }
             // We are its parent: we reap it and report its status.
             rt.inbox.add_child(serial, pidfd)?;
             rt.ensure_background();
