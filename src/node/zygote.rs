@@ -378,7 +378,7 @@ fn run_with(setup: ZygoteSetup, early: Vec<ToProcess>, mut ctl_decoder: Decoder)
                                 Ok((token, child)) => {
                                     children.insert(token, child);
                                 }
-                                Err(e) => eprintln!("converge-zygote: opening a new process's pidfd failed: {e}"),
+                                Err(e) => eprintln!("converge-zygote: handing over a pidfd failed: {e}"),
                             }
                         }
                     }
@@ -565,16 +565,15 @@ fn fork_one(setup: &ZygoteSetup, req: Request, listener: OwnedFd, ctl: OwnedFd) 
 
 /// Hands the child's pidfd to the node (on the child's own control
 /// connection) and returns it, to reap the child. The zygote has not waited
-/// for the child yet, so its OS pid cannot have been reused. A failed send
-/// (the node closed the connection) still returns the pidfd: the child is
-/// the zygote's to reap either way.
+/// for the child yet, so its OS pid cannot have been reused. The send fails
+/// only if the node closed the connection (the registration was withdrawn
+/// or refused): the node waits for nothing of the child then, which is not
+/// watched, and is reaped unreported with the adopted orphans.
 fn announce(serial: u64, ospid: i32, ctl: OwnedFd) -> io::Result<OwnedFd> {
     let pidfd = sys::process::pidfd_open(ospid)?;
     let mut buf = Vec::new();
     frame::push(&mut buf, Kind::Ctl, &ToNode::Pidfd { serial, ospid }).expect("BUG: control frames always encode");
-    if let Err(e) = sys::socket::send_with_fds(&ctl, &buf, &[std::os::fd::AsFd::as_fd(&pidfd)]) {
-        eprintln!("converge-zygote: handing over the pidfd of process {ospid} failed: {e}");
-    }
+    sys::socket::send_with_fds(&ctl, &buf, &[std::os::fd::AsFd::as_fd(&pidfd)])?;
     Ok(pidfd)
 }
 
@@ -655,7 +654,7 @@ fn start_scheduler(setup: &ZygoteSetup, epoll: &Epoll, next: &mut u64, slot: usi
         Ok((serial, ospid, ctl)) => match watch_child(epoll, next, serial, ospid, ctl, Some(slot)) {
             Ok(watched) => Some(watched),
             Err(e) => {
-                eprintln!("converge-zygote: opening a scheduler's pidfd failed: {e}");
+                eprintln!("converge-zygote: handing over a scheduler's pidfd failed: {e}");
                 None
             }
         },

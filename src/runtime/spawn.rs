@@ -156,6 +156,9 @@ pub(crate) fn spawn_closure(
             return Err(e.into());
         }
     };
+    // The plan's descriptors (listener, connection, death description) were
+    // closed here as the fork returned: at the descriptor limit, this open
+    // still finds a free one.
     let pidfd = sys::process::pidfd_open(ospid)?;
     match ctl_copy {
         None => {
