@@ -954,6 +954,22 @@ impl TestNode {
         self.backlog.get(key).map_or(0, VecDeque::len)
     }
 
+    /// Waits (10 s at most) until the node's counters (`stats`) say what
+    /// `what` says, `holds` checks (they are counted on the node's own
+    /// threads, after what the test saw), and returns them.
+    fn wait_stats(&mut self, what: &str, holds: impl Fn(&str) -> bool) -> String {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            self.tell("stats");
+            let stats = self.expect("stats");
+            if holds(&stats) {
+                return stats;
+            }
+            assert!(Instant::now() < deadline, "never {what}: {stats}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// Waits (10 s at most) until the nodes it has a session with are
     /// `names` (comma-separated, by name).
     fn wait_connected(&mut self, names: &str) {
@@ -1318,9 +1334,7 @@ fn a_wrong_secret_is_refused() {
     intruder.tell(&format!("join {}", a.addr));
     intruder.tell("wait-member alpha");
     assert_eq!(intruder.expect("member"), "alpha false");
-    a.tell("stats");
-    let stats = a.expect("stats");
-    assert!(!stats.contains("refused=0"), "{stats}");
+    a.wait_stats("a refusal counted", |stats| !stats.contains("refused=0"));
     // A member with the secret still joins.
     let mut b = TestNode::start("beta");
     b.join(a.addr, "alpha");
@@ -1428,9 +1442,7 @@ fn a_transport_of_the_programs_own_carries_sessions() {
     c.join(a.addr, "alpha");
     c.tell("send alpha 1");
     assert_eq!(c.expect("sent"), "none: no echo there");
-    a.tell("stats");
-    let stats = a.expect("stats");
-    assert!(!stats.contains("refused=0"), "{stats}");
+    a.wait_stats("a refusal counted", |stats| !stats.contains("refused=0"));
     // The masked pair goes on.
     send(&mut b, &mut a, "alpha", 2);
 }
@@ -1452,13 +1464,12 @@ fn idle_sessions_close_oldest_first_and_open_again_on_use() {
     a.wait_connected("beta");
     send(&mut a, &mut c, "gamma", 50);
     a.wait_connected("gamma");
-    a.tell("stats");
-    let stats = a.expect("stats");
-    assert!(stats.contains("lost=0") && !stats.contains("closed_idle=0"), "{stats}");
+    let closed_idle = |stats: &str| !stats.contains("closed_idle=0");
+    let stats = a.wait_stats("an idle session closed", closed_idle);
+    assert!(stats.contains("lost=0"), "{stats}");
     // Quietly, at both ends: no NodeDown, no session counted as lost.
-    b.tell("stats");
-    let stats = b.expect("stats");
-    assert!(stats.contains("lost=0") && !stats.contains("closed_idle=0"), "{stats}");
+    let stats = b.wait_stats("an idle session closed", closed_idle);
+    assert!(stats.contains("lost=0"), "{stats}");
     for node in [&a, &b, &c] {
         assert_eq!(node.unread("down"), 0, "a NodeDown for an idle session");
     }
@@ -1518,9 +1529,7 @@ fn a_stalled_peer_blocks_no_send_and_its_session_goes_past_its_cap() {
     assert!(t.elapsed() < Duration::from_secs(1), "{:?}", t.elapsed());
     // Other peers go on.
     send(&mut a, &mut c, "gamma", 5);
-    a.tell("stats");
-    let stats = a.expect("stats");
-    assert!(stats.contains("backlogged=1"), "{stats}");
+    a.wait_stats("one session backlogged", |stats| stats.contains("backlogged=1"));
     // Back: a new session, messages in order. Whatever beta gets comes in
     // whole runs, each in order from its start (what was sent while it was
     // stopped, from 1000, may have waited for the new session).
@@ -1981,13 +1990,17 @@ fn direct_hellos_are_handed_only_to_processes_that_take_them() {
         stream.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
         let mut frames = Vec::new();
         let mut buf = [0u8; 256];
+        let mut n = 0;
         loop {
-            match std::io::Read::read(&mut stream, &mut buf) {
-                Ok(0) | Err(_) => return (frames, stream),
-                Ok(n) => session.open(&buf[..n], &mut frames).unwrap(),
-            }
+            // The answer may have come with the handshake's last message:
+            // the session holds it before anything is read.
+            session.open(&buf[..n], &mut frames).unwrap();
             if !frames.is_empty() {
                 return (frames, stream);
+            }
+            match std::io::Read::read(&mut stream, &mut buf) {
+                Ok(0) | Err(_) => return (frames, stream),
+                Ok(read) => n = read,
             }
         }
     };
@@ -1998,10 +2011,9 @@ fn direct_hellos_are_handed_only_to_processes_that_take_them() {
     // only its node can send: what a peer writes meanwhile is never read.
     let accepted = vec![(0, b"accepted".to_vec())];
     assert_eq!(ask(pid_of(mallory, 9), echo).0, accepted);
-    a.tell("stats");
-    let stats = a.expect("stats");
-    assert!(stats.contains("direct_refusals=4"), "{stats}");
-    assert!(stats.contains("direct=1"), "{stats}");
+    a.wait_stats("4 refused and 1 handed over", |stats| {
+        stats.contains("direct_refusals=4") && stats.contains("direct=1")
+    });
     // One session per sender waits at a time. That one was closed unused
     // (its connection is gone): the next makes its way. While that next one
     // waits, open, another from the same sender is refused; a session of

@@ -183,6 +183,10 @@ pub type Established = (Session, Hello, Box<dyn Stream>);
 /// Connects to the node at `addr` through `transport` and runs the
 /// handshake as its initiator within `timeout`: the session, the peer's
 /// hello, and the stream (its read timeout cleared).
+///
+/// What the peer sent right after the handshake may have come with its
+/// last message: the session holds it already. Open the session's frames
+/// once (`session.open(&[], &mut frames)`) before the first read.
 pub fn connect(
     transport: &dyn Transport,
     addr: SocketAddr,
