@@ -425,6 +425,37 @@ struct Inner {
     explicit_load: AtomicBool,
     /// Direct sessions being opened now.
     opening_direct: AtomicU64,
+    /// The reader of each node's latest session: the next session's reader
+    /// waits for it to end.
+    readers: Mutex<IntMap<NodeId, Arc<ReaderEnd>>>,
+}
+
+/// The end of a session's reader. A session that closes may still hold
+/// frames its reader has not delivered (it read them after the session was
+/// lost or replaced, or had no CPU until then): the next session's reader
+/// delivers nothing before they are, so one sender's messages keep their
+/// order across the two.
+#[derive(Default)]
+struct ReaderEnd {
+    ended: Mutex<bool>,
+    cv: Condvar,
+}
+
+impl ReaderEnd {
+    fn end(&self) {
+        *self.ended.lock() = true;
+        self.cv.notify_all();
+    }
+
+    /// Waits for the end, calling `alive` every 100 ms meanwhile (the
+    /// session waiting is not silent: it is not read yet).
+    fn wait(&self, alive: impl Fn()) {
+        let mut ended = self.ended.lock();
+        while !*ended {
+            ended = self.cv.wait_for(ended, Duration::from_millis(100)).0;
+            alive();
+        }
+    }
 }
 
 /// This node's place in a cluster. Dropping it leaves the cluster.
@@ -750,6 +781,7 @@ impl Cluster {
             load: Mutex::new(None),
             explicit_load: AtomicBool::new(false),
             opening_direct: AtomicU64::new(0),
+            readers: Mutex::new(IntMap::default()),
         });
         spawn("converge-dist-inject", move || {
             // As the node's main program: the table takes these from it only.
@@ -1385,6 +1417,8 @@ impl Inner {
             }
         }
         peers.insert(hello.node, peer);
+        let end = Arc::new(ReaderEnd::default());
+        let before = self.readers.lock().insert(hello.node, Arc::clone(&end));
         self.connecting.lock().remove(&hello.node);
         drop(peers);
         self.stats.lock().sessions += 1;
@@ -1410,6 +1444,11 @@ impl Inner {
         }
         let inner = Arc::clone(self);
         spawn("converge-dist-read", move || {
+            // The previous session's stream is shut (or closing): its
+            // reader ends once it delivered what it holds.
+            if let Some(before) = before {
+                before.wait(|| *heard.lock() = Instant::now());
+            }
             let why = read_loop(
                 &inner,
                 reader,
@@ -1423,6 +1462,12 @@ impl Inner {
             if !inner.lose(hello.node, Some(serial), why) {
                 inner.finish_close(hello.node, serial);
             }
+            let mut readers = inner.readers.lock();
+            if readers.get(&hello.node).is_some_and(|r| Arc::ptr_eq(r, &end)) {
+                readers.remove(&hello.node);
+            }
+            drop(readers);
+            end.end();
         });
     }
 
