@@ -447,14 +447,35 @@ impl ReaderEnd {
         self.cv.notify_all();
     }
 
-    /// Waits for the end, calling `alive` every 100 ms meanwhile (the
-    /// session waiting is not silent: it is not read yet).
-    fn wait(&self, alive: impl Fn()) {
+    /// Waits for the end until `deadline`, calling `alive` every 100 ms
+    /// meanwhile (the session waiting is not silent: it is not read yet).
+    /// Whether it ended.
+    fn wait(&self, deadline: Instant, alive: impl Fn()) -> bool {
         let mut ended = self.ended.lock();
-        while !*ended {
+        while !*ended && Instant::now() < deadline {
             ended = self.cv.wait_for(ended, Duration::from_millis(100)).0;
             alive();
         }
+        *ended
+    }
+}
+
+/// Ends a reader's [`ReaderEnd`] when its thread ends, however it ends
+/// (a panic too: the next session's reader must not wait for it).
+struct EndsReader<'a> {
+    inner: &'a Inner,
+    node: NodeId,
+    end: Arc<ReaderEnd>,
+}
+
+impl Drop for EndsReader<'_> {
+    fn drop(&mut self) {
+        let mut readers = self.inner.readers.lock();
+        if readers.get(&self.node).is_some_and(|r| Arc::ptr_eq(r, &self.end)) {
+            readers.remove(&self.node);
+        }
+        drop(readers);
+        self.end.end();
     }
 }
 
@@ -1443,11 +1464,20 @@ impl Inner {
             });
         }
         let inner = Arc::clone(self);
+        // A previous session's reader ends once its stream is shut (a
+        // session closing for idleness is shut within `silent * 4`).
+        let patience = self.config.tick * self.config.ticks_down * 4;
         spawn("converge-dist-read", move || {
-            // The previous session's stream is shut (or closing): its
-            // reader ends once it delivered what it holds.
-            if let Some(before) = before {
-                before.wait(|| *heard.lock() = Instant::now());
+            let _ends = EndsReader {
+                inner: &inner,
+                node: hello.node,
+                end,
+            };
+            // What the previous session held is delivered first.
+            if let Some(before) = before
+                && !before.wait(Instant::now() + patience, || *heard.lock() = Instant::now())
+            {
+                tracing::warn!(peer = %hello.name, "the previous session's reader never ended: reading this one");
             }
             let why = read_loop(
                 &inner,
@@ -1462,12 +1492,6 @@ impl Inner {
             if !inner.lose(hello.node, Some(serial), why) {
                 inner.finish_close(hello.node, serial);
             }
-            let mut readers = inner.readers.lock();
-            if readers.get(&hello.node).is_some_and(|r| Arc::ptr_eq(r, &end)) {
-                readers.remove(&hello.node);
-            }
-            drop(readers);
-            end.end();
         });
     }
 
