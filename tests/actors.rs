@@ -73,6 +73,8 @@ enum Cmd {
     Monitor(Pid),
     Trap(bool),
     Sleep(u64),
+    /// A step that ends once the file `path` exists (10 s at most).
+    WaitFor(String),
     /// Its pid and its scheduler's OS pid.
     WhoAmI(ReplyTo<(Pid, u32)>),
     SpawnChild(ReplyTo<Pid>),
@@ -134,6 +136,12 @@ impl Actor for Probe {
             }
             Cmd::Trap(on) => ctx.trap_exits(on),
             Cmd::Sleep(ms) => std::thread::sleep(Duration::from_millis(ms)),
+            Cmd::WaitFor(path) => {
+                let deadline = std::time::Instant::now() + PATIENCE;
+                while !std::path::Path::new(&path).exists() && std::time::Instant::now() < deadline {
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+            }
             Cmd::WhoAmI(r) => {
                 let _ = r.reply((ctx.pid(), std::process::id()));
             }
@@ -419,17 +427,24 @@ fn a_busy_actor_does_not_starve_another() {
     assert!(wait_until(PATIENCE, || {
         busy.call(Cmd::ReadLog, PATIENCE).unwrap() == ["clear"]
     }));
+    // The scheduler is held in a step of the busy actor until all is
+    // sent: both actors then have events queued.
+    let gate = std::env::temp_dir().join(format!("converge-actors-gate-{}", std::process::id()));
+    let _ = std::fs::remove_file(&gate);
+    busy.send(Cmd::WaitFor(gate.display().to_string())).unwrap();
     for i in 0..2000 {
         busy.send(Cmd::Log(format!("busy {i}"))).unwrap();
     }
     other.send(Cmd::Log("other".into())).unwrap();
     converge::flush();
+    std::fs::write(&gate, b"").unwrap();
     let log = loop {
         let log = other.call(Cmd::ReadLog, PATIENCE).unwrap();
         if log.iter().any(|l| l == "other") {
             break log;
         }
     };
+    let _ = std::fs::remove_file(&gate);
     let at = log.iter().position(|l| l == "other").unwrap();
     assert!(at < 1000, "the other actor waited for {at} steps of the busy one");
     end_all(&[busy, other]);
