@@ -490,7 +490,10 @@ impl Runtime {
         }
         let (sealer, _) = Session::from_keys(keys, CHUNK).split();
         let mut directs = self.directs.lock();
-        if matches!(directs.routes.get(&to), Some(Route::Open(_))) {
+        // Only a session still asked for: one whose route was given up
+        // meanwhile (the session between the two nodes was lost, and the
+        // receiver forgets what it was handed before) closes unused.
+        if !matches!(directs.routes.get(&to), Some(Route::Asked(_))) {
             return;
         }
         if directs.numbers.len() >= MAX_OPEN {
@@ -548,12 +551,17 @@ impl Runtime {
     /// follows goes through the nodes, on their next session.
     pub(crate) fn forget_node_routes(&self, node: crate::pid::NodeId) {
         let mut directs = self.directs.lock();
-        let lost: Vec<Pid> = directs
-            .routes
-            .iter()
-            .filter(|(to, r)| to.node() == node && matches!(r, Route::Open(_)))
-            .map(|(&to, _)| to)
-            .collect();
+        let now = Instant::now();
+        let mut lost = Vec::new();
+        for (&to, route) in directs.routes.iter_mut().filter(|(to, _)| to.node() == node) {
+            match route {
+                Route::Open(_) => lost.push(to),
+                // One asked for before the loss never opens: its receiver
+                // forgets it with the lost session (`direct_ready`).
+                Route::Asked(_) => *route = Route::Refused(now),
+                Route::Refused(_) => {}
+            }
+        }
         for to in lost {
             self.settle(&mut directs, to, Wrote::Gone);
         }
